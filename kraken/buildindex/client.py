@@ -1,0 +1,243 @@
+"""The treq client of the build-index API (``kraken.buildindex.http``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import attrs
+from treq.client import HTTPClient
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IResponse
+
+from kraken.core import Digest, DigestError
+from kraken.net import HTTPClientConfig, HTTPStatusError, RetryPolicy, limited_content, with_retries
+from kraken.registry.backend import ManifestRecord, Page
+
+T = TypeVar("T")
+_SMALL_BODY = 64 << 10
+log = Logger()
+
+
+class Refused(Exception):
+    """The build-index refused a write (400): ``missing`` lists the digests
+    the origin lacks (empty when the request itself was bad)."""
+
+    def __init__(self, message: str, missing: list[Digest] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.missing: list[Digest] = list(missing or [])
+
+
+class TagRefused(Refused):
+    """``put_tag`` refused: the manifest or something it references is not
+    on the origin, the manifest is invalid, or the request was bad."""
+
+
+class ManifestRefused(Refused):
+    """``put_manifest`` refused: the manifest blob is not on the origin, or
+    the record does not match it."""
+
+
+def _repo_path(repo: str) -> str:
+    """Quote each segment of a repository name, keeping ``/`` as the separator."""
+    if not repo or any(not seg for seg in repo.split("/")):
+        raise ValueError(f"invalid repository name {repo!r}")
+    return "/".join(quote(seg, safe="") for seg in repo.split("/"))
+
+
+def _strip_slash(url: str) -> str:
+    return url.rstrip("/")
+
+
+def _segment(text: str) -> str:
+    return quote(text, safe=":")
+
+
+def _refusal(body: bytes) -> tuple[str, list[Digest]]:
+    try:
+        doc = json.loads(body)
+        message = str(doc.get("error", "refused"))
+        raw = doc.get("missing") or []
+    except (ValueError, AttributeError):
+        return body.decode("utf-8", "replace")[:500] or "refused", []
+    missing = []
+    for item in raw if isinstance(raw, list) else []:
+        try:
+            missing.append(Digest.parse(item))
+        except DigestError:
+            pass
+    return message, missing
+
+
+@attrs.frozen
+class BuildIndexClient:
+    """Talks to one build-index. ``base`` is like ``http://127.0.0.1:15004``.
+
+    Unexpected statuses raise ``HTTPStatusError``. Every call is idempotent,
+    so every call is retried on network errors and 429/502/503/504
+    (``kraken.net.with_retries``).
+    """
+
+    _http: HTTPClient
+    _base: str = attrs.field(converter=_strip_slash)
+    _clock: IReactorTime
+    _config: HTTPClientConfig
+
+    # -- URLs --
+
+    def _repo_url(self, repo: str, *rest: str) -> str:
+        return "/".join([f"{self._base}/repositories/{_repo_path(repo)}", *rest])
+
+    # -- plumbing --
+
+    def _policy(self) -> RetryPolicy:
+        c = self._config
+        return RetryPolicy(attempts=c.retries + 1, backoff=c.backoff, max_backoff=c.max_backoff)
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        return await with_retries(self._clock, self._policy(), what, attempt)
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> IResponse:
+        return await self._http.request(
+            method,
+            url,
+            allow_redirects=False,
+            unbuffered=True,
+            reactor=self._clock,  # type: ignore[arg-type]  # treq only uses callLater
+            timeout=self._config.timeout,
+            **kwargs,
+        )
+
+    async def _call(
+        self, method: str, url: str, expected: frozenset[int], limit: int = _SMALL_BODY, **kwargs: Any
+    ) -> tuple[int, bytes]:
+        """One request whose body is read whole (at most ``limit`` bytes).
+        A status outside ``expected`` raises ``HTTPStatusError`` (so 502, 503
+        and 504 are retried by the caller's ``with_retries``)."""
+        response = await self._request(method, url, **kwargs)
+        body = await limited_content(response, self._clock, limit, self._config.timeout)
+        if response.code not in expected:
+            raise HTTPStatusError(method, url, response.code, body)
+        return response.code, body
+
+    def _json(self, method: str, url: str, body: bytes) -> Any:
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise HTTPStatusError(method, url, 200, b"not JSON: " + body[:200]) from None
+
+    # -- the API --
+
+    async def health(self) -> bool:
+        """True if the build-index answers ``GET /health`` with 200."""
+        url = f"{self._base}/health"
+        try:
+            code, _ = await self._call("GET", url, frozenset({200}))
+        except Exception as e:
+            log.debug("health check of {url} failed: {error}", url=url, error=str(e))
+            return False
+        return code == 200
+
+    async def put_tag(self, repo: str, tag: str, digest: Digest) -> None:
+        """Point ``repo:tag`` at ``digest``. Raises ``TagRefused`` if the
+        build-index refuses it (its ``missing`` lists what the origin lacks)."""
+        url = self._repo_url(repo, "tags", _segment(tag))
+        code, body = await self._retrying(
+            f"put tag {repo}:{tag}",
+            lambda: self._call(
+                "PUT", url, frozenset({200, 201, 400}), data=str(digest).encode("ascii"),
+                headers={b"Content-Type": [b"text/plain"]},
+            ),
+        )  # fmt: skip
+        if code == 400:
+            raise TagRefused(*_refusal(body))
+
+    async def get_tag(self, repo: str, tag: str) -> Digest | None:
+        url = self._repo_url(repo, "tags", _segment(tag))
+        code, body = await self._retrying(
+            f"get tag {repo}:{tag}", lambda: self._call("GET", url, frozenset({200, 404}))
+        )
+        if code == 404:
+            return None
+        try:
+            return Digest.parse(body.decode("ascii").strip())
+        except (UnicodeDecodeError, DigestError):
+            raise HTTPStatusError("GET", url, code, b"not a digest: " + body[:200]) from None
+
+    async def list_tags(self, repo: str, n: int | None, last: str | None) -> Page | None:
+        """Tags of ``repo`` sorted, after ``last``, at most ``n`` (the server
+        caps it); None if the repository is unknown."""
+        url = self._repo_url(repo, "tags")
+        doc = await self._list(url, n, last, f"list tags of {repo}")
+        return None if doc is None else self._page(url, doc, "tags")
+
+    async def list_repositories(self, n: int | None, last: str | None) -> Page:
+        url = f"{self._base}/repositories"
+        doc = await self._list(url, n, last, "list repositories")
+        if doc is None:
+            raise HTTPStatusError("GET", url, 404)
+        return self._page(url, doc, "repositories")
+
+    async def _list(self, url: str, n: int | None, last: str | None, what: str) -> Any:
+        params: dict[str, str] = {}
+        if n is not None:
+            params["n"] = str(n)
+        if last is not None:
+            params["last"] = last
+        code, body = await self._retrying(
+            what, lambda: self._call("GET", url, frozenset({200, 404}), self._config.max_body, params=params)
+        )
+        return None if code == 404 else self._json("GET", url, body)
+
+    def _page(self, url: str, doc: Any, key: str) -> Page:
+        items = doc.get(key) if isinstance(doc, dict) else None
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise HTTPStatusError("GET", url, 200, f"no {key} list".encode())
+        return Page(tuple(items), bool(doc.get("more", False)))
+
+    async def put_manifest(self, repo: str, record: ManifestRecord) -> None:
+        """Record manifest ``record.digest`` in ``repo``. Raises
+        ``ManifestRefused`` if the manifest blob is not on the origin or the
+        record is refused."""
+        url = self._repo_url(repo, "manifests", _segment(str(record.digest)))
+        body = json.dumps(record.to_json(), separators=(",", ":")).encode("utf-8")
+        code, answer = await self._retrying(
+            f"put manifest {record.digest}",
+            lambda: self._call(
+                "PUT", url, frozenset({200, 201, 400}), data=body, headers={b"Content-Type": [b"application/json"]}
+            ),
+        )
+        if code == 400:
+            raise ManifestRefused(*_refusal(answer))
+
+    async def get_manifest(self, repo: str, digest: Digest) -> ManifestRecord | None:
+        url = self._repo_url(repo, "manifests", _segment(str(digest)))
+        code, body = await self._retrying(
+            f"get manifest {digest}", lambda: self._call("GET", url, frozenset({200, 404}))
+        )
+        if code == 404:
+            return None
+        return self._record(url, self._json("GET", url, body))
+
+    async def referrers(self, repo: str, subject: Digest) -> list[ManifestRecord]:
+        """Manifest records in ``repo`` whose subject is ``subject``."""
+        url = self._repo_url(repo, "referrers", _segment(str(subject)))
+        _, body = await self._retrying(
+            f"referrers of {subject}",
+            lambda: self._call("GET", url, frozenset({200}), self._config.max_body),
+        )
+        doc = self._json("GET", url, body)
+        items = doc.get("manifests") if isinstance(doc, dict) else None
+        if not isinstance(items, list):
+            raise HTTPStatusError("GET", url, 200, b"no manifests list")
+        return [self._record(url, item) for item in items]
+
+    def _record(self, url: str, doc: Any) -> ManifestRecord:
+        try:
+            return ManifestRecord.from_json(doc)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise HTTPStatusError("GET", url, 200, f"bad manifest record: {e}".encode()) from None

@@ -1,0 +1,413 @@
+"""The build-index HTTP API (Klein).
+
+Routes (repository names contain ``/``; tags and digests never do)::
+
+    GET  /health                                   "OK\\n"
+    PUT  /repositories/<repo>/tags/<tag>           body "sha256:<hex>"  -> 201 (new) / 200 (moved)
+    GET  /repositories/<repo>/tags/<tag>           -> "sha256:<hex>" / 404
+    GET  /repositories/<repo>/tags?n=&last=        -> {"tags": [...], "more": bool} / 404
+    GET  /repositories?n=&last=                    -> {"repositories": [...], "more": bool}
+    PUT  /repositories/<repo>/manifests/<digest>   body ManifestRecord JSON -> 201 / 200
+    GET  /repositories/<repo>/manifests/<digest>   -> ManifestRecord JSON / 404
+    GET  /repositories/<repo>/referrers/<digest>   -> {"manifests": [ManifestRecord JSON, ...]}
+
+A tag is accepted only if its manifest is on the origin, parses, and every
+blob it references is on the origin too; for a manifest list / OCI index,
+every child manifest and the child's own blobs. Otherwise the answer is 400
+``{"error": "...", "missing": ["sha256:...", ...]}``.
+
+Every error is JSON ``{"error": "..."}`` (plus ``missing`` on refusals),
+produced by one ``handle_errors`` handler.
+
+One ambiguity is inherent in the route shapes: ``GET /repositories/a/tags/tags``
+is both "tag ``tags`` of ``a``" and "list the tags of ``a/tags``"; the tag
+lookup wins.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+from klein import Klein
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
+
+from kraken.core import Digest, DigestError
+from kraken.net import ResponseTooLarge
+from kraken.registry.backend import ManifestRecord
+from kraken.registry.errors import RegistryError
+from kraken.registry.manifests import MANIFEST_TYPES, ParsedManifest, parse_manifest
+from kraken.registry.names import is_valid_name, is_valid_tag
+
+if TYPE_CHECKING:
+    from kraken.buildindex.tags import TagStore
+    from kraken.origin.client import OriginClient
+
+T = TypeVar("T")
+
+#: A tag PUT body is one digest; a record is small JSON.
+MAX_TAG_BODY = 1024
+MAX_RECORD_BODY = 256 * 1024
+#: Origin requests one tag check may have in flight at once.
+CHECK_CONCURRENCY = 16
+#: Child manifests are parsed (and their blobs checked) this many levels
+#: below the tagged manifest; deeper ones are only checked for existence.
+MAX_NESTING = 2
+MAX_LAST = 256
+
+
+class HTTPError(Exception):
+    """An error answered with ``status`` and ``{"error": message, **extra}``."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+class Refused(HTTPError):
+    """A tag or record refused because the origin lacks what it needs."""
+
+    def __init__(self, message: str, missing: list[Digest] | None = None) -> None:
+        super().__init__(400, message, missing=sorted(str(d) for d in (missing or [])))
+
+
+@attrs.frozen
+class _Ref:
+    """A manifest to check: its digest and, if known, its media type."""
+
+    digest: Digest
+    media_type: str | None = None
+
+
+def _json(request: IRequest, status: int, doc: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _text(request: IRequest, status: int, text: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    return text.encode("utf-8")
+
+
+def _check_repo(repo: str) -> str:
+    if not is_valid_name(repo):
+        raise HTTPError(400, f"invalid repository name {repo!r}")
+    return repo
+
+
+def _check_tag(tag: str) -> str:
+    if not is_valid_tag(tag):
+        raise HTTPError(400, f"invalid tag {tag!r}")
+    return tag
+
+
+def _parse_digest(text: str) -> Digest:
+    try:
+        return Digest.parse(text)
+    except DigestError as e:
+        raise HTTPError(400, f"invalid digest: {e}") from None
+
+
+def _read_body(request: IRequest, limit: int) -> bytes:
+    length = request.getHeader(b"Content-Length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise HTTPError(413, f"body larger than {limit} bytes")
+    content = request.content
+    body = b"" if content is None else content.read(limit + 1)
+    if len(body) > limit:
+        raise HTTPError(413, f"body larger than {limit} bytes")
+    return body
+
+
+def _arg(request: IRequest, name: bytes) -> str | None:
+    values = (request.args or {}).get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise HTTPError(400, f"{name.decode()} given more than once")
+    try:
+        text: str = values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPError(400, f"{name.decode()} is not UTF-8") from None
+    return text
+
+
+def _pagination(request: IRequest, valid_last: Callable[[str], bool]) -> tuple[int | None, str | None]:
+    n_text = _arg(request, b"n")
+    n: int | None = None
+    if n_text is not None:
+        if not (n_text.isascii() and n_text.isdigit()) or len(n_text) > 9:
+            raise HTTPError(400, f"n must be a non-negative integer, not {n_text[:20]!r}")
+        n = int(n_text)
+    last = _arg(request, b"last")
+    if last == "":
+        last = None
+    if last is not None and (len(last) > MAX_LAST or not valid_last(last)):
+        raise HTTPError(400, f"invalid last {last[:MAX_LAST]!r}")
+    return n, last
+
+
+def _record_from_body(body: bytes) -> ManifestRecord:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise HTTPError(400, "manifest record is not JSON") from None
+    if not isinstance(doc, dict):
+        raise HTTPError(400, "manifest record must be a JSON object")
+    problems = []
+    if not isinstance(doc.get("digest"), str):
+        problems.append("digest")
+    if not isinstance(doc.get("media_type"), str) or not doc["media_type"]:
+        problems.append("media_type")
+    size = doc.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        problems.append("size")
+    if doc.get("artifact_type") is not None and not isinstance(doc["artifact_type"], str):
+        problems.append("artifact_type")
+    if doc.get("subject") is not None and not isinstance(doc["subject"], str):
+        problems.append("subject")
+    annotations = doc.get("annotations")
+    if annotations is not None and not (
+        isinstance(annotations, dict) and all(isinstance(v, str) for v in annotations.values())
+    ):
+        problems.append("annotations")
+    unknown = set(doc) - {"digest", "media_type", "size", "artifact_type", "subject", "annotations"}
+    problems.extend(sorted(unknown))
+    if problems:
+        raise HTTPError(400, f"invalid manifest record: bad or unknown field(s) {', '.join(problems)}")
+    try:
+        return ManifestRecord.from_json(doc)
+    except DigestError as e:
+        raise HTTPError(400, f"invalid manifest record: {e}") from None
+
+
+def _references(parsed: ParsedManifest) -> tuple[list[Digest], list[_Ref]]:
+    """The blobs (config, layers; foreign layers with ``urls`` excluded) and
+    the child manifests of a parsed manifest. A child's descriptor media
+    type is passed on to its parse only when it names a manifest type."""
+    children = [_Ref(c.digest, c.media_type if c.media_type in MANIFEST_TYPES else None) for c in parsed.manifests]
+    return parsed.required_blobs(), children
+
+
+class _Check:
+    """One tag's dependency check: which of a manifest's references the
+    origin lacks. Each digest is asked about once; at most
+    ``CHECK_CONCURRENCY`` origin requests are in flight."""
+
+    def __init__(self, http: BuildIndexHTTP, repo: str) -> None:
+        self._http = http
+        self._repo = repo
+        self._seen: set[Digest] = set()
+        self._sem = DeferredSemaphore(CHECK_CONCURRENCY)
+        self.missing: set[Digest] = set()
+
+    async def _limited(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        await self._sem.acquire()
+        try:
+            return await self._http._ask_origin(what, call)
+        finally:
+            self._sem.release()
+
+    async def blob(self, digest: Digest) -> None:
+        if digest in self._seen:
+            return
+        self._seen.add(digest)
+        size = await self._limited(f"stat {digest}", lambda: self._http._origin.stat(self._repo, digest))
+        if size is None:
+            self.missing.add(digest)
+
+    async def manifest(self, ref: _Ref, depth: int) -> None:
+        if depth > MAX_NESTING:
+            await self.blob(ref.digest)
+            return
+        if ref.digest in self._seen:
+            return
+        self._seen.add(ref.digest)
+        limit = self._http._max_manifest_size
+        try:
+            body = await self._limited(
+                f"read manifest {ref.digest}", lambda: self._http._origin.read_small(self._repo, ref.digest, limit)
+            )
+        except ResponseTooLarge:
+            raise Refused(f"manifest {ref.digest} is larger than {limit} bytes") from None
+        if body is None:
+            self.missing.add(ref.digest)
+            return
+        try:
+            parsed = parse_manifest(body, ref.media_type)
+        except RegistryError as e:
+            raise Refused(f"manifest {ref.digest} is invalid: {e.message}") from None
+        if parsed.digest != ref.digest:
+            raise HTTPError(502, f"the origin's content for {ref.digest} has digest {parsed.digest}")
+        blobs, children = _references(parsed)
+        await _gather(
+            [Deferred.fromCoroutine(self.blob(b)) for b in blobs]
+            + [Deferred.fromCoroutine(self.manifest(c, depth + 1)) for c in children]
+        )
+
+
+async def _gather(ds: list[Deferred[None]]) -> None:
+    """Wait for all of ``ds``; raise the first failure itself (not FirstError)."""
+    try:
+        await gatherResults(ds, consumeErrors=True)
+    except FirstError as e:
+        e.subFailure.raiseException()
+
+
+class BuildIndexHTTP:
+    app = Klein()
+    log = Logger()
+
+    def __init__(
+        self,
+        tags: TagStore,
+        origin: OriginClient,
+        *,
+        clock: IReactorTime,
+        max_manifest_size: int,
+        max_page: int,
+    ) -> None:
+        self._tags = tags
+        self._origin = origin
+        self._clock = clock
+        self._max_manifest_size = max_manifest_size
+        self._max_page = max_page
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    # -- errors ------------------------------------------------------------
+
+    @app.handle_errors(Exception)
+    def _error(self, request: IRequest, failure: Failure) -> bytes:
+        e = failure.value
+        if isinstance(e, HTTPError):
+            return _json(request, e.status, {"error": e.message, **e.extra})
+        if isinstance(e, HTTPException):
+            code = e.code or 500
+            return _json(request, code, {"error": e.description or e.name})
+        if isinstance(e, CancelledError):
+            # The client is still here, so this was our own timeout.
+            return _json(request, 504, {"error": "timed out"})
+        self.log.failure(
+            "{method} {path} failed", failure, method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("utf-8", "replace"),
+        )  # fmt: skip
+        return _json(request, 500, {"error": "internal error"})
+
+    async def _ask_origin(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Call the origin. Its failures become a 503 (the client may retry),
+        except cancellation and ``ResponseTooLarge``, which callers handle."""
+        try:
+            return await call()
+        except (CancelledError, ResponseTooLarge):
+            raise
+        except Exception as e:
+            self.log.warn("origin {what} failed: {error}", what=what, error=str(e))
+            raise HTTPError(503, f"origin unavailable ({what}): {e}") from None
+
+    # -- routes ------------------------------------------------------------
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: IRequest) -> bytes:
+        return _text(request, 200, "OK\n")
+
+    @app.route("/repositories/<path:repo>/tags/<tag>", methods=["PUT"])
+    async def put_tag(self, request: IRequest, repo: str, tag: str) -> bytes:
+        _check_repo(repo)
+        _check_tag(tag)
+        body = _read_body(request, MAX_TAG_BODY)
+        try:
+            text = body.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise HTTPError(400, "body must be a digest") from None
+        digest = _parse_digest(text)
+        check = _Check(self, repo)
+        await check.manifest(_Ref(digest), 0)
+        if check.missing:
+            missing = sorted(check.missing)
+            self.log.info(
+                "tag {namespace}:{tag} -> {digest} refused: {count} missing",
+                namespace=repo, tag=tag, digest=str(digest), count=len(missing), missing=[str(d) for d in missing],
+            )  # fmt: skip
+            what = "manifest" if digest in check.missing else "references"
+            raise Refused(f"cannot tag {repo}:{tag}: {what} missing on the origin", missing)
+        previous = await self._tags.put_tag(repo, tag, digest)
+        self.log.info(
+            "tag {namespace}:{tag} -> {digest}", namespace=repo, tag=tag, digest=str(digest),
+            previous=None if previous is None else str(previous),
+        )  # fmt: skip
+        return _text(request, 201 if previous is None else 200, str(digest))
+
+    @app.route("/repositories/<path:repo>/tags/<tag>", methods=["GET"])
+    async def get_tag(self, request: IRequest, repo: str, tag: str) -> bytes:
+        _check_repo(repo)
+        _check_tag(tag)
+        digest = await self._tags.get_tag(repo, tag)
+        if digest is None:
+            raise HTTPError(404, f"tag {repo}:{tag} unknown")
+        return _text(request, 200, str(digest))
+
+    @app.route("/repositories/<path:repo>/tags", methods=["GET"])
+    async def list_tags(self, request: IRequest, repo: str) -> bytes:
+        _check_repo(repo)
+        n, last = _pagination(request, is_valid_tag)
+        page = await self._tags.list_tags(repo, self._cap(n), last)
+        if page is None:
+            raise HTTPError(404, f"repository {repo} unknown")
+        return _json(request, 200, {"tags": list(page.items), "more": page.more})
+
+    @app.route("/repositories", methods=["GET"])
+    async def list_repositories(self, request: IRequest) -> bytes:
+        n, last = _pagination(request, is_valid_name)
+        page = await self._tags.list_repositories(self._cap(n), last)
+        return _json(request, 200, {"repositories": list(page.items), "more": page.more})
+
+    @app.route("/repositories/<path:repo>/manifests/<digest>", methods=["PUT"])
+    async def put_manifest(self, request: IRequest, repo: str, digest: str) -> bytes:
+        _check_repo(repo)
+        d = _parse_digest(digest)
+        record = _record_from_body(_read_body(request, MAX_RECORD_BODY))
+        if record.digest != d:
+            raise HTTPError(400, f"record digest {record.digest} does not match the URL's {d}")
+        size = await self._ask_origin(f"stat {d}", lambda: self._origin.stat(repo, d))
+        if size is None:
+            raise Refused(f"manifest {d} missing on the origin", [d])
+        if size != record.size:
+            raise HTTPError(400, f"record size {record.size} but the origin has {size} bytes for {d}")
+        existed = await self._tags.get_manifest(repo, d) is not None
+        await self._tags.put_manifest(repo, record)
+        self.log.info(
+            "manifest {digest} recorded in {namespace}", digest=str(d), namespace=repo, media_type=record.media_type
+        )
+        return _json(request, 200 if existed else 201, record.to_json())
+
+    @app.route("/repositories/<path:repo>/manifests/<digest>", methods=["GET"])
+    async def get_manifest(self, request: IRequest, repo: str, digest: str) -> bytes:
+        _check_repo(repo)
+        d = _parse_digest(digest)
+        record = await self._tags.get_manifest(repo, d)
+        if record is None:
+            raise HTTPError(404, f"manifest {d} unknown in {repo}")
+        return _json(request, 200, record.to_json())
+
+    @app.route("/repositories/<path:repo>/referrers/<digest>", methods=["GET"])
+    async def referrers(self, request: IRequest, repo: str, digest: str) -> bytes:
+        _check_repo(repo)
+        d = _parse_digest(digest)
+        records = await self._tags.referrers(repo, d)
+        return _json(request, 200, {"manifests": [r.to_json() for r in records]})
+
+    def _cap(self, n: int | None) -> int:
+        return self._max_page if n is None else min(n, self._max_page)

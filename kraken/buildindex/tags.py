@@ -1,0 +1,238 @@
+"""The build-index's durable state: tags and manifest records, in SQLite.
+
+Every query runs in the ``adbapi.ConnectionPool``'s single worker thread, so
+the reactor thread never touches the database. The pool holds one connection
+(``cp_max=1``): SQLite allows one writer anyway, and a single connection means
+the worker sees its own writes in order.
+
+The connection is opened in autocommit mode (``isolation_level=None``) and
+every interaction begins its own transaction: ``BEGIN IMMEDIATE`` for writes,
+so a read-modify-write is atomic, and ``BEGIN`` for reads that take more than
+one statement, so they see one snapshot. ``adbapi`` commits when the
+interaction returns and rolls back when it raises.
+
+Schema (version 1, kept in ``PRAGMA user_version``)::
+
+    tags(repo, tag, digest, updated, PRIMARY KEY (repo, tag))
+    manifests(repo, digest, record, subject, artifact_type, PRIMARY KEY (repo, digest))
+    INDEX manifests_by_subject ON manifests(repo, subject)
+
+``record`` is ``ManifestRecord.to_json()`` as JSON text; ``subject`` and
+``artifact_type`` are copied out of it for the referrers query. Listings sort
+byte-wise (``COLLATE BINARY``; names and tags are ASCII), ``last`` is
+exclusive, and ``more`` is found by asking for one row beyond the page.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.enterprise import adbapi
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from kraken.core import Digest
+from kraken.registry.backend import ManifestRecord, Page
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tags (
+    repo TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (repo, tag)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS manifests (
+    repo TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    record TEXT NOT NULL,
+    subject TEXT,
+    artifact_type TEXT,
+    PRIMARY KEY (repo, digest)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS manifests_by_subject ON manifests (repo, subject);
+"""
+
+
+class SchemaError(Exception):
+    """The database was written by a newer, incompatible version."""
+
+
+def prepare_connection(conn: sqlite3.Connection) -> None:
+    """Run on every new connection (``cp_openfun``): WAL journal, durable
+    commits, a busy timeout, and the schema created if missing."""
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise SchemaError(f"tag database has schema version {version}; this build knows {SCHEMA_VERSION}")
+        if version < SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+    except BaseException:
+        conn.close()
+        raise
+
+
+def open_pool(path: str, reactor: Any) -> adbapi.ConnectionPool:
+    """The connection pool ``TagStore`` expects: one connection to ``path``,
+    in autocommit mode, prepared by ``prepare_connection``."""
+    return adbapi.ConnectionPool(
+        "sqlite3",
+        path,
+        check_same_thread=False,
+        isolation_level=None,
+        cp_min=1,
+        cp_max=1,
+        cp_reactor=reactor,
+        cp_openfun=prepare_connection,
+    )
+
+
+def _record_json(record: ManifestRecord) -> str:
+    return json.dumps(record.to_json(), sort_keys=True, separators=(",", ":"))
+
+
+class TagStore(Service):
+    """Tags and manifest records of every repository. A ``Service``: starting
+    it starts the pool's thread (and opens the database); stopping it closes
+    the pool."""
+
+    log = Logger()
+
+    def __init__(self, pool: adbapi.ConnectionPool, *, clock: IReactorTime, max_page: int = 1000) -> None:
+        self.setName("tags")
+        self._pool = pool
+        self._clock = clock
+        self._max_page = max_page
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._pool.start()
+        # Open the database now, so a bad path or a newer schema shows in the
+        # log at startup rather than on the first request.
+        d = self._pool.runInteraction(lambda txn: None)
+        d.addCallbacks(
+            lambda _: self.log.info("tag database {path} open", path=self._path()),
+            lambda f: self.log.failure("cannot open tag database {path}", f, path=self._path()),
+        )
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._pool.close()
+
+    def _path(self) -> str:
+        return str(self._pool.connargs[0]) if self._pool.connargs else "?"
+
+    def _limit(self, n: int | None) -> int:
+        if n is None:
+            return self._max_page
+        return max(0, min(n, self._max_page))
+
+    # -- tags --------------------------------------------------------------
+
+    async def put_tag(self, repo: str, tag: str, digest: Digest) -> Digest | None:
+        """Point ``repo:tag`` at ``digest``; returns the digest it pointed at
+        before (None if the tag is new)."""
+        now = self._clock.seconds()
+
+        def put(txn: adbapi.Transaction) -> str | None:
+            txn.execute("BEGIN IMMEDIATE")
+            txn.execute("SELECT digest FROM tags WHERE repo = ? AND tag = ?", (repo, tag))
+            row = txn.fetchone()
+            txn.execute(
+                "INSERT INTO tags (repo, tag, digest, updated) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest, updated = excluded.updated",
+                (repo, tag, str(digest), now),
+            )
+            return None if row is None else row[0]
+
+        previous = await self._pool.runInteraction(put)
+        return None if previous is None else Digest.parse(previous)
+
+    async def get_tag(self, repo: str, tag: str) -> Digest | None:
+        rows = await self._pool.runQuery("SELECT digest FROM tags WHERE repo = ? AND tag = ?", (repo, tag))
+        return Digest.parse(rows[0][0]) if rows else None
+
+    async def list_tags(self, repo: str, n: int | None, last: str | None) -> Page | None:
+        """Tags of ``repo`` after ``last``, at most ``n``; None if the
+        repository has neither tags nor manifests."""
+        limit = self._limit(n)
+
+        def query(txn: adbapi.Transaction) -> Page | None:
+            txn.execute("BEGIN")
+            txn.execute(
+                "SELECT tag FROM tags WHERE repo = ? AND tag > ? ORDER BY tag COLLATE BINARY LIMIT ?",
+                (repo, last or "", limit + 1),
+            )
+            found = [r[0] for r in txn.fetchall()]
+            if not found:
+                txn.execute(
+                    "SELECT 1 FROM tags WHERE repo = ? UNION ALL SELECT 1 FROM manifests WHERE repo = ? LIMIT 1",
+                    (repo, repo),
+                )
+                if txn.fetchone() is None:
+                    return None
+            return Page(tuple(found[:limit]), len(found) > limit)
+
+        result: Page | None = await self._pool.runInteraction(query)
+        return result
+
+    async def list_repositories(self, n: int | None, last: str | None) -> Page:
+        """Repositories that have tags or manifests, after ``last``, at most ``n``."""
+        limit = self._limit(n)
+        after = last or ""
+        rows = await self._pool.runQuery(
+            "SELECT repo FROM tags WHERE repo > ? UNION SELECT repo FROM manifests WHERE repo > ?"
+            " ORDER BY repo COLLATE BINARY LIMIT ?",
+            (after, after, limit + 1),
+        )
+        found = [r[0] for r in rows]
+        return Page(tuple(found[:limit]), len(found) > limit)
+
+    # -- manifest records --------------------------------------------------
+
+    async def put_manifest(self, repo: str, record: ManifestRecord) -> None:
+        await self._pool.runOperation(
+            "INSERT INTO manifests (repo, digest, record, subject, artifact_type) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (repo, digest) DO UPDATE SET record = excluded.record, subject = excluded.subject,"
+            " artifact_type = excluded.artifact_type",
+            (
+                repo,
+                str(record.digest),
+                _record_json(record),
+                None if record.subject is None else str(record.subject),
+                record.artifact_type,
+            ),
+        )
+
+    async def get_manifest(self, repo: str, digest: Digest) -> ManifestRecord | None:
+        rows = await self._pool.runQuery(
+            "SELECT record FROM manifests WHERE repo = ? AND digest = ?", (repo, str(digest))
+        )
+        return ManifestRecord.from_json(json.loads(rows[0][0])) if rows else None
+
+    async def referrers(self, repo: str, subject: Digest) -> list[ManifestRecord]:
+        """Manifests of ``repo`` whose subject is ``subject``, by digest."""
+        rows = await self._pool.runQuery(
+            "SELECT record FROM manifests WHERE repo = ? AND subject = ? ORDER BY digest COLLATE BINARY",
+            (repo, str(subject)),
+        )
+        return [ManifestRecord.from_json(json.loads(r[0])) for r in rows]

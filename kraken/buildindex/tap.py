@@ -1,0 +1,127 @@
+"""``twistd kraken-build-index``: options and the composition root.
+
+This is the only build-index module that may import the global reactor, and
+only inside ``makeService`` when no reactor is given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.server import Site
+
+from kraken import config as kconfig
+from kraken.buildindex.config import BuildIndexConfig
+from kraken.buildindex.http import BuildIndexHTTP
+from kraken.buildindex.tags import TagStore, open_pool
+from kraken.net import make_http_client
+from kraken.origin.client import OriginClient
+
+log = Logger(namespace="kraken.buildindex")
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "Run a Kraken build-index: tags, manifest records and listings, checked against the origin."
+    optParameters = [
+        ["config", "c", None, "YAML config file (supports extends:); built-in defaults when omitted"],
+    ]
+
+    def postOptions(self) -> None:
+        path = self["config"]
+        try:
+            loaded = kconfig.load(path) if path is not None else kconfig.from_mapping({})
+            parsed = kconfig.build(BuildIndexConfig, loaded)
+        except kconfig.ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        try:
+            # Parse only (the standard parsers do not touch the reactor), so a
+            # bad endpoint is a usage error rather than a traceback later.
+            endpoints.serverFromString(None, parsed.listen_http)
+        except Exception as e:
+            raise usage.UsageError(f"{path or '<defaults>'}: listen_http: {e}") from None
+        self["parsed"] = parsed
+
+
+class _NoFileWorker:
+    """The origin client's worker reads files being uploaded; the
+    build-index never uploads, so it gets a worker that refuses."""
+
+    def run(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        return fail(RuntimeError("the build-index does no file I/O"))
+
+
+class BuildIndexService(MultiService):
+    """The build-index's services; logs "build-index listening" once the
+    HTTP port is bound."""
+
+    def __init__(self, config: BuildIndexConfig) -> None:
+        super().__init__()
+        self.setName("build-index")
+        self._config = config
+
+    def startService(self) -> None:
+        super().startService()
+        waiting = getattr(self.getServiceNamed("http"), "_waitingForPort", None)
+        if waiting is not None:
+            waiting.addCallback(self._announce)
+
+    def _announce(self, port: Any) -> Any:
+        if port is None:  # listening failed; the listener service has said why
+            return port
+        host = port.getHost()
+        log.info(
+            "build-index listening on {address} ({endpoint}), origin {origin}, database {database}",
+            address=f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}" if hasattr(host, "port") else str(host),
+            port=getattr(host, "port", None),
+            endpoint=self._config.listen_http,
+            origin=self._config.origin,
+            database=self._config.database,
+        )
+        return port
+
+
+def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
+    """Everything one build-index needs, as a MultiService (the herd composes it).
+
+    Children start in this order and stop in reverse: the tag store (its
+    SQLite pool), the HTTP client pool, then the HTTP listener.
+    """
+    top = BuildIndexService(config)
+
+    directory = os.path.dirname(os.path.abspath(config.database))
+    os.makedirs(directory, exist_ok=True)
+    tags = TagStore(open_pool(config.database, reactor), clock=reactor, max_page=config.max_page)
+    tags.setServiceParent(top)
+
+    http, client_service = make_http_client(reactor, config.http_client)
+    client_service.setServiceParent(top)
+    origin = OriginClient(
+        http=http, base=config.origin, clock=reactor, config=config.http_client, worker=_NoFileWorker()
+    )
+
+    app = BuildIndexHTTP(
+        tags, origin, clock=reactor, max_manifest_size=config.max_manifest_size, max_page=config.max_page
+    )
+    site = Site(app.resource(), reactor=reactor)
+    site.displayTracebacks = False
+    listener = strports.service(config.listen_http, site, reactor=reactor)
+    listener.setName("http")
+    listener.setServiceParent(top)
+    return top
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    return build_index_service(options["parsed"], reactor)

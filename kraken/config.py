@@ -1,0 +1,286 @@
+"""YAML configuration: ``extends:``, deep merge, sizes, durations, strict keys.
+
+A config file may name another with ``extends: <relative path>``; the named
+file is loaded first and this one is merged over it: maps merge key by key,
+lists and scalars replace. Cycles are errors.
+
+The merged document is turned into frozen attrs classes by ``build``. Field
+types drive the conversion: ``Size`` takes ``4MiB``-style text (or a plain
+integer of bytes), ``Duration`` takes ``30s``, ``250ms``, ``5m``, ``1h``,
+``2d`` (or a plain number of seconds). An unknown key, a wrong type or a
+missing required key raises ``ConfigError`` naming the file that set it and
+the full key path, so a daemon refuses to start before anything listens.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, NewType, TypeVar, Union
+
+import attrs
+import yaml
+
+Size = NewType("Size", int)
+Duration = NewType("Duration", float)
+
+T = TypeVar("T")
+KeyPath = tuple[str, ...]
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B|B)?\s*\Z", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "pb": 10**15,
+    "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "pib": 1 << 50,
+}  # fmt: skip
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*\Z")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(Exception):
+    """A configuration problem, with the file and key path it concerns."""
+
+    def __init__(self, message: str, *, file: str | None = None, key: KeyPath = ()) -> None:
+        where = file or "<config>"
+        if key:
+            where += f": {'.'.join(key)}"
+        super().__init__(f"{where}: {message}")
+        self.file = file
+        self.key = key
+
+
+def parse_size(value: object) -> int:
+    """``"4MiB"`` -> 4194304; ``"10GB"`` -> 10**10; integers are bytes."""
+    if isinstance(value, bool):
+        raise ValueError("a size, not a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size must not be negative")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"a size like '4MiB', not {type(value).__name__}")
+    m = _SIZE.match(value)
+    if not m:
+        raise ValueError(f"not a size: {value!r} (examples: 512KiB, 4MiB, 10GB, 1024)")
+    number, unit = m.groups()
+    return int(float(number) * _SIZE_UNITS[(unit or "b").lower()])
+
+
+def parse_duration(value: object) -> float:
+    """``"30s"`` -> 30.0; ``"250ms"`` -> 0.25; numbers are seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration, not a boolean")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration must not be negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"a duration like '30s', not {type(value).__name__}")
+    m = _DURATION.match(value)
+    if not m:
+        raise ValueError(f"not a duration: {value!r} (examples: 250ms, 30s, 5m, 1h)")
+    number, unit = m.groups()
+    return float(number) * _DURATION_UNITS[unit or "s"]
+
+
+@attrs.frozen
+class Loaded:
+    """A merged YAML document and, for every key path, the file that set it."""
+
+    data: dict[str, Any]
+    sources: dict[KeyPath, str]
+    file: str
+
+    def source(self, key: KeyPath) -> str:
+        for n in range(len(key), -1, -1):
+            found = self.sources.get(key[:n])
+            if found is not None:
+                return found
+        return self.file
+
+    def over(self, defaults: Mapping[str, Any], name: str = "<defaults>") -> Loaded:
+        """This document merged over ``defaults`` (maps merge, the rest replaces)."""
+        base = from_mapping(defaults, name)
+        sources = dict(base.sources)
+        data = _merge(base.data, self.data, (), self.file, sources)
+        sources.update(self.sources)
+        return Loaded(data, sources, self.file)
+
+    def section(self, *key: str) -> Loaded:
+        """The sub-document at ``key`` (an empty map if absent), keeping sources."""
+        data: Any = self.data
+        for k in key:
+            data = data.get(k, {}) if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            raise ConfigError("must be a map", file=self.source(key), key=key)
+        sources = {p[len(key):]: f for p, f in self.sources.items() if p[: len(key)] == key}
+        return Loaded(data, sources, self.source(key))
+
+
+def load_or_usage_error(cls: type[T], path: str) -> T:
+    """Load and build a component's config for its twistd ``Options``: any
+    problem becomes a ``UsageError``, so twistd prints it without a traceback
+    and exits before anything listens."""
+    from twisted.python import usage
+
+    try:
+        return build(cls, load(path))
+    except ConfigError as e:
+        raise usage.UsageError(str(e)) from None
+
+
+def load(path: str) -> Loaded:
+    """Read ``path`` and everything it extends, and merge them."""
+    return _load(os.path.abspath(path), ())
+
+
+def from_mapping(data: Mapping[str, Any], file: str = "<defaults>") -> Loaded:
+    sources: dict[KeyPath, str] = {}
+    _record(data, (), file, sources)
+    return Loaded(dict(data), sources, file)
+
+
+def _load(path: str, chain: tuple[str, ...]) -> Loaded:
+    if path in chain:
+        cycle = " -> ".join([*chain, path])
+        raise ConfigError(f"extends cycle: {cycle}", file=path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=path) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror}", file=path) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML: {e}", file=path) from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError("the top level must be a map", file=path)
+    parent = doc.pop("extends", None)
+    sources: dict[KeyPath, str] = {}
+    merged: dict[str, Any] = {}
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError("must be a relative path", file=path, key=("extends",))
+        base = _load(os.path.join(os.path.dirname(path), parent), (*chain, path))
+        merged, sources = base.data, dict(base.sources)
+    merged = _merge(merged, doc, (), path, sources)
+    return Loaded(merged, sources, path)
+
+
+def _merge(base: Any, over: Any, key: KeyPath, file: str, sources: dict[KeyPath, str]) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"key {k!r} must be text", file=file, key=key)
+            out[k] = _merge(base.get(k), v, (*key, k), file, sources)
+        sources.setdefault(key, file)
+        return out
+    # A replaced subtree forgets where its old children came from.
+    for p in [p for p in sources if p[: len(key)] == key and len(p) > len(key)]:
+        del sources[p]
+    _record(over, key, file, sources)
+    return over
+
+
+def _record(value: Any, key: KeyPath, file: str, sources: dict[KeyPath, str]) -> None:
+    sources[key] = file
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _record(v, (*key, str(k)), file, sources)
+
+
+def build(cls: type[T], loaded: Loaded, key: KeyPath = ()) -> T:
+    """Turn ``loaded`` (or the part at ``key``) into an instance of ``cls``."""
+    data: Any = loaded.data
+    for k in key:
+        data = data.get(k, {}) if isinstance(data, dict) else data
+    return typing.cast(T, _convert(cls, data, key, loaded))
+
+
+def _convert(tp: Any, value: Any, key: KeyPath, loaded: Loaded) -> Any:
+    def fail(message: str) -> ConfigError:
+        return ConfigError(message, file=loaded.source(key), key=key)
+
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return _convert(rest[0], value, key, loaded)
+        raise TypeError(f"unsupported config type {tp}")
+    if attrs.has(tp):
+        if not isinstance(value, dict):
+            raise fail(f"must be a map, not {_kind(value)}")
+        fields = {f.name: f for f in attrs.fields(attrs.resolve_types(tp))}
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            known = ", ".join(sorted(fields)) or "(none)"
+            raise ConfigError(
+                f"unknown key (known keys here: {known})", file=loaded.source((*key, unknown[0])), key=(*key, unknown[0])
+            )
+        kwargs = {}
+        for name, f in fields.items():
+            if name in value:
+                kwargs[name] = _convert(f.type, value[name], (*key, name), loaded)
+            elif f.default is attrs.NOTHING:
+                raise fail(f"missing required key {name!r}")
+        try:
+            return tp(**kwargs)
+        except (ValueError, TypeError) as e:
+            raise fail(str(e)) from None
+    if tp is Size:
+        try:
+            return parse_size(value)
+        except ValueError as e:
+            raise fail(str(e)) from None
+    if tp is Duration:
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            raise fail(str(e)) from None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail(f"must be true or false, not {_kind(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail(f"must be an integer, not {_kind(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail(f"must be a number, not {_kind(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail(f"must be text, not {_kind(value)}")
+        return value
+    if origin is tuple:
+        (item, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise fail(f"must be a list, not {_kind(value)}")
+        return tuple(_convert(item, v, (*key, str(i)), loaded) for i, v in enumerate(value))
+    if origin is dict:
+        ktype, vtype = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise fail(f"must be a map, not {_kind(value)}")
+        return {
+            _convert(ktype, str(k) if ktype is not Size else k, (*key, str(k)), loaded): _convert(
+                vtype, v, (*key, str(k)), loaded
+            )
+            for k, v in value.items()
+        }
+    raise TypeError(f"unsupported config type {tp!r}")
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    return {dict: "a map", list: "a list", str: "text", bool: "a boolean"}.get(type(value), type(value).__name__)

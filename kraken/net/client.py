@@ -1,0 +1,91 @@
+"""One treq ``HTTPClient`` per service, with a pool the service closes on stop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import treq
+from treq.client import HTTPClient
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from kraken.config import Duration, Size
+
+
+@attrs.frozen
+class HTTPClientConfig:
+    """How a daemon talks HTTP to the others (YAML key ``http_client``)."""
+
+    connect_timeout: Duration = Duration(5.0)
+    # Silence timeout: a response that sends nothing for this long is abandoned.
+    timeout: Duration = Duration(60.0)
+    max_body: Size = Size(16 << 20)
+    retries: int = 3
+    backoff: Duration = Duration(0.25)
+    max_backoff: Duration = Duration(5.0)
+    max_connections_per_host: int = 16
+
+
+class ResponseTooLarge(Exception):
+    pass
+
+
+class HTTPStatusError(Exception):
+    """An unexpected status from another component."""
+
+    def __init__(self, method: str, url: str, code: int, body: bytes = b"") -> None:
+        super().__init__(f"{method} {url} -> {code}: {body[:200]!r}")
+        self.code = code
+        self.body = body
+
+
+class HTTPClientService(Service):
+    """Owns the connection pool: stopping the service closes cached connections."""
+
+    def __init__(self, pool: HTTPConnectionPool) -> None:
+        self.setName("http-client")
+        self.pool = pool
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        return self.pool.closeCachedConnections()
+
+
+def make_http_client(reactor: Any, config: HTTPClientConfig) -> tuple[HTTPClient, HTTPClientService]:
+    """The client every component's ``client.py`` takes, and the Service that
+    must be added to the daemon so the pool is closed on shutdown."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = config.max_connections_per_host
+    pool.retryAutomatically = False
+    agent = Agent(reactor, connectTimeout=config.connect_timeout, pool=pool)
+    return HTTPClient(agent), HTTPClientService(pool)
+
+
+async def limited_content(response: Any, clock: IReactorTime, max_bytes: int, timeout: float) -> bytes:
+    """The whole body, refusing more than ``max_bytes``; gives up after
+    ``timeout`` seconds in which no data arrived."""
+    chunks: list[bytes] = []
+    received = 0
+    timer: Any = None
+
+    def _take(chunk: bytes) -> None:
+        nonlocal received
+        received += len(chunk)
+        if received > max_bytes:
+            raise ResponseTooLarge(f"response body exceeds {max_bytes} bytes")
+        chunks.append(chunk)
+        if timer is not None:
+            timer.reset(timeout)
+
+    # collect() may deliver an already-received body synchronously, before the timer exists.
+    done: Deferred[None] = treq.collect(response, _take)
+    timer = clock.callLater(timeout, done.cancel)
+    try:
+        await done
+    finally:
+        if timer.active():
+            timer.cancel()
+    return b"".join(chunks)

@@ -1,0 +1,1 @@
+"""The origin: the dedicated seeder and content-addressed blob store."""

@@ -1,0 +1,213 @@
+"""The treq client of the origin's blob server (``kraken.origin.http``)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+from urllib.parse import quote
+
+import attrs
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+
+from kraken.core import Digest, MetaInfo
+from kraken.net import HTTPClientConfig, HTTPStatusError, RetryPolicy, limited_content, with_retries
+from kraken.net.body import ThreadedFileProducer
+from kraken.store.workers import Worker
+
+T = TypeVar("T")
+_ERROR_BODY = 64 << 10
+log = Logger()
+
+
+def namespace_path(namespace: str) -> str:
+    """Quote each segment of a repository name, keeping ``/`` as the separator."""
+    if not namespace or any(not seg for seg in namespace.split("/")):
+        raise ValueError(f"invalid namespace {namespace!r}")
+    return "/".join(quote(seg, safe="") for seg in namespace.split("/"))
+
+
+def _strip_slash(base: str) -> str:
+    return base.rstrip("/")
+
+
+@attrs.frozen
+class OriginClient:
+    """Talks to one origin. ``base`` is like ``http://127.0.0.1:15002``.
+
+    Unexpected statuses raise ``HTTPStatusError``; idempotent calls and uploads
+    are retried on network errors and 429/502/503/504 (``kraken.net.with_retries``).
+    """
+
+    _http: HTTPClient
+    _base: str = attrs.field(converter=_strip_slash)
+    _clock: IReactorTime
+    _config: HTTPClientConfig
+    _worker: Worker  # reads the files being uploaded
+
+    # -- URLs --
+
+    def _blob_url(self, namespace: str, digest: Digest) -> str:
+        return f"{self._base}/namespace/{namespace_path(namespace)}/blobs/{digest}"
+
+    def _uploads_url(self, namespace: str, digest: Digest, uid: str | None = None) -> str:
+        url = f"{self._blob_url(namespace, digest)}/uploads"
+        return url if uid is None else f"{url}/{quote(uid, safe='')}"
+
+    # -- plumbing --
+
+    def _policy(self) -> RetryPolicy:
+        c = self._config
+        return RetryPolicy(attempts=c.retries + 1, backoff=c.backoff, max_backoff=c.max_backoff)
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        return await with_retries(self._clock, self._policy(), what, attempt)
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> IResponse:
+        """One request; the timeout covers the wait for the response headers."""
+        return await self._http.request(
+            method,
+            url,
+            allow_redirects=False,
+            unbuffered=True,
+            reactor=cast(Any, self._clock),  # treq only schedules the timeout on it
+            timeout=self._config.timeout,
+            **kwargs,
+        )
+
+    async def _read(self, response: IResponse, limit: int) -> bytes:
+        return await limited_content(response, self._clock, limit, self._config.timeout)
+
+    async def _drain(self, response: IResponse) -> None:
+        """Consume a small body so the connection can go back to the pool."""
+        await self._read(response, _ERROR_BODY)
+
+    async def _unexpected(self, method: str, url: str, response: IResponse) -> HTTPStatusError:
+        try:
+            body = await self._read(response, _ERROR_BODY)
+        except Exception:
+            body = b""
+        return HTTPStatusError(method, url, response.code, body)
+
+    # -- the API --
+
+    async def health(self) -> bool:
+        """True if the origin answers ``GET /health`` with 200."""
+        url = f"{self._base}/health"
+        try:
+            response = await self._request("GET", url)
+            await self._drain(response)
+        except CancelledError:
+            raise
+        except Exception as e:
+            log.debug("health check of {url} failed: {error}", url=url, error=str(e))
+            return False
+        return bool(response.code == 200)
+
+    async def stat(self, namespace: str, digest: Digest) -> int | None:
+        """The blob's size, or None if the origin does not hold it."""
+        url = self._blob_url(namespace, digest)
+
+        async def attempt() -> int | None:
+            response = await self._request("HEAD", url)
+            await self._drain(response)
+            if response.code == 404:
+                return None
+            if response.code != 200:
+                raise await self._unexpected("HEAD", url, response)
+            lengths = response.headers.getRawHeaders(b"content-length")
+            if not lengths or not lengths[0].strip().isdigit():
+                raise HTTPStatusError("HEAD", url, response.code, b"no usable Content-Length")
+            return int(lengths[0])
+
+        return await self._retrying(f"stat {digest}", attempt)
+
+    async def read_small(self, namespace: str, digest: Digest, limit: int) -> bytes | None:
+        """The whole blob (a manifest, say) if it holds at most ``limit`` bytes;
+        None if absent. A bigger blob raises ``kraken.net.ResponseTooLarge``."""
+        url = self._blob_url(namespace, digest)
+
+        async def attempt() -> bytes | None:
+            response = await self._request("GET", url)
+            if response.code == 404:
+                await self._drain(response)
+                return None
+            if response.code != 200:
+                raise await self._unexpected("GET", url, response)
+            return await self._read(response, limit)
+
+        return await self._retrying(f"read {digest}", attempt)
+
+    async def get(
+        self,
+        namespace: str,
+        digest: Digest,
+        *,
+        method: str = "GET",
+        headers: dict[bytes, list[bytes]] | None = None,
+    ) -> IResponse:
+        """The raw response, body unread, whatever its status (the caller
+        streams it and handles 404, 206, 416...). Only network errors are retried."""
+        url = self._blob_url(namespace, digest)
+        hdrs = Headers(headers or {})
+        return await self._retrying(f"{method} {digest}", lambda: self._request(method, url, headers=hdrs))
+
+    async def metainfo(self, namespace: str, digest: Digest) -> MetaInfo | None:
+        url = f"{self._blob_url(namespace, digest)}/metainfo"
+
+        async def attempt() -> MetaInfo | None:
+            response = await self._request("GET", url)
+            if response.code == 404:
+                await self._drain(response)
+                return None
+            if response.code != 200:
+                raise await self._unexpected("GET", url, response)
+            return MetaInfo.from_json(await self._read(response, self._config.max_body))
+
+        info = await self._retrying(f"metainfo {digest}", attempt)
+        if info is not None and info.digest != digest:
+            raise HTTPStatusError("GET", url, 200, f"metainfo is for {info.digest}".encode())
+        return info
+
+    async def upload(self, namespace: str, digest: Digest, path: str, size: int) -> None:
+        """Upload ``size`` bytes of ``path`` as blob ``digest``: start, one
+        PATCH of the whole file, commit. A 409 at any step means the origin
+        already holds the blob: success. Retries start again from the POST."""
+        await self._retrying(f"upload {digest}", lambda: self._upload_once(namespace, digest, path, size))
+
+    async def _upload_once(self, namespace: str, digest: Digest, path: str, size: int) -> None:
+        url = self._uploads_url(namespace, digest)
+        response = await self._request("POST", url)
+        if response.code == 409:
+            await self._drain(response)
+            log.debug("origin already holds {digest}", digest=str(digest), namespace=namespace)
+            return
+        if response.code != 200:
+            raise await self._unexpected("POST", url, response)
+        await self._drain(response)
+        locations = response.headers.getRawHeaders(b"location")
+        if not locations:
+            raise HTTPStatusError("POST", url, response.code, b"no Location header")
+        url = self._uploads_url(namespace, digest, locations[0].decode("ascii").strip())
+
+        body = ThreadedFileProducer(path, 0, size, self._worker)
+        response = await self._request("PATCH", url, data=body, headers={b"Content-Range": [f"0-{size}".encode()]})
+        if response.code == 409:
+            await self._drain(response)
+            return
+        if not 200 <= response.code < 300:
+            raise await self._unexpected("PATCH", url, response)
+        await self._drain(response)
+
+        response = await self._request("PUT", url)
+        if response.code == 409:
+            await self._drain(response)
+            return
+        if not 200 <= response.code < 300:
+            raise await self._unexpected("PUT", url, response)
+        await self._drain(response)
+        log.info("uploaded {digest} ({bytes} bytes)", digest=str(digest), bytes=size, namespace=namespace)

@@ -1,0 +1,210 @@
+"""The origin's blob server (Kraken's ``origin/blobserver``), as a Klein app.
+
+Routes (``<ns>`` is a repository name and may contain slashes; digests are
+``sha256:<64 hex>``, anything else is 400)::
+
+    GET   /health
+    GET   /blobs/<digest>/locations                      -> Origin-Locations: host:port
+    POST  /namespace/<ns>/blobs/<digest>/uploads         -> 200, Location: <uid>; 409 if stored
+    PATCH /namespace/<ns>/blobs/<digest>/uploads/<uid>   Content-Range: <start>-<end> (end exclusive)
+    PUT   /namespace/<ns>/blobs/<digest>/uploads/<uid>   -> 201; 400 on a digest mismatch
+    GET   /namespace/<ns>/blobs/<digest>                 (and HEAD; Range supported)
+    GET   /namespace/<ns>/blobs/<digest>/metainfo        -> MetaInfo JSON
+
+Errors are plain text (``<message>\\n``) with the status, mapped in one place
+(``_error``); a 409 during an upload means "already stored", which clients
+treat as success.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource
+from twisted.web.server import Request
+from twisted.web.static import File
+from werkzeug.exceptions import HTTPException
+
+from kraken.core import Digest, DigestError
+from kraken.store import CAStore, DigestMismatch, RangeMismatch, UploadTruncated, UploadUnknown
+
+_CONTENT_RANGE = re.compile(r"\s*(\d+)-(\d+)\s*\Z")
+
+
+class HTTPError(Exception):
+    """Answer the request with ``code`` and the plain-text ``message``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def parse_digest(text: str) -> Digest:
+    try:
+        return Digest.parse(text)
+    except DigestError as e:
+        raise HTTPError(400, f"invalid digest: {e}") from None
+
+
+def parse_content_range(header: bytes | None) -> tuple[int, int]:
+    """``<start>-<end>``, end exclusive (as Kraken's blob client sends it)."""
+    if header is None:
+        raise HTTPError(400, "missing Content-Range header (<start>-<end>, end exclusive)")
+    m = _CONTENT_RANGE.match(header.decode("latin-1"))
+    if not m:
+        raise HTTPError(400, f"malformed Content-Range {header.decode('latin-1')!r} (want <start>-<end>)")
+    start, end = int(m.group(1)), int(m.group(2))
+    if end < start:
+        raise HTTPError(400, f"Content-Range end {end} is before its start {start}")
+    return start, end
+
+
+def _empty(request: Request, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return b""
+
+
+def _remaining(content: Any) -> int:
+    """Bytes left in the (spooled) request body; a seek, not a read."""
+    here = content.tell()
+    end = content.seek(0, os.SEEK_END)
+    content.seek(here, os.SEEK_SET)
+    return int(end - here)
+
+
+class OriginHTTP:
+    app = Klein()
+    log = Logger()
+
+    def __init__(self, store: CAStore, *, clock: IReactorTime, advertise: str) -> None:
+        self._store = store
+        self._clock = clock
+        self._advertise = advertise
+
+    def resource(self) -> IResource:
+        return self.app.resource()
+
+    # -- errors: the one place that turns exceptions into responses --
+
+    @app.handle_errors  # type: ignore[call-overload]  # klein's stubs do not cover methods
+    def _error(self, request: Request, failure: Failure) -> bytes | Failure:
+        if failure.check(CancelledError):
+            return failure  # the client went away; nothing to answer
+        code, message = self._classify(request, failure)
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return message.encode("utf-8") + b"\n"
+
+    def _classify(self, request: Request, failure: Failure) -> tuple[int, str]:
+        e = failure.value
+        if isinstance(e, HTTPError):
+            return e.code, e.message
+        if isinstance(e, HTTPException):  # routing: 404 no such route, 405 wrong method
+            allowed = getattr(e, "valid_methods", None)
+            if allowed:
+                request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
+            return e.code or 500, e.description or e.name
+        if isinstance(e, UploadUnknown):
+            return 404, f"unknown upload {e.args[0] if e.args else ''}".rstrip()
+        if isinstance(e, RangeMismatch):
+            return 416, str(e)
+        if isinstance(e, (UploadTruncated, DigestMismatch)):
+            return 400, str(e)
+        self.log.failure(
+            "{method} {path} failed",
+            failure,
+            method=request.method.decode("latin-1"),
+            path=request.uri.decode("latin-1"),
+        )
+        return 500, "internal error"
+
+    # -- routes --
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"OK\n"
+
+    @app.route("/blobs/<d>/locations", methods=["GET"])
+    def locations(self, request: Request, d: str) -> bytes:
+        parse_digest(d)
+        request.setHeader(b"origin-locations", self._advertise.encode("ascii"))
+        return _empty(request)
+
+    @app.route("/namespace/<path:ns>/blobs/<d>/uploads", methods=["POST"])
+    async def start_upload(self, request: Request, ns: str, d: str) -> bytes:
+        digest = parse_digest(d)
+        if await self._store.stat(digest) is not None:
+            raise HTTPError(409, f"blob {digest} already exists")
+        uid = await self._store.uploads.create()
+        self.log.debug("upload {uid} of {digest} started", uid=uid, digest=str(digest), namespace=ns)
+        request.setHeader(b"location", uid.encode("ascii"))
+        return _empty(request)
+
+    @app.route("/namespace/<path:ns>/blobs/<d>/uploads/<uid>", methods=["PATCH"])
+    async def patch_upload(self, request: Request, ns: str, d: str, uid: str) -> bytes:
+        digest = parse_digest(d)
+        start, end = parse_content_range(request.getHeader(b"content-range"))
+        if await self._store.stat(digest) is not None:
+            await self._drop_upload(uid)
+            raise HTTPError(409, f"blob {digest} already exists")
+        assert request.content is not None
+        extra = _remaining(request.content) - (end - start)
+        if extra > 0:
+            raise HTTPError(400, f"body holds {extra} bytes more than Content-Range {start}-{end} declares")
+        size = await self._store.uploads.append(uid, request.content, offset=start, length=end - start)
+        self.log.debug("upload {uid} now holds {bytes} bytes", uid=uid, bytes=size, digest=str(digest), namespace=ns)
+        return _empty(request, 204)
+
+    @app.route("/namespace/<path:ns>/blobs/<d>/uploads/<uid>", methods=["PUT"])
+    async def commit_upload(self, request: Request, ns: str, d: str, uid: str) -> bytes:
+        digest = parse_digest(d)
+        try:
+            result = await self._store.commit(uid, digest)
+        except DigestMismatch as e:
+            self.log.warn("upload {uid} rejected: {error}", uid=uid, error=str(e), digest=str(digest), namespace=ns)
+            raise
+        self.log.info(
+            "blob {digest} committed ({bytes} bytes, new={created})",
+            digest=str(digest),
+            bytes=result.metainfo.length,
+            created=result.created,
+            namespace=ns,
+        )
+        return _empty(request, 201)
+
+    @app.route("/namespace/<path:ns>/blobs/<d>", methods=["GET", "HEAD"])
+    async def get_blob(self, request: Request, ns: str, d: str) -> File:
+        digest = parse_digest(d)
+        if await self._store.stat(digest) is None:
+            raise HTTPError(404, f"blob {digest} not found")
+        if request.method == b"GET":
+            await self._store.touch(digest)
+        # Klein counts <path:...> as one segment: nothing must be left for File to traverse.
+        request.postpath = []
+        return File(self._store.blob_path(digest), defaultType="application/octet-stream")
+
+    @app.route("/namespace/<path:ns>/blobs/<d>/metainfo", methods=["GET"])
+    async def get_metainfo(self, request: Request, ns: str, d: str) -> bytes:
+        digest = parse_digest(d)
+        info = await self._store.metainfo(digest)
+        if info is None:
+            raise HTTPError(404, f"metainfo of {digest} not found")
+        request.setHeader(b"content-type", b"application/json")
+        return info.to_json()
+
+    async def _drop_upload(self, uid: str) -> None:
+        """The blob arrived through another upload: this one is useless."""
+        try:
+            await self._store.uploads.delete(uid)
+        except UploadUnknown:
+            pass

@@ -1,0 +1,1 @@
+"""The proxy: the read-write registry builders push to."""

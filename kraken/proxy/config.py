@@ -1,0 +1,34 @@
+"""The proxy's configuration (``etc/kraken/proxy.yaml``)."""
+
+from __future__ import annotations
+
+import attrs
+
+from kraken.config import Duration, Size
+from kraken.net import HTTPClientConfig
+
+
+@attrs.frozen
+class UploadsConfig:
+    # Uploads in progress; the proxy keeps no other blob data.
+    root: str = "/var/lib/kraken/proxy/uploads"
+    # An upload untouched this long is deleted.
+    ttl: Duration = Duration(3600.0)
+
+
+@attrs.frozen
+class RegistryConfig:
+    max_manifest_size: Size = Size(4 << 20)
+    # The largest page tags/list and _catalog return, whatever n asks for.
+    max_page: int = 1000
+
+
+@attrs.frozen
+class ProxyConfig:
+    listen_http: str = "tcp:15000:interface=127.0.0.1"
+    origin: str = "http://127.0.0.1:15002"
+    build_index: str = "http://127.0.0.1:15004"
+    uploads: UploadsConfig = attrs.field(factory=UploadsConfig)
+    registry: RegistryConfig = attrs.field(factory=RegistryConfig)
+    io_threads: int = 4
+    http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)

@@ -1,0 +1,197 @@
+"""The proxy's registry storage: blobs on the origin, tags and manifest
+records on the build-index. The proxy itself keeps no blob beyond an upload
+in progress; blob reads are relayed from the origin as they stream."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web._newclient import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from zope.interface import implementer
+
+from kraken.buildindex.client import BuildIndexClient, TagRefused
+from kraken.core import Digest
+from kraken.origin.client import OriginClient
+from kraken.registry.errors import ManifestBlobUnknown, Unknown
+from kraken.registry.backend import IRegistryBackend, ManifestRecord, Page
+from kraken.store import Worker
+
+# Headers of the origin's blob response that the registry client should see.
+_RELAYED = (b"content-length", b"content-range", b"accept-ranges", b"last-modified")
+
+
+@implementer(IRegistryBackend)
+class ProxyBackend:
+    log = Logger()
+
+    def __init__(self, origin: OriginClient, build_index: BuildIndexClient, *, worker: Worker, scratch: str) -> None:
+        self._origin = origin
+        self._index = build_index
+        self._worker = worker
+        self._scratch = scratch
+
+    async def stat_blob(self, repo: str, digest: Digest) -> int | None:
+        return await self._origin.stat(repo, digest)
+
+    async def blob_resource(self, repo: str, digest: Digest) -> IResource | None:
+        if await self._origin.stat(repo, digest) is None:
+            return None
+        return RelayedBlob(self._origin, repo, digest)
+
+    async def read_blob(self, repo: str, digest: Digest, limit: int) -> bytes | None:
+        return await self._origin.read_small(repo, digest, limit)
+
+    async def commit_blob(self, repo: str, digest: Digest, path: str, size: int) -> None:
+        await self._origin.upload(repo, digest, path, size)
+        self.log.info("blob {digest} ({bytes} bytes) handed to the origin", digest=str(digest), bytes=size)
+
+    async def get_manifest(self, repo: str, digest: Digest) -> ManifestRecord | None:
+        return await self._index.get_manifest(repo, digest)
+
+    async def put_manifest(self, repo: str, record: ManifestRecord, body: bytes, tag: str | None) -> None:
+        path = await self._worker.run(_write_scratch, self._scratch, body)
+        try:
+            await self._origin.upload(repo, record.digest, path, len(body))
+        finally:
+            await self._worker.run(_unlink_quietly, path)
+        await self._index.put_manifest(repo, record)
+        if tag is not None:
+            try:
+                await self._index.put_tag(repo, tag, record.digest)
+            except TagRefused as e:
+                raise ManifestBlobUnknown(str(e), {"missing": [str(d) for d in e.missing]}) from None
+        self.log.info(
+            "manifest {digest} stored in {namespace} (tag {tag})", digest=str(record.digest), namespace=repo, tag=tag
+        )
+
+    async def resolve_tag(self, repo: str, tag: str) -> Digest | None:
+        return await self._index.get_tag(repo, tag)
+
+    async def list_tags(self, repo: str, n: int | None, last: str | None) -> Page | None:
+        return await self._index.list_tags(repo, n, last)
+
+    async def list_repositories(self, n: int | None, last: str | None) -> Page:
+        return await self._index.list_repositories(n, last)
+
+    async def referrers(self, repo: str, subject: Digest) -> list[ManifestRecord]:
+        return await self._index.referrers(repo, subject)
+
+
+def _write_scratch(directory: str, body: bytes) -> str:
+    fd, path = tempfile.mkstemp(dir=directory, prefix="manifest-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(body)
+    return path
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+@implementer(IResource)
+class RelayedBlob(Resource):
+    """Serves a blob by relaying the origin's response: ``Range`` goes up,
+    status and range headers come down, and the body streams through with
+    back-pressure (the origin connection is the request's producer)."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, origin: OriginClient, repo: str, digest: Digest) -> None:
+        super().__init__()
+        self._origin = origin
+        self._repo = repo
+        self._digest = digest
+
+    def render_HEAD(self, request: IRequest) -> Any:
+        return self._relay(request, b"HEAD")
+
+    def render_GET(self, request: IRequest) -> Any:
+        return self._relay(request, b"GET")
+
+    def _relay(self, request: Any, method: bytes) -> Any:
+        headers: dict[bytes, list[bytes]] = {}
+        for name in (b"range", b"if-range"):
+            value = request.getHeader(name)
+            if value is not None:
+                headers[name] = [value.encode("latin-1") if isinstance(value, str) else value]
+        d = Deferred.fromCoroutine(self._origin.get(self._repo, self._digest, method=method.decode(), headers=headers))
+        finished = request.notifyFinish()
+        finished.addErrback(lambda _: d.cancel())
+        d.addCallback(self._respond, request, method)
+        d.addErrback(self._failed, request)
+        return server.NOT_DONE_YET
+
+    def _respond(self, response: Any, request: Any, method: bytes) -> None:
+        request.setResponseCode(response.code)
+        for name in _RELAYED:
+            values = response.headers.getRawHeaders(name)
+            if values:
+                request.responseHeaders.setRawHeaders(name, values)
+        request.setHeader(b"content-type", b"application/octet-stream")
+        if method == b"HEAD" or response.code in (304, 416):
+            response.original.deliverBody(_Discard())
+            request.finish()
+            return
+        response.original.deliverBody(_Relay(request))
+
+    def _failed(self, failure: Failure, request: Any) -> None:
+        if failure.check(CancelledError):
+            return
+        self.log.failure("relaying {digest} from the origin failed", failure, digest=str(self._digest))
+        if request.startedWriting:
+            request.loseConnection()
+            return
+        body = Unknown("the origin could not serve this blob").body()
+        request.setResponseCode(502)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+
+class _Relay(Protocol):
+    def __init__(self, request: Any) -> None:
+        self._request = request
+        self._client_gone = False
+        request.notifyFinish().addErrback(self._client_went_away)
+
+    def connectionMade(self) -> None:
+        self._request.registerProducer(self.transport, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._client_gone:
+            self._request.write(data)
+
+    def _client_went_away(self, _: Failure) -> None:
+        self._client_gone = True
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+        if self._client_gone:
+            return
+        self._request.unregisterProducer()
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._request.finish()
+        else:
+            # The origin broke off mid-body: the client must see a short read,
+            # never a complete-looking response.
+            self._request.loseConnection()
+
+
+class _Discard(Protocol):
+    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+        pass

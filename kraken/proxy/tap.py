@@ -1,0 +1,77 @@
+"""``twistd kraken-proxy``: the composition root of the proxy."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.server import Site
+
+from kraken import config
+from kraken.buildindex.client import BuildIndexClient
+from kraken.net import make_http_client
+from kraken.origin.client import OriginClient
+from kraken.proxy.config import ProxyConfig
+from kraken.proxy.storage import ProxyBackend
+from kraken.registry.http import RegistryAPI
+from kraken.store import ThreadPoolService, ThreadWorker, UploadArea
+
+log = Logger()
+
+
+class Options(usage.Options):
+    optParameters = [["config", "c", "/etc/kraken/proxy.yaml", "YAML config file (supports extends:)"]]
+
+    def postOptions(self) -> None:
+        self["parsed"] = config.load_or_usage_error(ProxyConfig, self["config"])
+
+
+def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
+    top = MultiService()
+    io = ThreadPoolService("proxy-io", 1, cfg.io_threads)
+    io.setServiceParent(top)
+    worker = ThreadWorker(reactor, io.pool)
+    http, http_service = make_http_client(reactor, cfg.http_client)
+    http_service.setServiceParent(top)
+
+    os.makedirs(cfg.uploads.root, exist_ok=True)
+    uploads = UploadArea(cfg.uploads.root, worker)
+    origin = OriginClient(http=http, base=cfg.origin, clock=reactor, config=cfg.http_client, worker=worker)
+    index = BuildIndexClient(http=http, base=cfg.build_index, clock=reactor, config=cfg.http_client)
+    backend = ProxyBackend(origin, index, worker=worker, scratch=cfg.uploads.root)
+    api = RegistryAPI(
+        backend,
+        uploads,
+        clock=reactor,
+        max_manifest_size=cfg.registry.max_manifest_size,
+        max_page_size=cfg.registry.max_page,
+    )
+
+    async def expire() -> None:
+        try:
+            await api.expire_uploads(reactor.seconds(), cfg.uploads.ttl)
+        except Exception:
+            log.failure("expiring stale uploads failed")
+
+    timer = TimerService(min(cfg.uploads.ttl, 300.0), lambda: Deferred.fromCoroutine(expire()))
+    timer.clock = reactor
+    timer.setServiceParent(top)
+
+    site = Site(api.resource())
+    site.displayTracebacks = False
+    listener = strports.service(cfg.listen_http, site, reactor=reactor)
+    listener.setName("http")
+    listener.setServiceParent(top)
+    return top
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
+    return proxy_service(options["parsed"], reactor)

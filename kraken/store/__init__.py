@@ -1,0 +1,18 @@
+"""The content-addressed store: upload area, verified atomic commit, sidecars."""
+
+from kraken.store.cas import CAStore, DigestMismatch
+from kraken.store.uploads import RangeMismatch, UploadArea, UploadUnknown, UploadTruncated
+from kraken.store.workers import InlineWorker, ThreadPoolService, ThreadWorker, Worker
+
+__all__ = [
+    "CAStore",
+    "DigestMismatch",
+    "InlineWorker",
+    "RangeMismatch",
+    "ThreadPoolService",
+    "ThreadWorker",
+    "UploadArea",
+    "UploadTruncated",
+    "UploadUnknown",
+    "Worker",
+]

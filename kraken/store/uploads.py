@@ -1,0 +1,199 @@
+"""The upload area: blobs in the making, one file per upload.
+
+An upload is a file named by a random id. Chunks are appended at the current
+end (a chunk for any other offset is refused), and a running SHA-256 follows
+the appends, so finishing an upload needs no second read of the data. The
+area never makes anything visible: callers move a finished file elsewhere
+(``CAStore.commit``) or hand it on (the proxy), then delete the upload.
+
+Appends to one upload are serialised; the copying and hashing run in the
+injected worker, never on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from typing import IO, Any
+
+from twisted.internet.defer import DeferredLock
+from twisted.logger import Logger
+
+from kraken.core import Digest
+from kraken.store.workers import Worker
+
+COPY_CHUNK = 1 << 20
+_UID = re.compile(r"[0-9a-f]{32}\Z")
+
+
+class UploadUnknown(KeyError):
+    """No upload with this id (never started, cancelled, expired or finished)."""
+
+
+class RangeMismatch(ValueError):
+    """A chunk does not start where the upload currently ends."""
+
+    def __init__(self, expected: int, got: int) -> None:
+        super().__init__(f"chunk starts at {got} but the upload holds {expected} bytes")
+        self.expected = expected
+        self.got = got
+
+
+class UploadTruncated(ValueError):
+    """The request body held fewer bytes than it declared."""
+
+
+class _Upload:
+    __slots__ = ("hasher", "hashed", "lock", "size")
+
+    def __init__(self, size: int, hasher: Any) -> None:
+        self.size = size
+        self.hasher = hasher  # None when the running hash is lost (restart)
+        self.hashed = size if hasher is not None else -1
+        self.lock = DeferredLock()
+
+
+class UploadArea:
+    log = Logger()
+
+    def __init__(self, root: str, worker: Worker) -> None:
+        self._root = root
+        self._worker = worker
+        self._live: dict[str, _Upload] = {}
+        os.makedirs(root, exist_ok=True)
+
+    def path(self, uid: str) -> str:
+        if not _UID.match(uid):
+            raise UploadUnknown(uid)
+        return os.path.join(self._root, uid)
+
+    def _get(self, uid: str) -> _Upload:
+        up = self._live.get(uid)
+        if up is not None:
+            return up
+        # An upload this process did not start (restart): adopt it from disk,
+        # without a running hash.
+        try:
+            size = os.stat(self.path(uid)).st_size
+        except FileNotFoundError:
+            raise UploadUnknown(uid) from None
+        up = self._live[uid] = _Upload(size, None)
+        return up
+
+    async def create(self) -> str:
+        uid = uuid.uuid4().hex
+        await self._worker.run(_create_file, self.path(uid))
+        self._live[uid] = _Upload(0, hashlib.sha256())
+        return uid
+
+    def size(self, uid: str) -> int:
+        return self._get(uid).size
+
+    async def append(self, uid: str, source: IO[bytes], offset: int | None = None, length: int | None = None) -> int:
+        """Copy ``source`` (from its current position) to the end of the upload.
+
+        ``offset``, when given, must equal the upload's current size.
+        ``length``, when given, is how many bytes ``source`` must yield; fewer
+        is ``UploadTruncated`` and the upload keeps its previous size.
+        Returns the new size.
+        """
+        up = self._get(uid)
+        await up.lock.acquire()
+        try:
+            if uid not in self._live:
+                raise UploadUnknown(uid)
+            if offset is not None and offset != up.size:
+                raise RangeMismatch(up.size, offset)
+            hasher = up.hasher.copy() if up.hasher is not None and up.hashed == up.size else None
+            written = await self._worker.run(_append, self.path(uid), up.size, source, length, hasher)
+            up.size += written
+            if hasher is not None:
+                up.hasher, up.hashed = hasher, up.size
+            return up.size
+        finally:
+            up.lock.release()
+
+    async def digest(self, uid: str) -> Digest:
+        """SHA-256 of the upload: from the running hash, or read again."""
+        up = self._get(uid)
+        await up.lock.acquire()
+        try:
+            if up.hasher is not None and up.hashed == up.size:
+                return Digest(up.hasher.copy().hexdigest())
+            return Digest(await self._worker.run(_hash_file, self.path(uid)))
+        finally:
+            up.lock.release()
+
+    async def delete(self, uid: str) -> None:
+        path = self.path(uid)
+        self._live.pop(uid, None)
+        await self._worker.run(_unlink_quietly, path)
+
+    def forget(self, uid: str) -> None:
+        """Drop the bookkeeping of an upload whose file was moved away."""
+        self._live.pop(uid, None)
+
+    async def expire(self, now: float, max_age: float) -> list[str]:
+        """Delete uploads untouched for ``max_age`` seconds; return their ids."""
+        stale = await self._worker.run(_stale_files, self._root, now - max_age)
+        for uid in stale:
+            up = self._live.get(uid)
+            if up is not None and up.lock.locked:
+                continue
+            await self.delete(uid)
+            self.log.info("expired upload {uid}", uid=uid)
+        return stale
+
+
+def _create_file(path: str) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    os.close(fd)
+
+
+def _append(path: str, at: int, source: IO[bytes], length: int | None, hasher: Any) -> int:
+    """Copy and hash in one pass. ``hasher`` is the caller's private copy, so
+    a failure part-way leaves the upload's own running hash untouched."""
+    written = 0
+    with open(path, "r+b") as out:
+        out.seek(at)
+        try:
+            while length is None or written < length:
+                want = COPY_CHUNK if length is None else min(COPY_CHUNK, length - written)
+                chunk = source.read(want)
+                if not chunk:
+                    break
+                out.write(chunk)
+                if hasher is not None:
+                    hasher.update(chunk)
+                written += len(chunk)
+            if length is not None and written < length:
+                raise UploadTruncated(f"body ended after {written} of {length} bytes")
+        except BaseException:
+            out.truncate(at)
+            raise
+    return written
+
+
+def _hash_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(COPY_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _stale_files(root: str, before: float) -> list[str]:
+    stale = []
+    for entry in os.scandir(root):
+        if _UID.match(entry.name) and entry.stat().st_mtime < before:
+            stale.append(entry.name)
+    return stale

@@ -1,0 +1,174 @@
+"""Test doubles for the build-index tests: a synchronous adbapi pool over a
+real SQLite file, a fake origin, manifest builders and a StubTreq driver."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import treq
+from treq.testing import StubTreq
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+
+from kraken.buildindex.http import BuildIndexHTTP
+from kraken.buildindex.tags import TagStore, open_pool
+from kraken.core import Digest
+from kraken.registry.manifests import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+
+BASE = "http://build-index.test"
+
+
+class InlineThreadPool:
+    """Stands in for the pool's ``ThreadPool``: runs the work at once."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def callInThreadWithCallback(
+        self, onResult: Callable[[bool, Any], None], f: Callable[..., Any], *a: Any, **kw: Any
+    ) -> None:
+        try:
+            result = f(*a, **kw)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class InlineReactor(MemoryReactorClock):
+    """A MemoryReactorClock whose ``callFromThread`` runs the call at once."""
+
+    def callFromThread(self, f: Callable[..., Any], *a: Any, **kw: Any) -> None:
+        f(*a, **kw)
+
+
+def inline_pool(path: str, reactor: InlineReactor) -> adbapi.ConnectionPool:
+    """The production pool (``open_pool``) with its thread pool replaced by an
+    inline one, so every query has run by the time ``runInteraction`` returns."""
+    pool = open_pool(path, reactor)
+    pool.threadpool = InlineThreadPool()
+    return pool
+
+
+def open_store(path: str, reactor: InlineReactor, max_page: int = 1000) -> TagStore:
+    store = TagStore(inline_pool(path, reactor), clock=reactor, max_page=max_page)
+    store.startService()
+    return store
+
+
+def result_of(work: Deferred[Any] | Coroutine[Any, Any, Any], pump: Callable[[], None] = lambda: None) -> Any:
+    """The result of ``work``, pumping until it is done (no waiting)."""
+    d = work if isinstance(work, Deferred) else Deferred.fromCoroutine(work)
+    out: list[Any] = []
+    d.addBoth(out.append)
+    for _ in range(1000):
+        if out:
+            break
+        pump()
+    assert out, "never finished"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+class FakeOrigin:
+    """What ``BuildIndexHTTP`` needs of an ``OriginClient``: blobs by digest
+    (namespaces ignored), and a log of the calls."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[Digest, bytes] = {}
+        self.calls: list[tuple[str, str, Digest]] = []
+        self.error: Exception | None = None
+
+    def add(self, data: bytes) -> Digest:
+        d = Digest.from_bytes(data)
+        self.blobs[d] = data
+        return d
+
+    async def stat(self, namespace: str, digest: Digest) -> int | None:
+        self.calls.append(("stat", namespace, digest))
+        if self.error is not None:
+            raise self.error
+        data = self.blobs.get(digest)
+        return None if data is None else len(data)
+
+    async def read_small(self, namespace: str, digest: Digest, limit: int) -> bytes | None:
+        self.calls.append(("read", namespace, digest))
+        if self.error is not None:
+            raise self.error
+        data = self.blobs.get(digest)
+        if data is not None and len(data) > limit:
+            from kraken.net import ResponseTooLarge
+
+            raise ResponseTooLarge(f"over {limit}")
+        return data
+
+
+def blob(seed: str) -> tuple[Digest, bytes]:
+    data = f"blob {seed}".encode()
+    return Digest.from_bytes(data), data
+
+
+def descriptor(media_type: str, data: bytes) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": "sha256:" + hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def image_manifest(config: bytes, layers: list[bytes], *, oci: bool = False, subject: bytes | None = None) -> bytes:
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST if oci else DOCKER_MANIFEST,
+        "config": descriptor(DOCKER_CONFIG, config),
+        "layers": [descriptor(DOCKER_LAYER, layer) for layer in layers],
+    }
+    if subject is not None:
+        doc["subject"] = descriptor(OCI_MANIFEST, subject)
+    return json.dumps(doc).encode()
+
+
+def index_manifest(children: list[bytes]) -> bytes:
+    entries = [descriptor(json.loads(c).get("mediaType", OCI_MANIFEST), c) for c in children]
+    doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+    return json.dumps(doc).encode()
+
+
+class App:
+    """A BuildIndexHTTP over a synchronous TagStore and a fake origin, behind StubTreq."""
+
+    def __init__(self, path: str, max_page: int = 1000, max_manifest_size: int = 4 << 20) -> None:
+        self.reactor = InlineReactor()
+        self.origin = FakeOrigin()
+        self.tags = open_store(path, self.reactor, max_page=max_page)
+        origin: Any = self.origin
+        self.http = BuildIndexHTTP(
+            self.tags, origin, clock=self.reactor, max_manifest_size=max_manifest_size, max_page=max_page
+        )
+        self.stub = StubTreq(self.http.resource())
+
+    def run(self, work: Deferred[Any] | Coroutine[Any, Any, Any]) -> Any:
+        return result_of(work, self.pump)
+
+    def pump(self) -> None:
+        self.reactor.advance(0)
+        self.stub.flush()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
+        async def go() -> tuple[int, bytes]:
+            response = await self.stub.request(method, BASE + path, **kwargs)
+            return response.code, await treq.content(response)
+
+        return self.run(go())
+
+    def json(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        code, body = self.request(method, path, **kwargs)
+        return code, json.loads(body)
+
+    def close(self) -> None:
+        self.tags.stopService()

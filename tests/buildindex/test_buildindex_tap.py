@@ -1,0 +1,163 @@
+"""Options, service wiring and the twistd plugin of the build-index."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import attrs
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
+from twisted.python import usage
+
+from kraken.buildindex import tap
+from kraken.buildindex.config import BuildIndexConfig
+from kraken.buildindex.tags import TagStore
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def write(path: Any, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def parse(*args: str) -> tap.Options:
+    options = tap.Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_defaults_without_config() -> None:
+    assert parse()["parsed"] == BuildIndexConfig()
+
+
+def test_config_file(tmp_path: Any) -> None:
+    path = write(
+        tmp_path / "bi.yaml",
+        "listen_http: 'tcp:0:interface=127.0.0.1'\norigin: http://o:1\ndatabase: /x/t.db\n"
+        "max_manifest_size: 1MiB\nmax_page: 10\nhttp_client: {timeout: 2s}\n",
+    )
+    cfg = parse("--config", path)["parsed"]
+    assert (cfg.origin, cfg.database, cfg.max_manifest_size, cfg.max_page) == ("http://o:1", "/x/t.db", 1 << 20, 10)
+    assert cfg.http_client.timeout == 2.0
+
+
+def test_example_config_parses() -> None:
+    cfg = parse("--config", os.path.join(ROOT, "etc", "kraken", "build-index.yaml"))["parsed"]
+    assert cfg.listen_http == "tcp:15004:interface=127.0.0.1"
+    assert cfg.database == "/var/lib/kraken/build-index/tags.db"
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("bogus: 1\n", "bogus"),
+        ("http_client:\n  nope: 1\n", "http_client.nope"),
+        ("max_manifest_size: lots\n", "max_manifest_size"),
+        ("max_page: 0\n", "max_page"),
+        ("origin: [1]\n", "origin"),
+    ],
+)
+def test_bad_config_is_a_usage_error_naming_file_and_key(tmp_path: Any, text: str, key: str) -> None:
+    path = write(tmp_path / "bad.yaml", text)
+    with pytest.raises(usage.UsageError) as info:
+        parse("--config", path)
+    assert path in str(info.value)
+    assert key in str(info.value)
+
+
+def test_unknown_key_in_extended_file_names_that_file(tmp_path: Any) -> None:
+    base = write(tmp_path / "base.yaml", "surprise: true\n")
+    path = write(tmp_path / "bi.yaml", "extends: base.yaml\nmax_page: 5\n")
+    with pytest.raises(usage.UsageError) as info:
+        parse("--config", path)
+    assert base in str(info.value) and "surprise" in str(info.value)
+
+
+def test_bad_endpoint_and_missing_file_are_usage_errors(tmp_path: Any) -> None:
+    with pytest.raises(usage.UsageError, match="listen_http"):
+        parse("--config", write(tmp_path / "e.yaml", "listen_http: 'nonsense:1'\n"))
+    with pytest.raises(usage.UsageError, match="not found"):
+        parse("--config", str(tmp_path / "absent.yaml"))
+
+
+class ThreadReactor(MemoryReactorClock):
+    """MemoryReactorClock plus a ``callFromThread`` that queues the call
+    (the tag store's pool thread delivers results through it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.from_threads: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
+        self._lock = threading.Lock()
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        with self._lock:
+            self.from_threads.append((f, args, kwargs))
+
+    def run_thread_calls(self) -> None:
+        with self._lock:
+            calls, self.from_threads = self.from_threads, []
+        for f, args, kwargs in calls:
+            f(*args, **kwargs)
+
+
+def test_service_wiring(tmp_path: Any) -> None:
+    database = tmp_path / "state" / "build-index" / "tags.db"
+    cfg = attrs.evolve(BuildIndexConfig(), listen_http="tcp:15004:interface=127.0.0.1", database=str(database))
+    options = tap.Options()
+    options["parsed"] = cfg
+    reactor = ThreadReactor()
+    service = tap.makeService(options, reactor=reactor)
+    assert database.parent.is_dir()  # created
+    assert [s.name for s in service] == ["tags", "http-client", "http"]
+    assert isinstance(service.getServiceNamed("tags"), TagStore)
+
+    with capturedLogs() as events:
+        service.privilegedStartService()
+        service.startService()
+    [(port, _factory, _backlog, interface)] = reactor.tcpServers
+    assert (port, interface) == (15004, "127.0.0.1")
+    listening = [e for e in events if e.get("log_format", "").startswith("build-index listening")]
+    assert len(listening) == 1
+    assert listening[0]["endpoint"] == cfg.listen_http
+    assert listening[0]["database"] == str(database)
+    assert listening[0]["origin"] == cfg.origin
+
+    stopped: list[Any] = []
+    service.stopService().addBoth(stopped.append)
+    assert len(stopped) == 1 and all(ok for ok, _ in stopped[0]), stopped
+    assert [c for c in reactor.getDelayedCalls() if c.active()] == []
+    # the pool's thread has finished: the store opened the database on start
+    with capturedLogs() as events:
+        reactor.run_thread_calls()
+    assert [e["log_format"] for e in events] == ["tag database {path} open"]
+    assert database.exists()
+
+
+def test_plugin_module_holds_one_service_maker() -> None:
+    import importlib.util
+
+    from twisted.application.service import ServiceMaker
+
+    spec = importlib.util.spec_from_file_location(
+        "kraken_build_index_plugin", os.path.join(ROOT, "twisted", "plugins", "kraken_build_index.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    makers = [v for v in vars(module).values() if isinstance(v, ServiceMaker)]
+    assert [(m.tapname, m.module) for m in makers] == [("kraken-build-index", "kraken.buildindex.tap")]
+
+
+def test_twistd_help_smoke() -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [env.get("PYTHONPATH")])])
+    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "kraken-build-index", "--help"]
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--config" in result.stdout

@@ -1,0 +1,198 @@
+"""Helpers of the integration tests: skopeo runs, a byte-counting TCP relay, digest checks of copied images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer, error, protocol
+from twisted.protocols import portforward
+
+SKOPEO_TIMEOUT = 300.0  # seconds; a backstop
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def skopeo(*args: str, timeout: float = SKOPEO_TIMEOUT) -> subprocess.CompletedProcess[bytes]:
+    """Run skopeo (blocking: the herd is another process) and insist on success."""
+    proc = subprocess.run(["skopeo", *args], capture_output=True, timeout=timeout)
+    assert proc.returncode == 0, (
+        f"skopeo {' '.join(args)} exited {proc.returncode}\n"
+        f"stdout: {proc.stdout.decode(errors='replace')[-3000:]}\nstderr: {proc.stderr.decode(errors='replace')[-5000:]}"
+    )
+    return proc
+
+
+def skopeo_inspect_raw(ref: str) -> bytes:
+    return skopeo("inspect", "--raw", "--tls-verify=false", ref).stdout
+
+
+def skopeo_inspect(ref: str) -> dict[str, Any]:
+    return json.loads(skopeo("inspect", "--tls-verify=false", ref).stdout)
+
+
+def check_dir_copy(path: str) -> tuple[bytes, set[str]]:
+    """A ``dir:`` copy: every blob file is named by its sha256. Returns the manifest bytes and the blob digests."""
+    blobs = set()
+    for name in os.listdir(path):
+        if re.fullmatch(r"[0-9a-f]{64}", name):
+            digest = "sha256:" + name
+            assert sha256_file(os.path.join(path, name)) == digest, f"{path}/{name} does not hash to its name"
+            blobs.add(digest)
+    with open(os.path.join(path, "manifest.json"), "rb") as f:
+        manifest = f.read()
+    return manifest, blobs
+
+
+def check_oci_copy(path: str) -> dict[str, bytes]:
+    """An ``oci:`` copy: every blob hashes to its name. Returns every blob's bytes-digest map (small ones read)."""
+    blobs_dir = os.path.join(path, "blobs", "sha256")
+    found = {}
+    for name in os.listdir(blobs_dir):
+        digest = "sha256:" + name
+        assert sha256_file(os.path.join(blobs_dir, name)) == digest, f"{blobs_dir}/{name} does not hash to its name"
+        size = os.path.getsize(os.path.join(blobs_dir, name))
+        if size < 1 << 20:
+            with open(os.path.join(blobs_dir, name), "rb") as f:
+                found[digest] = f.read()
+        else:
+            found[digest] = b""
+    return found
+
+
+def oci_index_entries(path: str) -> list[dict[str, Any]]:
+    with open(os.path.join(path, "index.json"), "rb") as f:
+        return list(json.load(f)["manifests"])
+
+
+# ---- processes from reactor tests
+
+
+class _Collector(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.err = bytearray()
+        self.ended: defer.Deferred[int] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Any) -> None:
+        code = reason.value.exitCode if isinstance(reason.value, (error.ProcessDone, error.ProcessTerminated)) else -1
+        self.ended.callback(code if code is not None else -1)
+
+
+async def run_process(reactor: Any, argv: list[str], timeout: float = SKOPEO_TIMEOUT) -> tuple[int, bytes, bytes]:
+    """spawnProcess ``argv``; returns (exit code, stdout, stderr). Killed after ``timeout`` (a backstop)."""
+    collector = _Collector()
+    transport = reactor.spawnProcess(collector, argv[0], argv, env=dict(os.environ))
+    killer = reactor.callLater(timeout, transport.signalProcess, "KILL")
+    try:
+        code = await collector.ended
+    finally:
+        if killer.active():
+            killer.cancel()
+    return code, bytes(collector.out), bytes(collector.err)
+
+
+# ---- a TCP relay in front of the registry that counts what clients send
+
+
+def parse_requests(stream: bytes) -> list[tuple[str, str]]:
+    """(method, target) of each HTTP/1.1 request in one connection's client-to-server bytes."""
+    found = []
+    pos = 0
+    while pos < len(stream):
+        end = stream.find(b"\r\n\r\n", pos)
+        if end < 0:
+            break
+        lines = stream[pos:end].decode("latin-1").split("\r\n")
+        method, target, _ = lines[0].split(" ", 2)
+        found.append((method, target))
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        pos = end + 4
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            while True:
+                line_end = stream.find(b"\r\n", pos)
+                if line_end < 0:
+                    return found
+                size = int(stream[pos:line_end].split(b";")[0], 16)
+                pos = line_end + 2
+                if size == 0:
+                    trailer_end = stream.find(b"\r\n", pos)  # no trailers: just the final CRLF
+                    pos = (trailer_end if trailer_end >= 0 else len(stream)) + 2
+                    break
+                pos += size + 2
+        else:
+            pos += int(headers.get("content-length", "0"))
+    return found
+
+
+@dataclass
+class Traffic:
+    """What clients sent through the relay: bytes, and each connection's stream (while small)."""
+
+    upstream_bytes: int = 0
+    streams: list[bytearray] = field(default_factory=list)
+    capture_limit: int = 8 << 20
+
+    def reset(self) -> None:
+        self.upstream_bytes = 0
+        self.streams = []
+
+    def new_stream(self) -> bytearray:
+        stream = bytearray()
+        self.streams.append(stream)
+        return stream
+
+    def add(self, stream: bytearray, data: bytes) -> None:
+        self.upstream_bytes += len(data)
+        if self.upstream_bytes <= self.capture_limit:
+            stream += data
+
+    def request_lines(self) -> list[tuple[str, str]]:
+        """(method, target) of every request the clients sent since the last reset."""
+        assert self.upstream_bytes <= self.capture_limit, "too much traffic to list its requests"
+        return [request for stream in self.streams for request in parse_requests(bytes(stream))]
+
+
+class _CountingServer(portforward.ProxyServer):
+    noisy = False
+
+    def connectionMade(self) -> None:
+        self._stream = self.factory.traffic.new_stream()
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.factory.traffic.add(self._stream, data)
+        super().dataReceived(data)
+
+
+class CountingRelayFactory(portforward.ProxyFactory):
+    protocol = _CountingServer
+    noisy = False
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self.traffic = Traffic()

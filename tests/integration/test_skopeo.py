@@ -1,0 +1,168 @@
+"""skopeo against the herd: push an OCI layout, pull it back, and compare every digest.
+
+skopeo is a real client (containers/image, as podman and CRI-O use). These
+tests are synchronous: skopeo and the herd are separate processes, so
+blocking this thread on ``subprocess.run`` is fine.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import uuid
+from typing import Any
+
+from kraken.herd.image import MEDIA_TYPE_LAYER, Layout, write_layout
+
+from ._tools import (
+    check_dir_copy,
+    check_oci_copy,
+    oci_index_entries,
+    sha256_bytes,
+    skopeo,
+    skopeo_inspect,
+    skopeo_inspect_raw,
+)
+
+
+def unique(name: str) -> str:
+    return f"integration/{name}-{uuid.uuid4().hex[:8]}"
+
+
+def test_push_with_preserved_digests_and_pull_back(big_image: Layout, registry_ref: Any, tmp_path: Any) -> None:
+    repo = unique("skopeo")
+    manifest = big_image.read_blob(big_image.manifest.digest)
+    skopeo(
+        "copy", "--dest-tls-verify=false", "--preserve-digests",
+        f"oci:{big_image.path}:v1", registry_ref(repo, "v1"),
+    )  # fmt: skip
+
+    raw = skopeo_inspect_raw(registry_ref(repo, "v1"))
+    assert raw == manifest, "the registry changed the manifest bytes"
+    assert sha256_bytes(raw) == big_image.manifest.digest
+
+    info = skopeo_inspect(registry_ref(repo, "v1"))
+    assert info["Digest"] == big_image.manifest.digest
+    assert info["Layers"] == [layer.digest for layer in big_image.layers]
+    assert info["Architecture"] == "amd64" and info["Os"] == "linux"
+    assert "v1" in info["RepoTags"]
+
+    # Back to dir: every blob file is named by its sha256 and they are exactly ours.
+    skopeo("copy", "--src-tls-verify=false", registry_ref(repo, "v1"), f"dir:{tmp_path / 'dir'}")
+    pulled_manifest, blobs = check_dir_copy(str(tmp_path / "dir"))
+    assert pulled_manifest == manifest
+    assert blobs == {big_image.config.digest, *(layer.digest for layer in big_image.layers)}
+    big_file = tmp_path / "dir" / big_image.layers[0].digest.split(":")[1]
+    assert big_file.stat().st_size == big_image.layers[0].size
+
+    # And to an OCI layout (which would gzip the layers without --preserve-digests).
+    skopeo(
+        "copy", "--src-tls-verify=false", "--preserve-digests", registry_ref(repo, "v1"), f"oci:{tmp_path / 'oci'}:v1"
+    )  # fmt: skip
+    found = check_oci_copy(str(tmp_path / "oci"))
+    assert set(found) == {big_image.manifest.digest, big_image.config.digest, *(b.digest for b in big_image.layers)}
+    assert found[big_image.manifest.digest] == manifest
+    assert found[big_image.config.digest] == big_image.read_blob(big_image.config.digest)
+    [entry] = oci_index_entries(str(tmp_path / "oci"))
+    assert entry["digest"] == big_image.manifest.digest
+
+
+def test_copy_all_of_an_index_and_list_tags(big_image: Layout, registry_ref: Any, tmp_path: Any) -> None:
+    assert big_image.index is not None and big_image.index_tag == "v1-index"
+    repo = unique("skopeo-index")
+    skopeo(
+        "copy", "--all", "--dest-tls-verify=false", "--preserve-digests",
+        f"oci:{big_image.path}:v1-index", registry_ref(repo, "v1-index"),
+    )  # fmt: skip
+    index = big_image.read_blob(big_image.index.digest)
+    raw = skopeo_inspect_raw(registry_ref(repo, "v1-index"))
+    assert raw == index
+    assert sha256_bytes(raw) == big_image.index.digest
+    for platform_manifest in big_image.platform_manifests:
+        assert skopeo_inspect_raw(registry_ref(repo, platform_manifest.digest)) == big_image.read_blob(
+            platform_manifest.digest
+        )
+    arm = json.loads(
+        skopeo("inspect", "--tls-verify=false", "--override-arch=arm64", registry_ref(repo, "v1-index")).stdout
+    )
+    assert arm["Architecture"] == "arm64"
+    assert arm["Layers"] == [layer.digest for layer in big_image.layers]
+
+    # Everything comes back with --all.
+    skopeo(
+        "copy", "--all", "--src-tls-verify=false", "--preserve-digests",
+        registry_ref(repo, "v1-index"), f"oci:{tmp_path / 'all'}:x",
+    )  # fmt: skip
+    found = check_oci_copy(str(tmp_path / "all"))
+    expected = {
+        big_image.index.digest,
+        *(m.digest for m in big_image.platform_manifests),
+        *(c.digest for c in big_image.platform_configs),
+        *(layer.digest for layer in big_image.layers),
+    }
+    assert set(found) == expected
+    [entry] = oci_index_entries(str(tmp_path / "all"))
+    assert entry["digest"] == big_image.index.digest
+
+    # Tags, as skopeo lists them.
+    listed = json.loads(skopeo("list-tags", "--tls-verify=false", registry_ref(repo)).stdout)
+    assert listed["Tags"] == ["v1-index"]
+    skopeo(
+        "copy", "--dest-tls-verify=false", "--preserve-digests",
+        f"oci:{big_image.path}:v1", registry_ref(repo, "v1"),
+    )  # fmt: skip
+    listed = json.loads(skopeo("list-tags", "--tls-verify=false", registry_ref(repo)).stdout)
+    assert listed["Tags"] == ["v1", "v1-index"]
+    assert listed["Repository"].endswith(repo)
+
+
+def gunzip_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with gzip.open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def test_push_with_compression_and_pull_back(registry_ref: Any, tmp_path: Any) -> None:
+    """Without --preserve-digests skopeo gzips the layers: new layer and manifest digests, same content.
+
+    The layout is new to the registry: skopeo would reuse blobs it knows the registry has instead of compressing.
+    """
+    big_image = write_layout(str(tmp_path / "layout"), layers=3, random_layer_size="16MiB", seed=f"gzip-{uuid.uuid4()}")
+    repo = unique("skopeo-gzip")
+    skopeo("copy", "--dest-tls-verify=false", f"oci:{big_image.path}:v1", registry_ref(repo, "v1"))
+
+    raw = skopeo_inspect_raw(registry_ref(repo, "v1"))
+    doc = json.loads(raw)
+    assert sha256_bytes(raw) != big_image.manifest.digest
+    assert doc["config"]["digest"] == big_image.config.digest
+    assert [layer["mediaType"] for layer in doc["layers"]] == ["application/vnd.oci.image.layer.v1.tar+gzip"] * 3
+    assert skopeo_inspect(registry_ref(repo, "v1"))["Digest"] == sha256_bytes(raw)
+
+    skopeo("copy", "--src-tls-verify=false", registry_ref(repo, "v1"), f"dir:{tmp_path / 'dir'}")
+    pulled_manifest, blobs = check_dir_copy(str(tmp_path / "dir"))
+    assert pulled_manifest == raw
+    assert blobs == {doc["config"]["digest"], *(layer["digest"] for layer in doc["layers"])}
+    for layer, diff_id in zip(doc["layers"], big_image.diff_ids):
+        path = os.path.join(tmp_path / "dir", layer["digest"].split(":")[1])
+        assert os.path.getsize(path) == layer["size"]
+        assert gunzip_sha256(path) == diff_id, "a gzipped layer does not unpack to the pushed tar"
+
+
+def test_docker_schema2_push_and_pull(registry_ref: Any, tmp_path: Any) -> None:
+    layout = write_layout(str(tmp_path / "small"), layers=2, random_layer_size="256KiB", seed="skopeo-v2s2")
+    assert layout.layers[0].media_type == MEDIA_TYPE_LAYER
+    repo = unique("skopeo-v2s2")
+    skopeo("copy", "--dest-tls-verify=false", "--format", "v2s2", f"oci:{layout.path}:v1", registry_ref(repo, "v2s2"))
+    raw = skopeo_inspect_raw(registry_ref(repo, "v2s2"))
+    doc = json.loads(raw)
+    assert doc["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert doc["config"]["mediaType"] == "application/vnd.docker.container.image.v1+json"
+    skopeo("copy", "--src-tls-verify=false", registry_ref(repo, "v2s2"), f"dir:{tmp_path / 'dir'}")
+    pulled_manifest, blobs = check_dir_copy(str(tmp_path / "dir"))
+    assert pulled_manifest == raw
+    assert blobs == {doc["config"]["digest"], *(layer["digest"] for layer in doc["layers"])}
+    assert skopeo_inspect(registry_ref(repo, "v2s2"))["Digest"] == sha256_bytes(raw)

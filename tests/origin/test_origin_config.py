@@ -1,0 +1,102 @@
+"""OriginConfig: defaults, YAML, validation with file and key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kraken import config as kconfig
+from kraken.core import PieceLengthRule
+from kraken.net import HTTPClientConfig
+from kraken.origin.config import OriginConfig, advertise_from_endpoint
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def build(tmp_path: Path, text: str) -> OriginConfig:
+    path = tmp_path / "origin.yaml"
+    path.write_text(text)
+    return kconfig.build(OriginConfig, kconfig.load(str(path)))
+
+
+def test_defaults() -> None:
+    cfg = OriginConfig()
+    assert cfg.listen_http == "tcp:15002:interface=127.0.0.1"
+    assert cfg.store.root == "/var/lib/kraken/origin"
+    assert cfg.store.piece_rule() == PieceLengthRule.default()
+    assert cfg.upload_ttl == 3600.0
+    assert (cfg.threads.cpu, cfg.threads.io) == (2, 4)
+    assert cfg.http_client == HTTPClientConfig()
+    assert cfg.advertised() == "127.0.0.1:15002"
+
+
+def test_example_config_matches_the_defaults() -> None:
+    cfg = kconfig.build(OriginConfig, kconfig.load(str(REPO / "etc/kraken/origin.yaml")))
+    assert cfg == OriginConfig()
+
+
+def test_yaml_values(tmp_path: Path) -> None:
+    cfg = build(
+        tmp_path,
+        """
+listen_http: "tcp:0:interface=127.0.0.1"
+advertise: "origin-1:15002"
+store:
+  root: /srv/origin
+  piece_lengths: {0: 1MiB, 1GiB: 2MiB}
+upload_ttl: 10m
+threads: {cpu: 1, io: 8}
+http_client: {timeout: 5s}
+""",
+    )
+    assert cfg.advertised() == "origin-1:15002"
+    assert cfg.store.root == "/srv/origin"
+    assert cfg.store.piece_rule().piece_length(1 << 30) == 2 << 20
+    assert cfg.store.piece_rule().piece_length(5) == 1 << 20
+    assert cfg.upload_ttl == 600.0
+    assert cfg.upload_sweep_interval() == 150.0
+    assert cfg.threads.io == 8
+    assert cfg.http_client.timeout == 5.0
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("store: {rooot: /x}", "store.rooot"),
+        ("store: {piece_lengths: {1MiB: 4MiB}}", "store: piece_lengths"),  # no step for size 0
+        ("store: {piece_lengths: {0: lots}}", "store.piece_lengths.0"),
+        ("upload_ttl: soon", "upload_ttl"),
+        ("upload_ttl: 0s", "upload_ttl"),
+        ("threads: {cpu: 0}", "threads"),
+        ("listen_http: 'unix:/run/origin.sock'", "<config>"),  # nothing to advertise
+    ],
+)
+def test_bad_values_name_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(kconfig.ConfigError) as e:
+        build(tmp_path, text)
+    message = str(e.value)
+    assert "origin.yaml" in message
+    if key != "<config>":
+        assert key in message
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ("tcp:15002:interface=10.0.0.5", "10.0.0.5:15002"),
+        ("tcp:port=15002:interface=10.0.0.5", "10.0.0.5:15002"),
+        (r"tcp6:15002:interface=\:\:1", "[::1]:15002"),
+        ("ssl:443:privateKey=k.pem:interface=h.example", "h.example:443"),
+        ("unix:/run/origin.sock", None),
+        ("systemd:domain=INET:index=0", None),
+    ],
+)
+def test_advertise_from_endpoint(endpoint: str, expected: str | None) -> None:
+    assert advertise_from_endpoint(endpoint) == expected
+
+
+def test_unspecified_interface_advertises_the_host_name() -> None:
+    import socket
+
+    assert advertise_from_endpoint("tcp:15002") == f"{socket.gethostname()}:15002"

@@ -1,0 +1,254 @@
+"""OriginHTTP through StubTreq: no sockets, no threads, no sleeping."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from origin_harness import ADVERTISE, PIECE, Origin
+from twisted.logger import capturedLogs
+
+from kraken.core import Digest, MetaInfo
+
+DATA = b"hello, origin! " * 3
+DIGEST = Digest.from_bytes(DATA)
+NS = "library/ubuntu"
+
+
+def blob_url(digest: Digest | str = DIGEST, ns: str = NS) -> str:
+    return f"/namespace/{ns}/blobs/{digest}"
+
+
+def start(origin: Origin, digest: Digest | str = DIGEST, ns: str = NS) -> str:
+    code, headers, body = origin.request("POST", blob_url(digest, ns) + "/uploads")
+    assert code == 200, body
+    (uid,) = headers.getRawHeaders(b"location")
+    return uid.decode()
+
+
+def patch(origin: Origin, uid: str, data: bytes, start: int = 0, end: int | None = None, digest=DIGEST, ns=NS):
+    end = start + len(data) if end is None else end
+    return origin.request(
+        "PATCH",
+        f"{blob_url(digest, ns)}/uploads/{uid}",
+        data=data,
+        headers={b"Content-Range": [f"{start}-{end}".encode()]},
+    )
+
+
+def commit(origin: Origin, uid: str, digest=DIGEST, ns=NS):
+    return origin.request("PUT", f"{blob_url(digest, ns)}/uploads/{uid}")
+
+
+def upload(origin: Origin, data: bytes = DATA, ns: str = NS) -> Digest:
+    digest = Digest.from_bytes(data)
+    uid = start(origin, digest, ns)
+    assert patch(origin, uid, data, digest=digest, ns=ns)[0] == 204
+    code, _, body = commit(origin, uid, digest, ns)
+    assert code == 201, body
+    return digest
+
+
+def test_health(origin: Origin) -> None:
+    code, _, body = origin.request("GET", "/health")
+    assert (code, body) == (200, b"OK\n")
+
+
+def test_upload_in_chunks_then_read(origin: Origin) -> None:
+    uid = start(origin)
+    assert patch(origin, uid, DATA[:10])[0] == 204
+    assert patch(origin, uid, DATA[10:], start=10)[0] == 204
+    code, _, _ = commit(origin, uid)
+    assert code == 201
+
+    code, headers, body = origin.request("GET", blob_url())
+    assert (code, body) == (200, DATA)
+    assert headers.getRawHeaders(b"content-type") == [b"application/octet-stream"]
+    assert not os.listdir(os.path.join(origin.root, "uploads")), "the upload is gone after commit"
+
+
+def test_head_gives_size_and_no_body(origin: Origin) -> None:
+    upload(origin)
+    code, headers, body = origin.request("HEAD", blob_url())
+    assert (code, body) == (200, b"")
+    assert headers.getRawHeaders(b"content-length") == [str(len(DATA)).encode()]
+
+
+def test_range_request(origin: Origin) -> None:
+    upload(origin)
+    code, headers, body = origin.request("GET", blob_url(), headers={b"Range": [b"bytes=2-6"]})
+    assert (code, body) == (206, DATA[2:7])
+    assert headers.getRawHeaders(b"content-range") == [f"bytes 2-6/{len(DATA)}".encode()]
+    code, _, _ = origin.request("GET", blob_url(), headers={b"Range": [b"bytes=1000-2000"]})
+    assert code == 416
+
+
+def test_get_records_access_time(origin: Origin) -> None:
+    upload(origin)
+    origin.clock.advance(1234)
+    assert origin.request("GET", blob_url())[0] == 200
+    blob_dir = os.path.dirname(origin.store.blob_path(DIGEST))
+    with open(os.path.join(blob_dir, "access")) as f:
+        assert float(f.read()) == 1234.0
+
+
+def test_metainfo(origin: Origin) -> None:
+    upload(origin)
+    code, headers, body = origin.request("GET", blob_url() + "/metainfo")
+    assert code == 200
+    assert headers.getRawHeaders(b"content-type") == [b"application/json"]
+    info = MetaInfo.from_json(body)
+    assert info == MetaInfo.from_bytes(DATA, PIECE)
+    assert json.loads(body)["digest"] == str(DIGEST)
+
+
+def test_missing_blob_is_404(origin: Origin) -> None:
+    for method, suffix in [("GET", ""), ("HEAD", ""), ("GET", "/metainfo")]:
+        code, _, body = origin.request(method, blob_url() + suffix)
+        assert code == 404
+        if method == "GET":
+            assert str(DIGEST).encode() in body
+
+
+def test_locations(origin: Origin) -> None:
+    code, headers, _ = origin.request("GET", f"/blobs/{DIGEST}/locations")
+    assert code == 200
+    assert headers.getRawHeaders(b"origin-locations") == [ADVERTISE.encode()]
+
+
+def test_start_when_stored_is_409(origin: Origin) -> None:
+    upload(origin)
+    code, _, body = origin.request("POST", blob_url() + "/uploads")
+    assert code == 409
+    assert b"already exists" in body
+
+
+def test_patch_after_blob_stored_is_409_and_drops_the_upload(origin: Origin) -> None:
+    late = start(origin)
+    upload(origin)
+    assert patch(origin, late, DATA)[0] == 409
+    assert not os.listdir(os.path.join(origin.root, "uploads"))
+
+
+def test_concurrent_uploads_of_one_blob_both_succeed(origin: Origin) -> None:
+    first, second = start(origin), start(origin)
+    assert patch(origin, first, DATA)[0] == 204
+    assert patch(origin, second, DATA)[0] == 204
+    assert commit(origin, first)[0] == 201
+    assert commit(origin, second)[0] == 201
+    assert origin.request("GET", blob_url())[2] == DATA
+    assert not os.listdir(os.path.join(origin.root, "uploads"))
+
+
+def test_digest_mismatch_stores_nothing(origin: Origin) -> None:
+    other = Digest.from_bytes(b"something else")
+    uid = start(origin, other)
+    assert patch(origin, uid, DATA, digest=other)[0] == 204
+    code, _, body = commit(origin, uid, other)
+    assert code == 400
+    assert str(DIGEST).encode() in body and str(other).encode() in body
+    assert origin.request("GET", blob_url(other))[0] == 404
+    assert origin.request("GET", blob_url(DIGEST))[0] == 404
+    assert patch(origin, uid, b"x", digest=other)[0] == 404, "the failed upload is gone"
+    assert not os.listdir(os.path.join(origin.root, "uploads"))
+
+
+def test_out_of_order_patch_is_416(origin: Origin) -> None:
+    uid = start(origin)
+    code, _, body = patch(origin, uid, DATA[5:], start=5)
+    assert code == 416
+    assert b"0 bytes" in body
+    assert patch(origin, uid, DATA)[0] == 204, "the upload is unharmed"
+    assert commit(origin, uid)[0] == 201
+
+
+def test_truncated_body_is_400_and_keeps_the_old_size(origin: Origin) -> None:
+    uid = start(origin)
+    assert patch(origin, uid, DATA[:4])[0] == 204
+    code, _, body = patch(origin, uid, DATA[4:10], start=4, end=20)
+    assert code == 400
+    assert b"ended after 6 of 16" in body
+    assert origin.store.uploads.size(uid) == 4
+    assert patch(origin, uid, DATA[4:], start=4)[0] == 204
+    assert commit(origin, uid)[0] == 201
+    assert origin.request("GET", blob_url())[2] == DATA
+
+
+def test_body_longer_than_range_is_400(origin: Origin) -> None:
+    uid = start(origin)
+    code, _, body = patch(origin, uid, DATA, start=0, end=4)
+    assert code == 400
+    assert b"more than Content-Range" in body
+    assert origin.store.uploads.size(uid) == 0
+
+
+@pytest.mark.parametrize("header", [None, b"bytes 0-4/4", b"4-0", b"a-b", b"0-"])
+def test_bad_content_range_is_400(origin: Origin, header: bytes | None) -> None:
+    uid = start(origin)
+    headers = {} if header is None else {b"Content-Range": [header]}
+    code, _, body = origin.request("PATCH", f"{blob_url()}/uploads/{uid}", data=b"abcd", headers=headers)
+    assert code == 400
+    assert b"Content-Range" in body
+
+
+@pytest.mark.parametrize("uid", ["0" * 32, "not-a-uid"])
+def test_unknown_upload_is_404(origin: Origin, uid: str) -> None:
+    assert patch(origin, uid, DATA)[0] == 404
+    code, _, body = commit(origin, uid)
+    assert code == 404
+    assert b"unknown upload" in body
+
+
+BAD_DIGESTS = ["sha256:zz", "md5:" + "0" * 32, "sha256:" + "A" * 64, "0" * 64, "sha256:" + "0" * 63]
+
+
+@pytest.mark.parametrize("bad", BAD_DIGESTS)
+@pytest.mark.parametrize(
+    "method,url",
+    [
+        ("GET", "/blobs/{d}/locations"),
+        ("POST", "/namespace/a/b/blobs/{d}/uploads"),
+        ("PATCH", "/namespace/a/b/blobs/{d}/uploads/" + "0" * 32),
+        ("PUT", "/namespace/a/b/blobs/{d}/uploads/" + "0" * 32),
+        ("GET", "/namespace/a/b/blobs/{d}"),
+        ("HEAD", "/namespace/a/b/blobs/{d}"),
+        ("GET", "/namespace/a/b/blobs/{d}/metainfo"),
+    ],
+)
+def test_bad_digest_is_400(origin: Origin, bad: str, method: str, url: str) -> None:
+    headers = {b"Content-Range": [b"0-1"]} if method == "PATCH" else {}
+    code, _, body = origin.request(method, url.format(d=bad), data=b"x" if method == "PATCH" else None, headers=headers)
+    assert code == 400
+    if method != "HEAD":
+        assert b"invalid digest" in body
+
+
+def test_namespaces_with_slashes_and_quoting(origin: Origin) -> None:
+    ns = "team%20a/deep/nested/repo"  # a quoted space in the URL
+    digest = upload(origin, b"nested", ns=ns)
+    assert origin.request("GET", blob_url(digest, ns))[2] == b"nested"
+    assert origin.request("GET", blob_url(digest, "other"))[2] == b"nested", "blobs are content-addressed"
+
+
+def test_unknown_route_and_method(origin: Origin) -> None:
+    code, _, body = origin.request("GET", "/nothing/here")
+    assert code == 404
+    assert b"<html" not in body.lower()
+    code, headers, _ = origin.request("DELETE", blob_url())
+    assert code == 405
+    assert b"GET" in headers.getRawHeaders(b"allow")[0]
+
+
+def test_unexpected_error_is_500_without_traceback(origin: Origin, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(digest: Digest) -> int:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(origin.store, "stat", broken)
+    with capturedLogs() as events:
+        code, _, body = origin.request("GET", blob_url())
+    assert (code, body) == (500, b"internal error\n")
+    failures = [e for e in events if "log_failure" in e]
+    assert len(failures) == 1
+    assert failures[0]["method"] == "GET"
+    assert failures[0]["log_failure"].check(RuntimeError)

@@ -1,0 +1,152 @@
+"""Options parsing and the service wiring, on a MemoryReactorClock."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from kraken.core import PieceLengthRule
+from kraken.net import HTTPClientService
+from kraken.origin.config import OriginConfig, StoreConfig
+from kraken.origin.tap import ExpireUploads, Options, makeService, origin_service
+from kraken.store import CAStore, InlineWorker, ThreadPoolService
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "origin.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_options_parse_the_config(tmp_path: Path) -> None:
+    path = write(tmp_path, f"store: {{root: {tmp_path / 'state'}}}\nlisten_http: 'tcp:0:interface=127.0.0.1'\n")
+    options = Options()
+    options.parseOptions(["--config", path])
+    parsed = options["parsed"]
+    assert isinstance(parsed, OriginConfig)
+    assert parsed.store.root == str(tmp_path / "state")
+
+
+def test_options_without_config_use_the_defaults() -> None:
+    options = Options()
+    options.parseOptions([])
+    assert options["parsed"] == OriginConfig()
+
+
+def test_unknown_key_is_a_usage_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "store:\n  root: /x\n  piece_length: 4MiB\n")
+    with pytest.raises(usage.UsageError) as e:
+        Options().parseOptions(["-c", path])
+    assert path in str(e.value)
+    assert "store.piece_length" in str(e.value)
+
+
+def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(usage.UsageError, match="file not found"):
+        Options().parseOptions(["--config", str(tmp_path / "nope.yaml")])
+
+
+def test_bad_endpoint_is_a_usage_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "listen_http: 'tcp:notaport'\nadvertise: 'o:1'\n")
+    with pytest.raises(usage.UsageError, match="listen_http"):
+        Options().parseOptions(["--config", path])
+
+
+def config(tmp_path: Path) -> OriginConfig:
+    return OriginConfig(listen_http="tcp:15999:interface=127.0.0.1", store=StoreConfig(root=str(tmp_path / "state")))
+
+
+def test_service_wiring(tmp_path: Path) -> None:
+    reactor = MemoryReactorClock()
+    top = origin_service(config(tmp_path), reactor)
+    children = list(top)
+    assert [type(c) for c in children[:4]] == [ThreadPoolService, ThreadPoolService, HTTPClientService, TimerService]
+    assert [c.name for c in children[:5]] == ["threads-cpu", "threads-io", "http-client", "upload-expiry", "http"]
+    assert (tmp_path / "state" / "cache").is_dir()
+
+    stopped: list[Any] = []
+    try:
+        with capturedLogs() as events:
+            top.privilegedStartService()
+            top.startService()
+        [(port, _factory, _backlog, interface)] = reactor.tcpServers
+        assert (port, interface) == (15999, "127.0.0.1")
+        [listening] = [e for e in events if e.get("log_format", "").startswith("origin listening")]
+        assert listening["port"] == 15999
+        assert listening["advertise"] == "127.0.0.1:15999"
+        assert any(c.active() for c in reactor.getDelayedCalls()), "the expiry timer is scheduled"
+    finally:
+        # Always stop: running pool threads would keep the test process alive.
+        top.stopService().addBoth(stopped.append)
+    [results] = stopped  # fired at once: starting did no work in the pools
+    assert all(ok for ok, _ in results), results
+    assert [c for c in reactor.getDelayedCalls() if c.active()] == []
+    assert not top.running
+
+
+def test_expiry_runs_on_the_clock(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    reactor = MemoryReactorClock()
+    top = origin_service(cfg, reactor)
+    timer = top.getServiceNamed("upload-expiry")
+    assert timer.step == cfg.upload_sweep_interval()
+    assert timer.clock is reactor
+
+
+def test_expiry_skips_the_start_then_deletes_stale_uploads(tmp_path: Path) -> None:
+    clock = Clock()
+    store = CAStore(str(tmp_path), worker=InlineWorker(), piece_rule=PieceLengthRule.default(), now=clock.seconds)
+    uid = successResultOf(store.uploads.create())
+    os.utime(store.uploads.path(uid), (1000, 1000))
+    clock.advance(1000 + 3600 + 1)
+    expire = ExpireUploads(store, clock, 3600)
+    assert expire() is None, "TimerService's call at start is skipped"
+    assert os.path.exists(store.uploads.path(uid))
+    with capturedLogs() as events:
+        assert successResultOf(expire()) is None
+    assert not os.path.exists(store.uploads.path(uid))
+    assert [e["count"] for e in events if "count" in e] == [1]
+
+
+def test_expiry_logs_its_own_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    store = CAStore(str(tmp_path), worker=InlineWorker(), piece_rule=PieceLengthRule.default(), now=clock.seconds)
+
+    async def broken(now: float, max_age: float) -> list[str]:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(store.uploads, "expire", broken)
+    expire = ExpireUploads(store, clock, 3600)
+    expire()
+    with capturedLogs() as events:
+        assert successResultOf(expire()) is None, "the timer must keep running"
+    [failure] = [e for e in events if "log_failure" in e]
+    assert failure["log_failure"].check(OSError)
+
+
+def test_make_service_uses_the_given_reactor(tmp_path: Path) -> None:
+    options = Options()
+    options.parseOptions(["--config", write(tmp_path, f"store: {{root: {tmp_path / 'state'}}}\n")])
+    reactor = MemoryReactorClock()
+    top = makeService(options, reactor=reactor)
+    top.privilegedStartService()
+    assert reactor.tcpServers[0][0] == 15002
+
+
+def successResultOf(d: Any) -> Any:
+    if not isinstance(d, Deferred):
+        d = Deferred.fromCoroutine(d)
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out and not isinstance(out[0], Failure), out
+    return out[0]
