@@ -223,9 +223,8 @@ def _convert(tp: Any, value: Any, key: KeyPath, loaded: Loaded) -> Any:
         unknown = sorted(set(value) - set(fields))
         if unknown:
             known = ", ".join(sorted(fields)) or "(none)"
-            raise ConfigError(
-                f"unknown key (known keys here: {known})", file=loaded.source((*key, unknown[0])), key=(*key, unknown[0])
-            )
+            bad = (*key, unknown[0])
+            raise ConfigError(f"unknown key (known keys here: {known})", file=loaded.source(bad), key=bad)
         kwargs = {}
         for name, f in fields.items():
             if name in value:

@@ -16,13 +16,13 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
 from kraken import config as kconfig
 from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.http import BuildIndexHTTP
 from kraken.buildindex.tags import TagStore, open_pool
 from kraken.net import make_http_client
+from kraken.net.server import make_site
 from kraken.origin.client import OriginClient
 
 log = Logger(namespace="kraken.buildindex")
@@ -111,8 +111,7 @@ def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
     app = BuildIndexHTTP(
         tags, origin, clock=reactor, max_manifest_size=config.max_manifest_size, max_page=config.max_page
     )
-    site = Site(app.resource(), reactor=reactor)
-    site.displayTracebacks = False
+    site = make_site(app.resource(), reactor=reactor)
     listener = strports.service(config.listen_http, site, reactor=reactor)
     listener.setName("http")
     listener.setServiceParent(top)

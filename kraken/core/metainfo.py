@@ -123,7 +123,10 @@ class MetaInfo:
             raise MetaInfoError("length must be >= 0 and piece length > 0")
         expected = _piece_count(self.length, self.piece_length)
         if len(self.piece_sums) != expected:
-            raise MetaInfoError(f"{self.length} bytes in pieces of {self.piece_length} need {expected} sums, got {len(self.piece_sums)}")
+            raise MetaInfoError(
+                f"{self.length} bytes in pieces of {self.piece_length} need {expected} sums, "
+                f"got {len(self.piece_sums)}"
+            )
         if any(len(s) != 32 for s in self.piece_sums):
             raise MetaInfoError("every piece sum must be 32 bytes")
 

@@ -42,14 +42,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
 
 __all__ = [
+    "MEDIA_TYPE_CONFIG",
+    "MEDIA_TYPE_INDEX",
+    "MEDIA_TYPE_LAYER",
+    "MEDIA_TYPE_MANIFEST",
     "Blob",
     "Layout",
-    "write_layout",
     "parse_size",
-    "MEDIA_TYPE_MANIFEST",
-    "MEDIA_TYPE_INDEX",
-    "MEDIA_TYPE_CONFIG",
-    "MEDIA_TYPE_LAYER",
+    "write_layout",
 ]
 
 MEDIA_TYPE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

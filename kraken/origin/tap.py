@@ -15,10 +15,10 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
 from kraken import config as kconfig
 from kraken.net import make_http_client
+from kraken.net.server import make_site
 from kraken.origin.config import OriginConfig
 from kraken.origin.http import OriginHTTP
 from kraken.store import CAStore, ThreadPoolService, ThreadWorker
@@ -138,7 +138,7 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
     expiry.setServiceParent(top)
 
     app = OriginHTTP(store, clock=reactor, advertise=config.advertised())
-    site = Site(app.resource(), reactor=reactor)
+    site = make_site(app.resource(), reactor=reactor)
     http = strports.service(config.listen_http, site, reactor=reactor)
     http.setName("http")
     http.setServiceParent(top)

@@ -22,8 +22,8 @@ from zope.interface import implementer
 from kraken.buildindex.client import BuildIndexClient, TagRefused
 from kraken.core import Digest
 from kraken.origin.client import OriginClient
-from kraken.registry.errors import ManifestBlobUnknown, Unknown
 from kraken.registry.backend import IRegistryBackend, ManifestRecord, Page
+from kraken.registry.errors import ManifestBlobUnknown, Unknown
 from kraken.store import Worker
 
 # Headers of the origin's blob response that the registry client should see.

@@ -11,11 +11,11 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
 from kraken import config
 from kraken.buildindex.client import BuildIndexClient
 from kraken.net import make_http_client
+from kraken.net.server import make_site
 from kraken.origin.client import OriginClient
 from kraken.proxy.config import ProxyConfig
 from kraken.proxy.storage import ProxyBackend
@@ -63,8 +63,7 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
     timer.clock = reactor
     timer.setServiceParent(top)
 
-    site = Site(api.resource())
-    site.displayTracebacks = False
+    site = make_site(api.resource(), reactor=reactor)
     listener = strports.service(cfg.listen_http, site, reactor=reactor)
     listener.setName("http")
     listener.setServiceParent(top)

@@ -46,7 +46,7 @@ class UploadTruncated(ValueError):
 
 
 class _Upload:
-    __slots__ = ("hasher", "hashed", "lock", "size")
+    __slots__ = ("hashed", "hasher", "lock", "size")
 
     def __init__(self, size: int, hasher: Any) -> None:
         self.size = size
