@@ -60,18 +60,19 @@ class Daemon:
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + READY_TIMEOUT
+        fd = self.proc.stdout.fileno()
+        seen = b""
         with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            while True:
+            sel.register(fd, selectors.EVENT_READ)
+            while ready.encode() not in seen:
                 left = deadline - time.monotonic()
                 if left <= 0 or not sel.select(left):
                     raise RuntimeError(f"{name} not ready after {READY_TIMEOUT}s; see {log}")
-                line = self.proc.stdout.readline()
-                if not line:
+                chunk = os.read(fd, 65536)
+                if not chunk:
                     raise RuntimeError(f"{name} exited early; see {log}")
-                self._out.write(line)
-                if ready.encode() in line:
-                    break
+                self._out.write(chunk)
+                seen = seen[-4096:] + chunk
         self._out.flush()
         self._drain = threading.Thread(target=shutil.copyfileobj, args=(self.proc.stdout, self._out), daemon=True)
         self._drain.start()

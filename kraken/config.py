@@ -120,14 +120,15 @@ class Loaded:
         return Loaded(data, sources, self.source(key))
 
 
-def load_or_usage_error(cls: type[T], path: str) -> T:
-    """Load and build a component's config for its twistd ``Options``: any
-    problem becomes a ``UsageError``, so twistd prints it without a traceback
-    and exits before anything listens."""
+def load_or_usage_error(cls: type[T], path: str | None) -> T:
+    """Load and build a component's config for its twistd ``Options`` (the
+    built-in defaults when ``path`` is None): any problem becomes a
+    ``UsageError``, so twistd prints it without a traceback and exits before
+    anything listens."""
     from twisted.python import usage
 
     try:
-        return build(cls, load(path))
+        return build(cls, load(path) if path is not None else from_mapping({}, "<defaults>"))
     except ConfigError as e:
         raise usage.UsageError(str(e)) from None
 

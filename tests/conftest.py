@@ -212,13 +212,19 @@ def write_herd_config(path: str, state_dir: str, proxy: int, origin: int, build_
         )
 
 
-def start_herd(base_dir: str) -> Herd:
-    """Start ``twistd -n --pidfile= kraken-herd`` in ``base_dir`` and wait for its ready line."""
+def start_herd(base_dir: str, ports: tuple[int, int, int] | None = None) -> Herd:
+    """Start ``twistd -n --pidfile= kraken-herd`` in ``base_dir`` and wait for its ready line.
+
+    ``ports`` (proxy, origin, build-index) default to free ones; the state
+    lives in ``base_dir/state``, so a herd started again on the same
+    ``base_dir`` finds what the previous one stored.
+    """
     state_dir = os.path.join(base_dir, "state")
     config_path = os.path.join(base_dir, "herd.yaml")
-    log_path = os.path.join(base_dir, "herd.log")
     os.makedirs(state_dir, exist_ok=True)
-    proxy, origin, build_index = free_ports(3)
+    runs = sum(1 for name in os.listdir(base_dir) if name.startswith("herd-") and name.endswith(".log"))
+    log_path = os.path.join(base_dir, f"herd-{runs + 1}.log")
+    proxy, origin, build_index = ports or free_ports(3)
     write_herd_config(config_path, state_dir, proxy, origin, build_index)
     process = subprocess.Popen(
         twistd_command("kraken-herd", "--config", config_path),
@@ -240,6 +246,7 @@ def start_herd(base_dir: str) -> Herd:
 
 
 def stop_herd(herd: Herd) -> int:
+    """SIGTERM, then wait (SIGKILL after a timeout); returns the exit status. Stopping twice is harmless."""
     if herd.process.poll() is None:
         herd.process.send_signal(signal.SIGTERM)
         try:
@@ -248,6 +255,8 @@ def stop_herd(herd: Herd) -> int:
             herd.process.kill()
             herd.process.wait()
     herd.output.join(HERD_STOP_TIMEOUT)
+    if herd.process.stdout is not None:
+        herd.process.stdout.close()
     return herd.process.returncode
 
 
@@ -270,6 +279,32 @@ def twistd() -> Twistd:
     return Twistd()
 
 
+class HerdLauncher:
+    """Private herds for one test: ``start(base_dir, ports=None)`` and ``stop(herd)``; all stopped at the end."""
+
+    def __init__(self) -> None:
+        self._started: list[Herd] = []
+
+    def start(self, base_dir: str, ports: tuple[int, int, int] | None = None) -> Herd:
+        herd = start_herd(base_dir, ports)
+        self._started.append(herd)
+        return herd
+
+    def stop(self, herd: Herd) -> int:
+        return stop_herd(herd)
+
+    def stop_all(self) -> None:
+        for herd in self._started:
+            stop_herd(herd)
+
+
+@pytest.fixture
+def herd_launcher() -> Iterator[HerdLauncher]:
+    launcher = HerdLauncher()
+    yield launcher
+    launcher.stop_all()
+
+
 _running_herd: Herd | None = None
 
 
@@ -277,18 +312,24 @@ _running_herd: Herd | None = None
 def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
     """One kraken-herd (origin + build-index + proxy) for the whole session."""
     global _running_herd
-    _dev = os.environ.get("KRAKEN_DEV_EXTERNAL_REGISTRY")  # DEV-ONLY-REMOVE
-    if _dev:  # DEV-ONLY-REMOVE
-        h, p = _dev.split(":")  # DEV-ONLY-REMOVE
-        yield Herd(h, int(p), 0, 0, "", "", "", None, None)  # type: ignore  # DEV-ONLY-REMOVE
-        return  # DEV-ONLY-REMOVE
     herd = start_herd(str(tmp_path_factory.mktemp("herd")))
     _running_herd = herd
     try:
         yield herd
     finally:
         _running_herd = None
-        stop_herd(herd)
+        rc = stop_herd(herd)
+    # After the session: the herd stops cleanly on SIGTERM (twistd re-raises the signal once it has shut down)
+    # and never lost an error in a Deferred.
+    lines = herd.log_lines()
+    assert rc in (0, -signal.SIGTERM) and any("Server Shut Down" in line for line in lines), (
+        f"kraken-herd did not shut down cleanly on SIGTERM (rc={rc}); log in {herd.log_path}:\n"
+        + "\n".join(lines[-60:])
+    )
+    lost = [i for i, line in enumerate(lines) if "Unhandled error in Deferred" in line]
+    assert not lost, "kraken-herd logged unhandled errors in Deferreds:\n" + "\n\n".join(
+        "\n".join(lines[i : i + 25]) for i in lost[:5]
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -308,6 +349,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     start = getattr(item, "_herd_log_start", 0)
     lines = herd.log_lines(start)
     if len(lines) > 400:
-        lines = [f"... {len(lines) - 400} earlier lines in {herd.log_path}"] + lines[-400:]
+        lines = [f"... {len(lines) - 400} earlier lines in {herd.log_path}", *lines[-400:]]
     state = "running" if herd.alive() else f"exited rc={herd.process.returncode}"
     report.sections.append((f"kraken-herd output during this test ({state})", "\n".join(lines) or "(none)"))

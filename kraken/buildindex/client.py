@@ -18,7 +18,6 @@ from kraken.net import HTTPClientConfig, HTTPStatusError, RetryPolicy, limited_c
 from kraken.registry.backend import ManifestRecord, Page
 
 T = TypeVar("T")
-_SMALL_BODY = 64 << 10
 log = Logger()
 
 
@@ -113,12 +112,14 @@ class BuildIndexClient:
         )
 
     async def _call(
-        self, method: str, url: str, expected: frozenset[int], limit: int = _SMALL_BODY, **kwargs: Any
+        self, method: str, url: str, expected: frozenset[int], limit: int | None = None, **kwargs: Any
     ) -> tuple[int, bytes]:
-        """One request whose body is read whole (at most ``limit`` bytes).
+        """One request whose body is read whole (at most ``limit`` bytes,
+        by default the configured ``max_body``).
         A status outside ``expected`` raises ``HTTPStatusError`` (so 502, 503
         and 504 are retried by the caller's ``with_retries``)."""
         response = await self._request(method, url, **kwargs)
+        limit = self._config.max_body if limit is None else limit
         body = await limited_content(response, self._clock, limit, self._config.timeout)
         if response.code not in expected:
             raise HTTPStatusError(method, url, response.code, body)

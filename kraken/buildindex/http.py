@@ -54,7 +54,6 @@ T = TypeVar("T")
 
 #: A tag PUT body is one digest; a record is small JSON.
 MAX_TAG_BODY = 1024
-MAX_RECORD_BODY = 256 * 1024
 #: Origin requests one tag check may have in flight at once.
 CHECK_CONCURRENCY = 16
 #: Child manifests are parsed (and their blobs checked) this many levels
@@ -378,7 +377,8 @@ class BuildIndexHTTP:
     async def put_manifest(self, request: IRequest, repo: str, digest: str) -> bytes:
         _check_repo(repo)
         d = _parse_digest(digest)
-        record = _record_from_body(_read_body(request, MAX_RECORD_BODY))
+        # A record holds a subset of its manifest (the annotations) and a few fields.
+        record = _record_from_body(_read_body(request, self._max_manifest_size + 4096))
         if record.digest != d:
             raise HTTPError(400, f"record digest {record.digest} does not match the URL's {d}")
         size = await self._ask_origin(f"stat {d}", lambda: self._origin.stat(repo, d))

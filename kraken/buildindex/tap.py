@@ -10,10 +10,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -22,7 +22,7 @@ from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.http import BuildIndexHTTP
 from kraken.buildindex.tags import TagStore, open_pool
 from kraken.net import make_http_client
-from kraken.net.server import make_site
+from kraken.net.server import listen_http, make_site, port_address
 from kraken.origin.client import OriginClient
 
 log = Logger(namespace="kraken.buildindex")
@@ -59,43 +59,14 @@ class _NoFileWorker:
         return fail(RuntimeError("the build-index does no file I/O"))
 
 
-class BuildIndexService(MultiService):
-    """The build-index's services; logs "build-index listening" once the
-    HTTP port is bound."""
-
-    def __init__(self, config: BuildIndexConfig) -> None:
-        super().__init__()
-        self.setName("build-index")
-        self._config = config
-
-    def startService(self) -> None:
-        super().startService()
-        waiting = getattr(self.getServiceNamed("http"), "_waitingForPort", None)
-        if waiting is not None:
-            waiting.addCallback(self._announce)
-
-    def _announce(self, port: Any) -> Any:
-        if port is None:  # listening failed; the listener service has said why
-            return port
-        host = port.getHost()
-        log.info(
-            "build-index listening on {address} ({endpoint}), origin {origin}, database {database}",
-            address=f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}" if hasattr(host, "port") else str(host),
-            port=getattr(host, "port", None),
-            endpoint=self._config.listen_http,
-            origin=self._config.origin,
-            database=self._config.database,
-        )
-        return port
-
-
 def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
     """Everything one build-index needs, as a MultiService (the herd composes it).
 
     Children start in this order and stop in reverse: the tag store (its
     SQLite pool), the HTTP client pool, then the HTTP listener.
     """
-    top = BuildIndexService(config)
+    top = MultiService()
+    top.setName("build-index")
 
     directory = os.path.dirname(os.path.abspath(config.database))
     os.makedirs(directory, exist_ok=True)
@@ -111,10 +82,18 @@ def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
     app = BuildIndexHTTP(
         tags, origin, clock=reactor, max_manifest_size=config.max_manifest_size, max_page=config.max_page
     )
+
+    def announce(port: IListeningPort) -> None:
+        log.info(
+            "build-index listening on {address} ({endpoint}), origin {origin}, database {database}",
+            address=port_address(port),
+            endpoint=config.listen_http,
+            origin=config.origin,
+            database=config.database,
+        )
+
     site = make_site(app.resource(), reactor=reactor)
-    listener = strports.service(config.listen_http, site, reactor=reactor)
-    listener.setName("http")
-    listener.setServiceParent(top)
+    listen_http(config.listen_http, site, reactor=reactor, announce=announce).setServiceParent(top)
     return top
 
 

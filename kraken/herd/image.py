@@ -290,9 +290,7 @@ def write_layout(
     rng = random.Random(f"kraken-image-small-layers:{seed}")
     for i in range(1, layers):
         text = f"layer {i} of image seed {seed}\n{rng.getrandbits(256):064x}\n".encode()
-        layer_blobs.append(
-            w.put_tar([(f"layer{i}/", 0, None), (f"layer{i}/hello.txt", len(text), io.BytesIO(text))])
-        )
+        layer_blobs.append(w.put_tar([(f"layer{i}/", 0, None), (f"layer{i}/hello.txt", len(text), io.BytesIO(text))]))
     diff_ids = tuple(b.digest for b in layer_blobs)
 
     config = w.put_bytes(_canonical_json(_config("amd64", diff_ids, seed)), MEDIA_TYPE_CONFIG)

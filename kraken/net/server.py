@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 # A TLS record carrying a handshake starts 0x16 0x03 (TLS 1.0-1.3 ClientHello).
 _TLS_HANDSHAKE = b"\x16\x03"
@@ -50,3 +56,42 @@ def make_site(resource: IResource, *, reactor: Any, access_log: bool = True) -> 
     if not access_log:
         site.log = lambda request: None  # type: ignore[method-assign]
     return site
+
+
+@implementer(IStreamServerEndpoint)
+class _Announcing:
+    """Wraps an endpoint so a callback sees the port once it is bound."""
+
+    def __init__(self, inner: IStreamServerEndpoint, announce: Callable[[IListeningPort], None]) -> None:
+        self._inner = inner
+        self._announce = announce
+
+    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+        def bound(port: IListeningPort) -> IListeningPort:
+            self._announce(port)
+            return port
+
+        return self._inner.listen(factory).addCallback(bound)
+
+
+def listen_http(
+    description: str, site: Site, *, reactor: Any, announce: Callable[[IListeningPort], None]
+) -> StreamServerEndpointService:
+    """The daemon's HTTP listener, as ``strports.service`` builds it (a bind
+    failure aborts startup), named ``http``; ``announce`` is called with the
+    bound port so the daemon can log where it listens."""
+    endpoint = _Announcing(serverFromString(reactor, description), announce)
+    service = StreamServerEndpointService(endpoint, site)
+    # What strports.service does: raise a bind failure out of startService,
+    # so twistd exits instead of running on without its port.
+    service._raiseSynchronously = True
+    service.setName("http")
+    return service
+
+
+def port_address(port: IListeningPort) -> str:
+    """``host:port`` of a TCP port, or the address's text for other kinds."""
+    host = port.getHost()
+    if hasattr(host, "port"):
+        return f"{getattr(host, 'host', '')}:{host.port}"
+    return str(host)

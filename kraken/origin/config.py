@@ -84,10 +84,6 @@ class OriginConfig:
             )
         return derived
 
-    def upload_sweep_interval(self) -> float:
-        """How often stale uploads are looked for: often enough to honour the TTL roughly."""
-        return max(1.0, min(self.upload_ttl / 4, 300.0))
-
 
 def advertise_from_endpoint(description: str) -> str | None:
     """``tcp:15002:interface=10.0.0.5`` -> ``10.0.0.5:15002``; an unspecified

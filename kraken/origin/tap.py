@@ -8,20 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application import strports
-from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 
 from kraken import config as kconfig
 from kraken.net import make_http_client
-from kraken.net.server import make_site
+from kraken.net.server import listen_http, make_site, port_address
 from kraken.origin.config import OriginConfig
 from kraken.origin.http import OriginHTTP
-from kraken.store import CAStore, ThreadPoolService, ThreadWorker
+from kraken.store import CAStore, ThreadPoolService, ThreadWorker, UploadExpiry
 
 log = Logger(namespace="kraken.origin")
 
@@ -49,65 +47,6 @@ class Options(usage.Options):
         self["parsed"] = parsed
 
 
-class ExpireUploads:
-    """The TimerService callable: never raises, so the timer keeps running.
-
-    TimerService calls at once on start; that first call is skipped, so the
-    first sweep runs one interval after startup and starting the service does
-    no disk work (nor any thread hand-off a test reactor would have to carry).
-    """
-
-    def __init__(self, store: CAStore, clock: Any, ttl: float) -> None:
-        self._store = store
-        self._clock = clock
-        self._ttl = ttl
-        self._skip = True
-
-    def __call__(self) -> Deferred[None] | None:
-        if self._skip:
-            self._skip = False
-            return None
-        return Deferred.fromCoroutine(self._expire())
-
-    async def _expire(self) -> None:
-        try:
-            expired = await self._store.uploads.expire(self._clock.seconds(), self._ttl)
-        except Exception:
-            log.failure("expiring stale uploads failed")
-            return
-        if expired:
-            log.info("expired {count} stale uploads", count=len(expired))
-
-
-class _AnnounceListening(Service):
-    """Logs "origin listening" once the HTTP port is bound."""
-
-    def __init__(self, http: StreamServerEndpointService, config: OriginConfig) -> None:
-        self._http = http
-        self._config = config
-
-    def startService(self) -> None:
-        super().startService()
-        waiting = getattr(self._http, "_waitingForPort", None)
-        if waiting is not None:
-            waiting.addCallback(self._announce)
-
-    def _announce(self, port: Any) -> Any:
-        if port is None:  # listening failed; the listener service has logged why
-            return port
-        host = port.getHost()
-        address = f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}" if hasattr(host, "port") else str(host)
-        log.info(
-            "origin listening on {address} ({endpoint}), advertised as {advertise}",
-            address=address,
-            port=getattr(host, "port", None),
-            endpoint=self._config.listen_http,
-            advertise=self._config.advertised(),
-            root=self._config.store.root,
-        )
-        return port
-
-
 def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
     """Everything one origin needs, as a MultiService (the herd composes it).
 
@@ -132,17 +71,22 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
     _client, client_service = make_http_client(reactor, config.http_client)  # replication will use the client
     client_service.setServiceParent(top)
 
-    expiry = TimerService(config.upload_sweep_interval(), ExpireUploads(store, reactor, config.upload_ttl))
-    expiry.clock = reactor
-    expiry.setName("upload-expiry")
-    expiry.setServiceParent(top)
+    UploadExpiry(store.uploads.expire, clock=reactor, ttl=config.upload_ttl).setServiceParent(top)
 
     app = OriginHTTP(store, clock=reactor, advertise=config.advertised())
-    site = make_site(app.resource(), reactor=reactor)
-    http = strports.service(config.listen_http, site, reactor=reactor)
-    http.setName("http")
-    http.setServiceParent(top)
-    _AnnounceListening(http, config).setServiceParent(top)
+
+    def announce(port: IListeningPort) -> None:
+        log.info(
+            "origin listening on {address} ({endpoint}), advertised as {advertise}",
+            address=port_address(port),
+            endpoint=config.listen_http,
+            advertise=config.advertised(),
+            root=config.store.root,
+        )
+
+    listen_http(
+        config.listen_http, make_site(app.resource(), reactor=reactor), reactor=reactor, announce=announce
+    ).setServiceParent(top)
     return top
 
 

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web._newclient import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IRequest
+from twisted.web.iweb import UNKNOWN_LENGTH, IRequest
 from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
@@ -27,7 +27,8 @@ from kraken.registry.errors import ManifestBlobUnknown, Unknown
 from kraken.store import Worker
 
 # Headers of the origin's blob response that the registry client should see.
-_RELAYED = (b"content-length", b"content-range", b"accept-ranges", b"last-modified")
+# (Twisted's client keeps Content-Length out of the headers: see _respond.)
+_RELAYED = (b"content-range", b"accept-ranges", b"last-modified")
 
 
 @implementer(IRegistryBackend)
@@ -44,9 +45,10 @@ class ProxyBackend:
         return await self._origin.stat(repo, digest)
 
     async def blob_resource(self, repo: str, digest: Digest) -> IResource | None:
-        if await self._origin.stat(repo, digest) is None:
+        size = await self._origin.stat(repo, digest)
+        if size is None:
             return None
-        return RelayedBlob(self._origin, repo, digest)
+        return RelayedBlob(self._origin, repo, digest, size)
 
     async def read_blob(self, repo: str, digest: Digest, limit: int) -> bytes | None:
         return await self._origin.read_small(repo, digest, limit)
@@ -110,11 +112,12 @@ class RelayedBlob(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, origin: OriginClient, repo: str, digest: Digest) -> None:
+    def __init__(self, origin: OriginClient, repo: str, digest: Digest, size: int) -> None:
         super().__init__()
         self._origin = origin
         self._repo = repo
         self._digest = digest
+        self._size = size
 
     def render_HEAD(self, request: IRequest) -> Any:
         return self._relay(request, b"HEAD")
@@ -142,6 +145,10 @@ class RelayedBlob(Resource):
             if values:
                 request.responseHeaders.setRawHeaders(name, values)
         request.setHeader(b"content-type", b"application/octet-stream")
+        if method == b"GET" and response.length != UNKNOWN_LENGTH:
+            request.setHeader(b"content-length", b"%d" % response.length)
+        elif method == b"HEAD" and response.code == 200:
+            request.setHeader(b"content-length", b"%d" % self._size)
         if method == b"HEAD" or response.code in (304, 416):
             response.original.deliverBody(_Discard())
             request.finish()

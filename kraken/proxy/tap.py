@@ -5,28 +5,26 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.application import strports
-from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 
 from kraken import config
 from kraken.buildindex.client import BuildIndexClient
 from kraken.net import make_http_client
-from kraken.net.server import make_site
+from kraken.net.server import listen_http, make_site, port_address
 from kraken.origin.client import OriginClient
 from kraken.proxy.config import ProxyConfig
 from kraken.proxy.storage import ProxyBackend
 from kraken.registry.http import RegistryAPI
-from kraken.store import ThreadPoolService, ThreadWorker, UploadArea
+from kraken.store import ThreadPoolService, ThreadWorker, UploadArea, UploadExpiry
 
 log = Logger()
 
 
 class Options(usage.Options):
-    optParameters = [["config", "c", "/etc/kraken/proxy.yaml", "YAML config file (supports extends:)"]]
+    optParameters = [["config", "c", None, "YAML config file (supports extends:); built-in defaults when omitted"]]
 
     def postOptions(self) -> None:
         self["parsed"] = config.load_or_usage_error(ProxyConfig, self["config"])
@@ -53,20 +51,19 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
         max_page_size=cfg.registry.max_page,
     )
 
-    async def expire() -> None:
-        try:
-            await api.expire_uploads(reactor.seconds(), cfg.uploads.ttl)
-        except Exception:
-            log.failure("expiring stale uploads failed")
+    UploadExpiry(api.expire_uploads, clock=reactor, ttl=cfg.uploads.ttl).setServiceParent(top)
 
-    timer = TimerService(min(cfg.uploads.ttl, 300.0), lambda: Deferred.fromCoroutine(expire()))
-    timer.clock = reactor
-    timer.setServiceParent(top)
+    def announce(port: IListeningPort) -> None:
+        log.info(
+            "proxy listening on {address} ({endpoint}), origin {origin}, build-index {build_index}",
+            address=port_address(port),
+            endpoint=cfg.listen_http,
+            origin=cfg.origin,
+            build_index=cfg.build_index,
+        )
 
     site = make_site(api.resource(), reactor=reactor)
-    listener = strports.service(cfg.listen_http, site, reactor=reactor)
-    listener.setName("http")
-    listener.setServiceParent(top)
+    listen_http(cfg.listen_http, site, reactor=reactor, announce=announce).setServiceParent(top)
     return top
 
 

@@ -1,7 +1,7 @@
 """The content-addressed store: upload area, verified atomic commit, sidecars."""
 
 from kraken.store.cas import CAStore, DigestMismatch
-from kraken.store.uploads import RangeMismatch, UploadArea, UploadTruncated, UploadUnknown
+from kraken.store.uploads import RangeMismatch, UploadArea, UploadExpiry, UploadTruncated, UploadUnknown
 from kraken.store.workers import InlineWorker, ThreadPoolService, ThreadWorker, Worker
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "ThreadPoolService",
     "ThreadWorker",
     "UploadArea",
+    "UploadExpiry",
     "UploadTruncated",
     "UploadUnknown",
     "Worker",

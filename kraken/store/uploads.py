@@ -16,9 +16,12 @@ import hashlib
 import os
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
-from twisted.internet.defer import DeferredLock
+from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from kraken.core import Digest
@@ -197,3 +200,36 @@ def _stale_files(root: str, before: float) -> list[str]:
         if _UID.match(entry.name) and entry.stat().st_mtime < before:
             stale.append(entry.name)
     return stale
+
+
+class UploadExpiry(TimerService):
+    """Deletes uploads untouched for ``ttl`` seconds, sweeping every quarter
+    TTL (between 1 s and 5 min).
+
+    ``expire(now, ttl)`` does the work (``UploadArea.expire``, or the
+    registry API's wrapper that also forgets its sessions). Its failures are
+    logged, never raised, so the timer keeps running. The first sweep runs
+    one interval after startup, so starting a daemon does no disk work.
+    """
+
+    log = Logger()
+
+    def __init__(self, expire: Callable[[float, float], Awaitable[object]], *, clock: IReactorTime, ttl: float) -> None:
+        super().__init__(max(1.0, min(ttl / 4, 300.0)), self._tick)
+        self.clock = clock
+        self.setName("upload-expiry")
+        self._expire = expire
+        self._ttl = ttl
+        self._started = False
+
+    def _tick(self) -> Deferred[None] | None:
+        if not self._started:  # TimerService calls once at start: skip that one
+            self._started = True
+            return None
+        return Deferred.fromCoroutine(self._sweep())
+
+    async def _sweep(self) -> None:
+        try:
+            await self._expire(self.clock.seconds(), self._ttl)
+        except Exception:
+            self.log.failure("expiring stale uploads failed")

@@ -9,10 +9,10 @@ from typing import Any
 import pytest_twisted
 
 from ._registry import (
+    EMPTY_JSON,
     OCI_EMPTY,
     OCI_INDEX,
     OCI_MANIFEST,
-    EMPTY_JSON,
     Registry,
     Response,
     assert_error,
@@ -199,6 +199,47 @@ async def test_referrers(registry: Registry, repo: str) -> None:
     )
     assert [d["digest"] for d in referrers_of(filtered)] == [digest_of(sbom)]
     assert filtered.header("OCI-Filters-Applied") == "artifactType"
+
+
+@pytest_twisted.ensureDeferred
+async def test_referrer_without_artifact_type_is_listed_with_its_config_media_type(
+    registry: Registry, repo: str
+) -> None:
+    image = await registry.push_image(repo, "v1")
+    await registry.push_blob(repo, EMPTY_JSON)
+    doc = json.loads(artifact_manifest(image.descriptor(), "unused", "config-typed"))
+    del doc["artifactType"]
+    doc["config"]["mediaType"] = "application/vnd.example.config.v1+json"
+    body = dumps(doc, pretty=False)
+    resp = await registry.put_manifest(repo, digest_of(body), body, OCI_MANIFEST)
+    assert resp.status == 201, str(resp)
+    [listed] = referrers_of(await registry.request("GET", f"/v2/{repo}/referrers/{image.digest}"))
+    assert listed["digest"] == digest_of(body)
+    assert listed["artifactType"] == "application/vnd.example.config.v1+json"
+
+
+@pytest_twisted.ensureDeferred
+async def test_index_with_subject_is_a_referrer(registry: Registry, repo: str) -> None:
+    image = await registry.push_image(repo, "v1")
+    member = await registry.push_image(repo, None)
+    body = dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "artifactType": "application/vnd.example.bundle",
+            "manifests": [member.descriptor()],
+            "subject": image.descriptor(),
+        },
+        pretty=True,
+    )
+    resp = await registry.put_manifest(repo, digest_of(body), body, OCI_INDEX)
+    assert resp.status == 201, str(resp)
+    assert resp.header("OCI-Subject") == image.digest
+    [listed] = referrers_of(await registry.request("GET", f"/v2/{repo}/referrers/{image.digest}"))
+    assert listed["digest"] == digest_of(body)
+    assert listed["mediaType"] == OCI_INDEX
+    assert listed["artifactType"] == "application/vnd.example.bundle"
+    assert listed["size"] == len(body)
 
 
 @pytest_twisted.ensureDeferred

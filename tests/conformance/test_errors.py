@@ -1,4 +1,4 @@
-"""Errors: invalid names and digests, unknown uploads, unsupported deletes, and the error body itself (spec "Error Codes")."""
+"""Errors: invalid names and digests, unknown uploads, unsupported deletes, the error body (spec "Error Codes")."""
 
 from __future__ import annotations
 

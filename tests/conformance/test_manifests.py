@@ -1,4 +1,4 @@
-"""Manifests: push and pull of images, indexes and Docker types, exact bytes, negotiation and validation (end-3, end-7)."""
+"""Manifests: images, indexes and Docker types, exact bytes, negotiation and validation (end-3, end-7)."""
 
 from __future__ import annotations
 
@@ -146,7 +146,10 @@ async def test_accept_lists_containing_the_type_get_the_stored_manifest(
 
 @pytest_twisted.ensureDeferred
 async def test_accept_without_the_stored_type_does_not_get_it(registry: Registry, repo: str) -> None:
-    """An OCI manifest asked for with Docker types only: distribution answers 404 MANIFEST_UNKNOWN (406 is the HTTP way)."""
+    """An OCI manifest asked for with Docker types only.
+
+    distribution answers 404 MANIFEST_UNKNOWN; 406 Not Acceptable is the plain HTTP answer.
+    """
     await registry.push_image(repo, "v1")
     resp = await registry.request(
         "GET", f"/v2/{repo}/manifests/v1", headers={"Accept": f"{DOCKER_MANIFEST}, {DOCKER_LIST}"}
@@ -210,15 +213,18 @@ def padded_manifest(config: bytes, layer: bytes, total: int) -> bytes:
     return body
 
 
+@pytest.mark.parametrize("size", [60_000, 100_000, 1_000_000, 4_000_000], ids=["60kB", "100kB", "1MB", "4MB"])
 @pytest_twisted.ensureDeferred
-async def test_large_manifest_of_4mb_is_accepted(registry: Registry, repo: str) -> None:
+async def test_large_manifest_is_accepted(registry: Registry, repo: str, size: int) -> None:
+    """Registries should accept manifests of at least 4 MB (the upstream "large-manifest" group)."""
     config, layer = b'{"architecture":"amd64","os":"linux"}', random_bytes(100)
     await registry.push_blob(repo, config)
     await registry.push_blob(repo, layer)
-    body = padded_manifest(config, layer, 4_000_000)  # "at least 4 MB" must be accepted
+    body = padded_manifest(config, layer, size)
     resp = await registry.put_manifest(repo, "large", body, OCI_MANIFEST)
     assert resp.status == 201, str(resp)
     await assert_manifest(registry, repo, "large", body, OCI_MANIFEST)
+    await assert_manifest(registry, repo, digest_of(body), body, OCI_MANIFEST)
 
 
 @pytest_twisted.ensureDeferred
@@ -242,6 +248,27 @@ async def test_manifest_put_by_a_mismatching_digest_is_digest_invalid(registry: 
     assert_error(resp, 400, "DIGEST_INVALID")
     for reference in (claimed, image.digest):
         assert_error(await registry.get_manifest(repo, reference), 404, ("MANIFEST_UNKNOWN", "NAME_UNKNOWN"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_index_referencing_an_unknown_manifest_is_manifest_blob_unknown(registry: Registry, repo: str) -> None:
+    known = await registry.push_image(repo, None)
+    index = make_index([known, make_image()])  # the second image was never pushed
+    resp = await registry.put_manifest(repo, "dangling", index, OCI_INDEX)
+    assert_error(resp, 400, "MANIFEST_BLOB_UNKNOWN")
+    assert_error(await registry.get_manifest(repo, "dangling"), 404, ("MANIFEST_UNKNOWN", "NAME_UNKNOWN"))
+
+
+@pytest.mark.parametrize("tag", [".dot", "-dash", "x" * 129, "with space", "colon:tag"])
+@pytest_twisted.ensureDeferred
+async def test_invalid_tag_is_refused(registry: Registry, repo: str, tag: str) -> None:
+    image = make_image()
+    for blob in image.blobs:
+        await registry.push_blob(repo, blob)
+    resp = await registry.put_manifest(repo, tag.replace(" ", "%20"), image.manifest, OCI_MANIFEST)
+    assert_error(resp, (400, 404), ("TAG_INVALID", "MANIFEST_INVALID", "DIGEST_INVALID"))
+    tags = await registry.request("GET", f"/v2/{repo}/tags/list")
+    assert tags.status == 404 or not tags.json().get("tags"), str(tags)
 
 
 @pytest_twisted.ensureDeferred

@@ -1,4 +1,7 @@
-"""Push: blob uploads in every form the spec allows, and how they fail (spec "Push", end-4..end-6, end-11, end-13, end-14)."""
+"""Push: blob uploads in every form the spec allows, and how they fail.
+
+Spec "Push": end-4..end-6, end-11, end-13, end-14.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import pytest_twisted
 from ._registry import (
     EMPTY_DIGEST,
     Registry,
+    Response,
     StreamingBody,
     assert_error,
     digest_of,
@@ -22,8 +26,8 @@ from ._registry import (
 OCTETS = {"Content-Type": "application/octet-stream"}
 
 
-def assert_range(resp, end: int) -> None:  # type: ignore[no-untyped-def]
-    """``Range: 0-<end>``: the last byte received so far, inclusive, with no unit (spec; distribution writes the same)."""
+def assert_range(resp: Response, end: int) -> None:
+    """``Range: 0-<end>``: the last byte received so far, inclusive, no unit (the spec; distribution writes it too)."""
     assert resp.header("Range") == f"0-{end}", f"{resp}: Range is {resp.header('Range')!r}, expected '0-{end}'"
 
 
@@ -48,6 +52,10 @@ async def test_monolithic_post_then_put(registry: Registry, repo: str) -> None:
     fetched = await registry.request("GET", put.location())
     assert fetched.status == 200 and fetched.body == data, str(fetched)
     await assert_blob(registry, repo, data)
+    # A finished session is gone.
+    assert_error(await registry.request("GET", location), 404, "BLOB_UPLOAD_UNKNOWN")
+    again = await registry.request("PUT", with_query(location, digest=digest_of(data)), body=data, headers=OCTETS)
+    assert_error(again, 404, "BLOB_UPLOAD_UNKNOWN")
 
 
 @pytest_twisted.ensureDeferred
@@ -184,6 +192,27 @@ async def test_out_of_order_chunk_is_416(registry: Registry, repo: str) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_chunk_shorter_than_its_content_range_is_refused(registry: Registry, repo: str) -> None:
+    data = random_bytes(100)
+    location = await registry.start_upload(repo)
+    resp = await registry.request("PATCH", location, body=data[:50], headers={**OCTETS, "Content-Range": "0-99"})
+    assert resp.status in (400, 416), str(resp)
+    if resp.status == 400:
+        assert_error(resp, 400, ("SIZE_INVALID", "BLOB_UPLOAD_INVALID"))
+    status = await registry.request("GET", location)
+    assert status.status == 204, str(status)
+    assert status.header("Range") in (None, "0-0"), f"{status}: the refused chunk was kept"
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_without_a_digest_is_refused(registry: Registry, repo: str) -> None:
+    location = await registry.start_upload(repo)
+    resp = await registry.request("PUT", location, body=b"data", headers=OCTETS)
+    assert_error(resp, 400, ("DIGEST_INVALID", "BLOB_UPLOAD_INVALID"))
+    assert not await registry.blob_exists(repo, digest_of(b"data"))
+
+
+@pytest_twisted.ensureDeferred
 async def test_cancel_upload(registry: Registry, repo: str) -> None:
     data = random_bytes(1000)
     location = await registry.start_upload(repo)
@@ -237,7 +266,6 @@ async def test_empty_blob(registry: Registry, repo: str) -> None:
     resp = await registry.request("GET", f"/v2/{repo}/blobs/{EMPTY_DIGEST}")
     assert resp.status == 200, str(resp)
     assert resp.body == b""
-    assert resp.header("Content-Length") == "0"
     head = await registry.request("HEAD", f"/v2/{repo}/blobs/{EMPTY_DIGEST}")
     assert head.status == 200 and head.header("Content-Length") == "0", str(head)
 

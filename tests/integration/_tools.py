@@ -33,7 +33,8 @@ def skopeo(*args: str, timeout: float = SKOPEO_TIMEOUT) -> subprocess.CompletedP
     proc = subprocess.run(["skopeo", *args], capture_output=True, timeout=timeout)
     assert proc.returncode == 0, (
         f"skopeo {' '.join(args)} exited {proc.returncode}\n"
-        f"stdout: {proc.stdout.decode(errors='replace')[-3000:]}\nstderr: {proc.stderr.decode(errors='replace')[-5000:]}"
+        f"stdout: {proc.stdout.decode(errors='replace')[-3000:]}\n"
+        f"stderr: {proc.stderr.decode(errors='replace')[-5000:]}"
     )
     return proc
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from urllib.parse import quote
 from typing import Any
+from urllib.parse import quote
 
 import pytest_twisted
 
@@ -38,7 +38,7 @@ def uploads(requests: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def config_was_absent(log: str, repo: str, digest: str) -> bool:
     """skopeo's debug log says its HEAD of ``digest`` in ``repo`` found nothing."""
-    head = f"HEAD http://"
+    head = "HEAD http://"
     lines = log.splitlines()
     for i, line in enumerate(lines):
         if head in line and f"/v2/{repo}/blobs/{digest}" in line:
@@ -95,7 +95,7 @@ async def test_second_push_uploads_no_blob_twice(herd: Any, reactor: Any, tmp_pa
                 assert len(finals) == 1 and quote(layout.config.digest, safe="") in finals[0], moved
 
         # The new repository serves the whole image (straight from the herd).
-        code, out, err = await run_process(
+        code, _, err = await run_process(
             reactor,
             [
                 "skopeo",

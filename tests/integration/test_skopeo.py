@@ -146,7 +146,7 @@ def test_push_with_compression_and_pull_back(registry_ref: Any, tmp_path: Any) -
     pulled_manifest, blobs = check_dir_copy(str(tmp_path / "dir"))
     assert pulled_manifest == raw
     assert blobs == {doc["config"]["digest"], *(layer["digest"] for layer in doc["layers"])}
-    for layer, diff_id in zip(doc["layers"], big_image.diff_ids):
+    for layer, diff_id in zip(doc["layers"], big_image.diff_ids, strict=True):
         path = os.path.join(tmp_path / "dir", layer["digest"].split(":")[1])
         assert os.path.getsize(path) == layer["size"]
         assert gunzip_sha256(path) == diff_id, "a gzipped layer does not unpack to the pushed tar"

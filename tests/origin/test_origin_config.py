@@ -55,7 +55,6 @@ http_client: {timeout: 5s}
     assert cfg.store.piece_rule().piece_length(1 << 30) == 2 << 20
     assert cfg.store.piece_rule().piece_length(5) == 1 << 20
     assert cfg.upload_ttl == 600.0
-    assert cfg.upload_sweep_interval() == 150.0
     assert cfg.threads.io == 8
     assert cfg.http_client.timeout == 5.0
 

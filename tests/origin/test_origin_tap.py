@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from kraken.core import PieceLengthRule
 from kraken.net import HTTPClientService
 from kraken.origin.config import OriginConfig, StoreConfig
-from kraken.origin.tap import ExpireUploads, Options, makeService, origin_service
-from kraken.store import CAStore, InlineWorker, ThreadPoolService
+from kraken.origin.tap import Options, makeService, origin_service
+from kraken.store import ThreadPoolService, UploadExpiry
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -70,7 +66,7 @@ def test_service_wiring(tmp_path: Path) -> None:
     reactor = MemoryReactorClock()
     top = origin_service(config(tmp_path), reactor)
     children = list(top)
-    assert [type(c) for c in children[:4]] == [ThreadPoolService, ThreadPoolService, HTTPClientService, TimerService]
+    assert [type(c) for c in children[:4]] == [ThreadPoolService, ThreadPoolService, HTTPClientService, UploadExpiry]
     assert [c.name for c in children[:5]] == ["threads-cpu", "threads-io", "http-client", "upload-expiry", "http"]
     assert (tmp_path / "state" / "cache").is_dir()
 
@@ -82,7 +78,7 @@ def test_service_wiring(tmp_path: Path) -> None:
         [(port, _factory, _backlog, interface)] = reactor.tcpServers
         assert (port, interface) == (15999, "127.0.0.1")
         [listening] = [e for e in events if e.get("log_format", "").startswith("origin listening")]
-        assert listening["port"] == 15999
+        assert listening["address"].endswith(":15999")
         assert listening["advertise"] == "127.0.0.1:15999"
         assert any(c.active() for c in reactor.getDelayedCalls()), "the expiry timer is scheduled"
     finally:
@@ -99,39 +95,8 @@ def test_expiry_runs_on_the_clock(tmp_path: Path) -> None:
     reactor = MemoryReactorClock()
     top = origin_service(cfg, reactor)
     timer = top.getServiceNamed("upload-expiry")
-    assert timer.step == cfg.upload_sweep_interval()
+    assert timer.step == 300.0  # a quarter of the 1 h TTL, capped at 5 min
     assert timer.clock is reactor
-
-
-def test_expiry_skips_the_start_then_deletes_stale_uploads(tmp_path: Path) -> None:
-    clock = Clock()
-    store = CAStore(str(tmp_path), worker=InlineWorker(), piece_rule=PieceLengthRule.default(), now=clock.seconds)
-    uid = successResultOf(store.uploads.create())
-    os.utime(store.uploads.path(uid), (1000, 1000))
-    clock.advance(1000 + 3600 + 1)
-    expire = ExpireUploads(store, clock, 3600)
-    assert expire() is None, "TimerService's call at start is skipped"
-    assert os.path.exists(store.uploads.path(uid))
-    with capturedLogs() as events:
-        assert successResultOf(expire()) is None
-    assert not os.path.exists(store.uploads.path(uid))
-    assert [e["count"] for e in events if "count" in e] == [1]
-
-
-def test_expiry_logs_its_own_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = Clock()
-    store = CAStore(str(tmp_path), worker=InlineWorker(), piece_rule=PieceLengthRule.default(), now=clock.seconds)
-
-    async def broken(now: float, max_age: float) -> list[str]:
-        raise OSError("disk gone")
-
-    monkeypatch.setattr(store.uploads, "expire", broken)
-    expire = ExpireUploads(store, clock, 3600)
-    expire()
-    with capturedLogs() as events:
-        assert successResultOf(expire()) is None, "the timer must keep running"
-    [failure] = [e for e in events if "log_failure" in e]
-    assert failure["log_failure"].check(OSError)
 
 
 def test_make_service_uses_the_given_reactor(tmp_path: Path) -> None:
