@@ -66,14 +66,17 @@ class PieceHasher:
     """Incremental SHA-256 of a whole blob and of each of its pieces.
 
     Feed the blob in order with ``update``; chunks need not align with pieces.
-    Pure computation: callers run it in a worker thread for big blobs.
+    Pure computation: callers run it in a worker thread for big blobs. Given
+    the blob's ``digest`` (already verified elsewhere), only the pieces are
+    hashed, and ``finish`` names the metainfo by that digest.
     """
 
-    def __init__(self, piece_length: int) -> None:
+    def __init__(self, piece_length: int, *, digest: Digest | None = None) -> None:
         if piece_length <= 0:
             raise ValueError("piece length must be positive")
         self._piece_length = piece_length
-        self._whole = hashlib.sha256()
+        self._digest = digest
+        self._whole = hashlib.sha256() if digest is None else None
         self._piece = hashlib.sha256()
         self._in_piece = 0
         self._sums: list[bytes] = []
@@ -81,7 +84,8 @@ class PieceHasher:
 
     def update(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        self._whole.update(view)
+        if self._whole is not None:
+            self._whole.update(view)
         self._length += len(view)
         while view:
             take = min(len(view), self._piece_length - self._in_piece)
@@ -97,8 +101,13 @@ class PieceHasher:
         sums = list(self._sums)
         if self._in_piece or not sums:
             sums.append(self._piece.digest())
+        if self._whole is not None:
+            digest = Digest(self._whole.hexdigest())
+        else:
+            assert self._digest is not None
+            digest = self._digest
         return MetaInfo(
-            digest=Digest(self._whole.hexdigest()),
+            digest=digest,
             length=self._length,
             piece_length=self._piece_length,
             piece_sums=tuple(sums),
@@ -124,8 +133,7 @@ class MetaInfo:
         expected = _piece_count(self.length, self.piece_length)
         if len(self.piece_sums) != expected:
             raise MetaInfoError(
-                f"{self.length} bytes in pieces of {self.piece_length} need {expected} sums, "
-                f"got {len(self.piece_sums)}"
+                f"{self.length} bytes in pieces of {self.piece_length} need {expected} sums, got {len(self.piece_sums)}"
             )
         if any(len(s) != 32 for s in self.piece_sums):
             raise MetaInfoError("every piece sum must be 32 bytes")
@@ -213,4 +221,3 @@ def _unhex(text: str) -> bytes:
         return bytes.fromhex(text)
     except ValueError:
         raise MetaInfoError(f"piece sum is not hex: {text[:80]!r}") from None
-

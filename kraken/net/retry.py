@@ -46,9 +46,7 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, NETWORK_ERRORS)
 
 
-async def with_retries(
-    clock: IReactorTime, policy: RetryPolicy, what: str, attempt: Callable[[], Awaitable[T]]
-) -> T:
+async def with_retries(clock: IReactorTime, policy: RetryPolicy, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
     """Call ``attempt`` until it succeeds, retrying network errors and
     429/502/503/504 after growing delays; other errors propagate at once."""
     delays = policy.delays()

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+READ_SIZE = 1 << 20
 # A TLS record carrying a handshake starts 0x16 0x03 (TLS 1.0-1.3 ClientHello).
 _TLS_HANDSHAKE = b"\x16\x03"
 _NOT_TLS_ANSWER = (
@@ -37,6 +39,13 @@ class PlainHTTPChannel(HTTPChannel):
     log = Logger()
     _first = True
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Read up to 1 MiB per call instead of 64 KiB: blob uploads arrive in
+        # far fewer, larger chunks, which is most of the per-byte cost here.
+        if hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = READ_SIZE
+
     def dataReceived(self, data: bytes) -> None:
         if self._first and data:
             self._first = False
@@ -47,11 +56,65 @@ class PlainHTTPChannel(HTTPChannel):
         super().dataReceived(data)
 
 
-def make_site(resource: IResource, *, reactor: Any, access_log: bool = True) -> Site:
+class Spool(Protocol):
+    """What a ``SpoolFactory`` makes: a file-like body sink with a way to
+    wait until everything written has reached the disk."""
+
+    def write(self, data: bytes) -> object: ...
+    def tell(self) -> int: ...
+    def seek(self, offset: int, whence: int = 0) -> int: ...
+    def read(self, n: int = -1) -> bytes: ...
+    def close(self) -> None: ...
+    def done_receiving(self) -> Deferred[None]: ...
+
+
+SpoolFactory = Callable[..., Spool]  # (pause=, resume=) -> Spool
+
+# Bodies smaller than this stay where twisted.web puts them (memory or a
+# temporary file); larger ones, and those of unknown length, are spooled.
+SPOOL_MIN = 1 << 20
+
+
+class SpoolingRequest(Request):
+    """A ``Request`` whose large bodies go to the site's spool factory.
+
+    The request is processed only once the spool has every byte on disk, so
+    handlers see an ordinary, complete ``request.content``.
+    """
+
+    log = Logger()
+
+    def gotLength(self, length: int | None) -> None:
+        factory: SpoolFactory | None = getattr(self.channel.site, "spool_factory", None)
+        if factory is None or (length is not None and length < SPOOL_MIN):
+            super().gotLength(length)
+            return
+        transport = self.channel.transport
+        spool = factory(pause=transport.pauseProducing, resume=transport.resumeProducing)
+        self.content = spool
+        self.notifyFinish().addBoth(lambda _: spool.close())
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        done = getattr(self.content, "done_receiving", None)
+        if done is None:
+            super().requestReceived(command, path, version)
+            return
+        done().addCallbacks(lambda _: Request.requestReceived(self, command, path, version), self._spool_failed)
+
+    def _spool_failed(self, failure: Failure) -> None:
+        self.log.failure("could not store a request body; closing the connection", failure)
+        self.channel.transport.loseConnection()
+
+
+def make_site(resource: IResource, *, reactor: Any, access_log: bool = True, spool: SpoolFactory | None = None) -> Site:
     """A ``Site`` for a daemon's HTTP API: no tracebacks to clients, TLS
-    handshakes on plain ports refused at once."""
+    handshakes on plain ports refused at once, and, given a ``spool``
+    factory, large request bodies written and hashed as they arrive."""
     site = Site(resource, reactor=reactor)
     site.protocol = PlainHTTPChannel
+    if spool is not None:
+        site.requestFactory = SpoolingRequest
+        site.spool_factory = spool  # type: ignore[attr-defined]
     site.displayTracebacks = False
     if not access_log:
         site.log = lambda request: None  # type: ignore[method-assign]

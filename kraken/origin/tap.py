@@ -84,9 +84,8 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
             root=config.store.root,
         )
 
-    listen_http(
-        config.listen_http, make_site(app.resource(), reactor=reactor), reactor=reactor, announce=announce
-    ).setServiceParent(top)
+    site = make_site(app.resource(), reactor=reactor, spool=store.uploads.spool)
+    listen_http(config.listen_http, site, reactor=reactor, announce=announce).setServiceParent(top)
     return top
 
 

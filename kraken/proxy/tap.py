@@ -62,7 +62,7 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
             build_index=cfg.build_index,
         )
 
-    site = make_site(api.resource(), reactor=reactor)
+    site = make_site(api.resource(), reactor=reactor, spool=uploads.spool)
     listen_http(cfg.listen_http, site, reactor=reactor, announce=announce).setServiceParent(top)
     return top
 

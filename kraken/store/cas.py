@@ -86,18 +86,19 @@ class CAStore:
         """Verify upload ``uid`` against ``expected`` and move it into the cache.
 
         On a mismatch the upload is deleted and ``DigestMismatch`` raised;
-        nothing becomes visible.
+        nothing becomes visible. The SHA-256 comes from the upload's running
+        hash, so committing reads the data once, for the piece sums.
         """
+        actual = await self.uploads.digest(uid)
+        if actual != expected:
+            await self.uploads.delete(uid)
+            raise DigestMismatch(expected, actual)
         src = self.uploads.path(uid)
         size = self.uploads.size(uid)
         piece_length = self._piece_rule.piece_length(size)
-        try:
-            result = await self._worker.run(
-                _commit, src, expected, piece_length, self._tmp, self._dir(expected), self._now()
-            )
-        except DigestMismatch:
-            await self.uploads.delete(uid)
-            raise
+        result = await self._worker.run(
+            _commit, src, expected, piece_length, self._tmp, self._dir(expected), self._now()
+        )
         self.uploads.forget(uid)
         if not result.created:
             self.log.info("blob {digest} already stored; dropped the duplicate upload", digest=str(expected))
@@ -129,16 +130,15 @@ def _write_access(blob_dir: str, now: float) -> None:
 
 
 def _commit(src: str, expected: Digest, piece_length: int, tmp_root: str, final: str, now: float) -> CommitResult:
-    hasher = PieceHasher(piece_length)
+    existing = _read_or_none(os.path.join(final, "metainfo"))
+    if existing is not None:
+        os.unlink(src)
+        return CommitResult(MetaInfo.from_json(existing), created=False)
+    hasher = PieceHasher(piece_length, digest=expected)
     with open(src, "rb") as f:
         while chunk := f.read(COPY_CHUNK):
             hasher.update(chunk)
     info = hasher.finish()
-    if info.digest != expected:
-        raise DigestMismatch(expected, info.digest)
-    if os.path.isdir(final):
-        os.unlink(src)
-        return CommitResult(_read_metainfo(final, info), created=False)
     staging = os.path.join(tmp_root, uuid.uuid4().hex)
     os.mkdir(staging)
     try:

@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from kraken.core import Digest
+from kraken.store.spool import SPOOL_PREFIX, BodySpool
 from kraken.store.workers import Worker
 
 COPY_CHUNK = 1 << 20
@@ -66,6 +67,15 @@ class UploadArea:
         self._worker = worker
         self._live: dict[str, _Upload] = {}
         os.makedirs(root, exist_ok=True)
+        # Request bodies (``body-*``) of a previous run were never finished.
+        for name in os.listdir(root):
+            if name.startswith(SPOOL_PREFIX):
+                _unlink_quietly(os.path.join(root, name))
+
+    def spool(self, *, pause: Callable[[], None], resume: Callable[[], None]) -> BodySpool:
+        """A sink for a request body, on the upload area's filesystem, so
+        ``append`` can take it by renaming (``make_site(spool=...)``)."""
+        return BodySpool(self._root, self._worker, pause=pause, resume=resume)
 
     def path(self, uid: str) -> str:
         if not _UID.match(uid):
@@ -109,6 +119,18 @@ class UploadArea:
                 raise UploadUnknown(uid)
             if offset is not None and offset != up.size:
                 raise RangeMismatch(up.size, offset)
+            if (
+                isinstance(source, BodySpool)
+                and up.size == 0
+                and up.hasher is not None
+                and length in (None, source.size)
+            ):
+                # The whole upload in one body, already on disk and hashed:
+                # take the file as it is.
+                await source.adopt(self.path(uid))
+                up.size = up.hashed = source.size
+                up.hasher = source.hasher
+                return up.size
             hasher = up.hasher.copy() if up.hasher is not None and up.hashed == up.size else None
             written = await self._worker.run(_append, self.path(uid), up.size, source, length, hasher)
             up.size += written

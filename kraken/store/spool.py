@@ -1,0 +1,166 @@
+"""Request bodies written to disk and hashed in a worker as they arrive.
+
+twisted.web writes each chunk of a request body into ``request.content``
+on the reactor thread, then hands the finished file to the handler, which
+must copy it again to where it belongs and read it once more to hash it. A
+``BodySpool`` takes the chunks instead, queues them, and has the worker
+write and hash them, so receiving, writing and hashing overlap (on two
+cores) and the body is never read back just to be hashed. When the backlog
+grows past ``HIGH_WATER`` it pauses the connection, so a fast client cannot
+fill memory. ``UploadArea.append`` can then adopt the file by renaming it.
+
+Only the reactor thread calls the public methods; the worker touches the
+file and the hasher one batch at a time, never concurrently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kraken.store.workers import Worker
+
+SPOOL_PREFIX = "body-"
+HIGH_WATER = 8 << 20
+LOW_WATER = 2 << 20
+
+
+class BodySpool:
+    log = Logger()
+
+    def __init__(
+        self, directory: str, worker: Worker, *, pause: Callable[[], None], resume: Callable[[], None]
+    ) -> None:
+        fd, self.path = tempfile.mkstemp(dir=directory, prefix=SPOOL_PREFIX)
+        self._file = os.fdopen(fd, "w+b")
+        self.hasher: Any = hashlib.sha256()
+        self._worker = worker
+        self._pause = pause
+        self._resume = resume
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._received = 0
+        self._busy = False
+        self._paused = False
+        self._done_receiving = False
+        self._error: Failure | None = None
+        self._waiters: list[Deferred[None]] = []
+        self.adopted = False
+
+    # -- twisted.web's side: chunks in, then tell/seek/read of the whole --
+
+    def write(self, data: bytes) -> None:
+        if self._error is not None:
+            return
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        self._received += len(data)
+        if self._pending_bytes > HIGH_WATER and not self._paused and not self._done_receiving:
+            self._paused = True
+            self._pause()
+        self._kick()
+
+    def tell(self) -> int:
+        if self._busy or self._pending:  # still arriving: how much so far
+            return self._received
+        return self._file.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._require_flushed()
+        return self._file.seek(offset, whence)
+
+    def read(self, n: int = -1) -> bytes:
+        self._require_flushed()
+        return self._file.read(n)
+
+    def close(self) -> None:
+        """Close and delete the file (unless ``adopt`` moved it away)."""
+        self._file.close()
+        if not self.adopted:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    # -- ours --
+
+    @property
+    def size(self) -> int:
+        return self._received
+
+    def done_receiving(self) -> Deferred[None]:
+        """The body is complete: never pause the connection again (twisted.web
+        owns it from now on). Fires once every byte is on disk."""
+        self._done_receiving = True
+        if self._paused:
+            self._paused = False  # twisted.web resumes the transport after the response
+        return self.when_flushed()
+
+    def when_flushed(self) -> Deferred[None]:
+        if self._error is not None:
+            return fail(self._error)
+        if not self._busy and not self._pending:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def adopt(self, dest: str) -> Deferred[None]:
+        """Move the flushed file to ``dest`` (same filesystem) in the worker."""
+        self._require_flushed()
+        self.adopted = True
+        return self._worker.run(_move, self._file, self.path, dest)
+
+    def _require_flushed(self) -> None:
+        if self._busy or self._pending:
+            raise RuntimeError("the request body is still being written")
+        if self._error is not None:
+            self._error.raiseException()
+
+    def _kick(self) -> None:
+        if self._busy:
+            return
+        if not self._pending:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+            return
+        batch, self._pending = self._pending, []
+        self._pending_bytes = 0
+        self._busy = True
+        self._worker.run(_write, self._file, self.hasher, batch).addCallbacks(self._written, self._failed)
+
+    def _written(self, _: object) -> None:
+        self._busy = False
+        if self._paused and self._pending_bytes < LOW_WATER and not self._done_receiving:
+            self._paused = False
+            self._resume()
+        self._kick()
+
+    def _failed(self, failure: Failure) -> None:
+        self._busy = False
+        self._error = failure
+        self._pending = []
+        self.log.failure("writing a request body to {path} failed", failure, path=self.path)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(failure)
+
+
+def _write(f: Any, hasher: Any, batch: list[bytes]) -> None:
+    for chunk in batch:
+        f.write(chunk)
+        hasher.update(chunk)
+    f.flush()
+
+
+def _move(f: Any, src: str, dest: str) -> None:
+    f.close()
+    os.rename(src, dest)

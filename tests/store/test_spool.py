@@ -1,0 +1,176 @@
+"""BodySpool: request bodies written and hashed in a worker as they arrive,
+and UploadArea taking a whole-upload body by renaming it."""
+
+import hashlib
+import os
+
+import pytest
+from twisted.internet.defer import Deferred, fail
+
+from kraken.core import Digest
+from kraken.store import InlineWorker, UploadArea
+from kraken.store.spool import HIGH_WATER, BodySpool
+
+
+class ManualWorker:
+    """Runs a job only when the test says so, to hold a backlog."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def run(self, f, *args):
+        d = Deferred()
+        self.jobs.append((d, f, args))
+        return d
+
+    def step(self):
+        d, f, args = self.jobs.pop(0)
+        try:
+            result = f(*args)
+        except Exception:
+            d.errback()
+        else:
+            d.callback(result)
+
+
+class FailingWorker:
+    def run(self, f, *args):
+        return fail(OSError("disk full"))
+
+
+class Flow:
+    def __init__(self):
+        self.events = []
+
+    def pause(self):
+        self.events.append("pause")
+
+    def resume(self):
+        self.events.append("resume")
+
+
+def spool(tmp_path, worker=None):
+    flow = Flow()
+    return BodySpool(str(tmp_path), worker or InlineWorker(), pause=flow.pause, resume=flow.resume), flow
+
+
+def result(d):
+    out = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    return out[0]
+
+
+def test_chunks_are_written_and_hashed(tmp_path):
+    s, flow = spool(tmp_path)
+    chunks = [os.urandom(1000), b"", os.urandom(70_000), b"tail"]
+    for c in chunks:
+        s.write(c)
+    assert result(s.done_receiving()) is None
+    data = b"".join(chunks)
+    assert s.size == len(data) == s.tell()
+    assert s.hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+    s.seek(0)
+    assert s.read() == data
+    assert flow.events == []
+    s.close()
+    assert not os.path.exists(s.path)
+
+
+def test_backlog_pauses_the_connection_and_drains_resume_it(tmp_path):
+    worker = ManualWorker()
+    s, flow = spool(tmp_path, worker)
+    chunk = b"x" * (1 << 20)
+    for _ in range(HIGH_WATER // len(chunk) + 2):
+        s.write(chunk)
+    assert flow.events == ["pause"], "one pause however many chunks pile up"
+    with pytest.raises(RuntimeError):
+        s.read()  # nothing may be read before it is on disk
+    while worker.jobs:
+        worker.step()
+    assert flow.events == ["pause", "resume"]
+    assert result(s.when_flushed()) is None
+    assert os.path.getsize(s.path) == s.size
+
+
+def test_no_resume_once_the_body_is_complete(tmp_path):
+    """After the last byte twisted.web owns the transport: a late resume
+    from the spool would un-pause a connection it paused for its own reasons."""
+    worker = ManualWorker()
+    s, flow = spool(tmp_path, worker)
+    s.write(b"y" * (HIGH_WATER + 1))
+    s.write(b"z")
+    flushed = s.done_receiving()
+    while worker.jobs:
+        worker.step()
+    assert result(flushed) is None
+    assert flow.events == ["pause"]
+
+
+def test_write_failure_fails_the_flush_and_reads(tmp_path):
+    s, _ = spool(tmp_path, FailingWorker())
+    s.write(b"data")
+    failure = result(s.done_receiving())
+    assert failure.check(OSError)
+    with pytest.raises(OSError):
+        s.read()
+    s.close()
+    assert not os.path.exists(s.path)
+
+
+def make_area(tmp_path):
+    return UploadArea(str(tmp_path / "uploads"), InlineWorker())
+
+
+def run(coro):
+    return result(Deferred.fromCoroutine(coro))
+
+
+def test_append_adopts_a_whole_upload_body_by_rename(tmp_path):
+    area = make_area(tmp_path)
+    uid = run(area.create())
+    data = os.urandom(300_000)
+    s = area.spool(pause=lambda: None, resume=lambda: None)
+    s.write(data)
+    result(s.done_receiving())
+    s.seek(0)
+    assert run(area.append(uid, s, 0, len(data))) == len(data)
+    assert not os.path.exists(s.path), "renamed, not copied"
+    with open(area.path(uid), "rb") as f:
+        assert f.read() == data
+    assert run(area.digest(uid)) == Digest.from_bytes(data)
+    s.close()  # what the request does when it finishes: the upload stays
+    assert os.path.exists(area.path(uid))
+    assert sorted(os.listdir(tmp_path / "uploads")) == [uid]
+
+
+def test_append_of_a_later_chunk_copies_and_keeps_hashing(tmp_path):
+    area = make_area(tmp_path)
+    uid = run(area.create())
+    first, second = os.urandom(1000), os.urandom(5000)
+    for chunk in (first, second):
+        s = area.spool(pause=lambda: None, resume=lambda: None)
+        s.write(chunk)
+        result(s.done_receiving())
+        s.seek(0)
+        run(area.append(uid, s))
+        s.close()
+    assert run(area.digest(uid)) == Digest.from_bytes(first + second)
+    assert sorted(os.listdir(tmp_path / "uploads")) == [uid], "spool files are gone"
+
+
+def test_leftover_spools_are_removed_at_start(tmp_path):
+    area = make_area(tmp_path)
+    s = area.spool(pause=lambda: None, resume=lambda: None)
+    s.write(b"half a body")
+    make_area(tmp_path)  # a restart
+    assert not os.path.exists(s.path)
+
+
+def test_ordinary_append_still_works_with_a_plain_file(tmp_path):
+    import io
+
+    area = make_area(tmp_path)
+    uid = run(area.create())
+    assert run(area.append(uid, io.BytesIO(b"abc"), 0, 3)) == 3
+    assert run(area.digest(uid)) == Digest.from_bytes(b"abc")
