@@ -66,17 +66,14 @@ class PieceHasher:
     """Incremental SHA-256 of a whole blob and of each of its pieces.
 
     Feed the blob in order with ``update``; chunks need not align with pieces.
-    Pure computation: callers run it in a worker thread for big blobs. Given
-    the blob's ``digest`` (already verified elsewhere), only the pieces are
-    hashed, and ``finish`` names the metainfo by that digest.
+    Pure computation: callers run it in a worker thread for big blobs.
     """
 
-    def __init__(self, piece_length: int, *, digest: Digest | None = None) -> None:
+    def __init__(self, piece_length: int) -> None:
         if piece_length <= 0:
             raise ValueError("piece length must be positive")
         self._piece_length = piece_length
-        self._digest = digest
-        self._whole = hashlib.sha256() if digest is None else None
+        self._whole = hashlib.sha256()
         self._piece = hashlib.sha256()
         self._in_piece = 0
         self._sums: list[bytes] = []
@@ -84,8 +81,7 @@ class PieceHasher:
 
     def update(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        if self._whole is not None:
-            self._whole.update(view)
+        self._whole.update(view)
         self._length += len(view)
         while view:
             take = min(len(view), self._piece_length - self._in_piece)
@@ -101,13 +97,8 @@ class PieceHasher:
         sums = list(self._sums)
         if self._in_piece or not sums:
             sums.append(self._piece.digest())
-        if self._whole is not None:
-            digest = Digest(self._whole.hexdigest())
-        else:
-            assert self._digest is not None
-            digest = self._digest
         return MetaInfo(
-            digest=digest,
+            digest=Digest(self._whole.hexdigest()),
             length=self._length,
             piece_length=self._piece_length,
             piece_sums=tuple(sums),

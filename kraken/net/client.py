@@ -46,12 +46,13 @@ class HTTPClientService(Service):
     """Owns the connection pool: stopping the service closes cached connections."""
 
     def __init__(self, pool: HTTPConnectionPool) -> None:
-        self.setName("http-client")
+        self.setName("http-client")  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self.pool = pool
 
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        return self.pool.closeCachedConnections()
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
+        closed: Deferred[None] = self.pool.closeCachedConnections()
+        return closed
 
 
 def make_http_client(reactor: Any, config: HTTPClientConfig) -> tuple[HTTPClient, HTTPClientService]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+from typing import TypeVar
 
 import attrs
 
@@ -17,6 +18,8 @@ from kraken.net import HTTPClientConfig
 
 DEFAULT_LISTEN_HTTP = "tcp:15002:interface=127.0.0.1"
 _UNSPECIFIED_HOSTS = ("", "0.0.0.0", "::", "::0")
+
+_Number = TypeVar("_Number", bound=float)
 
 
 def _default_piece_lengths() -> dict[Size, Size]:
@@ -30,7 +33,7 @@ def _check_piece_lengths(instance: object, attribute: object, value: dict[Size, 
         raise ValueError(f"piece_lengths: {e}") from None
 
 
-def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
+def _positive(instance: object, attribute: attrs.Attribute[_Number], value: _Number) -> None:
     if value <= 0:
         raise ValueError(f"{attribute.name} must be positive, not {value}")
 

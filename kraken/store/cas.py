@@ -18,15 +18,17 @@ rename, the loser sees the winner's directory and deletes its own copy.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import uuid
 from collections.abc import Callable
 
 import attrs
+from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 
-from kraken.core import Digest, MetaInfo, PieceHasher, PieceLengthRule
+from kraken.core import Digest, MetaInfo, PieceLengthRule
 from kraken.store.uploads import COPY_CHUNK, UploadArea
 from kraken.store.workers import Worker
 
@@ -82,23 +84,36 @@ class CAStore:
         """Record an access (for the cleanup that evicts idle blobs)."""
         await self._worker.run(_write_access, self._dir(digest), self._now())
 
+    async def _piece_sums(self, src: str, digest: Digest, size: int) -> MetaInfo:
+        piece_length = self._piece_rule.piece_length(size)
+        count = max(1, -(-size // piece_length))
+        middle = count // 2
+        ranges = [(0, middle), (middle, count)] if middle else [(0, count)]
+        parts = await gatherResults([self._worker.run(_hash_pieces, src, piece_length, a, b) for a, b in ranges])
+        sums = tuple(s for part in parts for s in part)
+        return MetaInfo(digest=digest, length=size, piece_length=piece_length, piece_sums=sums)
+
     async def commit(self, uid: str, expected: Digest) -> CommitResult:
         """Verify upload ``uid`` against ``expected`` and move it into the cache.
 
         On a mismatch the upload is deleted and ``DigestMismatch`` raised;
         nothing becomes visible. The SHA-256 comes from the upload's running
-        hash, so committing reads the data once, for the piece sums.
+        hash, so committing reads the data once, for the piece sums, split
+        between two worker jobs (hashlib releases the GIL: two cores).
         """
         actual = await self.uploads.digest(uid)
         if actual != expected:
             await self.uploads.delete(uid)
             raise DigestMismatch(expected, actual)
         src = self.uploads.path(uid)
-        size = self.uploads.size(uid)
-        piece_length = self._piece_rule.piece_length(size)
-        result = await self._worker.run(
-            _commit, src, expected, piece_length, self._tmp, self._dir(expected), self._now()
-        )
+        final = self._dir(expected)
+        existing = await self.metainfo(expected)
+        if existing is None:
+            info = await self._piece_sums(src, expected, self.uploads.size(uid))
+            result = await self._worker.run(_install, src, info, self._tmp, final, self._now())
+        else:
+            await self._worker.run(_unlink_quietly, src)
+            result = CommitResult(existing, created=False)
         self.uploads.forget(uid)
         if not result.created:
             self.log.info("blob {digest} already stored; dropped the duplicate upload", digest=str(expected))
@@ -129,16 +144,34 @@ def _write_access(blob_dir: str, now: float) -> None:
     os.replace(tmp, os.path.join(blob_dir, "access"))
 
 
-def _commit(src: str, expected: Digest, piece_length: int, tmp_root: str, final: str, now: float) -> CommitResult:
+def _hash_pieces(src: str, piece_length: int, first: int, last: int) -> list[bytes]:
+    """SHA-256 of pieces ``first`` to ``last - 1`` of the file at ``src``."""
+    sums = []
+    with open(src, "rb") as f:
+        f.seek(first * piece_length)
+        for _ in range(first, last):
+            h = hashlib.sha256()
+            left = piece_length
+            while left and (chunk := f.read(min(COPY_CHUNK, left))):
+                h.update(chunk)
+                left -= len(chunk)
+            sums.append(h.digest())
+    return sums
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _install(src: str, info: MetaInfo, tmp_root: str, final: str, now: float) -> CommitResult:
+    """Move the upload and its metainfo into place with one directory rename."""
     existing = _read_or_none(os.path.join(final, "metainfo"))
     if existing is not None:
         os.unlink(src)
         return CommitResult(MetaInfo.from_json(existing), created=False)
-    hasher = PieceHasher(piece_length, digest=expected)
-    with open(src, "rb") as f:
-        while chunk := f.read(COPY_CHUNK):
-            hasher.update(chunk)
-    info = hasher.finish()
     staging = os.path.join(tmp_root, uuid.uuid4().hex)
     os.mkdir(staging)
     try:
@@ -154,13 +187,9 @@ def _commit(src: str, expected: Digest, piece_length: int, tmp_root: str, final:
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
             shutil.rmtree(staging, ignore_errors=True)
-            return CommitResult(_read_metainfo(final, info), created=False)
+            existing = _read_or_none(os.path.join(final, "metainfo"))
+            return CommitResult(info if existing is None else MetaInfo.from_json(existing), created=False)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return CommitResult(info, created=True)
-
-
-def _read_metainfo(final: str, fallback: MetaInfo) -> MetaInfo:
-    data = _read_or_none(os.path.join(final, "metainfo"))
-    return fallback if data is None else MetaInfo.from_json(data)

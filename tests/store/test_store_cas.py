@@ -165,3 +165,13 @@ def test_touch_records_the_access_time(root: Path) -> None:
     assert float(access.read_text()) == 250.5
     result(store.touch(Digest.from_bytes(b"absent")))  # no blob: nothing happens
     assert blobs(root) == [DIGEST.hex]
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 39, 40, 41, 64, 100, 257])
+def test_piece_sums_match_the_reference_for_any_size(store: CAStore, size: int) -> None:
+    """Commit hashes the pieces in two halves; the result must equal a
+    one-pass MetaInfo whatever the piece count (1, odd, even)."""
+    data = bytes((i * 7) % 251 for i in range(size))
+    committed = result(store.commit(staged(store, data), Digest.from_bytes(data)))
+    assert committed.metainfo == MetaInfo.from_bytes(data, RULE.piece_length(size))
+    assert result(store.metainfo(Digest.from_bytes(data))) == committed.metainfo
