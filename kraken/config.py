@@ -23,6 +23,7 @@ from typing import Any, NewType, TypeVar, Union
 
 import attrs
 import yaml
+from twisted.python import usage
 
 Size = NewType("Size", int)
 Duration = NewType("Duration", float)
@@ -120,13 +121,23 @@ class Loaded:
         return Loaded(data, sources, self.source(key))
 
 
+class DaemonOptions(usage.Options):
+    """A daemon's twistd options: ``--config``. Subclasses name their config
+    class; ``postOptions`` loads and checks it, so a bad file stops twistd
+    with a usage message before anything listens."""
+
+    config_class: type
+    optParameters = [["config", "c", None, "YAML config file (supports extends:); built-in defaults when omitted"]]
+
+    def postOptions(self) -> None:
+        self["parsed"] = load_or_usage_error(self.config_class, self["config"])
+
+
 def load_or_usage_error(cls: type[T], path: str | None) -> T:
     """Load and build a component's config for its twistd ``Options`` (the
     built-in defaults when ``path`` is None): any problem becomes a
     ``UsageError``, so twistd prints it without a traceback and exits before
     anything listens."""
-    from twisted.python import usage
-
     try:
         return build(cls, load(path) if path is not None else from_mapping({}, "<defaults>"))
     except ConfigError as e:

@@ -8,6 +8,7 @@ import attrs
 
 from kraken.config import Size
 from kraken.net import HTTPClientConfig
+from kraken.net.endpoints import check_listen
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -18,7 +19,7 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: int) -> 
 @attrs.frozen
 class BuildIndexConfig:
     # Endpoint description of the HTTP API (tcp:, ssl:, unix:, systemd: ...).
-    listen_http: str = "tcp:15004:interface=127.0.0.1"
+    listen_http: str = attrs.field(default="tcp:15004:interface=127.0.0.1", validator=check_listen)
     # Base URL of the origin (cluster) that holds manifests and blobs.
     origin: str = "http://127.0.0.1:15002"
     # The SQLite database of tags and manifest records; its directory is created.

@@ -11,11 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
-from twisted.python import usage
 
 from kraken import config as kconfig
 from kraken.buildindex.config import BuildIndexConfig
@@ -28,27 +26,10 @@ from kraken.origin.client import OriginClient
 log = Logger(namespace="kraken.buildindex")
 
 
-class Options(usage.Options):
+class Options(kconfig.DaemonOptions):
     synopsis = "[options]"
     longdesc = "Run a Kraken build-index: tags, manifest records and listings, checked against the origin."
-    optParameters = [
-        ["config", "c", None, "YAML config file (supports extends:); built-in defaults when omitted"],
-    ]
-
-    def postOptions(self) -> None:
-        path = self["config"]
-        try:
-            loaded = kconfig.load(path) if path is not None else kconfig.from_mapping({})
-            parsed = kconfig.build(BuildIndexConfig, loaded)
-        except kconfig.ConfigError as e:
-            raise usage.UsageError(str(e)) from None
-        try:
-            # Parse only (the standard parsers do not touch the reactor), so a
-            # bad endpoint is a usage error rather than a traceback later.
-            endpoints.serverFromString(None, parsed.listen_http)
-        except Exception as e:
-            raise usage.UsageError(f"{path or '<defaults>'}: listen_http: {e}") from None
-        self["parsed"] = parsed
+    config_class = BuildIndexConfig
 
 
 class _NoFileWorker:

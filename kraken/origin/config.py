@@ -6,7 +6,6 @@ YAML keys are the attrs field names below; build it with
 
 from __future__ import annotations
 
-import re
 import socket
 from typing import TypeVar
 
@@ -15,9 +14,9 @@ import attrs
 from kraken.config import Duration, Size
 from kraken.core import PieceLengthRule
 from kraken.net import HTTPClientConfig
+from kraken.net.endpoints import check_listen, host_port
 
 DEFAULT_LISTEN_HTTP = "tcp:15002:interface=127.0.0.1"
-_UNSPECIFIED_HOSTS = ("", "0.0.0.0", "::", "::0")
 
 _Number = TypeVar("_Number", bound=float)
 
@@ -61,7 +60,7 @@ class ThreadsConfig:
 @attrs.frozen
 class OriginConfig:
     # Endpoint description (strports): tcp:, tcp6:, ssl:, unix:, systemd:.
-    listen_http: str = DEFAULT_LISTEN_HTTP
+    listen_http: str = attrs.field(default=DEFAULT_LISTEN_HTTP, validator=check_listen)
     # host:port other components reach this origin at (Origin-Locations). Derived from a tcp/ssl
     # listen_http when unset; required for unix:/systemd: listeners.
     advertise: str | None = None
@@ -80,28 +79,9 @@ class OriginConfig:
             if not self.advertise.strip():
                 raise ValueError("advertise must not be empty")
             return self.advertise
-        derived = advertise_from_endpoint(self.listen_http)
+        derived = host_port(self.listen_http, socket.gethostname())
         if derived is None:
             raise ValueError(
                 f"cannot derive a host:port to advertise from listen_http {self.listen_http!r}; set 'advertise'"
             )
         return derived
-
-
-def advertise_from_endpoint(description: str) -> str | None:
-    """``tcp:15002:interface=10.0.0.5`` -> ``10.0.0.5:15002``; an unspecified
-    interface gives this host's name. None for endpoints without a TCP port."""
-    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", description)]
-    if parts[0] not in ("tcp", "tcp6", "ssl"):
-        return None
-    positional = [p for p in parts[1:] if "=" not in p]
-    options = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-    port = options.get("port") or (positional[0] if positional else "")
-    if not port.isdigit():
-        return None
-    host = options.get("interface", "")
-    if host in _UNSPECIFIED_HOSTS:
-        host = socket.gethostname()
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{port}"

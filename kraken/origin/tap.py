@@ -9,10 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet import endpoints
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
-from twisted.python import usage
 
 from kraken import config as kconfig
 from kraken.net import make_http_client
@@ -24,27 +22,10 @@ from kraken.store import CAStore, ThreadPoolService, ThreadWorker, UploadExpiry
 log = Logger(namespace="kraken.origin")
 
 
-class Options(usage.Options):
+class Options(kconfig.DaemonOptions):
     synopsis = "[options]"
     longdesc = "Run a Kraken origin: the seeder and content-addressed blob store."
-    optParameters = [
-        ["config", "c", None, "YAML config file (supports extends:); built-in defaults when omitted"],
-    ]
-
-    def postOptions(self) -> None:
-        path = self["config"]
-        try:
-            loaded = kconfig.load(path) if path is not None else kconfig.from_mapping({})
-            parsed = kconfig.build(OriginConfig, loaded)
-        except kconfig.ConfigError as e:
-            raise usage.UsageError(str(e)) from None
-        try:
-            # Parse only (the standard parsers do not touch the reactor), so a
-            # bad endpoint is a usage error rather than a traceback later.
-            endpoints.serverFromString(None, parsed.listen_http)
-        except Exception as e:
-            raise usage.UsageError(f"{path or '<defaults>'}: listen_http: {e}") from None
-        self["parsed"] = parsed
+    config_class = OriginConfig
 
 
 def origin_service(config: OriginConfig, reactor: Any) -> MultiService:

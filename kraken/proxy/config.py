@@ -6,6 +6,7 @@ import attrs
 
 from kraken.config import Duration, Size
 from kraken.net import HTTPClientConfig
+from kraken.net.endpoints import check_listen
 
 
 @attrs.frozen
@@ -25,7 +26,7 @@ class RegistryConfig:
 
 @attrs.frozen
 class ProxyConfig:
-    listen_http: str = "tcp:15000:interface=127.0.0.1"
+    listen_http: str = attrs.field(default="tcp:15000:interface=127.0.0.1", validator=check_listen)
     origin: str = "http://127.0.0.1:15002"
     build_index: str = "http://127.0.0.1:15004"
     uploads: UploadsConfig = attrs.field(factory=UploadsConfig)

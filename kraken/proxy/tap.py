@@ -8,7 +8,6 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
-from twisted.python import usage
 
 from kraken import config
 from kraken.buildindex.client import BuildIndexClient
@@ -23,11 +22,10 @@ from kraken.store import ThreadPoolService, ThreadWorker, UploadArea, UploadExpi
 log = Logger()
 
 
-class Options(usage.Options):
-    optParameters = [["config", "c", None, "YAML config file (supports extends:); built-in defaults when omitted"]]
-
-    def postOptions(self) -> None:
-        self["parsed"] = config.load_or_usage_error(ProxyConfig, self["config"])
+class Options(config.DaemonOptions):
+    synopsis = "[options]"
+    longdesc = "Run a Kraken proxy: the read-write registry that builders push to."
+    config_class = ProxyConfig
 
 
 def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:

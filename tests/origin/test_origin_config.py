@@ -9,7 +9,7 @@ import pytest
 from kraken import config as kconfig
 from kraken.core import PieceLengthRule
 from kraken.net import HTTPClientConfig
-from kraken.origin.config import OriginConfig, advertise_from_endpoint
+from kraken.origin.config import OriginConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,22 +80,7 @@ def test_bad_values_name_the_file_and_key(tmp_path: Path, text: str, key: str) -
         assert key in message
 
 
-@pytest.mark.parametrize(
-    ("endpoint", "expected"),
-    [
-        ("tcp:15002:interface=10.0.0.5", "10.0.0.5:15002"),
-        ("tcp:port=15002:interface=10.0.0.5", "10.0.0.5:15002"),
-        (r"tcp6:15002:interface=\:\:1", "[::1]:15002"),
-        ("ssl:443:privateKey=k.pem:interface=h.example", "h.example:443"),
-        ("unix:/run/origin.sock", None),
-        ("systemd:domain=INET:index=0", None),
-    ],
-)
-def test_advertise_from_endpoint(endpoint: str, expected: str | None) -> None:
-    assert advertise_from_endpoint(endpoint) == expected
-
-
 def test_unspecified_interface_advertises_the_host_name() -> None:
     import socket
 
-    assert advertise_from_endpoint("tcp:15002") == f"{socket.gethostname()}:15002"
+    assert OriginConfig(listen_http="tcp:15002").advertised() == f"{socket.gethostname()}:15002"
