@@ -12,7 +12,6 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from kraken import config as kconfig
@@ -20,7 +19,7 @@ from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.http import BuildIndexHTTP
 from kraken.buildindex.tags import TagStore, open_pool
 from kraken.net import make_http_client
-from kraken.net.server import listen_http, make_site, port_address
+from kraken.net.server import listen_http, make_site
 from kraken.origin.client import OriginClient
 
 log = Logger(namespace="kraken.buildindex")
@@ -64,17 +63,15 @@ def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
         tags, origin, clock=reactor, max_manifest_size=config.max_manifest_size, max_page=config.max_page
     )
 
-    def announce(port: IListeningPort) -> None:
-        log.info(
-            "build-index listening on {address} ({endpoint}), origin {origin}, database {database}",
-            address=port_address(port),
-            endpoint=config.listen_http,
-            origin=config.origin,
-            database=config.database,
-        )
-
     site = make_site(app.resource(), reactor=reactor)
-    listen_http(config.listen_http, site, reactor=reactor, announce=announce).setServiceParent(top)
+    listen_http(
+        config.listen_http,
+        site,
+        reactor=reactor,
+        component="build-index",
+        origin=config.origin,
+        database=config.database,
+    ).setServiceParent(top)
     return top
 
 

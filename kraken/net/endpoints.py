@@ -49,7 +49,7 @@ def check_listen(instance: object, attribute: Any, value: str) -> None:
     Twisted can parse (``tcp:15002:interface=127.0.0.1``, ``ssl:...``,
     ``unix:...``, ``systemd:...``). Parsing does not touch the reactor."""
     try:
-        serverFromString(None, value)  # type: ignore[arg-type]
+        serverFromString(None, value)
     except Exception as e:
         raise ValueError(f"{attribute.name}: not a usable endpoint description {value!r}: {e}") from None
 

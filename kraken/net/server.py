@@ -16,6 +16,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+log = Logger()
 READ_SIZE = 1 << 20
 # A TLS record carrying a handshake starts 0x16 0x03 (TLS 1.0-1.3 ClientHello).
 _TLS_HANDSHAKE = b"\x16\x03"
@@ -138,11 +139,22 @@ class _Announcing:
 
 
 def listen_http(
-    description: str, site: Site, *, reactor: Any, announce: Callable[[IListeningPort], None]
+    description: str, site: Site, *, reactor: Any, component: str, **fields: object
 ) -> StreamServerEndpointService:
     """The daemon's HTTP listener, as ``strports.service`` builds it (a bind
-    failure aborts startup), named ``http``; ``announce`` is called with the
-    bound port so the daemon can log where it listens."""
+    failure aborts startup), named ``http``. Once the port is bound it logs
+    "<component> listening on <address> (<endpoint>)", with ``fields`` as
+    extra event keys."""
+
+    def announce(port: IListeningPort) -> None:
+        log.info(
+            "{component} listening on {address} ({endpoint})",
+            component=component,
+            address=port_address(port),
+            endpoint=description,
+            **fields,
+        )
+
     endpoint = _Announcing(serverFromString(reactor, description), announce)
     service = StreamServerEndpointService(endpoint, site)
     # What strports.service does: raise a bind failure out of startService,

@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from kraken import config as kconfig
 from kraken.net import make_http_client
-from kraken.net.server import listen_http, make_site, port_address
+from kraken.net.server import listen_http, make_site
 from kraken.origin.config import OriginConfig
 from kraken.origin.http import OriginHTTP
 from kraken.store import CAStore, ThreadPoolService, ThreadWorker, UploadExpiry
@@ -56,17 +55,15 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
 
     app = OriginHTTP(store, clock=reactor, advertise=config.advertised())
 
-    def announce(port: IListeningPort) -> None:
-        log.info(
-            "origin listening on {address} ({endpoint}), advertised as {advertise}",
-            address=port_address(port),
-            endpoint=config.listen_http,
-            advertise=config.advertised(),
-            root=config.store.root,
-        )
-
     site = make_site(app.resource(), reactor=reactor, spool=store.uploads.spool)
-    listen_http(config.listen_http, site, reactor=reactor, announce=announce).setServiceParent(top)
+    listen_http(
+        config.listen_http,
+        site,
+        reactor=reactor,
+        component="origin",
+        advertise=config.advertised(),
+        root=config.store.root,
+    ).setServiceParent(top)
     return top
 
 

@@ -6,13 +6,12 @@ import os
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from kraken import config
 from kraken.buildindex.client import BuildIndexClient
 from kraken.net import make_http_client
-from kraken.net.server import listen_http, make_site, port_address
+from kraken.net.server import listen_http, make_site
 from kraken.origin.client import OriginClient
 from kraken.proxy.config import ProxyConfig
 from kraken.proxy.storage import ProxyBackend
@@ -51,17 +50,10 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
 
     UploadExpiry(api.expire_uploads, clock=reactor, ttl=cfg.uploads.ttl).setServiceParent(top)
 
-    def announce(port: IListeningPort) -> None:
-        log.info(
-            "proxy listening on {address} ({endpoint}), origin {origin}, build-index {build_index}",
-            address=port_address(port),
-            endpoint=cfg.listen_http,
-            origin=cfg.origin,
-            build_index=cfg.build_index,
-        )
-
     site = make_site(api.resource(), reactor=reactor, spool=uploads.spool)
-    listen_http(cfg.listen_http, site, reactor=reactor, announce=announce).setServiceParent(top)
+    listen_http(
+        cfg.listen_http, site, reactor=reactor, component="proxy", origin=cfg.origin, build_index=cfg.build_index
+    ).setServiceParent(top)
     return top
 
 

@@ -122,7 +122,7 @@ def test_service_wiring(tmp_path: Any) -> None:
         service.startService()
     [(port, _factory, _backlog, interface)] = reactor.tcpServers
     assert (port, interface) == (15004, "127.0.0.1")
-    listening = [e for e in events if e.get("log_format", "").startswith("build-index listening")]
+    listening = [e for e in events if e.get("component") == "build-index" and "address" in e]
     assert len(listening) == 1
     assert listening[0]["endpoint"] == cfg.listen_http
     assert listening[0]["database"] == str(database)

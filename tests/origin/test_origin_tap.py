@@ -77,7 +77,7 @@ def test_service_wiring(tmp_path: Path) -> None:
             top.startService()
         [(port, _factory, _backlog, interface)] = reactor.tcpServers
         assert (port, interface) == (15999, "127.0.0.1")
-        [listening] = [e for e in events if e.get("log_format", "").startswith("origin listening")]
+        [listening] = [e for e in events if e.get("component") == "origin" and "address" in e]
         assert listening["address"].endswith(":15999")
         assert listening["advertise"] == "127.0.0.1:15999"
         assert any(c.active() for c in reactor.getDelayedCalls()), "the expiry timer is scheduled"
