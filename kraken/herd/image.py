@@ -1,4 +1,4 @@
-"""Write OCI image layouts without a container engine (stdlib only).
+"""Write OCI image layouts without a container engine.
 
 Used by the integration tests, the benchmarks and anyone trying the herd out::
 
@@ -33,13 +33,14 @@ import io
 import json
 import os
 import random
-import re
 import sys
 import tarfile
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
+
+from kraken.config import parse_size
 
 __all__ = [
     "MEDIA_TYPE_CONFIG",
@@ -48,7 +49,6 @@ __all__ = [
     "MEDIA_TYPE_MANIFEST",
     "Blob",
     "Layout",
-    "parse_size",
     "write_layout",
 ]
 
@@ -59,26 +59,6 @@ MEDIA_TYPE_LAYER = "application/vnd.oci.image.layer.v1.tar"
 REF_NAME = "org.opencontainers.image.ref.name"
 
 _CHUNK = 1 << 20  # bytes generated and written per step for the random layer
-_SIZE = re.compile(r"\s*(\d+)\s*([KMGT]i?B|B)?\s*\Z", re.IGNORECASE)
-_UNITS = {
-    "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
-}  # fmt: skip
-
-
-def parse_size(text: str | int) -> int:
-    """``"64MiB"`` -> 67108864; ``"1000"`` or ``1000`` -> 1000 bytes."""
-    if isinstance(text, int):
-        if text < 0:
-            raise ValueError("a size must not be negative")
-        return text
-    m = _SIZE.match(text)
-    if not m:
-        raise ValueError(f"not a size: {text!r} (examples: 1024, 512KiB, 64MiB)")
-    number, unit = m.groups()
-    return int(number) * _UNITS[(unit or "b").lower()]
-
 
 @dataclass(frozen=True)
 class Blob:
