@@ -319,7 +319,9 @@ class BuildIndexHTTP:
     # -- routes ------------------------------------------------------------
 
     @app.route("/health", methods=["GET"])
-    def health(self, request: IRequest) -> bytes:
+    async def health(self, request: IRequest) -> bytes:
+        if not await self._tags.healthy():
+            return _text(request, 503, "tag database unavailable\n")
         return _text(request, 200, "OK\n")
 
     @app.route("/repositories/<path:repo>/tags/<tag>", methods=["PUT"])

@@ -167,6 +167,14 @@ class TagStore(Service):
         previous = await self._pool.runInteraction(put)
         return None if previous is None else Digest.parse(previous)
 
+    async def healthy(self) -> bool:
+        """Whether the database answers a query."""
+        try:
+            await self._pool.runQuery("SELECT 1")
+        except Exception:
+            return False
+        return True
+
     async def get_tag(self, repo: str, tag: str) -> Digest | None:
         rows = await self._pool.runQuery("SELECT digest FROM tags WHERE repo = ? AND tag = ?", (repo, tag))
         return Digest.parse(rows[0][0]) if rows else None

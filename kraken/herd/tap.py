@@ -109,9 +109,9 @@ class Herd(MultiService):
     def startService(self) -> None:
         super().startService()
         self.log.info(
-            "kraken-herd ready: registry at {registry}, origin at {origin}, build-index at {build_index}, "
+            "kraken-herd ready: registry on {registry}, origin at {origin}, build-index at {build_index}, "
             "state in {state_dir}",
-            registry=endpoint_url(self.config.proxy.listen_http),
+            registry=self.config.proxy.listen_http,
             origin=self.config.build_index.origin,
             build_index=self.config.proxy.build_index,
             state_dir=self.config.state_dir,

@@ -20,12 +20,16 @@ class HTTPClientConfig:
     """How a daemon talks HTTP to the others (YAML key ``http_client``)."""
 
     connect_timeout: Duration = Duration(5.0)
-    # Silence timeout: a response that sends nothing for this long is abandoned.
+    # A request whose response headers take longer than this is abandoned, and
+    # so is a response body that then sends nothing for this long.
     timeout: Duration = Duration(60.0)
+    # Uploads of big blobs get ``timeout`` plus their size at this rate.
+    min_transfer_rate: Size = Size(10 << 20)
     max_body: Size = Size(16 << 20)
     retries: int = 3
     backoff: Duration = Duration(0.25)
     max_backoff: Duration = Duration(5.0)
+    # Idle keep-alive connections kept per host (not a cap on concurrency).
     max_connections_per_host: int = 16
 
 

@@ -75,8 +75,7 @@ class OriginClient:
             allow_redirects=False,
             unbuffered=True,
             reactor=cast(Any, self._clock),  # treq only schedules the timeout on it
-            timeout=self._config.timeout,
-            **kwargs,
+            **{"timeout": self._config.timeout, **kwargs},
         )
 
     async def _read(self, response: IResponse, limit: int) -> bytes:
@@ -195,7 +194,12 @@ class OriginClient:
         url = self._uploads_url(namespace, digest, locations[0].decode("ascii").strip())
 
         body = ThreadedFileProducer(path, 0, size, self._worker)
-        response = await self._request("PATCH", url, data=body, headers={b"Content-Range": [f"0-{size}".encode()]})
+        # The timeout runs until the response headers: sending the body (and,
+        # for the PUT, the origin hashing it) must fit, so it grows with size.
+        slow = self._config.timeout + size / self._config.min_transfer_rate
+        response = await self._request(
+            "PATCH", url, data=body, headers={b"Content-Range": [f"0-{size}".encode()]}, timeout=slow
+        )
         if response.code == 409:
             await self._drain(response)
             return
@@ -203,7 +207,7 @@ class OriginClient:
             raise await self._unexpected("PATCH", url, response)
         await self._drain(response)
 
-        response = await self._request("PUT", url)
+        response = await self._request("PUT", url, timeout=slow)
         if response.code == 409:
             await self._drain(response)
             return

@@ -36,7 +36,7 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
     top = MultiService()
     top.setName("origin")
 
-    cpu = ThreadPoolService("cpu", 1, config.threads.cpu)  # hashing (pieces, P2P) as it lands
+    cpu = ThreadPoolService("cpu", 1, config.threads.cpu)  # piece hashing at commit
     io = ThreadPoolService("io", 1, config.threads.io)
     cpu.setServiceParent(top)
     io.setServiceParent(top)
@@ -44,6 +44,7 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
     store = CAStore(
         config.store.root,
         worker=ThreadWorker(reactor, io.pool),
+        hash_worker=ThreadWorker(reactor, cpu.pool),
         piece_rule=config.store.piece_rule(),
         now=reactor.seconds,
     )

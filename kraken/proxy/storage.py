@@ -25,6 +25,7 @@ from kraken.origin.client import OriginClient
 from kraken.registry.backend import IRegistryBackend, ManifestRecord, Page
 from kraken.registry.errors import ManifestBlobUnknown, Unknown
 from kraken.store import Worker
+from kraken.store.spool import SPOOL_PREFIX
 
 # Headers of the origin's blob response that the registry client should see.
 # (Twisted's client keeps Content-Length out of the headers: see _respond.)
@@ -90,7 +91,7 @@ class ProxyBackend:
 
 
 def _write_scratch(directory: str, body: bytes) -> str:
-    fd, path = tempfile.mkstemp(dir=directory, prefix="manifest-")
+    fd, path = tempfile.mkstemp(dir=directory, prefix=SPOOL_PREFIX)  # swept at start if left behind
     with os.fdopen(fd, "wb") as f:
         f.write(body)
     return path

@@ -49,10 +49,20 @@ class CommitResult:
 class CAStore:
     log = Logger()
 
-    def __init__(self, root: str, *, worker: Worker, piece_rule: PieceLengthRule, now: Callable[[], float]) -> None:
-        """``now`` gives the time (``clock.seconds``)."""
+    def __init__(
+        self,
+        root: str,
+        *,
+        worker: Worker,
+        piece_rule: PieceLengthRule,
+        now: Callable[[], float],
+        hash_worker: Worker | None = None,
+    ) -> None:
+        """``now`` gives the time (``clock.seconds``); ``worker`` does disk
+        work, ``hash_worker`` (default: ``worker``) hashes pieces."""
         self._root = root
         self._worker = worker
+        self._hash_worker = hash_worker or worker
         self._piece_rule = piece_rule
         self._now = now
         self._cache = os.path.join(root, "cache")
@@ -89,7 +99,7 @@ class CAStore:
         count = max(1, -(-size // piece_length))
         middle = count // 2
         ranges = [(0, middle), (middle, count)] if middle else [(0, count)]
-        parts = await gatherResults([self._worker.run(_hash_pieces, src, piece_length, a, b) for a, b in ranges])
+        parts = await gatherResults([self._hash_worker.run(_hash_pieces, src, piece_length, a, b) for a, b in ranges])
         sums = tuple(s for part in parts for s in part)
         return MetaInfo(digest=digest, length=size, piece_length=piece_length, piece_sums=sums)
 

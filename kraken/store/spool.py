@@ -39,6 +39,7 @@ class BodySpool:
         self, directory: str, worker: Worker, *, pause: Callable[[], None], resume: Callable[[], None]
     ) -> None:
         fd, self.path = tempfile.mkstemp(dir=directory, prefix=SPOOL_PREFIX)
+        os.fchmod(fd, 0o644)  # it may become a blob, readable like any other
         self._file = os.fdopen(fd, "w+b")
         self.hasher: Any = hashlib.sha256()
         self._worker = worker

@@ -38,6 +38,14 @@ def test_health(app: App) -> None:
     assert app.request("GET", "/health") == (200, b"OK\n")
 
 
+def test_health_fails_when_the_database_does_not_answer(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("database is locked")
+
+    monkeypatch.setattr(app.tags._pool, "runQuery", broken)
+    assert app.request("GET", "/health") == (503, b"tag database unavailable\n")
+
+
 def test_tag_accepted_when_everything_is_on_the_origin(app: App) -> None:
     manifest, refs = pushed_image(app, "x")
     assert put_tag(app, "team/app", "v1", manifest) == (201, str(manifest).encode())

@@ -117,19 +117,21 @@ def test_service_wiring(tmp_path: Any) -> None:
     assert [s.name for s in service] == ["tags", "http-client", "http"]
     assert isinstance(service.getServiceNamed("tags"), TagStore)
 
-    with capturedLogs() as events:
-        service.privilegedStartService()
-        service.startService()
-    [(port, _factory, _backlog, interface)] = reactor.tcpServers
-    assert (port, interface) == (15004, "127.0.0.1")
-    listening = [e for e in events if e.get("component") == "build-index" and "address" in e]
-    assert len(listening) == 1
-    assert listening[0]["endpoint"] == cfg.listen_http
-    assert listening[0]["database"] == str(database)
-    assert listening[0]["origin"] == cfg.origin
-
     stopped: list[Any] = []
-    service.stopService().addBoth(stopped.append)
+    try:
+        with capturedLogs() as events:
+            service.privilegedStartService()
+            service.startService()
+        [(port, _factory, _backlog, interface)] = reactor.tcpServers
+        assert (port, interface) == (15004, "127.0.0.1")
+        listening = [e for e in events if e.get("component") == "build-index" and "address" in e]
+        assert len(listening) == 1
+        assert listening[0]["endpoint"] == cfg.listen_http
+        assert listening[0]["database"] == str(database)
+        assert listening[0]["origin"] == cfg.origin
+    finally:
+        # Always stop: the tag store's running pool thread would keep the test process alive at exit.
+        service.stopService().addBoth(stopped.append)
     assert len(stopped) == 1 and all(ok for ok, _ in stopped[0]), stopped
     assert [c for c in reactor.getDelayedCalls() if c.active()] == []
     # the pool's thread has finished: the store opened the database on start

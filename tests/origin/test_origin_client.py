@@ -184,3 +184,25 @@ def test_namespaces_are_quoted_per_segment(origin: Origin, client: OriginClient,
     for bad in ("", "/abs", "a//b", "trailing/"):
         with pytest.raises(ValueError):
             namespace_path(bad)
+
+
+def test_upload_timeouts_grow_with_the_blob(origin: Origin, blob_file: str) -> None:
+    """treq's timeout runs until the response headers arrive, so the PATCH
+    (sending the blob) and the PUT (the origin hashing it) get the base
+    timeout plus the size at min_transfer_rate; the rest get the base."""
+    stub = origin.stub
+    seen: list[tuple[str, float]] = []
+    real = stub.request
+
+    def recording(method: str, url: str, **kwargs: Any) -> Any:
+        seen.append((method, kwargs["timeout"]))
+        return real(method, url, **kwargs)
+
+    stub.request = recording  # type: ignore[method-assign]
+    config = HTTPClientConfig(timeout=60.0, min_transfer_rate=100)
+    client = OriginClient(
+        http=stub, base="http://origin.test", clock=origin.clock, config=config, worker=InlineWorker()
+    )
+    origin.run(client.upload(NS, DIGEST, blob_file, len(DATA)))
+    slow = 60.0 + len(DATA) / 100
+    assert seen == [("POST", 60.0), ("PATCH", slow), ("PUT", slow)]

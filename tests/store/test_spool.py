@@ -174,3 +174,9 @@ def test_ordinary_append_still_works_with_a_plain_file(tmp_path):
     uid = run(area.create())
     assert run(area.append(uid, io.BytesIO(b"abc"), 0, 3)) == 3
     assert run(area.digest(uid)) == Digest.from_bytes(b"abc")
+
+
+def test_spooled_files_are_readable_like_other_blobs(tmp_path):
+    s, _ = spool(tmp_path)
+    assert os.stat(s.path).st_mode & 0o777 == 0o644
+    s.close()
