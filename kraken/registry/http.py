@@ -228,6 +228,12 @@ class RegistryAPI:
         )
         return body
 
+    @app.route("/health", methods=["GET", "HEAD"])
+    def health(self, request: IRequest) -> bytes:
+        """Liveness for load balancers and supervisors (outside /v2)."""
+        request.setHeader(b"content-type", b"text/plain")
+        return b"OK\n"
+
     @app.route("/", branch=True)
     async def _root(self, request: IRequest) -> Any:
         request.setHeader(b"docker-distribution-api-version", API_VERSION)

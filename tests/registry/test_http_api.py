@@ -35,6 +35,13 @@ def test_base(registry: Registry) -> None:
     assert registry.get("/v2").code == 200
 
 
+def test_health(registry: Registry, read_only: Registry) -> None:
+    for reg in (registry, read_only):
+        r = reg.get("/health")
+        assert (r.code, r.body) == (200, b"OK\n")
+    assert registry.get("/healthz").code == 404, "only the exact path"
+
+
 def test_memory_backend_provides_interface(tmp_path: Path) -> None:
     from zope.interface.verify import verifyObject
 
@@ -72,7 +79,7 @@ def test_match_route(path: bytes, route: Route | None) -> None:
     assert match_route(path) == route
 
 
-@pytest.mark.parametrize("path", ["/v2/a", "/v2/a/b/c", "/v2/a/blobs", "/health", "/", "/v2/tags/list"])
+@pytest.mark.parametrize("path", ["/v2/a", "/v2/a/b/c", "/v2/a/blobs", "/", "/v2/tags/list"])
 def test_unknown_endpoints(registry: Registry, path: str) -> None:
     r = registry.get(path)
     assert r.code == 404
