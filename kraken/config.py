@@ -87,6 +87,15 @@ def parse_duration(value: object) -> float:
     return float(number) * _DURATION_UNITS[unit or "s"]
 
 
+_Number = TypeVar("_Number", bound=float)
+
+
+def positive(instance: object, attribute: attrs.Attribute[_Number], value: _Number) -> None:
+    """attrs validator for counts, sizes and durations that must be above 0."""
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value}")
+
+
 @attrs.frozen
 class Loaded:
     """A merged YAML document and, for every key path, the file that set it."""
@@ -117,7 +126,7 @@ class Loaded:
             data = data.get(k, {}) if isinstance(data, dict) else {}
         if not isinstance(data, dict):
             raise ConfigError("must be a map", file=self.source(key), key=key)
-        sources = {p[len(key):]: f for p, f in self.sources.items() if p[: len(key)] == key}
+        sources = {p[len(key) :]: f for p, f in self.sources.items() if p[: len(key)] == key}
         return Loaded(data, sources, self.source(key))
 
 

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
-from kraken.config import Size
+from kraken.config import Size, positive
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen
-
-
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be at least 1, not {value}")
 
 
 @attrs.frozen
@@ -26,6 +19,6 @@ class BuildIndexConfig:
     database: str = "/var/lib/kraken/build-index/tags.db"
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
     # Largest manifest read from the origin when checking a tag.
-    max_manifest_size: Size = attrs.field(default=Size(4 << 20), validator=_positive)
+    max_manifest_size: Size = attrs.field(default=Size(4 << 20), validator=positive)
     # Largest page a listing returns, whatever ``n`` asks for.
-    max_page: int = attrs.field(default=1000, validator=_positive)
+    max_page: int = attrs.field(default=1000, validator=positive)

@@ -60,6 +60,7 @@ REF_NAME = "org.opencontainers.image.ref.name"
 
 _CHUNK = 1 << 20  # bytes generated and written per step for the random layer
 
+
 @dataclass(frozen=True)
 class Blob:
     """A content descriptor: digest, size and media type."""

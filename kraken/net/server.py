@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IPushProducer, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -41,11 +41,12 @@ class PlainHTTPChannel(HTTPChannel):
     _first = True
 
     def connectionMade(self) -> None:
-        super().connectionMade()
+        super().connectionMade()  # type: ignore[no-untyped-call]  # twisted.web.http is unannotated
         # Read up to 1 MiB per call instead of 64 KiB: blob uploads arrive in
         # far fewer, larger chunks, which is most of the per-byte cost here.
-        if hasattr(self.transport, "bufferSize"):
-            self.transport.bufferSize = READ_SIZE
+        transport = self.transport
+        if transport is not None and hasattr(transport, "bufferSize"):
+            transport.bufferSize = READ_SIZE
 
     def dataReceived(self, data: bytes) -> None:
         if self._first and data:
@@ -54,7 +55,7 @@ class PlainHTTPChannel(HTTPChannel):
                 self.transport.write(_NOT_TLS_ANSWER)  # type: ignore[union-attr]
                 self.transport.loseConnection()  # type: ignore[union-attr]
                 return
-        super().dataReceived(data)
+        super().dataReceived(data)  # type: ignore[no-untyped-call]  # twisted.web.http is unannotated
 
 
 class Spool(Protocol):
@@ -86,11 +87,13 @@ class SpoolingRequest(Request):
     log = Logger()
 
     def gotLength(self, length: int | None) -> None:
-        factory: SpoolFactory | None = getattr(self.channel.site, "spool_factory", None)
+        # Site.buildProtocol sets channel.site; HTTPChannel does not declare it.
+        factory: SpoolFactory | None = getattr(getattr(self.channel, "site", None), "spool_factory", None)
         if factory is None or (length is not None and length < SPOOL_MIN):
-            super().gotLength(length)
+            super().gotLength(length)  # type: ignore[no-untyped-call]  # twisted.web is unannotated
             return
-        transport = self.channel.transport
+        # ITransport does not declare IPushProducer, but the stream transports twisted.web runs on provide it.
+        transport = cast(IPushProducer, self.channel.transport)
         spool = factory(pause=transport.pauseProducing, resume=transport.resumeProducing)
         self.content = spool
         self.notifyFinish().addBoth(lambda _: spool.close())
@@ -98,13 +101,14 @@ class SpoolingRequest(Request):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         done = getattr(self.content, "done_receiving", None)
         if done is None:
-            super().requestReceived(command, path, version)
+            super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # twisted.web
             return
         done().addCallbacks(lambda _: Request.requestReceived(self, command, path, version), self._spool_failed)
 
     def _spool_failed(self, failure: Failure) -> None:
         self.log.failure("could not store a request body; closing the connection", failure)
-        self.channel.transport.loseConnection()
+        if self.channel.transport is not None:
+            self.channel.transport.loseConnection()
 
 
 def make_site(resource: IResource, *, reactor: Any, access_log: bool = True, spool: SpoolFactory | None = None) -> Site:
@@ -112,7 +116,8 @@ def make_site(resource: IResource, *, reactor: Any, access_log: bool = True, spo
     handshakes on plain ports refused at once, and, given a ``spool``
     factory, large request bodies written and hashed as they arrive."""
     site = Site(resource, reactor=reactor)
-    site.protocol = PlainHTTPChannel
+    # HTTPFactory annotates protocol as a method; it is the channel class attribute Site.buildProtocol calls.
+    site.protocol = PlainHTTPChannel  # type: ignore[method-assign,assignment]
     if spool is not None:
         site.requestFactory = SpoolingRequest
         site.spool_factory = spool  # type: ignore[attr-defined]

@@ -7,18 +7,15 @@ YAML keys are the attrs field names below; build it with
 from __future__ import annotations
 
 import socket
-from typing import TypeVar
 
 import attrs
 
-from kraken.config import Duration, Size
+from kraken.config import Duration, Size, positive
 from kraken.core import PieceLengthRule
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen, host_port
 
 DEFAULT_LISTEN_HTTP = "tcp:15002:interface=127.0.0.1"
-
-_Number = TypeVar("_Number", bound=float)
 
 
 def _default_piece_lengths() -> dict[Size, Size]:
@@ -30,11 +27,6 @@ def _check_piece_lengths(instance: object, attribute: object, value: dict[Size, 
         PieceLengthRule.from_mapping({int(k): int(v) for k, v in value.items()})
     except ValueError as e:  # build() reports it with the file and the section's key path
         raise ValueError(f"piece_lengths: {e}") from None
-
-
-def _positive(instance: object, attribute: attrs.Attribute[_Number], value: _Number) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, not {value}")
 
 
 @attrs.frozen
@@ -53,8 +45,8 @@ class StoreConfig:
 class ThreadsConfig:
     """Sizes of the named thread pools."""
 
-    cpu: int = attrs.field(default=2, validator=_positive)  # hashing
-    io: int = attrs.field(default=4, validator=_positive)  # disk: uploads, commits, stats
+    cpu: int = attrs.field(default=2, validator=positive)  # hashing
+    io: int = attrs.field(default=4, validator=positive)  # disk: uploads, commits, stats
 
 
 @attrs.frozen
@@ -66,7 +58,7 @@ class OriginConfig:
     advertise: str | None = None
     store: StoreConfig = attrs.field(factory=StoreConfig)
     # An upload untouched for this long is deleted.
-    upload_ttl: Duration = attrs.field(default=Duration(3600.0), validator=_positive)
+    upload_ttl: Duration = attrs.field(default=Duration(3600.0), validator=positive)
     threads: ThreadsConfig = attrs.field(factory=ThreadsConfig)
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
 

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import attrs
 
-from kraken.config import Duration, Size
+from kraken.config import Duration, Size, positive
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen
-
-
-def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, not {value}")
 
 
 @attrs.frozen
@@ -19,14 +14,14 @@ class UploadsConfig:
     # Uploads in progress; the proxy keeps no other blob data.
     root: str = "/var/lib/kraken/proxy/uploads"
     # An upload untouched this long is deleted.
-    ttl: Duration = attrs.field(default=Duration(3600.0), validator=_positive)
+    ttl: Duration = attrs.field(default=Duration(3600.0), validator=positive)
 
 
 @attrs.frozen
 class RegistryConfig:
-    max_manifest_size: Size = attrs.field(default=Size(4 << 20), validator=_positive)
+    max_manifest_size: Size = attrs.field(default=Size(4 << 20), validator=positive)
     # The largest page tags/list and _catalog return, whatever n asks for.
-    max_page: int = attrs.field(default=1000, validator=_positive)
+    max_page: int = attrs.field(default=1000, validator=positive)
 
 
 @attrs.frozen
@@ -36,5 +31,5 @@ class ProxyConfig:
     build_index: str = "http://127.0.0.1:15004"
     uploads: UploadsConfig = attrs.field(factory=UploadsConfig)
     registry: RegistryConfig = attrs.field(factory=RegistryConfig)
-    io_threads: int = attrs.field(default=4, validator=_positive)
+    io_threads: int = attrs.field(default=4, validator=positive)
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)

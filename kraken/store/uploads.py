@@ -239,6 +239,7 @@ class UploadExpiry(TimerService):
     def __init__(self, expire: Callable[[float, float], Awaitable[object]], *, clock: IReactorTime, ttl: float) -> None:
         super().__init__(max(1.0, min(ttl / 4, 300.0)), self._tick)
         self.clock = clock
+        self._clock = clock  # TimerService.clock is Optional; this one is not
         self.setName("upload-expiry")
         self._expire = expire
         self._ttl = ttl
@@ -252,6 +253,6 @@ class UploadExpiry(TimerService):
 
     async def _sweep(self) -> None:
         try:
-            await self._expire(self.clock.seconds(), self._ttl)
+            await self._expire(self._clock.seconds(), self._ttl)
         except Exception:
             self.log.failure("expiring stale uploads failed")
