@@ -156,9 +156,11 @@ class BodySpool:
 
 
 def _write(f: Any, hasher: Any, batch: list[bytes]) -> None:
-    for chunk in batch:
-        f.write(chunk)
-        hasher.update(chunk)
+    # Clients send bodies in small pieces (Go's io.Copy: 32 KiB chunks), so a
+    # batch is joined first: one write and one hash call instead of hundreds.
+    data = batch[0] if len(batch) == 1 else b"".join(batch)
+    f.write(data)
+    hasher.update(data)
     f.flush()
 
 
