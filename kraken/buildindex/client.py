@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import attrs
-from treq.client import HTTPClient
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.iweb import IResponse
 
 from kraken.core import Digest, DigestError
-from kraken.net import HTTPClientConfig, HTTPStatusError, RetryPolicy, limited_content, with_retries
+from kraken.net import HTTPStatusError
+from kraken.net.service import ServiceClient, name_path
 from kraken.registry.backend import ManifestRecord, Page
 
 T = TypeVar("T")
@@ -41,17 +38,6 @@ class ManifestRefused(Refused):
     the record does not match it."""
 
 
-def _repo_path(repo: str) -> str:
-    """Quote each segment of a repository name, keeping ``/`` as the separator."""
-    if not repo or any(not seg for seg in repo.split("/")):
-        raise ValueError(f"invalid repository name {repo!r}")
-    return "/".join(quote(seg, safe="") for seg in repo.split("/"))
-
-
-def _strip_slash(url: str) -> str:
-    return url.rstrip("/")
-
-
 def _segment(text: str) -> str:
     return quote(text, safe=":")
 
@@ -73,7 +59,7 @@ def _refusal(body: bytes) -> tuple[str, list[Digest]]:
 
 
 @attrs.frozen
-class BuildIndexClient:
+class BuildIndexClient(ServiceClient):
     """Talks to one build-index. ``base`` is like ``http://127.0.0.1:15004``.
 
     Unexpected statuses raise ``HTTPStatusError``. Every call is idempotent,
@@ -81,49 +67,10 @@ class BuildIndexClient:
     (``kraken.net.with_retries``).
     """
 
-    _http: HTTPClient
-    _base: str = attrs.field(converter=_strip_slash)
-    _clock: IReactorTime
-    _config: HTTPClientConfig
-
     # -- URLs --
 
     def _repo_url(self, repo: str, *rest: str) -> str:
-        return "/".join([f"{self._base}/repositories/{_repo_path(repo)}", *rest])
-
-    # -- plumbing --
-
-    def _policy(self) -> RetryPolicy:
-        c = self._config
-        return RetryPolicy(attempts=c.retries + 1, backoff=c.backoff, max_backoff=c.max_backoff)
-
-    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        return await with_retries(self._clock, self._policy(), what, attempt)
-
-    async def _request(self, method: str, url: str, **kwargs: Any) -> IResponse:
-        return await self._http.request(
-            method,
-            url,
-            allow_redirects=False,
-            unbuffered=True,
-            reactor=self._clock,  # type: ignore[arg-type]  # treq only uses callLater
-            timeout=self._config.timeout,
-            **kwargs,
-        )
-
-    async def _call(
-        self, method: str, url: str, expected: frozenset[int], limit: int | None = None, **kwargs: Any
-    ) -> tuple[int, bytes]:
-        """One request whose body is read whole (at most ``limit`` bytes,
-        by default the configured ``max_body``).
-        A status outside ``expected`` raises ``HTTPStatusError`` (so 502, 503
-        and 504 are retried by the caller's ``with_retries``)."""
-        response = await self._request(method, url, **kwargs)
-        limit = self._config.max_body if limit is None else limit
-        body = await limited_content(response, self._clock, limit, self._config.timeout)
-        if response.code not in expected:
-            raise HTTPStatusError(method, url, response.code, body)
-        return response.code, body
+        return "/".join([f"{self._base}/repositories/{name_path(repo)}", *rest])
 
     def _json(self, method: str, url: str, body: bytes) -> Any:
         try:

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import TypeVar
 from urllib.parse import quote
 
 import attrs
-from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from kraken.core import Digest, MetaInfo
-from kraken.net import HTTPClientConfig, HTTPStatusError, RetryPolicy, limited_content, with_retries
+from kraken.net import HTTPStatusError
 from kraken.net.body import ThreadedFileProducer
+from kraken.net.service import ServiceClient, name_path
 from kraken.store.workers import Worker
 
 T = TypeVar("T")
@@ -24,62 +22,26 @@ _ERROR_BODY = 64 << 10
 log = Logger()
 
 
-def namespace_path(namespace: str) -> str:
-    """Quote each segment of a repository name, keeping ``/`` as the separator."""
-    if not namespace or any(not seg for seg in namespace.split("/")):
-        raise ValueError(f"invalid namespace {namespace!r}")
-    return "/".join(quote(seg, safe="") for seg in namespace.split("/"))
-
-
-def _strip_slash(base: str) -> str:
-    return base.rstrip("/")
-
-
 @attrs.frozen
-class OriginClient:
+class OriginClient(ServiceClient):
     """Talks to one origin. ``base`` is like ``http://127.0.0.1:15002``.
 
     Unexpected statuses raise ``HTTPStatusError``; idempotent calls and uploads
     are retried on network errors and 429/502/503/504 (``kraken.net.with_retries``).
     """
 
-    _http: HTTPClient
-    _base: str = attrs.field(converter=_strip_slash)
-    _clock: IReactorTime
-    _config: HTTPClientConfig
     _worker: Worker  # reads the files being uploaded
 
     # -- URLs --
 
     def _blob_url(self, namespace: str, digest: Digest) -> str:
-        return f"{self._base}/namespace/{namespace_path(namespace)}/blobs/{digest}"
+        return f"{self._base}/namespace/{name_path(namespace)}/blobs/{digest}"
 
     def _uploads_url(self, namespace: str, digest: Digest, uid: str | None = None) -> str:
         url = f"{self._blob_url(namespace, digest)}/uploads"
         return url if uid is None else f"{url}/{quote(uid, safe='')}"
 
     # -- plumbing --
-
-    def _policy(self) -> RetryPolicy:
-        c = self._config
-        return RetryPolicy(attempts=c.retries + 1, backoff=c.backoff, max_backoff=c.max_backoff)
-
-    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        return await with_retries(self._clock, self._policy(), what, attempt)
-
-    async def _request(self, method: str, url: str, **kwargs: Any) -> IResponse:
-        """One request; the timeout covers the wait for the response headers."""
-        return await self._http.request(
-            method,
-            url,
-            allow_redirects=False,
-            unbuffered=True,
-            reactor=cast(Any, self._clock),  # treq only schedules the timeout on it
-            **{"timeout": self._config.timeout, **kwargs},
-        )
-
-    async def _read(self, response: IResponse, limit: int) -> bytes:
-        return await limited_content(response, self._clock, limit, self._config.timeout)
 
     async def _drain(self, response: IResponse) -> None:
         """Consume a small body so the connection can go back to the pool."""

@@ -10,9 +10,10 @@ from treq.testing import StubTreq
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from kraken.buildindex.client import BuildIndexClient, ManifestRefused, Refused, TagRefused, _repo_path
+from kraken.buildindex.client import BuildIndexClient, ManifestRefused, Refused, TagRefused
 from kraken.core import Digest
 from kraken.net import HTTPClientConfig, HTTPStatusError
+from kraken.net.service import name_path
 from kraken.registry.backend import ManifestRecord, Page
 
 CONFIG = HTTPClientConfig(retries=2, backoff=1.0, max_backoff=1.0, timeout=30.0)
@@ -156,10 +157,10 @@ def test_unexpected_status_is_not_retried(fx: Fixture) -> None:
 
 
 def test_paths_are_quoted_per_segment(fx: Fixture) -> None:
-    assert _repo_path("a/b.c/d-e") == "a/b.c/d-e"
-    assert _repo_path("we ird/x?y") == "we%20ird/x%3Fy"
+    assert name_path("a/b.c/d-e") == "a/b.c/d-e"
+    assert name_path("we ird/x?y") == "we%20ird/x%3Fy"
     with pytest.raises(ValueError):
-        _repo_path("a//b")
+        name_path("a//b")
     # the server sees the decoded name and rejects it as a name, not a route
     with pytest.raises(HTTPStatusError) as info:
         fx.run(fx.client.get_tag("we ird/x?y", "v1"))

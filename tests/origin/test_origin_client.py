@@ -14,7 +14,8 @@ from twisted.web.server import Request
 
 from kraken.core import Digest, MetaInfo
 from kraken.net import HTTPClientConfig, HTTPStatusError, ResponseTooLarge
-from kraken.origin.client import OriginClient, namespace_path
+from kraken.net.service import name_path
+from kraken.origin.client import OriginClient
 from kraken.store import InlineWorker
 
 DATA = b"layer bytes " * 100
@@ -180,10 +181,10 @@ def test_namespaces_are_quoted_per_segment(origin: Origin, client: OriginClient,
     ns = "team a/ünï/repo%2F"
     origin.run(client.upload(ns, DIGEST, blob_file, len(DATA)))
     assert origin.run(client.stat(ns, DIGEST)) == len(DATA)
-    assert namespace_path("team a/repo%2F") == "team%20a/repo%252F"
+    assert name_path("team a/repo%2F") == "team%20a/repo%252F"
     for bad in ("", "/abs", "a//b", "trailing/"):
         with pytest.raises(ValueError):
-            namespace_path(bad)
+            name_path(bad)
 
 
 def test_upload_timeouts_grow_with_the_blob(origin: Origin, blob_file: str) -> None:

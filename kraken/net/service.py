@@ -1,0 +1,78 @@
+"""The common plumbing of every component's treq client (``<component>/client.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+from urllib.parse import quote
+
+import attrs
+from treq.client import HTTPClient
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IResponse
+
+from kraken.net.client import HTTPClientConfig, HTTPStatusError, limited_content
+from kraken.net.retry import RetryPolicy, with_retries
+
+T = TypeVar("T")
+
+
+def name_path(name: str) -> str:
+    """A repository name for a URL path: each segment quoted, ``/`` kept."""
+    if not name or any(not seg for seg in name.split("/")):
+        raise ValueError(f"invalid repository name {name!r}")
+    return "/".join(quote(seg, safe="") for seg in name.split("/"))
+
+
+def _strip_slash(url: str) -> str:
+    return url.rstrip("/")
+
+
+@attrs.frozen
+class ServiceClient:
+    """Talks to one daemon at ``base`` (like ``http://127.0.0.1:15002``)
+    through the service's injected ``HTTPClient``: timeouts on the injected
+    clock, bounded bodies, retries with backoff (``with_retries``)."""
+
+    _http: HTTPClient
+    _base: str = attrs.field(converter=_strip_slash)
+    _clock: IReactorTime
+    _config: HTTPClientConfig
+
+    def _policy(self) -> RetryPolicy:
+        c = self._config
+        return RetryPolicy(attempts=c.retries + 1, backoff=c.backoff, max_backoff=c.max_backoff)
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        return await with_retries(self._clock, self._policy(), what, attempt)
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> IResponse:
+        """One request; the timeout (default ``config.timeout``) runs until the
+        response headers arrive."""
+        kwargs.setdefault("timeout", self._config.timeout)
+        response: IResponse = await self._http.request(
+            method,
+            url,
+            allow_redirects=False,
+            unbuffered=True,
+            reactor=cast(Any, self._clock),  # treq only schedules the timeout on it
+            **kwargs,
+        )
+        return response
+
+    async def _read(self, response: IResponse, limit: int | None = None) -> bytes:
+        """The body, at most ``limit`` bytes (default ``config.max_body``)."""
+        limit = self._config.max_body if limit is None else limit
+        return await limited_content(response, self._clock, limit, self._config.timeout)
+
+    async def _call(
+        self, method: str, url: str, expected: frozenset[int], limit: int | None = None, **kwargs: Any
+    ) -> tuple[int, bytes]:
+        """One request whose body is read whole. A status outside
+        ``expected`` raises ``HTTPStatusError`` (so 502, 503 and 504 are
+        retried by a caller's ``_retrying``)."""
+        response = await self._request(method, url, **kwargs)
+        body = await self._read(response, limit)
+        if response.code not in expected:
+            raise HTTPStatusError(method, url, response.code, body)
+        return response.code, body
