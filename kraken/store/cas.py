@@ -2,7 +2,8 @@
 
 Layout under the store's root::
 
-    uploads/<uid>                      blobs in the making (UploadArea)
+    uploads/<uid>                      blobs being pushed (UploadArea)
+    downloads/<hex>/                   blobs being fetched piece by piece (DownloadArea)
     tmp/<random>/                      a blob being committed
     cache/ab/cd/<hex>/data             the blob, named by its SHA-256
     cache/ab/cd/<hex>/metainfo         its MetaInfo (JSON), written at commit
@@ -29,6 +30,7 @@ from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 
 from kraken.core import Digest, MetaInfo, PieceLengthRule
+from kraken.store.downloads import DownloadArea
 from kraken.store.uploads import COPY_CHUNK, UploadArea
 from kraken.store.workers import Worker
 
@@ -73,6 +75,9 @@ class CAStore:
         for entry in os.listdir(self._tmp):
             shutil.rmtree(os.path.join(self._tmp, entry), ignore_errors=True)
         self.uploads = UploadArea(os.path.join(root, "uploads"), worker)
+        self.downloads = DownloadArea(
+            os.path.join(root, "downloads"), worker=worker, hash_worker=self._hash_worker, install=self.install
+        )
 
     def _dir(self, digest: Digest) -> str:
         a, b = digest.shard
@@ -102,6 +107,11 @@ class CAStore:
         parts = await gatherResults([self._hash_worker.run(_hash_pieces, src, piece_length, a, b) for a, b in ranges])
         sums = tuple(s for part in parts for s in part)
         return MetaInfo(digest=digest, length=size, piece_length=piece_length, piece_sums=sums)
+
+    async def install(self, path: str, info: MetaInfo) -> CommitResult:
+        """Move the complete blob at ``path`` (whose pieces were checked
+        against ``info``) into the cache, with ``info`` as its metainfo."""
+        return await self._worker.run(_install, path, info, self._tmp, self._dir(info.digest), self._now())
 
     async def commit(self, uid: str, expected: Digest) -> CommitResult:
         """Verify upload ``uid`` against ``expected`` and move it into the cache.

@@ -1,0 +1,196 @@
+"""Blobs being downloaded piece by piece (the agent's side of P2P).
+
+Layout under the store's root::
+
+    downloads/<hex>/data        the blob's bytes, written piece by piece at their offsets
+    downloads/<hex>/metainfo    the MetaInfo the pieces are checked against
+    downloads/<hex>/pieces      which pieces are in ``data`` (Bitfield bytes)
+
+Every piece is checked against its SHA-256 before it is written, and the
+piece status is saved after each write, so a process restarted mid-download
+reopens the partial blob and fetches only the missing pieces. When the last
+piece lands, ``PartialBlob.finish`` moves the blob into the cache with the
+same atomic directory rename as an upload's commit: a reader never sees a
+partial blob in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Awaitable, Callable
+
+from twisted.internet.defer import DeferredLock
+from twisted.logger import Logger
+
+from kraken.core import Bitfield, Digest, MetaInfo, MetaInfoError
+from kraken.store.workers import Worker
+
+
+class PieceCorrupt(ValueError):
+    """A piece's bytes do not match its SHA-256 in the metainfo."""
+
+    def __init__(self, digest: Digest, index: int) -> None:
+        super().__init__(f"piece {index} of {digest} does not match its SHA-256")
+        self.digest = digest
+        self.index = index
+
+
+Install = Callable[[str, MetaInfo], Awaitable[object]]
+
+
+class PartialBlob:
+    """One blob in the making. Use from the reactor thread only; the disk
+    work and the hashing run in the workers."""
+
+    log = Logger()
+
+    def __init__(self, directory: str, info: MetaInfo, have: Bitfield, *, worker: Worker, hash_worker: Worker) -> None:
+        self.metainfo = info
+        self.have = have
+        self._dir = directory
+        self._worker = worker
+        self._hash_worker = hash_worker
+        self._status_lock = DeferredLock()
+
+    @property
+    def digest(self) -> Digest:
+        return self.metainfo.digest
+
+    def complete(self) -> bool:
+        return self.have.complete()
+
+    async def write_piece(self, index: int, data: bytes) -> bool:
+        """Check piece ``index`` and write it. False if it was already there;
+        ``PieceCorrupt`` (nothing written) if it does not match."""
+        if self.have[index]:
+            return False
+        ok = await self._hash_worker.run(
+            _piece_ok, self.metainfo.piece_sums[index], self.metainfo.piece_size(index), data
+        )
+        if not ok:
+            raise PieceCorrupt(self.digest, index)
+        await self._worker.run(_pwrite, os.path.join(self._dir, "data"), self.metainfo.piece_offset(index), data)
+        if self.have[index]:  # written twice concurrently: harmless, same bytes
+            return False
+        self.have.set(index)
+        await self._save_status()
+        return True
+
+    async def read_piece(self, index: int) -> bytes:
+        """A piece this blob has (to serve it to other peers while downloading)."""
+        if not self.have[index]:
+            raise KeyError(f"piece {index} of {self.digest} is not here yet")
+        size = self.metainfo.piece_size(index)
+        return await self._worker.run(_pread, os.path.join(self._dir, "data"), self.metainfo.piece_offset(index), size)
+
+    async def _save_status(self) -> None:
+        # Serialised, and written from a snapshot: the newest status always
+        # lands last.
+        await self._status_lock.acquire()
+        try:
+            await self._worker.run(_write_atomically, os.path.join(self._dir, "pieces"), self.have.to_bytes())
+        finally:
+            self._status_lock.release()
+
+
+class DownloadArea:
+    log = Logger()
+
+    def __init__(self, root: str, *, worker: Worker, hash_worker: Worker, install: Install) -> None:
+        """``install(data_path, metainfo)`` moves a finished blob into the cache."""
+        self._root = root
+        self._worker = worker
+        self._hash_worker = hash_worker
+        self._install = install
+        self._open: dict[Digest, PartialBlob] = {}
+        os.makedirs(root, exist_ok=True)
+
+    async def open(self, info: MetaInfo) -> PartialBlob:
+        """The partial blob for ``info``: the one already open, the one a
+        previous run left on disk (its finished pieces kept), or a new one."""
+        existing = self._open.get(info.digest)
+        if existing is not None:
+            return existing
+        directory = os.path.join(self._root, info.digest.hex)
+        have_bytes = await self._worker.run(_prepare, directory, info)
+        have = Bitfield(info.num_pieces) if have_bytes is None else Bitfield.from_bytes(info.num_pieces, have_bytes)
+        partial = self._open.get(info.digest)  # opened meanwhile by another caller
+        if partial is None:
+            partial = PartialBlob(directory, info, have, worker=self._worker, hash_worker=self._hash_worker)
+            self._open[info.digest] = partial
+            if have.count():
+                self.log.info(
+                    "resuming {digest}: {have} of {pieces} pieces on disk",
+                    digest=str(info.digest),
+                    have=have.count(),
+                    pieces=info.num_pieces,
+                )
+        return partial
+
+    async def finish(self, partial: PartialBlob) -> None:
+        """Move a complete blob into the cache and forget it here."""
+        if not partial.complete():
+            raise ValueError(f"{partial.digest} is missing {partial.metainfo.num_pieces - partial.have.count()} pieces")
+        await self._install(os.path.join(self._root, partial.digest.hex, "data"), partial.metainfo)
+        self._open.pop(partial.digest, None)
+        await self._worker.run(shutil.rmtree, os.path.join(self._root, partial.digest.hex), True)
+
+    async def discard(self, digest: Digest) -> None:
+        """Drop a partial blob and its pieces (cancelled download)."""
+        self._open.pop(digest, None)
+        await self._worker.run(shutil.rmtree, os.path.join(self._root, digest.hex), True)
+
+
+def _prepare(directory: str, info: MetaInfo) -> bytes | None:
+    """Reuse a partial blob made for the same metainfo, else start afresh.
+    Returns the saved piece status, or None for a new download."""
+    try:
+        with open(os.path.join(directory, "metainfo"), "rb") as f:
+            saved = MetaInfo.from_json(f.read())
+        with open(os.path.join(directory, "pieces"), "rb") as f:
+            status = f.read()
+        if saved == info and os.path.getsize(os.path.join(directory, "data")) == info.length:
+            Bitfield.from_bytes(info.num_pieces, status)  # validates
+            return status
+    except (OSError, MetaInfoError, ValueError):
+        pass
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory)
+    with open(os.path.join(directory, "data"), "wb") as f:
+        f.truncate(info.length)
+    _write_atomically(os.path.join(directory, "metainfo"), info.to_json())
+    _write_atomically(os.path.join(directory, "pieces"), Bitfield(info.num_pieces).to_bytes())
+    return None
+
+
+def _piece_ok(expected: bytes, size: int, data: bytes) -> bool:
+    return len(data) == size and hashlib.sha256(data).digest() == expected
+
+
+def _pwrite(path: str, offset: int, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+    finally:
+        os.close(fd)
+
+
+def _pread(path: str, offset: int, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    tmp = f"{path}.{uuid.uuid4().hex}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

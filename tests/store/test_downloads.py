@@ -1,0 +1,107 @@
+"""DownloadArea: piece-by-piece downloads, verified, resumable, installed atomically."""
+
+import os
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from kraken.core import MetaInfo, PieceLengthRule
+from kraken.store import CAStore, InlineWorker, PieceCorrupt
+
+PIECE = 16
+DATA = bytes(range(256)) * 3  # 768 bytes: 48 pieces of 16
+INFO = MetaInfo.from_bytes(DATA, PIECE)
+
+
+def run(coro):
+    out = []
+    Deferred.fromCoroutine(coro).addBoth(out.append)
+    assert out, "did not finish"
+    if hasattr(out[0], "raiseException"):
+        out[0].raiseException()
+    return out[0]
+
+
+def store(root):
+    clock = Clock()
+    return CAStore(str(root), worker=InlineWorker(), piece_rule=PieceLengthRule(((0, PIECE),)), now=clock.seconds)
+
+
+def piece(i):
+    return DATA[i * PIECE : (i + 1) * PIECE]
+
+
+def test_pieces_in_any_order_then_installed(tmp_path):
+    s = store(tmp_path)
+    partial = run(s.downloads.open(INFO))
+    for i in reversed(range(INFO.num_pieces)):
+        assert run(partial.write_piece(i, piece(i))) is True
+    assert partial.complete()
+    assert run(partial.read_piece(3)) == piece(3)
+    run(s.downloads.finish(partial))
+    assert run(s.stat(INFO.digest)) == len(DATA)
+    assert run(s.metainfo(INFO.digest)) == INFO
+    with open(s.blob_path(INFO.digest), "rb") as f:
+        assert f.read() == DATA
+    assert os.listdir(tmp_path / "downloads") == []
+
+
+def test_a_corrupt_piece_is_refused_and_not_written(tmp_path):
+    s = store(tmp_path)
+    partial = run(s.downloads.open(INFO))
+    with pytest.raises(PieceCorrupt):
+        run(partial.write_piece(2, b"x" * PIECE))
+    with pytest.raises(PieceCorrupt):
+        run(partial.write_piece(2, piece(2)[:-1]))  # short
+    assert not partial.have[2]
+    with pytest.raises(KeyError):
+        run(partial.read_piece(2))
+
+
+def test_a_duplicate_piece_is_ignored(tmp_path):
+    partial = run(store(tmp_path).downloads.open(INFO))
+    assert run(partial.write_piece(0, piece(0))) is True
+    assert run(partial.write_piece(0, piece(0))) is False
+    assert partial.have.count() == 1
+
+
+def test_restart_resumes_with_the_pieces_on_disk(tmp_path):
+    partial = run(store(tmp_path).downloads.open(INFO))
+    for i in (0, 5, 47):
+        run(partial.write_piece(i, piece(i)))
+    again = run(store(tmp_path).downloads.open(INFO))  # a new process
+    assert sorted(again.have.ones()) == [0, 5, 47]
+    assert run(again.read_piece(5)) == piece(5)
+
+
+def test_a_partial_blob_of_other_metainfo_starts_afresh(tmp_path):
+    partial = run(store(tmp_path).downloads.open(INFO))
+    run(partial.write_piece(0, piece(0)))
+    other = MetaInfo.from_bytes(DATA, 32)  # same blob, other piece length
+    fresh = run(store(tmp_path).downloads.open(other))
+    assert fresh.have.count() == 0
+    assert fresh.metainfo == other
+
+
+def test_unfinished_blob_cannot_be_installed_or_seen(tmp_path):
+    s = store(tmp_path)
+    partial = run(s.downloads.open(INFO))
+    run(partial.write_piece(0, piece(0)))
+    with pytest.raises(ValueError):
+        run(s.downloads.finish(partial))
+    assert run(s.stat(INFO.digest)) is None
+
+
+def test_discard(tmp_path):
+    s = store(tmp_path)
+    partial = run(s.downloads.open(INFO))
+    run(partial.write_piece(1, piece(1)))
+    run(s.downloads.discard(INFO.digest))
+    assert os.listdir(tmp_path / "downloads") == []
+    assert run(s.downloads.open(INFO)).have.count() == 0
+
+
+def test_open_twice_gives_the_same_partial_blob(tmp_path):
+    s = store(tmp_path)
+    assert run(s.downloads.open(INFO)) is run(s.downloads.open(INFO))
