@@ -1,0 +1,1 @@
+"""The tracker: takes announces, hands out peers, serves metainfo from the origins."""

@@ -1,0 +1,82 @@
+"""The treq client of the tracker API (``kraken.tracker.http``)."""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+import attrs
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+
+from kraken.core import Digest, MetaInfo, MetaInfoError
+from kraken.core.peer import PeerError, PeerInfo
+from kraken.net import HTTPStatusError
+from kraken.net.service import ServiceClient, name_path
+
+T = TypeVar("T")
+log = Logger()
+
+
+@attrs.frozen
+class TrackerClient(ServiceClient):
+    """Talks to one tracker. ``base`` is like ``http://127.0.0.1:15003``.
+
+    Unexpected statuses raise ``HTTPStatusError``. Every call is idempotent
+    (an announce is an upsert), so every call is retried on network errors
+    and 429/502/503/504 (``kraken.net.with_retries``).
+    """
+
+    # -- the API --
+
+    async def health(self) -> bool:
+        """True if the tracker answers ``GET /health`` with 200."""
+        url = f"{self._base}/health"
+        try:
+            code, _ = await self._call("GET", url, frozenset({200}))
+        except CancelledError:
+            raise
+        except Exception as e:
+            log.debug("health check of {url} failed: {error}", url=url, error=str(e))
+            return False
+        return code == 200
+
+    async def announce(
+        self, peer: PeerInfo, namespace: str, digest: Digest, info_hash: str
+    ) -> tuple[list[PeerInfo], float]:
+        """Announce ``peer`` for the blob; returns (peers to connect to, seconds until the next announce)."""
+        url = f"{self._base}/announce"
+        doc = {
+            "peer_id": peer.peer_id, "ip": peer.ip, "port": peer.port, "namespace": namespace,
+            "digest": str(digest), "info_hash": info_hash, "complete": peer.complete,
+        }  # fmt: skip
+        body = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+        _, answer = await self._retrying(
+            f"announce {info_hash}",
+            lambda: self._call(
+                "POST", url, frozenset({200}), data=body, headers={b"Content-Type": [b"application/json"]}
+            ),
+        )
+        try:
+            reply = json.loads(answer)
+            peers = [PeerInfo.from_json(p) for p in reply["peers"]]
+            interval = reply["interval"]
+            if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+                raise ValueError(f"bad interval {interval!r}")
+        except (ValueError, KeyError, TypeError, PeerError) as e:
+            raise HTTPStatusError("POST", url, 200, f"bad announce answer: {e}".encode()) from None
+        return peers, float(interval)
+
+    async def metainfo(self, namespace: str, digest: Digest) -> MetaInfo | None:
+        """The blob's metainfo (from the origins, through the tracker), or None if no origin has it."""
+        url = f"{self._base}/namespace/{name_path(namespace)}/blobs/{digest}/metainfo"
+        code, body = await self._retrying(f"metainfo {digest}", lambda: self._call("GET", url, frozenset({200, 404})))
+        if code == 404:
+            return None
+        try:
+            info = MetaInfo.from_json(body)
+        except MetaInfoError as e:
+            raise HTTPStatusError("GET", url, 200, f"bad metainfo: {e}".encode()) from None
+        if info.digest != digest:
+            raise HTTPStatusError("GET", url, 200, f"metainfo is for {info.digest}".encode())
+        return info

@@ -1,0 +1,83 @@
+"""The tracker's configuration (``etc/kraken/tracker.yaml``).
+
+Defaults and why:
+
+- ``announce_interval`` 3 s is Kraken's: agents re-announce a blob they are
+  downloading this often, so new peers find each other within seconds.
+- ``peer_ttl`` 1 h. A completed agent announces once (``complete: true``)
+  and then stops announcing, so its entry must outlive the announce loop by
+  as long as the agent keeps seeding; Kraken's in-memory store keeps entries
+  5 h. A stale entry costs a failed dial (and the agent blacklists it), a
+  missing one sends more load to the origins; 1 h favours freshness.
+- ``max_peers`` 50 is Kraken's ``announce_limit``.
+- ``metainfo_cache_ttl`` 5 min is what Kraken's nginx caches metainfo for;
+  metainfo never changes for a blob, the TTL only bounds memory and lets a
+  changed piece-length rule take effect.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from kraken.config import Duration, positive
+from kraken.core.peer import PeerError, PeerInfo
+from kraken.net import HTTPClientConfig
+from kraken.net.endpoints import check_listen
+
+DEFAULT_LISTEN_HTTP = "tcp:15003:interface=127.0.0.1"
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    """``10.0.0.5:15001`` or ``[::1]:15001`` -> (ip, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"origin peer address must be ip:port, not {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+@attrs.frozen
+class OriginPeer:
+    """An origin's P2P address, handed to agents as a seeder of every blob."""
+
+    # The origin's peer id: 40 or 64 lowercase hex characters.
+    peer_id: str
+    # ip:port of its P2P listener ([v6]:port for IPv6); an IP literal, as agents dial it.
+    address: str
+
+    def __attrs_post_init__(self) -> None:
+        self.peer_info()  # fail at load time
+
+    def peer_info(self) -> PeerInfo:
+        try:
+            ip, port = _split_address(self.address)
+            return PeerInfo(self.peer_id, ip, port, complete=True, origin=True)
+        except PeerError as e:
+            raise ValueError(str(e)) from None
+
+
+@attrs.frozen
+class TrackerConfig:
+    # Endpoint description of the HTTP API (tcp:, ssl:, unix:, systemd: ...).
+    listen_http: str = attrs.field(default=DEFAULT_LISTEN_HTTP, validator=check_listen)
+    # Base URL of the origin (cluster) that serves metainfo.
+    origin: str = "http://127.0.0.1:15002"
+    # Seconds between an agent's announces of a blob, returned in every answer.
+    announce_interval: Duration = attrs.field(default=Duration(3.0), validator=positive)
+    # A peer not announced for this long is forgotten.
+    peer_ttl: Duration = attrs.field(default=Duration(3600.0), validator=positive)
+    # Peers in one announce answer.
+    max_peers: int = attrs.field(default=50, validator=positive)
+    # Peers remembered per blob, and blobs remembered (bounds the store's memory).
+    max_peers_per_blob: int = attrs.field(default=1000, validator=positive)
+    max_blobs: int = attrs.field(default=100_000, validator=positive)
+    # How long metainfo fetched from the origin is served from memory, and how many are kept.
+    metainfo_cache_ttl: Duration = attrs.field(default=Duration(300.0), validator=positive)
+    metainfo_cache_size: int = attrs.field(default=10_000, validator=positive)
+    # Static origin seeders; empty until origins register themselves.
+    origin_peers: tuple[OriginPeer, ...] = ()
+    http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
+
+    def origin_infos(self) -> list[PeerInfo]:
+        return [o.peer_info() for o in self.origin_peers]

@@ -1,0 +1,87 @@
+"""``twistd kraken-tracker``: options and the composition root.
+
+This is the only tracker module that may import the global reactor, and
+only inside ``makeService`` when no reactor is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+
+from kraken import config as kconfig
+from kraken.net import make_http_client
+from kraken.net.server import listen_http, make_site
+from kraken.origin.client import OriginClient
+from kraken.tracker.config import TrackerConfig
+from kraken.tracker.http import TrackerHTTP
+from kraken.tracker.peers import MemoryPeerStore
+
+log = Logger(namespace="kraken.tracker")
+
+
+class Options(kconfig.DaemonOptions):
+    synopsis = "[options]"
+    longdesc = "Run a Kraken tracker: takes announces, hands out peers, serves metainfo from the origins."
+    config_class = TrackerConfig
+
+
+class _NoFileWorker:
+    """The origin client's worker reads files being uploaded; the tracker
+    never uploads, so it gets a worker that refuses."""
+
+    def run(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        return fail(RuntimeError("the tracker does no file I/O"))
+
+
+def tracker_service(config: TrackerConfig, reactor: Any) -> MultiService:
+    """Everything one tracker needs, as a MultiService (the herd will compose it).
+
+    Children start in this order and stop in reverse: the peer store (its
+    expiry sweep), the HTTP client pool, then the HTTP listener.
+    """
+    top = MultiService()
+    top.setName("tracker")
+
+    store = MemoryPeerStore(config.peer_ttl, reactor, max_peers=config.max_peers_per_blob, max_blobs=config.max_blobs)
+    store.setServiceParent(top)
+
+    http, client_service = make_http_client(reactor, config.http_client)
+    client_service.setServiceParent(top)
+    origin = OriginClient(
+        http=http, base=config.origin, clock=reactor, config=config.http_client, worker=_NoFileWorker()
+    )
+
+    app = TrackerHTTP(
+        store,
+        origin,
+        clock=reactor,
+        announce_interval=config.announce_interval,
+        max_peers=config.max_peers,
+        origin_peers=config.origin_infos(),
+        metainfo_cache_ttl=config.metainfo_cache_ttl,
+        metainfo_cache_size=config.metainfo_cache_size,
+    )
+
+    site = make_site(app.resource(), reactor=reactor)
+    listen_http(
+        config.listen_http,
+        site,
+        reactor=reactor,
+        component="tracker",
+        origin=config.origin,
+        origin_peers=len(config.origin_peers),
+    ).setServiceParent(top)
+    return top
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    return tracker_service(options["parsed"], reactor)
