@@ -41,6 +41,7 @@ from werkzeug.exceptions import HTTPException
 
 from kraken.core import Digest, DigestError
 from kraken.net import ResponseTooLarge
+from kraken.net.server import HTTPError, json_response, read_body
 from kraken.registry.backend import ManifestRecord
 from kraken.registry.errors import RegistryError
 from kraken.registry.manifests import MANIFEST_TYPES, ParsedManifest, parse_manifest
@@ -62,16 +63,6 @@ MAX_NESTING = 2
 MAX_LAST = 256
 
 
-class HTTPError(Exception):
-    """An error answered with ``status`` and ``{"error": message, **extra}``."""
-
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
-        self.extra = extra
-
-
 class Refused(HTTPError):
     """A tag or record refused because the origin lacks what it needs."""
 
@@ -85,12 +76,6 @@ class _Ref:
 
     digest: Digest
     media_type: str | None = None
-
-
-def _json(request: IRequest, status: int, doc: Any) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json")
-    return json.dumps(doc, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
 def _text(request: IRequest, status: int, text: str) -> bytes:
@@ -116,17 +101,6 @@ def _parse_digest(text: str) -> Digest:
         return Digest.parse(text)
     except DigestError as e:
         raise HTTPError(400, f"invalid digest: {e}") from None
-
-
-def _read_body(request: IRequest, limit: int) -> bytes:
-    length = request.getHeader(b"Content-Length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise HTTPError(413, f"body larger than {limit} bytes")
-    content = request.content
-    body = b"" if content is None else content.read(limit + 1)
-    if len(body) > limit:
-        raise HTTPError(413, f"body larger than {limit} bytes")
-    return body
 
 
 def _arg(request: IRequest, name: bytes) -> str | None:
@@ -292,18 +266,18 @@ class BuildIndexHTTP:
     def _error(self, request: IRequest, failure: Failure) -> bytes:
         e = failure.value
         if isinstance(e, HTTPError):
-            return _json(request, e.status, {"error": e.message, **e.extra})
+            return json_response(request, e.status, {"error": e.message, **e.extra})
         if isinstance(e, HTTPException):
             code = e.code or 500
-            return _json(request, code, {"error": e.description or e.name})
+            return json_response(request, code, {"error": e.description or e.name})
         if isinstance(e, CancelledError):
             # The client is still here, so this was our own timeout.
-            return _json(request, 504, {"error": "timed out"})
+            return json_response(request, 504, {"error": "timed out"})
         self.log.failure(
             "{method} {path} failed", failure, method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace"),
         )  # fmt: skip
-        return _json(request, 500, {"error": "internal error"})
+        return json_response(request, 500, {"error": "internal error"})
 
     async def _ask_origin(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Call the origin. Its failures become a 503 (the client may retry),
@@ -328,7 +302,7 @@ class BuildIndexHTTP:
     async def put_tag(self, request: IRequest, repo: str, tag: str) -> bytes:
         _check_repo(repo)
         _check_tag(tag)
-        body = _read_body(request, MAX_TAG_BODY)
+        body = read_body(request, MAX_TAG_BODY)
         try:
             text = body.decode("ascii").strip()
         except UnicodeDecodeError:
@@ -367,20 +341,20 @@ class BuildIndexHTTP:
         page = await self._tags.list_tags(repo, self._cap(n), last)
         if page is None:
             raise HTTPError(404, f"repository {repo} unknown")
-        return _json(request, 200, {"tags": list(page.items), "more": page.more})
+        return json_response(request, 200, {"tags": list(page.items), "more": page.more})
 
     @app.route("/repositories", methods=["GET"])
     async def list_repositories(self, request: IRequest) -> bytes:
         n, last = _pagination(request, is_valid_name)
         page = await self._tags.list_repositories(self._cap(n), last)
-        return _json(request, 200, {"repositories": list(page.items), "more": page.more})
+        return json_response(request, 200, {"repositories": list(page.items), "more": page.more})
 
     @app.route("/repositories/<path:repo>/manifests/<digest>", methods=["PUT"])
     async def put_manifest(self, request: IRequest, repo: str, digest: str) -> bytes:
         _check_repo(repo)
         d = _parse_digest(digest)
         # A record holds a subset of its manifest (the annotations) and a few fields.
-        record = _record_from_body(_read_body(request, self._max_manifest_size + 4096))
+        record = _record_from_body(read_body(request, self._max_manifest_size + 4096))
         if record.digest != d:
             raise HTTPError(400, f"record digest {record.digest} does not match the URL's {d}")
         size = await self._ask_origin(f"stat {d}", lambda: self._origin.stat(repo, d))
@@ -393,7 +367,7 @@ class BuildIndexHTTP:
         self.log.info(
             "manifest {digest} recorded in {namespace}", digest=str(d), namespace=repo, media_type=record.media_type
         )
-        return _json(request, 200 if existed else 201, record.to_json())
+        return json_response(request, 200 if existed else 201, record.to_json())
 
     @app.route("/repositories/<path:repo>/manifests/<digest>", methods=["GET"])
     async def get_manifest(self, request: IRequest, repo: str, digest: str) -> bytes:
@@ -402,14 +376,14 @@ class BuildIndexHTTP:
         record = await self._tags.get_manifest(repo, d)
         if record is None:
             raise HTTPError(404, f"manifest {d} unknown in {repo}")
-        return _json(request, 200, record.to_json())
+        return json_response(request, 200, record.to_json())
 
     @app.route("/repositories/<path:repo>/referrers/<digest>", methods=["GET"])
     async def referrers(self, request: IRequest, repo: str, digest: str) -> bytes:
         _check_repo(repo)
         d = _parse_digest(digest)
         records = await self._tags.referrers(repo, d)
-        return _json(request, 200, {"manifests": [r.to_json() for r in records]})
+        return json_response(request, 200, {"manifests": [r.to_json() for r in records]})
 
     def _cap(self, n: int | None) -> int:
         return self._max_page if n is None else min(n, self._max_page)

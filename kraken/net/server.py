@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -12,6 +13,7 @@ from twisted.internet.interfaces import IListeningPort, IPushProducer, IStreamSe
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
+from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
@@ -175,3 +177,31 @@ def port_address(port: IListeningPort) -> str:
     if hasattr(host, "port"):
         return f"{getattr(host, 'host', '')}:{host.port}"
     return str(host)
+
+
+class HTTPError(Exception):
+    """An error a JSON API answers with ``status`` and ``{"error": message, **extra}``."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+def json_response(request: IRequest, status: int, doc: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def read_body(request: IRequest, limit: int) -> bytes:
+    """A small request body (JSON, a digest), refused with 413 above ``limit``."""
+    length = request.getHeader(b"Content-Length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise HTTPError(413, f"body larger than {limit} bytes")
+    content = request.content
+    body = b"" if content is None else content.read(limit + 1)
+    if len(body) > limit:
+        raise HTTPError(413, f"body larger than {limit} bytes")
+    return body

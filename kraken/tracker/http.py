@@ -38,6 +38,7 @@ from werkzeug.exceptions import HTTPException
 
 from kraken.core import Digest, DigestError, MetaInfo
 from kraken.core.peer import PeerError, PeerInfo
+from kraken.net.server import HTTPError, json_response, read_body
 from kraken.registry.names import is_valid_name
 from kraken.tracker.handout import handout
 from kraken.tracker.peers import IPeerStore
@@ -52,32 +53,6 @@ class MetaInfoSource(Protocol):
     """What the tracker needs of ``kraken.origin.client.OriginClient``."""
 
     async def metainfo(self, namespace: str, digest: Digest) -> MetaInfo | None: ...
-
-
-class HTTPError(Exception):
-    """An error answered with ``status`` and ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
-
-
-def _json(request: IRequest, status: int, doc: Any) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json")
-    return json.dumps(doc, separators=(",", ":")).encode("utf-8") + b"\n"
-
-
-def _read_body(request: IRequest, limit: int) -> bytes:
-    length = request.getHeader(b"Content-Length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise HTTPError(413, f"body larger than {limit} bytes")
-    content = request.content
-    body = b"" if content is None else content.read(limit + 1)
-    if len(body) > limit:
-        raise HTTPError(413, f"body larger than {limit} bytes")
-    return body
 
 
 def _parse_digest(text: str) -> Digest:
@@ -213,17 +188,17 @@ class TrackerHTTP:
     def _error(self, request: IRequest, failure: Failure) -> bytes:
         e = failure.value
         if isinstance(e, HTTPError):
-            return _json(request, e.status, {"error": e.message})
+            return json_response(request, e.status, {"error": e.message})
         if isinstance(e, HTTPException):  # routing: 404 no such route, 405 wrong method
-            return _json(request, e.code or 500, {"error": e.description or e.name})
+            return json_response(request, e.code or 500, {"error": e.description or e.name})
         if isinstance(e, CancelledError):
             # The client is still here, so this was our own timeout.
-            return _json(request, 504, {"error": "timed out"})
+            return json_response(request, 504, {"error": "timed out"})
         self.log.failure(
             "{method} {path} failed", failure, method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace"),
         )  # fmt: skip
-        return _json(request, 500, {"error": "internal error"})
+        return json_response(request, 500, {"error": "internal error"})
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
@@ -232,7 +207,7 @@ class TrackerHTTP:
 
     @app.route("/announce", methods=["POST"])
     async def announce(self, request: IRequest) -> bytes:
-        peer, namespace, digest, info_hash = parse_announce(_read_body(request, MAX_ANNOUNCE_BODY))
+        peer, namespace, digest, info_hash = parse_announce(read_body(request, MAX_ANNOUNCE_BODY))
         now = self._clock.seconds()
         await self._store.update(info_hash, peer, now)
         self.log.debug(
@@ -244,7 +219,7 @@ class TrackerHTTP:
             # One more than needed: the requester itself may be among them.
             known = await self._store.peers(info_hash, self._max_peers + 1, now)
             given = handout(known, self._origin_peers, peer.peer_id, self._max_peers, self._rng)
-        return _json(request, 200, {"peers": [p.to_json() for p in given], "interval": self._interval})
+        return json_response(request, 200, {"peers": [p.to_json() for p in given], "interval": self._interval})
 
     @app.route("/namespace/<path:ns>/blobs/<d>/metainfo", methods=["GET"])
     async def metainfo(self, request: IRequest, ns: str, d: str) -> bytes:
