@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 from typing import Any
 
@@ -139,27 +137,3 @@ def test_service_wiring(tmp_path: Any) -> None:
         reactor.run_thread_calls()
     assert [e["log_format"] for e in events] == ["tag database {path} open"]
     assert database.exists()
-
-
-def test_plugin_module_holds_one_service_maker() -> None:
-    import importlib.util
-
-    from twisted.application.service import ServiceMaker
-
-    spec = importlib.util.spec_from_file_location(
-        "kraken_build_index_plugin", os.path.join(ROOT, "twisted", "plugins", "kraken_build_index.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    makers = [v for v in vars(module).values() if isinstance(v, ServiceMaker)]
-    assert [(m.tapname, m.module) for m in makers] == [("kraken-build-index", "kraken.buildindex.tap")]
-
-
-def test_twistd_help_smoke() -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [env.get("PYTHONPATH")])])
-    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "kraken-build-index", "--help"]
-    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "--config" in result.stdout
