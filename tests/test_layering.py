@@ -7,7 +7,20 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "module", ["kraken.core", "kraken.store", "kraken.config", "kraken.net", "kraken.registry.backend"]
+    "module",
+    [
+        "kraken.core",
+        "kraken.store",
+        "kraken.config",
+        "kraken.net",
+        "kraken.registry.backend",
+        "kraken.p2p.wire",
+        "kraken.p2p.session",
+        "kraken.p2p.protocol",
+        "kraken.p2p.bandwidth",
+        "kraken.tracker.peers",
+        "kraken.tracker.handout",
+    ],
 )
 def test_imports_without_reactor(module):
     code = f"import sys, {module}; assert 'twisted.internet.reactor' not in sys.modules, sorted(sys.modules)"
