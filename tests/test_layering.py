@@ -16,6 +16,7 @@ import pytest
         "kraken.registry.backend",
         "kraken.p2p.wire",
         "kraken.p2p.session",
+        "kraken.p2p.dispatch",
         "kraken.p2p.protocol",
         "kraken.p2p.bandwidth",
         "kraken.tracker.peers",

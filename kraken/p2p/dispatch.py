@@ -1,0 +1,220 @@
+"""Which piece to ask of which peer, for one torrent: a pure policy object (no reactor, no I/O).
+
+The caller (the scheduler) feeds in what it learns from the peer sessions and asks what to request next; time is
+passed in as ``now`` arguments, and randomness comes from an injected ``random.Random``.
+
+Policy:
+
+- **Rarest first.** For every piece we keep a count of the connected peers that have it, updated incrementally as
+  peers join, announce pieces (``HAVE``), complete, or leave. When a peer has free request slots it is given the
+  pieces it has, we lack and nobody is fetching, lowest count first; ties are broken at random so that peers
+  starting together do not all chase the same piece.
+- **Pipelining.** A peer has at most ``pipeline_limit`` requests outstanding; a new request is handed out only
+  when one is answered, fails, expires or is cancelled.
+- **One requester per piece,** except in the **endgame**: once every piece we still lack has a request
+  outstanding, an idle peer may also be asked for pieces that another peer is already fetching (those with the
+  fewest requesters first). When one copy arrives, ``piece_received`` names the other peers still fetching it so
+  that the caller can send them ``CANCEL``.
+- **Failures.** A piece that fails (bad hash, an ``ERROR`` answer) or whose request times out goes back to the
+  pool, and that peer is never asked for that piece again (not even after it reconnects): a peer that could not
+  deliver a piece once is unlikely to do better, and another peer will be tried. ``expired`` returns the timed-out
+  requests so that the caller can penalise the peer.
+- **Departures.** A peer that leaves takes its counts out of the rarity table and returns its outstanding
+  requests to the pool.
+
+Cost: a request decision walks the pieces we still lack once (``O(missing)``) and never the peers; joins and
+departures cost ``O(pieces)`` for that peer.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+
+from kraken.core import Bitfield
+
+__all__ = ["PIPELINE_LIMIT", "REQUEST_TIMEOUT", "Dispatcher"]
+
+PIPELINE_LIMIT = 3
+# The same as kraken.p2p.session.REQUEST_TIMEOUT (not imported: this module stays free of Twisted).
+REQUEST_TIMEOUT = 30.0
+
+
+class Dispatcher:
+    """Piece-request bookkeeping for one torrent of ``num_pieces`` pieces of which we hold ``have`` (copied)."""
+
+    def __init__(
+        self,
+        num_pieces: int,
+        have: Bitfield,
+        *,
+        pipeline_limit: int = PIPELINE_LIMIT,
+        request_timeout: float = REQUEST_TIMEOUT,
+        rng: random.Random,
+    ) -> None:
+        if len(have) != num_pieces:
+            raise ValueError(f"bitfield of {len(have)} bits for a torrent of {num_pieces} pieces")
+        if pipeline_limit < 1:
+            raise ValueError("pipeline_limit must be at least 1")
+        if request_timeout <= 0:
+            raise ValueError("request_timeout must be positive")
+        self._num_pieces = num_pieces
+        self._have = Bitfield(num_pieces, have.ones())
+        self._missing: set[int] = set(have.zeros())
+        self._pipeline_limit = pipeline_limit
+        self._request_timeout = request_timeout
+        self._rng = rng
+        self._peers: dict[str, Bitfield] = {}
+        self._rarity = [0] * num_pieces
+        # Outstanding requests, indexed both ways: piece -> {peer: sent at} and peer -> {piece: sent at}.
+        self._by_piece: dict[int, dict[str, float]] = {}
+        self._by_peer: dict[str, dict[int, float]] = {}
+        # Pieces a peer failed to deliver (bad piece, error or timeout): never asked of it again.
+        self._refused: dict[str, set[int]] = {}
+
+    # -- peers ---------------------------------------------------------------------------------------------------
+
+    def peer_joined(self, peer_id: str, bitfield: Bitfield) -> None:
+        if peer_id in self._peers:
+            raise ValueError(f"peer {peer_id} already joined")
+        if len(bitfield) != self._num_pieces:
+            raise ValueError(f"bitfield of {len(bitfield)} bits for a torrent of {self._num_pieces} pieces")
+        field = Bitfield(self._num_pieces, bitfield.ones())
+        self._peers[peer_id] = field
+        self._by_peer[peer_id] = {}
+        for i in field.ones():
+            self._rarity[i] += 1
+
+    def peer_left(self, peer_id: str) -> None:
+        """Forget the peer; its outstanding requests return to the pool. Unknown peers are ignored."""
+        field = self._peers.pop(peer_id, None)
+        if field is None:
+            return
+        for i in field.ones():
+            self._rarity[i] -= 1
+        for index in self._by_peer.pop(peer_id):
+            self._forget_request(peer_id, index)
+
+    def peer_has(self, peer_id: str, index: int) -> None:
+        """The peer announced piece ``index`` (``HAVE``)."""
+        field = self._peers[peer_id]
+        if not field[index]:
+            field.set(index)
+            self._rarity[index] += 1
+
+    def peer_complete(self, peer_id: str) -> None:
+        """The peer has every piece (``COMPLETE``)."""
+        field = self._peers[peer_id]
+        for i in list(field.zeros()):
+            field.set(i)
+            self._rarity[i] += 1
+
+    # -- requests ------------------------------------------------------------------------------------------------
+
+    def next_requests(self, peer_id: str, now: float) -> list[int]:
+        """The pieces to request of ``peer_id`` now (possibly none); they are recorded as outstanding at ``now``."""
+        field = self._peers[peer_id]
+        mine = self._by_peer[peer_id]
+        slots = self._pipeline_limit - len(mine)
+        if slots <= 0 or not self._missing:
+            return []
+        refused = self._refused.get(peer_id, set())
+        rarity = self._rarity
+        rand = self._rng.random
+        fresh = [
+            (rarity[i], rand(), i) for i in self._missing if i not in self._by_piece and field[i] and i not in refused
+        ]
+        chosen = [i for _, _, i in heapq.nsmallest(slots, fresh)]
+        for index in chosen:
+            self._add_request(peer_id, index, now)
+        slots -= len(chosen)
+        if slots > 0 and self.in_endgame():
+            by_piece = self._by_piece
+            duplicates = [
+                (len(by_piece[i]), rarity[i], rand(), i)
+                for i in self._missing
+                if field[i] and i not in mine and i not in refused
+            ]
+            extra = [i for _, _, _, i in heapq.nsmallest(slots, duplicates)]
+            for index in extra:
+                self._add_request(peer_id, index, now)
+            chosen.extend(extra)
+        return chosen
+
+    def piece_received(self, peer_id: str, index: int) -> list[str]:
+        """Piece ``index`` arrived (and verified) from ``peer_id``; returns the other peers still fetching it,
+        whom the caller should send ``CANCEL``. A piece we already had changes nothing and returns ``[]``."""
+        if self._have[index]:
+            return []
+        self._have.set(index)
+        self._missing.discard(index)
+        field = self._peers.get(peer_id)
+        if field is not None and not field[index]:
+            field.set(index)
+            self._rarity[index] += 1
+        others = []
+        for other in self._by_piece.pop(index, {}):
+            del self._by_peer[other][index]
+            if other != peer_id:
+                others.append(other)
+        return sorted(others)
+
+    def piece_failed(self, peer_id: str, index: int) -> None:
+        """The peer sent a bad piece or an error for it: the piece returns to the pool, never again to this peer."""
+        self._refused.setdefault(peer_id, set()).add(index)
+        mine = self._by_peer.get(peer_id)
+        if mine is not None and mine.pop(index, None) is not None:
+            self._forget_request(peer_id, index)
+
+    def expired(self, now: float) -> list[tuple[str, int]]:
+        """Remove and return the requests sent more than ``request_timeout`` before ``now``. Their pieces return to
+        the pool and are not asked of the same peer again."""
+        late = [
+            (peer_id, index)
+            for peer_id, requests in self._by_peer.items()
+            for index, sent in requests.items()
+            if now - sent > self._request_timeout
+        ]
+        for peer_id, index in late:
+            self.piece_failed(peer_id, index)
+        return sorted(late)
+
+    # -- state ---------------------------------------------------------------------------------------------------
+
+    def complete(self) -> bool:
+        return self._have.complete()
+
+    def in_endgame(self) -> bool:
+        """Whether every piece we lack has a request outstanding (and some piece is still missing)."""
+        return bool(self._missing) and len(self._by_piece) == len(self._missing)
+
+    def have(self) -> Bitfield:
+        """A copy of the pieces we hold."""
+        return Bitfield(self._num_pieces, self._have.ones())
+
+    def rarity(self, index: int) -> int:
+        """How many connected peers have piece ``index``."""
+        return self._rarity[index]
+
+    def outstanding(self, peer_id: str) -> frozenset[int]:
+        """The pieces requested of ``peer_id`` and not yet answered."""
+        return frozenset(self._by_peer.get(peer_id, {}))
+
+    def requesters(self, index: int) -> frozenset[str]:
+        """The peers with an outstanding request for piece ``index``."""
+        return frozenset(self._by_piece.get(index, {}))
+
+    # -- internals -----------------------------------------------------------------------------------------------
+
+    def _add_request(self, peer_id: str, index: int, now: float) -> None:
+        self._by_peer[peer_id][index] = now
+        self._by_piece.setdefault(index, {})[peer_id] = now
+
+    def _forget_request(self, peer_id: str, index: int) -> None:
+        """Drop ``peer_id`` from ``index``'s requesters (the caller has already updated ``_by_peer``)."""
+        requesters = self._by_piece.get(index)
+        if requesters is None:
+            return
+        requesters.pop(peer_id, None)
+        if not requesters:
+            del self._by_piece[index]

@@ -1,0 +1,334 @@
+"""Dispatcher: the pure piece-selection policy (rarest first, pipelining, endgame, failures, timeouts)."""
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kraken.core import Bitfield
+from kraken.p2p.dispatch import Dispatcher
+
+
+def make(n: int, have: tuple[int, ...] = (), *, limit: int = 3, timeout: float = 10.0, seed: int = 0) -> Dispatcher:
+    return Dispatcher(n, Bitfield(n, have), pipeline_limit=limit, request_timeout=timeout, rng=random.Random(seed))
+
+
+def test_rarest_first() -> None:
+    d = make(4, limit=1)
+    d.peer_joined("a", Bitfield.full(4))
+    d.peer_joined("b", Bitfield(4, [0, 1, 3]))
+    d.peer_joined("c", Bitfield(4, [0, 3]))
+    assert [d.rarity(i) for i in range(4)] == [3, 2, 1, 3]
+    assert d.next_requests("a", 0.0) == [2]
+    # Piece 2 is taken; of b's pieces 1 is the rarest.
+    assert d.next_requests("b", 0.0) == [1]
+    assert d.next_requests("c", 0.0) in ([0], [3])
+
+
+def test_rarity_counts_follow_have_complete_and_leave() -> None:
+    d = make(3)
+    d.peer_joined("a", Bitfield(3, [0]))
+    d.peer_has("a", 1)
+    d.peer_has("a", 1)
+    assert [d.rarity(i) for i in range(3)] == [1, 1, 0]
+    d.peer_complete("a")
+    assert [d.rarity(i) for i in range(3)] == [1, 1, 1]
+    d.peer_left("a")
+    assert [d.rarity(i) for i in range(3)] == [0, 0, 0]
+
+
+def test_random_tie_break_uses_injected_rng() -> None:
+    firsts = set()
+    for seed in range(30):
+        d = make(8, limit=1, seed=seed)
+        d.peer_joined("a", Bitfield.full(8))
+        firsts.update(d.next_requests("a", 0.0))
+    assert len(firsts) > 1
+
+
+def test_same_seed_same_choices() -> None:
+    def run(seed: int) -> list[int]:
+        d = make(16, limit=4, seed=seed)
+        d.peer_joined("a", Bitfield.full(16))
+        return d.next_requests("a", 0.0)
+
+    assert run(7) == run(7)
+
+
+def test_pipeline_limit() -> None:
+    d = make(10, limit=3)
+    d.peer_joined("a", Bitfield.full(10))
+    first = d.next_requests("a", 0.0)
+    assert len(first) == 3
+    assert d.next_requests("a", 1.0) == []
+    assert d.piece_received("a", first[0]) == []
+    second = d.next_requests("a", 2.0)
+    assert len(second) == 1 and second[0] not in first
+    assert len(d.outstanding("a")) == 3
+
+
+def test_never_requests_pieces_we_have_or_the_peer_lacks() -> None:
+    d = make(6, have=(0, 1))
+    d.peer_joined("a", Bitfield(6, [0, 1, 2, 3]))
+    assert sorted(d.next_requests("a", 0.0)) == [2, 3]
+
+
+def test_no_duplicates_outside_endgame() -> None:
+    d = make(6, limit=2)
+    for p in "abc":
+        d.peer_joined(p, Bitfield.full(6))
+    got = [i for p in "abc" for i in d.next_requests(p, 0.0)]
+    assert sorted(got) == list(range(6))
+    assert all(len(d.requesters(i)) == 1 for i in range(6))
+
+
+def test_endgame_duplicates_and_cancels_on_receipt() -> None:
+    d = make(2, limit=2)
+    d.peer_joined("a", Bitfield.full(2))
+    d.peer_joined("b", Bitfield.full(2))
+    d.peer_joined("c", Bitfield.full(2))
+    assert sorted(d.next_requests("a", 0.0)) == [0, 1]
+    assert d.in_endgame()
+    assert sorted(d.next_requests("b", 0.0)) == [0, 1]
+    assert sorted(d.next_requests("c", 0.0)) == [0, 1]
+    assert d.requesters(0) == {"a", "b", "c"}
+    assert d.piece_received("b", 0) == ["a", "c"]
+    assert d.requesters(0) == frozenset()
+    assert d.outstanding("a") == {1}
+    assert d.piece_received("a", 1) == ["b", "c"]
+    assert d.complete()
+    assert not d.in_endgame()
+    assert d.next_requests("c", 1.0) == []
+    # A late duplicate changes nothing.
+    assert d.piece_received("c", 1) == []
+
+
+def test_endgame_prefers_pieces_with_fewest_requesters() -> None:
+    d = make(2, limit=1)
+    for p in "abcd":
+        d.peer_joined(p, Bitfield.full(2))
+    assert sorted(d.next_requests("a", 0.0) + d.next_requests("b", 0.0)) == [0, 1]
+    assert d.in_endgame()
+    (first,) = d.next_requests("c", 0.0)
+    assert d.next_requests("d", 0.0) == [1 - first]
+
+
+def test_not_endgame_while_a_piece_is_unrequested() -> None:
+    d = make(3, limit=3)
+    d.peer_joined("a", Bitfield(3, [0, 1]))
+    d.peer_joined("b", Bitfield(3, [0, 1]))
+    assert sorted(d.next_requests("a", 0.0)) == [0, 1]
+    assert not d.in_endgame()  # piece 2 is missing and nobody has it
+    assert d.next_requests("b", 0.0) == []
+
+
+def test_peer_leaving_returns_its_pieces() -> None:
+    d = make(4, limit=4)
+    d.peer_joined("a", Bitfield.full(4))
+    d.peer_joined("b", Bitfield.full(4))
+    assert sorted(d.next_requests("a", 0.0)) == [0, 1, 2, 3]
+    d.peer_left("a")
+    assert d.outstanding("a") == frozenset()
+    assert all(d.requesters(i) == frozenset() for i in range(4))
+    assert sorted(d.next_requests("b", 1.0)) == [0, 1, 2, 3]
+    d.peer_left("nobody")
+
+
+def test_failed_piece_goes_elsewhere_and_never_back() -> None:
+    d = make(1, limit=1)
+    d.peer_joined("a", Bitfield.full(1))
+    d.peer_joined("b", Bitfield.full(1))
+    assert d.next_requests("a", 0.0) == [0]
+    d.piece_failed("a", 0)
+    assert d.outstanding("a") == frozenset()
+    assert d.next_requests("a", 1.0) == []
+    assert d.next_requests("b", 1.0) == [0]
+    d.piece_failed("b", 0)
+    assert d.next_requests("a", 2.0) == []
+    assert d.next_requests("b", 2.0) == []
+    # Not even after reconnecting.
+    d.peer_left("a")
+    d.peer_joined("a", Bitfield.full(1))
+    assert d.next_requests("a", 3.0) == []
+    d.peer_joined("c", Bitfield.full(1))
+    assert d.next_requests("c", 3.0) == [0]
+
+
+def test_failed_duplicate_keeps_other_request() -> None:
+    d = make(1, limit=1)
+    d.peer_joined("a", Bitfield.full(1))
+    d.peer_joined("b", Bitfield.full(1))
+    assert d.next_requests("a", 0.0) == [0]
+    assert d.next_requests("b", 0.0) == [0]  # endgame
+    d.piece_failed("b", 0)
+    assert d.requesters(0) == {"a"}
+
+
+def test_timeouts() -> None:
+    d = make(3, limit=1, timeout=10.0)
+    d.peer_joined("a", Bitfield.full(3))
+    d.peer_joined("b", Bitfield.full(3))
+    (pa,) = d.next_requests("a", 0.0)
+    (pb,) = d.next_requests("b", 5.0)
+    assert d.expired(10.0) == []
+    assert d.expired(10.5) == [("a", pa)]
+    assert d.outstanding("a") == frozenset()
+    assert d.requesters(pa) == frozenset()
+    assert d.outstanding("b") == {pb}
+    # The expired piece is not asked of a again, but b can take it once free.
+    again = d.next_requests("a", 11.0)
+    assert again and pa not in again
+    d.piece_received("b", pb)
+    assert d.next_requests("b", 12.0) == [pa]
+    assert d.expired(100.0) == sorted([("a", again[0]), ("b", pa)])
+
+
+def test_validation() -> None:
+    with pytest.raises(ValueError):
+        Dispatcher(3, Bitfield(2), rng=random.Random(0))
+    with pytest.raises(ValueError):
+        Dispatcher(3, Bitfield(3), pipeline_limit=0, rng=random.Random(0))
+    d = make(3)
+    d.peer_joined("a", Bitfield(3))
+    with pytest.raises(ValueError):
+        d.peer_joined("a", Bitfield(3))
+    with pytest.raises(ValueError):
+        d.peer_joined("b", Bitfield(4))
+
+
+def test_have_is_copied() -> None:
+    have = Bitfield(2)
+    d = Dispatcher(2, have, rng=random.Random(0))
+    d.peer_joined("a", Bitfield.full(2))
+    for i in d.next_requests("a", 0.0):
+        d.piece_received("a", i)
+    assert d.complete() and have.count() == 0 and d.have() == Bitfield.full(2)
+
+
+# -- simulation ---------------------------------------------------------------------------------------------------
+
+SEED = "seed"
+
+actions = st.lists(
+    st.tuples(
+        st.sampled_from(["request", "deliver", "fail", "leave", "join", "have", "tick"]),
+        st.integers(0, 5),
+        st.integers(0, 10_000),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    num_pieces=st.integers(1, 24),
+    limit=st.integers(1, 4),
+    have_seed=st.integers(0, 2**32),
+    rng_seed=st.integers(0, 2**32),
+    steps=actions,
+)
+def test_simulation(
+    num_pieces: int, limit: int, have_seed: int, rng_seed: int, steps: list[tuple[str, int, int]]
+) -> None:
+    gen = random.Random(have_seed)
+    timeout = 10.0
+    d = Dispatcher(
+        num_pieces,
+        Bitfield(num_pieces, [i for i in range(num_pieces) if gen.random() < 0.3]),
+        pipeline_limit=limit,
+        request_timeout=timeout,
+        rng=random.Random(rng_seed),
+    )
+    have = d.have()
+    bitfields: dict[str, Bitfield] = {}
+    refused: set[tuple[str, int]] = set()
+    sent_at: dict[tuple[str, int], float] = {}
+    now = 0.0
+
+    def join(peer: str, field: Bitfield) -> None:
+        bitfields[peer] = Bitfield(num_pieces, field.ones())
+        d.peer_joined(peer, field)
+
+    def request(peer: str) -> None:
+        before = {i: d.requesters(i) for i in range(num_pieces)}
+        got = d.next_requests(peer, now)
+        assert len(set(got)) == len(got)
+        for i in got:
+            assert not have[i], "requested a piece we have"
+            assert bitfields[peer][i], "requested a piece the peer lacks"
+            assert (peer, i) not in refused, "asked a peer again for a piece it failed"
+            assert peer not in before[i]
+            if before[i]:
+                assert d.in_endgame(), "duplicate request outside endgame"
+            sent_at[(peer, i)] = now
+        assert len(d.outstanding(peer)) <= limit
+
+    def deliver(peer: str, index: int) -> None:
+        outstanding = d.requesters(index) - {peer}
+        cancels = d.piece_received(peer, index)
+        assert set(cancels) == outstanding
+        have.set(index)
+        assert d.requesters(index) == frozenset()
+
+    def expire() -> None:
+        for peer, i in d.expired(now):
+            assert now - sent_at[(peer, i)] > timeout
+            refused.add((peer, i))
+
+    def seed_delivers_all() -> None:
+        for i in sorted(d.outstanding(SEED)):
+            deliver(SEED, i)
+
+    join(SEED, Bitfield.full(num_pieces))
+    next_peer = 0
+    for kind, who, value in steps:
+        peers = sorted(bitfields)
+        peer = peers[who % len(peers)]
+        if kind == "join":
+            name = f"p{next_peer}"
+            next_peer += 1
+            field_gen = random.Random(value)
+            join(name, Bitfield(num_pieces, [i for i in range(num_pieces) if field_gen.random() < 0.5]))
+        elif kind == "request":
+            request(peer)
+        elif kind == "deliver":
+            mine = sorted(d.outstanding(peer))
+            if mine:
+                deliver(peer, mine[value % len(mine)])
+        elif kind == "fail" and peer != SEED:
+            mine = sorted(d.outstanding(peer))
+            if mine:
+                index = mine[value % len(mine)]
+                d.piece_failed(peer, index)
+                refused.add((peer, index))
+                assert d.outstanding(peer) == set(mine) - {index}
+        elif kind == "leave" and peer != SEED:
+            d.peer_left(peer)
+            del bitfields[peer]
+            assert d.outstanding(peer) == frozenset()
+            assert all(peer not in d.requesters(i) for i in range(num_pieces))
+        elif kind == "have" and peer != SEED:
+            index = value % num_pieces
+            bitfields[peer].set(index)
+            d.peer_has(peer, index)
+        elif kind == "tick":
+            # The seed always answers within the timeout; others may be slow.
+            seed_delivers_all()
+            now += value / 1000.0
+            expire()
+        assert d.have() == have
+        for i in range(num_pieces):
+            assert d.rarity(i) == sum(1 for f in bitfields.values() if f[i])
+
+    # Drain: other peers go silent, the seed keeps answering; the torrent must complete.
+    for _ in range(num_pieces + 2):
+        if d.complete():
+            break
+        for peer in sorted(bitfields):
+            request(peer)
+        seed_delivers_all()
+        now += timeout + 1
+        expire()
+    assert d.complete()
+    assert have.complete()
