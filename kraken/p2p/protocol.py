@@ -15,23 +15,19 @@ Importing this module does not import the reactor: the clock comes in through ``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, IReactorTime, ITransport
+from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, ITransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kraken.core.bitfield import Bitfield
-from kraken.core.metainfo import MetaInfo
 from kraken.p2p import wire
 from kraken.p2p.session import (
-    HANDSHAKE_TIMEOUT,
-    IDLE_TIMEOUT,
-    REQUEST_TIMEOUT,
     IPeerConnection,
     IPeerSessionObserver,
     PeerDisconnected,
@@ -153,48 +149,9 @@ class PeerFactory(Factory):
     session copies it when it sends its handshake.
     """
 
-    def __init__(
-        self,
-        observer: IPeerSessionObserver,
-        *,
-        clock: IReactorTime,
-        metainfo: MetaInfo,
-        namespace: str,
-        peer_id: bytes,
-        bitfield: Bitfield,
-        initiator: bool,
-        expected_peer_id: bytes | None = None,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        idle_timeout: float = IDLE_TIMEOUT,
-        request_timeout: float = REQUEST_TIMEOUT,
-    ) -> None:
-        self._observer = observer
-        self._clock = clock
-        self._metainfo = metainfo
-        self._namespace = namespace
-        self._peer_id = peer_id
-        self._bitfield = bitfield
-        self._initiator = initiator
-        self._expected_peer_id = expected_peer_id
-        self._handshake_timeout = handshake_timeout
-        self._idle_timeout = idle_timeout
-        self._request_timeout = request_timeout
-
-    def _make_session(self, connection: IPeerConnection) -> PeerSession:
-        return PeerSession(
-            connection,
-            self._observer,
-            clock=self._clock,
-            metainfo=self._metainfo,
-            namespace=self._namespace,
-            peer_id=self._peer_id,
-            bitfield=self._bitfield,
-            initiator=self._initiator,
-            expected_peer_id=self._expected_peer_id,
-            handshake_timeout=self._handshake_timeout,
-            idle_timeout=self._idle_timeout,
-            request_timeout=self._request_timeout,
-        )
+    def __init__(self, observer: IPeerSessionObserver, **session_options: Any) -> None:
+        """``session_options`` are ``PeerSession``'s keyword arguments."""
+        self._make_session: SessionFactory = functools.partial(PeerSession, observer=observer, **session_options)
 
     def buildProtocol(self, addr: IAddress | None) -> PeerProtocol:
         return PeerProtocol(self._make_session)
