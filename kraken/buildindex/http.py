@@ -37,11 +37,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import HTTPException
 
 from kraken.core import Digest, DigestError
 from kraken.net import ResponseTooLarge
-from kraken.net.server import HTTPError, json_response, read_body
+from kraken.net.server import HTTPError, json_error, json_response, read_body
 from kraken.registry.backend import ManifestRecord
 from kraken.registry.errors import RegistryError
 from kraken.registry.manifests import MANIFEST_TYPES, ParsedManifest, parse_manifest
@@ -264,20 +263,7 @@ class BuildIndexHTTP:
 
     @app.handle_errors(Exception)
     def _error(self, request: IRequest, failure: Failure) -> bytes:
-        e = failure.value
-        if isinstance(e, HTTPError):
-            return json_response(request, e.status, {"error": e.message, **e.extra})
-        if isinstance(e, HTTPException):
-            code = e.code or 500
-            return json_response(request, code, {"error": e.description or e.name})
-        if isinstance(e, CancelledError):
-            # The client is still here, so this was our own timeout.
-            return json_response(request, 504, {"error": "timed out"})
-        self.log.failure(
-            "{method} {path} failed", failure, method=request.method.decode("ascii", "replace"),
-            path=request.path.decode("utf-8", "replace"),
-        )  # fmt: skip
-        return json_response(request, 500, {"error": "internal error"})
+        return json_error(request, failure, self.log)
 
     async def _ask_origin(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Call the origin. Its failures become a 503 (the client may retry),

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IPushProducer, IStreamServerEndpoint
 from twisted.logger import Logger
@@ -16,6 +16,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+from werkzeug.exceptions import HTTPException
 from zope.interface import implementer
 
 log = Logger()
@@ -205,3 +206,24 @@ def read_body(request: IRequest, limit: int) -> bytes:
     if len(body) > limit:
         raise HTTPError(413, f"body larger than {limit} bytes")
     return body
+
+
+def json_error(request: IRequest, failure: Failure, log: Logger) -> bytes:
+    """The one ``handle_errors`` body of a JSON API: ``HTTPError`` as given,
+    routing errors (404, 405) as such, our own timeouts as 504, anything
+    else logged and answered 500 without a traceback."""
+    e = failure.value
+    if isinstance(e, HTTPError):
+        return json_response(request, e.status, {"error": e.message, **e.extra})
+    if isinstance(e, HTTPException):
+        return json_response(request, e.code or 500, {"error": e.description or e.name})
+    if isinstance(e, CancelledError):
+        # The client is still here, so this was our own timeout.
+        return json_response(request, 504, {"error": "timed out"})
+    log.failure(
+        "{method} {path} failed",
+        failure,
+        method=request.method.decode("ascii", "replace"),
+        path=request.path.decode("utf-8", "replace"),
+    )
+    return json_response(request, 500, {"error": "internal error"})

@@ -34,11 +34,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import HTTPException
 
 from kraken.core import Digest, DigestError, MetaInfo
 from kraken.core.peer import PeerError, PeerInfo
-from kraken.net.server import HTTPError, json_response, read_body
+from kraken.net.server import HTTPError, json_error, json_response, read_body
 from kraken.registry.names import is_valid_name
 from kraken.tracker.handout import handout
 from kraken.tracker.peers import IPeerStore
@@ -186,19 +185,7 @@ class TrackerHTTP:
 
     @app.handle_errors(Exception)
     def _error(self, request: IRequest, failure: Failure) -> bytes:
-        e = failure.value
-        if isinstance(e, HTTPError):
-            return json_response(request, e.status, {"error": e.message})
-        if isinstance(e, HTTPException):  # routing: 404 no such route, 405 wrong method
-            return json_response(request, e.code or 500, {"error": e.description or e.name})
-        if isinstance(e, CancelledError):
-            # The client is still here, so this was our own timeout.
-            return json_response(request, 504, {"error": "timed out"})
-        self.log.failure(
-            "{method} {path} failed", failure, method=request.method.decode("ascii", "replace"),
-            path=request.path.decode("utf-8", "replace"),
-        )  # fmt: skip
-        return json_response(request, 500, {"error": "internal error"})
+        return json_error(request, failure, self.log)
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
