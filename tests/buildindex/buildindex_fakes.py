@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import treq
+from results import result_of
 from treq.testing import StubTreq
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
@@ -62,21 +63,6 @@ def open_store(path: str, reactor: InlineReactor, max_page: int = 1000) -> TagSt
     store = TagStore(inline_pool(path, reactor), clock=reactor, max_page=max_page)
     store.startService()
     return store
-
-
-def result_of(work: Deferred[Any] | Coroutine[Any, Any, Any], pump: Callable[[], None] = lambda: None) -> Any:
-    """The result of ``work``, pumping until it is done (no waiting)."""
-    d = work if isinstance(work, Deferred) else Deferred.fromCoroutine(work)
-    out: list[Any] = []
-    d.addBoth(out.append)
-    for _ in range(1000):
-        if out:
-            break
-        pump()
-    assert out, "never finished"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
 
 
 class FakeOrigin:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import treq
+from results import result_of
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from kraken.core import Digest, MetaInfo
 from kraken.core.peer import PeerInfo
@@ -34,21 +34,6 @@ def blob(seed: str, size: int = 10) -> tuple[Digest, MetaInfo]:
     data = (seed.encode() * size)[:size]
     info = MetaInfo.from_bytes(data, 4)
     return info.digest, info
-
-
-def result_of(work: Deferred[Any] | Coroutine[Any, Any, Any], pump: Callable[[], None] = lambda: None) -> Any:
-    """The result of ``work``, pumping until it is done (no waiting)."""
-    d = work if isinstance(work, Deferred) else Deferred.fromCoroutine(work)
-    out: list[Any] = []
-    d.addBoth(out.append)
-    for _ in range(1000):
-        if out:
-            break
-        pump()
-    assert out, "never finished"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
 
 
 class FakeOrigin:
