@@ -15,10 +15,12 @@ Policy:
   outstanding, an idle peer may also be asked for pieces that another peer is already fetching (those with the
   fewest requesters first). When one copy arrives, ``piece_received`` names the other peers still fetching it so
   that the caller can send them ``CANCEL``.
-- **Failures.** A piece that fails (bad hash, an ``ERROR`` answer) or whose request times out goes back to the
-  pool, and that peer is never asked for that piece again (not even after it reconnects): a peer that could not
-  deliver a piece once is unlikely to do better, and another peer will be tried. ``expired`` returns the timed-out
-  requests so that the caller can penalise the peer.
+- **Failures.** A piece that fails (bad hash, an ``ERROR`` answer) goes back to the pool, and that peer is never
+  asked for that piece again (not even after it reconnects): a peer that could not deliver a piece once is unlikely
+  to do better, and another peer will be tried. A request that times out also returns its piece to the pool, but
+  the peer is only passed over for that piece for one more request timeout: a busy peer (an origin serving many)
+  may be the only one that has it. ``expired`` returns the timed-out requests so that the caller can penalise the
+  peer.
 - **Departures.** A peer that leaves takes its counts out of the rarity table and returns its outstanding
   requests to the pool.
 
@@ -65,22 +67,25 @@ class Dispatcher:
         self._request_timeout = request_timeout
         self._rng = rng
         self._peers: dict[str, Bitfield] = {}
+        self._limits: dict[str, int] = {}
         self._rarity = [0] * num_pieces
         # Outstanding requests, indexed both ways: piece -> {peer: sent at} and peer -> {piece: sent at}.
         self._by_piece: dict[int, dict[str, float]] = {}
         self._by_peer: dict[str, dict[int, float]] = {}
-        # Pieces a peer failed to deliver (bad piece, error or timeout): never asked of it again.
-        self._refused: dict[str, set[int]] = {}
+        # Pieces a peer failed to deliver: not asked of it again until the time given (inf: never).
+        self._refused: dict[str, dict[int, float]] = {}
 
     # -- peers ---------------------------------------------------------------------------------------------------
 
-    def peer_joined(self, peer_id: str, bitfield: Bitfield) -> None:
+    def peer_joined(self, peer_id: str, bitfield: Bitfield, *, pipeline_limit: int | None = None) -> None:
+        """A connected peer with ``bitfield``; ``pipeline_limit`` overrides the torrent's (origins get more)."""
         if peer_id in self._peers:
             raise ValueError(f"peer {peer_id} already joined")
         if len(bitfield) != self._num_pieces:
             raise ValueError(f"bitfield of {len(bitfield)} bits for a torrent of {self._num_pieces} pieces")
         field = Bitfield(self._num_pieces, bitfield.ones())
         self._peers[peer_id] = field
+        self._limits[peer_id] = self._pipeline_limit if pipeline_limit is None else max(1, pipeline_limit)
         self._by_peer[peer_id] = {}
         for i in field.ones():
             self._rarity[i] += 1
@@ -90,6 +95,7 @@ class Dispatcher:
         field = self._peers.pop(peer_id, None)
         if field is None:
             return
+        del self._limits[peer_id]
         for i in field.ones():
             self._rarity[i] -= 1
         for index in self._by_peer.pop(peer_id):
@@ -115,10 +121,10 @@ class Dispatcher:
         """The pieces to request of ``peer_id`` now (possibly none); they are recorded as outstanding at ``now``."""
         field = self._peers[peer_id]
         mine = self._by_peer[peer_id]
-        slots = self._pipeline_limit - len(mine)
+        slots = self._limits[peer_id] - len(mine)
         if slots <= 0 or not self._missing:
             return []
-        refused = self._refused.get(peer_id, set())
+        refused = {i for i, until in self._refused.get(peer_id, {}).items() if until > now}
         rarity = self._rarity
         rand = self._rng.random
         fresh = [
@@ -159,9 +165,11 @@ class Dispatcher:
                 others.append(other)
         return sorted(others)
 
-    def piece_failed(self, peer_id: str, index: int) -> None:
-        """The peer sent a bad piece or an error for it: the piece returns to the pool, never again to this peer."""
-        self._refused.setdefault(peer_id, set()).add(index)
+    def piece_failed(self, peer_id: str, index: int, *, until: float = float("inf")) -> None:
+        """The peer sent a bad piece or an error for it: the piece returns to the pool, and is not asked of this
+        peer again before ``until`` (never, by default)."""
+        refused = self._refused.setdefault(peer_id, {})
+        refused[index] = max(until, refused.get(index, until))
         mine = self._by_peer.get(peer_id)
         if mine is not None and mine.pop(index, None) is not None:
             self._forget_request(peer_id, index)
@@ -176,7 +184,7 @@ class Dispatcher:
             if now - sent > self._request_timeout
         ]
         for peer_id, index in late:
-            self.piece_failed(peer_id, index)
+            self.piece_failed(peer_id, index, until=now + self._request_timeout)
         return sorted(late)
 
     # -- state ---------------------------------------------------------------------------------------------------
@@ -195,6 +203,10 @@ class Dispatcher:
     def rarity(self, index: int) -> int:
         """How many connected peers have piece ``index``."""
         return self._rarity[index]
+
+    def missing(self) -> int:
+        """How many pieces we still lack."""
+        return len(self._missing)
 
     def outstanding(self, peer_id: str) -> frozenset[int]:
         """The pieces requested of ``peer_id`` and not yet answered."""

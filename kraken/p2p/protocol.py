@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, ITransport
+from twisted.internet.interfaces import IAddress, IConsumer, IDelayedCall, IPushProducer, IReactorTime, ITransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,7 +34,7 @@ from kraken.p2p.session import (
     PeerSession,
     State,
 )
-from kraken.p2p.wire import Chunk, FramingError, Message
+from kraken.p2p.wire import Chunk, Error, ErrorCode, FramingError, Handshake, Message
 
 SessionFactory = Callable[[IPeerConnection], PeerSession]
 """Builds the session of one connection, given the connection it speaks through."""
@@ -78,22 +78,46 @@ class _WriteFlow:
             d.errback(PeerDisconnected(reason))
 
 
+Accept = Callable[[Handshake], "Deferred[SessionFactory | Error]"]
+"""Decides on an inbound handshake: the session to continue with, or the ``ERROR`` to refuse with."""
+
+
 @implementer(IPeerConnection)
 class PeerProtocol(Protocol):
     """One peer connection: bytes in to the session's decoder, frames out to the transport.
 
-    ``session_factory`` is called once, here, with this protocol as the session's ``IPeerConnection``. The session
-    starts when the connection is made. The decoder's payload limit is the session's ``max_payload`` (the blob's
-    piece length, docs/wire.md "Limits"): the blob is known before the first byte arrives.
+    The side that dials knows the blob before the first byte: give it ``session_factory``, called once, here,
+    with this protocol as the session's ``IPeerConnection``; the session starts when the connection is made. The
+    side that accepts learns the blob from the peer's handshake: make it with ``PeerProtocol.accepting``. The
+    decoder's payload limit is the session's ``max_payload`` (the blob's piece length, docs/wire.md "Limits").
     """
 
     log = Logger()
 
-    def __init__(self, session_factory: SessionFactory) -> None:
-        self.session = session_factory(self)
-        self._decoder = wire.Decoder(self.session, max_payload=self.session.max_payload)
+    def __init__(self, session_factory: SessionFactory | None) -> None:
         self._broken = False  # the decoder failed; further input is dropped
         self._flow = _WriteFlow()
+        self.session: PeerSession | None = None
+        self._accept: Accept | None = None
+        self._clock: IReactorTime | None = None
+        self._handshake_timeout = 0.0
+        self._timer: IDelayedCall | None = None
+        self._deciding = False
+        if session_factory is None:
+            self._decoder = wire.Decoder(self, max_payload=0)  # nothing but a handshake until the session exists
+        else:
+            self.session = session_factory(self)
+            self._decoder = wire.Decoder(self, max_payload=self.session.max_payload)
+
+    @classmethod
+    def accepting(cls, accept: Accept, *, clock: IReactorTime, handshake_timeout: float) -> PeerProtocol:
+        """A protocol for an inbound connection: the first frame must be a ``HANDSHAKE`` within
+        ``handshake_timeout``; ``accept`` then names the session (which answers the handshake) or the refusal."""
+        protocol = cls(None)
+        protocol._accept = accept
+        protocol._clock = clock
+        protocol._handshake_timeout = handshake_timeout
+        return protocol
 
     def when_writable(self) -> Deferred[None]:
         """Fires once the transport's write buffer has room (at once if it has); fails with ``PeerDisconnected``
@@ -106,22 +130,85 @@ class PeerProtocol(Protocol):
         transport = self._transport()
         if IConsumer.providedBy(transport):  # TCP, TLS, StringTransport, iosim; otherwise always writable
             cast(IConsumer, transport).registerProducer(self._flow, True)
-        self.session.start()
+        if self.session is not None:
+            self.session.start()
+        elif self._clock is not None:
+            self._timer = self._clock.callLater(self._handshake_timeout, self._refuse, "handshake timed out")
 
     def dataReceived(self, data: bytes) -> None:
-        if self._broken or self.session.state in (State.CLOSING, State.CLOSED):
+        if self._broken or (self.session is not None and self.session.state in (State.CLOSING, State.CLOSED)):
             return
         try:
             self._decoder.feed(data)
         except FramingError as e:
             self._broken = True
-            self.session.framing_error(e)  # sends ERROR and closes, through self.close
+            if self.session is not None:
+                self.session.framing_error(e)  # sends ERROR and closes, through self.close
+            else:
+                self._refuse(str(e), Error(ErrorCode.PROTOCOL, None, str(e)[: wire.MAX_ERROR_MESSAGE // 4]))
             self._transport().loseConnection()  # in case the session was already closing
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         message = f"connection lost: {reason.getErrorMessage()}"
         self._flow.stop(message)
-        self.session.connection_lost(message)
+        self._stop_timer()
+        if self.session is not None:
+            self.session.connection_lost(message)
+
+    # --- before the session exists (accepting side): wire.WireSink ------------------------------------------
+
+    def on_message(self, msg: Message) -> None:
+        if self.session is not None:
+            self.session.on_message(msg)
+        elif self._deciding or self._broken:
+            self._refuse("a frame before the handshake was answered", Error(ErrorCode.PROTOCOL, None, "wait"))
+        elif not isinstance(msg, Handshake):
+            self._refuse(f"{type(msg).__name__} before the handshake", Error(ErrorCode.PROTOCOL, None, "handshake"))
+        else:
+            self._deciding = True
+            assert self._accept is not None
+            d = self._accept(msg)
+            d.addCallbacks(self._accepted, self._accept_failed, callbackArgs=(msg,))
+
+    def on_payload(self, index: int, chunk: Chunk) -> None:
+        if self.session is not None:
+            self.session.on_payload(index, chunk)
+
+    def on_payload_end(self, index: int) -> None:
+        if self.session is not None:
+            self.session.on_payload_end(index)
+
+    def _accepted(self, decision: SessionFactory | Error, handshake: Handshake) -> None:
+        self._deciding = False
+        if self._broken or self.transport is None or self._flow.stopped is not None:
+            return
+        if isinstance(decision, Error):
+            self._refuse(f"refused: {decision.code.name}: {decision.message}", decision)
+            return
+        self._stop_timer()
+        self.session = decision(self)
+        self._decoder.max_payload = self.session.max_payload
+        self.session.start()
+        self.session.on_message(handshake)
+
+    def _accept_failed(self, failure: Failure) -> None:
+        self.log.failure("deciding on an inbound handshake failed", failure)
+        self._deciding = False
+        self._refuse("internal error", Error(ErrorCode.INTERNAL, None, "internal error"))
+
+    def _refuse(self, reason: str, error: Error | None = None) -> None:
+        self._stop_timer()
+        self._broken = True
+        self.log.debug("refusing peer connection: {reason}", reason=reason)
+        if self.transport is not None:
+            if error is not None:
+                self.send(error)
+            self.transport.loseConnection()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     # --- IPeerConnection ------------------------------------------------------------------------------------
 

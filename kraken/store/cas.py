@@ -30,7 +30,7 @@ from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 
 from kraken.core import Digest, MetaInfo, PieceLengthRule
-from kraken.store.downloads import DownloadArea
+from kraken.store.downloads import DownloadArea, pread
 from kraken.store.uploads import COPY_CHUNK, UploadArea
 from kraken.store.workers import Worker
 
@@ -94,6 +94,10 @@ class CAStore:
     async def metainfo(self, digest: Digest) -> MetaInfo | None:
         data = await self._worker.run(_read_or_none, os.path.join(self._dir(digest), "metainfo"))
         return None if data is None else MetaInfo.from_json(data)
+
+    async def read_range(self, digest: Digest, offset: int, size: int) -> bytes:
+        """``size`` bytes of a cached blob from ``offset`` (a piece to serve); ``FileNotFoundError`` if absent."""
+        return await self._worker.run(pread, self.blob_path(digest), offset, size)
 
     async def touch(self, digest: Digest) -> None:
         """Record an access (for the cleanup that evicts idle blobs)."""

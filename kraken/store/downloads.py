@@ -84,7 +84,7 @@ class PartialBlob:
         if not self.have[index]:
             raise KeyError(f"piece {index} of {self.digest} is not here yet")
         size = self.metainfo.piece_size(index)
-        return await self._worker.run(_pread, os.path.join(self._dir, "data"), self.metainfo.piece_offset(index), size)
+        return await self._worker.run(pread, os.path.join(self._dir, "data"), self.metainfo.piece_offset(index), size)
 
     async def _save_status(self) -> None:
         # Serialised, and written from a snapshot: the newest status always
@@ -181,7 +181,7 @@ def _pwrite(path: str, offset: int, data: bytes) -> None:
         os.close(fd)
 
 
-def _pread(path: str, offset: int, size: int) -> bytes:
+def pread(path: str, offset: int, size: int) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
         return os.pread(fd, size, offset)

@@ -182,6 +182,18 @@ def test_timeouts() -> None:
     d.piece_received("b", pb)
     assert d.next_requests("b", 12.0) == [pa]
     assert d.expired(100.0) == sorted([("a", again[0]), ("b", pa)])
+    # A timeout passes a peer over for one more timeout only: a busy peer may be the only one with the piece.
+    assert pa in d.next_requests("a", 100.0)
+
+
+def test_failed_piece_is_never_asked_again_and_origins_get_a_longer_pipeline() -> None:
+    d = make(4, limit=1)
+    d.peer_joined("a", Bitfield.full(4))
+    d.peer_joined("o", Bitfield.full(4), pipeline_limit=3)
+    (pa,) = d.next_requests("a", 0.0)
+    d.piece_failed("a", pa)
+    assert pa not in d.next_requests("a", 1e9)
+    assert len(d.next_requests("o", 0.0)) == 3
 
 
 def test_validation() -> None:
@@ -242,7 +254,7 @@ def test_simulation(
     )
     have = d.have()
     bitfields: dict[str, Bitfield] = {}
-    refused: set[tuple[str, int]] = set()
+    refused: dict[tuple[str, int], float] = {}  # -> asked again no earlier than this
     sent_at: dict[tuple[str, int], float] = {}
     now = 0.0
 
@@ -257,7 +269,7 @@ def test_simulation(
         for i in got:
             assert not have[i], "requested a piece we have"
             assert bitfields[peer][i], "requested a piece the peer lacks"
-            assert (peer, i) not in refused, "asked a peer again for a piece it failed"
+            assert refused.get((peer, i), -1.0) <= now, "asked a peer again too soon for a piece it failed"
             assert peer not in before[i]
             if before[i]:
                 assert d.in_endgame(), "duplicate request outside endgame"
@@ -274,7 +286,7 @@ def test_simulation(
     def expire() -> None:
         for peer, i in d.expired(now):
             assert now - sent_at[(peer, i)] > timeout
-            refused.add((peer, i))
+            refused[(peer, i)] = max(refused.get((peer, i), 0.0), now + timeout)
 
     def seed_delivers_all() -> None:
         for i in sorted(d.outstanding(SEED)):
@@ -301,7 +313,7 @@ def test_simulation(
             if mine:
                 index = mine[value % len(mine)]
                 d.piece_failed(peer, index)
-                refused.add((peer, index))
+                refused[(peer, index)] = float("inf")
                 assert d.outstanding(peer) == set(mine) - {index}
         elif kind == "leave" and peer != SEED:
             d.peer_left(peer)

@@ -1,0 +1,110 @@
+"""The P2P section shared by the agent's and the origin's configuration (``p2p:`` in their YAML).
+
+Defaults and why (Kraken's values unless said otherwise):
+
+- ``max_conns_per_torrent`` 10: each peer keeps at most ten connections per blob, so the swarm is a
+  pseudo-random regular graph of degree about ten, whatever its size.
+- ``pipeline_limit`` 3 requests outstanding per agent peer, ``origin_pipeline_limit`` 5 per origin: enough to
+  keep a link busy while the next answer is in flight, few enough to spread pieces across peers.
+- ``request_timeout``: ``max(request_timeout_min, request_timeout_per_mib * piece MiB)`` = 16 s for 4 MiB pieces.
+- ``conn_tti`` 30 s: a connection that moves no piece either way for this long is closed.
+- ``seeder_tti`` 5 min: a finished blob nobody asked for is dropped from memory (it stays on disk and is served
+  again on the next handshake). ``leecher_tti`` 5 min: a download that wrote no piece for this long fails.
+- ``blacklist`` 30 s: after a peer breaks the protocol or sends a corrupt piece, or a dial to it fails, it is not
+  dialled again for this blob for this long.
+- bandwidth, in bits per second each way, is on by default for agents (Kraken's 1.6 Gbit/s out, 2.4 Gbit/s in)
+  and off for origins. Only piece payloads are metered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+
+import attrs
+
+from kraken.config import Duration, positive
+from kraken.net.endpoints import check_listen, host_port
+
+MIB = 1 << 20
+
+
+@attrs.frozen
+class BandwidthConfig:
+    enabled: bool = True
+    egress_bits_per_sec: int = attrs.field(default=200 * 8 * MIB, validator=positive)
+    ingress_bits_per_sec: int = attrs.field(default=300 * 8 * MIB, validator=positive)
+
+
+def _no_bandwidth_limit() -> BandwidthConfig:
+    return BandwidthConfig(enabled=False)
+
+
+@attrs.frozen
+class P2PConfig:
+    # Endpoint description of the P2P listener. Peers on other hosts dial it: it listens on every interface
+    # unless an interface is given.
+    listen: str = attrs.field(default="tcp:16001", validator=check_listen)
+    # The address peers dial, ip:port. Derived from ``listen`` when unset (a wildcard interface becomes this
+    # host's address as its name resolves).
+    advertise: str | None = None
+    # 40 or 64 hex characters; default: SHA-1 of the advertised ip:port, stable across restarts.
+    peer_id: str | None = None
+    max_conns_per_torrent: int = attrs.field(default=10, validator=positive)
+    pipeline_limit: int = attrs.field(default=3, validator=positive)
+    origin_pipeline_limit: int = attrs.field(default=5, validator=positive)
+    request_timeout_min: Duration = attrs.field(default=Duration(4.0), validator=positive)
+    request_timeout_per_mib: Duration = attrs.field(default=Duration(4.0), validator=positive)
+    handshake_timeout: Duration = attrs.field(default=Duration(5.0), validator=positive)
+    conn_tti: Duration = attrs.field(default=Duration(30.0), validator=positive)
+    seeder_tti: Duration = attrs.field(default=Duration(300.0), validator=positive)
+    leecher_tti: Duration = attrs.field(default=Duration(300.0), validator=positive)
+    blacklist: Duration = attrs.field(default=Duration(30.0), validator=positive)
+    # How often connection and torrent TTIs are checked.
+    preemption_interval: Duration = attrs.field(default=Duration(5.0), validator=positive)
+    bandwidth: BandwidthConfig = attrs.field(factory=BandwidthConfig)
+
+    def __attrs_post_init__(self) -> None:
+        if self.peer_id is not None:
+            from kraken.core.peer import is_peer_id
+
+            if not is_peer_id(self.peer_id):
+                raise ValueError(f"peer_id must be 40 or 64 lowercase hex characters, not {self.peer_id!r}")
+        if self.advertise is not None:
+            split_address(self.advertise)
+
+    def advertised(self) -> tuple[str, int]:
+        """(ip, port) that peers dial. May resolve this host's name (at startup only)."""
+        if self.advertise is not None:
+            return split_address(self.advertise)
+        derived = host_port(self.listen, "")
+        if derived is None:
+            raise ValueError(f"cannot derive an address to advertise from p2p listen {self.listen!r}; set advertise")
+        host, port = split_address(derived)
+        if not host:
+            host = socket.gethostbyname(socket.gethostname())
+        return host, port
+
+    def request_timeout(self, piece_length: int) -> float:
+        return max(self.request_timeout_min, self.request_timeout_per_mib * piece_length / MIB)
+
+    def the_peer_id(self) -> str:
+        if self.peer_id is not None:
+            return self.peer_id
+        ip, port = self.advertised()
+        return hashlib.sha1(f"{ip}:{port}".encode()).hexdigest()
+
+
+def origin_p2p_defaults() -> P2PConfig:
+    """An origin's P2P section: Kraken's dev-cluster port, no bandwidth limit."""
+    return P2PConfig(listen="tcp:15001", bandwidth=_no_bandwidth_limit())
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``10.0.0.5:15001`` or ``[::1]:15001`` -> (ip, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address must be ip:port, not {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)

@@ -1,0 +1,747 @@
+"""Torrents, connections and the announce loop: one ``Scheduler`` per agent and per origin.
+
+A *torrent* is what this daemon knows about one blob in the swarm: its metainfo, the pieces it holds, its peer
+connections (at most ``max_conns_per_torrent``) and, while downloading, a ``Dispatcher`` that decides which piece to
+ask of whom. Torrents are keyed by digest.
+
+- **Agent** (``announcer`` given): ``download(namespace, digest)`` serves the blob from the cache, or creates the
+  torrent (metainfo from the tracker), opens the partial blob (resuming the pieces a previous run left), announces
+  to the tracker at the interval it returns and dials the peers it hands out until the torrent has its
+  connections; every caller waiting for that blob shares the one download. Each piece is checked against its
+  SHA-256 before it is written, then announced (``HAVE``) to the other connections; the finished blob moves
+  atomically into the cache and the torrent announces once more, complete, then keeps seeding.
+- **Origin** (no announcer): only accepts connections and serves the blobs of its cache. The tracker learns which
+  origins hold a blob from the origins themselves.
+
+Any side accepts connections for a blob it holds, whole or in part: the handshake names the blob, and a
+completed torrent dropped from memory (seeder TTI) is re-opened from the cache.
+
+Peers are blacklisted for a blob (``blacklist``) when a dial or handshake fails, when they break the protocol and
+when they send a corrupt piece. Piece payloads pass through the daemon's egress and ingress token buckets: a
+request waits for ingress tokens before it is sent, a piece for egress tokens before it is read from disk.
+Back-pressure: a piece is read from disk only once its connection's transport has room
+(``PeerProtocol.when_writable``), so each connection buffers at most about one piece.
+
+All state lives on the reactor thread; disk and hashing run in the store's workers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from kraken.core import Bitfield, Digest, MetaInfo
+from kraken.core.peer import PeerInfo
+from kraken.p2p.bandwidth import TokenBucket, Unlimited
+from kraken.p2p.config import P2PConfig
+from kraken.p2p.dispatch import Dispatcher
+from kraken.p2p.protocol import PeerProtocol, SessionFactory
+from kraken.p2p.session import (
+    Closed,
+    IPeerConnection,
+    IPeerSessionObserver,
+    PeerDisconnected,
+    PeerSession,
+    PieceRequestFailed,
+    SessionNotOpen,
+)
+from kraken.p2p.wire import Chunk, Error, ErrorCode, Handshake
+from kraken.store import CAStore, PartialBlob, PieceCorrupt
+
+
+class BlobNotFound(Exception):
+    """No origin has the blob (the tracker has no metainfo for it)."""
+
+
+class DownloadFailed(Exception):
+    """The download stalled past the leecher TTI, or the scheduler stopped."""
+
+
+MetaInfoSource = Callable[[str, Digest], Awaitable[MetaInfo | None]]
+"""``(namespace, digest) -> MetaInfo`` or None when no origin has the blob (the tracker client's ``metainfo``)."""
+
+Announcer = Callable[[PeerInfo, str, Digest, str], Awaitable[tuple[list[PeerInfo], float]]]
+"""``(me, namespace, digest, info_hash) -> (peers, interval)`` (the tracker client's ``announce``)."""
+
+Connector = Callable[[PeerInfo, Factory], "Deferred[Protocol]"]
+"""Dials a peer with a factory (tests join schedulers in memory)."""
+
+DEFAULT_ANNOUNCE_INTERVAL = 5.0
+MAX_ANNOUNCE_INTERVAL = 60.0
+
+
+@attrs.frozen
+class Stats:
+    """Counters of one scheduler since it started (``attrs.asdict`` gives JSON)."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    pieces_in: int = 0
+    pieces_out: int = 0
+    pieces_in_from_origins: int = 0
+    pieces_in_from_agents: int = 0
+    bytes_in_from_origins: int = 0
+    bytes_in_from_agents: int = 0
+    corrupt_pieces: int = 0
+    downloads_completed: int = 0
+    torrents: int = 0
+    connections: int = 0
+
+
+class _PieceBuffer:
+    """Receives one piece's payload into a buffer of the piece's size, allocated when the first byte arrives."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._buf: bytearray | None = None
+        self._pos = 0
+
+    def write(self, chunk: Chunk) -> None:
+        if self._buf is None:
+            self._buf = bytearray(self._size)
+        end = self._pos + len(chunk)
+        self._buf[self._pos : end] = chunk
+        self._pos = end
+
+    def data(self) -> bytes | bytearray:
+        return self._buf if self._buf is not None else b""
+
+
+@attrs.define(eq=False)
+class _Conn:
+    peer_id: str
+    protocol: PeerProtocol
+    session: PeerSession
+    origin: bool
+    sends: deque[int] = attrs.field(factory=deque)
+    sending: bool = False
+    requests: dict[int, Deferred[int]] = attrs.field(factory=dict)
+
+
+@attrs.define(eq=False)
+class _Torrent:
+    namespace: str
+    info: MetaInfo
+    bitfield: Bitfield
+    partial: PartialBlob | None
+    dispatcher: Dispatcher | None
+    last_active: float
+    conns: dict[str, _Conn] = attrs.field(factory=dict)
+    dialing: set[str] = attrs.field(factory=set)
+    blacklist: dict[str, float] = attrs.field(factory=dict)
+    waiters: list[Deferred[str]] = attrs.field(factory=list)
+    announce_call: IDelayedCall | None = None
+    installing: bool = False
+    closed: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.partial is None
+
+
+class Scheduler(Service):
+    log = Logger()
+
+    def __init__(
+        self,
+        config: P2PConfig,
+        *,
+        reactor: Any,
+        store: CAStore,
+        metainfo: MetaInfoSource | None = None,
+        announcer: Announcer | None = None,
+        peer_id: str | None = None,
+        advertise: tuple[str, int] | None = None,
+        connect: Connector | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        """``reactor`` gives the clock (and dials peers unless ``connect`` is given). Without ``announcer`` and
+        ``metainfo`` this is an origin's scheduler: it only serves the blobs of ``store``."""
+        self._config = config
+        self._clock: IReactorTime = reactor
+        self._reactor = reactor
+        self._store = store
+        self._metainfo = metainfo
+        self._announcer = announcer
+        ip, port = advertise if advertise is not None else config.advertised()
+        self.peer_id = peer_id or config.the_peer_id()
+        self._me = PeerInfo(self.peer_id, ip, port)
+        self._peer_id_bytes = bytes.fromhex(self.peer_id)
+        self._connect = connect or self._dial_tcp
+        self._rng = rng or random.Random()
+        self._torrents: dict[Digest, _Torrent] = {}
+        self._starting: dict[Digest, list[Deferred[_Torrent]]] = {}
+        self._counts: dict[str, int] = dict.fromkeys(attrs.fields_dict(Stats), 0)
+        bandwidth = config.bandwidth
+        self._egress: TokenBucket | Unlimited = Unlimited()
+        self._ingress: TokenBucket | Unlimited = Unlimited()
+        if bandwidth.enabled:
+            egress, ingress = bandwidth.egress_bits_per_sec / 8, bandwidth.ingress_bits_per_sec / 8
+            self._egress = TokenBucket(egress, egress, clock=self._clock)
+            self._ingress = TokenBucket(ingress, ingress, clock=self._clock)
+        self._preemption = LoopingCall(self._preempt)
+        self._preemption.clock = self._clock
+
+    # --- the API ------------------------------------------------------------------------------------------------
+
+    def factory(self) -> Factory:
+        """The factory of the P2P listener."""
+        return _Listener(self)
+
+    def stats(self) -> Stats:
+        counts = dict(self._counts)
+        counts["torrents"] = len(self._torrents)
+        counts["connections"] = sum(len(t.conns) for t in self._torrents.values())
+        return Stats(**counts)
+
+    async def download(self, namespace: str, digest: Digest) -> str:
+        """The path of the blob in the cache, downloading it first unless already there.
+
+        Concurrent calls for one blob share one download. Raises ``BlobNotFound`` or ``DownloadFailed``."""
+        if not self.running:
+            raise DownloadFailed("the scheduler is stopped")
+        path = self._store.blob_path(digest)
+        torrent = self._torrents.get(digest)
+        if torrent is not None and torrent.complete:
+            torrent.last_active = self._clock.seconds()
+            return path
+        if torrent is None and await self._store.stat(digest) is not None:
+            await self._store.touch(digest)
+            return path
+        torrent = self._torrents.get(digest)
+        if torrent is None:
+            torrent = await self._start(namespace, digest)
+        if torrent.complete:
+            return path
+        waiter: Deferred[str] = Deferred(lambda d: torrent.waiters.remove(d) if d in torrent.waiters else None)
+        torrent.waiters.append(waiter)
+        return await waiter
+
+    # --- Service ------------------------------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._preemption.start(self._config.preemption_interval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._preemption.running:
+            self._preemption.stop()
+        for torrent in list(self._torrents.values()):
+            self._drop(torrent, DownloadFailed("the scheduler stopped"))
+        for bucket in (self._egress, self._ingress):
+            bucket.close()
+
+    # --- torrents -----------------------------------------------------------------------------------------------
+
+    async def _start(self, namespace: str, digest: Digest) -> _Torrent:
+        """Create the download torrent for ``digest``, once however many ask at the same time."""
+        # Each caller waits on its own Deferred, so cancelling one caller leaves the others waiting.
+        waiters = self._starting.get(digest)
+        first = waiters is None
+        if waiters is None:
+            waiters = self._starting[digest] = []
+        mine: Deferred[_Torrent] = Deferred(lambda d: waiters.remove(d) if d in waiters else None)
+        waiters.append(mine)
+        if first:
+            Deferred.fromCoroutine(self._create_download(namespace, digest)).addBoth(self._started, digest)
+        return await mine
+
+    def _started(self, result: _Torrent | Failure, digest: Digest) -> None:
+        for d in self._starting.pop(digest, []):
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+    async def _create_download(self, namespace: str, digest: Digest) -> _Torrent:
+        if self._metainfo is None or self._announcer is None:
+            raise BlobNotFound(f"{digest} is not here, and an origin does not download")
+        info = await self._metainfo(namespace, digest)
+        if info is None:
+            raise BlobNotFound(f"no origin has {digest}")
+        partial = await self._store.downloads.open(info)
+        existing = self._torrents.get(digest)
+        if existing is not None:
+            return existing
+        now = self._clock.seconds()
+        dispatcher = Dispatcher(
+            info.num_pieces,
+            partial.have,
+            pipeline_limit=self._config.pipeline_limit,
+            request_timeout=self._config.request_timeout(info.piece_length),
+            rng=self._rng,
+        )
+        torrent = _Torrent(namespace, info, partial.have, partial, dispatcher, now)
+        self._torrents[digest] = torrent
+        self.log.info(
+            "downloading {digest} ({bytes} bytes, {pieces} pieces, {have} on disk)",
+            digest=str(digest),
+            bytes=info.length,
+            pieces=info.num_pieces,
+            have=partial.have.count(),
+        )
+        if partial.complete():
+            await self._finish(torrent)
+        else:
+            self._announce_soon(torrent, 0.0)
+        return torrent
+
+    async def _seeding_torrent(self, namespace: str, digest: Digest) -> _Torrent | None:
+        """The torrent to serve ``digest`` from: in memory, or re-opened from the cache."""
+        torrent = self._torrents.get(digest)
+        if torrent is not None:
+            return torrent
+        info = await self._store.metainfo(digest)
+        if info is None:
+            return None
+        torrent = self._torrents.get(digest)  # opened meanwhile
+        if torrent is None:
+            torrent = _Torrent(namespace, info, Bitfield.full(info.num_pieces), None, None, self._clock.seconds())
+            self._torrents[digest] = torrent
+        return torrent
+
+    def _drop(self, torrent: _Torrent, error: Exception | None) -> None:
+        """Forget the torrent: close its connections, stop announcing, fail its waiters with ``error``."""
+        torrent.closed = True
+        if self._torrents.get(torrent.info.digest) is torrent:
+            del self._torrents[torrent.info.digest]
+        if torrent.announce_call is not None and torrent.announce_call.active():
+            torrent.announce_call.cancel()
+        torrent.announce_call = None
+        for conn in list(torrent.conns.values()):
+            conn.session.close("torrent closed")
+        waiters, torrent.waiters = torrent.waiters, []
+        for d in waiters:
+            d.errback(error or DownloadFailed("the download was dropped"))
+
+    def _preempt(self) -> None:
+        """TTIs of torrents and expiry of blacklist entries (every ``preemption_interval``)."""
+        now = self._clock.seconds()
+        for torrent in list(self._torrents.values()):
+            torrent.blacklist = {p: until for p, until in torrent.blacklist.items() if until > now}
+            idle = now - torrent.last_active
+            if torrent.complete and idle > self._config.seeder_tti and not torrent.installing:
+                self.log.debug("dropping idle seeder torrent {digest}", digest=str(torrent.info.digest))
+                self._drop(torrent, None)
+            elif not torrent.complete and idle > self._config.leecher_tti and not torrent.installing:
+                self.log.warn(
+                    "download of {digest} stalled for {seconds:.0f} s: cancelled",
+                    digest=str(torrent.info.digest),
+                    seconds=idle,
+                )
+                self._drop(torrent, DownloadFailed(f"no piece of {torrent.info.digest} arrived for {idle:.0f} s"))
+                ensureDeferred(self._store.downloads.discard(torrent.info.digest)).addErrback(
+                    lambda f: self.log.failure("discarding a stalled download failed", f)
+                )
+
+    # --- announcing and dialling ----------------------------------------------------------------------------
+
+    def _announce_soon(self, torrent: _Torrent, delay: float) -> None:
+        if torrent.closed or self._announcer is None:
+            return
+        if torrent.announce_call is not None and torrent.announce_call.active():
+            torrent.announce_call.cancel()
+        torrent.announce_call = self._clock.callLater(delay, self._announce, torrent)
+
+    def _announce(self, torrent: _Torrent) -> None:
+        torrent.announce_call = None
+        Deferred.fromCoroutine(self._announce_once(torrent)).addErrback(
+            lambda f: self.log.failure("announce loop failed", f)
+        )
+
+    async def _announce_once(self, torrent: _Torrent) -> None:
+        assert self._announcer is not None
+        complete = torrent.complete
+        me = attrs.evolve(self._me, complete=complete)
+        interval = DEFAULT_ANNOUNCE_INTERVAL
+        try:
+            peers, interval = await self._announcer(me, torrent.namespace, torrent.info.digest, torrent.info.info_hash)
+        except CancelledError:
+            raise
+        except Exception as e:
+            self.log.warn("announce of {digest} failed: {error}", digest=str(torrent.info.digest), error=str(e))
+            peers = []
+        if torrent.closed or complete:
+            return  # a complete torrent announces once and then stops
+        if not 0 < interval <= MAX_ANNOUNCE_INTERVAL:
+            interval = DEFAULT_ANNOUNCE_INTERVAL
+        self._dial_some(torrent, peers)
+        if not torrent.complete:
+            self._announce_soon(torrent, interval)
+
+    def _dial_some(self, torrent: _Torrent, peers: list[PeerInfo]) -> None:
+        now = self._clock.seconds()
+        for peer in peers:
+            if len(torrent.conns) + len(torrent.dialing) >= self._config.max_conns_per_torrent:
+                return
+            if (
+                peer.peer_id == self.peer_id
+                or peer.peer_id in torrent.conns
+                or peer.peer_id in torrent.dialing
+                or torrent.blacklist.get(peer.peer_id, 0.0) > now
+            ):
+                continue
+            torrent.dialing.add(peer.peer_id)
+            Deferred.fromCoroutine(self._dial(torrent, peer)).addErrback(
+                lambda f: self.log.failure("dialling a peer failed", f)
+            )
+
+    async def _dial(self, torrent: _Torrent, peer: PeerInfo) -> None:
+        factory = _Dialer(self._session_factory(torrent, expected=peer.peer_id, initiator=True))
+        try:
+            protocol = await self._connect(peer, factory)
+            assert isinstance(protocol, PeerProtocol) and protocol.session is not None
+            session = protocol.session
+            await session.when_handshaken()
+        except CancelledError:
+            raise
+        except Exception as e:
+            torrent.dialing.discard(peer.peer_id)
+            if peer.peer_id not in torrent.conns:  # not a lost race with its own dial to us
+                self._blacklist(torrent, peer.peer_id, f"dial failed: {e}")
+            return
+        torrent.dialing.discard(peer.peer_id)
+        self._opened(torrent, protocol, session, origin=peer.origin)
+
+    def _dial_tcp(self, peer: PeerInfo, factory: Factory) -> Deferred[Protocol]:
+        timeout = self._config.handshake_timeout
+        endpoint_class = TCP6ClientEndpoint if ":" in peer.ip else TCP4ClientEndpoint
+        endpoint = endpoint_class(self._reactor, peer.ip, peer.port, timeout=timeout)
+        return cast("Deferred[Protocol]", endpoint.connect(factory))
+
+    def _blacklist(self, torrent: _Torrent, peer_id: str, why: str) -> None:
+        self.log.info(
+            "blacklisting peer {peer} for {digest}: {why}", peer=peer_id[:12], digest=str(torrent.info.digest), why=why
+        )
+        torrent.blacklist[peer_id] = self._clock.seconds() + self._config.blacklist
+
+    # --- accepting ------------------------------------------------------------------------------------------
+
+    def _accept(self, handshake: Handshake) -> Deferred[SessionFactory | Error]:
+        return Deferred.fromCoroutine(self._decide(handshake))
+
+    async def _decide(self, handshake: Handshake) -> SessionFactory | Error:
+        if not self.running:
+            return Error(ErrorCode.BUSY, None, "shutting down")
+        digest = Digest(handshake.digest.hex())
+        torrent = await self._seeding_torrent(handshake.namespace, digest)
+        if torrent is None or torrent.closed:
+            return Error(ErrorCode.UNKNOWN_BLOB, None, f"no {digest} here")
+        if handshake.info_hash.hex() != torrent.info.info_hash:
+            return Error(ErrorCode.UNKNOWN_BLOB, None, "info hash differs")
+        remote = handshake.peer_id.hex()
+        if torrent.blacklist.get(remote, 0.0) > self._clock.seconds():
+            return Error(ErrorCode.BUSY, None, "blacklisted")
+        if remote in torrent.conns:
+            return Error(ErrorCode.BUSY, None, "already connected")
+        # Both sides dialled each other: keep the connection opened by the smaller peer id.
+        if remote in torrent.dialing and remote > self.peer_id:
+            return Error(ErrorCode.BUSY, None, "already dialling")
+        if len(torrent.conns) + len(torrent.dialing) >= self._config.max_conns_per_torrent:
+            return Error(ErrorCode.BUSY, None, "at capacity")
+        make = self._session_factory(torrent, expected=None, initiator=False, namespace=handshake.namespace)
+
+        def session(connection: IPeerConnection) -> PeerSession:
+            s = make(connection)
+            protocol = cast(PeerProtocol, connection)
+            s.when_handshaken().addCallbacks(lambda _: self._opened(torrent, protocol, s, origin=False), lambda _: None)
+            return s
+
+        return session
+
+    # --- connections ------------------------------------------------------------------------------------------
+
+    def _session_factory(
+        self, torrent: _Torrent, *, expected: str | None, initiator: bool, namespace: str | None = None
+    ) -> SessionFactory:
+        observer = _Observer(self, torrent)
+
+        def make(protocol: IPeerConnection) -> PeerSession:
+            return PeerSession(
+                protocol,
+                observer,
+                clock=self._clock,
+                metainfo=torrent.info,
+                namespace=torrent.namespace if namespace is None else namespace,
+                peer_id=self._peer_id_bytes,
+                bitfield=torrent.bitfield,
+                initiator=initiator,
+                expected_peer_id=None if expected is None else bytes.fromhex(expected),
+                handshake_timeout=self._config.handshake_timeout,
+                idle_timeout=self._config.conn_tti,
+                request_timeout=self._config.request_timeout(torrent.info.piece_length),
+            )
+
+        return make
+
+    def _opened(self, torrent: _Torrent, protocol: PeerProtocol, session: PeerSession, *, origin: bool) -> None:
+        assert session.remote is not None
+        peer_id = session.remote.peer_id.hex()
+        if torrent.closed or peer_id in torrent.conns:
+            session.close("duplicate connection" if not torrent.closed else "torrent closed")
+            return
+        if torrent.complete and session.remote_bitfield.complete():
+            session.close("both sides are complete")
+            return
+        conn = _Conn(peer_id, protocol, session, origin)
+        torrent.conns[peer_id] = conn
+        session.when_closed().addCallback(self._closed, torrent, conn)
+        if torrent.dispatcher is not None:
+            limit = self._config.origin_pipeline_limit if origin else self._config.pipeline_limit
+            torrent.dispatcher.peer_joined(peer_id, session.remote_bitfield, pipeline_limit=limit)
+            self._request_more(torrent, conn)
+
+    def _closed(self, closed: Closed, torrent: _Torrent, conn: _Conn) -> None:
+        if torrent.conns.get(conn.peer_id) is conn:
+            del torrent.conns[conn.peer_id]
+        conn.sends.clear()
+        if closed.violation:
+            self._blacklist(torrent, conn.peer_id, closed.reason)
+        if torrent.dispatcher is not None:
+            torrent.dispatcher.peer_left(conn.peer_id)
+            for other in list(torrent.conns.values()):  # its pieces are back in the pool
+                self._request_more(torrent, other)
+
+    # --- downloading --------------------------------------------------------------------------------------------
+
+    def _request_more(self, torrent: _Torrent, conn: _Conn) -> None:
+        dispatcher = torrent.dispatcher
+        if dispatcher is None or torrent.conns.get(conn.peer_id) is not conn:
+            return
+        for index in dispatcher.next_requests(conn.peer_id, self._clock.seconds()):
+            Deferred.fromCoroutine(self._fetch(torrent, conn, index)).addErrback(
+                lambda f: self.log.failure("fetching a piece failed", f)
+            )
+
+    async def _fetch(self, torrent: _Torrent, conn: _Conn, index: int) -> None:
+        dispatcher, partial = torrent.dispatcher, torrent.partial
+        assert dispatcher is not None and partial is not None
+        size = torrent.info.piece_size(index)
+        buffer = _PieceBuffer(size)
+        try:
+            await self._ingress.reserve(size)
+            if torrent.conns.get(conn.peer_id) is not conn or index not in dispatcher.outstanding(conn.peer_id):
+                return  # cancelled (endgame) or gone while waiting for tokens
+            request = conn.session.request_piece(index, buffer.write)
+            conn.requests[index] = request
+            try:
+                await request
+            finally:
+                conn.requests.pop(index, None)
+        except CancelledError:
+            return  # another peer delivered it first
+        except (PeerDisconnected, SessionNotOpen):
+            return  # peer_left gave its requests back
+        except (PieceRequestFailed, TimeoutError, defer.TimeoutError) as e:
+            now = self._clock.seconds()
+            timed_out = not isinstance(e, PieceRequestFailed)
+            until = now + self._config.request_timeout(torrent.info.piece_length) if timed_out else float("inf")
+            dispatcher.piece_failed(conn.peer_id, index, until=until)
+            self.log.debug("piece {piece} from {peer}: {error}", piece=index, peer=conn.peer_id[:12], error=str(e))
+            self._request_all(torrent)
+            return
+        try:
+            written = await partial.write_piece(index, bytes(buffer.data()))
+        except PieceCorrupt:
+            self._counts["corrupt_pieces"] += 1
+            dispatcher.piece_failed(conn.peer_id, index)
+            conn.session.close(f"piece {index} does not match its SHA-256", violation=True)
+            return
+        except Exception:
+            self.log.failure("writing piece {piece} of {digest} failed", piece=index, digest=str(torrent.info.digest))
+            dispatcher.piece_failed(conn.peer_id, index, until=self._clock.seconds() + self._config.blacklist)
+            self._request_all(torrent)
+            return
+        for other in dispatcher.piece_received(conn.peer_id, index):
+            pending = torrent.conns[other].requests.get(index) if other in torrent.conns else None
+            if pending is not None:
+                pending.cancel()
+        if written:
+            self._piece_arrived(torrent, conn, index, size)
+        if dispatcher.complete():
+            if not torrent.installing:
+                await self._finish(torrent)
+        else:
+            self._request_more(torrent, conn)
+
+    def _piece_arrived(self, torrent: _Torrent, conn: _Conn, index: int, size: int) -> None:
+        torrent.last_active = self._clock.seconds()
+        source = "origins" if conn.origin else "agents"
+        for key, amount in (
+            ("pieces_in", 1),
+            ("bytes_in", size),
+            (f"pieces_in_from_{source}", 1),
+            (f"bytes_in_from_{source}", size),
+        ):
+            self._counts[key] += amount
+        for other in torrent.conns.values():
+            if other is not conn:
+                other.session.send_have(index)
+
+    def _request_all(self, torrent: _Torrent) -> None:
+        for conn in list(torrent.conns.values()):
+            self._request_more(torrent, conn)
+
+    async def _finish(self, torrent: _Torrent) -> None:
+        """Every piece is here: move the blob into the cache, tell the peers and the tracker, wake the waiters."""
+        assert torrent.partial is not None
+        torrent.installing = True
+        try:
+            await self._store.downloads.finish(torrent.partial)
+        except CancelledError:
+            raise
+        except Exception as e:
+            self.log.failure("installing {digest} failed", digest=str(torrent.info.digest))
+            self._drop(torrent, DownloadFailed(f"installing {torrent.info.digest} failed: {e}"))
+            return
+        finally:
+            torrent.installing = False
+        torrent.partial = None
+        torrent.dispatcher = None
+        torrent.last_active = self._clock.seconds()
+        self._counts["downloads_completed"] += 1
+        self.log.info("downloaded {digest}", digest=str(torrent.info.digest))
+        for conn in list(torrent.conns.values()):
+            for request in list(conn.requests.values()):
+                request.cancel()
+            if conn.session.remote_bitfield.complete():
+                conn.session.close("both sides are complete")
+            else:
+                conn.session.send_complete()
+        waiters, torrent.waiters = torrent.waiters, []
+        path = self._store.blob_path(torrent.info.digest)
+        for d in waiters:
+            d.callback(path)
+        self._announce_soon(torrent, 0.0)
+
+    # --- serving ----------------------------------------------------------------------------------------------
+
+    def _piece_requested(self, torrent: _Torrent, session: PeerSession, index: int) -> None:
+        conn = self._conn_of(torrent, session)
+        if conn is None:
+            return
+        if not torrent.bitfield[index]:
+            session.send_unavailable(index, "piece not here yet")
+            return
+        conn.sends.append(index)
+        if not conn.sending:
+            conn.sending = True
+            Deferred.fromCoroutine(self._send_pieces(torrent, conn)).addErrback(
+                lambda f: self.log.failure("serving pieces failed", f)
+            )
+
+    async def _send_pieces(self, torrent: _Torrent, conn: _Conn) -> None:
+        try:
+            while conn.sends and torrent.conns.get(conn.peer_id) is conn:
+                index = conn.sends[0]
+                size = torrent.info.piece_size(index)
+                await self._egress.reserve(size)
+                await conn.protocol.when_writable()
+                if not conn.sends or conn.sends[0] != index:
+                    continue  # cancelled meanwhile
+                conn.sends.popleft()
+                data = await self._read_piece(torrent, index)
+                conn.session.send_piece(index, data)
+                torrent.last_active = self._clock.seconds()
+                self._counts["pieces_out"] += 1
+                self._counts["bytes_out"] += size
+        except (PeerDisconnected, CancelledError):
+            pass
+        finally:
+            conn.sending = False
+
+    async def _read_piece(self, torrent: _Torrent, index: int) -> bytes:
+        info = torrent.info
+        partial = torrent.partial
+        if partial is not None:
+            try:
+                return await partial.read_piece(index)
+            except FileNotFoundError:
+                pass  # moved into the cache meanwhile
+        return await self._store.read_range(info.digest, info.piece_offset(index), info.piece_size(index))
+
+    def _piece_cancelled(self, torrent: _Torrent, session: PeerSession, index: int) -> None:
+        conn = self._conn_of(torrent, session)
+        if conn is not None:
+            try:
+                conn.sends.remove(index)
+            except ValueError:
+                pass
+
+    def _peer_has(self, torrent: _Torrent, session: PeerSession, index: int) -> None:
+        conn = self._conn_of(torrent, session)
+        if conn is not None and torrent.dispatcher is not None:
+            torrent.dispatcher.peer_has(conn.peer_id, index)
+            self._request_more(torrent, conn)
+
+    def _peer_complete(self, torrent: _Torrent, session: PeerSession) -> None:
+        conn = self._conn_of(torrent, session)
+        if conn is None:
+            return
+        if torrent.complete:
+            session.close("both sides are complete")
+        elif torrent.dispatcher is not None:
+            torrent.dispatcher.peer_complete(conn.peer_id)
+            self._request_more(torrent, conn)
+
+    def _conn_of(self, torrent: _Torrent, session: PeerSession) -> _Conn | None:
+        if session.remote is None:
+            return None
+        conn = torrent.conns.get(session.remote.peer_id.hex())
+        return conn if conn is not None and conn.session is session else None
+
+
+@implementer(IPeerSessionObserver)
+class _Observer:
+    """A torrent's ``IPeerSessionObserver``: forwards to the scheduler."""
+
+    def __init__(self, scheduler: Scheduler, torrent: _Torrent) -> None:
+        self._s = scheduler
+        self._t = torrent
+
+    def piece_requested(self, session: PeerSession, index: int) -> None:
+        self._s._piece_requested(self._t, session, index)
+
+    def piece_cancelled(self, session: PeerSession, index: int) -> None:
+        self._s._piece_cancelled(self._t, session, index)
+
+    def peer_has(self, session: PeerSession, index: int) -> None:
+        self._s._peer_has(self._t, session, index)
+
+    def peer_complete(self, session: PeerSession) -> None:
+        self._s._peer_complete(self._t, session)
+
+
+class _Dialer(Factory):
+    def __init__(self, make: SessionFactory) -> None:
+        self._make = make
+
+    def buildProtocol(self, addr: object) -> PeerProtocol:
+        return PeerProtocol(self._make)
+
+
+class _Listener(Factory):
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+
+    def buildProtocol(self, addr: object) -> PeerProtocol:
+        s = self._scheduler
+        return PeerProtocol.accepting(s._accept, clock=s._clock, handshake_timeout=s._config.handshake_timeout)
+
+
+__all__ = ["Announcer", "BlobNotFound", "Connector", "DownloadFailed", "MetaInfoSource", "Scheduler", "Stats"]

@@ -1,0 +1,312 @@
+"""The scheduler: schedulers joined through iosim on one Clock (tests/p2p/swarm.py), no sockets, no waiting."""
+
+from __future__ import annotations
+
+import pytest
+from swarm import NAMESPACE, PIECE, RawPeer, Swarm, blob, resolved, seed_store
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from kraken.p2p import wire
+from kraken.p2p.config import BandwidthConfig
+from kraken.p2p.scheduler import BlobNotFound, DownloadFailed
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def done(d: Deferred[str]) -> bool:
+    return d.called
+
+
+def outcome(d: Deferred[str]) -> object:
+    out: list[object] = []
+    d.addBoth(out.append)
+    return out[0] if out else None
+
+
+@pytest.fixture
+def swarm(tmp_path):
+    s = Swarm(tmp_path)
+    yield s
+    s.stop()
+    for call in s.clock.getDelayedCalls():
+        assert not call.active(), call
+
+
+def test_one_seeder_many_leechers(swarm):
+    data, info = blob(40)
+    origin = swarm.origin("origin", (data, info))
+    agents = [swarm.agent(f"agent{i}") for i in range(6)]
+    downloads = [a.download(info.digest) for a in agents]
+    swarm.run(lambda: all(map(done, downloads)))
+    for agent, d in zip(agents, downloads, strict=True):
+        assert read(resolved(d)) == data
+        assert resolved(Deferred.fromCoroutine(agent.store.metainfo(info.digest))) == info
+    stats = [a.scheduler.stats() for a in agents]
+    assert all(s.downloads_completed == 1 and s.pieces_in == info.num_pieces for s in stats)
+    # The agents exchanged pieces among themselves: the origin served fewer than one copy per agent.
+    served = origin.scheduler.stats().pieces_out
+    assert served < len(agents) * info.num_pieces
+    from_origin = sum(s.pieces_in_from_origins for s in stats)
+    assert from_origin <= served  # the rest were endgame duplicates
+    assert sum(s.pieces_in_from_agents for s in stats) == len(agents) * info.num_pieces - from_origin > 0
+    assert sum(s.pieces_out for s in stats) >= sum(s.pieces_in_from_agents for s in stats)
+    # Every agent announced once more, complete.
+    assert {p.peer_id for p in swarm.tracker.announces if p.complete} == {a.scheduler.peer_id for a in agents}
+
+
+def test_peers_holding_different_pieces_complete_each_other(swarm):
+    data, info = blob(30)
+    swarm.publish(info)
+    evens, odds = swarm.agent("evens"), swarm.agent("odds")
+    seed_store(evens.store, data, info, list(range(0, info.num_pieces, 2)))
+    seed_store(odds.store, data, info, list(range(1, info.num_pieces, 2)))
+    third = swarm.agent("third")
+    downloads = [evens.download(info.digest), odds.download(info.digest), third.download(info.digest)]
+    swarm.run(lambda: all(map(done, downloads)))
+    assert all(read(resolved(d)) == data for d in downloads)
+    half = info.num_pieces // 2
+    assert evens.scheduler.stats().pieces_in == half  # only what it lacked
+    assert odds.scheduler.stats().pieces_in == info.num_pieces - half
+    assert third.scheduler.stats().pieces_in_from_origins == 0
+
+
+def test_concurrent_requests_share_one_download(swarm):
+    data, info = blob(10)
+    origin = swarm.origin("origin", (data, info))
+    agent = swarm.agent("agent")
+    first, second = agent.download(info.digest), agent.download(info.digest)
+    swarm.run(lambda: done(first) and done(second))
+    assert resolved(first) == resolved(second)
+    assert swarm.tracker.metainfo_calls == 1
+    assert origin.scheduler.stats().pieces_out == info.num_pieces
+    # Once in the cache, it is served from there without the network.
+    again = agent.download(info.digest)
+    assert read(resolved(again)) == data
+    assert origin.scheduler.stats().pieces_out == info.num_pieces
+
+
+def test_unknown_blob(swarm):
+    _, info = blob(3)
+    agent = swarm.agent("agent")
+    d = agent.download(info.digest)
+    swarm.flush()
+    failure = outcome(d)
+    assert isinstance(failure, Failure) and failure.check(BlobNotFound)
+
+
+def test_a_corrupt_piece_is_detected_and_the_peer_blacklisted(swarm):
+    data, info = blob(12)
+    liars: list[RawPeer] = []
+
+    def corrupt(peer: RawPeer, index: int) -> None:
+        peer.write(wire.Piece(index, info.piece_size(index)), bytes(info.piece_size(index)))
+
+    def build() -> RawPeer:
+        liars.append(RawPeer(info, data, corrupt, "liar"))
+        return liars[-1]
+
+    swarm.publish(info)
+    swarm.listen("liar", build, origin=False, digest=info.digest)
+    agent = swarm.agent("agent")
+    d = agent.download(info.digest)
+    swarm.run(lambda: bool(liars) and liars[0].lost)
+    # Closed after the first bad piece, and not dialled again for the blacklist's 30 s, announce after announce.
+    announces = len(swarm.tracker.announces)
+    swarm.run(lambda: swarm.clock.seconds() > 20.0)
+    assert len(swarm.tracker.announces) > announces + 10
+    assert len(liars) == 1 and len(liars[0].requests) == 3  # the pipeline
+    assert not done(d)
+    swarm.origin("origin", (data, info))
+    swarm.run(lambda: done(d))
+    assert read(resolved(d)) == data
+    stats = agent.scheduler.stats()
+    assert stats.corrupt_pieces == 1
+    assert stats.pieces_in_from_origins == info.num_pieces
+
+
+def test_a_peer_that_breaks_the_protocol_is_blacklisted(swarm):
+    data, info = blob(8)
+    swarm.origin("origin", (data, info))
+    rude: list[RawPeer] = []
+
+    def garbage(peer: RawPeer, index: int) -> None:
+        assert peer.transport is not None
+        peer.transport.write(b"\xff" * 16)
+
+    def build() -> RawPeer:
+        rude.append(RawPeer(info, data, garbage, "rude"))
+        return rude[-1]
+
+    swarm.listen("rude", build, origin=False, digest=info.digest)
+    agent = swarm.agent("agent")
+    d = agent.download(info.digest)
+    swarm.run(lambda: done(d))
+    assert read(resolved(d)) == data
+    assert len(rude) == 1 and rude[0].lost
+
+
+def test_a_peer_that_disconnects_mid_piece(swarm):
+    data, info = blob(10)
+    swarm.origin("origin", (data, info))
+    quitters: list[RawPeer] = []
+
+    def half_then_hang_up(peer: RawPeer, index: int) -> None:
+        size = info.piece_size(index)
+        assert peer.transport is not None
+        peer.transport.write(wire.encode_header(wire.Piece(index, size)) + peer.piece(index)[: size // 2])
+        peer.transport.loseConnection()
+
+    def build() -> RawPeer:
+        quitters.append(RawPeer(info, data, half_then_hang_up, "quitter"))
+        return quitters[-1]
+
+    swarm.listen("quitter", build, origin=True, digest=info.digest)  # an "origin": asked first, five at a time
+    agent = swarm.agent("agent")
+    d = agent.download(info.digest)
+    swarm.run(lambda: done(d))
+    assert read(resolved(d)) == data
+    assert quitters and all(q.lost for q in quitters)
+    assert agent.scheduler.stats().pieces_in == info.num_pieces
+
+
+def test_requests_that_time_out_go_to_another_peer(swarm):
+    data, info = blob(6)
+    silent: list[RawPeer] = []
+
+    def ignore(peer: RawPeer, index: int) -> None:
+        pass
+
+    def build() -> RawPeer:
+        silent.append(RawPeer(info, data, ignore, "silent"))
+        return silent[-1]
+
+    swarm.publish(info)
+    swarm.listen("silent", build, origin=False, digest=info.digest)
+    agent = swarm.agent("agent")
+    d = agent.download(info.digest)
+    swarm.run(lambda: bool(silent and silent[0].requests))
+    assert sorted(silent[0].requests) == sorted(set(silent[0].requests)) and len(silent[0].requests) == 3
+    # After the request timeout (4 s) the first three pieces are given up and others asked for.
+    took = swarm.run(lambda: len(silent[0].requests) > 3)
+    assert 4.0 <= took <= 4.5
+    assert set(silent[0].requests[3:]).isdisjoint(silent[0].requests[:3])
+    assert not done(d)
+    origin = swarm.origin("origin", (data, info))
+    swarm.run(lambda: done(d))
+    assert read(resolved(d)) == data
+    assert origin.scheduler.stats().pieces_out >= info.num_pieces
+
+
+def test_a_stalled_download_fails_after_the_leecher_tti(tmp_path):
+    swarm = Swarm(tmp_path, leecher_tti=20.0, preemption_interval=1.0)
+    data, info = blob(4)
+    swarm.publish(info)
+    swarm.listen("silent", lambda: RawPeer(info, data, lambda p, i: None, "silent"), origin=True, digest=info.digest)
+    agent = swarm.agent("agent")
+    d = agent.download(info.digest)
+    took = swarm.run(lambda: done(d))
+    failure = outcome(d)
+    assert isinstance(failure, Failure) and failure.check(DownloadFailed)
+    assert 20.0 <= took <= 22.0
+    assert agent.scheduler.stats().torrents == 0
+    swarm.stop()
+
+
+def test_restart_resumes_with_the_missing_pieces_only(swarm, tmp_path):
+    data, info = blob(20)
+    swarm.publish(info)
+    stingy: list[RawPeer] = []
+
+    def first_eight(peer: RawPeer, index: int) -> None:
+        if len(peer.requests) <= 8:
+            peer.write(wire.Piece(index, info.piece_size(index)), peer.piece(index))
+
+    def build() -> RawPeer:
+        stingy.append(RawPeer(info, data, first_eight, "stingy"))
+        return stingy[-1]
+
+    swarm.listen("stingy", build, origin=True, digest=info.digest)
+    before = swarm.agent("before", store_root=str(tmp_path / "agent"))
+    d = before.download(info.digest)
+    swarm.run(lambda: before.scheduler.stats().pieces_in == 8)
+    before.scheduler.stopService()  # the agent goes down mid-download
+    swarm.flush()
+    failure = outcome(d)
+    assert isinstance(failure, Failure) and failure.check(DownloadFailed)
+
+    origin = swarm.origin("origin", (data, info))
+    after = swarm.agent("after", store_root=str(tmp_path / "agent"))
+    d = after.download(info.digest)
+    swarm.run(lambda: done(d))
+    assert read(resolved(d)) == data
+    assert after.scheduler.stats().pieces_in == info.num_pieces - 8
+    assert origin.scheduler.stats().pieces_out <= info.num_pieces - 8
+
+
+def test_a_finished_torrent_leaves_memory_and_is_served_again_from_the_cache(tmp_path):
+    swarm = Swarm(tmp_path, seeder_tti=30.0, preemption_interval=1.0)
+    data, info = blob(5)
+    swarm.origin("origin", (data, info))
+    first = swarm.agent("first")
+    d = first.download(info.digest)
+    swarm.run(lambda: done(d))
+    swarm.run(lambda: first.scheduler.stats().torrents == 0, limit=40.0)
+    # The origin is gone; the second agent gets every piece from the first agent's cache.
+    swarm.tracker.origins.clear()
+    second = swarm.agent("second")
+    d2 = second.download(info.digest)
+    swarm.run(lambda: done(d2))
+    assert read(resolved(d2)) == data
+    assert first.scheduler.stats().pieces_out == info.num_pieces
+    swarm.stop()
+
+
+def test_ingress_bandwidth_limit(tmp_path):
+    rate = 4 * PIECE  # bytes per second
+    swarm = Swarm(tmp_path)
+    data, info = blob(20)
+    swarm.origin("origin", (data, info))
+    agent = swarm.agent("agent", bandwidth=BandwidthConfig(ingress_bits_per_sec=rate * 8, egress_bits_per_sec=10**9))
+    d = agent.download(info.digest)
+    took = swarm.run(lambda: done(d), step=0.05)
+    assert read(resolved(d)) == data
+    # One second of burst, then the rate.
+    assert (len(data) - rate) / rate <= took <= len(data) / rate + 1.0
+    swarm.stop()
+
+
+def test_egress_bandwidth_limit_of_a_seeder(tmp_path):
+    rate = 8 * PIECE
+    swarm = Swarm(tmp_path)
+    data, info = blob(24)
+    swarm.origin("origin", (data, info))
+    swarm.tracker.origins.clear()
+    seeder = swarm.agent("seeder", bandwidth=BandwidthConfig(egress_bits_per_sec=rate * 8))
+    seed_store(seeder.store, data, info)
+    swarm.tracker.peers[info.digest] = {seeder.scheduler.peer_id: seeder.info}
+    swarm.tracker.peers[info.digest][seeder.scheduler.peer_id] = seeder.info.__class__(
+        seeder.scheduler.peer_id, "127.0.0.1", seeder.port, complete=True
+    )
+    leechers = [swarm.agent(f"l{i}") for i in range(2)]
+    downloads = [x.download(info.digest) for x in leechers]
+    took = swarm.run(lambda: all(map(done, downloads)), step=0.05)
+    assert all(read(resolved(d)) == data for d in downloads)
+    # The seeder's pieces left at its rate; the leechers shared the rest between them.
+    sent = seeder.scheduler.stats().bytes_out
+    assert sent >= len(data)
+    assert took >= (sent - rate) / rate
+    swarm.stop()
+
+
+def test_namespace_reaches_the_tracker(swarm):
+    data, info = blob(3)
+    swarm.origin("origin", (data, info))
+    agent = swarm.agent("agent")
+    d = agent.download(info.digest, namespace="other/repo")
+    swarm.run(lambda: done(d))
+    assert read(resolved(d)) == data
+    assert NAMESPACE != "other/repo"
