@@ -9,7 +9,7 @@ from typing import Any, Protocol, cast
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IPushProducer, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IPushProducer, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -149,10 +149,16 @@ class _Announcing:
 def listen_http(
     description: str, site: Site, *, reactor: Any, component: str, **fields: object
 ) -> StreamServerEndpointService:
-    """The daemon's HTTP listener, as ``strports.service`` builds it (a bind
-    failure aborts startup), named ``http``. Once the port is bound it logs
-    "<component> listening on <address> (<endpoint>)", with ``fields`` as
-    extra event keys."""
+    """The daemon's HTTP listener, named ``http`` (see ``listen``)."""
+    return listen(description, site, reactor=reactor, component=component, name="http", **fields)
+
+
+def listen(
+    description: str, factory: IProtocolFactory, *, reactor: Any, component: str, name: str, **fields: object
+) -> StreamServerEndpointService:
+    """A listener, as ``strports.service`` builds it (a bind failure aborts
+    startup), named ``name``. Once the port is bound it logs "<component>
+    listening on <address> (<endpoint>)", with ``fields`` as extra event keys."""
 
     def announce(port: IListeningPort) -> None:
         log.info(
@@ -164,11 +170,11 @@ def listen_http(
         )
 
     endpoint = _Announcing(serverFromString(reactor, description), announce)
-    service = StreamServerEndpointService(endpoint, site)
+    service = StreamServerEndpointService(endpoint, factory)
     # What strports.service does: raise a bind failure out of startService,
     # so twistd exits instead of running on without its port.
     service._raiseSynchronously = True
-    service.setName("http")
+    service.setName(name)
     return service
 
 

@@ -14,6 +14,7 @@ from kraken.config import Duration, Size, positive
 from kraken.core import PieceLengthRule
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen, host_port
+from kraken.p2p.config import P2PConfig, origin_p2p_defaults
 
 DEFAULT_LISTEN_HTTP = "tcp:15002:interface=127.0.0.1"
 
@@ -61,6 +62,8 @@ class OriginConfig:
     upload_ttl: Duration = attrs.field(default=Duration(3600.0), validator=positive)
     threads: ThreadsConfig = attrs.field(factory=ThreadsConfig)
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
+    # The P2P listener that seeds this origin's blobs to agents (no bandwidth limit unless set).
+    p2p: P2PConfig = attrs.field(factory=origin_p2p_defaults)
 
     def __attrs_post_init__(self) -> None:
         self.advertised()  # fail at load time, not at the first locations request

@@ -13,9 +13,10 @@ from twisted.logger import Logger
 
 from kraken import config as kconfig
 from kraken.net import make_http_client
-from kraken.net.server import listen_http, make_site
+from kraken.net.server import listen, listen_http, make_site
 from kraken.origin.config import OriginConfig
 from kraken.origin.http import OriginHTTP
+from kraken.p2p.scheduler import Scheduler
 from kraken.store import CAStore, ThreadPoolService, ThreadWorker, UploadExpiry
 
 log = Logger(namespace="kraken.origin")
@@ -31,7 +32,8 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
     """Everything one origin needs, as a MultiService (the herd composes it).
 
     Children start in this order and stop in reverse: thread pools, HTTP
-    client pool, upload expiry, then the HTTP listener.
+    client pool, upload expiry, the P2P scheduler, then the HTTP and P2P
+    listeners.
     """
     top = MultiService()
     top.setName("origin")
@@ -54,6 +56,10 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
 
     UploadExpiry(store.uploads.expire, clock=reactor, ttl=config.upload_ttl).setServiceParent(top)
 
+    scheduler = Scheduler(config.p2p, reactor=reactor, store=store)  # seeds only: no announcer, no downloads
+    scheduler.setName("scheduler")
+    scheduler.setServiceParent(top)
+
     app = OriginHTTP(store, clock=reactor, advertise=config.advertised())
 
     site = make_site(app.resource(), reactor=reactor, spool=store.uploads.spool)
@@ -64,6 +70,16 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
         component="origin",
         advertise=config.advertised(),
         root=config.store.root,
+    ).setServiceParent(top)
+    ip, port = config.p2p.advertised()
+    listen(
+        config.p2p.listen,
+        scheduler.factory(),
+        reactor=reactor,
+        component="origin P2P",
+        name="p2p",
+        peer_id=scheduler.peer_id,
+        advertise=f"{ip}:{port}",
     ).setServiceParent(top)
     return top
 

@@ -15,6 +15,8 @@ from twisted.python.failure import Failure
 from kraken.net import HTTPClientService
 from kraken.origin.config import OriginConfig, StoreConfig
 from kraken.origin.tap import Options, makeService, origin_service
+from kraken.p2p.config import BandwidthConfig, P2PConfig
+from kraken.p2p.scheduler import Scheduler
 from kraken.store import ThreadPoolService, UploadExpiry
 
 
@@ -59,15 +61,29 @@ def test_bad_endpoint_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def config(tmp_path: Path) -> OriginConfig:
-    return OriginConfig(listen_http="tcp:15999:interface=127.0.0.1", store=StoreConfig(root=str(tmp_path / "state")))
+    return OriginConfig(
+        listen_http="tcp:15999:interface=127.0.0.1",
+        store=StoreConfig(root=str(tmp_path / "state")),
+        p2p=P2PConfig(listen="tcp:15998:interface=127.0.0.1", bandwidth=BandwidthConfig(enabled=False)),
+    )
 
 
 def test_service_wiring(tmp_path: Path) -> None:
     reactor = MemoryReactorClock()
     top = origin_service(config(tmp_path), reactor)
     children = list(top)
-    assert [type(c) for c in children[:4]] == [ThreadPoolService, ThreadPoolService, HTTPClientService, UploadExpiry]
-    assert [c.name for c in children[:5]] == ["threads-cpu", "threads-io", "http-client", "upload-expiry", "http"]
+    assert [type(c) for c in children[:5]] == [
+        ThreadPoolService, ThreadPoolService, HTTPClientService, UploadExpiry, Scheduler,
+    ]  # fmt: skip
+    assert [c.name for c in children] == [
+        "threads-cpu",
+        "threads-io",
+        "http-client",
+        "upload-expiry",
+        "scheduler",
+        "http",
+        "p2p",
+    ]
     assert (tmp_path / "state" / "cache").is_dir()
 
     stopped: list[Any] = []
@@ -75,11 +91,15 @@ def test_service_wiring(tmp_path: Path) -> None:
         with capturedLogs() as events:
             top.privilegedStartService()
             top.startService()
-        [(port, _factory, _backlog, interface)] = reactor.tcpServers
-        assert (port, interface) == (15999, "127.0.0.1")
+        assert [(port, interface) for port, _f, _b, interface in reactor.tcpServers] == [
+            (15999, "127.0.0.1"), (15998, "127.0.0.1"),
+        ]  # fmt: skip
         [listening] = [e for e in events if e.get("component") == "origin" and "address" in e]
         assert listening["address"].endswith(":15999")
         assert listening["advertise"] == "127.0.0.1:15999"
+        [p2p] = [e for e in events if e.get("component") == "origin P2P" and "address" in e]
+        assert p2p["advertise"] == "127.0.0.1:15998"
+        assert p2p["peer_id"] == P2PConfig(advertise="127.0.0.1:15998").the_peer_id()
         assert any(c.active() for c in reactor.getDelayedCalls()), "the expiry timer is scheduled"
     finally:
         # Always stop: running pool threads would keep the test process alive.
