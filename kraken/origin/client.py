@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TypeVar
 from urllib.parse import quote
 
@@ -12,6 +13,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from kraken.core import Digest, MetaInfo
+from kraken.core.peer import PeerError, PeerInfo
 from kraken.net import HTTPStatusError
 from kraken.net.body import ThreadedFileProducer
 from kraken.net.service import ServiceClient, name_path
@@ -133,6 +135,19 @@ class OriginClient(ServiceClient):
         if info is not None and info.digest != digest:
             raise HTTPStatusError("GET", url, 200, f"metainfo is for {info.digest}".encode())
         return info
+
+    async def peers(self, digest: Digest) -> list[PeerInfo]:
+        """The origins' P2P addresses that seed the blob (``GET /blobs/<digest>/peers``);
+        empty if none holds it. A malformed answer raises ``HTTPStatusError``."""
+        url = f"{self._base}/blobs/{digest}/peers"
+        _, body = await self._retrying(f"peers {digest}", lambda: self._call("GET", url, frozenset({200})))
+        try:
+            doc = json.loads(body)
+            if not isinstance(doc, dict) or not isinstance(doc.get("peers"), list):
+                raise ValueError('not {"peers": [...]}')
+            return [PeerInfo.from_json(p) for p in doc["peers"]]
+        except (ValueError, PeerError) as e:
+            raise HTTPStatusError("GET", url, 200, f"bad peers answer: {e}".encode()) from None
 
     async def upload(self, namespace: str, digest: Digest, path: str, size: int) -> None:
         """Upload ``size`` bytes of ``path`` as blob ``digest``: start, one

@@ -13,6 +13,11 @@ Defaults and why:
 - ``metainfo_cache_ttl`` 5 min is what Kraken's nginx caches metainfo for;
   metainfo never changes for a blob, the TTL only bounds memory and lets a
   changed piece-length rule take effect.
+- ``origin_peers_cache_ttl`` 10 s: which origins seed a blob is asked of
+  the origin (``GET /blobs/<digest>/peers``). Agents announce every 3 s, so
+  this spares the origin all but one lookup in a few announces, and an
+  origin that has just received a blob is handed out within seconds. A
+  failed lookup is remembered for 1 s (and answered as "no origins").
 """
 
 from __future__ import annotations
@@ -20,41 +25,10 @@ from __future__ import annotations
 import attrs
 
 from kraken.config import Duration, positive
-from kraken.core.peer import PeerError, PeerInfo
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen
 
 DEFAULT_LISTEN_HTTP = "tcp:15003:interface=127.0.0.1"
-
-
-def _split_address(address: str) -> tuple[str, int]:
-    """``10.0.0.5:15001`` or ``[::1]:15001`` -> (ip, port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"origin peer address must be ip:port, not {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
-
-
-@attrs.frozen
-class OriginPeer:
-    """An origin's P2P address, handed to agents as a seeder of every blob."""
-
-    # The origin's peer id: 40 or 64 lowercase hex characters.
-    peer_id: str
-    # ip:port of its P2P listener ([v6]:port for IPv6); an IP literal, as agents dial it.
-    address: str
-
-    def __attrs_post_init__(self) -> None:
-        self.peer_info()  # fail at load time
-
-    def peer_info(self) -> PeerInfo:
-        try:
-            ip, port = _split_address(self.address)
-            return PeerInfo(self.peer_id, ip, port, complete=True, origin=True)
-        except PeerError as e:
-            raise ValueError(str(e)) from None
 
 
 @attrs.frozen
@@ -75,9 +49,7 @@ class TrackerConfig:
     # How long metainfo fetched from the origin is served from memory, and how many are kept.
     metainfo_cache_ttl: Duration = attrs.field(default=Duration(300.0), validator=positive)
     metainfo_cache_size: int = attrs.field(default=10_000, validator=positive)
-    # Static origin seeders; empty until origins register themselves.
-    origin_peers: tuple[OriginPeer, ...] = ()
+    # How long the origins seeding a blob (asked of the origin) are remembered, and for how many blobs.
+    origin_peers_cache_ttl: Duration = attrs.field(default=Duration(10.0), validator=positive)
+    origin_peers_cache_size: int = attrs.field(default=10_000, validator=positive)
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
-
-    def origin_infos(self) -> list[PeerInfo]:
-        return [o.peer_info() for o in self.origin_peers]

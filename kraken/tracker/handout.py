@@ -25,9 +25,9 @@ def handout(
     rng: random.Random | None = None,
 ) -> list[PeerInfo]:
     """At most ``limit`` peers for ``requester_id``: completed agents first,
-    then the origins (which hold every blob), then incomplete agents, in a
-    random order within each class. The requester is never included; a peer
-    id given twice counts once (an origin's static entry wins)."""
+    then ``origins`` (the origins holding the blob), then incomplete agents,
+    in a random order within each class. The requester is never included; a
+    peer id given twice counts once (an entry in ``origins`` wins)."""
     rng = rng or random.Random()
     chosen: dict[str, PeerInfo] = {}
     for peer in [*origins, *peers]:

@@ -12,9 +12,12 @@ An announce body is exactly::
      "digest": "sha256:<hex>", "info_hash": "<64 hex>", "complete": false}
 
 The announcing peer is recorded (or refreshed); an agent still downloading
-gets up to ``max_peers`` peers (completed agents, then origins, then other
-downloaders), while a completed agent gets an empty list, as in Kraken:
-seeders do not open connections. ``interval`` is in seconds.
+gets up to ``max_peers`` peers (completed agents, then the origins holding
+the blob, then other downloaders), while a completed agent gets an empty
+list, as in Kraken: seeders do not open connections. ``interval`` is in
+seconds. Which origins hold the blob is asked of the origin and cached
+(``kraken.tracker.origins.OriginPeers``); if that fails, the answer has
+agents only.
 
 Every error is JSON ``{"error": "..."}``, produced by one ``handle_errors``.
 """
@@ -25,7 +28,6 @@ import json
 import random
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 from klein import Klein
@@ -40,6 +42,7 @@ from kraken.core.peer import PeerError, PeerInfo
 from kraken.net.server import HTTPError, json_error, json_response, read_body
 from kraken.registry.names import is_valid_name
 from kraken.tracker.handout import handout
+from kraken.tracker.origins import OriginPeers
 from kraken.tracker.peers import IPeerStore
 
 #: An announce is a few hundred bytes.
@@ -167,7 +170,7 @@ class TrackerHTTP:
         clock: IReactorTime,
         announce_interval: float,
         max_peers: int,
-        origin_peers: Sequence[PeerInfo] = (),
+        origin_peers: OriginPeers | None = None,
         metainfo_cache_ttl: float = 300.0,
         metainfo_cache_size: int = 10_000,
         rng: random.Random | None = None,
@@ -176,7 +179,8 @@ class TrackerHTTP:
         self._clock = clock
         self._interval = announce_interval
         self._max_peers = max_peers
-        self._origin_peers = list(origin_peers)
+        # The origins seeding each blob; None hands out agents only.
+        self.origin_peers = origin_peers
         self._rng = rng or random.Random()
         self.metainfo_cache = MetaInfoCache(origin, clock=clock, ttl=metainfo_cache_ttl, size=metainfo_cache_size)
 
@@ -205,7 +209,8 @@ class TrackerHTTP:
         if not peer.complete:
             # One more than needed: the requester itself may be among them.
             known = await self._store.peers(info_hash, self._max_peers + 1, now)
-            given = handout(known, self._origin_peers, peer.peer_id, self._max_peers, self._rng)
+            origins = [] if self.origin_peers is None else await self.origin_peers.get(digest)
+            given = handout(known, origins, peer.peer_id, self._max_peers, self._rng)
         return json_response(request, 200, {"peers": [p.to_json() for p in given], "interval": self._interval})
 
     @app.route("/namespace/<path:ns>/blobs/<d>/metainfo", methods=["GET"])

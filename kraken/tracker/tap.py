@@ -19,6 +19,7 @@ from kraken.net.server import listen_http, make_site
 from kraken.origin.client import OriginClient
 from kraken.tracker.config import TrackerConfig
 from kraken.tracker.http import TrackerHTTP
+from kraken.tracker.origins import OriginPeers
 from kraken.tracker.peers import MemoryPeerStore
 
 log = Logger(namespace="kraken.tracker")
@@ -62,7 +63,9 @@ def tracker_service(config: TrackerConfig, reactor: Any) -> MultiService:
         clock=reactor,
         announce_interval=config.announce_interval,
         max_peers=config.max_peers,
-        origin_peers=config.origin_infos(),
+        origin_peers=OriginPeers(
+            origin, clock=reactor, ttl=config.origin_peers_cache_ttl, size=config.origin_peers_cache_size
+        ),
         metainfo_cache_ttl=config.metainfo_cache_ttl,
         metainfo_cache_size=config.metainfo_cache_size,
     )
@@ -74,7 +77,6 @@ def tracker_service(config: TrackerConfig, reactor: Any) -> MultiService:
         reactor=reactor,
         component="tracker",
         origin=config.origin,
-        origin_peers=len(config.origin_peers),
     ).setServiceParent(top)
     return top
 

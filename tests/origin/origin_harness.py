@@ -16,11 +16,14 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 
 from kraken.core import PieceLengthRule
+from kraken.core.peer import PeerInfo
 from kraken.origin.http import OriginHTTP
 from kraken.store import CAStore, InlineWorker
 
 ADVERTISE = "origin.test:15002"
 PIECE = 4  # tiny pieces so small test blobs have several
+#: The origin's own P2P address (what the origin tap will pass as ``peer``).
+PEER = PeerInfo("0123456789abcdef" * 2 + "01234567", "10.0.0.5", 15001, complete=True, origin=True)
 
 
 class Origin:
@@ -33,7 +36,7 @@ class Origin:
         self.store = CAStore(
             root, worker=self.worker, piece_rule=PieceLengthRule(((0, PIECE),)), now=self.clock.seconds
         )
-        self.http = OriginHTTP(self.store, clock=self.clock, advertise=ADVERTISE)
+        self.http = OriginHTTP(self.store, clock=self.clock, advertise=ADVERTISE, peer=PEER)
         self._stubs: list[StubTreq] = []
         self.stub = self.stub_for(self.http.resource())
 

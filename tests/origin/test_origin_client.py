@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import treq
-from origin_harness import Origin
+from origin_harness import PEER, Origin
 from treq.testing import StubTreq
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -207,3 +207,60 @@ def test_upload_timeouts_grow_with_the_blob(origin: Origin, blob_file: str) -> N
     origin.run(client.upload(NS, DIGEST, blob_file, len(DATA)))
     slow = 60.0 + len(DATA) / 100
     assert seen == [("POST", 60.0), ("PATCH", slow), ("PUT", slow)]
+
+
+class Canned(Resource):
+    """Answers every request with ``code`` and ``body``; counts them."""
+
+    isLeaf = True
+
+    def __init__(self, code: int, body: bytes) -> None:
+        super().__init__()
+        self.code, self.body, self.seen = code, body, 0
+
+    def render(self, request: Request) -> bytes:
+        self.seen += 1
+        request.setResponseCode(self.code)
+        return self.body
+
+
+def test_peers(origin: Origin, client: OriginClient, blob_file: str) -> None:
+    assert origin.run(client.peers(DIGEST)) == []
+    origin.run(client.upload(NS, DIGEST, blob_file, len(DATA)))
+    assert origin.run(client.peers(DIGEST)) == [PEER]
+
+
+def test_peers_is_retried(origin: Origin, client: OriginClient, blob_file: str) -> None:
+    origin.run(client.upload(NS, DIGEST, blob_file, len(DATA)))
+    scripted = Scripted(origin.http.resource(), [(b"GET", 503), (b"GET", 502)])
+    assert origin.run(client_for(origin, origin.stub_for(scripted)).peers(DIGEST), step=1.0) == [PEER]
+    assert scripted.seen == [b"GET"] * 3
+
+
+def test_peers_unexpected_status_raises_at_once(origin: Origin) -> None:
+    scripted = Scripted(origin.http.resource(), [(b"GET", 404)])
+    with pytest.raises(HTTPStatusError) as e:
+        origin.run(client_for(origin, origin.stub_for(scripted)).peers(DIGEST), step=1.0)
+    assert e.value.code == 404
+    assert scripted.seen == [b"GET"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"nope",
+        b"\xff",
+        b"[]",
+        b"{}",
+        b'{"peers": {}}',
+        b'{"peers": "x"}',
+        b'{"peers": [{"peer_id": "zz"}]}',
+        b'{"peers": [1]}',
+    ],
+)
+def test_peers_malformed_answers_raise(origin: Origin, body: bytes) -> None:
+    canned = Canned(200, body)
+    with pytest.raises(HTTPStatusError, match="bad peers answer") as e:
+        origin.run(client_for(origin, origin.stub_for(canned)).peers(DIGEST))
+    assert e.value.code == 200
+    assert canned.seen == 1, "a malformed answer is not retried"

@@ -70,6 +70,54 @@ def test_peers_are_per_info_hash_and_expire(app: App) -> None:
     assert [p["peer_id"] for p in doc["peers"]] == [peer(200).peer_id]
 
 
+def test_origins_are_handed_out_only_for_blobs_they_hold(app: App) -> None:
+    held, absent = blob("held")[0], blob("absent")[0]
+    app.origin.seeds[absent] = []
+    _, doc = app.announce(announce_doc(peer(1), info_hash="cd" * 32, digest=held))
+    assert doc["peers"] == [peer(200, complete=True, origin=True).to_json()]
+    _, doc = app.announce(announce_doc(peer(1), info_hash="ef" * 32, digest=absent))
+    assert doc["peers"] == []
+    assert app.origin.peer_calls == [held, absent]
+
+
+def test_origin_lookups_are_cached_and_skipped_for_seeders(app: App) -> None:
+    digest = blob("x")[0]
+    app.announce(announce_doc(peer(1, complete=True), digest=digest))
+    assert app.origin.peer_calls == [], "a completed agent gets no peers, so no lookup"
+    for n in range(2, 5):
+        app.announce(announce_doc(peer(n), digest=digest))
+    assert app.origin.peer_calls == [digest]
+    app.clock.advance(10)  # the origin peers' ttl
+    app.announce(announce_doc(peer(2), digest=digest))
+    assert app.origin.peer_calls == [digest, digest]
+
+
+def test_announces_work_while_the_origin_fails(app: App) -> None:
+    app.origin.peers_error = HTTPStatusError("GET", "http://origin/blobs/x/peers", 503, b"down")
+    app.announce(announce_doc(peer(1, complete=True)))
+    code, doc = app.announce(announce_doc(peer(2)))
+    assert (code, doc["peers"]) == (200, [peer(1, complete=True).to_json()])
+    app.origin.peers_error = None
+    app.clock.advance(1)  # failures are remembered for a second
+    _, doc = app.announce(announce_doc(peer(2)))
+    assert peer(200, complete=True, origin=True).to_json() in doc["peers"]
+
+
+def test_a_slow_origin_delays_an_announce_by_the_wait_only(app: App) -> None:
+    app.origin.peers_hold = True
+    done: list[Any] = []
+    Deferred.fromCoroutine(app.announce_async(GOOD)).addBoth(done.append)
+    app.pump()
+    assert done == []
+    app.clock.advance(2)  # OriginPeers' wait
+    app.pump()
+    assert done == [(200, {"peers": [], "interval": 3.0})]
+    app.origin.release()
+    _, doc = app.announce(GOOD)
+    assert doc["peers"] == [peer(200, complete=True, origin=True).to_json()]
+    assert len(app.origin.peer_calls) == 1
+
+
 def test_handout_is_capped() -> None:
     app = App(max_peers=3)
     for n in range(10):

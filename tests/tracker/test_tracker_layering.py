@@ -18,6 +18,6 @@ def test_core_peer_is_pure() -> None:
 
 def test_tracker_domain_modules_import_without_the_reactor() -> None:
     # Not http.py: importing klein installs the default reactor (as for every daemon's http.py).
-    modules = ", ".join(f"kraken.tracker.{m}" for m in ("peers", "handout", "config", "client"))
+    modules = ", ".join(f"kraken.tracker.{m}" for m in ("peers", "handout", "config", "client", "origins"))
     code = f"import sys, {modules}; assert 'twisted.internet.reactor' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

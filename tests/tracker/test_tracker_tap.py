@@ -11,7 +11,10 @@ from twisted.logger import capturedLogs
 from twisted.python import usage
 
 from kraken.net import HTTPClientService
-from kraken.tracker.config import OriginPeer, TrackerConfig
+from kraken.origin.client import OriginClient
+from kraken.tracker import tap
+from kraken.tracker.config import TrackerConfig
+from kraken.tracker.origins import OriginPeers
 from kraken.tracker.peers import MemoryPeerStore
 from kraken.tracker.tap import Options, makeService, tracker_service
 
@@ -26,17 +29,13 @@ def write(tmp_path: Path, text: str) -> str:
 
 
 def test_options_parse_the_config(tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        f"peer_ttl: 10m\nmax_peers: 20\norigin_peers:\n  - {{peer_id: '{PEER_ID}', address: '[::1]:15001'}}\n",
-    )
+    path = write(tmp_path, "peer_ttl: 10m\nmax_peers: 20\norigin_peers_cache_ttl: 30s\norigin_peers_cache_size: 5\n")
     options = Options()
     options.parseOptions(["--config", path])
     parsed = options["parsed"]
     assert isinstance(parsed, TrackerConfig)
     assert (parsed.peer_ttl, parsed.max_peers) == (600.0, 20)
-    [origin] = parsed.origin_infos()
-    assert (origin.ip, origin.port, origin.complete, origin.origin) == ("::1", 15001, True, True)
+    assert (parsed.origin_peers_cache_ttl, parsed.origin_peers_cache_size) == (30.0, 5)
 
 
 def test_options_without_config_use_the_defaults() -> None:
@@ -66,9 +65,10 @@ def test_unknown_key_is_a_usage_error(tmp_path: Path) -> None:
         ("listen_http: 'tcp:notaport'\n", "listen_http"),
         ("max_peers: 0\n", "max_peers"),
         ("peer_ttl: forever\n", "peer_ttl"),
-        ("origin_peers: [{peer_id: 'xyz', address: '10.0.0.1:1'}]\n", "origin_peers.0"),
-        (f"origin_peers: [{{peer_id: '{PEER_ID}', address: 'origin.example:1'}}]\n", "origin_peers.0"),
-        (f"origin_peers: [{{peer_id: '{PEER_ID}', address: '10.0.0.1'}}]\n", "origin_peers.0"),
+        ("origin_peers_cache_ttl: 0s\n", "origin_peers_cache_ttl"),
+        ("origin_peers_cache_size: 0\n", "origin_peers_cache_size"),
+        # The static list is gone: origins say themselves which blobs they seed.
+        (f"origin_peers: [{{peer_id: '{PEER_ID}', address: '10.0.0.1:1'}}]\n", "origin_peers"),
     ],
 )
 def test_bad_values_are_usage_errors(tmp_path: Path, text: str, key: str) -> None:
@@ -76,10 +76,9 @@ def test_bad_values_are_usage_errors(tmp_path: Path, text: str, key: str) -> Non
         Options().parseOptions(["--config", write(tmp_path, text)])
 
 
-def test_origin_peer_config() -> None:
-    assert OriginPeer(PEER_ID, "10.0.0.5:15001").peer_info().port == 15001
-    with pytest.raises(ValueError, match="port"):
-        OriginPeer(PEER_ID, "10.0.0.5:70000")
+def test_defaults() -> None:
+    config = TrackerConfig()
+    assert (config.origin_peers_cache_ttl, config.origin_peers_cache_size) == (10.0, 10_000)
 
 
 def test_service_wiring() -> None:
@@ -122,3 +121,19 @@ def test_make_service_uses_the_given_reactor() -> None:
     finally:
         top.stopService()
     assert [c for c in reactor.getDelayedCalls() if c.active()] == []
+
+
+def test_origin_peers_are_asked_of_the_origin_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[tuple[Any, dict[str, Any]]] = []
+
+    class Recording(OriginPeers):
+        def __init__(self, source: Any, **kwargs: Any) -> None:
+            made.append((source, kwargs))
+            super().__init__(source, **kwargs)
+
+    monkeypatch.setattr(tap, "OriginPeers", Recording)
+    reactor = MemoryReactorClock()
+    tracker_service(TrackerConfig(origin_peers_cache_ttl=7.0, origin_peers_cache_size=3), reactor)
+    [(source, kwargs)] = made
+    assert isinstance(source, OriginClient)
+    assert kwargs == {"clock": reactor, "ttl": 7.0, "size": 3}

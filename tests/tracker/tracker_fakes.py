@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from kraken.core import Digest, MetaInfo
 from kraken.core.peer import PeerInfo
 from kraken.tracker.http import TrackerHTTP
+from kraken.tracker.origins import OriginPeers
 from kraken.tracker.peers import MemoryPeerStore
 
 BASE = "http://tracker.test"
@@ -37,8 +38,12 @@ def blob(seed: str, size: int = 10) -> tuple[Digest, MetaInfo]:
 
 
 class FakeOrigin:
-    """What the tracker needs of an OriginClient. ``hold`` makes fetches
-    wait until ``release()``; ``error`` makes them fail."""
+    """What the tracker needs of an OriginClient. ``hold`` makes metainfo
+    fetches wait until ``release()``; ``error`` makes them fail.
+
+    ``peers`` answers ``seeds[digest]``, else ``seeders``; ``peers_hold`` and
+    ``peers_error`` hold or fail those lookups, ``peer_calls`` records them.
+    """
 
     def __init__(self) -> None:
         self.infos: dict[Digest, MetaInfo] = {}
@@ -46,6 +51,11 @@ class FakeOrigin:
         self.error: Exception | None = None
         self.hold = False
         self._held: list[Deferred[None]] = []
+        self.seeders: list[PeerInfo] = []
+        self.seeds: dict[Digest, list[PeerInfo]] = {}
+        self.peer_calls: list[Digest] = []
+        self.peers_error: Exception | None = None
+        self.peers_hold = False
 
     def add(self, seed: str) -> tuple[Digest, MetaInfo]:
         digest, info = blob(seed)
@@ -62,6 +72,16 @@ class FakeOrigin:
             raise self.error
         return self.infos.get(digest)
 
+    async def peers(self, digest: Digest) -> list[PeerInfo]:
+        self.peer_calls.append(digest)
+        if self.peers_hold:
+            gate: Deferred[None] = Deferred()
+            self._held.append(gate)
+            await gate
+        if self.peers_error is not None:
+            raise self.peers_error
+        return list(self.seeds.get(digest, self.seeders))
+
     def release(self) -> None:
         held, self._held = self._held, []
         for gate in held:
@@ -69,12 +89,14 @@ class FakeOrigin:
 
 
 class App:
-    """A TrackerHTTP over a MemoryPeerStore and a FakeOrigin, on a task.Clock, behind StubTreq."""
+    """A TrackerHTTP over a MemoryPeerStore and a FakeOrigin, on a task.Clock, behind StubTreq.
+    ``origin_peers`` are the origins the fake origin says hold every blob."""
 
     def __init__(self, *, origin_peers: list[PeerInfo] | None = None, max_peers: int = 50, ttl: float = 30.0) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
         self.origin = FakeOrigin()
+        self.origin.seeders = list(origin_peers or [])
         self.store = MemoryPeerStore(ttl, self.clock)
         origin: Any = self.origin
         self.http = TrackerHTTP(
@@ -83,7 +105,7 @@ class App:
             clock=self.clock,
             announce_interval=3.0,
             max_peers=max_peers,
-            origin_peers=origin_peers or [],
+            origin_peers=OriginPeers(origin, clock=self.clock, ttl=10.0, size=100),
             metainfo_cache_ttl=300.0,
             metainfo_cache_size=2,
             rng=random.Random(7),
@@ -109,6 +131,11 @@ class App:
 
     def announce(self, doc: dict[str, Any]) -> tuple[int, Any]:
         return self.json("POST", "/announce", data=json.dumps(doc).encode())
+
+    async def announce_async(self, doc: dict[str, Any]) -> tuple[int, Any]:
+        """``announce`` without driving it: the caller pumps and advances the clock."""
+        response = await self.stub.post(BASE + "/announce", data=json.dumps(doc).encode())
+        return response.code, json.loads(await treq.content(response))
 
 
 def announce_doc(p: PeerInfo, info_hash: str = "ab" * 32, digest: Digest | None = None) -> dict[str, Any]:
