@@ -4,7 +4,10 @@ Routes (``<ns>`` is a repository name and may contain slashes; digests are
 ``sha256:<64 hex>``, anything else is 400)::
 
     GET   /health
+    GET   /stats                                         -> the P2P scheduler's counters (JSON)
     GET   /blobs/<digest>/locations                      -> Origin-Locations: host:port
+    GET   /blobs/<digest>/peers                          -> {"peers": [PeerInfo JSON...]}
+    GET   /namespace/<ns>/blobs/<digest>/peers           (the same; blobs are content-addressed)
     POST  /namespace/<ns>/blobs/<digest>/uploads         -> 200, Location: <uid>; 409 if stored
     PATCH /namespace/<ns>/blobs/<digest>/uploads/<uid>   Content-Range: <start>-<end> (end exclusive)
     PUT   /namespace/<ns>/blobs/<digest>/uploads/<uid>   -> 201; 400 on a digest mismatch
@@ -14,14 +17,21 @@ Routes (``<ns>`` is a repository name and may contain slashes; digests are
 Errors are plain text (``<message>\\n``) with the status, mapped in one place
 (``_error``); a 409 during an upload means "already stored", which clients
 treat as success.
+
+``peers`` lists this origin's own P2P address (``complete`` and ``origin``
+true) when it was given one and holds the blob, and nothing otherwise: the
+tracker asks it which origins can seed a blob.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
+import attrs
 from klein import Klein
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
@@ -33,6 +43,8 @@ from twisted.web.static import File
 from werkzeug.exceptions import HTTPException
 
 from kraken.core import Digest, DigestError
+from kraken.core.peer import PeerInfo
+from kraken.p2p.scheduler import Stats
 from kraken.store import CAStore, DigestMismatch, RangeMismatch, UploadTruncated, UploadUnknown
 
 _CONTENT_RANGE = re.compile(r"\s*(\d+)-(\d+)\s*\Z")
@@ -85,10 +97,21 @@ class OriginHTTP:
     app = Klein()
     log = Logger()
 
-    def __init__(self, store: CAStore, *, clock: IReactorTime, advertise: str) -> None:
+    def __init__(
+        self,
+        store: CAStore,
+        *,
+        clock: IReactorTime,
+        advertise: str,
+        peer: PeerInfo | None = None,
+        p2p_stats: Callable[[], Stats] | None = None,
+    ) -> None:
         self._store = store
+        self._p2p_stats = p2p_stats
         self._clock = clock
         self._advertise = advertise
+        # This origin's P2P address; it seeds every blob it holds.
+        self._peer = None if peer is None else attrs.evolve(peer, complete=True, origin=True)
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -134,11 +157,26 @@ class OriginHTTP:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"OK\n"
 
+    @app.route("/stats", methods=["GET"])
+    def stats(self, request: Request) -> bytes:
+        """What this origin's P2P scheduler has served (agents' pieces, bytes) since it started."""
+        counters = {} if self._p2p_stats is None else attrs.asdict(self._p2p_stats())
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(counters, separators=(",", ":")).encode()
+
     @app.route("/blobs/<d>/locations", methods=["GET"])
     def locations(self, request: Request, d: str) -> bytes:
         parse_digest(d)
         request.setHeader(b"origin-locations", self._advertise.encode("ascii"))
         return _empty(request)
+
+    @app.route("/blobs/<d>/peers", methods=["GET"])
+    async def peers(self, request: Request, d: str) -> bytes:
+        return await self._peers(request, parse_digest(d))
+
+    @app.route("/namespace/<path:ns>/blobs/<d>/peers", methods=["GET"])
+    async def namespace_peers(self, request: Request, ns: str, d: str) -> bytes:
+        return await self._peers(request, parse_digest(d))
 
     @app.route("/namespace/<path:ns>/blobs/<d>/uploads", methods=["POST"])
     async def start_upload(self, request: Request, ns: str, d: str) -> bytes:
@@ -201,6 +239,14 @@ class OriginHTTP:
             raise HTTPError(404, f"metainfo of {digest} not found")
         request.setHeader(b"content-type", b"application/json")
         return info.to_json()
+
+    async def _peers(self, request: Request, digest: Digest) -> bytes:
+        """``{"peers": [...]}``: this origin, if it seeds and holds the blob."""
+        peers = []
+        if self._peer is not None and await self._store.stat(digest) is not None:
+            peers.append(self._peer.to_json())
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"peers": peers}, separators=(",", ":")).encode("utf-8") + b"\n"
 
     async def _drop_upload(self, uid: str) -> None:
         """The blob arrived through another upload: this one is useless."""

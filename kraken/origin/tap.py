@@ -12,6 +12,7 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from kraken import config as kconfig
+from kraken.core.peer import PeerInfo
 from kraken.net import make_http_client
 from kraken.net.server import listen, listen_http, make_site
 from kraken.origin.config import OriginConfig
@@ -60,7 +61,9 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
     scheduler.setName("scheduler")
     scheduler.setServiceParent(top)
 
-    app = OriginHTTP(store, clock=reactor, advertise=config.advertised())
+    ip, port = config.p2p.advertised()
+    me = PeerInfo(scheduler.peer_id, ip, port, complete=True, origin=True)
+    app = OriginHTTP(store, clock=reactor, advertise=config.advertised(), peer=me, p2p_stats=scheduler.stats)
 
     site = make_site(app.resource(), reactor=reactor, spool=store.uploads.spool)
     listen_http(
@@ -71,7 +74,6 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
         advertise=config.advertised(),
         root=config.store.root,
     ).setServiceParent(top)
-    ip, port = config.p2p.advertised()
     listen(
         config.p2p.listen,
         scheduler.factory(),

@@ -6,10 +6,13 @@ import json
 import os
 
 import pytest
-from origin_harness import ADVERTISE, PIECE, Origin
+from origin_harness import ADVERTISE, PEER, PIECE, Origin
 from twisted.logger import capturedLogs
 
 from kraken.core import Digest, MetaInfo
+from kraken.core.peer import PeerInfo
+from kraken.origin.http import OriginHTTP
+from kraken.p2p.scheduler import Stats
 
 DATA = b"hello, origin! " * 3
 DIGEST = Digest.from_bytes(DATA)
@@ -53,6 +56,18 @@ def upload(origin: Origin, data: bytes = DATA, ns: str = NS) -> Digest:
 def test_health(origin: Origin) -> None:
     code, _, body = origin.request("GET", "/health")
     assert (code, body) == (200, b"OK\n")
+
+
+def test_stats_are_the_schedulers_counters(origin: Origin) -> None:
+    code, _, body = origin.request("GET", "/stats")
+    assert (code, json.loads(body)) == (200, {})  # no scheduler given
+    app = OriginHTTP(
+        origin.store, clock=origin.clock, advertise="o:1", p2p_stats=lambda: Stats(bytes_out=7, pieces_out=1)
+    )
+    origin.stub = origin.stub_for(app.resource())
+    code, _, body = origin.request("GET", "/stats")
+    assert code == 200
+    assert json.loads(body)["bytes_out"] == 7 and json.loads(body)["pieces_out"] == 1
 
 
 def test_upload_in_chunks_then_read(origin: Origin) -> None:
@@ -115,6 +130,39 @@ def test_locations(origin: Origin) -> None:
     code, headers, _ = origin.request("GET", f"/blobs/{DIGEST}/locations")
     assert code == 200
     assert headers.getRawHeaders(b"origin-locations") == [ADVERTISE.encode()]
+
+
+def peers_of(origin: Origin, url: str) -> list[PeerInfo]:
+    code, headers, body = origin.request("GET", url)
+    assert code == 200, body
+    assert headers.getRawHeaders(b"content-type") == [b"application/json"]
+    doc = json.loads(body)
+    assert list(doc) == ["peers"]
+    return [PeerInfo.from_json(p) for p in doc["peers"]]
+
+
+@pytest.mark.parametrize("url", ["/blobs/{d}/peers", "/namespace/library/ubuntu/blobs/{d}/peers"])
+def test_peers_is_this_origin_once_it_holds_the_blob(origin: Origin, url: str) -> None:
+    assert peers_of(origin, url.format(d=DIGEST)) == []
+    upload(origin)
+    assert peers_of(origin, url.format(d=DIGEST)) == [PEER]
+    assert peers_of(origin, url.format(d=Digest.from_bytes(b"other"))) == []
+
+
+def test_peers_without_a_p2p_address_is_empty(origin: Origin) -> None:
+    upload(origin)
+    plain = OriginHTTP(origin.store, clock=origin.clock, advertise=ADVERTISE)
+    origin.stub = origin.stub_for(plain.resource())
+    assert peers_of(origin, f"/blobs/{DIGEST}/peers") == []
+
+
+def test_peers_always_says_complete_origin(origin: Origin) -> None:
+    upload(origin)
+    agent_like = PeerInfo(PEER.peer_id, "10.0.0.6", 15001)
+    seeding = OriginHTTP(origin.store, clock=origin.clock, advertise=ADVERTISE, peer=agent_like)
+    origin.stub = origin.stub_for(seeding.resource())
+    [got] = peers_of(origin, f"/blobs/{DIGEST}/peers")
+    assert (got.ip, got.complete, got.origin) == ("10.0.0.6", True, True)
 
 
 def test_start_when_stored_is_409(origin: Origin) -> None:
@@ -208,6 +256,8 @@ BAD_DIGESTS = ["sha256:zz", "md5:" + "0" * 32, "sha256:" + "A" * 64, "0" * 64, "
     "method,url",
     [
         ("GET", "/blobs/{d}/locations"),
+        ("GET", "/blobs/{d}/peers"),
+        ("GET", "/namespace/a/b/blobs/{d}/peers"),
         ("POST", "/namespace/a/b/blobs/{d}/uploads"),
         ("PATCH", "/namespace/a/b/blobs/{d}/uploads/" + "0" * 32),
         ("PUT", "/namespace/a/b/blobs/{d}/uploads/" + "0" * 32),
