@@ -63,6 +63,16 @@ class TokenBucket:
         self._schedule()
         return waiter
 
+    def refund(self, n: float) -> None:
+        """Give back ``n`` bytes reserved for traffic that did not happen (a cancelled piece)."""
+        if n < 0:
+            raise ValueError("cannot refund a negative amount")
+        self._refill()
+        self._tokens = min(self.burst, self._tokens + n)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._release()
+
     def _schedule(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -98,6 +108,9 @@ class Unlimited:
         d: Deferred[None] = Deferred()
         d.callback(None)
         return d
+
+    def refund(self, n: float) -> None:
+        pass
 
     def close(self) -> None:
         pass

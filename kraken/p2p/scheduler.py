@@ -145,7 +145,9 @@ class _Torrent:
     blacklist: dict[str, float] = attrs.field(factory=dict)
     waiters: list[Deferred[str]] = attrs.field(factory=list)
     announce_call: IDelayedCall | None = None
+    writing: set[int] = attrs.field(factory=set)  # pieces being checked and written
     installing: bool = False
+    installed: list[Deferred[None]] = attrs.field(factory=list)  # readers waiting for the install to end
     closed: bool = False
 
     @property
@@ -535,7 +537,11 @@ class Scheduler(Service):
         buffer = _PieceBuffer(size)
         try:
             await self._ingress.reserve(size)
+        except CancelledError:
+            return  # the scheduler stopped
+        try:
             if torrent.conns.get(conn.peer_id) is not conn or index not in dispatcher.outstanding(conn.peer_id):
+                self._ingress.refund(size)
                 return  # cancelled (endgame) or gone while waiting for tokens
             request = conn.session.request_piece(index, buffer.write)
             conn.requests[index] = request
@@ -544,10 +550,13 @@ class Scheduler(Service):
             finally:
                 conn.requests.pop(index, None)
         except CancelledError:
+            self._ingress.refund(size)
             return  # another peer delivered it first
         except (PeerDisconnected, SessionNotOpen):
+            self._ingress.refund(size)
             return  # peer_left gave its requests back
         except (PieceRequestFailed, TimeoutError, defer.TimeoutError) as e:
+            self._ingress.refund(size)
             now = self._clock.seconds()
             timed_out = not isinstance(e, PieceRequestFailed)
             until = now + self._config.request_timeout(torrent.info.piece_length) if timed_out else float("inf")
@@ -555,6 +564,9 @@ class Scheduler(Service):
             self.log.debug("piece {piece} from {peer}: {error}", piece=index, peer=conn.peer_id[:12], error=str(e))
             self._request_all(torrent)
             return
+        if index in torrent.writing or torrent.bitfield[index]:
+            return  # an endgame duplicate: the first copy is being (or was) written; it frees this request too
+        torrent.writing.add(index)
         try:
             written = await partial.write_piece(index, bytes(buffer.data()))
         except PieceCorrupt:
@@ -567,6 +579,8 @@ class Scheduler(Service):
             dispatcher.piece_failed(conn.peer_id, index, until=self._clock.seconds() + self._config.blacklist)
             self._request_all(torrent)
             return
+        finally:
+            torrent.writing.discard(index)
         for other in dispatcher.piece_received(conn.peer_id, index):
             pending = torrent.conns[other].requests.get(index) if other in torrent.conns else None
             if pending is not None:
@@ -577,7 +591,7 @@ class Scheduler(Service):
             if not torrent.installing:
                 await self._finish(torrent)
         else:
-            self._request_more(torrent, conn)
+            self._request_all(torrent)  # this peer's slot, and those of peers whose copy was a duplicate
 
     def _piece_arrived(self, torrent: _Torrent, conn: _Conn, index: int, size: int) -> None:
         torrent.last_active = self._clock.seconds()
@@ -611,6 +625,9 @@ class Scheduler(Service):
             return
         finally:
             torrent.installing = False
+            readers, torrent.installed = torrent.installed, []
+            for d in readers:
+                d.callback(None)
         torrent.partial = None
         torrent.dispatcher = None
         torrent.last_active = self._clock.seconds()
@@ -623,10 +640,10 @@ class Scheduler(Service):
                 conn.session.close("both sides are complete")
             else:
                 conn.session.send_complete()
-        waiters, torrent.waiters = torrent.waiters, []
+        downloads, torrent.waiters = torrent.waiters, []
         path = self._store.blob_path(torrent.info.digest)
-        for d in waiters:
-            d.callback(path)
+        for waiter in downloads:
+            waiter.callback(path)
         self._announce_soon(torrent, 0.0)
 
     # --- serving ----------------------------------------------------------------------------------------------
@@ -650,9 +667,10 @@ class Scheduler(Service):
             while conn.sends and torrent.conns.get(conn.peer_id) is conn:
                 index = conn.sends[0]
                 size = torrent.info.piece_size(index)
-                await self._egress.reserve(size)
                 await conn.protocol.when_writable()
+                await self._egress.reserve(size)
                 if not conn.sends or conn.sends[0] != index:
+                    self._egress.refund(size)
                     continue  # cancelled meanwhile
                 conn.sends.popleft()
                 data = await self._read_piece(torrent, index)
@@ -672,7 +690,11 @@ class Scheduler(Service):
             try:
                 return await partial.read_piece(index)
             except FileNotFoundError:
-                pass  # moved into the cache meanwhile
+                # Being moved into the cache: read it there once it has landed.
+                if torrent.installing:
+                    landed: Deferred[None] = Deferred()
+                    torrent.installed.append(landed)
+                    await landed
         return await self._store.read_range(info.digest, info.piece_offset(index), info.piece_size(index))
 
     def _piece_cancelled(self, torrent: _Torrent, session: PeerSession, index: int) -> None:

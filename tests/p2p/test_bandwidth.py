@@ -102,3 +102,22 @@ def test_bad_arguments():
 
 def test_unlimited():
     assert fired(Unlimited().reserve(10**12)) == [None]
+
+
+def test_a_refund_lets_the_next_waiter_through_sooner():
+    clock = Clock()
+    bucket = TokenBucket(rate=10, burst=10, clock=clock)
+    assert fired(bucket.reserve(10)) == [None]
+    waiting = fired(bucket.reserve(10))
+    clock.advance(0.2)
+    assert waiting == []
+    bucket.refund(10)  # the first reservation's bytes were never sent
+    assert waiting == [None]
+    bucket.refund(100)  # never above the burst
+    assert fired(bucket.reserve(10)) == [None]
+    assert fired(bucket.reserve(1)) == []
+    bucket.close()
+    assert not [c for c in clock.getDelayedCalls() if c.active()]
+    with pytest.raises(ValueError):
+        bucket.refund(-1)
+    Unlimited().refund(5)

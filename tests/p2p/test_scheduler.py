@@ -310,3 +310,18 @@ def test_namespace_reaches_the_tracker(swarm):
     swarm.run(lambda: done(d))
     assert read(resolved(d)) == data
     assert NAMESPACE != "other/repo"
+
+
+def test_endgame_duplicates_are_written_and_counted_once(swarm):
+    data, info = blob(1)  # one piece: the endgame from the first request
+    first = swarm.origin("first", (data, info))
+    second = swarm.origin("second", (data, info))
+    agent = swarm.agent("agent")
+    d = agent.download(info.digest)
+    swarm.run(lambda: done(d))
+    assert read(resolved(d)) == data
+    stats = agent.scheduler.stats()
+    assert (stats.pieces_in, stats.bytes_in) == (1, len(data))
+    # Both origins were asked and both answered; the second copy was dropped.
+    served = first.scheduler.stats().pieces_out + second.scheduler.stats().pieces_out
+    assert served == 2
