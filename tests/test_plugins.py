@@ -18,6 +18,7 @@ PLUGINS = {
     "kraken-build-index": ("kraken_build_index.py", "kraken.buildindex.tap"),
     "kraken-proxy": ("kraken_proxy.py", "kraken.proxy.tap"),
     "kraken-tracker": ("kraken_tracker.py", "kraken.tracker.tap"),
+    "kraken-agent": ("kraken_agent.py", "kraken.agent.tap"),
     "kraken-herd": ("kraken_herd.py", "kraken.herd.tap"),
 }
 

@@ -1,0 +1,58 @@
+"""The agent's configuration (``etc/kraken/agent.yaml``).
+
+YAML keys are the attrs field names below; the ``p2p:`` section is
+``kraken.p2p.config.P2PConfig`` (shared with the origin).
+
+Defaults and why:
+
+- every listener is on 127.0.0.1 except P2P: the registry and the agent API
+  serve this host's docker/containerd/podman only, while other agents dial
+  the P2P port from their own hosts.
+- ``store.root`` holds the blob cache and partial downloads. The agent never
+  cuts blobs into pieces itself (metainfo comes from the origins), so it has
+  no piece-length rule.
+- ``max_manifest_size`` 4 MiB, as the proxy: a larger "manifest" is not one.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from kraken.config import Size, positive
+from kraken.net import HTTPClientConfig
+from kraken.net.endpoints import check_listen
+from kraken.p2p.config import P2PConfig
+
+DEFAULT_LISTEN_REGISTRY = "tcp:16000:interface=127.0.0.1"
+DEFAULT_LISTEN_API = "tcp:16002:interface=127.0.0.1"
+
+
+@attrs.frozen
+class StoreConfig:
+    """Where downloaded blobs live (``cache/``) and are assembled (``downloads/``)."""
+
+    root: str = "/var/lib/kraken/agent"
+
+
+@attrs.frozen
+class ThreadsConfig:
+    """Sizes of the named thread pools."""
+
+    cpu: int = attrs.field(default=2, validator=positive)  # piece hashing
+    io: int = attrs.field(default=4, validator=positive)  # disk: piece writes and reads, stats
+
+
+@attrs.frozen
+class AgentConfig:
+    # The read-only Docker registry that this host's container runtime pulls from.
+    listen_registry: str = attrs.field(default=DEFAULT_LISTEN_REGISTRY, validator=check_listen)
+    # The agent API: /namespace/<ns>/blobs/<digest>, /health, /readiness, /stats.
+    listen_api: str = attrs.field(default=DEFAULT_LISTEN_API, validator=check_listen)
+    # Base URLs of the tracker (announces, metainfo) and the build-index (tags).
+    tracker: str = "http://127.0.0.1:15003"
+    build_index: str = "http://127.0.0.1:15004"
+    store: StoreConfig = attrs.field(factory=StoreConfig)
+    max_manifest_size: Size = attrs.field(default=Size(4 << 20), validator=positive)
+    threads: ThreadsConfig = attrs.field(factory=ThreadsConfig)
+    http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
+    p2p: P2PConfig = attrs.field(factory=P2PConfig)

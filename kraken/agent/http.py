@@ -1,0 +1,136 @@
+"""The agent API (Kraken's ``agentserver``), as a Klein app.
+
+Routes (``<ns>`` is a repository name and may contain slashes)::
+
+    GET  /namespace/<ns>/blobs/<digest>   the blob, downloaded through P2P first (HEAD too; Range supported)
+    GET  /health                          "OK\\n" while the process runs
+    GET  /readiness                       200 when the tracker and the build-index answer their health checks,
+                                          else 503 {"error": ..., "down": [...]}
+    GET  /stats                           the scheduler's counters as JSON
+
+Every error is JSON ``{"error": "..."}``, produced by one ``handle_errors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import attrs
+from klein import Klein
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from twisted.web.static import File
+
+from kraken.agent.storage import Downloader, Unavailable, fetch
+from kraken.core import Digest, DigestError
+from kraken.net.server import HTTPError, json_error, json_response
+from kraken.registry.names import is_valid_name
+
+#: A readiness probe gives each dependency this long to answer its health check.
+READINESS_TIMEOUT = 5.0
+
+
+class StatsSource(Protocol):
+    """What the API needs of the scheduler besides ``download``."""
+
+    def stats(self) -> Any: ...  # an attrs instance (``kraken.p2p.scheduler.Stats``)
+
+
+class Scheduler(Downloader, StatsSource, Protocol):
+    pass
+
+
+HealthCheck = Callable[[], Awaitable[bool]]
+
+
+class AgentHTTP:
+    app = Klein()
+    log = Logger()
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        *,
+        tracker_health: HealthCheck,
+        build_index_health: HealthCheck,
+        clock: IReactorTime,
+        readiness_timeout: float = READINESS_TIMEOUT,
+    ) -> None:
+        self._scheduler = scheduler
+        self._checks: dict[str, HealthCheck] = {"tracker": tracker_health, "build-index": build_index_health}
+        self._clock = clock
+        self._readiness_timeout = readiness_timeout
+
+    def resource(self) -> IResource:
+        return self.app.resource()
+
+    @app.handle_errors(Exception)
+    def _error(self, request: IRequest, failure: Failure) -> bytes:
+        return json_error(request, failure, self.log)
+
+    @app.route("/health", methods=["GET", "HEAD"])
+    def health(self, request: IRequest) -> bytes:
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return b"OK\n"
+
+    @app.route("/readiness", methods=["GET"])
+    async def readiness(self, request: IRequest) -> bytes:
+        names = list(self._checks)
+        results = await gatherResults([Deferred.fromCoroutine(self._check(name)) for name in names])
+        down = [name for name, ok in zip(names, results, strict=True) if not ok]
+        if down:
+            raise HTTPError(503, f"not ready: {', '.join(down)} unreachable", down=down)
+        return json_response(request, 200, {"ready": True})
+
+    async def _check(self, name: str) -> bool:
+        d = Deferred.fromCoroutine(_awaited(self._checks[name]))
+        d.addTimeout(self._readiness_timeout, self._clock)
+        try:
+            return bool(await d)
+        except CancelledError:
+            raise  # the probe went away
+        except defer.TimeoutError:
+            self.log.info(
+                "{dependency} did not answer its health check within {duration}s",
+                dependency=name,
+                duration=self._readiness_timeout,
+            )
+            return False
+        except Exception as e:
+            self.log.info("health check of {dependency} failed: {error}", dependency=name, error=str(e))
+            return False
+
+    @app.route("/stats", methods=["GET"])
+    def stats(self, request: IRequest) -> bytes:
+        return json_response(request, 200, attrs.asdict(self._scheduler.stats()))
+
+    @app.route("/namespace/<path:ns>/blobs/<d>", methods=["GET", "HEAD"])
+    async def get_blob(self, request: IRequest, ns: str, d: str) -> File:
+        if not is_valid_name(ns):
+            raise HTTPError(400, f"invalid namespace {ns!r}")
+        try:
+            digest = Digest.parse(d)
+        except DigestError as e:
+            raise HTTPError(400, f"invalid digest: {e}") from None
+        try:
+            path = await fetch(self._scheduler, ns, digest)
+        except Unavailable as e:
+            self.log.warn(
+                "download of {digest} in {namespace} failed: {error}", digest=str(digest), namespace=ns, error=str(e)
+            )
+            raise HTTPError(502, f"download of {digest} failed: {e}") from None
+        if path is None:
+            raise HTTPError(404, f"blob {digest} not found")
+        # Klein counts <path:...> as one segment: nothing must be left for File to traverse.
+        request.postpath = []
+        return File(path, defaultType="application/octet-stream")
+
+
+async def _awaited(check: HealthCheck) -> bool:
+    return await check()

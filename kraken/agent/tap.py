@@ -1,0 +1,118 @@
+"""``twistd kraken-agent``: options and the composition root.
+
+This is the only agent module that may import the global reactor, and only
+inside ``makeService`` when no reactor is given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+
+from kraken import config as kconfig
+from kraken.agent.config import AgentConfig
+from kraken.agent.http import AgentHTTP
+from kraken.agent.storage import AgentBackend
+from kraken.buildindex.client import BuildIndexClient
+from kraken.core import PieceLengthRule
+from kraken.net import make_http_client
+from kraken.net.server import listen, listen_http, make_site
+from kraken.p2p.scheduler import Scheduler
+from kraken.registry.http import RegistryAPI
+from kraken.store import CAStore, ThreadPoolService, ThreadWorker
+from kraken.tracker.client import TrackerClient
+
+log = Logger(namespace="kraken.agent")
+
+READ_ONLY_MESSAGE = "this is a Kraken agent, a read-only registry: push to the Kraken proxy"
+
+
+class Options(kconfig.DaemonOptions):
+    synopsis = "[options]"
+    longdesc = "Run a Kraken agent: the read-only registry on this host, fed by the P2P network."
+    config_class = AgentConfig
+
+
+def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
+    """Everything one agent needs, as a MultiService (the herd composes several).
+
+    Children start in this order and stop in reverse: thread pools, the HTTP
+    client pool, the scheduler, then the listeners (registry, agent API, P2P).
+    """
+    top = MultiService()
+    top.setName("agent")
+
+    cpu = ThreadPoolService("cpu", 1, config.threads.cpu)  # piece hashing
+    io = ThreadPoolService("io", 1, config.threads.io)
+    cpu.setServiceParent(top)
+    io.setServiceParent(top)
+    io_worker = ThreadWorker(reactor, io.pool)
+
+    store = CAStore(
+        config.store.root,
+        worker=io_worker,
+        hash_worker=ThreadWorker(reactor, cpu.pool),
+        # The agent never cuts blobs into pieces (metainfo comes from the origins); CAStore wants a rule anyway.
+        piece_rule=PieceLengthRule.default(),
+        now=reactor.seconds,
+    )
+
+    http, client_service = make_http_client(reactor, config.http_client)
+    client_service.setServiceParent(top)
+    tracker = TrackerClient(http=http, base=config.tracker, clock=reactor, config=config.http_client)
+    index = BuildIndexClient(http=http, base=config.build_index, clock=reactor, config=config.http_client)
+
+    scheduler = Scheduler(
+        config.p2p, reactor=reactor, store=store, metainfo=tracker.metainfo, announcer=tracker.announce
+    )
+    scheduler.setName("scheduler")
+    scheduler.setServiceParent(top)
+
+    backend = AgentBackend(scheduler, index, worker=io_worker, max_manifest_size=config.max_manifest_size)
+    registry = RegistryAPI(
+        backend,
+        None,
+        clock=reactor,
+        read_only=True,
+        read_only_message=READ_ONLY_MESSAGE,
+        max_manifest_size=config.max_manifest_size,
+    )
+    registry_listener = listen_http(
+        config.listen_registry,
+        make_site(registry.resource(), reactor=reactor),
+        reactor=reactor,
+        component="agent registry",
+        tracker=config.tracker,
+        build_index=config.build_index,
+    )
+    registry_listener.setName("registry")
+    registry_listener.setServiceParent(top)
+
+    api = AgentHTTP(scheduler, tracker_health=tracker.health, build_index_health=index.health, clock=reactor)
+    api_listener = listen_http(
+        config.listen_api, make_site(api.resource(), reactor=reactor), reactor=reactor, component="agent API"
+    )
+    api_listener.setName("api")
+    api_listener.setServiceParent(top)
+
+    ip, port = config.p2p.advertised()
+    listen(
+        config.p2p.listen,
+        scheduler.factory(),
+        reactor=reactor,
+        component="agent P2P",
+        name="p2p",
+        peer_id=scheduler.peer_id,
+        advertise=f"{ip}:{port}",
+    ).setServiceParent(top)
+    return top
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    return agent_service(options["parsed"], reactor)

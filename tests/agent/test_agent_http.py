@@ -1,0 +1,182 @@
+"""The agent API (``AgentHTTP``) through StubTreq, with a fake scheduler and fake health checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import treq
+from agent_fakes import BASE, Client, FakeScheduler, layer
+from results import result_of
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.logger import capturedLogs
+
+from kraken.agent.http import AgentHTTP
+from kraken.core import Digest
+
+NS = "library/alpine"
+
+
+class Checks:
+    """Health checks whose answers the test sets: True, False, an exception, or a Deferred."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, Any] = {"tracker": True, "build-index": True}
+        self.calls: list[str] = []
+
+    def check(self, name: str) -> Any:
+        async def run() -> bool:
+            self.calls.append(name)
+            answer = self.answers[name]
+            if isinstance(answer, Exception):
+                raise answer
+            if isinstance(answer, Deferred):
+                return bool(await answer)
+            return bool(answer)
+
+        return run
+
+
+class Api:
+    def __init__(self, tmp_path: Path, clock: task.Clock) -> None:
+        self.clock = clock
+        self.scheduler = FakeScheduler(tmp_path / "cache")
+        self.checks = Checks()
+        self.http = AgentHTTP(
+            self.scheduler,
+            tracker_health=self.checks.check("tracker"),
+            build_index_health=self.checks.check("build-index"),
+            clock=clock,
+        )
+        self.client = Client(self.http.resource(), clock)
+
+
+@pytest.fixture
+def api(tmp_path: Path, clock: task.Clock) -> Api:
+    return Api(tmp_path, clock)
+
+
+def test_health(api: Api) -> None:
+    r = api.client.get("/health")
+    assert (r.code, r.body) == (200, b"OK\n")
+
+
+def test_blob_is_downloaded_then_streamed(api: Api) -> None:
+    data = layer("blob", 10_000)
+    digest = api.scheduler.add(data)
+    r = api.client.get(f"/namespace/{NS}/blobs/{digest}")
+    assert r.code == 200
+    assert r.body == data
+    assert r.header("Content-Type") == "application/octet-stream"
+    assert api.scheduler.downloads == [(NS, digest)]
+
+
+def test_blob_range_and_head(api: Api) -> None:
+    data = layer("range", 10_000)
+    digest = api.scheduler.add(data)
+    r = api.client.get(f"/namespace/{NS}/blobs/{digest}", headers={"Range": "bytes=9000-"})
+    assert r.code == 206
+    assert r.body == data[9000:]
+    assert r.header("Content-Range") == "bytes 9000-9999/10000"
+    head = api.client.head(f"/namespace/{NS}/blobs/{digest}")
+    assert (head.code, head.body, head.header("Content-Length")) == (200, b"", "10000")
+
+
+def test_namespace_with_slashes_is_passed_whole(api: Api) -> None:
+    digest = api.scheduler.add(b"x")
+    assert api.client.get(f"/namespace/a/b/c/blobs/{digest}").body == b"x"
+    assert api.scheduler.downloads == [("a/b/c", digest)]
+
+
+def test_unknown_blob_is_404_json(api: Api) -> None:
+    missing = Digest.from_bytes(b"missing")
+    r = api.client.get(f"/namespace/{NS}/blobs/{missing}")
+    assert r.code == 404
+    assert r.header("Content-Type") == "application/json"
+    assert str(missing) in r.json()["error"]
+
+
+def test_failed_download_is_502_json(api: Api) -> None:
+    digest = api.scheduler.add(b"stalls")
+    api.scheduler.failing.add(digest)
+    with capturedLogs() as events:
+        r = api.client.get(f"/namespace/{NS}/blobs/{digest}")
+    assert r.code == 502
+    assert "failed" in r.json()["error"]
+    assert [e["digest"] for e in events if "digest" in e] == [str(digest)]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [f"/namespace/{NS}/blobs/sha256:abc", f"/namespace/{NS}/blobs/md5:00", "/namespace/UPPER/blobs/sha256:" + "0" * 64],
+)
+def test_bad_digest_or_namespace_is_400(api: Api, path: str) -> None:
+    r = api.client.get(path)
+    assert r.code == 400
+    assert "invalid" in r.json()["error"]
+    assert api.scheduler.downloads == []
+
+
+def test_unknown_route_and_method_are_json(api: Api) -> None:
+    r = api.client.get("/nope")
+    assert r.code == 404
+    assert "error" in r.json()
+    r = api.client.request("DELETE", f"/namespace/{NS}/blobs/sha256:{'0' * 64}")
+    assert r.code == 405
+    assert "error" in r.json()
+
+
+def test_stats_are_the_scheduler_counters(api: Api) -> None:
+    r = api.client.get("/stats")
+    assert r.code == 200
+    assert r.header("Content-Type") == "application/json"
+    assert r.json() == attrs.asdict(api.scheduler.counters)
+    assert r.json()["bytes_in"] == 10
+
+
+def test_ready_when_tracker_and_build_index_answer(api: Api) -> None:
+    r = api.client.get("/readiness")
+    assert r.code == 200
+    assert r.json() == {"ready": True}
+    assert sorted(api.checks.calls) == ["build-index", "tracker"]
+
+
+@pytest.mark.parametrize(
+    "answers,down",
+    [
+        ({"tracker": False}, ["tracker"]),
+        ({"build-index": False}, ["build-index"]),
+        ({"tracker": False, "build-index": False}, ["tracker", "build-index"]),
+        ({"tracker": RuntimeError("boom")}, ["tracker"]),
+    ],
+)
+def test_not_ready_names_what_is_down(api: Api, answers: dict[str, Any], down: list[str]) -> None:
+    api.checks.answers.update(answers)
+    r = api.client.get("/readiness")
+    assert r.code == 503
+    assert r.json()["down"] == down
+    for name in down:
+        assert name in r.json()["error"]
+
+
+def test_a_check_that_hangs_counts_as_down_after_the_timeout(api: Api) -> None:
+    hanging: Deferred[bool] = Deferred()
+    api.checks.answers["build-index"] = hanging
+    d = Deferred.fromCoroutine(_get(api, "/readiness"))
+    api.client.pump()
+    assert not d.called
+    api.clock.advance(5)
+    code, body = result_of(d, api.client.pump)
+    assert code == 503
+    assert json.loads(body)["down"] == ["build-index"]
+    assert hanging.called  # cancelled, not left dangling
+    assert [c for c in api.clock.getDelayedCalls() if c.active()] == []
+
+
+async def _get(api: Api, path: str) -> tuple[int, bytes]:
+    response = await api.client.stub.get(BASE + path)
+    return response.code, await treq.content(response)
