@@ -1,9 +1,16 @@
-"""``twistd kraken-herd``: origin, build-index and proxy in one process.
+"""``twistd kraken-herd``: origin, tracker, build-index, proxy and N agents in one process.
 
-The herd's YAML has a ``state_dir`` and one section per component, each
-holding that component's own keys (as in ``etc/kraken/<component>.yaml``).
-Every key has a default: listeners on the ports of DESIGN.md, all state under
-``state_dir``, and each component pointed at the others' listeners.
+The herd's YAML has a ``state_dir``, one section per component, each holding
+that component's own keys (as in ``etc/kraken/<component>.yaml``), and for
+the agents: ``agents`` (how many, default 3; ``--agents N`` overrides it),
+``agent_base_port`` (default 16000) and ``agent``, the keys every agent
+shares. Every key has a default: listeners on the ports of DESIGN.md, all
+state under ``state_dir``, and each component pointed at the others.
+
+Agent k (k = 0, 1, ...) listens on 127.0.0.1: registry ``base+1000k``, P2P
+``base+1+1000k`` (advertised as ``127.0.0.1:<port>``), agent API
+``base+2+1000k``; its state is ``state_dir/agent-k``. Those keys differ per
+agent, so ``agent`` may not set them.
 """
 
 from __future__ import annotations
@@ -17,53 +24,90 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from kraken import config
+from kraken.agent.config import AgentConfig
+from kraken.agent.tap import agent_service
 from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.tap import build_index_service
-from kraken.net.endpoints import endpoint_url
+from kraken.net.endpoints import endpoint_url, host_port
 from kraken.origin.config import OriginConfig
 from kraken.origin.tap import origin_service
 from kraken.proxy.config import ProxyConfig
 from kraken.proxy.tap import proxy_service
+from kraken.tracker.config import TrackerConfig
+from kraken.tracker.tap import tracker_service
 
-SECTIONS = ("origin", "build_index", "proxy")
+SECTIONS = ("origin", "tracker", "build_index", "proxy", "agent")
+KEYS = ("state_dir", "agents", "agent_base_port", *SECTIONS)
 DEFAULT_STATE_DIR = "/var/lib/kraken/herd"
+DEFAULT_AGENTS = 3
+DEFAULT_AGENT_BASE_PORT = 16000
+#: Agent keys the herd sets for each agent (``p2p`` sub-keys as ``p2p.<key>``).
+PER_AGENT_KEYS = ("listen_registry", "listen_api", "store.root", "p2p.listen", "p2p.advertise")
 
 
 @attrs.frozen
 class HerdConfig:
     state_dir: str
     origin: OriginConfig
+    tracker: TrackerConfig
     build_index: BuildIndexConfig
     proxy: ProxyConfig
+    agents: tuple[AgentConfig, ...] = ()
 
 
-def herd_config(loaded: config.Loaded, state_dir: str | None = None) -> HerdConfig:
+def agent_ports(base: int, k: int) -> tuple[int, int, int]:
+    """(registry, P2P, API) ports of agent ``k``."""
+    first = base + 1000 * k
+    return first, first + 1, first + 2
+
+
+def herd_config(loaded: config.Loaded, state_dir: str | None = None, agents: int | None = None) -> HerdConfig:
     """Fill in the herd's defaults around ``loaded`` and build every section."""
-    unknown = sorted(set(loaded.data) - {"state_dir", *SECTIONS})
+    data = loaded.data
+    unknown = sorted(set(data) - set(KEYS))
     if unknown:
-        known = ", ".join(sorted({"state_dir", *SECTIONS}))
+        known = ", ".join(sorted(KEYS))
         raise config.ConfigError(
             f"unknown key (known keys here: {known})", file=loaded.source((unknown[0],)), key=(unknown[0],)
         )
-    state = state_dir or loaded.data.get("state_dir", DEFAULT_STATE_DIR)
+    state = state_dir or data.get("state_dir", DEFAULT_STATE_DIR)
     if not isinstance(state, str):
         raise config.ConfigError("must be a path", file=loaded.source(("state_dir",)), key=("state_dir",))
     state = os.path.abspath(state)
+    count = _count(loaded, "agents", DEFAULT_AGENTS, 0) if agents is None else agents
+    base_port = _count(loaded, "agent_base_port", DEFAULT_AGENT_BASE_PORT, 1)
+    if base_port + 1000 * max(count - 1, 0) + 2 > 65535:
+        raise config.ConfigError(
+            f"{count} agents from port {base_port} do not fit below 65536",
+            file=loaded.source(("agent_base_port",)),
+            key=("agent_base_port",),
+        )
 
-    def listen(section: str, default: str) -> str:
-        value = loaded.data.get(section, {})
-        value = value.get("listen_http", default) if isinstance(value, dict) else default
+    def listen(section: str, default: str, key: str = "listen_http") -> str:
+        value: Any = data.get(section, {})
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
         return value if isinstance(value, str) else default
 
     origin_listen = listen("origin", "tcp:15002:interface=127.0.0.1")
+    tracker_listen = listen("tracker", "tcp:15003:interface=127.0.0.1")
     index_listen = listen("build_index", "tcp:15004:interface=127.0.0.1")
     try:
-        origin_url, index_url = endpoint_url(origin_listen), endpoint_url(index_listen)
+        origin_url, tracker_url, index_url = map(endpoint_url, (origin_listen, tracker_listen, index_listen))
     except ValueError as e:
         raise config.ConfigError(str(e), file=loaded.file) from None
+
+    origin_defaults: dict[str, Any] = {"listen_http": origin_listen, "store": {"root": os.path.join(state, "origin")}}
+    # The origin seeds over P2P on 127.0.0.1:15001, advertised as such (the tracker learns it from the origin).
+    p2p_listen = listen("origin", "tcp:15001:interface=127.0.0.1", "p2p.listen")
+    origin_defaults["p2p"] = {"listen": p2p_listen}
+    advertise = host_port(p2p_listen, "127.0.0.1")
+    if advertise is not None:
+        origin_defaults["p2p"]["advertise"] = advertise
+    origin = config.build(OriginConfig, loaded.over({"origin": origin_defaults}, "<herd defaults>"), ("origin",))
+
     defaults: dict[str, Any] = {
-        "state_dir": state,
-        "origin": {"listen_http": origin_listen, "store": {"root": os.path.join(state, "origin")}},
+        "tracker": {"listen_http": tracker_listen, "origin": origin_url},
         "build_index": {
             "listen_http": index_listen,
             "origin": origin_url,
@@ -79,22 +123,69 @@ def herd_config(loaded: config.Loaded, state_dir: str | None = None) -> HerdConf
     merged = loaded.over(defaults, "<herd defaults>")
     return HerdConfig(
         state_dir=state,
-        origin=config.build(OriginConfig, merged, ("origin",)),
+        origin=origin,
+        tracker=config.build(TrackerConfig, merged, ("tracker",)),
         build_index=config.build(BuildIndexConfig, merged, ("build_index",)),
         proxy=config.build(ProxyConfig, merged, ("proxy",)),
+        agents=tuple(_agent_config(loaded, k, state, base_port, tracker_url, index_url) for k in range(count)),
     )
+
+
+def _count(loaded: config.Loaded, key: str, default: int, minimum: int) -> int:
+    value = loaded.data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise config.ConfigError(
+            f"must be an integer of at least {minimum}, not {value!r}", file=loaded.source((key,)), key=(key,)
+        )
+    return value
+
+
+def _agent_config(
+    loaded: config.Loaded, k: int, state: str, base_port: int, tracker_url: str, index_url: str
+) -> AgentConfig:
+    shared = loaded.section("agent")
+    for dotted in PER_AGENT_KEYS:
+        key = tuple(dotted.split("."))
+        value: Any = shared.data
+        for part in key:
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            where = ("agent", *key)
+            raise config.ConfigError(
+                "set per agent by the herd (agent k: ports agent_base_port+1000k..+2, state in state_dir/agent-k)",
+                file=loaded.source(where),
+                key=where,
+            )
+    registry, p2p, api = agent_ports(base_port, k)
+    defaults = {
+        "agent": {
+            "listen_registry": f"tcp:{registry}:interface=127.0.0.1",
+            "listen_api": f"tcp:{api}:interface=127.0.0.1",
+            "tracker": tracker_url,
+            "build_index": index_url,
+            "store": {"root": os.path.join(state, f"agent-{k}")},
+            "p2p": {"listen": f"tcp:{p2p}:interface=127.0.0.1", "advertise": f"127.0.0.1:{p2p}"},
+        }
+    }
+    return config.build(AgentConfig, loaded.over(defaults, "<herd defaults>"), ("agent",))
 
 
 class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "YAML config file (supports extends:); every key has a default"],
         ["state-dir", "d", None, "Directory for all state (overrides state_dir)"],
+        ["agents", "a", None, f"Number of agents (overrides agents; default {DEFAULT_AGENTS})"],
     ]
 
     def postOptions(self) -> None:
+        agents: int | None = None
+        if self["agents"] is not None:
+            if not str(self["agents"]).isdigit():
+                raise usage.UsageError(f"--agents must be a number of agents (0 or more), not {self['agents']!r}")
+            agents = int(self["agents"])
         try:
             loaded = config.load(self["config"]) if self["config"] else config.from_mapping({}, "<command line>")
-            self["parsed"] = herd_config(loaded, self["state-dir"])
+            self["parsed"] = herd_config(loaded, self["state-dir"], agents)
         except config.ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -108,10 +199,14 @@ class Herd(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        agents = [host_port(a.listen_registry, "127.0.0.1") or a.listen_registry for a in self.config.agents]
         self.log.info(
-            "kraken-herd ready: registry on {registry}, origin at {origin}, build-index at {build_index}, "
-            "state in {state_dir}",
+            "kraken-herd ready: push to the registry on {registry}, pull from the agents' registries on {agents}; "
+            "tracker at {tracker}, origin at {origin}, build-index at {build_index}, state in {state_dir}",
             registry=self.config.proxy.listen_http,
+            agents=", ".join(agents) or "(no agents)",
+            agent_registries=agents,
+            tracker=self.config.tracker.listen_http,
             origin=self.config.build_index.origin,
             build_index=self.config.proxy.build_index,
             state_dir=self.config.state_dir,
@@ -120,12 +215,15 @@ class Herd(MultiService):
 
 def herd_service(cfg: HerdConfig, reactor: Any) -> Herd:
     herd = Herd(cfg)
-    # Start order: origin first, then what depends on it; stop in reverse.
-    for name, service in (
+    # Start order: origin first, then what depends on it; stop in reverse (agents first).
+    services = [
         ("origin", origin_service(cfg.origin, reactor)),
+        ("tracker", tracker_service(cfg.tracker, reactor)),
         ("build-index", build_index_service(cfg.build_index, reactor)),
         ("proxy", proxy_service(cfg.proxy, reactor)),
-    ):
+    ]
+    services += [(f"agent-{k}", agent_service(agent, reactor)) for k, agent in enumerate(cfg.agents)]
+    for name, service in services:
         service.setName(name)
         service.setServiceParent(herd)
     return herd
