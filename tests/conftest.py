@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -36,6 +37,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERD_READY = "kraken-herd ready"
 HERD_START_TIMEOUT = 60.0  # seconds; a backstop, the fixture waits for the ready line
 HERD_STOP_TIMEOUT = 30.0
+# Test herds cap their origin's P2P egress (25 MB/s), so agents pulling together gain by trading pieces.
+ORIGIN_EGRESS_BITS = 200_000_000
 
 
 # --------------------------------------------------------------------------- reactor and leak check
@@ -165,14 +168,35 @@ class OutputReader:
         self._thread.join(timeout)
 
 
+@dataclass(frozen=True)
+class HerdPorts:
+    """Every port of a test herd: free ones from ``HerdPorts.free``; agent k listens on ``agent_base + 1000k``
+    (registry), ``+1`` (P2P) and ``+2`` (agent API), as in the herd's own layout."""
+
+    proxy: int
+    origin: int
+    build_index: int
+    tracker: int
+    origin_p2p: int
+    agent_base: int
+    agents: int
+
+    @classmethod
+    def free(cls, agents: int) -> HerdPorts:
+        return cls(*free_ports(5), agent_base=free_agent_base(agents), agents=agents)
+
+    def agent(self, k: int) -> tuple[int, int, int]:
+        """(registry, P2P, API) ports of agent ``k``."""
+        first = self.agent_base + 1000 * k
+        return first, first + 1, first + 2
+
+
 @dataclass
 class Herd:
     """A running ``kraken-herd``; ``registry``/``url`` address its proxy (the Docker registry API)."""
 
     host: str
-    proxy_port: int
-    origin_port: int
-    build_index_port: int
+    ports: HerdPorts
     state_dir: str
     config_path: str
     log_path: str
@@ -180,8 +204,12 @@ class Herd:
     output: OutputReader = field(repr=False)
 
     @property
+    def proxy_port(self) -> int:
+        return self.ports.proxy
+
+    @property
     def registry(self) -> str:
-        return f"{self.host}:{self.proxy_port}"
+        return f"{self.host}:{self.ports.proxy}"
 
     @property
     def url(self) -> str:
@@ -189,11 +217,22 @@ class Herd:
 
     @property
     def origin_url(self) -> str:
-        return f"http://{self.host}:{self.origin_port}"
+        return f"http://{self.host}:{self.ports.origin}"
 
     @property
     def build_index_url(self) -> str:
-        return f"http://{self.host}:{self.build_index_port}"
+        return f"http://{self.host}:{self.ports.build_index}"
+
+    @property
+    def tracker_url(self) -> str:
+        return f"http://{self.host}:{self.ports.tracker}"
+
+    def agent_registry(self, k: int) -> str:
+        """host:port of agent ``k``'s read-only registry."""
+        return f"{self.host}:{self.ports.agent(k)[0]}"
+
+    def agent_api(self, k: int) -> str:
+        return f"http://{self.host}:{self.ports.agent(k)[2]}"
 
     def log_lines(self, start: int = 0) -> list[str]:
         return self.output.snapshot(start)
@@ -202,30 +241,55 @@ class Herd:
         return self.process.poll() is None
 
 
-def write_herd_config(path: str, state_dir: str, proxy: int, origin: int, build_index: int) -> None:
+def free_agent_base(agents: int) -> int:
+    """A port p with p+1000k+{0,1,2} free for every agent k (probed by binding them all at once)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000 - 1000 * max(agents, 1), 3)
+        socks: list[socket.socket] = []
+        try:
+            for k in range(agents):
+                for port in range(base + 1000 * k, base + 1000 * k + 3):
+                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    socks.append(s)
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free block of agent ports found")
+
+
+def write_herd_config(path: str, state_dir: str, ports: HerdPorts) -> None:
     with open(path, "w") as f:
         f.write(
             f'state_dir: "{state_dir}"\n'
-            f'proxy: {{listen_http: "tcp:{proxy}:interface=127.0.0.1"}}\n'
-            f'origin: {{listen_http: "tcp:{origin}:interface=127.0.0.1"}}\n'
-            f'build_index: {{listen_http: "tcp:{build_index}:interface=127.0.0.1"}}\n'
+            f'proxy: {{listen_http: "tcp:{ports.proxy}:interface=127.0.0.1"}}\n'
+            f'origin: {{listen_http: "tcp:{ports.origin}:interface=127.0.0.1",'
+            f' p2p: {{listen: "tcp:{ports.origin_p2p}:interface=127.0.0.1",'
+            f" bandwidth: {{enabled: true, egress_bits_per_sec: {ORIGIN_EGRESS_BITS}}}}}}}\n"
+            f'tracker: {{listen_http: "tcp:{ports.tracker}:interface=127.0.0.1"}}\n'
+            f'build_index: {{listen_http: "tcp:{ports.build_index}:interface=127.0.0.1"}}\n'
+            f"agents: {ports.agents}\n"
+            f"agent_base_port: {ports.agent_base}\n"
         )
 
 
-def start_herd(base_dir: str, ports: tuple[int, int, int] | None = None) -> Herd:
+def start_herd(base_dir: str, ports: HerdPorts | None = None, *, agents: int = 3) -> Herd:
     """Start ``twistd -n --pidfile= kraken-herd`` in ``base_dir`` and wait for its ready line.
 
-    ``ports`` (proxy, origin, build-index) default to free ones; the state
-    lives in ``base_dir/state``, so a herd started again on the same
-    ``base_dir`` finds what the previous one stored.
+    ``ports`` default to free ones (with ``agents`` agents); the state lives in ``base_dir/state``, so a herd
+    started again on the same ``base_dir`` (and ``ports``) finds what the previous one stored.
     """
     state_dir = os.path.join(base_dir, "state")
     config_path = os.path.join(base_dir, "herd.yaml")
     os.makedirs(state_dir, exist_ok=True)
     runs = sum(1 for name in os.listdir(base_dir) if name.startswith("herd-") and name.endswith(".log"))
     log_path = os.path.join(base_dir, f"herd-{runs + 1}.log")
-    proxy, origin, build_index = ports or free_ports(3)
-    write_herd_config(config_path, state_dir, proxy, origin, build_index)
+    ports = ports or HerdPorts.free(agents)
+    write_herd_config(config_path, state_dir, ports)
     process = subprocess.Popen(
         twistd_command("kraken-herd", "--config", config_path),
         cwd=REPO_ROOT,
@@ -235,7 +299,7 @@ def start_herd(base_dir: str, ports: tuple[int, int, int] | None = None) -> Herd
         stderr=subprocess.STDOUT,
     )
     output = OutputReader(process.stdout, log_path, HERD_READY)
-    herd = Herd("127.0.0.1", proxy, origin, build_index, state_dir, config_path, log_path, process, output)
+    herd = Herd("127.0.0.1", ports, state_dir, config_path, log_path, process, output)
     output.settled.wait(HERD_START_TIMEOUT)
     if not output.ready.is_set():
         stop_herd(herd)
@@ -280,13 +344,14 @@ def twistd() -> Twistd:
 
 
 class HerdLauncher:
-    """Private herds for one test: ``start(base_dir, ports=None)`` and ``stop(herd)``; all stopped at the end."""
+    """Private herds for one test: ``start(base_dir, ports=None, agents=3)`` and ``stop(herd)``; all stopped at
+    the end."""
 
     def __init__(self) -> None:
         self._started: list[Herd] = []
 
-    def start(self, base_dir: str, ports: tuple[int, int, int] | None = None) -> Herd:
-        herd = start_herd(base_dir, ports)
+    def start(self, base_dir: str, ports: HerdPorts | None = None, *, agents: int = 3) -> Herd:
+        herd = start_herd(base_dir, ports, agents=agents)
         self._started.append(herd)
         return herd
 
@@ -310,7 +375,7 @@ _running_herd: Herd | None = None
 
 @pytest.fixture(scope="session")
 def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
-    """One kraken-herd (origin + build-index + proxy) for the whole session."""
+    """One kraken-herd (origin, tracker, build-index, proxy and three agents) for the whole session."""
     global _running_herd
     herd = start_herd(str(tmp_path_factory.mktemp("herd")))
     _running_herd = herd

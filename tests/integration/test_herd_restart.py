@@ -17,7 +17,7 @@ def test_images_and_tags_survive_a_restart(herd_launcher: Any, tmp_path: Any) ->
     first = herd_launcher.start(base)
     ref = f"docker://{first.registry}/integration/restart:v1"
     skopeo("copy", "--dest-tls-verify=false", "--preserve-digests", f"oci:{layout.path}:v1", ref)
-    ports = (first.proxy_port, first.origin_port, first.build_index_port)
+    ports = first.ports
     assert herd_launcher.stop(first) in (0, -15)
 
     second = herd_launcher.start(base, ports)
