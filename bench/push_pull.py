@@ -23,76 +23,20 @@ import argparse
 import hashlib
 import os
 import platform
-import selectors
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from _daemons import Daemon, free_port  # noqa: E402
+
 from kraken.config import parse_size  # noqa: E402
 from kraken.herd.image import write_layout  # noqa: E402
-
-READY_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Daemon:
-    """A child process whose output goes to ``log``; construction returns once
-    a line containing ``ready`` has appeared (or raises)."""
-
-    def __init__(self, name: str, argv: list[str], log: str, ready: str) -> None:
-        self.name = name
-        self.log = log
-        self._out = open(log, "wb")
-        env = dict(os.environ, PYTHONPATH=ROOT)
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + READY_TIMEOUT
-        fd = self.proc.stdout.fileno()
-        seen = b""
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while ready.encode() not in seen:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    raise RuntimeError(f"{name} not ready after {READY_TIMEOUT}s; see {log}")
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise RuntimeError(f"{name} exited early; see {log}")
-                self._out.write(chunk)
-                seen = seen[-4096:] + chunk
-        self._out.flush()
-        self._drain = threading.Thread(target=shutil.copyfileobj, args=(self.proc.stdout, self._out), daemon=True)
-        self._drain.start()
-
-    def peak_rss(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._drain.join(10)
-        self._out.close()
 
 
 def start_ours(work: str) -> tuple[str, list[Daemon]]:

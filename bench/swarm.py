@@ -1,0 +1,296 @@
+"""The swarm benchmark: one blob requested by N agents at once, every daemon capped at the same rate.
+
+    python bench/swarm.py [--agents 10,25,50] [--size 256MiB] [--rate 100Mbit] [--piece 4MiB]
+                          [--uncapped 1GiB] [--work DIR] [--out FILE]
+
+One kraken-origin, one kraken-tracker and max(N) kraken-agents run as separate ``twistd`` processes on free
+loopback ports. The origin and every agent are capped at ``--rate`` each way by their own P2P bandwidth limits
+(token buckets on piece payloads). For each N a fresh blob of ``--size`` seeded random bytes is uploaded to the
+origin over its HTTP API, then the first N agents are asked for it at the same moment (``HEAD`` on the agent API,
+which answers once the blob is in the agent's cache). Reported per N: each agent's completion time over the
+ideal size/rate (median and worst), the origin's P2P egress in copies of the blob, the CPU seconds all daemons
+used, and the agents' peak RSS. Two agents' copies are read back and checked against the blob's SHA-256.
+
+``--uncapped SIZE`` adds the single-agent run: one origin and one agent without bandwidth limits, one blob of
+SIZE; reported: the agent's throughput and peak RSS.
+
+Prints Markdown; ``--out FILE`` also appends it to FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from _daemons import Daemon, cpu_seconds, free_port, twistd  # noqa: E402
+
+from kraken.config import parse_size  # noqa: E402
+
+NAMESPACE = "bench/swarm"
+REQUEST_TIMEOUT = 3600.0
+
+
+def parse_rate(text: str) -> int:
+    """``100Mbit``, ``1.5Gbit``, ``800Kbit`` or a plain number: bits per second (decimal prefixes)."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMG]?)bit\s*", text) or re.fullmatch(r"\s*([0-9]+)()\s*", text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"not a rate: {text!r} (try 100Mbit)")
+    return int(float(m.group(1)) * {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}[m.group(2)])
+
+
+def write_blob(path: str, size: int) -> str:
+    """``size`` random bytes; returns their digest."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            data = os.urandom(min(left, 1 << 20))
+            f.write(data)
+            digest.update(data)
+            left -= len(data)
+    return "sha256:" + digest.hexdigest()
+
+
+def request(port: int, method: str, path: str, body: object = None, headers: dict[str, str] | None = None) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        data = response.read()
+        if not 200 <= response.status < 300 and response.status != 409:
+            raise RuntimeError(f"{method} {path}: {response.status} {data[:300]!r}")
+        if response.status in (201, 202) or method == "POST":
+            return (response.getheader("Location") or "").encode() or data
+        return data
+    finally:
+        conn.close()
+
+
+def upload(origin_port: int, path: str, digest: str) -> None:
+    """Start, PATCH the whole file, commit: the origin's upload protocol (kraken/origin/http.py)."""
+    base = f"/namespace/{NAMESPACE}/blobs/{digest}/uploads"
+    uid = request(origin_port, "POST", base).decode()
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        request(
+            origin_port,
+            "PATCH",
+            f"{base}/{uid}",
+            body=f,
+            headers={"Content-Range": f"0-{size}", "Content-Length": str(size)},
+        )
+    request(origin_port, "PUT", f"{base}/{uid}")
+
+
+def stats(port: int) -> dict[str, int]:
+    return json.loads(request(port, "GET", "/stats"))
+
+
+@dataclass
+class Agent:
+    daemon: Daemon
+    api: int
+
+
+class Cluster:
+    """An origin, a tracker and ``agents`` agents, each its own process."""
+
+    def __init__(self, work: str, agents: int, rate: int | None, piece: int) -> None:
+        self.work = work
+        os.makedirs(work, exist_ok=True)
+        bandwidth = (
+            f"bandwidth: {{enabled: true, egress_bits_per_sec: {rate}, ingress_bits_per_sec: {rate}}}"
+            if rate
+            else "bandwidth: {enabled: false}"
+        )
+        self.origin_http, origin_p2p, self.tracker_http = free_port(), free_port(), free_port()
+        origin = self._config(
+            "origin",
+            f"listen_http: 'tcp:{self.origin_http}:interface=127.0.0.1'\n"
+            f"store: {{root: {work}/origin, piece_lengths: {{0: {piece}}}}}\n"
+            f"p2p: {{listen: 'tcp:{origin_p2p}:interface=127.0.0.1', advertise: '127.0.0.1:{origin_p2p}',"
+            f" {bandwidth}}}\n",
+        )
+        tracker = self._config(
+            "tracker",
+            f"listen_http: 'tcp:{self.tracker_http}:interface=127.0.0.1'\norigin: 'http://127.0.0.1:{self.origin_http}'\n",
+        )
+        self.daemons = [
+            Daemon("origin", twistd("kraken-origin", origin), f"{work}/origin.log", "origin P2P listening", wait=False),
+            Daemon("tracker", twistd("kraken-tracker", tracker), f"{work}/tracker.log", "listening", wait=False),
+        ]
+        self.agents: list[Agent] = []
+        for k in range(agents):
+            registry, api, p2p = free_port(), free_port(), free_port()
+            config = self._config(
+                f"agent-{k}",
+                f"listen_registry: 'tcp:{registry}:interface=127.0.0.1'\n"
+                f"listen_api: 'tcp:{api}:interface=127.0.0.1'\n"
+                f"tracker: 'http://127.0.0.1:{self.tracker_http}'\n"
+                f"build_index: 'http://127.0.0.1:{free_port()}'\n"  # unused: blobs by digest only
+                f"store: {{root: {work}/agent-{k}}}\n"
+                f"p2p: {{listen: 'tcp:{p2p}:interface=127.0.0.1', advertise: '127.0.0.1:{p2p}', {bandwidth}}}\n",
+            )
+            daemon = Daemon(
+                f"agent-{k}", twistd("kraken-agent", config), f"{work}/agent-{k}.log", "agent P2P listening", wait=False
+            )
+            self.agents.append(Agent(daemon, api))
+            self.daemons.append(daemon)
+        for daemon in self.daemons:
+            daemon.wait_ready()
+
+    def _config(self, name: str, text: str) -> str:
+        path = os.path.join(self.work, f"{name}.yaml")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(d.proc.pid) for d in self.daemons)
+
+    def stop(self) -> None:
+        for daemon in self.daemons:
+            daemon.stop()
+
+
+def pull_all(cluster: Cluster, agents: list[Agent], digest: str) -> list[float]:
+    """HEAD the blob on every agent at the same moment; each one's seconds until it answered."""
+    barrier = threading.Barrier(len(agents) + 1)
+    times: list[float] = [0.0] * len(agents)
+    errors: list[BaseException] = []
+
+    def one(i: int, agent: Agent) -> None:
+        barrier.wait()
+        start = time.monotonic()
+        try:
+            request(agent.api, "HEAD", f"/namespace/{NAMESPACE}/blobs/{digest}")
+        except BaseException as e:  # reported after the join
+            errors.append(e)
+        times[i] = time.monotonic() - start
+
+    threads = [threading.Thread(target=one, args=(i, a)) for i, a in enumerate(agents)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} agents failed: {errors[0]}")
+    return times
+
+
+def verify(agent: Agent, digest: str) -> None:
+    body = request(agent.api, "GET", f"/namespace/{NAMESPACE}/blobs/{digest}")
+    assert "sha256:" + hashlib.sha256(body).hexdigest() == digest, "an agent's copy does not match"
+
+
+def swarm_runs(args: argparse.Namespace, work: str) -> list[str]:
+    counts = [int(n) for n in args.agents.split(",")]
+    size = parse_size(args.size)
+    ideal = size * 8 / args.rate
+    cluster = Cluster(os.path.join(work, "swarm"), max(counts), args.rate, parse_size(args.piece))
+    rows = []
+    try:
+        for n in counts:
+            blob = os.path.join(work, f"blob-{n}")
+            digest = write_blob(blob, size)
+            upload(cluster.origin_http, blob, digest)
+            os.unlink(blob)
+            agents = cluster.agents[:n]
+            origin_before = stats(cluster.origin_http)["bytes_out"]
+            cpu_before = cluster.cpu()
+            times = pull_all(cluster, agents, digest)
+            cpu = cluster.cpu() - cpu_before
+            copies = (stats(cluster.origin_http)["bytes_out"] - origin_before) / size
+            for agent in (agents[0], agents[-1]):
+                verify(agent, digest)
+            rss = max(a.daemon.peak_rss() for a in agents)
+            row = (
+                f"| {n} | {size >> 20} MiB | {args.rate / 1e6:g} Mbit/s | {ideal:.1f} s "
+                f"| {statistics.median(times) / ideal:.2f}x | {max(times) / ideal:.2f}x "
+                f"| {copies:.2f} | {cpu:.0f} s | {rss >> 20} MiB |"
+            )
+            print(row, flush=True)
+            rows.append(row)
+    finally:
+        cluster.stop()
+    header = [
+        f"Swarm: `python bench/swarm.py --agents {args.agents} --size {args.size} --rate {args.rate / 1e6:g}Mbit "
+        f"--piece {args.piece}`, on {platform.node()} ({os.cpu_count()} CPUs), {time.strftime('%Y-%m-%d')}.",
+        "",
+        "| agents | blob | rate (each way, each daemon) | ideal | median / ideal | worst / ideal "
+        "| origin egress (copies) | CPU (all daemons) | agent peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    return header + rows
+
+
+def uncapped_run(args: argparse.Namespace, work: str) -> list[str]:
+    size = parse_size(args.uncapped)
+    cluster = Cluster(os.path.join(work, "uncapped"), 1, None, parse_size(args.piece))
+    try:
+        blob = os.path.join(work, "blob-uncapped")
+        digest = write_blob(blob, size)
+        upload(cluster.origin_http, blob, digest)
+        os.unlink(blob)
+        cpu_before = cluster.cpu()
+        [took] = pull_all(cluster, cluster.agents, digest)
+        cpu = cluster.cpu() - cpu_before
+        rss = cluster.agents[0].daemon.peak_rss()
+    finally:
+        cluster.stop()
+    row = f"| {size >> 20} MiB | {took:.2f} s | {size / took / 1e9:.2f} GB/s | {cpu:.1f} s | {rss >> 20} MiB |"
+    print(row, flush=True)
+    return [
+        "",
+        f"One uncapped agent pulling from one origin (`--uncapped {args.uncapped}`):",
+        "",
+        "| blob | time | throughput | CPU (origin + agent) | agent peak RSS |",
+        "|---|---|---|---|---|",
+        row,
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", default="10,25,50", help="comma-separated agent counts")
+    parser.add_argument("--size", default="256MiB")
+    parser.add_argument("--rate", type=parse_rate, default=parse_rate("100Mbit"))
+    parser.add_argument("--piece", default="4MiB", help="the origin's piece length")
+    parser.add_argument("--uncapped", default=None, help="also run one uncapped agent on a blob of this size")
+    parser.add_argument("--work", default=None)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    work = args.work or tempfile.mkdtemp(prefix="kraken-swarm-")
+    try:
+        lines = swarm_runs(args, work) if args.agents else []
+        if args.uncapped:
+            lines += uncapped_run(args, work)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
