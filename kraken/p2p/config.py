@@ -12,6 +12,8 @@ Defaults and why (Kraken's values unless said otherwise):
   again on the next handshake). ``leecher_tti`` 5 min: a download that wrote no piece for this long fails.
 - ``blacklist`` 30 s: after a peer breaks the protocol or sends a corrupt piece, or a dial to it fails, it is not
   dialled again for this blob for this long.
+- ``super_seed``: a seeder declines to send a piece twice within a request timeout while the first receiver is
+  still connected, so an origin facing many agents spends its upload on pieces the swarm lacks.
 - bandwidth, in bits per second each way, is on by default for agents (Kraken's 1.6 Gbit/s out, 2.4 Gbit/s in)
   and off for origins. Only piece payloads are metered.
 """
@@ -63,6 +65,9 @@ class P2PConfig:
     # How often connection and torrent TTIs are checked.
     preemption_interval: Duration = attrs.field(default=Duration(5.0), validator=positive)
     bandwidth: BandwidthConfig = attrs.field(factory=BandwidthConfig)
+    # A complete seeder declines to send again, for one request timeout, a piece it just sent to a peer that is
+    # still connected (the swarm passes it on), so it spends its upload on pieces the swarm lacks.
+    super_seed: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.peer_id is not None:

@@ -10,7 +10,10 @@ Policy:
   pieces it has, we lack and nobody is fetching, lowest count first; ties are broken at random so that peers
   starting together do not all chase the same piece.
 - **Pipelining.** A peer has at most ``pipeline_limit`` requests outstanding; a new request is handed out only
-  when one is answered, fails, expires or is cancelled.
+  when one is answered, fails, expires or is cancelled. A request that times out halves that peer's limit (to no
+  less than one) and every piece it delivers raises it by one again, up to ``pipeline_limit``: an overloaded
+  peer, such as an origin that many agents ask at once, is asked for fewer pieces at a time instead of having
+  requests pile up in its queue until they time out.
 - **One requester per piece,** except in the **endgame**: once every piece we still lack has a request
   outstanding, an idle peer may also be asked for pieces that another peer is already fetching (those with the
   fewest requesters first). When one copy arrives, ``piece_received`` names the other peers still fetching it so
@@ -67,11 +70,14 @@ class Dispatcher:
         self._request_timeout = request_timeout
         self._rng = rng
         self._peers: dict[str, Bitfield] = {}
-        self._limits: dict[str, int] = {}
+        self._limits: dict[str, int] = {}  # current pipeline limit of each peer
+        self._max_limits: dict[str, int] = {}
         self._rarity = [0] * num_pieces
         # Outstanding requests, indexed both ways: piece -> {peer: sent at} and peer -> {piece: sent at}.
         self._by_piece: dict[int, dict[str, float]] = {}
         self._by_peer: dict[str, dict[int, float]] = {}
+        # Pieces whose payload has arrived and is being verified: nobody is asked for them meanwhile.
+        self._verifying: set[int] = set()
         # Pieces a peer failed to deliver: not asked of it again until the time given (inf: never).
         self._refused: dict[str, dict[int, float]] = {}
 
@@ -85,7 +91,8 @@ class Dispatcher:
             raise ValueError(f"bitfield of {len(bitfield)} bits for a torrent of {self._num_pieces} pieces")
         field = Bitfield(self._num_pieces, bitfield.ones())
         self._peers[peer_id] = field
-        self._limits[peer_id] = self._pipeline_limit if pipeline_limit is None else max(1, pipeline_limit)
+        limit = self._pipeline_limit if pipeline_limit is None else max(1, pipeline_limit)
+        self._limits[peer_id] = self._max_limits[peer_id] = limit
         self._by_peer[peer_id] = {}
         for i in field.ones():
             self._rarity[i] += 1
@@ -95,7 +102,7 @@ class Dispatcher:
         field = self._peers.pop(peer_id, None)
         if field is None:
             return
-        del self._limits[peer_id]
+        del self._limits[peer_id], self._max_limits[peer_id]
         for i in field.ones():
             self._rarity[i] -= 1
         for index in self._by_peer.pop(peer_id):
@@ -127,8 +134,11 @@ class Dispatcher:
         refused = {i for i, until in self._refused.get(peer_id, {}).items() if until > now}
         rarity = self._rarity
         rand = self._rng.random
+        busy = self._verifying
         fresh = [
-            (rarity[i], rand(), i) for i in self._missing if i not in self._by_piece and field[i] and i not in refused
+            (rarity[i], rand(), i)
+            for i in self._missing
+            if i not in self._by_piece and i not in busy and field[i] and i not in refused
         ]
         chosen = [i for _, _, i in heapq.nsmallest(slots, fresh)]
         for index in chosen:
@@ -139,7 +149,7 @@ class Dispatcher:
             duplicates = [
                 (len(by_piece[i]), rarity[i], rand(), i)
                 for i in self._missing
-                if field[i] and i not in mine and i not in refused
+                if i in by_piece and i not in busy and field[i] and i not in mine and i not in refused
             ]
             extra = [i for _, _, _, i in heapq.nsmallest(slots, duplicates)]
             for index in extra:
@@ -147,27 +157,45 @@ class Dispatcher:
             chosen.extend(extra)
         return chosen
 
+    def piece_arrived(self, peer_id: str, index: int) -> None:
+        """The payload of piece ``index`` has arrived from ``peer_id`` and is being verified: the peer's request
+        slot is free at once, and nobody else is asked for the piece meanwhile. ``piece_received`` or
+        ``piece_failed`` follows."""
+        mine = self._by_peer.get(peer_id)
+        if mine is None or mine.pop(index, None) is None:
+            return
+        self._forget_request(peer_id, index)
+        if not self._have[index]:
+            self._verifying.add(index)
+
     def piece_received(self, peer_id: str, index: int) -> list[str]:
         """Piece ``index`` arrived (and verified) from ``peer_id``; returns the other peers still fetching it,
         whom the caller should send ``CANCEL``. A piece we already had changes nothing and returns ``[]``."""
+        self._verifying.discard(index)
         if self._have[index]:
             return []
         self._have.set(index)
         self._missing.discard(index)
+        if peer_id in self._limits:
+            self._limits[peer_id] = min(self._max_limits[peer_id], self._limits[peer_id] + 1)
         field = self._peers.get(peer_id)
         if field is not None and not field[index]:
             field.set(index)
             self._rarity[index] += 1
         others = []
         for other in self._by_piece.pop(index, {}):
-            del self._by_peer[other][index]
+            self._by_peer[other].pop(index, None)
             if other != peer_id:
                 others.append(other)
         return sorted(others)
 
-    def piece_failed(self, peer_id: str, index: int, *, until: float = float("inf")) -> None:
+    def piece_failed(self, peer_id: str, index: int, *, until: float = float("inf"), slow: bool = False) -> None:
         """The peer sent a bad piece or an error for it: the piece returns to the pool, and is not asked of this
-        peer again before ``until`` (never, by default)."""
+        peer again before ``until`` (never, by default). ``slow``: the request timed out, so the peer gets fewer
+        requests at a time."""
+        self._verifying.discard(index)
+        if slow and peer_id in self._limits:
+            self._limits[peer_id] = max(1, self._limits[peer_id] // 2)
         refused = self._refused.setdefault(peer_id, {})
         refused[index] = max(until, refused.get(index, until))
         mine = self._by_peer.get(peer_id)
@@ -184,7 +212,7 @@ class Dispatcher:
             if now - sent > self._request_timeout
         ]
         for peer_id, index in late:
-            self.piece_failed(peer_id, index, until=now + self._request_timeout)
+            self.piece_failed(peer_id, index, until=now + self._request_timeout, slow=True)
         return sorted(late)
 
     # -- state ---------------------------------------------------------------------------------------------------
@@ -193,8 +221,9 @@ class Dispatcher:
         return self._have.complete()
 
     def in_endgame(self) -> bool:
-        """Whether every piece we lack has a request outstanding (and some piece is still missing)."""
-        return bool(self._missing) and len(self._by_piece) == len(self._missing)
+        """Whether every piece we lack has a request outstanding or is being verified (and some piece is still
+        missing)."""
+        return bool(self._missing) and len(self._by_piece.keys() | self._verifying) == len(self._missing)
 
     def have(self) -> Bitfield:
         """A copy of the pieces we hold."""
@@ -207,6 +236,10 @@ class Dispatcher:
     def missing(self) -> int:
         """How many pieces we still lack."""
         return len(self._missing)
+
+    def pipeline_limit(self, peer_id: str) -> int:
+        """How many requests ``peer_id`` may have outstanding now."""
+        return self._limits[peer_id]
 
     def outstanding(self, peer_id: str) -> frozenset[int]:
         """The pieces requested of ``peer_id`` and not yet answered."""

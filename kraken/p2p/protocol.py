@@ -36,6 +36,9 @@ from kraken.p2p.session import (
 )
 from kraken.p2p.wire import Chunk, Error, ErrorCode, FramingError, Handshake, Message
 
+IO_SIZE = 1 << 20
+READ_SIZE = 256 << 10
+
 SessionFactory = Callable[[IPeerConnection], PeerSession]
 """Builds the session of one connection, given the connection it speaks through."""
 
@@ -54,7 +57,7 @@ class _WriteFlow:
             return fail(PeerDisconnected(self.stopped))
         if not self.paused:
             return succeed(None)
-        d: Deferred[None] = Deferred()
+        d: Deferred[None] = Deferred(lambda d: self._waiters.remove(d) if d in self._waiters else None)
         self._waiters.append(d)
         return d
 
@@ -121,13 +124,25 @@ class PeerProtocol(Protocol):
 
     def when_writable(self) -> Deferred[None]:
         """Fires once the transport's write buffer has room (at once if it has); fails with ``PeerDisconnected``
-        if the connection is lost first. Await it before each ``send_piece`` to honour back-pressure."""
+        if the connection is lost first. Await it before each ``send_piece`` to honour back-pressure. Cancelling
+        it stops the wait."""
         return self._flow.when_writable()
+
+    @property
+    def writable(self) -> bool:
+        """Whether the transport's write buffer has room (``when_writable`` would fire at once)."""
+        return not self._flow.paused and self._flow.stopped is None
 
     # --- Protocol -------------------------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         transport = self._transport()
+        # Pieces are MiB-sized: read and send up to 1 MiB per system call (Twisted's defaults are 64 KiB and
+        # 128 KiB), and let about one piece sit in the write buffer before the producer is paused.
+        if hasattr(transport, "bufferSize"):
+            transport.bufferSize = READ_SIZE
+        if hasattr(transport, "SEND_LIMIT"):
+            transport.SEND_LIMIT = IO_SIZE
         if IConsumer.providedBy(transport):  # TCP, TLS, StringTransport, iosim; otherwise always writable
             cast(IConsumer, transport).registerProducer(self._flow, True)
         if self.session is not None:

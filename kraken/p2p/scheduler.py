@@ -27,8 +27,8 @@ All state lives on the reactor thread; disk and hashing run in the store's worke
 
 from __future__ import annotations
 
+import itertools
 import random
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -80,7 +80,14 @@ Announcer = Callable[[PeerInfo, str, Digest, str], Awaitable[tuple[list[PeerInfo
 Connector = Callable[[PeerInfo, Factory], "Deferred[Protocol]"]
 """Dials a peer with a factory (tests join schedulers in memory)."""
 
+# Bytes of received pieces held in memory while they are checked and written. Below it, a request slot is
+# given to the next piece as soon as a payload has arrived; above it, only once the piece is written.
+PIECE_MEMORY = 8 << 20
 DEFAULT_ANNOUNCE_INTERVAL = 5.0
+# A torrent with fewer connections than it may have announces again this soon (or at the tracker's interval, if
+# shorter), to find peers with room; a peer that answered BUSY is not dialled again for BUSY_BACKOFF.
+UNDERCONNECTED_ANNOUNCE = 1.0
+BUSY_BACKOFF = 5.0
 MAX_ANNOUNCE_INTERVAL = 60.0
 
 
@@ -97,28 +104,104 @@ class Stats:
     bytes_in_from_origins: int = 0
     bytes_in_from_agents: int = 0
     corrupt_pieces: int = 0
+    duplicate_pieces: int = 0  # endgame copies that arrived after the first
+    requests_timed_out: int = 0
+    requests_refused: int = 0  # answered with ERROR
+    requests_declined: int = 0  # pieces this seeder declined to send again (super_seed)
     downloads_completed: int = 0
     torrents: int = 0
     connections: int = 0
 
 
-class _PieceBuffer:
-    """Receives one piece's payload into a buffer of the piece's size, allocated when the first byte arrives."""
+class _PieceSink:
+    """Receives one piece's payload into a buffer of the piece's size, allocated when the first byte arrives.
 
-    def __init__(self, size: int) -> None:
+    The first byte also reserves the piece's size in the ingress bucket. Until the tokens are granted the
+    connection stops reading (``pauseProducing``), so a capped daemon takes bytes off the wire at its rate, and
+    the piece is not used (nor the next one asked for on that slot) before ``granted`` fires.
+    """
+
+    def __init__(self, size: int, bucket: TokenBucket | Unlimited, transport: object, buffers: _Buffers) -> None:
         self._size = size
+        self._bucket = bucket
+        self._transport = transport
+        self._buffers = buffers
         self._buf: bytearray | None = None
         self._pos = 0
+        self._reservation: Deferred[None] | None = None
 
     def write(self, chunk: Chunk) -> None:
         if self._buf is None:
-            self._buf = bytearray(self._size)
+            self._buf = self._buffers.take(self._size)
+            self._reserve()
         end = self._pos + len(chunk)
         self._buf[self._pos : end] = chunk
         self._pos = end
 
+    def _reserve(self) -> Deferred[None]:
+        if self._reservation is None:
+            self._reservation = self._bucket.reserve(self._size)
+            if not self._reservation.called and hasattr(self._transport, "pauseProducing"):
+                self._transport.pauseProducing()
+                self._reservation.addBoth(self._resume)
+        return self._reservation
+
+    def _resume(self, result: object) -> object:
+        if hasattr(self._transport, "resumeProducing"):
+            self._transport.resumeProducing()
+        return result
+
+    async def granted(self) -> None:
+        """Wait for the ingress tokens of this piece."""
+        reservation = self._reserve()
+        if not reservation.called:
+            mine: Deferred[None] = Deferred()
+
+            def relay(result: object) -> None:
+                mine.callback(None)  # a failed reservation (the bucket closed at shutdown) is not an error here
+
+            reservation.addBoth(relay)
+            await mine
+
+    def done(self) -> None:
+        """The piece is written (or thrown away): its buffer may be reused."""
+        if self._buf is not None:
+            self._buffers.give(self._buf)
+            self._buf = None
+
+    def release(self) -> None:
+        """The piece did not arrive: give its buffer and its tokens back (or stop waiting for the tokens)."""
+        self.done()
+        if self._reservation is None:
+            return
+        if self._reservation.called:
+            self._bucket.refund(self._size)
+        else:
+            self._reservation.cancel()
+            self._reservation.addErrback(lambda f: f.trap(CancelledError))
+
     def data(self) -> bytes | bytearray:
         return self._buf if self._buf is not None else b""
+
+
+class _Buffers:
+    """Piece buffers, reused rather than allocated for every piece (MiB-sized allocations freed at a high rate
+    make the heap grow), and the bytes of the pieces being checked and written, which ``PIECE_MEMORY`` bounds."""
+
+    KEEP = 4  # free buffers kept per size
+
+    def __init__(self) -> None:
+        self.checking = 0
+        self._free: dict[int, list[bytearray]] = {}
+
+    def take(self, size: int) -> bytearray:
+        free = self._free.get(size)
+        return free.pop() if free else bytearray(size)
+
+    def give(self, buf: bytearray) -> None:
+        free = self._free.setdefault(len(buf), [])
+        if len(free) < self.KEEP:
+            free.append(buf)
 
 
 @attrs.define(eq=False)
@@ -127,9 +210,18 @@ class _Conn:
     protocol: PeerProtocol
     session: PeerSession
     origin: bool
-    sends: deque[int] = attrs.field(factory=deque)
-    sending: bool = False
     requests: dict[int, Deferred[int]] = attrs.field(factory=dict)
+
+
+@attrs.define(eq=False)
+class _Send:
+    """A piece a peer asked us for, waiting in the outbox."""
+
+    torrent: _Torrent
+    conn: _Conn
+    index: int
+    seq: int
+    cancelled: bool = False
 
 
 @attrs.define(eq=False)
@@ -146,6 +238,8 @@ class _Torrent:
     waiters: list[Deferred[str]] = attrs.field(factory=list)
     announce_call: IDelayedCall | None = None
     writing: set[int] = attrs.field(factory=set)  # pieces being checked and written
+    sent: dict[int, int] = attrs.field(factory=dict)  # copies of each piece served to peers
+    last_sent: dict[int, tuple[float, str]] = attrs.field(factory=dict)  # piece -> (when, to whom)
     installing: bool = False
     installed: list[Deferred[None]] = attrs.field(factory=list)  # readers waiting for the install to end
     closed: bool = False
@@ -188,6 +282,11 @@ class Scheduler(Service):
         self._torrents: dict[Digest, _Torrent] = {}
         self._starting: dict[Digest, list[Deferred[_Torrent]]] = {}
         self._counts: dict[str, int] = dict.fromkeys(attrs.fields_dict(Stats), 0)
+        self._buffers = _Buffers()
+        self._outbox: list[_Send] = []
+        self._seq = itertools.count()
+        self._serving = False
+        self._in_flight: _Send | None = None
         bandwidth = config.bandwidth
         self._egress: TokenBucket | Unlimited = Unlimited()
         self._ingress: TokenBucket | Unlimited = Unlimited()
@@ -384,6 +483,11 @@ class Scheduler(Service):
             interval = DEFAULT_ANNOUNCE_INTERVAL
         self._dial_some(torrent, peers)
         if not torrent.complete:
+            if (
+                UNDERCONNECTED_ANNOUNCE
+                and len(torrent.conns) + len(torrent.dialing) < self._config.max_conns_per_torrent
+            ):
+                interval = min(interval, UNDERCONNECTED_ANNOUNCE)
             self._announce_soon(torrent, interval)
 
     def _dial_some(self, torrent: _Torrent, peers: list[PeerInfo]) -> None:
@@ -414,7 +518,12 @@ class Scheduler(Service):
             raise
         except Exception as e:
             torrent.dialing.discard(peer.peer_id)
-            if peer.peer_id not in torrent.conns:  # not a lost race with its own dial to us
+            if peer.peer_id in torrent.conns:
+                return  # a lost race with its own dial to us
+            if isinstance(e, PeerDisconnected) and e.refused is ErrorCode.BUSY:
+                # At capacity: not a fault; try it again after a short while rather than the blacklist's.
+                torrent.blacklist[peer.peer_id] = self._clock.seconds() + BUSY_BACKOFF
+            else:
                 self._blacklist(torrent, peer.peer_id, f"dial failed: {e}")
             return
         torrent.dialing.discard(peer.peer_id)
@@ -511,7 +620,7 @@ class Scheduler(Service):
     def _closed(self, closed: Closed, torrent: _Torrent, conn: _Conn) -> None:
         if torrent.conns.get(conn.peer_id) is conn:
             del torrent.conns[conn.peer_id]
-        conn.sends.clear()
+        self._outbox = [send for send in self._outbox if send.conn is not conn]
         if closed.violation:
             self._blacklist(torrent, conn.peer_id, closed.reason)
         if torrent.dispatcher is not None:
@@ -534,41 +643,50 @@ class Scheduler(Service):
         dispatcher, partial = torrent.dispatcher, torrent.partial
         assert dispatcher is not None and partial is not None
         size = torrent.info.piece_size(index)
-        buffer = _PieceBuffer(size)
-        try:
-            await self._ingress.reserve(size)
-        except CancelledError:
-            return  # the scheduler stopped
+        buffer = _PieceSink(size, self._ingress, conn.protocol.transport, self._buffers)
         try:
             if torrent.conns.get(conn.peer_id) is not conn or index not in dispatcher.outstanding(conn.peer_id):
-                self._ingress.refund(size)
-                return  # cancelled (endgame) or gone while waiting for tokens
+                return  # gone meanwhile
             request = conn.session.request_piece(index, buffer.write)
             conn.requests[index] = request
             try:
                 await request
             finally:
                 conn.requests.pop(index, None)
+            await buffer.granted()
         except CancelledError:
-            self._ingress.refund(size)
-            return  # another peer delivered it first
+            buffer.release()
+            return  # another peer delivered it first, or the scheduler stopped
         except (PeerDisconnected, SessionNotOpen):
-            self._ingress.refund(size)
+            buffer.release()
             return  # peer_left gave its requests back
-        except (PieceRequestFailed, TimeoutError, defer.TimeoutError) as e:
-            self._ingress.refund(size)
+        except (PieceRequestFailed, TimeoutError) as e:
+            buffer.release()
             now = self._clock.seconds()
             timed_out = not isinstance(e, PieceRequestFailed)
-            until = now + self._config.request_timeout(torrent.info.piece_length) if timed_out else float("inf")
-            dispatcher.piece_failed(conn.peer_id, index, until=until)
+            self._counts["requests_timed_out" if timed_out else "requests_refused"] += 1
+            if timed_out:
+                until = now + self._config.request_timeout(torrent.info.piece_length)
+            elif isinstance(e, PieceRequestFailed) and e.code is ErrorCode.PIECE_UNAVAILABLE:  # ask again later
+                until = now + self._config.request_timeout(torrent.info.piece_length) / 4
+            else:
+                until = float("inf")
+            dispatcher.piece_failed(conn.peer_id, index, until=until, slow=timed_out)
             self.log.debug("piece {piece} from {peer}: {error}", piece=index, peer=conn.peer_id[:12], error=str(e))
             self._request_all(torrent)
             return
         if index in torrent.writing or torrent.bitfield[index]:
+            self._counts["duplicate_pieces"] += 1
+            buffer.done()
             return  # an endgame duplicate: the first copy is being (or was) written; it frees this request too
         torrent.writing.add(index)
+        if self._buffers.checking + size <= PIECE_MEMORY:
+            # Its slot is free while the piece is checked and written, unless too many pieces wait for that.
+            dispatcher.piece_arrived(conn.peer_id, index)
+            self._request_more(torrent, conn)
+        self._buffers.checking += size
         try:
-            written = await partial.write_piece(index, bytes(buffer.data()))
+            written = await partial.write_piece(index, buffer.data())
         except PieceCorrupt:
             self._counts["corrupt_pieces"] += 1
             dispatcher.piece_failed(conn.peer_id, index)
@@ -581,6 +699,8 @@ class Scheduler(Service):
             return
         finally:
             torrent.writing.discard(index)
+            self._buffers.checking -= size
+            buffer.done()
         for other in dispatcher.piece_received(conn.peer_id, index):
             pending = torrent.conns[other].requests.get(index) if other in torrent.conns else None
             if pending is not None:
@@ -655,33 +775,73 @@ class Scheduler(Service):
         if not torrent.bitfield[index]:
             session.send_unavailable(index, "piece not here yet")
             return
-        conn.sends.append(index)
-        if not conn.sending:
-            conn.sending = True
-            Deferred.fromCoroutine(self._send_pieces(torrent, conn)).addErrback(
-                lambda f: self.log.failure("serving pieces failed", f)
-            )
+        self._outbox.append(_Send(torrent, conn, index, next(self._seq)))
+        if not self._serving:
+            self._serving = True
+            Deferred.fromCoroutine(self._serve()).addErrback(lambda f: self.log.failure("serving pieces failed", f))
 
-    async def _send_pieces(self, torrent: _Torrent, conn: _Conn) -> None:
+    async def _serve(self) -> None:
+        """Send the outbox's pieces, one at a time through the egress bucket.
+
+        Of the requests whose connection can take more, the piece this daemon has served the fewest times goes
+        first: a seeder facing many leechers sends every piece once before it sends any twice, so the swarm holds
+        a whole copy as early as possible and trades the rest among itself. With ``super_seed`` a complete
+        torrent also declines (``PIECE_UNAVAILABLE``) a piece it sent within the last request timeout to a peer
+        that is still connected: that peer is passing it on, and the requester asks it again later if it must.
+        """
         try:
-            while conn.sends and torrent.conns.get(conn.peer_id) is conn:
-                index = conn.sends[0]
-                size = torrent.info.piece_size(index)
-                await conn.protocol.when_writable()
+            while self._outbox and self.running:
+                send = self._pick()
+                if send is None:
+                    await self._any_writable()
+                    continue
+                self._outbox.remove(send)
+                if self._recently_seeded(send):
+                    self._counts["requests_declined"] += 1
+                    send.conn.session.send_unavailable(send.index, "recently seeded to a peer: ask the swarm")
+                    continue
+                self._in_flight = send
+                size = send.torrent.info.piece_size(send.index)
                 await self._egress.reserve(size)
-                if not conn.sends or conn.sends[0] != index:
+                if send.cancelled or send.torrent.conns.get(send.conn.peer_id) is not send.conn:
                     self._egress.refund(size)
-                    continue  # cancelled meanwhile
-                conn.sends.popleft()
-                data = await self._read_piece(torrent, index)
-                conn.session.send_piece(index, data)
-                torrent.last_active = self._clock.seconds()
+                    continue
+                data = await self._read_piece(send.torrent, send.index)
+                send.conn.session.send_piece(send.index, data)
+                send.torrent.sent[send.index] = send.torrent.sent.get(send.index, 0) + 1
+                send.torrent.last_sent[send.index] = (self._clock.seconds(), send.conn.peer_id)
+                send.torrent.last_active = self._clock.seconds()
                 self._counts["pieces_out"] += 1
                 self._counts["bytes_out"] += size
-        except (PeerDisconnected, CancelledError):
+        except CancelledError:
             pass
         finally:
-            conn.sending = False
+            self._in_flight = None
+            self._serving = False
+
+    def _recently_seeded(self, send: _Send) -> bool:
+        torrent = send.torrent
+        if not self._config.super_seed or not torrent.complete or send.index not in torrent.last_sent:
+            return False
+        when, peer = torrent.last_sent[send.index]
+        recent = self._clock.seconds() - when < self._config.request_timeout(torrent.info.piece_length)
+        return recent and peer != send.conn.peer_id and peer in torrent.conns
+
+    def _pick(self) -> _Send | None:
+        """The next piece to send: fewest copies served first, then the oldest request; None while every
+        connection with a request waiting has a full write buffer. Requests of closed connections are dropped."""
+        self._outbox = [s for s in self._outbox if s.torrent.conns.get(s.conn.peer_id) is s.conn]
+        ready = [s for s in self._outbox if s.conn.protocol.writable]
+        if not ready:
+            return None
+        return min(ready, key=lambda s: (s.torrent.sent.get(s.index, 0), s.seq))
+
+    async def _any_writable(self) -> None:
+        waits = [s.conn.protocol.when_writable() for s in self._outbox]
+        try:
+            await defer.race(waits)
+        except defer.FailureGroup:
+            pass  # every one of those connections is gone: _pick drops their requests
 
     async def _read_piece(self, torrent: _Torrent, index: int) -> bytes:
         info = torrent.info
@@ -699,11 +859,11 @@ class Scheduler(Service):
 
     def _piece_cancelled(self, torrent: _Torrent, session: PeerSession, index: int) -> None:
         conn = self._conn_of(torrent, session)
-        if conn is not None:
-            try:
-                conn.sends.remove(index)
-            except ValueError:
-                pass
+        if conn is None:
+            return
+        self._outbox = [s for s in self._outbox if not (s.conn is conn and s.index == index)]
+        if self._in_flight is not None and self._in_flight.conn is conn and self._in_flight.index == index:
+            self._in_flight.cancelled = True
 
     def _peer_has(self, torrent: _Torrent, session: PeerSession, index: int) -> None:
         conn = self._conn_of(torrent, session)

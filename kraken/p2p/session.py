@@ -79,11 +79,13 @@ class IPeerSessionObserver(Interface):
 
 
 class PeerDisconnected(Exception):
-    """The connection closed before the answer came."""
+    """The connection closed before the answer came. ``refused``: the peer answered the handshake with this
+    ``ERROR`` code (``BUSY``: at capacity, try again later)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, refused: ErrorCode | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.refused = refused
 
 
 class SessionNotOpen(Exception):
@@ -102,10 +104,12 @@ class PieceRequestFailed(Exception):
 
 @attrs.frozen
 class Closed:
-    """How a session ended. ``violation``: the peer broke the protocol; blacklist it for this blob."""
+    """How a session ended. ``violation``: the peer broke the protocol; blacklist it for this blob. ``refused``:
+    the peer answered our handshake with this error code."""
 
     reason: str
     violation: bool = False
+    refused: ErrorCode | None = None
 
 
 class State(enum.Enum):
@@ -119,7 +123,13 @@ class State(enum.Enum):
 class _Request:
     deferred: Deferred[int]
     sink: Callable[[Chunk], None]
+    timer: IDelayedCall | None = None
     received: int = 0
+
+    def stop_timer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
 
 
 class PeerSession:
@@ -201,7 +211,7 @@ class PeerSession:
         if self.remote is not None and self.state is State.OPEN:
             return succeed(self.remote)
         if self.closed is not None:
-            return fail(PeerDisconnected(self.closed.reason))
+            return fail(PeerDisconnected(self.closed.reason, self.closed.refused))
         d: Deferred[Handshake] = Deferred()
         self._handshake_waiters.append(d)
         return d
@@ -215,14 +225,16 @@ class PeerSession:
         self._close_waiters.append(d)
         return d
 
-    def close(self, reason: str, *, violation: bool = False, error: Error | None = None) -> None:
+    def close(
+        self, reason: str, *, violation: bool = False, error: Error | None = None, refused: ErrorCode | None = None
+    ) -> None:
         """Close the connection, after sending ``error`` if given. Pending requests fail at once."""
         if self.state in (State.CLOSING, State.CLOSED):
             return
         if error is not None:
             self._connection.send(error)
         self.state = State.CLOSING
-        self.closed = Closed(reason, violation)
+        self.closed = Closed(reason, violation, refused)
         self._stop_timers()
         self._fail_all(reason)
         self._connection.close(reason)
@@ -254,25 +266,36 @@ class PeerSession:
         """Ask the peer for piece ``index``; its payload goes to ``sink`` chunk by chunk as it arrives.
 
         The Deferred fires with the piece's length when the whole payload has arrived, fails with
-        ``PieceRequestFailed`` if the peer answers ``ERROR``, with ``TimeoutError`` after the request timeout and
-        with ``PeerDisconnected`` if the connection closes. Cancelling it sends ``CANCEL``.
+        ``PieceRequestFailed`` if the peer answers ``ERROR``, with ``TimeoutError`` if the piece has not started
+        to arrive within the request timeout (a piece that has started is left to the idle timeout) and with
+        ``PeerDisconnected`` if the connection closes. Cancelling it sends ``CANCEL``.
         """
         if self.state is not State.OPEN:
             if self.closed is not None:
-                return fail(PeerDisconnected(self.closed.reason))
+                return fail(PeerDisconnected(self.closed.reason, self.closed.refused))
             return fail(SessionNotOpen("the handshake has not completed"))
         self._metainfo.piece_size(index)  # IndexError outside the blob
         if index in self._pending:
             raise ValueError(f"piece {index} is already requested from this peer")
         d: Deferred[int] = Deferred(lambda _: self._cancel_request(index))
-        self._pending[index] = _Request(d, sink)
+        request = self._pending[index] = _Request(d, sink)
         self._discard.discard(index)
         self._connection.send(PieceRequest(index))
-        d.addTimeout(self._request_timeout, self._clock)
+        request.timer = self._clock.callLater(self._request_timeout, self._request_timed_out, index)
         return d
+
+    def _request_timed_out(self, index: int) -> None:
+        request = self._pending.get(index)
+        if request is None:
+            return
+        request.timer = None
+        self._cancel_request(index)
+        request.deferred.errback(TimeoutError(f"piece {index} did not start within {self._request_timeout:g} s"))
 
     def _cancel_request(self, index: int) -> None:
         request = self._pending.pop(index, None)
+        if request is not None:
+            request.stop_timer()
         if request is None or self.state is not State.OPEN:
             return
         if self._receiving != index:  # an answer already streaming in is simply dropped
@@ -325,13 +348,14 @@ class PeerSession:
         self._receiving = None
         request = self._pending.pop(index, None)
         if request is not None:
+            request.stop_timer()
             request.deferred.callback(request.received)
 
     # --- states ---------------------------------------------------------------------------------------------
 
     def _awaiting_handshake(self, msg: Message) -> None:
         if isinstance(msg, Error):
-            self.close(f"peer refused: {msg.code.name}: {msg.message}")
+            self.close(f"peer refused: {msg.code.name}: {msg.message}", refused=msg.code)
             return
         if not isinstance(msg, Handshake):
             self._violation(f"{type(msg).__name__} before the handshake")
@@ -403,6 +427,7 @@ class PeerSession:
             self._violation(f"piece {msg.index} of {msg.length} bytes, expected {expected}")
         elif msg.index in self._pending:
             self._receiving = msg.index
+            self._pending[msg.index].stop_timer()  # it is coming: the idle timeout watches it from here
         elif msg.index in self._discard:
             self._discard.discard(msg.index)
             self._receiving = None
@@ -419,6 +444,7 @@ class PeerSession:
         self._discard.discard(msg.index)
         request = self._pending.pop(msg.index, None)
         if request is not None:
+            request.stop_timer()
             request.deferred.errback(PieceRequestFailed(msg.index, msg.code, msg.message))
 
     # --- helpers --------------------------------------------------------------------------------------------
@@ -455,8 +481,10 @@ class PeerSession:
     def _fail_all(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
         self._receiving = None
+        refused = None if self.closed is None else self.closed.refused
         for request in pending.values():
-            request.deferred.errback(Failure(PeerDisconnected(reason)))
+            request.stop_timer()
+            request.deferred.errback(Failure(PeerDisconnected(reason, refused)))
         waiters, self._handshake_waiters = self._handshake_waiters, []
         for d in waiters:
-            d.errback(Failure(PeerDisconnected(reason)))
+            d.errback(Failure(PeerDisconnected(reason, refused)))

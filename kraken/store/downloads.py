@@ -54,6 +54,8 @@ class PartialBlob:
         self._worker = worker
         self._hash_worker = hash_worker
         self._status_lock = DeferredLock()
+        self._status_wanted = 0  # status versions: one per piece set
+        self._status_saved = 0  # the newest version on disk
 
     @property
     def digest(self) -> Digest:
@@ -62,17 +64,20 @@ class PartialBlob:
     def complete(self) -> bool:
         return self.have.complete()
 
-    async def write_piece(self, index: int, data: bytes) -> bool:
+    async def write_piece(self, index: int, data: bytes | bytearray) -> bool:
         """Check piece ``index`` and write it. False if it was already there;
-        ``PieceCorrupt`` (nothing written) if it does not match."""
+        ``PieceCorrupt`` (nothing written) if it does not match. Both happen
+        in one job of the hash worker: a piece is hashed and written while
+        it is hot in the CPU's cache."""
         if self.have[index]:
             return False
+        info = self.metainfo
+        path = os.path.join(self._dir, "data")
         ok = await self._hash_worker.run(
-            _piece_ok, self.metainfo.piece_sums[index], self.metainfo.piece_size(index), data
+            _check_and_write, info.piece_sums[index], info.piece_size(index), data, path, info.piece_offset(index)
         )
         if not ok:
             raise PieceCorrupt(self.digest, index)
-        await self._worker.run(_pwrite, os.path.join(self._dir, "data"), self.metainfo.piece_offset(index), data)
         if self.have[index]:  # written twice concurrently: harmless, same bytes
             return False
         self.have.set(index)
@@ -87,11 +92,20 @@ class PartialBlob:
         return await self._worker.run(pread, os.path.join(self._dir, "data"), self.metainfo.piece_offset(index), size)
 
     async def _save_status(self) -> None:
-        # Serialised, and written from a snapshot: the newest status always
-        # lands last.
+        """Returns once a status that includes every piece set so far is on disk.
+
+        Writes are serialised and coalesced: while one is in progress, the
+        pieces that land meanwhile wait and are saved together by the next
+        one, so a fast download writes the status file far less often than
+        once per piece. The file only ever claims pieces already written."""
+        wanted = self._status_wanted = self._status_wanted + 1
         await self._status_lock.acquire()
         try:
+            if self._status_saved >= wanted:
+                return  # a write that started after our piece landed has saved it
+            latest = self._status_wanted
             await self._worker.run(_write_atomically, os.path.join(self._dir, "pieces"), self.have.to_bytes())
+            self._status_saved = latest
         finally:
             self._status_lock.release()
 
@@ -166,11 +180,16 @@ def _prepare(directory: str, info: MetaInfo) -> bytes | None:
     return None
 
 
-def _piece_ok(expected: bytes, size: int, data: bytes) -> bool:
-    return len(data) == size and hashlib.sha256(data).digest() == expected
+def _check_and_write(expected: bytes, size: int, data: bytes | bytearray, path: str, offset: int) -> bool:
+    """Write ``data`` at ``offset`` if it is the piece whose SHA-256 is ``expected``; False (nothing written)
+    if not."""
+    if len(data) != size or hashlib.sha256(data).digest() != expected:
+        return False
+    _pwrite(path, offset, data)
+    return True
 
 
-def _pwrite(path: str, offset: int, data: bytes) -> None:
+def _pwrite(path: str, offset: int, data: bytes | bytearray) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:
         view = memoryview(data)

@@ -344,3 +344,44 @@ def test_simulation(
         expire()
     assert d.complete()
     assert have.complete()
+
+
+def test_a_peer_that_times_out_gets_fewer_requests_until_it_delivers() -> None:
+    d = make(20, limit=4, timeout=10.0)
+    d.peer_joined("o", Bitfield.full(20), pipeline_limit=8)
+    first = d.next_requests("o", 0.0)
+    assert len(first) == 8
+    assert len(d.expired(11.0)) == 8  # each timeout halves the limit: 8 -> 4 -> 2 -> 1
+    assert d.pipeline_limit("o") == 1
+    (one,) = d.next_requests("o", 11.0)
+    assert d.next_requests("o", 11.0) == []
+    d.piece_received("o", one)
+    assert d.pipeline_limit("o") == 2
+    assert len(d.next_requests("o", 12.0)) == 2
+    for i in d.outstanding("o"):
+        d.piece_received("o", i)
+    assert d.pipeline_limit("o") == 4
+    d.piece_failed("o", 19)  # an error answer is not slowness
+    assert d.pipeline_limit("o") == 4
+
+
+def test_an_arrived_piece_frees_its_slot_and_is_not_asked_for_while_it_is_checked() -> None:
+    d = make(3, limit=1)
+    d.peer_joined("a", Bitfield.full(3))
+    d.peer_joined("b", Bitfield.full(3))
+    (pa,) = d.next_requests("a", 0.0)
+    d.piece_arrived("a", pa)
+    assert d.outstanding("a") == frozenset()
+    nxt = d.next_requests("a", 0.0)
+    assert nxt and pa not in nxt
+    (pb,) = d.next_requests("b", 0.0)
+    assert pb != pa
+    # Every missing piece is requested or being checked: the endgame, but never a duplicate of the checked one.
+    assert d.in_endgame()
+    d.piece_received("a", nxt[0])
+    assert pa not in d.next_requests("a", 0.0)
+    # The check fails: the piece is back in the pool, for anybody but a.
+    d.piece_failed("a", pa)
+    d.piece_received("b", pb)
+    assert d.next_requests("b", 0.0) == [pa]
+    assert d.next_requests("a", 0.0) == []

@@ -6,7 +6,7 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from kraken.core import MetaInfo, PieceLengthRule
+from kraken.core import Bitfield, MetaInfo, PieceLengthRule
 from kraken.store import CAStore, InlineWorker, PieceCorrupt
 
 PIECE = 16
@@ -105,3 +105,40 @@ def test_discard(tmp_path):
 def test_open_twice_gives_the_same_partial_blob(tmp_path):
     s = store(tmp_path)
     assert run(s.downloads.open(INFO)) is run(s.downloads.open(INFO))
+
+
+class ManualWorker:
+    """Runs nothing until told: ``step()`` runs the oldest queued job."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def run(self, f, *args, **kwargs):
+        d = Deferred()
+        self.jobs.append((d, f, args, kwargs))
+        return d
+
+    def step(self):
+        d, f, args, kwargs = self.jobs.pop(0)
+        d.callback(f(*args, **kwargs))
+
+
+def test_status_writes_are_coalesced_and_never_claim_an_unwritten_piece(tmp_path):
+    from kraken.store.downloads import PartialBlob
+
+    s = store(tmp_path)
+    run(s.downloads.open(INFO))  # lays out the directory
+    io = ManualWorker()
+    partial = PartialBlob(str(tmp_path / "downloads" / INFO.digest.hex), INFO, Bitfield(INFO.num_pieces),
+                          worker=io, hash_worker=InlineWorker())  # fmt: skip
+    writes = [Deferred.fromCoroutine(partial.write_piece(i, piece(i))) for i in range(5)]
+    # Piece 0's status write is running; pieces 1-4 landed meanwhile and wait for the next one.
+    assert len(io.jobs) == 1 and not any(w.called for w in writes)
+    io.step()
+    assert writes[0].called and not writes[1].called
+    assert len(io.jobs) == 1  # one write for the four
+    io.step()
+    assert all(w.called for w in writes)
+    assert not io.jobs
+    with open(tmp_path / "downloads" / INFO.digest.hex / "pieces", "rb") as f:
+        assert list(Bitfield.from_bytes(INFO.num_pieces, f.read()).ones()) == [0, 1, 2, 3, 4]
