@@ -37,11 +37,24 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from _daemons import Daemon, cpu_seconds, free_port, twistd  # noqa: E402
+from _daemons import Daemon, cpu_seconds, twistd  # noqa: E402
+from _daemons import free_port as _free_port  # noqa: E402
 
 from kraken.config import parse_size  # noqa: E402
 
 NAMESPACE = "bench/swarm"
+_taken: set[int] = set()
+
+
+def free_port() -> int:
+    """A free port not handed out before in this run (the OS may offer a just-released port again)."""
+    while True:
+        port = _free_port()
+        if port not in _taken:
+            _taken.add(port)
+            return port
+
+
 REQUEST_TIMEOUT = 3600.0
 
 
@@ -151,8 +164,12 @@ class Cluster:
             )
             self.agents.append(Agent(daemon, api))
             self.daemons.append(daemon)
-        for daemon in self.daemons:
-            daemon.wait_ready()
+        try:
+            for daemon in self.daemons:
+                daemon.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def _config(self, name: str, text: str) -> str:
         path = os.path.join(self.work, f"{name}.yaml")
@@ -220,10 +237,21 @@ def swarm_runs(args: argparse.Namespace, work: str) -> list[str]:
             for agent in (agents[0], agents[-1]):
                 verify(agent, digest)
             rss = max(a.daemon.peak_rss() for a in agents)
+            counters = [stats(a.api) for a in agents]
+            print(
+                "  agents' counters (sums): "
+                + ", ".join(
+                    f"{key} {sum(c[key] for c in counters)}"
+                    for key in ("pieces_in_from_origins", "pieces_in_from_agents", "duplicate_pieces",
+                                "requests_timed_out", "requests_refused")
+                ),
+                file=sys.stderr,
+                flush=True,
+            )  # fmt: skip
             row = (
                 f"| {n} | {size >> 20} MiB | {args.rate / 1e6:g} Mbit/s | {ideal:.1f} s "
                 f"| {statistics.median(times) / ideal:.2f}x | {max(times) / ideal:.2f}x "
-                f"| {copies:.2f} | {cpu:.0f} s | {rss >> 20} MiB |"
+                f"| {copies:.2f} | {cpu:.1f} s | {rss >> 20} MiB |"
             )
             print(row, flush=True)
             rows.append(row)
