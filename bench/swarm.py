@@ -299,7 +299,7 @@ def main() -> int:
     parser.add_argument("--agents", default="10,25,50", help="comma-separated agent counts")
     parser.add_argument("--size", default="256MiB")
     parser.add_argument("--rate", type=parse_rate, default=parse_rate("100Mbit"))
-    parser.add_argument("--piece", default="4MiB", help="the origin's piece length")
+    parser.add_argument("--piece", default="1MiB", help="the origin's piece length (its default for blobs under 2 GiB)")
     parser.add_argument("--uncapped", default=None, help="also run one uncapped agent on a blob of this size")
     parser.add_argument("--work", default=None)
     parser.add_argument("--out", default=None)

@@ -12,7 +12,9 @@ Defaults and why:
 - ``max_peers`` 50 is Kraken's ``announce_limit``.
 - ``metainfo_cache_ttl`` 5 min is what Kraken's nginx caches metainfo for;
   metainfo never changes for a blob, the TTL only bounds memory and lets a
-  changed piece-length rule take effect.
+  changed piece-length rule take effect. ``metainfo_cache_size`` 1,000:
+  a metainfo holds 32 bytes per piece (about 140 KiB of JSON for a 2 GiB
+  blob of 1 MiB pieces), so the cache stays under about 140 MB.
 - ``origin_peers_cache_ttl`` 10 s: which origins seed a blob is asked of
   the origin (``GET /blobs/<digest>/peers``). Agents announce every 3 s, so
   this spares the origin all but one lookup in a few announces, and an
@@ -48,7 +50,7 @@ class TrackerConfig:
     max_blobs: int = attrs.field(default=100_000, validator=positive)
     # How long metainfo fetched from the origin is served from memory, and how many are kept.
     metainfo_cache_ttl: Duration = attrs.field(default=Duration(300.0), validator=positive)
-    metainfo_cache_size: int = attrs.field(default=10_000, validator=positive)
+    metainfo_cache_size: int = attrs.field(default=1_000, validator=positive)
     # How long the origins seeding a blob (asked of the origin) are remembered, and for how many blobs.
     origin_peers_cache_ttl: Duration = attrs.field(default=Duration(10.0), validator=positive)
     origin_peers_cache_size: int = attrs.field(default=10_000, validator=positive)

@@ -12,9 +12,10 @@ MiB, GiB = 1 << 20, 1 << 30
 
 def test_piece_length_rule_default():
     rule = PieceLengthRule.default()
-    assert rule.piece_length(0) == 4 * MiB
-    assert rule.piece_length(2 * GiB - 1) == 4 * MiB
-    assert rule.piece_length(2 * GiB) == 8 * MiB
+    assert rule.piece_length(0) == MiB
+    assert rule.piece_length(2 * GiB - 1) == MiB
+    assert rule.piece_length(2 * GiB) == 4 * MiB
+    assert rule.piece_length(8 * GiB) == 16 * MiB
     assert rule.piece_length(100 * GiB) == 32 * MiB
 
 
