@@ -12,7 +12,8 @@ ideal size/rate (median and worst), the origin's P2P egress in copies of the blo
 used, and the agents' peak RSS. Two agents' copies are read back and checked against the blob's SHA-256.
 
 ``--uncapped SIZE`` adds the single-agent run: one origin and one agent without bandwidth limits, one blob of
-SIZE; reported: the agent's throughput and peak RSS.
+SIZE; reported: the agent's throughput and peak RSS, beside the time curl takes to GET the same blob from the
+origin's HTTP API in the same run.
 
 Prints Markdown; ``--out FILE`` also appends it to FILE.
 """
@@ -28,6 +29,7 @@ import platform
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -280,16 +282,26 @@ def uncapped_run(args: argparse.Namespace, work: str) -> list[str]:
         [took] = pull_all(cluster, cluster.agents, digest)
         cpu = cluster.cpu() - cpu_before
         rss = cluster.agents[0].daemon.peak_rss()
+        # The baseline, same blob, same origin, same run: one HTTP GET of it with curl.
+        start = time.monotonic()
+        url = f"http://127.0.0.1:{cluster.origin_http}/namespace/{NAMESPACE}/blobs/{digest}"
+        subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True)
+        curl = time.monotonic() - start
     finally:
         cluster.stop()
-    row = f"| {size >> 20} MiB | {took:.2f} s | {size / took / 1e9:.2f} GB/s | {cpu:.1f} s | {rss >> 20} MiB |"
+    row = (
+        f"| {size >> 20} MiB | {took:.2f} s | {size / took / 1e9:.2f} GB/s "
+        f"| {curl:.2f} s ({size / curl / 1e9:.2f} GB/s) | {took / curl:.2f}x | {cpu:.1f} s | {rss >> 20} MiB |"
+    )
     print(row, flush=True)
     return [
         "",
-        f"One uncapped agent pulling from one origin (`--uncapped {args.uncapped}`):",
+        f"One uncapped agent pulling from one origin (`--uncapped {args.uncapped}`), beside curl fetching the same"
+        " blob from the origin's HTTP API:",
         "",
-        "| blob | time | throughput | CPU (origin + agent) | agent peak RSS |",
-        "|---|---|---|---|---|",
+        "| blob | P2P time | P2P throughput | curl from the origin | P2P / curl | CPU (origin + agent) "
+        "| agent peak RSS |",
+        "|---|---|---|---|---|---|---|",
         row,
     ]
 

@@ -14,7 +14,7 @@ from kraken.config import Duration, Size, positive
 from kraken.core import PieceLengthRule
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen, host_port
-from kraken.p2p.config import P2PConfig, origin_p2p_defaults
+from kraken.p2p.config import OriginP2PConfig
 
 DEFAULT_LISTEN_HTTP = "tcp:15002:interface=127.0.0.1"
 
@@ -63,7 +63,7 @@ class OriginConfig:
     threads: ThreadsConfig = attrs.field(factory=ThreadsConfig)
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
     # The P2P listener that seeds this origin's blobs to agents (no bandwidth limit unless set).
-    p2p: P2PConfig = attrs.field(factory=origin_p2p_defaults)
+    p2p: OriginP2PConfig = attrs.field(factory=OriginP2PConfig)
 
     def __attrs_post_init__(self) -> None:
         self.advertised()  # fail at load time, not at the first locations request

@@ -7,14 +7,14 @@ Defaults and why (Kraken's values unless said otherwise):
 - ``pipeline_limit`` 3 requests outstanding per agent peer, ``origin_pipeline_limit`` 5 per origin: enough to
   keep a link busy while the next answer is in flight, few enough to spread pieces across peers.
 - ``request_timeout``: ``max(request_timeout_min, request_timeout_per_mib * piece MiB)`` = 16 s for 4 MiB pieces.
-- ``conn_tti`` 30 s: a connection that moves no piece either way for this long is closed.
+- ``conn_tti`` 30 s: a connection on which the peer sends nothing for this long is closed.
 - ``seeder_tti`` 5 min: a finished blob nobody asked for is dropped from memory (it stays on disk and is served
   again on the next handshake). ``leecher_tti`` 5 min: a download that wrote no piece for this long fails.
 - ``blacklist`` 30 s: after a peer breaks the protocol or sends a corrupt piece, or a dial to it fails, it is not
   dialled again for this blob for this long.
 - ``super_seed``: a seeder declines to send a piece twice within a request timeout while the first receiver is
   still connected, so an origin facing many agents spends its upload on pieces the swarm lacks.
-- bandwidth, in bits per second each way, is on by default for agents (Kraken's 1.6 Gbit/s out, 2.4 Gbit/s in)
+- bandwidth, in bits per second each way, is on by default for agents (Kraken's 200 MiB/s out, 300 MiB/s in)
   and off for origins. Only piece payloads are metered.
 """
 
@@ -100,9 +100,12 @@ class P2PConfig:
         return hashlib.sha1(f"{ip}:{port}".encode()).hexdigest()
 
 
-def origin_p2p_defaults() -> P2PConfig:
-    """An origin's P2P section: Kraken's dev-cluster port, no bandwidth limit."""
-    return P2PConfig(listen="tcp:15001", bandwidth=_no_bandwidth_limit())
+@attrs.frozen
+class OriginP2PConfig(P2PConfig):
+    """An origin's P2P section: the same keys, with Kraken's dev-cluster port and no bandwidth limit unless set."""
+
+    listen: str = attrs.field(default="tcp:15001", validator=check_listen)
+    bandwidth: BandwidthConfig = attrs.field(factory=_no_bandwidth_limit)
 
 
 def split_address(address: str) -> tuple[str, int]:

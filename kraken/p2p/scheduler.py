@@ -17,10 +17,17 @@ Any side accepts connections for a blob it holds, whole or in part: the handshak
 completed torrent dropped from memory (seeder TTI) is re-opened from the cache.
 
 Peers are blacklisted for a blob (``blacklist``) when a dial or handshake fails, when they break the protocol and
-when they send a corrupt piece. Piece payloads pass through the daemon's egress and ingress token buckets: a
-request waits for ingress tokens before it is sent, a piece for egress tokens before it is read from disk.
-Back-pressure: a piece is read from disk only once its connection's transport has room
-(``PeerProtocol.when_writable``), so each connection buffers at most about one piece.
+when they send a corrupt piece; a peer that answers BUSY (at capacity) is only skipped for a few seconds.
+
+Downloading: the ``Dispatcher`` picks pieces rarest first within per-peer pipelines that halve on a timeout and
+grow back with each delivery; a request times out only if no byte of its piece has arrived within the request
+timeout. A request's slot is given back as soon as its payload has arrived, while the piece is hashed and
+written in a worker (within ``PIECE_MEMORY``); piece buffers are reused.
+
+Serving: every peer's requests go into one outbox, sent one piece at a time through the egress bucket, to
+connections whose transport has room, rarest among our peers and fewest-copies-served first (see ``_serve``).
+Bandwidth: the egress bucket is charged before a piece is read from disk; the ingress bucket when a payload
+starts to arrive, and the connection stops reading until the tokens are there.
 
 All state lives on the reactor thread; disk and hashing run in the store's workers.
 """
@@ -84,8 +91,9 @@ Connector = Callable[[PeerInfo, Factory], "Deferred[Protocol]"]
 # given to the next piece as soon as a payload has arrived; above it, only once the piece is written.
 PIECE_MEMORY = 8 << 20
 DEFAULT_ANNOUNCE_INTERVAL = 5.0
-# A torrent with fewer connections than it may have announces again this soon (or at the tracker's interval, if
-# shorter), to find peers with room; a peer that answered BUSY is not dialled again for BUSY_BACKOFF.
+# A torrent with fewer connections than it may have, whose last handout named peers it could not connect to,
+# announces again this soon (or at the tracker's interval, if shorter) to find peers with room; a peer that
+# answered BUSY is not dialled again for BUSY_BACKOFF.
 UNDERCONNECTED_ANNOUNCE = 1.0
 BUSY_BACKOFF = 5.0
 MAX_ANNOUNCE_INTERVAL = 60.0
@@ -483,10 +491,10 @@ class Scheduler(Service):
             interval = DEFAULT_ANNOUNCE_INTERVAL
         self._dial_some(torrent, peers)
         if not torrent.complete:
-            if (
-                UNDERCONNECTED_ANNOUNCE
-                and len(torrent.conns) + len(torrent.dialing) < self._config.max_conns_per_torrent
-            ):
+            linked = len(torrent.conns) + len(torrent.dialing)
+            others = sum(1 for p in peers if p.peer_id != self.peer_id)
+            if linked < self._config.max_conns_per_torrent and others > linked:
+                # Peers were handed out that are busy or backed off: ask again soon for ones with room.
                 interval = min(interval, UNDERCONNECTED_ANNOUNCE)
             self._announce_soon(torrent, interval)
 
@@ -783,9 +791,10 @@ class Scheduler(Service):
     async def _serve(self) -> None:
         """Send the outbox's pieces, one at a time through the egress bucket.
 
-        Of the requests whose connection can take more, the piece this daemon has served the fewest times goes
-        first: a seeder facing many leechers sends every piece once before it sends any twice, so the swarm holds
-        a whole copy as early as possible and trades the rest among itself. With ``super_seed`` a complete
+        Of the requests whose connection can take more, the piece fewest of our peers have goes first, then the
+        one this daemon has served the fewest times: a seeder facing many leechers sends every piece once before
+        it sends any twice, so the swarm holds a whole copy as early as possible and trades the rest among
+        itself, and what is rare around a peer leaves it first. With ``super_seed`` a complete
         torrent also declines (``PIECE_UNAVAILABLE``) a piece it sent within the last request timeout to a peer
         that is still connected: that peer is passing it on, and the requester asks it again later if it must.
         """
@@ -828,13 +837,23 @@ class Scheduler(Service):
         return recent and peer != send.conn.peer_id and peer in torrent.conns
 
     def _pick(self) -> _Send | None:
-        """The next piece to send: fewest copies served first, then the oldest request; None while every
-        connection with a request waiting has a full write buffer. Requests of closed connections are dropped."""
+        """The next piece to send: the one fewest of our peers have, then the one we have served fewest times,
+        then the oldest request; None while every connection with a request waiting has a full write buffer.
+        Requests of closed connections are dropped."""
         self._outbox = [s for s in self._outbox if s.torrent.conns.get(s.conn.peer_id) is s.conn]
         ready = [s for s in self._outbox if s.conn.protocol.writable]
         if not ready:
             return None
-        return min(ready, key=lambda s: (s.torrent.sent.get(s.index, 0), s.seq))
+        holders: dict[tuple[int, int], int] = {}
+
+        def spread(send: _Send) -> int:
+            """How many of this torrent's peers already have the piece: the fewer, the sooner it should go."""
+            key = (id(send.torrent), send.index)
+            if key not in holders:
+                holders[key] = sum(c.session.remote_bitfield[send.index] for c in send.torrent.conns.values())
+            return holders[key]
+
+        return min(ready, key=lambda s: (spread(s), s.torrent.sent.get(s.index, 0), s.seq))
 
     async def _any_writable(self) -> None:
         waits = [s.conn.protocol.when_writable() for s in self._outbox]

@@ -84,3 +84,12 @@ def test_unspecified_interface_advertises_the_host_name() -> None:
     import socket
 
     assert OriginConfig(listen_http="tcp:15002").advertised() == f"{socket.gethostname()}:15002"
+
+
+def test_a_partial_p2p_section_keeps_the_origins_own_defaults(tmp_path) -> None:
+    path = tmp_path / "origin.yaml"
+    path.write_text("p2p: {advertise: '10.0.0.5:15001', conn_tti: 10s}\n")
+    cfg = kconfig.build(OriginConfig, kconfig.load(str(path)))
+    assert cfg.p2p.listen == "tcp:15001"  # not the agent's 16001
+    assert not cfg.p2p.bandwidth.enabled  # origins seed without a limit unless told
+    assert cfg.p2p.conn_tti == 10.0 and cfg.p2p.advertised() == ("10.0.0.5", 15001)

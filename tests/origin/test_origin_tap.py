@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from kraken.net import HTTPClientService
 from kraken.origin.config import OriginConfig, StoreConfig
 from kraken.origin.tap import Options, makeService, origin_service
-from kraken.p2p.config import BandwidthConfig, P2PConfig
+from kraken.p2p.config import BandwidthConfig, OriginP2PConfig, P2PConfig
 from kraken.p2p.scheduler import Scheduler
 from kraken.store import ThreadPoolService, UploadExpiry
 
@@ -64,7 +64,7 @@ def config(tmp_path: Path) -> OriginConfig:
     return OriginConfig(
         listen_http="tcp:15999:interface=127.0.0.1",
         store=StoreConfig(root=str(tmp_path / "state")),
-        p2p=P2PConfig(listen="tcp:15998:interface=127.0.0.1", bandwidth=BandwidthConfig(enabled=False)),
+        p2p=OriginP2PConfig(listen="tcp:15998:interface=127.0.0.1", bandwidth=BandwidthConfig(enabled=False)),
     )
 
 

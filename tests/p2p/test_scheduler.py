@@ -7,6 +7,7 @@ from swarm import NAMESPACE, PIECE, RawPeer, Swarm, blob, resolved, seed_store
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from kraken.core.peer import PeerInfo
 from kraken.p2p import wire
 from kraken.p2p.config import BandwidthConfig
 from kraken.p2p.scheduler import BlobNotFound, DownloadFailed
@@ -326,3 +327,48 @@ def test_endgame_duplicates_are_written_and_counted_once(swarm):
     # Both origins were asked and both answered; the second copy was dropped.
     served = first.scheduler.stats().pieces_out + second.scheduler.stats().pieces_out
     assert served == 2
+
+
+def test_a_seeder_declines_to_send_a_piece_again_while_its_first_receiver_passes_it_on(swarm):
+    data, info = blob(1)
+    origin = swarm.origin("origin", (data, info))
+    first, second = swarm.agent("first"), swarm.agent("second")
+    downloads = [first.download(info.digest), second.download(info.digest)]
+    swarm.run(lambda: all(map(done, downloads)))
+    assert all(read(resolved(d)) == data for d in downloads)
+    stats = origin.scheduler.stats()
+    # Both asked the origin for the only piece; it sent it once and declined the second request.
+    assert (stats.pieces_out, stats.requests_declined) == (1, 1)
+    got = [first.scheduler.stats(), second.scheduler.stats()]
+    assert sorted((s.pieces_in_from_origins, s.pieces_in_from_agents) for s in got) == [(0, 1), (1, 0)]
+    assert sum(s.requests_refused for s in got) == 1
+
+
+def test_without_super_seeding_the_seeder_sends_every_request(tmp_path):
+    swarm = Swarm(tmp_path, super_seed=False)
+    data, info = blob(1)
+    origin = swarm.origin("origin", (data, info))
+    downloads = [swarm.agent(name).download(info.digest) for name in ("first", "second")]
+    swarm.run(lambda: all(map(done, downloads)))
+    assert (origin.scheduler.stats().pieces_out, origin.scheduler.stats().requests_declined) == (2, 0)
+    swarm.stop()
+
+
+def test_a_busy_peer_is_tried_again_after_a_short_backoff_not_the_blacklist(swarm):
+    from kraken.p2p.scheduler import BUSY_BACKOFF
+
+    data, info = blob(4)
+    swarm.publish(info)
+    seeder = swarm.agent("seeder", max_conns_per_torrent=1)
+    seed_store(seeder.store, data, info)
+    swarm.tracker.peers[info.digest] = {
+        seeder.scheduler.peer_id: PeerInfo(seeder.scheduler.peer_id, "127.0.0.1", seeder.port, complete=True)
+    }
+    # The first agent takes the seeder's only slot, and has room for none but the seeder itself.
+    first, second = swarm.agent("first", max_conns_per_torrent=1), swarm.agent("second")
+    d1, d2 = first.download(info.digest), second.download(info.digest)
+    swarm.run(lambda: done(d1), step=0.01)
+    assert not done(d2)  # the seeder had room for one; the second was told BUSY
+    swarm.run(lambda: done(d2))
+    assert read(resolved(d2)) == data
+    assert BUSY_BACKOFF <= swarm.clock.seconds() < swarm.config.get("blacklist", 30.0)

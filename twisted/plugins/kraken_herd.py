@@ -1,5 +1,5 @@
 from twisted.application.service import ServiceMaker
 
 kraken_herd = ServiceMaker(
-    "Kraken herd", "kraken.herd.tap", "Origin, build-index and proxy in one process", "kraken-herd"
+    "Kraken herd", "kraken.herd.tap", "Origin, tracker, build-index, proxy and agents in one process", "kraken-herd"
 )
