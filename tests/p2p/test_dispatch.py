@@ -115,12 +115,26 @@ def test_endgame_prefers_pieces_with_fewest_requesters() -> None:
 
 
 def test_not_endgame_while_a_piece_is_unrequested() -> None:
-    d = make(3, limit=3)
-    d.peer_joined("a", Bitfield(3, [0, 1]))
-    d.peer_joined("b", Bitfield(3, [0, 1]))
-    assert sorted(d.next_requests("a", 0.0)) == [0, 1]
-    assert not d.in_endgame()  # piece 2 is missing and nobody has it
-    assert d.next_requests("b", 0.0) == []
+    d = make(6, limit=2)
+    d.peer_joined("a", Bitfield(6, [0, 1, 2, 3]))
+    d.peer_joined("b", Bitfield(6, [0, 1, 2, 3]))
+    assert len(d.next_requests("a", 0.0)) == 2
+    assert len(d.next_requests("b", 0.0)) == 2
+    assert not d.in_endgame()  # pieces 4 and 5 are missing and nobody has them
+    d.piece_received("a", sorted(d.outstanding("a"))[0])
+    assert d.next_requests("a", 0.0) == []  # no duplicate of b's pieces
+
+
+def test_endgame_for_the_last_few_pieces() -> None:
+    d = Dispatcher(8, Bitfield(8, range(5)), pipeline_limit=1, endgame_threshold=3, rng=random.Random(0))
+    d.peer_joined("a", Bitfield.full(8))
+    d.peer_joined("b", Bitfield.full(8))
+    d.peer_joined("c", Bitfield(8, range(5)))  # has nothing we lack: not busy, never asked
+    (pa,) = d.next_requests("a", 0.0)
+    assert d.in_endgame()  # three missing: at the threshold, though two are not requested yet
+    (pb,) = d.next_requests("b", 0.0)
+    assert pb != pa  # a fresh piece still comes before a duplicate
+    assert d.next_requests("c", 0.0) == []
 
 
 def test_peer_leaving_returns_its_pieces() -> None:
