@@ -1,15 +1,16 @@
 """The swarm benchmark: one blob requested by N agents at once, every daemon capped at the same rate.
 
-    python bench/swarm.py [--agents 10,25,50] [--size 256MiB] [--rate 100Mbit] [--piece 4MiB]
+    python bench/swarm.py [--agents 10,25,50] [--runs 3] [--size 64MiB] [--rate 20Mbit] [--piece 1MiB]
                           [--uncapped 1GiB] [--work DIR] [--out FILE]
 
 One kraken-origin, one kraken-tracker and max(N) kraken-agents run as separate ``twistd`` processes on free
 loopback ports. The origin and every agent are capped at ``--rate`` each way by their own P2P bandwidth limits
-(token buckets on piece payloads). For each N a fresh blob of ``--size`` seeded random bytes is uploaded to the
-origin over its HTTP API, then the first N agents are asked for it at the same moment (``HEAD`` on the agent API,
-which answers once the blob is in the agent's cache). Reported per N: each agent's completion time over the
-ideal size/rate (median and worst), the origin's P2P egress in copies of the blob, the CPU seconds all daemons
-used, and the agents' peak RSS. Two agents' copies are read back and checked against the blob's SHA-256.
+(token buckets on piece payloads). For each N, ``--runs`` times, a fresh blob of ``--size`` random bytes is
+uploaded to the origin over its HTTP API, then the first N agents are asked for it at the same moment (``HEAD``
+on the agent API, which answers once the blob is in the agent's cache). Reported per N: each agent's completion
+time over the ideal size/rate (median and worst), the origin's P2P egress in copies of the blob, the CPU
+seconds all daemons used, and the agents' peak RSS. Two agents' copies are read back and checked against the
+blob's SHA-256.
 
 ``--uncapped SIZE`` adds the single-agent run: one origin and one agent without bandwidth limits, one blob of
 SIZE; reported: the agent's throughput and peak RSS, beside the time curl takes to GET the same blob from the
@@ -218,6 +219,30 @@ def verify(agent: Agent, digest: str) -> None:
     assert "sha256:" + hashlib.sha256(body).hexdigest() == digest, "an agent's copy does not match"
 
 
+def one_swarm_run(cluster: Cluster, n: int, size: int, work: str) -> tuple[list[float], float, float]:
+    """A fresh blob on the origin, asked of the first ``n`` agents at once: (each agent's seconds, origin egress
+    in copies of the blob, CPU seconds of all daemons)."""
+    blob = os.path.join(work, f"blob-{n}")
+    digest = write_blob(blob, size)
+    upload(cluster.origin_http, blob, digest)
+    os.unlink(blob)
+    agents = cluster.agents[:n]
+    origin_before = stats(cluster.origin_http)["bytes_out"]
+    counters_before = [stats(a.api) for a in agents]
+    cpu_before = cluster.cpu()
+    times = pull_all(cluster, agents, digest)
+    cpu = cluster.cpu() - cpu_before
+    copies = (stats(cluster.origin_http)["bytes_out"] - origin_before) / size
+    for agent in (agents[0], agents[-1]):
+        verify(agent, digest)
+    counters = [stats(a.api) for a in agents]
+    keys = ("pieces_in_from_origins", "pieces_in_from_agents", "duplicate_pieces", "requests_timed_out",
+            "requests_refused")  # fmt: skip
+    sums = {k: sum(c[k] for c in counters) - sum(c[k] for c in counters_before) for k in keys}
+    print(f"  N={n}: {max(times):.1f} s worst; counters: {sums}", file=sys.stderr, flush=True)
+    return times, copies, cpu
+
+
 def swarm_runs(args: argparse.Namespace, work: str) -> list[str]:
     counts = [int(n) for n in args.agents.split(",")]
     size = parse_size(args.size)
@@ -226,34 +251,16 @@ def swarm_runs(args: argparse.Namespace, work: str) -> list[str]:
     rows = []
     try:
         for n in counts:
-            blob = os.path.join(work, f"blob-{n}")
-            digest = write_blob(blob, size)
-            upload(cluster.origin_http, blob, digest)
-            os.unlink(blob)
-            agents = cluster.agents[:n]
-            origin_before = stats(cluster.origin_http)["bytes_out"]
-            cpu_before = cluster.cpu()
-            times = pull_all(cluster, agents, digest)
-            cpu = cluster.cpu() - cpu_before
-            copies = (stats(cluster.origin_http)["bytes_out"] - origin_before) / size
-            for agent in (agents[0], agents[-1]):
-                verify(agent, digest)
-            rss = max(a.daemon.peak_rss() for a in agents)
-            counters = [stats(a.api) for a in agents]
-            print(
-                "  agents' counters (sums): "
-                + ", ".join(
-                    f"{key} {sum(c[key] for c in counters)}"
-                    for key in ("pieces_in_from_origins", "pieces_in_from_agents", "duplicate_pieces",
-                                "requests_timed_out", "requests_refused")
-                ),
-                file=sys.stderr,
-                flush=True,
-            )  # fmt: skip
+            runs = [one_swarm_run(cluster, n, size, work) for _ in range(args.runs)]
+            medians = sorted(statistics.median(times) / ideal for times, _, _ in runs)
+            worsts = sorted(max(times) / ideal for times, _, _ in runs)
+            rss = max(a.daemon.peak_rss() for a in cluster.agents[:n])
             row = (
                 f"| {n} | {size >> 20} MiB | {args.rate / 1e6:g} Mbit/s | {ideal:.1f} s "
-                f"| {statistics.median(times) / ideal:.2f}x | {max(times) / ideal:.2f}x "
-                f"| {copies:.2f} | {cpu:.1f} s | {rss >> 20} MiB |"
+                f"| {statistics.median(medians):.2f}x | {statistics.median(worsts):.2f}x "
+                f"({', '.join(f'{w:.2f}' for w in worsts)}) "
+                f"| {statistics.median(c for _, c, _ in runs):.2f} | {statistics.median(u for _, _, u in runs):.1f} s "
+                f"| {rss >> 20} MiB |"
             )
             print(row, flush=True)
             rows.append(row)
@@ -261,9 +268,10 @@ def swarm_runs(args: argparse.Namespace, work: str) -> list[str]:
         cluster.stop()
     header = [
         f"Swarm: `python bench/swarm.py --agents {args.agents} --size {args.size} --rate {args.rate / 1e6:g}Mbit "
-        f"--piece {args.piece}`, on {platform.node()} ({os.cpu_count()} CPUs), {time.strftime('%Y-%m-%d')}.",
+        f"--piece {args.piece} --runs {args.runs}`, on {platform.node()} ({os.cpu_count()} CPUs), "
+        f"{time.strftime('%Y-%m-%d')}. Medians of {args.runs} runs (the worst agent of every run in brackets).",
         "",
-        "| agents | blob | rate (each way, each daemon) | ideal | median / ideal | worst / ideal "
+        "| agents | blob | rate (each way, each daemon) | ideal | median agent / ideal | worst agent / ideal "
         "| origin egress (copies) | CPU (all daemons) | agent peak RSS |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -311,8 +319,9 @@ def uncapped_run(args: argparse.Namespace, work: str) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", default="10,25,50", help="comma-separated agent counts")
-    parser.add_argument("--size", default="256MiB")
-    parser.add_argument("--rate", type=parse_rate, default=parse_rate("100Mbit"))
+    parser.add_argument("--runs", type=int, default=3, help="runs per agent count (a fresh blob each)")
+    parser.add_argument("--size", default="64MiB")
+    parser.add_argument("--rate", type=parse_rate, default=parse_rate("20Mbit"))
     parser.add_argument("--piece", default="1MiB", help="the origin's piece length (its default for blobs under 2 GiB)")
     parser.add_argument("--uncapped", default=None, help="also run one uncapped agent on a blob of this size")
     parser.add_argument("--work", default=None)
