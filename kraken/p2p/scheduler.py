@@ -336,6 +336,8 @@ class Scheduler(Service):
             torrent = await self._start(namespace, digest)
         if torrent.complete:
             return path
+        if torrent.closed:  # dropped while it was being opened (its install failed, or the scheduler stopped)
+            raise DownloadFailed(f"the download of {digest} was dropped")
         waiter: Deferred[str] = Deferred(lambda d: torrent.waiters.remove(d) if d in torrent.waiters else None)
         torrent.waiters.append(waiter)
         return await waiter
