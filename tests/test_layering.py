@@ -21,6 +21,10 @@ import pytest
         "kraken.p2p.bandwidth",
         "kraken.tracker.peers",
         "kraken.tracker.handout",
+        "kraken.cluster.ring",
+        "kraken.cluster.hosts",
+        "kraken.cluster.health",
+        "kraken.cluster.config",
     ],
 )
 def test_imports_without_reactor(module):

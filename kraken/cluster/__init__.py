@@ -1,0 +1,13 @@
+"""The origin cluster: a rendezvous hash ring, host lists and active health checks.
+
+Pure building blocks, composed by each daemon's ``tap.py``:
+
+- ``kraken.cluster.ring``: which members hold a blob (``Ring``); pure, no reactor.
+- ``kraken.cluster.hosts``: who the members are (``HostList``: a static list, or
+  a DNS name resolved periodically).
+- ``kraken.cluster.health``: which members answer (``HealthFilter``).
+- ``kraken.cluster.config``: the ``cluster:`` section of a config (``ClusterConfig``).
+
+Nothing is re-exported here, so importing ``kraken.cluster.ring`` imports no
+Twisted at all.
+"""
