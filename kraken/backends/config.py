@@ -1,0 +1,125 @@
+"""The ``backends:`` section of a component's YAML, and the router built from it.
+
+A component that stores to backends (origin, build-index) has a field
+``backends: tuple[BackendConfig, ...] = ()``; its YAML is a list, tried in
+order (the first ``namespace`` that matches the whole repository name wins)::
+
+    backends:
+      - namespace: "library/.*"
+        fs: {root: /var/lib/registry, name_path: sharded_docker_blob}
+        bandwidth: {enabled: true, egress_bits_per_sec: 8000000000, ingress_bits_per_sec: 80000000000}
+      - namespace: ".*"
+        fs: {root: /srv/blobs, name_path: identity}
+
+Each entry sets exactly one backend kind (today ``fs``). ``namespace`` is a
+Python regular expression (for the usual patterns the same as Kraken's Go
+ones); it must compile. Bandwidth limits are off unless ``enabled``; when on,
+the defaults are Kraken's for object stores: 8 Gbit/s out, 80 Gbit/s in.
+
+Adding a kind (s3, hdfs, http, registry): give ``BackendConfig`` a field
+``<kind>: <Kind>Config | None = None`` and ``BUILDERS`` an entry
+``"<kind>": <function (settings, worker, clock) -> IBackend>``; the
+one-kind check covers every field but ``namespace`` and ``bandwidth``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+
+from kraken.backends.base import IBackend, ThrottledBackend
+from kraken.backends.fs import FSBackend
+from kraken.backends.names import PATHERS, make_pather
+from kraken.backends.router import Router
+from kraken.config import positive
+from kraken.p2p.bandwidth import TokenBucket
+from kraken.store.workers import Worker
+
+GBIT = 10**9
+
+
+@attrs.frozen
+class BackendBandwidthConfig:
+    enabled: bool = False
+    egress_bits_per_sec: int = attrs.field(default=8 * GBIT, validator=positive)
+    ingress_bits_per_sec: int = attrs.field(default=80 * GBIT, validator=positive)
+
+
+def _check_root(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not value:
+        raise ValueError(f"{attribute.name} must name a directory")
+
+
+def _check_name_path(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in PATHERS:
+        raise ValueError(f"{attribute.name} must be one of {', '.join(sorted(PATHERS))}, not {value!r}")
+
+
+@attrs.frozen
+class FSBackendConfig:
+    # The directory blobs are stored under (created on the first upload).
+    root: str = attrs.field(validator=_check_root)
+    # The layout: sharded_docker_blob (blobs), docker_tag (tags) or identity.
+    name_path: str = attrs.field(validator=_check_name_path)
+
+
+def _check_regex(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f"{attribute.name}: {value!r} is not a valid regular expression ({e})") from None
+
+
+@attrs.frozen
+class BackendConfig:
+    namespace: str = attrs.field(validator=_check_regex)
+    fs: FSBackendConfig | None = None
+    bandwidth: BackendBandwidthConfig = attrs.field(factory=BackendBandwidthConfig)
+
+    def __attrs_post_init__(self) -> None:
+        self.kind()
+
+    def kind(self) -> tuple[str, Any]:
+        """The backend kind this entry sets and its settings."""
+        kinds = [f.name for f in attrs.fields(type(self)) if f.name not in _NOT_KINDS]
+        chosen = [(k, getattr(self, k)) for k in kinds if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            found = " and ".join(k for k, _ in chosen) or "none"
+            raise ValueError(f"set exactly one backend kind ({', '.join(kinds)}) per entry, found {found}")
+        return chosen[0]
+
+
+_NOT_KINDS = frozenset({"namespace", "bandwidth"})
+
+
+def _build_fs(settings: FSBackendConfig, worker: Worker, clock: IReactorTime) -> IBackend:
+    return FSBackend(settings.root, make_pather(settings.name_path), worker=worker)
+
+
+BUILDERS: dict[str, Callable[[Any, Worker, IReactorTime], IBackend]] = {"fs": _build_fs}
+
+
+def build_backend(entry: BackendConfig, worker: Worker, clock: IReactorTime) -> IBackend:
+    """The backend of one entry, behind token buckets if its bandwidth limit is on."""
+    kind, settings = entry.kind()
+    backend = BUILDERS[kind](settings, worker, clock)
+    bandwidth = entry.bandwidth
+    if not bandwidth.enabled:
+        return backend
+    # Bytes per second; a burst of one second's worth, as the P2P limits.
+    egress, ingress = bandwidth.egress_bits_per_sec / 8, bandwidth.ingress_bits_per_sec / 8
+    return ThrottledBackend(
+        backend,
+        ingress=TokenBucket(ingress, ingress, clock=clock),
+        egress=TokenBucket(egress, egress, clock=clock),
+        worker=worker,
+    )
+
+
+def build_router(configs: Sequence[BackendConfig], worker: Worker, clock: IReactorTime) -> Router:
+    """A router over the backends ``configs`` describe, in their order."""
+    return Router([(entry.namespace, build_backend(entry, worker, clock)) for entry in configs])

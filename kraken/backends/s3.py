@@ -1,0 +1,767 @@
+"""S3 and S3-compatible stores (MinIO, moto, Ceph RGW) as a backend.
+
+treq does the I/O; botocore only computes SigV4 headers (``S3SigV4Auth``,
+the signer boto3 uses for S3: it signs the path as sent, without
+re-normalising it). Bodies of files are streamed both ways and signed as
+``UNSIGNED-PAYLOAD``, so nothing large is hashed; small XML bodies are
+signed with their SHA-256.
+
+- ``stat``: ``HEAD`` (404 -> ``BlobNotFound``).
+- ``download``: ``HEAD`` for the size and ETag, then one ``GET`` for blobs
+  up to ``download_part_size``, or ranged ``GET``s (``If-Match`` the ETag)
+  of that size, ``download_concurrency`` at a time, each written at its
+  offset. Bytes go to a temporary file beside the target, written in the
+  worker, and the file is renamed over the target once complete.
+- ``upload``: one ``PUT`` up to ``upload_part_size``; above it a multipart
+  upload (parts streamed from the file by the worker,
+  ``upload_concurrency`` at a time), aborted if any part fails.
+- ``list``: ``ListObjectsV2`` with a prefix and continuation tokens.
+
+Network errors and 5xx raise ``BackendUnavailable`` (after the retries of
+``kraken.net.with_retries``); other unexpected statuses ``BackendError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+from xml.etree import ElementTree
+
+import attrs
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config as BotocoreConfig
+from botocore.credentials import Credentials
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
+from twisted.internet.error import TimeoutError
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IResponse
+from zope.interface import implementer
+
+from kraken.backends.base import (
+    DEFAULT_LIST_LIMIT,
+    BackendError,
+    BackendUnavailable,
+    BlobInfo,
+    BlobNotFound,
+    IBackend,
+    InvalidName,
+    ListPage,
+)
+from kraken.backends.names import PATHERS, Pather, make_pather
+from kraken.config import Size, positive
+from kraken.net.body import ThreadedFileProducer
+from kraken.net.client import HTTPClientConfig, HTTPStatusError
+from kraken.net.retry import NETWORK_ERRORS
+from kraken.net.service import ServiceClient
+from kraken.store.workers import Worker
+
+T = TypeVar("T")
+log = Logger()
+
+MIN_PART_SIZE = 5 << 20  # S3's minimum for every part but the last
+MAX_PART_SIZE = 5 << 30
+MAX_PARTS = 10_000
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_ERROR_BODY = 64 << 10
+TEMP_PREFIX = ".kraken-s3-"
+# A ranged GET stops reading from its connection while this much is waiting for the disk.
+HIGH_WATER = 4 << 20
+LOW_WATER = 1 << 20
+# botocore's S3 signer hashes the body unless told not to; streamed bodies are never given to it.
+_UNSIGNED = BotocoreConfig(s3={"payload_signing_enabled": False})
+
+
+def _part_size(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not MIN_PART_SIZE <= value <= MAX_PART_SIZE:
+        raise ValueError(f"{attribute.name} must be between 5MiB and 5GiB (S3's limits), not {value}")
+
+
+def _list_max_keys(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 1 <= value <= 1000:
+        raise ValueError(f"list_max_keys must be between 1 and 1000, not {value}")
+
+
+def _known_pather(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in PATHERS:
+        raise ValueError(f"unknown name_path {value!r} (known: {', '.join(sorted(PATHERS))})")
+
+
+def _no_trailing_slash(value: str) -> str:
+    return value.rstrip("/")
+
+
+@attrs.frozen
+class S3Config:
+    """One S3 backend (YAML: ``backends: [{namespace: ..., backend: {s3: {...}}}]``)."""
+
+    bucket: str
+    region: str = "us-east-1"
+    # "" is AWS (https://s3.<region>.amazonaws.com); MinIO-like stores give their URL, e.g. http://minio:9000.
+    endpoint: str = attrs.field(default="", converter=_no_trailing_slash)
+    # Bucket in the path (http://host/bucket/key) rather than the host name (http://bucket.host/key).
+    # None: path style for custom endpoints, virtual-hosted style for AWS.
+    force_path_style: bool | None = None
+    # Prefix of every object key, e.g. "kraken/"; the name pather lays out what follows.
+    root_directory: str = ""
+    name_path: str = attrs.field(default="identity", validator=_known_pather)
+    # Empty access and secret keys send unsigned (anonymous) requests.
+    access_key: str = ""
+    secret_key: str = ""
+    session_token: str = ""
+    upload_part_size: Size = attrs.field(default=Size(64 << 20), validator=_part_size)
+    upload_concurrency: int = attrs.field(default=10, validator=positive)
+    download_part_size: Size = attrs.field(default=Size(64 << 20), validator=positive)
+    download_concurrency: int = attrs.field(default=10, validator=positive)
+    list_max_keys: int = attrs.field(default=250, validator=_list_max_keys)
+    http_client: HTTPClientConfig = HTTPClientConfig()
+
+    def __attrs_post_init__(self) -> None:
+        if not self.bucket:
+            raise ValueError("bucket must not be empty")
+        if bool(self.access_key) != bool(self.secret_key):
+            raise ValueError("give both access_key and secret_key, or neither")
+        if self.endpoint and urlsplit(self.endpoint).scheme not in ("http", "https"):
+            raise ValueError(f"endpoint must be an http:// or https:// URL, not {self.endpoint!r}")
+
+    @property
+    def path_style(self) -> bool:
+        if self.force_path_style is not None:
+            return self.force_path_style
+        return bool(self.endpoint)
+
+    def bucket_url(self) -> str:
+        """``http://host:port/bucket`` (path style) or ``https://bucket.host``."""
+        endpoint = self.endpoint or f"https://s3.{self.region}.amazonaws.com"
+        if self.path_style:
+            return f"{endpoint}/{quote(self.bucket, safe='')}"
+        parts = urlsplit(endpoint)
+        return f"{parts.scheme}://{self.bucket}.{parts.netloc}{parts.path}"
+
+    def credentials(self) -> Credentials | None:
+        if not self.access_key:
+            return None
+        return Credentials(self.access_key, self.secret_key, self.session_token or None)
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def sign(
+    method: str,
+    url: str,
+    *,
+    credentials: Credentials | None,
+    region: str,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+) -> dict[bytes, list[bytes]]:
+    """The request's headers, SigV4-signed by botocore, ready for treq.
+
+    ``body`` None means the body is streamed (or empty for GET/HEAD/DELETE
+    and signed as such when ``headers`` say nothing): streamed bodies are
+    signed as ``UNSIGNED-PAYLOAD``; pass ``headers={"x-amz-content-sha256":
+    UNSIGNED_PAYLOAD}`` for them. ``url`` must be percent-encoded already
+    (``object_url``): it is signed and sent as is. Without credentials the
+    headers are returned unsigned.
+    """
+    all_headers = dict(headers or {})
+    if credentials is None:
+        return {k.encode("ascii"): [v.encode("ascii")] for k, v in all_headers.items()}
+    unsigned = all_headers.pop("x-amz-content-sha256", None) == UNSIGNED_PAYLOAD
+    request = AWSRequest(method=method, url=url, data=body, headers=all_headers)
+    if unsigned:
+        request.context["client_config"] = _UNSIGNED
+    S3SigV4Auth(credentials, "s3", region).add_auth(request)
+    return {k.encode("ascii"): [v.encode("ascii")] for k, v in request.headers.items()}
+
+
+def _quote_key(key: str) -> str:
+    return quote(key, safe="/~")
+
+
+def _query(params: dict[str, str]) -> str:
+    """A query string encoded as SigV4 requires (RFC 3986, ``%20``, sorted)."""
+    return "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items()))
+
+
+# --------------------------------------------------------------------------- XML
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _child_text(element: ElementTree.Element, name: str) -> str | None:
+    for child in element:
+        if _local(child.tag) == name:
+            return child.text or ""
+    return None
+
+
+def parse_xml(body: bytes) -> ElementTree.Element:
+    try:
+        return ElementTree.fromstring(body)
+    except ElementTree.ParseError as e:
+        raise BackendError(f"S3 answered with malformed XML: {e}") from None
+
+
+def parse_list(body: bytes) -> tuple[list[str], str | None]:
+    """The keys of a ``ListBucketResult`` (ListObjectsV2) and its next
+    continuation token (None when the listing is complete)."""
+    root = parse_xml(body)
+    if _local(root.tag) != "ListBucketResult":
+        raise BackendError(f"expected ListBucketResult, got {_local(root.tag)}")
+    keys = []
+    for element in root:
+        if _local(element.tag) == "Contents":
+            key = _child_text(element, "Key")
+            if key is not None:
+                keys.append(key)
+    truncated = (_child_text(root, "IsTruncated") or "false").strip().lower() == "true"
+    token = _child_text(root, "NextContinuationToken")
+    if truncated and not token:
+        raise BackendError("a truncated listing without NextContinuationToken")
+    return keys, token if truncated else None
+
+
+def parse_upload_id(body: bytes) -> str:
+    root = parse_xml(body)
+    upload_id = _child_text(root, "UploadId") if _local(root.tag) == "InitiateMultipartUploadResult" else None
+    if not upload_id:
+        raise BackendError("CreateMultipartUpload answered without an UploadId")
+    return upload_id
+
+
+def complete_multipart_xml(etags: list[str]) -> bytes:
+    """The ``CompleteMultipartUpload`` body for parts 1..n with these ETags."""
+    root = ElementTree.Element("CompleteMultipartUpload", xmlns="http://s3.amazonaws.com/doc/2006-03-01/")
+    for number, etag in enumerate(etags, 1):
+        part = ElementTree.SubElement(root, "Part")
+        ElementTree.SubElement(part, "PartNumber").text = str(number)
+        ElementTree.SubElement(part, "ETag").text = etag
+    return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def _error_code(body: bytes) -> str:
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return ""
+    return (_child_text(root, "Code") or "") if _local(root.tag) == "Error" else ""
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def translate(e: Exception, what: str) -> Exception:
+    """The ``BackendError`` for an exception out of a request: network errors
+    and 5xx are ``BackendUnavailable``; other statuses ``BackendError``."""
+    if isinstance(e, BackendError):
+        return e
+    if isinstance(e, HTTPStatusError):
+        code = _error_code(e.body)
+        detail = f"{what}: HTTP {e.code}{f' {code}' if code else ''}"
+        if e.code >= 500 or e.code == 429:
+            return BackendUnavailable(detail)
+        return BackendError(detail)
+    if isinstance(e, NETWORK_ERRORS):
+        return BackendUnavailable(f"{what}: {e.__class__.__name__}: {e}")
+    return e
+
+
+# --------------------------------------------------------------------------- download sink
+
+
+class _RangeSink(Protocol):
+    """Receives one response body and writes it at ``offset`` of the file
+    ``fd`` (which it owns and closes) in the worker, one batch at a time.
+    Pauses the connection while more than ``HIGH_WATER`` bytes wait for the
+    disk. ``done`` fires once ``length`` bytes are on disk and ``fd`` is
+    closed; it fails on a short or long body, a write error, or ``timeout``
+    seconds without progress. Cancelling ``done`` drops the connection; the
+    sink still closes ``fd`` once its last write has returned."""
+
+    def __init__(self, fd: int, offset: int, length: int, worker: Worker, clock: IReactorTime, timeout: float) -> None:
+        self._fd = fd
+        self._position = offset
+        self._expected = length
+        self._worker = worker
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._received = 0
+        self._busy = False
+        self._paused = False
+        self._ended = False  # connectionLost has been called
+        self._closed = False
+        self._error: BaseException | None = None
+        self.done: Deferred[None] = Deferred(lambda d: self._abort(CancelledError()))
+        self._timeout = timeout
+        self._timer: IDelayedCall | None = clock.callLater(timeout, self._timed_out)
+
+    # -- the response's side --
+
+    def makeConnection(self, transport: Any) -> None:
+        self._producer: IPushProducer = transport  # a response body's transport pauses, resumes and stops
+        super().makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._error is not None:
+            return
+        self._received += len(data)
+        if self._received > self._expected:
+            self._abort(BackendUnavailable(f"body longer than the expected {self._expected} bytes"))
+            return
+        self._progress()
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes > HIGH_WATER and not self._paused:
+            self._paused = True
+            self._producer.pauseProducing()
+        self._kick()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._ended = True
+        if self._error is None and not reason.check(ResponseDone, PotentialDataLoss):
+            self._error = reason.value
+        self._kick()
+
+    # -- ours --
+
+    def _progress(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._timeout)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._abort(TimeoutError(f"no data for {self._timeout:.0f}s"))
+
+    def _abort(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        self._pending, self._pending_bytes = [], 0
+        if not self._ended and self.connected:
+            self._producer.stopProducing()  # connectionLost follows
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._busy or self._closed:
+            return
+        if self._pending and self._error is None:
+            batch, self._pending = self._pending, []
+            self._pending_bytes = 0
+            self._busy = True
+            position = self._position
+            self._position += sum(len(b) for b in batch)
+            self._worker.run(_pwrite_all, self._fd, batch, position).addCallbacks(self._written, self._failed)
+            return
+        if not self._ended:
+            return  # more to come
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._error is None and self._received != self._expected:
+            self._error = BackendUnavailable(f"body ended after {self._received} of {self._expected} bytes")
+        self._closed = True
+        self._worker.run(os.close, self._fd).addBoth(self._report)
+
+    def _report(self, closed: object) -> None:
+        if self._error is None and isinstance(closed, Failure):
+            self._error = closed.value
+        if self.done.called:  # cancelled
+            return
+        if self._error is None:
+            self.done.callback(None)
+        else:
+            self.done.errback(Failure(self._error))
+
+    def _written(self, _: object) -> None:
+        self._busy = False
+        self._progress()
+        if self._paused and self._pending_bytes < LOW_WATER and not self._ended:
+            self._paused = False
+            self._producer.resumeProducing()
+        self._kick()
+
+    def _failed(self, failure: Failure) -> None:
+        self._busy = False
+        self._abort(failure.value or BackendError("write failed"))
+
+
+class _Discard(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        pass
+
+
+def _pwrite_all(fd: int, batch: list[bytes], position: int) -> None:
+    data = memoryview(batch[0] if len(batch) == 1 else b"".join(batch))
+    while data:
+        written = os.pwrite(fd, data, position)
+        data = data[written:]
+        position += written
+
+
+def _create_temp(path: str) -> str:
+    """An empty file beside ``path`` that downloads write into."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
+    os.fchmod(fd, 0o644)
+    os.close(fd)
+    return temp
+
+
+def _remove(temp: str) -> None:
+    try:
+        os.unlink(temp)
+    except FileNotFoundError:
+        pass
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+@implementer(IBackend)
+@attrs.frozen
+class S3Backend(ServiceClient):
+    """``IBackend`` over one bucket. ``base`` is the bucket's URL
+    (``S3Config.bucket_url()``); build it with ``S3Backend.create``."""
+
+    _s3: S3Config
+    _worker: Worker  # file I/O: reading parts, writing downloads
+    pather: Pather
+
+    @classmethod
+    def create(cls, config: S3Config, *, http: HTTPClient, clock: IReactorTime, worker: Worker) -> S3Backend:
+        """The backend for ``config``, over ``http`` (from ``kraken.net.make_http_client``
+        with ``config.http_client``; its pool is closed by the daemon)."""
+        pather = make_pather(config.name_path, config.root_directory)
+        return cls(http, config.bucket_url(), clock, config.http_client, s3=config, worker=worker, pather=pather)
+
+    def _key(self, namespace: str, name: str) -> str:
+        return self.pather.path(name)
+
+    # -- plumbing --
+
+    def _object_url(self, key: str, params: dict[str, str] | None = None) -> str:
+        url = f"{self._base}/{_quote_key(key)}"
+        return f"{url}?{_query(params)}" if params else url
+
+    def _signed(
+        self, method: str, url: str, headers: dict[str, str] | None = None, body: bytes | None = None
+    ) -> dict[bytes, list[bytes]]:
+        headers = dict(headers or {})
+        if body is not None:
+            headers["content-type"] = headers.get("content-type", "application/xml")
+        return sign(method, url, credentials=self._s3.credentials(), region=self._s3.region, headers=headers, body=body)
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        data: Any = None,
+        timeout: float | None = None,
+    ) -> IResponse:
+        """One signed request (``body``: small bytes, signed; ``data``: a
+        streamed body producer, sent as ``UNSIGNED-PAYLOAD``)."""
+        headers = dict(headers or {})
+        if data is not None:
+            headers["x-amz-content-sha256"] = UNSIGNED_PAYLOAD
+        signed = self._signed(method, url, headers, body)
+        kwargs: dict[str, Any] = {"headers": signed}
+        if body is not None:
+            kwargs["data"] = body
+        elif data is not None:
+            kwargs["data"] = data
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        return await self._request(method, url, **kwargs)
+
+    async def _unexpected(self, method: str, url: str, response: IResponse) -> HTTPStatusError:
+        try:
+            body = await self._read(response, _ERROR_BODY)
+        except Exception:
+            body = b""
+        return HTTPStatusError(method, url, response.code, body)
+
+    async def _drain(self, response: IResponse) -> None:
+        await self._read(response, _ERROR_BODY)
+
+    async def _op(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt`` with retries; failures as ``BackendError``s."""
+        try:
+            return await self._retrying(what, attempt)
+        except CancelledError:
+            raise
+        except Exception as e:
+            translated = translate(e, what)
+            if translated is e:
+                raise
+            raise translated from e
+
+    def _slow_timeout(self, size: int) -> float:
+        return self._config.timeout + size / self._config.min_transfer_rate
+
+    # -- stat --
+
+    async def _head(self, namespace: str, name: str) -> tuple[int, str | None]:
+        key = self._key(namespace, name)
+        url = self._object_url(key)
+
+        async def attempt() -> tuple[int, str | None]:
+            response = await self._send("HEAD", url)
+            await self._drain(response)
+            if response.code == 404:
+                raise BlobNotFound(namespace, name)
+            if response.code != 200:
+                raise HTTPStatusError("HEAD", url, response.code)
+            lengths = response.headers.getRawHeaders(b"content-length")
+            if not lengths or not lengths[0].strip().isdigit():
+                raise BackendError(f"HEAD {key}: no usable Content-Length")
+            etags = response.headers.getRawHeaders(b"etag")
+            return int(lengths[0]), etags[0].decode("latin-1") if etags else None
+
+        return await self._op(f"stat {key}", attempt)
+
+    async def stat(self, namespace: str, name: str) -> BlobInfo:
+        size, _ = await self._head(namespace, name)
+        return BlobInfo(size=size)
+
+    # -- download --
+
+    async def download(self, namespace: str, name: str, path: str) -> None:
+        key = self._key(namespace, name)
+        size, etag = await self._head(namespace, name)
+        temp = await self._worker.run(_create_temp, path)
+        try:
+            part = self._s3.download_part_size
+            if size <= part:
+                await self._get_range(namespace, name, key, temp, 0, size, etag, whole=True)
+            else:
+                ranges = ((offset, min(part, size - offset)) for offset in range(0, size, part))
+
+                async def fetch(r: tuple[int, int]) -> None:
+                    await self._get_range(namespace, name, key, temp, r[0], r[1], etag, whole=False)
+
+                await _in_lanes(self._s3.download_concurrency, ranges, fetch)
+            await self._worker.run(os.replace, temp, path)
+        except BaseException:
+            await self._worker.run(_remove, temp)
+            raise
+        log.debug("downloaded {key} ({bytes} bytes)", key=key, bytes=size, namespace=namespace)
+
+    async def _get_range(
+        self, namespace: str, name: str, key: str, temp: str, offset: int, length: int, etag: str | None, whole: bool
+    ) -> None:
+        url = self._object_url(key)
+        headers = {}
+        if not whole:
+            headers["range"] = f"bytes={offset}-{offset + length - 1}"
+        if etag is not None:
+            headers["if-match"] = etag
+
+        async def attempt() -> None:
+            response = await self._send("GET", url, headers=headers)
+            if response.code == 404:
+                await self._drain(response)
+                raise BlobNotFound(namespace, name)
+            if response.code == 412:
+                await self._drain(response)
+                raise BackendUnavailable(f"GET {key}: the object changed during the download")
+            if response.code != (200 if whole else 206):
+                raise await self._unexpected("GET", url, response)
+            try:
+                fd = await self._worker.run(os.open, temp, os.O_WRONLY)
+            except BaseException:
+                response.deliverBody(_Discard())
+                raise
+            sink = _RangeSink(fd, offset, length, self._worker, self._clock, self._config.timeout)
+            response.deliverBody(sink)
+            await sink.done
+
+        await self._op(f"get {key}", attempt)
+
+    # -- upload --
+
+    async def upload(self, namespace: str, name: str, path: str) -> None:
+        key = self._key(namespace, name)
+        size = await self._worker.run(os.path.getsize, path)
+        if size <= self._s3.upload_part_size:
+            await self._put(key, path, size)
+        else:
+            await self._multipart(key, path, size)
+        log.debug("uploaded {key} ({bytes} bytes)", key=key, bytes=size, namespace=namespace)
+
+    async def _put(self, key: str, path: str, size: int) -> None:
+        url = self._object_url(key)
+
+        async def attempt() -> None:
+            body = ThreadedFileProducer(path, 0, size, self._worker)
+            response = await self._send(
+                "PUT",
+                url,
+                headers={"content-type": "application/octet-stream"},
+                data=body,
+                timeout=self._slow_timeout(size),
+            )
+            if response.code != 200:
+                raise await self._unexpected("PUT", url, response)
+            await self._drain(response)
+
+        await self._op(f"put {key}", attempt)
+
+    async def _multipart(self, key: str, path: str, size: int) -> None:
+        part = self._s3.upload_part_size
+        count = -(-size // part)
+        if count > MAX_PARTS:
+            raise BackendError(f"{size} bytes need {count} parts of {part}; S3 allows {MAX_PARTS}")
+        url = self._object_url(key, {"uploads": ""})
+
+        async def create() -> str:
+            response = await self._send("POST", url, headers={"content-type": "application/octet-stream"}, body=b"")
+            if response.code != 200:
+                raise await self._unexpected("POST", url, response)
+            return parse_upload_id(await self._read(response))
+
+        upload_id = await self._op(f"create multipart upload of {key}", create)
+        try:
+            etags: list[str] = [""] * count
+
+            async def one(number: int) -> None:
+                offset = (number - 1) * part
+                etags[number - 1] = await self._upload_part(
+                    key, upload_id, number, path, offset, min(part, size - offset)
+                )
+
+            await _in_lanes(self._s3.upload_concurrency, iter(range(1, count + 1)), one)
+            await self._complete(key, upload_id, etags, size)
+        except BaseException as e:
+            await self._abort(key, upload_id, e)
+            raise
+
+    async def _upload_part(self, key: str, upload_id: str, number: int, path: str, offset: int, length: int) -> str:
+        url = self._object_url(key, {"partNumber": str(number), "uploadId": upload_id})
+
+        async def attempt() -> str:
+            body = ThreadedFileProducer(path, offset, length, self._worker)
+            response = await self._send("PUT", url, data=body, timeout=self._slow_timeout(length))
+            if response.code != 200:
+                raise await self._unexpected("PUT", url, response)
+            await self._drain(response)
+            etags = response.headers.getRawHeaders(b"etag")
+            if not etags:
+                raise BackendError(f"UploadPart {number} of {key} answered without an ETag")
+            return str(etags[0].decode("latin-1"))
+
+        return await self._op(f"upload part {number} of {key}", attempt)
+
+    async def _complete(self, key: str, upload_id: str, etags: list[str], size: int) -> None:
+        url = self._object_url(key, {"uploadId": upload_id})
+        body = complete_multipart_xml(etags)
+
+        async def attempt() -> None:
+            # S3 may have to assemble for a while; it keeps the connection alive with whitespace.
+            response = await self._send("POST", url, body=body, timeout=self._slow_timeout(size))
+            answer = await self._read(response)
+            if response.code != 200:
+                raise HTTPStatusError("POST", url, response.code, answer)
+            code = _error_code(answer)  # a 200 whose body is an <Error>
+            if code:
+                raise HTTPStatusError("POST", url, 500 if code in ("InternalError", "SlowDown") else 400, answer)
+
+        await self._op(f"complete multipart upload of {key}", attempt)
+
+    async def _abort(self, key: str, upload_id: str, why: BaseException) -> None:
+        url = self._object_url(key, {"uploadId": upload_id})
+
+        async def attempt() -> None:
+            response = await self._send("DELETE", url)
+            await self._drain(response)
+            if response.code not in (204, 200, 404):
+                raise HTTPStatusError("DELETE", url, response.code)
+
+        try:
+            await self._op(f"abort multipart upload of {key}", attempt)
+        except Exception as e:
+            log.warn(
+                "aborting multipart upload {upload_id} of {key} failed ({error}) after: {why}",
+                upload_id=upload_id,
+                key=key,
+                error=str(e),
+                why=str(why),
+            )
+
+    # -- list --
+
+    async def _list_keys(self, key_prefix: str, token: str | None, max_keys: int) -> tuple[list[str], str | None]:
+        params = {"list-type": "2", "prefix": key_prefix, "max-keys": str(max_keys)}
+        if token is not None:
+            params["continuation-token"] = token
+        url = f"{self._base}?{_query(params)}" if self._s3.path_style else f"{self._base}/?{_query(params)}"
+
+        async def attempt() -> tuple[list[str], str | None]:
+            response = await self._send("GET", url)
+            body = await self._read(response)
+            if response.code != 200:
+                raise HTTPStatusError("GET", url, response.code, body)
+            return parse_list(body)
+
+        return await self._op(f"list {key_prefix!r}", attempt)
+
+    async def list(
+        self, prefix: str = "", *, continuation: str | None = None, limit: int = DEFAULT_LIST_LIMIT
+    ) -> ListPage:
+        """Up to ``limit`` names, from ``ListObjectsV2`` requests of at most
+        ``list_max_keys`` keys each; ``continuation`` is S3's own token."""
+        key_prefix = self.pather.list_prefix(prefix)
+        limit = max(1, limit)
+        names: list[str] = []
+        token = continuation
+        while True:
+            keys, token = await self._list_keys(key_prefix, token, min(limit - len(names), self._s3.list_max_keys))
+            for key in keys:
+                try:
+                    name = self.pather.name(key)
+                except InvalidName:
+                    continue  # not a name of this layout (distribution's other files, say)
+                if name.startswith(prefix):
+                    names.append(name)
+            if token is None or len(names) >= limit:
+                return ListPage(tuple(sorted(names)), token)
+
+
+async def _in_lanes(lanes: int, items: Iterator[T], work: Callable[[T], Awaitable[None]]) -> None:
+    """``work`` on every item, at most ``lanes`` at a time. The first failure
+    cancels the rest and is raised."""
+
+    async def lane() -> None:
+        for item in items:
+            await work(item)
+
+    running = [Deferred.fromCoroutine(lane()) for _ in range(lanes)]
+    try:
+        await gatherResults(running, consumeErrors=True)
+    except FirstError as e:
+        for d in running:
+            d.cancel()
+        e.subFailure.raiseException()
+    except BaseException:
+        for d in running:
+            d.cancel()
+        raise
