@@ -1,6 +1,7 @@
 """Storage backends: the ``IBackend`` interface and its errors, name pathers
 (docker/distribution's layout), the filesystem backend, the namespace router,
-per-backend bandwidth limits and the ``backends:`` config section."""
+the read-only HTTP and upstream-registry backends, per-backend bandwidth
+limits and the ``backends:`` config section."""
 
 from kraken.backends.base import (
     DEFAULT_LIST_LIMIT,
@@ -14,7 +15,9 @@ from kraken.backends.base import (
     ThrottledBackend,
 )
 from kraken.backends.fs import FSBackend
+from kraken.backends.http import HTTPBackend, HTTPBackendConfig
 from kraken.backends.names import DockerTagPather, IdentityPather, Pather, ShardedDockerBlobPather, make_pather
+from kraken.backends.registry import RegistryBackend, RegistryConfig
 from kraken.backends.router import NoBackend, Router
 
 __all__ = [
@@ -25,12 +28,16 @@ __all__ = [
     "BlobNotFound",
     "DockerTagPather",
     "FSBackend",
+    "HTTPBackend",
+    "HTTPBackendConfig",
     "IBackend",
     "IdentityPather",
     "InvalidName",
     "ListPage",
     "NoBackend",
     "Pather",
+    "RegistryBackend",
+    "RegistryConfig",
     "Router",
     "ShardedDockerBlobPather",
     "ThrottledBackend",

@@ -11,14 +11,21 @@ order (the first ``namespace`` that matches the whole repository name wins)::
       - namespace: ".*"
         fs: {root: /srv/blobs, name_path: identity}
 
-Each entry sets exactly one backend kind (today ``fs``). ``namespace`` is a
+Each entry sets exactly one backend kind: ``fs``, ``s3`` (``S3Config``),
+``http`` (read-only, ``HTTPBackendConfig``) or ``registry`` (an upstream
+Docker registry, read-only, ``RegistryConfig``). ``namespace`` is a
 Python regular expression (for the usual patterns the same as Kraken's Go
 ones); it must compile. Bandwidth limits are off unless ``enabled``; when on,
 the defaults are Kraken's for object stores: 8 Gbit/s out, 80 Gbit/s in.
 
-Adding a kind (s3, hdfs, http, registry): give ``BackendConfig`` a field
+The kinds that talk HTTP (s3, http, registry) share the daemon's injected
+treq ``HTTPClient``: ``build_router(..., http=client)``; building one of them
+without it is a ``ValueError``. Each kind's own ``http_client`` settings give
+its timeouts and retries.
+
+Adding a kind (hdfs): give ``BackendConfig`` a field
 ``<kind>: <Kind>Config | None = None`` and ``BUILDERS`` an entry
-``"<kind>": <function (settings, worker, clock) -> IBackend>``; the
+``"<kind>": <function (settings, worker, clock, http) -> IBackend>``; the
 one-kind check covers every field but ``namespace`` and ``bandwidth``.
 """
 
@@ -29,12 +36,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
+from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorTime
 
 from kraken.backends.base import IBackend, ThrottledBackend
 from kraken.backends.fs import FSBackend
+from kraken.backends.http import HTTPBackend, HTTPBackendConfig
 from kraken.backends.names import PATHERS, make_pather
+from kraken.backends.registry import RegistryBackend, RegistryConfig
 from kraken.backends.router import Router
+from kraken.backends.s3 import S3Backend, S3Config
 from kraken.config import positive
 from kraken.p2p.bandwidth import TokenBucket
 from kraken.store.workers import Worker
@@ -78,6 +89,9 @@ def _check_regex(instance: object, attribute: attrs.Attribute[str], value: str) 
 class BackendConfig:
     namespace: str = attrs.field(validator=_check_regex)
     fs: FSBackendConfig | None = None
+    s3: S3Config | None = None
+    http: HTTPBackendConfig | None = None
+    registry: RegistryConfig | None = None
     bandwidth: BackendBandwidthConfig = attrs.field(factory=BackendBandwidthConfig)
 
     def __attrs_post_init__(self) -> None:
@@ -96,17 +110,39 @@ class BackendConfig:
 _NOT_KINDS = frozenset({"namespace", "bandwidth"})
 
 
-def _build_fs(settings: FSBackendConfig, worker: Worker, clock: IReactorTime) -> IBackend:
+def _build_fs(settings: FSBackendConfig, worker: Worker, clock: IReactorTime, http: HTTPClient | None) -> IBackend:
     return FSBackend(settings.root, make_pather(settings.name_path), worker=worker)
 
 
-BUILDERS: dict[str, Callable[[Any, Worker, IReactorTime], IBackend]] = {"fs": _build_fs}
+def _need_http(kind: str, http: HTTPClient | None) -> HTTPClient:
+    if http is None:
+        raise ValueError(f"the {kind} backend talks HTTP: build it with http=<the daemon's treq HTTPClient>")
+    return http
 
 
-def build_backend(entry: BackendConfig, worker: Worker, clock: IReactorTime) -> IBackend:
-    """The backend of one entry, behind token buckets if its bandwidth limit is on."""
+def _build_s3(settings: S3Config, worker: Worker, clock: IReactorTime, http: HTTPClient | None) -> IBackend:
+    return S3Backend.create(settings, http=_need_http("s3", http), clock=clock, worker=worker)
+
+
+def _build_http(settings: HTTPBackendConfig, worker: Worker, clock: IReactorTime, http: HTTPClient | None) -> IBackend:
+    return HTTPBackend.create(settings, http=_need_http("http", http), clock=clock, worker=worker)
+
+
+def _build_registry(settings: RegistryConfig, worker: Worker, clock: IReactorTime, http: HTTPClient | None) -> IBackend:
+    return RegistryBackend.create(settings, http=_need_http("registry", http), clock=clock, worker=worker)
+
+
+Builder = Callable[[Any, Worker, IReactorTime, "HTTPClient | None"], IBackend]
+BUILDERS: dict[str, Builder] = {"fs": _build_fs, "s3": _build_s3, "http": _build_http, "registry": _build_registry}
+
+
+def build_backend(
+    entry: BackendConfig, worker: Worker, clock: IReactorTime, *, http: HTTPClient | None = None
+) -> IBackend:
+    """The backend of one entry, behind token buckets if its bandwidth limit is on.
+    ``http`` is the treq client of the kinds that talk HTTP (s3, http, registry)."""
     kind, settings = entry.kind()
-    backend = BUILDERS[kind](settings, worker, clock)
+    backend = BUILDERS[kind](settings, worker, clock, http)
     bandwidth = entry.bandwidth
     if not bandwidth.enabled:
         return backend
@@ -120,6 +156,9 @@ def build_backend(entry: BackendConfig, worker: Worker, clock: IReactorTime) -> 
     )
 
 
-def build_router(configs: Sequence[BackendConfig], worker: Worker, clock: IReactorTime) -> Router:
-    """A router over the backends ``configs`` describe, in their order."""
-    return Router([(entry.namespace, build_backend(entry, worker, clock)) for entry in configs])
+def build_router(
+    configs: Sequence[BackendConfig], worker: Worker, clock: IReactorTime, *, http: HTTPClient | None = None
+) -> Router:
+    """A router over the backends ``configs`` describe, in their order. Raises
+    ``ValueError`` if a kind that talks HTTP is configured and ``http`` is None."""
+    return Router([(entry.namespace, build_backend(entry, worker, clock, http=http)) for entry in configs])

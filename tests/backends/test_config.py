@@ -61,7 +61,9 @@ def test_no_backends_by_default():
 def test_an_entry_needs_a_backend_kind():
     with pytest.raises(config.ConfigError) as caught:
         parse([{"namespace": ".*"}])
-    assert str(caught.value) == "origin.yaml: backends.0: set exactly one backend kind (fs) per entry, found none"
+    assert str(caught.value) == (
+        "origin.yaml: backends.0: set exactly one backend kind (fs, s3, http, registry) per entry, found none"
+    )
 
 
 @attrs.frozen
@@ -78,7 +80,8 @@ class WithTwo:
 
 def test_an_entry_takes_only_one_backend_kind():
     fs = {"root": "/x", "name_path": "identity"}
-    with pytest.raises(config.ConfigError, match=r"backends\.1: set exactly one backend kind \(fs, other\)"):
+    kinds = r"\(fs, s3, http, registry, other\)"
+    with pytest.raises(config.ConfigError, match=r"backends\.1: set exactly one backend kind " + kinds):
         parse([{"namespace": "a", "fs": fs}, {"namespace": "b", "fs": fs, "other": fs}], WithTwo)
 
 
@@ -142,3 +145,47 @@ def test_the_section_loads_from_yaml(tmp_path):
     with pytest.raises(config.ConfigError) as caught:
         config.build(Component, config.load(str(path)))
     assert str(caught.value).startswith(f"{path}: backends.1: namespace:")
+
+
+def _http_client():
+    from treq.client import HTTPClient
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.web.client import Agent
+
+    return HTTPClient(Agent(MemoryReactorClock()))
+
+
+def test_http_kinds_build_with_the_injected_client():
+    from kraken.backends import HTTPBackend, RegistryBackend
+    from kraken.backends.s3 import S3Backend
+
+    entries = parse(
+        [
+            {"namespace": "s3/.*", "s3": {"bucket": "b", "endpoint": "http://127.0.0.1:9000"}},
+            {"namespace": "http/.*", "http": {"download_url": "http://blobs.example/{hex}"}},
+            {"namespace": ".*", "registry": {"address": "mirror.example:5000", "tls": False, "username": "u"}},
+        ]
+    )
+    assert [e.kind()[0] for e in entries] == ["s3", "http", "registry"]
+    router = build_router(entries, InlineWorker(), Clock(), http=_http_client())
+    assert isinstance(router.backend_for("s3/a"), S3Backend)
+    assert isinstance(router.backend_for("http/a"), HTTPBackend)
+    assert isinstance(router.backend_for("library/ubuntu"), RegistryBackend)
+    assert entries[2].registry.base_url() == "http://mirror.example:5000"
+
+
+def test_http_kinds_need_the_client():
+    entries = parse([{"namespace": ".*", "http": {"download_url": "http://blobs.example/{digest}"}}])
+    with pytest.raises(ValueError, match="the http backend talks HTTP: build it with http="):
+        build_router(entries, InlineWorker(), Clock())
+
+
+def test_http_and_registry_settings_are_checked():
+    with pytest.raises(config.ConfigError, match=r"backends\.0\.http: download_url must contain \{digest\} or \{hex\}"):
+        parse([{"namespace": ".*", "http": {"download_url": "http://blobs.example/blob"}}])
+    with pytest.raises(config.ConfigError, match=r"backends\.0\.http: download_url must be an http:// or https:// URL"):
+        parse([{"namespace": ".*", "http": {"download_url": "ftp://blobs.example/{hex}"}}])
+    with pytest.raises(config.ConfigError, match=r"backends\.0\.registry: missing required key 'address'"):
+        parse([{"namespace": ".*", "registry": {}}])
+    with pytest.raises(config.ConfigError, match=r"backends\.0\.registry: a password needs a username"):
+        parse([{"namespace": ".*", "registry": {"address": "r:5000", "password": "p"}}])
