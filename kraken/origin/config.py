@@ -6,10 +6,12 @@ YAML keys are the attrs field names below; build it with
 
 from __future__ import annotations
 
+import os
 import socket
 
 import attrs
 
+from kraken.backends.config import BackendConfig
 from kraken.config import Duration, Size, positive
 from kraken.core import PieceLengthRule
 from kraken.net import HTTPClientConfig
@@ -50,6 +52,27 @@ class ThreadsConfig:
     io: int = attrs.field(default=4, validator=positive)  # disk: uploads, commits, stats
 
 
+def _check_backoff(instance: WriteBackConfig, attribute: object, value: float) -> None:
+    if instance.backoff_max < instance.backoff_min:
+        raise ValueError(
+            f"backoff_max ({instance.backoff_max}s) must not be below backoff_min ({instance.backoff_min}s)"
+        )
+
+
+@attrs.frozen
+class WriteBackConfig:
+    """The durable queue that uploads committed blobs to their backend
+    (only used when ``backends`` is set)."""
+
+    # The SQLite database of pending tasks; default <store.root>/writeback.db. Its directory is created.
+    database: str | None = None
+    # Uploads running at once.
+    concurrency: int = attrs.field(default=4, validator=positive)
+    # A failed upload is tried again after backoff_min, doubling per failure up to backoff_max.
+    backoff_min: Duration = attrs.field(default=Duration(1.0), validator=positive)
+    backoff_max: Duration = attrs.field(default=Duration(300.0), validator=[positive, _check_backoff])
+
+
 @attrs.frozen
 class OriginConfig:
     # Endpoint description (strports): tcp:, tcp6:, ssl:, unix:, systemd:.
@@ -64,6 +87,16 @@ class OriginConfig:
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
     # The P2P listener that seeds this origin's blobs to agents (no bandwidth limit unless set).
     p2p: OriginP2PConfig = attrs.field(factory=OriginP2PConfig)
+    # Durable storage behind this origin, tried in order (first matching namespace wins);
+    # none: blobs live only here. See kraken.backends.config.
+    backends: tuple[BackendConfig, ...] = ()
+    writeback: WriteBackConfig = attrs.field(factory=WriteBackConfig)
+
+    def writeback_database(self) -> str:
+        """Where the write-back queue keeps its tasks."""
+        if self.writeback.database is not None:
+            return self.writeback.database
+        return os.path.join(self.store.root, "writeback.db")
 
     def __attrs_post_init__(self) -> None:
         self.advertised()  # fail at load time, not at the first locations request

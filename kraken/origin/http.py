@@ -18,6 +18,10 @@ Errors are plain text (``<message>\\n``) with the status, mapped in one place
 (``_error``); a 409 during an upload means "already stored", which clients
 treat as success.
 
+Every commit, and every "already exists" answer, calls ``on_commit(namespace,
+digest)`` (the tap passes the write-back queue's ``add``, which ignores a
+blob already queued) and answers only once it is done.
+
 ``peers`` lists this origin's own P2P address (``complete`` and ``origin``
 true) when it was given one and holds the blob, and nothing otherwise: the
 tracker asks it which origins can seed a blob.
@@ -28,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -105,8 +109,13 @@ class OriginHTTP:
         advertise: str,
         peer: PeerInfo | None = None,
         p2p_stats: Callable[[], Stats] | None = None,
+        on_commit: Callable[[str, Digest], Awaitable[None]] | None = None,
     ) -> None:
+        """``on_commit(namespace, digest)`` is awaited after every commit,
+        before the 201, and before every "already exists" 409 (the origin
+        queues its write-back there); if it fails, the request answers 500."""
         self._store = store
+        self._on_commit = on_commit
         self._p2p_stats = p2p_stats
         self._clock = clock
         self._advertise = advertise
@@ -182,6 +191,7 @@ class OriginHTTP:
     async def start_upload(self, request: Request, ns: str, d: str) -> bytes:
         digest = parse_digest(d)
         if await self._store.stat(digest) is not None:
+            await self._written_back(ns, digest)
             raise HTTPError(409, f"blob {digest} already exists")
         uid = await self._store.uploads.create()
         self.log.debug("upload {uid} of {digest} started", uid=uid, digest=str(digest), namespace=ns)
@@ -194,6 +204,7 @@ class OriginHTTP:
         start, end = parse_content_range(request.getHeader(b"content-range"))
         if await self._store.stat(digest) is not None:
             await self._drop_upload(uid)
+            await self._written_back(ns, digest)
             raise HTTPError(409, f"blob {digest} already exists")
         assert request.content is not None
         extra = _remaining(request.content) - (end - start)
@@ -218,7 +229,15 @@ class OriginHTTP:
             created=result.created,
             namespace=ns,
         )
+        await self._written_back(ns, digest)
         return _empty(request, 201)
+
+    async def _written_back(self, ns: str, digest: Digest) -> None:
+        """Make sure the blob is queued for write-back (a no-op when it already is). Called on every commit and
+        on every "already exists" too, as Kraken does: a commit whose queueing failed (the client got a 500) is
+        queued when the client retries and hears 409."""
+        if self._on_commit is not None:
+            await self._on_commit(ns, digest)
 
     @app.route("/namespace/<path:ns>/blobs/<d>", methods=["GET", "HEAD"])
     async def get_blob(self, request: Request, ns: str, d: str) -> File:

@@ -12,11 +12,13 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from kraken import config as kconfig
+from kraken.backends.config import build_router
 from kraken.core.peer import PeerInfo
 from kraken.net import make_http_client
 from kraken.net.server import listen, listen_http, make_site
 from kraken.origin.config import OriginConfig
 from kraken.origin.http import OriginHTTP
+from kraken.origin.writeback import WriteBackQueue, open_pool
 from kraken.p2p.scheduler import Scheduler
 from kraken.store import CAStore, ThreadPoolService, ThreadWorker, UploadExpiry
 
@@ -33,8 +35,8 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
     """Everything one origin needs, as a MultiService (the herd composes it).
 
     Children start in this order and stop in reverse: thread pools, HTTP
-    client pool, upload expiry, the P2P scheduler, then the HTTP and P2P
-    listeners.
+    client pool, the write-back queue (only with ``backends``), upload
+    expiry, the P2P scheduler, then the HTTP and P2P listeners.
     """
     top = MultiService()
     top.setName("origin")
@@ -52,8 +54,24 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
         now=reactor.seconds,
     )
 
-    _client, client_service = make_http_client(reactor, config.http_client)  # replication will use the client
+    client, client_service = make_http_client(reactor, config.http_client)  # backends; replication later
     client_service.setServiceParent(top)
+
+    writeback = None
+    if config.backends:
+        io_worker = ThreadWorker(reactor, io.pool)
+        router = build_router(config.backends, io_worker, reactor, http=client)
+        writeback = WriteBackQueue(
+            open_pool(config.writeback_database(), reactor),
+            router=router,
+            blob_path=store.blob_path,
+            worker=io_worker,
+            clock=reactor,
+            concurrency=config.writeback.concurrency,
+            backoff_min=config.writeback.backoff_min,
+            backoff_max=config.writeback.backoff_max,
+        )
+        writeback.setServiceParent(top)
 
     UploadExpiry(store.uploads.expire, clock=reactor, ttl=config.upload_ttl).setServiceParent(top)
 
@@ -63,7 +81,14 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
 
     ip, port = config.p2p.advertised()
     me = PeerInfo(scheduler.peer_id, ip, port, complete=True, origin=True)
-    app = OriginHTTP(store, clock=reactor, advertise=config.advertised(), peer=me, p2p_stats=scheduler.stats)
+    app = OriginHTTP(
+        store,
+        clock=reactor,
+        advertise=config.advertised(),
+        peer=me,
+        p2p_stats=scheduler.stats,
+        on_commit=None if writeback is None else writeback.add,
+    )
 
     site = make_site(app.resource(), reactor=reactor, spool=store.uploads.spool)
     listen_http(

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from kraken import config as kconfig
+from kraken.backends.config import BackendConfig, FSBackendConfig
 from kraken.core import PieceLengthRule
 from kraken.net import HTTPClientConfig
-from kraken.origin.config import OriginConfig
+from kraken.origin.config import OriginConfig, WriteBackConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,6 +30,9 @@ def test_defaults() -> None:
     assert (cfg.threads.cpu, cfg.threads.io) == (2, 4)
     assert cfg.http_client == HTTPClientConfig()
     assert cfg.advertised() == "127.0.0.1:15002"
+    assert cfg.backends == ()
+    assert cfg.writeback == WriteBackConfig(database=None, concurrency=4, backoff_min=1.0, backoff_max=300.0)
+    assert cfg.writeback_database() == "/var/lib/kraken/origin/writeback.db"
 
 
 def test_example_config_matches_the_defaults() -> None:
@@ -69,6 +73,15 @@ http_client: {timeout: 5s}
         ("upload_ttl: 0s", "upload_ttl"),
         ("threads: {cpu: 0}", "threads"),
         ("listen_http: 'unix:/run/origin.sock'", "<config>"),  # nothing to advertise
+        ("writeback: {retries: 3}", "writeback.retries"),
+        ("writeback: {concurrency: 0}", "writeback"),
+        ("writeback: {backoff_min: soon}", "writeback.backoff_min"),
+        ("writeback: {backoff_min: 10m, backoff_max: 1m}", "writeback"),
+        ("backends: {namespace: '.*'}", "backends"),  # a list, not a map
+        ("backends: [{namespace: '(', fs: {root: /x, name_path: identity}}]", "backends.0"),
+        ("backends: [{namespace: '.*'}]", "backends.0"),  # no backend kind
+        ("backends: [{namespace: '.*', fs: {root: /x, name_path: nope}}]", "backends.0.fs"),
+        ("backends: [{namespace: '.*', fs: {root: /x, name_path: identity, extra: 1}}]", "backends.0.fs.extra"),
     ],
 )
 def test_bad_values_name_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
@@ -93,3 +106,25 @@ def test_a_partial_p2p_section_keeps_the_origins_own_defaults(tmp_path) -> None:
     assert cfg.p2p.listen == "tcp:15001"  # not the agent's 16001
     assert not cfg.p2p.bandwidth.enabled  # origins seed without a limit unless told
     assert cfg.p2p.conn_tti == 10.0 and cfg.p2p.advertised() == ("10.0.0.5", 15001)
+
+
+def test_backends_and_writeback(tmp_path: Path) -> None:
+    cfg = build(
+        tmp_path,
+        """
+store: {root: /srv/origin}
+backends:
+  - namespace: "library/.*"
+    fs: {root: /srv/registry, name_path: sharded_docker_blob}
+  - namespace: ".*"
+    fs: {root: /srv/other, name_path: identity}
+writeback: {concurrency: 2, backoff_min: 500ms, backoff_max: 1m}
+""",
+    )
+    assert cfg.backends == (
+        BackendConfig("library/.*", fs=FSBackendConfig(root="/srv/registry", name_path="sharded_docker_blob")),
+        BackendConfig(namespace=".*", fs=FSBackendConfig(root="/srv/other", name_path="identity")),
+    )
+    assert cfg.writeback == WriteBackConfig(concurrency=2, backoff_min=0.5, backoff_max=60.0)
+    assert cfg.writeback_database() == "/srv/origin/writeback.db"
+    assert OriginConfig(writeback=WriteBackConfig(database="/x/wb.db")).writeback_database() == "/x/wb.db"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
@@ -12,9 +13,12 @@ from twisted.logger import capturedLogs
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from kraken.backends import FSBackend
+from kraken.backends.config import BackendConfig, FSBackendConfig
 from kraken.net import HTTPClientService
-from kraken.origin.config import OriginConfig, StoreConfig
+from kraken.origin.config import OriginConfig, StoreConfig, WriteBackConfig
 from kraken.origin.tap import Options, makeService, origin_service
+from kraken.origin.writeback import WriteBackQueue
 from kraken.p2p.config import BandwidthConfig, OriginP2PConfig, P2PConfig
 from kraken.p2p.scheduler import Scheduler
 from kraken.store import ThreadPoolService, UploadExpiry
@@ -135,3 +139,25 @@ def successResultOf(d: Any) -> Any:
     d.addBoth(out.append)
     assert out and not isinstance(out[0], Failure), out
     return out[0]
+
+
+def test_backends_add_the_write_back_queue(tmp_path: Path) -> None:
+    cfg = attrs.evolve(
+        config(tmp_path),
+        backends=(BackendConfig(".*", fs=FSBackendConfig(str(tmp_path / "registry"), "sharded_docker_blob")),),
+        writeback=WriteBackConfig(concurrency=2),
+    )
+    top = origin_service(cfg, MemoryReactorClock())
+    names = [c.name for c in top]
+    assert names.index("http-client") < names.index("writeback") < names.index("upload-expiry")
+    queue = top.getServiceNamed("writeback")
+    assert isinstance(queue, WriteBackQueue)
+    assert (tmp_path / "state").is_dir()  # the database's directory (the file opens at start)
+    [(pattern, backend)] = queue._router.routes
+    assert pattern.pattern == ".*" and isinstance(backend, FSBackend)
+    assert queue._concurrency == 2
+
+
+def test_no_backends_no_write_back_queue(tmp_path: Path) -> None:
+    top = origin_service(config(tmp_path), MemoryReactorClock())
+    assert "writeback" not in [c.name for c in top]

@@ -1,0 +1,448 @@
+"""Durable write-back: committed blobs uploaded to their storage backend.
+
+Kraken's ``lib/persistedretry`` with the ``writeback`` executor. A task is
+(namespace, digest); tasks live in SQLite, so a blob committed here reaches
+its backend even across restarts and while the backend is down.
+
+Every query runs in the ``adbapi.ConnectionPool``'s single worker thread
+(``open_pool``: one connection, autocommit, ``BEGIN IMMEDIATE`` where a
+statement needs company), so the reactor thread never touches the database.
+
+Schema (version 1, kept in ``PRAGMA user_version``)::
+
+    writeback(namespace, digest, created, attempts, next_attempt, last_error,
+              PRIMARY KEY (namespace, digest))
+
+Adding a task that exists is a no-op. The worker loop runs on the injected
+clock: it takes the tasks that are due (``next_attempt <= now``), at most
+``concurrency`` at a time, and for each one
+
+- asks the router for the namespace's backend (none: the task is dropped,
+  with a log line);
+- drops the task if the cached blob is gone (someone deleted it by hand);
+- ``stat``\\ s the blob on the backend: present means done (never overwrite);
+- otherwise uploads the cached file as the blob's hex digest (the name the
+  ``sharded_docker_blob`` pather takes).
+
+Success deletes the task. Any failure (``BackendUnavailable`` or anything
+else) is recorded in ``attempts`` and ``last_error`` and the task is tried
+again after ``backoff_min`` doubling per attempt up to ``backoff_max``. At
+start every pending task is due at once. Errors are logged and never stop
+the loop.
+
+``pending(digest)`` answers from memory (a mirror of the table, loaded at
+start): a blob waiting for write-back must never be evicted.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.enterprise import adbapi
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kraken.backends import BackendError, BlobNotFound, NoBackend, Router
+from kraken.core import Digest
+from kraken.store.workers import Worker
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS writeback (
+    namespace TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_error TEXT,
+    PRIMARY KEY (namespace, digest)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS writeback_due ON writeback (next_attempt);
+"""
+
+# Longest error text kept in last_error.
+_MAX_ERROR = 500
+
+
+class SchemaError(Exception):
+    """The database was written by a newer, incompatible version."""
+
+
+def prepare_connection(conn: sqlite3.Connection) -> None:
+    """Run on every new connection (``cp_openfun``): WAL journal, durable
+    commits, a busy timeout, and the schema created if missing."""
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise SchemaError(f"write-back database has schema version {version}; this build knows {SCHEMA_VERSION}")
+        if version < SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+    except BaseException:
+        conn.close()
+        raise
+
+
+def open_pool(path: str, reactor: Any) -> adbapi.ConnectionPool:
+    """The pool ``WriteBackQueue`` expects: one autocommit connection to
+    ``path`` (its directory is created), prepared by ``prepare_connection``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return adbapi.ConnectionPool(
+        "sqlite3",
+        path,
+        check_same_thread=False,
+        isolation_level=None,
+        cp_min=1,
+        cp_max=1,
+        cp_reactor=reactor,
+        cp_openfun=prepare_connection,
+    )
+
+
+@attrs.define
+class WriteBackStats:
+    """Counters since the queue started."""
+
+    queued: int = 0  # tasks added (not counting adds of existing tasks)
+    uploaded: int = 0  # blobs uploaded
+    existed: int = 0  # blobs the backend already had
+    failures: int = 0  # failed attempts (each retried later)
+    dropped: int = 0  # tasks dropped: no backend for the namespace
+    missing: int = 0  # tasks dropped: the cached blob is gone
+    pending: int = 0  # tasks waiting now
+
+
+@attrs.frozen
+class _Task:
+    namespace: str
+    digest: Digest
+    attempts: int
+
+
+class WriteBackQueue(Service):
+    """The durable write-back queue and its worker loop. A ``Service``:
+    starting it starts the pool, loads the pending tasks and runs them;
+    stopping it cancels uploads in flight (they are tried again at the next
+    start) and closes the pool."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        pool: adbapi.ConnectionPool,
+        *,
+        router: Router,
+        blob_path: Callable[[Digest], str],
+        worker: Worker,
+        clock: IReactorTime,
+        concurrency: int = 4,
+        backoff_min: float = 1.0,
+        backoff_max: float = 300.0,
+    ) -> None:
+        """``blob_path`` is where a committed blob's data lives (``CAStore.blob_path``);
+        ``worker`` runs the check that it still exists."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        if not 0 < backoff_min <= backoff_max:
+            raise ValueError(f"need 0 < backoff_min <= backoff_max, not {backoff_min}, {backoff_max}")
+        self.setName("writeback")
+        self._pool = pool
+        self._router = router
+        self._blob_path = blob_path
+        self._worker = worker
+        self._clock = clock
+        self._concurrency = concurrency
+        self._backoff_min = backoff_min
+        self._backoff_max = backoff_max
+        self._stats = WriteBackStats()
+        # digest -> namespaces with a task (mirror of the table).
+        self._tasks: dict[Digest, set[str]] = {}
+        self._in_flight: dict[tuple[str, Digest], Deferred[None]] = {}
+        self._timer: IDelayedCall | None = None
+        self._scanning = False
+        self._rescan = False
+        self._stopping = False
+        self._idle_waiters: list[Deferred[None]] = []
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        self._pool.start()
+        Deferred.fromCoroutine(self._load()).addErrback(
+            lambda f: self.log.failure("cannot open write-back database {path}", f, path=self._path())
+        )
+
+    async def _load(self) -> None:
+        now = self._clock.seconds()
+
+        def load(txn: adbapi.Transaction) -> list[tuple[str, str]]:
+            txn.execute("BEGIN IMMEDIATE")
+            # Every pending task is due at start (Kraken marks them failed and retries them).
+            txn.execute("UPDATE writeback SET next_attempt = ? WHERE next_attempt > ?", (now, now))
+            txn.execute("SELECT namespace, digest FROM writeback")
+            return [(r[0], r[1]) for r in txn.fetchall()]
+
+        rows = await self._pool.runInteraction(load)
+        for namespace, digest in rows:
+            self._remember(namespace, Digest.parse(digest))
+        self.log.info("write-back database {path} open, {count} tasks pending", path=self._path(), count=len(rows))
+        self._kick()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._stopping = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._fire_idle()
+        running = list(self._in_flight.values())
+        for d in running:
+            d.cancel()
+        done: Deferred[Any] = DeferredList(running, consumeErrors=True)
+
+        def close(_: object) -> None:
+            self._pool.close()
+
+        return done.addCallback(close)
+
+    def _path(self) -> str:
+        return str(self._pool.connargs[0]) if self._pool.connargs else "?"
+
+    # -- the API -----------------------------------------------------------
+
+    async def add(self, namespace: str, digest: Digest) -> None:
+        """Queue ``digest`` for write-back to ``namespace``'s backend, durably
+        (the task is in the database when this returns). An existing task is
+        left as it is."""
+        now = self._clock.seconds()
+
+        def insert(txn: adbapi.Transaction) -> int:
+            txn.execute(
+                "INSERT INTO writeback (namespace, digest, created, attempts, next_attempt, last_error)"
+                " VALUES (?, ?, ?, 0, ?, NULL) ON CONFLICT (namespace, digest) DO NOTHING",
+                (namespace, str(digest), now, now),
+            )
+            return int(txn.rowcount)
+
+        added = await self._pool.runInteraction(insert)
+        if added:
+            self._stats.queued += 1
+            self.log.debug("write-back of {digest} queued", digest=str(digest), namespace=namespace)
+        self._remember(namespace, digest)
+        self._kick()
+
+    def pending(self, digest: Digest) -> bool:
+        """Whether ``digest`` waits for write-back (to any namespace's
+        backend): such a blob must not be evicted."""
+        return digest in self._tasks
+
+    def when_idle(self) -> Deferred[None]:
+        """Fires once no upload is running and no task is due (tasks waiting
+        out a backoff may remain), or when the queue stops."""
+        d: Deferred[None] = Deferred()
+        self._idle_waiters.append(d)
+        if self._stopping:
+            self._fire_idle()
+        else:
+            self._kick()
+        return d
+
+    def _fire_idle(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def stats(self) -> WriteBackStats:
+        return attrs.evolve(self._stats, pending=sum(len(ns) for ns in self._tasks.values()))
+
+    def _remember(self, namespace: str, digest: Digest) -> None:
+        self._tasks.setdefault(digest, set()).add(namespace)
+
+    def _forget(self, namespace: str, digest: Digest) -> None:
+        namespaces = self._tasks.get(digest)
+        if namespaces is not None:
+            namespaces.discard(namespace)
+            if not namespaces:
+                del self._tasks[digest]
+
+    # -- the worker loop ---------------------------------------------------
+
+    def _kick(self) -> None:
+        """Look for due tasks now (a scan in progress scans again after)."""
+        if not self.running or self._stopping:
+            return
+        if self._scanning:
+            self._rescan = True
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._scanning = True
+        Deferred.fromCoroutine(self._scan()).addErrback(self._scan_failed)
+
+    def _scan_failed(self, failure: Failure) -> None:
+        self._scanning = False
+        self.log.failure("write-back scan failed; trying again in {delay}s", failure, delay=self._backoff_max)
+        self._schedule(self._backoff_max)
+
+    def _schedule(self, delay: float) -> None:
+        if not self.running or self._stopping:
+            return
+        if self._timer is not None and self._timer.active():
+            if self._timer.getTime() <= self._clock.seconds() + delay:
+                return
+            self._timer.cancel()
+        self._timer = self._clock.callLater(max(0.0, delay), self._kick)
+
+    async def _scan(self) -> None:
+        self._rescan = False
+        free = self._concurrency - len(self._in_flight)
+        now = self._clock.seconds()
+        busy = set(self._in_flight)
+        due: list[_Task] = []
+        following: float | None = None
+        if free > 0:
+
+            def query(txn: adbapi.Transaction) -> tuple[list[tuple[str, str, int]], float | None]:
+                txn.execute("BEGIN")
+                txn.execute(
+                    "SELECT namespace, digest, attempts FROM writeback WHERE next_attempt <= ?"
+                    " ORDER BY next_attempt, created LIMIT ?",
+                    (now, free + len(busy)),
+                )
+                rows = [(r[0], r[1], int(r[2])) for r in txn.fetchall()]
+                txn.execute("SELECT MIN(next_attempt) FROM writeback WHERE next_attempt > ?", (now,))
+                (nxt,) = txn.fetchone()
+                return rows, nxt
+
+            rows, following = await self._pool.runInteraction(query)
+            for namespace, text, attempts in rows:
+                digest = Digest.parse(text)
+                if (namespace, digest) not in busy and len(due) < free:
+                    due.append(_Task(namespace, digest, attempts))
+        if self._stopping:
+            self._scanning = False
+            return
+        # Still "scanning" while starting them: an upload that finishes at once
+        # asks for a rescan instead of scanning beside this loop.
+        for task in due:
+            key = (task.namespace, task.digest)
+            d = Deferred.fromCoroutine(self._run(task))
+            if not d.called:
+                self._in_flight[key] = d
+            d.addBoth(self._finished, key)
+        self._scanning = False
+        if self._rescan:
+            self._kick()
+            return
+        if not due and not self._in_flight:
+            self._fire_idle()
+        if following is not None:
+            # Finished uploads kick a scan themselves; the timer covers tasks in backoff.
+            self._schedule(following - now)
+
+    def _finished(self, result: object, key: tuple[str, Digest]) -> None:
+        self._in_flight.pop(key, None)
+        if isinstance(result, Failure) and not result.check(CancelledError):
+            self.log.failure("write-back of {digest} failed", result, digest=str(key[1]), namespace=key[0])
+        self._kick()
+
+    async def _run(self, task: _Task) -> None:
+        namespace, digest = task.namespace, task.digest
+        try:
+            backend = self._router.backend_for(namespace)
+        except NoBackend as e:
+            self.log.warn(
+                "write-back of {digest} dropped: {error}", digest=str(digest), namespace=namespace, error=str(e)
+            )
+            self._stats.dropped += 1
+            await self._delete(task)
+            return
+        path = self._blob_path(digest)
+        started = self._clock.seconds()
+        try:
+            if not await self._worker.run(os.path.isfile, path):
+                self.log.warn(
+                    "write-back of {digest} dropped: the cached blob {path} is gone",
+                    digest=str(digest),
+                    namespace=namespace,
+                    path=path,
+                )
+                self._stats.missing += 1
+                await self._delete(task)
+                return
+            try:
+                await backend.stat(namespace, digest.hex)
+            except BlobNotFound:
+                await backend.upload(namespace, digest.hex, path)
+                outcome = "uploaded"
+                self._stats.uploaded += 1
+            else:
+                outcome = "already there"
+                self._stats.existed += 1
+        except CancelledError:
+            raise  # stopping: the task stays, it runs again at the next start
+        except Exception as e:
+            await self._failed(task, e, Failure())
+            return
+        self.log.info(
+            "write-back of {digest}: {outcome} ({duration:.3f}s)",
+            digest=str(digest),
+            namespace=namespace,
+            outcome=outcome,
+            duration=self._clock.seconds() - started,
+        )
+        await self._delete(task)
+
+    def backoff(self, attempts: int) -> float:
+        """The wait before the next try after ``attempts`` failed ones."""
+        return float(min(self._backoff_max, self._backoff_min * 2 ** max(0, attempts - 1)))
+
+    async def _failed(self, task: _Task, error: Exception, failure: Failure) -> None:
+        attempts = task.attempts + 1
+        delay = self.backoff(attempts)
+        self._stats.failures += 1
+        text = f"{type(error).__name__}: {error}"[:_MAX_ERROR]
+        fields: dict[str, Any] = dict(
+            digest=str(task.digest), namespace=task.namespace, attempts=attempts, delay=delay, error=text
+        )
+        if isinstance(error, BackendError):
+            self.log.warn("write-back of {digest} failed (attempt {attempts}), retrying in {delay}s: {error}", **fields)
+        else:  # not the backend saying no: keep the traceback
+            self.log.failure(
+                "write-back of {digest} failed (attempt {attempts}), retrying in {delay}s", failure, **fields
+            )
+        if self._stopping:
+            return  # the pool is closing; the task runs again at the next start
+        await self._pool.runOperation(
+            "UPDATE writeback SET attempts = ?, next_attempt = ?, last_error = ? WHERE namespace = ? AND digest = ?",
+            (attempts, self._clock.seconds() + delay, text, task.namespace, str(task.digest)),
+        )
+        self._schedule(delay)
+
+    async def _delete(self, task: _Task) -> None:
+        await self._pool.runOperation(
+            "DELETE FROM writeback WHERE namespace = ? AND digest = ?", (task.namespace, str(task.digest))
+        )
+        self._forget(task.namespace, task.digest)
