@@ -87,6 +87,9 @@ Announcer = Callable[[PeerInfo, str, Digest, str], Awaitable[tuple[list[PeerInfo
 Connector = Callable[[PeerInfo, Factory], "Deferred[Protocol]"]
 """Dials a peer with a factory (tests join schedulers in memory)."""
 
+MissingBlob = Callable[[str, Digest], Awaitable[bool]]
+"""``(namespace, digest) -> True`` while the blob is being fetched into the store (an origin's fetch on miss)."""
+
 # Bytes of received pieces held in memory while they are checked and written. Below it, a request slot is
 # given to the next piece as soon as a payload has arrived; above it, only once the piece is written.
 PIECE_MEMORY = 8 << 20
@@ -272,15 +275,19 @@ class Scheduler(Service):
         advertise: tuple[str, int] | None = None,
         connect: Connector | None = None,
         rng: random.Random | None = None,
+        on_missing: MissingBlob | None = None,
     ) -> None:
         """``reactor`` gives the clock (and dials peers unless ``connect`` is given). Without ``announcer`` and
-        ``metainfo`` this is an origin's scheduler: it only serves the blobs of ``store``."""
+        ``metainfo`` this is an origin's scheduler: it only serves the blobs of ``store``. ``on_missing`` is told
+        about a handshake for a blob the store lacks (an origin fetches it from its backend); while it answers
+        True (being fetched) the peer hears BUSY, and tries again a few seconds later, rather than UNKNOWN_BLOB."""
         self._config = config
         self._clock: IReactorTime = reactor
         self._reactor = reactor
         self._store = store
         self._metainfo = metainfo
         self._announcer = announcer
+        self._on_missing = on_missing
         ip, port = advertise if advertise is not None else config.advertised()
         self.peer_id = peer_id or config.the_peer_id()
         self._me = PeerInfo(self.peer_id, ip, port)
@@ -561,6 +568,17 @@ class Scheduler(Service):
             return Error(ErrorCode.BUSY, None, "shutting down")
         digest = Digest(handshake.digest.hex())
         torrent = await self._seeding_torrent(handshake.namespace, digest)
+        if torrent is None and self._on_missing is not None:
+            try:
+                fetching = await self._on_missing(handshake.namespace, digest)
+            except CancelledError:
+                raise
+            except Exception:
+                self.log.failure("asking for missing blob {digest} failed", digest=str(digest))
+                fetching = False
+            if fetching:
+                return Error(ErrorCode.BUSY, None, f"fetching {digest} from storage")
+            torrent = await self._seeding_torrent(handshake.namespace, digest)  # it may have landed meanwhile
         if torrent is None or torrent.closed:
             return Error(ErrorCode.UNKNOWN_BLOB, None, f"no {digest} here")
         if handshake.info_hash.hex() != torrent.info.info_hash:
@@ -947,4 +965,6 @@ class _Listener(Factory):
         return PeerProtocol.accepting(s._accept, clock=s._clock, handshake_timeout=s._config.handshake_timeout)
 
 
-__all__ = ["Announcer", "BlobNotFound", "Connector", "DownloadFailed", "MetaInfoSource", "Scheduler", "Stats"]
+__all__ = [
+    "Announcer", "BlobNotFound", "Connector", "DownloadFailed", "MetaInfoSource", "MissingBlob", "Scheduler", "Stats",
+]  # fmt: skip

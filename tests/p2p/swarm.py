@@ -124,7 +124,9 @@ class Swarm:
 
     # --- building ---
 
-    def _node(self, name: str, *, agent: bool, store_root: str | None = None, **overrides: Any) -> Node:
+    def _node(
+        self, name: str, *, agent: bool, store_root: str | None = None, on_missing: Any = None, **overrides: Any
+    ) -> Node:
         port = self._next_port
         self._next_port += 1
         store = make_store(store_root or str(self.root / name), self.clock)
@@ -138,6 +140,7 @@ class Swarm:
             peer_id=peer_id(name),
             advertise=("127.0.0.1", port),
             connect=self.connect,
+            on_missing=on_missing,
         )
         node = Node(name, scheduler, store, port)
         listener = scheduler.factory()
@@ -149,8 +152,8 @@ class Swarm:
     def agent(self, name: str, **overrides: Any) -> Node:
         return self._node(name, agent=True, **overrides)
 
-    def origin(self, name: str, *blobs: tuple[bytes, MetaInfo]) -> Node:
-        node = self._node(name, agent=False)
+    def origin(self, name: str, *blobs: tuple[bytes, MetaInfo], on_missing: Any = None) -> Node:
+        node = self._node(name, agent=False, on_missing=on_missing)
         for data, info in blobs:
             seed_store(node.store, data, info)
             self.publish(info)
