@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import quote
 
 import attrs
 from twisted.internet.defer import CancelledError
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
@@ -23,6 +25,25 @@ T = TypeVar("T")
 _ERROR_BODY = 64 << 10
 log = Logger()
 
+# Polling an origin that answers 202 (it is fetching the blob from its
+# backend), as Kraken's blob client: 1 s, growing 1.3x a time up to 5 s, for
+# at most 15 minutes in all (a multi-GB blob from a slow backend).
+POLL_FIRST = 1.0
+POLL_FACTOR = 1.3
+POLL_MAX = 5.0
+POLL_TIMEOUT = 15 * 60.0
+
+
+class _Pending:
+    """An attempt's answer: 202, ask again later."""
+
+
+PENDING = _Pending()
+
+
+class StillFetching(HTTPStatusError):
+    """The origin still answered 202 when the polling's time was up."""
+
 
 @attrs.frozen
 class OriginClient(ServiceClient):
@@ -33,6 +54,8 @@ class OriginClient(ServiceClient):
     """
 
     _worker: Worker  # reads the files being uploaded
+    # How long stat, read_small, get, metainfo and peers poll an origin answering 202.
+    _poll_timeout: float = POLL_TIMEOUT
 
     # -- URLs --
 
@@ -56,6 +79,24 @@ class OriginClient(ServiceClient):
             body = b""
         return HTTPStatusError(method, url, response.code, body)
 
+    async def _polling(self, what: str, method: str, url: str, attempt: Callable[[], Awaitable[T | _Pending]]) -> T:
+        """``attempt`` (retried as ``_retrying`` does) until it returns
+        something other than ``PENDING`` (the origin answered 202: it is
+        fetching the blob from its backend). Waits grow from ``POLL_FIRST``
+        by ``POLL_FACTOR`` up to ``POLL_MAX`` on the injected clock; after
+        ``poll_timeout`` seconds raises ``StillFetching``."""
+        deadline = self._clock.seconds() + self._poll_timeout
+        delay = POLL_FIRST
+        while True:
+            result = await self._retrying(what, attempt)
+            if not isinstance(result, _Pending):
+                return result
+            if self._clock.seconds() + delay > deadline:
+                raise StillFetching(method, url, 202, f"still fetching after {self._poll_timeout:.0f}s".encode())
+            log.debug("{what}: the origin is fetching the blob; asking again in {delay:.2f}s", what=what, delay=delay)
+            await deferLater(self._clock, delay, lambda: None)
+            delay = min(POLL_MAX, delay * POLL_FACTOR)
+
     # -- the API --
 
     async def health(self) -> bool:
@@ -72,14 +113,16 @@ class OriginClient(ServiceClient):
         return bool(response.code == 200)
 
     async def stat(self, namespace: str, digest: Digest) -> int | None:
-        """The blob's size, or None if the origin does not hold it."""
+        """The blob's size, or None if the origin does not hold it (nor can fetch it)."""
         url = self._blob_url(namespace, digest)
 
-        async def attempt() -> int | None:
+        async def attempt() -> int | _Pending | None:
             response = await self._request("HEAD", url)
             await self._drain(response)
             if response.code == 404:
                 return None
+            if response.code == 202:
+                return PENDING
             if response.code != 200:
                 raise await self._unexpected("HEAD", url, response)
             lengths = response.headers.getRawHeaders(b"content-length")
@@ -87,23 +130,26 @@ class OriginClient(ServiceClient):
                 raise HTTPStatusError("HEAD", url, response.code, b"no usable Content-Length")
             return int(lengths[0])
 
-        return await self._retrying(f"stat {digest}", attempt)
+        return await self._polling(f"stat {digest}", "HEAD", url, attempt)
 
     async def read_small(self, namespace: str, digest: Digest, limit: int) -> bytes | None:
         """The whole blob (a manifest, say) if it holds at most ``limit`` bytes;
         None if absent. A bigger blob raises ``kraken.net.ResponseTooLarge``."""
         url = self._blob_url(namespace, digest)
 
-        async def attempt() -> bytes | None:
+        async def attempt() -> bytes | _Pending | None:
             response = await self._request("GET", url)
             if response.code == 404:
                 await self._drain(response)
                 return None
+            if response.code == 202:
+                await self._drain(response)
+                return PENDING
             if response.code != 200:
                 raise await self._unexpected("GET", url, response)
             return await self._read(response, limit)
 
-        return await self._retrying(f"read {digest}", attempt)
+        return await self._polling(f"read {digest}", "GET", url, attempt)
 
     async def get(
         self,
@@ -114,33 +160,51 @@ class OriginClient(ServiceClient):
         headers: dict[bytes, list[bytes]] | None = None,
     ) -> IResponse:
         """The raw response, body unread, whatever its status (the caller
-        streams it and handles 404, 206, 416...). Only network errors are retried."""
+        streams it and handles 404, 206, 416...) except 202, which is polled
+        until the origin has fetched the blob. Only network errors are retried."""
         url = self._blob_url(namespace, digest)
         hdrs = Headers(headers or {})
-        return await self._retrying(f"{method} {digest}", lambda: self._request(method, url, headers=hdrs))
+
+        async def attempt() -> IResponse | _Pending:
+            response = await self._request(method, url, headers=hdrs)
+            if response.code == 202:
+                await self._drain(response)
+                return PENDING
+            return response
+
+        return await self._polling(f"{method} {digest}", method, url, attempt)
 
     async def metainfo(self, namespace: str, digest: Digest) -> MetaInfo | None:
         url = f"{self._blob_url(namespace, digest)}/metainfo"
 
-        async def attempt() -> MetaInfo | None:
+        async def attempt() -> MetaInfo | _Pending | None:
             response = await self._request("GET", url)
             if response.code == 404:
                 await self._drain(response)
                 return None
+            if response.code == 202:
+                await self._drain(response)
+                return PENDING
             if response.code != 200:
                 raise await self._unexpected("GET", url, response)
             return MetaInfo.from_json(await self._read(response, self._config.max_body))
 
-        info = await self._retrying(f"metainfo {digest}", attempt)
+        info = await self._polling(f"metainfo {digest}", "GET", url, attempt)
         if info is not None and info.digest != digest:
             raise HTTPStatusError("GET", url, 200, f"metainfo is for {info.digest}".encode())
         return info
 
     async def peers(self, digest: Digest) -> list[PeerInfo]:
         """The origins' P2P addresses that seed the blob (``GET /blobs/<digest>/peers``);
-        empty if none holds it. A malformed answer raises ``HTTPStatusError``."""
+        empty if none holds it (polled while it answers 202: it is fetching
+        the blob). A malformed answer raises ``HTTPStatusError``."""
         url = f"{self._base}/blobs/{digest}/peers"
-        _, body = await self._retrying(f"peers {digest}", lambda: self._call("GET", url, frozenset({200})))
+
+        async def attempt() -> bytes | _Pending:
+            code, body = await self._call("GET", url, frozenset({200, 202}))
+            return PENDING if code == 202 else body
+
+        body = await self._polling(f"peers {digest}", "GET", url, attempt)
         try:
             doc = json.loads(body)
             if not isinstance(doc, dict) or not isinstance(doc.get("peers"), list):

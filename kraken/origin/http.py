@@ -25,6 +25,17 @@ blob already queued) and answers only once it is done.
 ``peers`` lists this origin's own P2P address (``complete`` and ``origin``
 true) when it was given one and holds the blob, and nothing otherwise: the
 tracker asks it which origins can seed a blob.
+
+Fetch on miss (only with a ``fetcher``, which the tap builds when backends
+are configured): GET/HEAD of a blob, its metainfo and
+``/namespace/<ns>/blobs/<digest>/peers`` for a blob the store lacks ask the
+fetcher (``kraken.origin.fetch``), and answer **202** (empty body,
+``Retry-After: 1``) while it fetches the blob from the namespace's backend,
+404 when that backend has none (or no backend serves the namespace) and 503
+when the backend failed lately. ``/blobs/<digest>/peers`` names no
+namespace, so it cannot start a fetch: it answers 202 while one runs and
+as before otherwise. Without a fetcher a missing blob is 404 (``peers``:
+an empty list).
 """
 
 from __future__ import annotations
@@ -46,8 +57,10 @@ from twisted.web.server import Request
 from twisted.web.static import File
 from werkzeug.exceptions import HTTPException
 
+from kraken.backends import BackendUnavailable, BlobNotFound
 from kraken.core import Digest, DigestError
 from kraken.core.peer import PeerInfo
+from kraken.origin.fetch import BlobFetcher
 from kraken.p2p.scheduler import Stats
 from kraken.store import CAStore, DigestMismatch, RangeMismatch, UploadTruncated, UploadUnknown
 
@@ -89,6 +102,14 @@ def _empty(request: Request, code: int = 200) -> bytes:
     return b""
 
 
+def _pending(request: Request) -> bytes:
+    """202: the blob is being fetched from its backend; ask again."""
+    request.setResponseCode(202)
+    request.setHeader(b"retry-after", b"1")
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return b""
+
+
 def _remaining(content: Any) -> int:
     """Bytes left in the (spooled) request body; a seek, not a read."""
     here = content.tell()
@@ -110,11 +131,15 @@ class OriginHTTP:
         peer: PeerInfo | None = None,
         p2p_stats: Callable[[], Stats] | None = None,
         on_commit: Callable[[str, Digest], Awaitable[None]] | None = None,
+        fetcher: BlobFetcher | None = None,
     ) -> None:
         """``on_commit(namespace, digest)`` is awaited after every commit,
         before the 201, and before every "already exists" 409 (the origin
-        queues its write-back there); if it fails, the request answers 500."""
+        queues its write-back there); if it fails, the request answers 500.
+        ``fetcher`` fetches missing blobs from the backends (202 meanwhile);
+        without it a missing blob is 404."""
         self._store = store
+        self._fetcher = fetcher
         self._on_commit = on_commit
         self._p2p_stats = p2p_stats
         self._clock = clock
@@ -145,6 +170,11 @@ class OriginHTTP:
             if allowed:
                 request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
             return e.code or 500, e.description or e.name
+        if isinstance(e, BlobNotFound):
+            return 404, f"blob {e.name} not found"
+        if isinstance(e, BackendUnavailable):
+            request.setHeader(b"retry-after", b"1")
+            return 503, "storage backend unavailable; try again later"  # the details are logged, not sent
         if isinstance(e, UploadUnknown):
             return 404, f"unknown upload {e.args[0] if e.args else ''}".rstrip()
         if isinstance(e, RangeMismatch):
@@ -181,11 +211,17 @@ class OriginHTTP:
 
     @app.route("/blobs/<d>/peers", methods=["GET"])
     async def peers(self, request: Request, d: str) -> bytes:
-        return await self._peers(request, parse_digest(d))
+        digest = parse_digest(d)
+        if self._fetcher is not None and self._fetcher.fetching(digest):
+            return _pending(request)
+        return await self._peers(request, digest)
 
     @app.route("/namespace/<path:ns>/blobs/<d>/peers", methods=["GET"])
     async def namespace_peers(self, request: Request, ns: str, d: str) -> bytes:
-        return await self._peers(request, parse_digest(d))
+        digest = parse_digest(d)
+        if self._fetcher is not None and not await self._fetcher.ensure(ns, digest):
+            return _pending(request)
+        return await self._peers(request, digest)
 
     @app.route("/namespace/<path:ns>/blobs/<d>/uploads", methods=["POST"])
     async def start_upload(self, request: Request, ns: str, d: str) -> bytes:
@@ -240,10 +276,10 @@ class OriginHTTP:
             await self._on_commit(ns, digest)
 
     @app.route("/namespace/<path:ns>/blobs/<d>", methods=["GET", "HEAD"])
-    async def get_blob(self, request: Request, ns: str, d: str) -> File:
+    async def get_blob(self, request: Request, ns: str, d: str) -> File | bytes:
         digest = parse_digest(d)
-        if await self._store.stat(digest) is None:
-            raise HTTPError(404, f"blob {digest} not found")
+        if not await self._held(ns, digest):
+            return _pending(request)
         if request.method == b"GET":
             await self._store.touch(digest)
         # Klein counts <path:...> as one segment: nothing must be left for File to traverse.
@@ -255,9 +291,22 @@ class OriginHTTP:
         digest = parse_digest(d)
         info = await self._store.metainfo(digest)
         if info is None:
-            raise HTTPError(404, f"metainfo of {digest} not found")
+            if not await self._held(ns, digest):
+                return _pending(request)
+            info = await self._store.metainfo(digest)  # fetched meanwhile
+            if info is None:
+                raise HTTPError(404, f"metainfo of {digest} not found")
         request.setHeader(b"content-type", b"application/json")
         return info.to_json()
+
+    async def _held(self, ns: str, digest: Digest) -> bool:
+        """True if the store holds the blob; False while the fetcher fetches
+        it. 404 (``HTTPError`` or ``BlobNotFound``) when neither has it."""
+        if self._fetcher is not None:
+            return await self._fetcher.ensure(ns, digest)
+        if await self._store.stat(digest) is None:
+            raise HTTPError(404, f"blob {digest} not found")
+        return True
 
     async def _peers(self, request: Request, digest: Digest) -> bytes:
         """``{"peers": [...]}``: this origin, if it seeds and holds the blob."""

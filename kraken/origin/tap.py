@@ -17,6 +17,7 @@ from kraken.core.peer import PeerInfo
 from kraken.net import make_http_client
 from kraken.net.server import listen, listen_http, make_site
 from kraken.origin.config import OriginConfig
+from kraken.origin.fetch import BlobFetcher
 from kraken.origin.http import OriginHTTP
 from kraken.origin.writeback import WriteBackQueue, open_pool
 from kraken.p2p.scheduler import Scheduler
@@ -35,7 +36,7 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
     """Everything one origin needs, as a MultiService (the herd composes it).
 
     Children start in this order and stop in reverse: thread pools, HTTP
-    client pool, the write-back queue (only with ``backends``), upload
+    client pool, the write-back queue and the fetcher (only with ``backends``), upload
     expiry, the P2P scheduler, then the HTTP and P2P listeners.
     """
     top = MultiService()
@@ -58,6 +59,7 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
     client_service.setServiceParent(top)
 
     writeback = None
+    fetcher = None
     if config.backends:
         io_worker = ThreadWorker(reactor, io.pool)
         router = build_router(config.backends, io_worker, reactor, http=client)
@@ -72,10 +74,16 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
             backoff_max=config.writeback.backoff_max,
         )
         writeback.setServiceParent(top)
+        # Fetch on miss: a blob asked for and not here comes from its backend (202 meanwhile).
+        fetcher = BlobFetcher(store, router, worker=io_worker, clock=reactor)
+        fetcher.setServiceParent(top)
 
     UploadExpiry(store.uploads.expire, clock=reactor, ttl=config.upload_ttl).setServiceParent(top)
 
-    scheduler = Scheduler(config.p2p, reactor=reactor, store=store)  # seeds only: no announcer, no downloads
+    # Seeds only: no announcer, no downloads. A handshake for a blob that is not here starts a fetch on miss.
+    scheduler = Scheduler(
+        config.p2p, reactor=reactor, store=store, on_missing=None if fetcher is None else fetcher.fetching_for_peer
+    )
     scheduler.setName("scheduler")
     scheduler.setServiceParent(top)
 
@@ -88,6 +96,7 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
         peer=me,
         p2p_stats=scheduler.stats,
         on_commit=None if writeback is None else writeback.add,
+        fetcher=fetcher,
     )
 
     site = make_site(app.resource(), reactor=reactor, spool=store.uploads.spool)

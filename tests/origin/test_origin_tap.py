@@ -17,6 +17,7 @@ from kraken.backends import FSBackend
 from kraken.backends.config import BackendConfig, FSBackendConfig
 from kraken.net import HTTPClientService
 from kraken.origin.config import OriginConfig, StoreConfig, WriteBackConfig
+from kraken.origin.fetch import BlobFetcher
 from kraken.origin.tap import Options, makeService, origin_service
 from kraken.origin.writeback import WriteBackQueue
 from kraken.p2p.config import BandwidthConfig, OriginP2PConfig, P2PConfig
@@ -161,3 +162,24 @@ def test_backends_add_the_write_back_queue(tmp_path: Path) -> None:
 def test_no_backends_no_write_back_queue(tmp_path: Path) -> None:
     top = origin_service(config(tmp_path), MemoryReactorClock())
     assert "writeback" not in [c.name for c in top]
+
+
+def test_backends_add_the_fetcher(tmp_path: Path) -> None:
+    cfg = attrs.evolve(
+        config(tmp_path),
+        backends=(BackendConfig(".*", fs=FSBackendConfig(str(tmp_path / "registry"), "sharded_docker_blob")),),
+    )
+    top = origin_service(cfg, MemoryReactorClock())
+    names = [c.name for c in top]
+    assert names.index("http-client") < names.index("fetcher") < names.index("http")
+    fetcher = top.getServiceNamed("fetcher")
+    assert isinstance(fetcher, BlobFetcher)
+    [(_, backend)] = fetcher._router.routes
+    assert isinstance(backend, FSBackend)
+    # A P2P handshake for a missing blob starts the same fetch.
+    assert top.getServiceNamed("scheduler")._on_missing == fetcher.fetching_for_peer
+
+
+def test_no_backends_no_fetcher(tmp_path: Path) -> None:
+    top = origin_service(config(tmp_path), MemoryReactorClock())
+    assert "fetcher" not in [c.name for c in top]
