@@ -73,6 +73,38 @@ class WriteBackConfig:
     backoff_max: Duration = attrs.field(default=Duration(300.0), validator=[positive, _check_backoff])
 
 
+def _check_percent(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 < value <= 100:
+        raise ValueError(f"{attribute.name} must be a percentage between 1 and 100, not {value}")
+
+
+def _check_aggressive_tti(instance: CleanupConfig, attribute: object, value: float) -> None:
+    if value > instance.tti:
+        raise ValueError(f"aggressive_tti ({value}s) must not be above tti ({instance.tti}s)")
+
+
+@attrs.frozen
+class CleanupConfig:
+    """Eviction of idle blobs from the cache (never from a backend).
+
+    ``enabled`` defaults to on when ``backends`` are set and OFF without
+    them: there the cache holds the only copy of every blob, and evicting it
+    loses it. Set ``enabled: true`` to evict anyway (a pure cache, e.g. in
+    front of blobs that are pushed again). Blobs waiting for write-back are
+    never evicted.
+    """
+
+    # None: on with backends, off without (see above).
+    enabled: bool | None = None
+    # How often the cache is walked.
+    interval: Duration = attrs.field(default=Duration(1800.0), validator=positive)
+    # A blob not read for this long is evicted.
+    tti: Duration = attrs.field(default=Duration(21600.0), validator=positive)
+    # When the store's filesystem is at least this full (percent), aggressive_tti applies instead.
+    aggressive_threshold: int = attrs.field(default=80, validator=_check_percent)
+    aggressive_tti: Duration = attrs.field(default=Duration(3600.0), validator=[positive, _check_aggressive_tti])
+
+
 @attrs.frozen
 class OriginConfig:
     # Endpoint description (strports): tcp:, tcp6:, ssl:, unix:, systemd:.
@@ -91,6 +123,14 @@ class OriginConfig:
     # none: blobs live only here. See kraken.backends.config.
     backends: tuple[BackendConfig, ...] = ()
     writeback: WriteBackConfig = attrs.field(factory=WriteBackConfig)
+    # Eviction of idle blobs; off by default without backends (the only copy). See CleanupConfig.
+    cleanup: CleanupConfig = attrs.field(factory=CleanupConfig)
+
+    def cleanup_enabled(self) -> bool:
+        """Whether idle blobs are evicted: ``cleanup.enabled``, else only with backends."""
+        if self.cleanup.enabled is not None:
+            return self.cleanup.enabled
+        return bool(self.backends)
 
     def writeback_database(self) -> str:
         """Where the write-back queue keeps its tasks."""

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from kraken import config as kconfig
 from kraken.backends.config import build_router
+from kraken.core import Digest
 from kraken.core.peer import PeerInfo
 from kraken.net import make_http_client
 from kraken.net.server import listen, listen_http, make_site
@@ -21,7 +22,7 @@ from kraken.origin.fetch import BlobFetcher
 from kraken.origin.http import OriginHTTP
 from kraken.origin.writeback import WriteBackQueue, open_pool
 from kraken.p2p.scheduler import Scheduler
-from kraken.store import CAStore, ThreadPoolService, ThreadWorker, UploadExpiry
+from kraken.store import CacheCleanup, CAStore, ThreadPoolService, ThreadWorker, UploadExpiry
 
 log = Logger(namespace="kraken.origin")
 
@@ -32,12 +33,17 @@ class Options(kconfig.DaemonOptions):
     config_class = OriginConfig
 
 
+def _keep_nothing(digest: Digest) -> bool:
+    return False
+
+
 def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
     """Everything one origin needs, as a MultiService (the herd composes it).
 
     Children start in this order and stop in reverse: thread pools, HTTP
     client pool, the write-back queue and the fetcher (only with ``backends``), upload
-    expiry, the P2P scheduler, then the HTTP and P2P listeners.
+    expiry, the cache cleanup (when ``config.cleanup_enabled()``), the P2P
+    scheduler, then the HTTP and P2P listeners.
     """
     top = MultiService()
     top.setName("origin")
@@ -79,6 +85,24 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
         fetcher.setServiceParent(top)
 
     UploadExpiry(store.uploads.expire, clock=reactor, ttl=config.upload_ttl).setServiceParent(top)
+
+    if config.cleanup_enabled():
+        if writeback is None:
+            log.warn(
+                "cache cleanup is enabled without backends: evicted blobs are gone for good",
+                root=config.store.root,
+            )
+        CacheCleanup(
+            config.store.root,
+            worker=ThreadWorker(reactor, io.pool),
+            clock=reactor,
+            # A blob waiting for write-back is never evicted.
+            keep=_keep_nothing if writeback is None else writeback.pending,
+            interval=config.cleanup.interval,
+            tti=config.cleanup.tti,
+            aggressive_threshold=config.cleanup.aggressive_threshold,
+            aggressive_tti=config.cleanup.aggressive_tti,
+        ).setServiceParent(top)
 
     # Seeds only: no announcer, no downloads. A handshake for a blob that is not here starts a fetch on miss.
     scheduler = Scheduler(

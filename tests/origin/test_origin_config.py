@@ -10,7 +10,7 @@ from kraken import config as kconfig
 from kraken.backends.config import BackendConfig, FSBackendConfig
 from kraken.core import PieceLengthRule
 from kraken.net import HTTPClientConfig
-from kraken.origin.config import OriginConfig, WriteBackConfig
+from kraken.origin.config import CleanupConfig, OriginConfig, WriteBackConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,6 +82,14 @@ http_client: {timeout: 5s}
         ("backends: [{namespace: '.*'}]", "backends.0"),  # no backend kind
         ("backends: [{namespace: '.*', fs: {root: /x, name_path: nope}}]", "backends.0.fs"),
         ("backends: [{namespace: '.*', fs: {root: /x, name_path: identity, extra: 1}}]", "backends.0.fs.extra"),
+        ("cleanup: {ttl: 1h}", "cleanup.ttl"),
+        ("cleanup: {enabled: yes please}", "cleanup.enabled"),
+        ("cleanup: {interval: 0s}", "cleanup"),
+        ("cleanup: {tti: soon}", "cleanup.tti"),
+        ("cleanup: {aggressive_threshold: 0}", "cleanup"),
+        ("cleanup: {aggressive_threshold: 101}", "cleanup"),
+        ("cleanup: {aggressive_threshold: 80%}", "cleanup.aggressive_threshold"),
+        ("cleanup: {tti: 1h, aggressive_tti: 2h}", "cleanup"),
     ],
 )
 def test_bad_values_name_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
@@ -128,3 +136,29 @@ writeback: {concurrency: 2, backoff_min: 500ms, backoff_max: 1m}
     assert cfg.writeback == WriteBackConfig(concurrency=2, backoff_min=0.5, backoff_max=60.0)
     assert cfg.writeback_database() == "/srv/origin/writeback.db"
     assert OriginConfig(writeback=WriteBackConfig(database="/x/wb.db")).writeback_database() == "/x/wb.db"
+
+
+def test_cleanup_defaults() -> None:
+    cfg = OriginConfig()
+    assert cfg.cleanup == CleanupConfig(
+        enabled=None, interval=1800.0, tti=21600.0, aggressive_threshold=80, aggressive_tti=3600.0
+    )
+
+
+def test_cleanup_is_off_without_backends_unless_enabled() -> None:
+    backend = BackendConfig(".*", fs=FSBackendConfig(root="/srv/registry", name_path="sharded_docker_blob"))
+    assert not OriginConfig().cleanup_enabled(), "the cache holds the only copy"
+    assert OriginConfig(backends=(backend,)).cleanup_enabled()
+    assert OriginConfig(cleanup=CleanupConfig(enabled=True)).cleanup_enabled()
+    assert not OriginConfig(backends=(backend,), cleanup=CleanupConfig(enabled=False)).cleanup_enabled()
+
+
+def test_cleanup_yaml_values(tmp_path: Path) -> None:
+    cfg = build(
+        tmp_path,
+        "cleanup: {enabled: true, interval: 5m, tti: 2h, aggressive_threshold: 90, aggressive_tti: 10m}\n",
+    )
+    assert cfg.cleanup == CleanupConfig(
+        enabled=True, interval=300.0, tti=7200.0, aggressive_threshold=90, aggressive_tti=600.0
+    )
+    assert cfg.cleanup_enabled()

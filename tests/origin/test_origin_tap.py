@@ -16,13 +16,13 @@ from twisted.python.failure import Failure
 from kraken.backends import FSBackend
 from kraken.backends.config import BackendConfig, FSBackendConfig
 from kraken.net import HTTPClientService
-from kraken.origin.config import OriginConfig, StoreConfig, WriteBackConfig
+from kraken.origin.config import CleanupConfig, OriginConfig, StoreConfig, WriteBackConfig
 from kraken.origin.fetch import BlobFetcher
 from kraken.origin.tap import Options, makeService, origin_service
 from kraken.origin.writeback import WriteBackQueue
 from kraken.p2p.config import BandwidthConfig, OriginP2PConfig, P2PConfig
 from kraken.p2p.scheduler import Scheduler
-from kraken.store import ThreadPoolService, UploadExpiry
+from kraken.store import CacheCleanup, ThreadPoolService, UploadExpiry
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -183,3 +183,47 @@ def test_backends_add_the_fetcher(tmp_path: Path) -> None:
 def test_no_backends_no_fetcher(tmp_path: Path) -> None:
     top = origin_service(config(tmp_path), MemoryReactorClock())
     assert "fetcher" not in [c.name for c in top]
+
+
+def with_backend(tmp_path: Path, **kw: Any) -> OriginConfig:
+    return attrs.evolve(
+        config(tmp_path),
+        backends=(BackendConfig(".*", fs=FSBackendConfig(str(tmp_path / "registry"), "sharded_docker_blob")),),
+        **kw,
+    )
+
+
+def test_no_backends_no_cleanup(tmp_path: Path) -> None:
+    top = origin_service(config(tmp_path), MemoryReactorClock())
+    assert "cache-cleanup" not in [c.name for c in top], "evicting would lose the only copy"
+
+
+def test_backends_add_the_cleanup_keeping_pending_write_backs(tmp_path: Path) -> None:
+    reactor = MemoryReactorClock()
+    cfg = with_backend(tmp_path, cleanup=CleanupConfig(interval=600.0, tti=7200.0, aggressive_threshold=90))
+    top = origin_service(cfg, reactor)
+    names = [c.name for c in top]
+    assert names.index("writeback") < names.index("upload-expiry") < names.index("cache-cleanup")
+    assert names.index("cache-cleanup") < names.index("scheduler")
+    cleanup = top.getServiceNamed("cache-cleanup")
+    assert isinstance(cleanup, CacheCleanup)
+    assert cleanup.step == 600.0 and cleanup.clock is reactor
+    assert cleanup._root == str(tmp_path / "state")
+    assert (cleanup._tti, cleanup._aggressive_threshold, cleanup._aggressive_tti) == (7200.0, 90, 3600.0)
+    assert cleanup._keep == top.getServiceNamed("writeback").pending
+
+
+def test_backends_with_cleanup_disabled(tmp_path: Path) -> None:
+    top = origin_service(with_backend(tmp_path, cleanup=CleanupConfig(enabled=False)), MemoryReactorClock())
+    assert "cache-cleanup" not in [c.name for c in top]
+
+
+def test_cleanup_enabled_without_backends_keeps_nothing_and_warns(tmp_path: Path) -> None:
+    from kraken.core import Digest
+
+    cfg = attrs.evolve(config(tmp_path), cleanup=CleanupConfig(enabled=True))
+    with capturedLogs() as events:
+        top = origin_service(cfg, MemoryReactorClock())
+    cleanup = top.getServiceNamed("cache-cleanup")
+    assert cleanup._keep(Digest.from_bytes(b"x")) is False
+    assert any("without backends" in e["log_format"] for e in events)
