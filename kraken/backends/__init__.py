@@ -1,6 +1,6 @@
 """Storage backends: the ``IBackend`` interface and its errors, name pathers
 (docker/distribution's layout), the filesystem backend, the namespace router,
-the read-only HTTP and upstream-registry backends, per-backend bandwidth
+the WebHDFS backend, the read-only HTTP and upstream-registry backends, per-backend bandwidth
 limits and the ``backends:`` config section."""
 
 from kraken.backends.base import (
@@ -15,6 +15,7 @@ from kraken.backends.base import (
     ThrottledBackend,
 )
 from kraken.backends.fs import FSBackend
+from kraken.backends.hdfs import HDFSBackend, HDFSConfig
 from kraken.backends.http import HTTPBackend, HTTPBackendConfig
 from kraken.backends.names import DockerTagPather, IdentityPather, Pather, ShardedDockerBlobPather, make_pather
 from kraken.backends.registry import RegistryBackend, RegistryConfig
@@ -28,6 +29,8 @@ __all__ = [
     "BlobNotFound",
     "DockerTagPather",
     "FSBackend",
+    "HDFSBackend",
+    "HDFSConfig",
     "HTTPBackend",
     "HTTPBackendConfig",
     "IBackend",

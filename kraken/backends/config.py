@@ -12,18 +12,19 @@ order (the first ``namespace`` that matches the whole repository name wins)::
         fs: {root: /srv/blobs, name_path: identity}
 
 Each entry sets exactly one backend kind: ``fs``, ``s3`` (``S3Config``),
-``http`` (read-only, ``HTTPBackendConfig``) or ``registry`` (an upstream
+``http`` (read-only, ``HTTPBackendConfig``), ``hdfs`` (WebHDFS,
+``HDFSConfig``) or ``registry`` (an upstream
 Docker registry, read-only, ``RegistryConfig``). ``namespace`` is a
 Python regular expression (for the usual patterns the same as Kraken's Go
 ones); it must compile. Bandwidth limits are off unless ``enabled``; when on,
 the defaults are Kraken's for object stores: 8 Gbit/s out, 80 Gbit/s in.
 
-The kinds that talk HTTP (s3, http, registry) share the daemon's injected
+The kinds that talk HTTP (s3, hdfs, http, registry) share the daemon's injected
 treq ``HTTPClient``: ``build_router(..., http=client)``; building one of them
 without it is a ``ValueError``. Each kind's own ``http_client`` settings give
 its timeouts and retries.
 
-Adding a kind (hdfs): give ``BackendConfig`` a field
+Adding a kind: give ``BackendConfig`` a field
 ``<kind>: <Kind>Config | None = None`` and ``BUILDERS`` an entry
 ``"<kind>": <function (settings, worker, clock, http) -> IBackend>``; the
 one-kind check covers every field but ``namespace`` and ``bandwidth``.
@@ -41,6 +42,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from kraken.backends.base import IBackend, ThrottledBackend
 from kraken.backends.fs import FSBackend
+from kraken.backends.hdfs import HDFSBackend, HDFSConfig
 from kraken.backends.http import HTTPBackend, HTTPBackendConfig
 from kraken.backends.names import PATHERS, make_pather
 from kraken.backends.registry import RegistryBackend, RegistryConfig
@@ -90,6 +92,7 @@ class BackendConfig:
     namespace: str = attrs.field(validator=_check_regex)
     fs: FSBackendConfig | None = None
     s3: S3Config | None = None
+    hdfs: HDFSConfig | None = None
     http: HTTPBackendConfig | None = None
     registry: RegistryConfig | None = None
     bandwidth: BackendBandwidthConfig = attrs.field(factory=BackendBandwidthConfig)
@@ -124,6 +127,10 @@ def _build_s3(settings: S3Config, worker: Worker, clock: IReactorTime, http: HTT
     return S3Backend.create(settings, http=_need_http("s3", http), clock=clock, worker=worker)
 
 
+def _build_hdfs(settings: HDFSConfig, worker: Worker, clock: IReactorTime, http: HTTPClient | None) -> IBackend:
+    return HDFSBackend.create(settings, http=_need_http("hdfs", http), clock=clock, worker=worker)
+
+
 def _build_http(settings: HTTPBackendConfig, worker: Worker, clock: IReactorTime, http: HTTPClient | None) -> IBackend:
     return HTTPBackend.create(settings, http=_need_http("http", http), clock=clock, worker=worker)
 
@@ -133,14 +140,20 @@ def _build_registry(settings: RegistryConfig, worker: Worker, clock: IReactorTim
 
 
 Builder = Callable[[Any, Worker, IReactorTime, "HTTPClient | None"], IBackend]
-BUILDERS: dict[str, Builder] = {"fs": _build_fs, "s3": _build_s3, "http": _build_http, "registry": _build_registry}
+BUILDERS: dict[str, Builder] = {
+    "fs": _build_fs,
+    "s3": _build_s3,
+    "hdfs": _build_hdfs,
+    "http": _build_http,
+    "registry": _build_registry,
+}
 
 
 def build_backend(
     entry: BackendConfig, worker: Worker, clock: IReactorTime, *, http: HTTPClient | None = None
 ) -> IBackend:
     """The backend of one entry, behind token buckets if its bandwidth limit is on.
-    ``http`` is the treq client of the kinds that talk HTTP (s3, http, registry)."""
+    ``http`` is the treq client of the kinds that talk HTTP (s3, hdfs, http, registry)."""
     kind, settings = entry.kind()
     backend = BUILDERS[kind](settings, worker, clock, http)
     bandwidth = entry.bandwidth

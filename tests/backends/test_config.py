@@ -62,7 +62,7 @@ def test_an_entry_needs_a_backend_kind():
     with pytest.raises(config.ConfigError) as caught:
         parse([{"namespace": ".*"}])
     assert str(caught.value) == (
-        "origin.yaml: backends.0: set exactly one backend kind (fs, s3, http, registry) per entry, found none"
+        "origin.yaml: backends.0: set exactly one backend kind (fs, s3, hdfs, http, registry) per entry, found none"
     )
 
 
@@ -80,7 +80,7 @@ class WithTwo:
 
 def test_an_entry_takes_only_one_backend_kind():
     fs = {"root": "/x", "name_path": "identity"}
-    kinds = r"\(fs, s3, http, registry, other\)"
+    kinds = r"\(fs, s3, hdfs, http, registry, other\)"
     with pytest.raises(config.ConfigError, match=r"backends\.1: set exactly one backend kind " + kinds):
         parse([{"namespace": "a", "fs": fs}, {"namespace": "b", "fs": fs, "other": fs}], WithTwo)
 
