@@ -29,7 +29,8 @@ from kraken.backends import BackendUnavailable, BlobNotFound, HDFSBackend, HDFSC
 from kraken.backends.config import BackendConfig, build_router
 from kraken.net.client import HTTPClientConfig
 from kraken.store.workers import ThreadWorker
-from tests.backends.conformance import BackendConformance, blob_name
+
+from .conformance import BackendConformance, blob_name
 
 NAMESPACE = "library/test"
 PREFIX = "/webhdfs/v1"
