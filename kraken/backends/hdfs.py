@@ -75,12 +75,12 @@ from kraken.backends.base import (
     InvalidName,
     ListPage,
 )
-from kraken.backends.http import ERROR_BODY, stream_to_file, translate
+from kraken.backends.http import ERROR_BODY
 from kraken.backends.names import PATHERS, Pather, make_pather
+from kraken.backends.remote import RemoteBackend, stream_to_file
 from kraken.net.body import ThreadedFileProducer
 from kraken.net.client import HTTPClientConfig, HTTPStatusError
 from kraken.net.retry import NETWORK_ERRORS
-from kraken.net.service import ServiceClient
 from kraken.store.workers import Worker
 
 T = TypeVar("T")
@@ -171,7 +171,7 @@ def _parent(path: str) -> str:
 
 @implementer(IBackend)
 @attrs.frozen
-class HDFSBackend(ServiceClient):
+class HDFSBackend(RemoteBackend):
     """``IBackend`` over WebHDFS. Build it with ``HDFSBackend.create``."""
 
     _hdfs: HDFSConfig
@@ -194,16 +194,9 @@ class HDFSBackend(ServiceClient):
 
     async def _op(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         try:
-            return await self._retrying(what, attempt)
-        except CancelledError:
-            raise
+            return await super()._op(what, attempt)
         except _Failover as e:
             raise BackendUnavailable(f"{what}: {e}") from e
-        except Exception as e:
-            translated = translate(e, what)
-            if translated is e:
-                raise
-            raise translated from e
 
     async def _namenode(
         self,
@@ -303,7 +296,12 @@ class HDFSBackend(ServiceClient):
         async def attempt() -> int:
             response = await self._namenode("GET", hdfs_path, "OPEN", handle)
             return await stream_to_file(
-                response, path, worker=self._worker, clock=self._clock, timeout=self._config.timeout
+                response,
+                path,
+                worker=self._worker,
+                clock=self._clock,
+                timeout=self._config.timeout,
+                prefix=".kraken-hdfs-",
             )
 
         size = await self._op(f"open {hdfs_path}", attempt)

@@ -38,13 +38,11 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import attrs
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IResponse
@@ -58,11 +56,12 @@ from kraken.backends.base import (
     IBackend,
     ListPage,
 )
-from kraken.backends.http import ERROR_BODY, content_length, read_only, stream_to_file, translate
+from kraken.backends.http import ERROR_BODY, content_length, read_only
 from kraken.backends.names import blob_hex
+from kraken.backends.remote import RemoteBackend, stream_to_file
 from kraken.core import Digest, DigestError
 from kraken.net.client import HTTPClientConfig, HTTPStatusError
-from kraken.net.service import ServiceClient, name_path
+from kraken.net.service import name_path
 from kraken.store.workers import Worker
 
 T = TypeVar("T")
@@ -149,7 +148,7 @@ def pull_scope(repo: str) -> str:
 
 @implementer(IBackend)
 @attrs.frozen
-class RegistryBackend(ServiceClient):
+class RegistryBackend(RemoteBackend):
     """``IBackend`` over an upstream registry, read-only. Build it with ``RegistryBackend.create``."""
 
     _settings: RegistryConfig
@@ -164,17 +163,6 @@ class RegistryBackend(ServiceClient):
         return cls(http, config.base_url(), clock, config.http_client, settings=config, worker=worker)
 
     # -- plumbing --
-
-    async def _op(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await self._retrying(what, attempt)
-        except CancelledError:
-            raise
-        except Exception as e:
-            translated = translate(e, what)
-            if translated is e:
-                raise
-            raise translated from e
 
     def _authorization(self, scope: str) -> str | None:
         cached = self._auth.tokens.get(scope)
@@ -301,7 +289,12 @@ class RegistryBackend(ServiceClient):
                     body = await self._read(response, ERROR_BODY)
                     raise HTTPStatusError("GET", url, response.code, body)
                 return await stream_to_file(
-                    response, path, worker=self._worker, clock=self._clock, timeout=self._config.timeout
+                    response,
+                    path,
+                    worker=self._worker,
+                    clock=self._clock,
+                    timeout=self._config.timeout,
+                    prefix=".kraken-registry-",
                 )
             raise BlobNotFound(namespace, name)
 

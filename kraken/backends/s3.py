@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -37,14 +36,9 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config as BotocoreConfig
 from botocore.credentials import Credentials
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
-from twisted.internet.error import TimeoutError
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
@@ -59,11 +53,10 @@ from kraken.backends.base import (
     ListPage,
 )
 from kraken.backends.names import PATHERS, Pather, make_pather
+from kraken.backends.remote import BodySink, Discard, RemoteBackend, create_temp, remove_quietly
 from kraken.config import Size, positive
 from kraken.net.body import ThreadedFileProducer
 from kraken.net.client import HTTPClientConfig, HTTPStatusError
-from kraken.net.retry import NETWORK_ERRORS
-from kraken.net.service import ServiceClient
 from kraken.store.workers import Worker
 
 T = TypeVar("T")
@@ -77,8 +70,6 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _ERROR_BODY = 64 << 10
 TEMP_PREFIX = ".kraken-s3-"
 # A ranged GET stops reading from its connection while this much is waiting for the disk.
-HIGH_WATER = 4 << 20
-LOW_WATER = 1 << 20
 # botocore's S3 signer hashes the body unless told not to; streamed bodies are never given to it.
 _UNSIGNED = BotocoreConfig(s3={"payload_signing_enabled": False})
 
@@ -262,187 +253,21 @@ def _error_code(body: bytes) -> str:
     return (_child_text(root, "Code") or "") if _local(root.tag) == "Error" else ""
 
 
-# --------------------------------------------------------------------------- errors
-
-
-def translate(e: Exception, what: str) -> Exception:
-    """The ``BackendError`` for an exception out of a request: network errors
-    and 5xx are ``BackendUnavailable``; other statuses ``BackendError``."""
-    if isinstance(e, BackendError):
-        return e
-    if isinstance(e, HTTPStatusError):
-        code = _error_code(e.body)
-        detail = f"{what}: HTTP {e.code}{f' {code}' if code else ''}"
-        if e.code >= 500 or e.code == 429:
-            return BackendUnavailable(detail)
-        return BackendError(detail)
-    if isinstance(e, NETWORK_ERRORS):
-        return BackendUnavailable(f"{what}: {e.__class__.__name__}: {e}")
-    return e
-
-
-# --------------------------------------------------------------------------- download sink
-
-
-class _RangeSink(Protocol):
-    """Receives one response body and writes it at ``offset`` of the file
-    ``fd`` (which it owns and closes) in the worker, one batch at a time.
-    Pauses the connection while more than ``HIGH_WATER`` bytes wait for the
-    disk. ``done`` fires once ``length`` bytes are on disk and ``fd`` is
-    closed; it fails on a short or long body, a write error, or ``timeout``
-    seconds without progress. Cancelling ``done`` drops the connection; the
-    sink still closes ``fd`` once its last write has returned."""
-
-    def __init__(self, fd: int, offset: int, length: int, worker: Worker, clock: IReactorTime, timeout: float) -> None:
-        self._fd = fd
-        self._position = offset
-        self._expected = length
-        self._worker = worker
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
-        self._received = 0
-        self._busy = False
-        self._paused = False
-        self._ended = False  # connectionLost has been called
-        self._closed = False
-        self._error: BaseException | None = None
-        self.done: Deferred[None] = Deferred(lambda d: self._abort(CancelledError()))
-        self._timeout = timeout
-        self._timer: IDelayedCall | None = clock.callLater(timeout, self._timed_out)
-
-    # -- the response's side --
-
-    def makeConnection(self, transport: Any) -> None:
-        self._producer: IPushProducer = transport  # a response body's transport pauses, resumes and stops
-        super().makeConnection(transport)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._error is not None:
-            return
-        self._received += len(data)
-        if self._received > self._expected:
-            self._abort(BackendUnavailable(f"body longer than the expected {self._expected} bytes"))
-            return
-        self._progress()
-        self._pending.append(data)
-        self._pending_bytes += len(data)
-        if self._pending_bytes > HIGH_WATER and not self._paused:
-            self._paused = True
-            self._producer.pauseProducing()
-        self._kick()
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        self._ended = True
-        if self._error is None and not reason.check(ResponseDone, PotentialDataLoss):
-            self._error = reason.value
-        self._kick()
-
-    # -- ours --
-
-    def _progress(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self._timeout)
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        self._abort(TimeoutError(f"no data for {self._timeout:.0f}s"))
-
-    def _abort(self, error: BaseException) -> None:
-        if self._error is None:
-            self._error = error
-        self._pending, self._pending_bytes = [], 0
-        if not self._ended and self.connected:
-            self._producer.stopProducing()  # connectionLost follows
-        self._kick()
-
-    def _kick(self) -> None:
-        if self._busy or self._closed:
-            return
-        if self._pending and self._error is None:
-            batch, self._pending = self._pending, []
-            self._pending_bytes = 0
-            self._busy = True
-            position = self._position
-            self._position += sum(len(b) for b in batch)
-            self._worker.run(_pwrite_all, self._fd, batch, position).addCallbacks(self._written, self._failed)
-            return
-        if not self._ended:
-            return  # more to come
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self._error is None and self._received != self._expected:
-            self._error = BackendUnavailable(f"body ended after {self._received} of {self._expected} bytes")
-        self._closed = True
-        self._worker.run(os.close, self._fd).addBoth(self._report)
-
-    def _report(self, closed: object) -> None:
-        if self._error is None and isinstance(closed, Failure):
-            self._error = closed.value
-        if self.done.called:  # cancelled
-            return
-        if self._error is None:
-            self.done.callback(None)
-        else:
-            self.done.errback(Failure(self._error))
-
-    def _written(self, _: object) -> None:
-        self._busy = False
-        self._progress()
-        if self._paused and self._pending_bytes < LOW_WATER and not self._ended:
-            self._paused = False
-            self._producer.resumeProducing()
-        self._kick()
-
-    def _failed(self, failure: Failure) -> None:
-        self._busy = False
-        self._abort(failure.value or BackendError("write failed"))
-
-
-class _Discard(Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        pass
-
-
-def _pwrite_all(fd: int, batch: list[bytes], position: int) -> None:
-    data = memoryview(batch[0] if len(batch) == 1 else b"".join(batch))
-    while data:
-        written = os.pwrite(fd, data, position)
-        data = data[written:]
-        position += written
-
-
-def _create_temp(path: str) -> str:
-    """An empty file beside ``path`` that downloads write into."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
-    os.fchmod(fd, 0o644)
-    os.close(fd)
-    return temp
-
-
-def _remove(temp: str) -> None:
-    try:
-        os.unlink(temp)
-    except FileNotFoundError:
-        pass
-
-
 # --------------------------------------------------------------------------- the backend
 
 
 @implementer(IBackend)
 @attrs.frozen
-class S3Backend(ServiceClient):
+class S3Backend(RemoteBackend):
     """``IBackend`` over one bucket. ``base`` is the bucket's URL
     (``S3Config.bucket_url()``); build it with ``S3Backend.create``."""
 
     _s3: S3Config
     _worker: Worker  # file I/O: reading parts, writing downloads
     pather: Pather
+
+    def _error_code(self, body: bytes) -> str:
+        return _error_code(body)
 
     @classmethod
     def create(cls, config: S3Config, *, http: HTTPClient, clock: IReactorTime, worker: Worker) -> S3Backend:
@@ -503,18 +328,6 @@ class S3Backend(ServiceClient):
     async def _drain(self, response: IResponse) -> None:
         await self._read(response, _ERROR_BODY)
 
-    async def _op(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        """``attempt`` with retries; failures as ``BackendError``s."""
-        try:
-            return await self._retrying(what, attempt)
-        except CancelledError:
-            raise
-        except Exception as e:
-            translated = translate(e, what)
-            if translated is e:
-                raise
-            raise translated from e
-
     def _slow_timeout(self, size: int) -> float:
         return self._config.timeout + size / self._config.min_transfer_rate
 
@@ -548,7 +361,7 @@ class S3Backend(ServiceClient):
     async def download(self, namespace: str, name: str, path: str) -> None:
         key = self._key(namespace, name)
         size, etag = await self._head(namespace, name)
-        temp = await self._worker.run(_create_temp, path)
+        temp = await self._worker.run(create_temp, path, TEMP_PREFIX)
         try:
             part = self._s3.download_part_size
             if size <= part:
@@ -562,7 +375,7 @@ class S3Backend(ServiceClient):
                 await _in_lanes(self._s3.download_concurrency, ranges, fetch)
             await self._worker.run(os.replace, temp, path)
         except BaseException:
-            await self._worker.run(_remove, temp)
+            await self._worker.run(remove_quietly, temp)
             raise
         log.debug("downloaded {key} ({bytes} bytes)", key=key, bytes=size, namespace=namespace)
 
@@ -589,9 +402,9 @@ class S3Backend(ServiceClient):
             try:
                 fd = await self._worker.run(os.open, temp, os.O_WRONLY)
             except BaseException:
-                response.deliverBody(_Discard())
+                response.deliverBody(Discard())
                 raise
-            sink = _RangeSink(fd, offset, length, self._worker, self._clock, self._config.timeout)
+            sink = BodySink(fd, offset, length, self._worker, self._clock, self._config.timeout)
             response.deliverBody(sink)
             await sink.done
 
