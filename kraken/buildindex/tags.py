@@ -26,7 +26,6 @@ exclusive, and ``more`` is found by asking for one row beyond the page.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from twisted.application.service import Service
@@ -36,6 +35,7 @@ from twisted.logger import Logger
 
 from kraken.core import Digest
 from kraken.registry.backend import ManifestRecord, Page
+from kraken.store import sqlite
 
 SCHEMA_VERSION = 1
 
@@ -59,49 +59,10 @@ CREATE INDEX IF NOT EXISTS manifests_by_subject ON manifests (repo, subject);
 """
 
 
-class SchemaError(Exception):
-    """The database was written by a newer, incompatible version."""
-
-
-def prepare_connection(conn: sqlite3.Connection) -> None:
-    """Run on every new connection (``cp_openfun``): WAL journal, durable
-    commits, a busy timeout, and the schema created if missing."""
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise SchemaError(f"tag database has schema version {version}; this build knows {SCHEMA_VERSION}")
-        if version < SCHEMA_VERSION:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-    except BaseException:
-        conn.close()
-        raise
-
-
 def open_pool(path: str, reactor: Any) -> adbapi.ConnectionPool:
     """The connection pool ``TagStore`` expects: one connection to ``path``,
-    in autocommit mode, prepared by ``prepare_connection``."""
-    return adbapi.ConnectionPool(
-        "sqlite3",
-        path,
-        check_same_thread=False,
-        isolation_level=None,
-        cp_min=1,
-        cp_max=1,
-        cp_reactor=reactor,
-        cp_openfun=prepare_connection,
-    )
+    in autocommit mode, prepared by ``kraken.store.sqlite``."""
+    return sqlite.open_pool(path, reactor, schema=_SCHEMA, version=SCHEMA_VERSION, what="tag database")
 
 
 def _record_json(record: ManifestRecord) -> str:

@@ -37,7 +37,6 @@ start): a blob waiting for write-back must never be evicted.
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +50,7 @@ from twisted.python.failure import Failure
 
 from kraken.backends import BackendError, BlobNotFound, NoBackend, Router
 from kraken.core import Digest
+from kraken.store import sqlite
 from kraken.store.workers import Worker
 
 SCHEMA_VERSION = 1
@@ -72,50 +72,11 @@ CREATE INDEX IF NOT EXISTS writeback_due ON writeback (next_attempt);
 _MAX_ERROR = 500
 
 
-class SchemaError(Exception):
-    """The database was written by a newer, incompatible version."""
-
-
-def prepare_connection(conn: sqlite3.Connection) -> None:
-    """Run on every new connection (``cp_openfun``): WAL journal, durable
-    commits, a busy timeout, and the schema created if missing."""
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise SchemaError(f"write-back database has schema version {version}; this build knows {SCHEMA_VERSION}")
-        if version < SCHEMA_VERSION:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-    except BaseException:
-        conn.close()
-        raise
-
-
 def open_pool(path: str, reactor: Any) -> adbapi.ConnectionPool:
     """The pool ``WriteBackQueue`` expects: one autocommit connection to
-    ``path`` (its directory is created), prepared by ``prepare_connection``."""
+    ``path`` (its directory is created), prepared by ``kraken.store.sqlite``."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return adbapi.ConnectionPool(
-        "sqlite3",
-        path,
-        check_same_thread=False,
-        isolation_level=None,
-        cp_min=1,
-        cp_max=1,
-        cp_reactor=reactor,
-        cp_openfun=prepare_connection,
-    )
+    return sqlite.open_pool(path, reactor, schema=_SCHEMA, version=SCHEMA_VERSION, what="write-back database")
 
 
 @attrs.define

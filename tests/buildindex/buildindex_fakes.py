@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import treq
+from inline_pool import InlineReactor, inline
 from results import result_of
 from treq.testing import StubTreq
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
-from twisted.internet.testing import MemoryReactorClock
-from twisted.python.failure import Failure
 
 from kraken.buildindex.http import BuildIndexHTTP
 from kraken.buildindex.tags import TagStore, open_pool
@@ -24,39 +23,10 @@ from kraken.registry.manifests import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFE
 BASE = "http://build-index.test"
 
 
-class InlineThreadPool:
-    """Stands in for the pool's ``ThreadPool``: runs the work at once."""
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def callInThreadWithCallback(
-        self, onResult: Callable[[bool, Any], None], f: Callable[..., Any], *a: Any, **kw: Any
-    ) -> None:
-        try:
-            result = f(*a, **kw)
-        except BaseException:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
-
-
-class InlineReactor(MemoryReactorClock):
-    """A MemoryReactorClock whose ``callFromThread`` runs the call at once."""
-
-    def callFromThread(self, f: Callable[..., Any], *a: Any, **kw: Any) -> None:
-        f(*a, **kw)
-
-
 def inline_pool(path: str, reactor: InlineReactor) -> adbapi.ConnectionPool:
     """The production pool (``open_pool``) with its thread pool replaced by an
     inline one, so every query has run by the time ``runInteraction`` returns."""
-    pool = open_pool(path, reactor)
-    pool.threadpool = InlineThreadPool()
-    return pool
+    return inline(open_pool(path, reactor))
 
 
 def open_store(path: str, reactor: InlineReactor, max_page: int = 1000) -> TagStore:

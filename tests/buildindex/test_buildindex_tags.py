@@ -14,9 +14,10 @@ import pytest
 import pytest_twisted
 from buildindex_fakes import InlineReactor, open_store, result_of
 
-from kraken.buildindex.tags import SCHEMA_VERSION, SchemaError, TagStore, open_pool
+from kraken.buildindex.tags import SCHEMA_VERSION, TagStore, open_pool
 from kraken.core import Digest
 from kraken.registry.backend import ManifestRecord, Page
+from kraken.store.sqlite import SchemaError
 
 D1 = Digest.from_bytes(b"one")
 D2 = Digest.from_bytes(b"two")

@@ -4,52 +4,21 @@ once, and a backend that keeps blobs in memory and fails on demand."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
+from inline_pool import InlineReactor, inline
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
-from twisted.internet.testing import MemoryReactorClock
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kraken.backends import BackendUnavailable, BlobInfo, BlobNotFound, IBackend, ListPage
 from kraken.origin.writeback import open_pool
 
 
-class InlineThreadPool:
-    """Stands in for the pool's ``ThreadPool``: runs the work at once."""
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def callInThreadWithCallback(
-        self, onResult: Callable[[bool, Any], None], f: Callable[..., Any], *a: Any, **kw: Any
-    ) -> None:
-        try:
-            result = f(*a, **kw)
-        except BaseException:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
-
-
-class InlineReactor(MemoryReactorClock):
-    """A MemoryReactorClock whose ``callFromThread`` runs the call at once."""
-
-    def callFromThread(self, f: Callable[..., Any], *a: Any, **kw: Any) -> None:
-        f(*a, **kw)
-
-
 def inline_pool(path: str, reactor: InlineReactor) -> adbapi.ConnectionPool:
     """The production pool with an inline thread pool: every query has run
     by the time ``runInteraction`` returns."""
-    pool = open_pool(path, reactor)
-    pool.threadpool = InlineThreadPool()
-    return pool
+    return inline(open_pool(path, reactor))
 
 
 @implementer(IBackend)
