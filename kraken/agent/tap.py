@@ -18,7 +18,7 @@ from kraken.agent.storage import AgentBackend
 from kraken.buildindex.client import BuildIndexClient
 from kraken.core import PieceLengthRule
 from kraken.net import make_http_client
-from kraken.net.server import listen, listen_http, make_site
+from kraken.net.server import listen_http, make_site
 from kraken.p2p.scheduler import Scheduler
 from kraken.registry.http import RegistryAPI
 from kraken.store import CAStore, ThreadPoolService, ThreadWorker
@@ -97,16 +97,7 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
     api_listener.setName("api")
     api_listener.setServiceParent(top)
 
-    ip, port = config.p2p.advertised()
-    listen(
-        config.p2p.listen,
-        scheduler.factory(),
-        reactor=reactor,
-        component="agent P2P",
-        name="p2p",
-        peer_id=scheduler.peer_id,
-        advertise=f"{ip}:{port}",
-    ).setServiceParent(top)
+    scheduler.listener(reactor, "agent P2P").setServiceParent(top)
     return top
 
 

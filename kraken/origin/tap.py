@@ -14,9 +14,8 @@ from twisted.logger import Logger
 from kraken import config as kconfig
 from kraken.backends.config import build_router
 from kraken.core import Digest
-from kraken.core.peer import PeerInfo
 from kraken.net import make_http_client
-from kraken.net.server import listen, listen_http, make_site
+from kraken.net.server import listen_http, make_site
 from kraken.origin.config import OriginConfig
 from kraken.origin.fetch import BlobFetcher
 from kraken.origin.http import OriginHTTP
@@ -111,13 +110,11 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
     scheduler.setName("scheduler")
     scheduler.setServiceParent(top)
 
-    ip, port = config.p2p.advertised()
-    me = PeerInfo(scheduler.peer_id, ip, port, complete=True, origin=True)
     app = OriginHTTP(
         store,
         clock=reactor,
         advertise=config.advertised(),
-        peer=me,
+        peer=scheduler.me,  # OriginHTTP marks it complete and an origin
         p2p_stats=scheduler.stats,
         on_commit=None if writeback is None else writeback.add,
         fetcher=fetcher,
@@ -132,15 +129,7 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
         advertise=config.advertised(),
         root=config.store.root,
     ).setServiceParent(top)
-    listen(
-        config.p2p.listen,
-        scheduler.factory(),
-        reactor=reactor,
-        component="origin P2P",
-        name="p2p",
-        peer_id=scheduler.peer_id,
-        advertise=f"{ip}:{port}",
-    ).setServiceParent(top)
+    scheduler.listener(reactor, "origin P2P").setServiceParent(top)
     return top
 
 

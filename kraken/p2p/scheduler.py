@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import attrs
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -53,6 +54,7 @@ from zope.interface import implementer
 
 from kraken.core import Bitfield, Digest, MetaInfo
 from kraken.core.peer import PeerInfo
+from kraken.net.server import listen
 from kraken.p2p.bandwidth import TokenBucket, Unlimited
 from kraken.p2p.config import P2PConfig
 from kraken.p2p.dispatch import Dispatcher
@@ -314,9 +316,27 @@ class Scheduler(Service):
 
     # --- the API ------------------------------------------------------------------------------------------------
 
+    @property
+    def me(self) -> PeerInfo:
+        """This peer as others dial it: its id and advertised address."""
+        return self._me
+
     def factory(self) -> Factory:
         """The factory of the P2P listener."""
         return _Listener(self)
+
+    def listener(self, reactor: Any, component: str) -> StreamServerEndpointService:
+        """The P2P listener service (named ``p2p``) on ``config.listen``; it logs "<component> listening on ..."
+        with this peer's id and advertised address."""
+        return listen(
+            self._config.listen,
+            self.factory(),
+            reactor=reactor,
+            component=component,
+            name="p2p",
+            peer_id=self.peer_id,
+            advertise=f"{self._me.ip}:{self._me.port}",
+        )
 
     def stats(self) -> Stats:
         counts = dict(self._counts)
