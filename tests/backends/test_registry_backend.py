@@ -128,7 +128,7 @@ def _push(url: str) -> Pushed:
 def docker_registry(tmp_path_factory: Any) -> Iterator[Pushed]:
     binary = shutil.which("docker-registry")
     if binary is None:
-        pytest.skip("docker-registry is not installed (apt-get install docker-registry; .ci/install)")
+        pytest.fail("docker-registry is not installed: run .ci/install (it installs Debian's docker-registry)")
     work = tmp_path_factory.mktemp("registry")
     config = work / "config.yml"
     config.write_text(

@@ -86,7 +86,7 @@ class Moto:
 def _moto_command() -> list[str]:
     beside = os.path.join(os.path.dirname(sys.executable), "moto_server")
     if not os.access(beside, os.X_OK):
-        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+        pytest.fail("moto_server is not installed: run .ci/install (moto[server] is in the test extras)")
     return [beside, "-H", "127.0.0.1", "-p", "0"]
 
 
