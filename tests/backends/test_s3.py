@@ -315,19 +315,15 @@ async def test_list_pages_and_prefix(make_s3: Any, moto_server: Moto) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_round_trip_64mib(make_s3: Any, moto_server: Moto, reactor: Any) -> None:
-    """The default part sizes (64 MiB: one PUT, one GET); prints the throughput."""
+async def test_round_trip_64mib(make_s3: Any, moto_server: Moto) -> None:
+    """The default part sizes (64 MiB: one PUT, one GET). Throughput belongs to bench/, not here."""
     s3: Harness = make_s3(_config(moto_server, upload_part_size=64 * MIB, download_part_size=64 * MIB))
     source = s3.tmp / "source"
     data = _write(source, 64 * MIB)
-    started = reactor.seconds()
     await s3.backend.upload("ns", "big", str(source))
-    uploaded = reactor.seconds()
     target = s3.tmp / "target"
     await s3.backend.download("ns", "big", str(target))
-    downloaded = reactor.seconds()
     assert target.read_bytes() == data
-    print(f"64 MiB: upload {64 / (uploaded - started):.0f} MiB/s, download {64 / (downloaded - uploaded):.0f} MiB/s")
 
 
 # --------------------------------------------------------------------------- the shared conformance tests
