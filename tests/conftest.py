@@ -25,13 +25,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import pytest_twisted
+from processes import OutputReader
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERD_READY = "kraken-herd ready"
@@ -120,52 +120,6 @@ def twistd_command(*args: str) -> list[str]:
     beside = os.path.join(os.path.dirname(sys.executable), "twistd")
     twistd = beside if os.access(beside, os.X_OK) else shutil.which("twistd") or "twistd"
     return [twistd, "-n", "--pidfile=", *args]
-
-
-class OutputReader:
-    """Drains a child's stdout in a thread: keeps every line, writes a log file, signals the ready line.
-
-    The thread keeps the pipe empty whatever the tests do with the main
-    thread (a synchronous test blocking on skopeo must not stall the herd on
-    a full pipe).
-    """
-
-    def __init__(self, stream: Any, log_path: str, ready_marker: str) -> None:
-        self._stream = stream
-        self._log_path = log_path
-        self._marker = ready_marker
-        self._lock = threading.Lock()
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        self.settled = threading.Event()  # ready, or the output ended
-        self.ended = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="herd-output", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        with open(self._log_path, "w", encoding="utf-8", errors="replace") as log:
-            for raw in iter(self._stream.readline, b""):
-                line = raw.decode("utf-8", errors="replace").rstrip("\n")
-                log.write(line + "\n")
-                log.flush()
-                with self._lock:
-                    self.lines.append(line)
-                if self._marker in line and not self.ready.is_set():
-                    self.ready.set()
-                    self.settled.set()
-        self.ended.set()
-        self.settled.set()
-
-    def snapshot(self, start: int = 0) -> list[str]:
-        with self._lock:
-            return self.lines[start:]
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.lines)
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
 
 
 @dataclass(frozen=True)

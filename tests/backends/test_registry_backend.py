@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
+from processes import OutputReader
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -44,31 +44,6 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 # --------------------------------------------------------------------------- docker-registry
-
-
-class _ListeningLine:
-    """Drains the registry's output in a thread and remembers the address of its ``listening on`` line."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self.lines: list[str] = []
-        self.address: str | None = None
-        self.settled = threading.Event()  # listening, or the output ended
-        self._thread = threading.Thread(target=self._run, name="registry-output", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        for raw in iter(self._stream.readline, b""):
-            line = raw.decode("utf-8", errors="replace").rstrip("\n")
-            self.lines.append(line)
-            m = re.search(r"listening on (\S+?)\"?(\s|$)", line)
-            if m and self.address is None:
-                self.address = m.group(1)
-                self.settled.set()
-        self.settled.set()
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
 
 
 @attrs.frozen
@@ -141,12 +116,12 @@ def docker_registry(tmp_path_factory: Any) -> Iterator[Pushed]:
         [binary, "serve", str(config)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     assert process.stdout is not None
-    output = _ListeningLine(process.stdout)
+    output = OutputReader(process.stdout, None, re.compile(r"listening on (\S+?)\"?(\s|$)"), name="registry-output")
     try:
         output.settled.wait(START_TIMEOUT)
-        if output.address is None:
-            raise RuntimeError(f"docker-registry did not start (rc={process.poll()}):\n" + "\n".join(output.lines))
-        yield _push(f"http://{output.address}")
+        if output.match is None:
+            raise RuntimeError(f"docker-registry did not start (rc={process.poll()}):\n" + "\n".join(output.snapshot()))
+        yield _push(f"http://{output.match.group(1)}")
     finally:
         process.terminate()
         try:

@@ -17,7 +17,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +25,7 @@ import attrs
 import pytest
 import pytest_twisted
 from botocore.credentials import Credentials
+from processes import OutputReader
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -52,31 +52,6 @@ SECRET_KEY = "kraken-test-secret"
 # --------------------------------------------------------------------------- the moto server
 
 
-class _ReadyLine:
-    """Drains a child's output in a thread and remembers the URL of its ``Running on`` line."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self.lines: list[str] = []
-        self.url: str | None = None
-        self.settled = threading.Event()  # ready, or the output ended
-        self._thread = threading.Thread(target=self._run, name="moto-output", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        for raw in iter(self._stream.readline, b""):
-            line = raw.decode("utf-8", errors="replace").rstrip("\n")
-            self.lines.append(line)
-            m = re.search(r"Running on (http://\S+)", line)
-            if m and self.url is None:
-                self.url = m.group(1).rstrip("/")
-                self.settled.set()
-        self.settled.set()
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-
 @attrs.frozen
 class Moto:
     url: str
@@ -100,12 +75,12 @@ def moto_server() -> Iterator[Moto]:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert process.stdout is not None
-    output = _ReadyLine(process.stdout)
+    output = OutputReader(process.stdout, None, re.compile(r"Running on (http://\S+)"), name="moto-output")
     try:
         output.settled.wait(MOTO_START_TIMEOUT)
-        if output.url is None:
-            raise RuntimeError(f"moto_server did not start (rc={process.poll()}):\n" + "\n".join(output.lines))
-        moto = Moto(output.url, f"kraken-{uuid.uuid4().hex[:12]}")
+        if output.match is None:
+            raise RuntimeError(f"moto_server did not start (rc={process.poll()}):\n" + "\n".join(output.snapshot()))
+        moto = Moto(output.match.group(1).rstrip("/"), f"kraken-{uuid.uuid4().hex[:12]}")
         _create_bucket(moto)
         yield moto
     finally:

@@ -1,0 +1,65 @@
+"""Child processes of the tests (the herd, moto_server, docker-registry): their output drained in a thread."""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+
+class OutputReader:
+    """Drains a child's stdout in a thread: keeps every line, writes a log file if given, signals the ready line.
+
+    The ready line is the first containing ``ready`` (a string) or matching it (a compiled regex; ``match`` then
+    holds the match, e.g. the address the child printed). The thread keeps the pipe empty whatever the tests do
+    with the main thread (a synchronous test blocking on skopeo must not stall the herd on a full pipe).
+    """
+
+    def __init__(self, stream: Any, log_path: str | None, ready: str | re.Pattern[str], name: str = "output") -> None:
+        self._stream = stream
+        self._log_path = log_path
+        self._ready = ready
+        self._lock = threading.Lock()
+        self.lines: list[str] = []
+        self.match: re.Match[str] | None = None
+        self.ready = threading.Event()
+        self.settled = threading.Event()  # ready, or the output ended
+        self.ended = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _is_ready(self, line: str) -> bool:
+        if isinstance(self._ready, str):
+            return self._ready in line
+        self.match = self._ready.search(line)
+        return self.match is not None
+
+    def _run(self) -> None:
+        log = open(self._log_path, "w", encoding="utf-8", errors="replace") if self._log_path else None
+        try:
+            for raw in iter(self._stream.readline, b""):
+                line = raw.decode("utf-8", errors="replace").rstrip("\n")
+                if log is not None:
+                    log.write(line + "\n")
+                    log.flush()
+                with self._lock:
+                    self.lines.append(line)
+                if not self.ready.is_set() and self._is_ready(line):
+                    self.ready.set()
+                    self.settled.set()
+        finally:
+            if log is not None:
+                log.close()
+        self.ended.set()
+        self.settled.set()
+
+    def snapshot(self, start: int = 0) -> list[str]:
+        with self._lock:
+            return self.lines[start:]
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.lines)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
