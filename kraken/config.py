@@ -49,6 +49,7 @@ class ConfigError(Exception):
         if key:
             where += f": {'.'.join(key)}"
         super().__init__(f"{where}: {message}")
+        self.message = message
         self.file = file
         self.key = key
 
@@ -236,7 +237,14 @@ def _convert(tp: Any, value: Any, key: KeyPath, loaded: Loaded) -> Any:
         rest = [a for a in args if a is not type(None)]
         if len(rest) == 1:
             return _convert(rest[0], value, key, loaded)
-        raise TypeError(f"unsupported config type {tp}")
+        # Several alternatives (text or a list, say): the first that takes the value wins.
+        errors = []
+        for alternative in rest:
+            try:
+                return _convert(alternative, value, key, loaded)
+            except ConfigError as e:
+                errors.append(e.message)
+        raise fail(", or ".join(errors))
     if attrs.has(tp):
         if not isinstance(value, dict):
             raise fail(f"must be a map, not {_kind(value)}")

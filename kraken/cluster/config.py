@@ -5,6 +5,7 @@ cluster:
   hosts: ["origin-1:15002", "origin-2:15002", "origin-3:15002"]   # or
   dns: "origins.kraken.internal:15002"
   replicas: 3
+  scheme: http          # how members reach each other's HTTP API (https with ssl: listeners)
   refresh_interval: 10s
   health: {fails: 3, passes: 2, timeout: 3s}
 ```
@@ -70,6 +71,8 @@ class ClusterConfig:
     dns: str | None = attrs.field(default=None, validator=_check_dns)
     # How many members hold each blob.
     replicas: int = attrs.field(default=3, validator=positive)
+    # How members reach each other's HTTP API: http, or https when they listen with ssl:.
+    scheme: str = attrs.field(default="http", validator=attrs.validators.in_(("http", "https")))
     # How often the DNS name is resolved and the members health-checked.
     refresh_interval: Duration = attrs.field(default=Duration(10.0), validator=positive)
     health: HealthConfig = attrs.field(factory=HealthConfig)
@@ -77,3 +80,7 @@ class ClusterConfig:
     def __attrs_post_init__(self) -> None:
         if (self.hosts is None) == (self.dns is None):
             raise ValueError("give exactly one of hosts (a list of host:port) and dns (name:port)")
+
+    def url(self, member: str) -> str:
+        """The base URL of a member's HTTP API."""
+        return f"{self.scheme}://{member}"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-from urllib.parse import quote
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
 
 import attrs
-from twisted.internet.defer import CancelledError
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
@@ -16,8 +19,9 @@ from twisted.web.iweb import IResponse
 
 from kraken.core import Digest, MetaInfo
 from kraken.core.peer import PeerError, PeerInfo
-from kraken.net import HTTPStatusError
+from kraken.net import HTTPClientConfig, HTTPStatusError
 from kraken.net.body import ThreadedFileProducer
+from kraken.net.retry import NETWORK_ERRORS
 from kraken.net.service import ServiceClient, name_path
 from kraken.store.workers import Worker
 
@@ -39,6 +43,12 @@ class _Pending:
 
 
 PENDING = _Pending()
+
+
+#: Marks an upload as one origin's copy to another member of the blob's placement (its value: k, 1-based).
+REPLICA_HEADER = b"Kraken-Replica"
+#: The answer of ``GET /blobs/<digest>/locations``: the blob's origins, "host:port" comma-separated, best first.
+LOCATIONS_HEADER = b"Origin-Locations"
 
 
 class StillFetching(HTTPStatusError):
@@ -98,6 +108,24 @@ class OriginClient(ServiceClient):
             delay = min(POLL_MAX, delay * POLL_FACTOR)
 
     # -- the API --
+
+    async def locations(self, digest: Digest) -> list[str]:
+        """The blob's origins as this origin sees the ring ("host:port", best
+        first). One attempt: ``ClusterClient`` asks another origin instead."""
+        url = f"{self._base}/blobs/{digest}/locations"
+        response = await self._request("GET", url)
+        await self._drain(response)
+        if response.code != 200:
+            raise HTTPStatusError("GET", url, response.code)
+        found = [
+            m.strip()
+            for value in response.headers.getRawHeaders(LOCATIONS_HEADER) or []
+            for m in value.decode("ascii", "replace").split(",")
+            if m.strip()
+        ]
+        if not found:
+            raise HTTPStatusError("GET", url, response.code, b"no Origin-Locations header")
+        return found
 
     async def health(self) -> bool:
         """True if the origin answers ``GET /health`` with 200."""
@@ -213,15 +241,22 @@ class OriginClient(ServiceClient):
         except (ValueError, PeerError) as e:
             raise HTTPStatusError("GET", url, 200, f"bad peers answer: {e}".encode()) from None
 
-    async def upload(self, namespace: str, digest: Digest, path: str, size: int) -> None:
+    async def upload(self, namespace: str, digest: Digest, path: str, size: int, *, replica: int = 0) -> None:
         """Upload ``size`` bytes of ``path`` as blob ``digest``: start, one
         PATCH of the whole file, commit. A 409 at any step means the origin
-        already holds the blob: success. Retries start again from the POST."""
-        await self._retrying(f"upload {digest}", lambda: self._upload_once(namespace, digest, path, size))
+        already holds the blob: success. Retries start again from the POST.
 
-    async def _upload_once(self, namespace: str, digest: Digest, path: str, size: int) -> None:
+        ``replica`` k > 0 marks an origin's copy to the k-th other member of
+        the blob's placement (header ``Kraken-Replica: k``): the receiver
+        delays its write-back and does not replicate further."""
+        extra = {} if replica <= 0 else {REPLICA_HEADER: [str(replica).encode()]}
+        await self._retrying(f"upload {digest}", lambda: self._upload_once(namespace, digest, path, size, extra))
+
+    async def _upload_once(
+        self, namespace: str, digest: Digest, path: str, size: int, extra: dict[bytes, list[bytes]]
+    ) -> None:
         url = self._uploads_url(namespace, digest)
-        response = await self._request("POST", url)
+        response = await self._request("POST", url, headers=extra)
         if response.code == 409:
             await self._drain(response)
             log.debug("origin already holds {digest}", digest=str(digest), namespace=namespace)
@@ -239,7 +274,7 @@ class OriginClient(ServiceClient):
         # for the PUT, the origin hashing it) must fit, so it grows with size.
         slow = self._config.timeout + size / self._config.min_transfer_rate
         response = await self._request(
-            "PATCH", url, data=body, headers={b"Content-Range": [f"0-{size}".encode()]}, timeout=slow
+            "PATCH", url, data=body, headers={b"Content-Range": [f"0-{size}".encode()], **extra}, timeout=slow
         )
         if response.code == 409:
             await self._drain(response)
@@ -248,7 +283,7 @@ class OriginClient(ServiceClient):
             raise await self._unexpected("PATCH", url, response)
         await self._drain(response)
 
-        response = await self._request("PUT", url, timeout=slow)
+        response = await self._request("PUT", url, headers=extra, timeout=slow)
         if response.code == 409:
             await self._drain(response)
             return
@@ -256,3 +291,245 @@ class OriginClient(ServiceClient):
             raise await self._unexpected("PUT", url, response)
         await self._drain(response)
         log.info("uploaded {digest} ({bytes} bytes)", digest=str(digest), bytes=size, namespace=namespace)
+
+
+def origin_urls(value: str | Sequence[str]) -> tuple[str, ...]:
+    """A client config's ``origin``: one base URL or a list of them -> the list, without trailing slashes."""
+    urls = (value,) if isinstance(value, str) else tuple(value)
+    return tuple(u.rstrip("/") for u in urls)
+
+
+def check_origins(instance: object, attribute: attrs.Attribute[Any], value: str | Sequence[str]) -> None:
+    """Validate a client config's ``origin``: http(s) base URLs, at least one, no path."""
+    urls = origin_urls(value)
+    if not urls:
+        raise ValueError(f"{attribute.name} must name at least one origin")
+    for url in urls:
+        parsed = urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path or parsed.query:
+            raise ValueError(f"{attribute.name}: {url!r} is not an origin's base URL like http://origin-1:15002")
+
+
+def _fails_over(error: BaseException) -> bool:
+    """Whether a call to one origin that failed so should go to the next location."""
+    if isinstance(error, StillFetching):
+        return False  # the origin works; it waited its whole time for the backend
+    if isinstance(error, HTTPStatusError):
+        return error.code >= 500 or error.code == 429
+    return isinstance(error, NETWORK_ERRORS)
+
+
+class ClusterClient:
+    """Talks to the origin cluster, as the proxy, tracker and build-index do.
+
+    ``origins`` are the base URLs of some members (one is enough: it knows
+    the ring). For each blob the client asks up to ``ASK`` of them, at random,
+    for the blob's locations (``GET /blobs/<digest>/locations``: the healthy
+    members of its placement, best first), remembers the answer for
+    ``locations_ttl`` seconds, and goes to the first location; a network
+    error, 429 or any 5xx there moves on to the next (each location gets one
+    attempt). When every location failed, the locations are asked again and
+    the round repeats after a backoff, as ``http_client.retries`` and
+    ``backoff`` say. A 404 or another answer below 500 ends the search:
+    every location of a blob holds it, or can fetch it from the backend.
+
+    The methods are those of ``OriginClient``; ``upload`` goes to the first
+    location that takes it, which copies the blob to the other replicas.
+    """
+
+    #: How many members are asked for a blob's locations before giving up on a round.
+    ASK = 3
+
+    def __init__(
+        self,
+        *,
+        http: HTTPClient,
+        origins: Sequence[str],
+        clock: IReactorTime,
+        config: HTTPClientConfig,
+        worker: Worker,
+        locations_ttl: float = 10.0,
+        locations_cache: int = 10_000,
+        rng: random.Random | None = None,
+        poll_timeout: float = POLL_TIMEOUT,
+    ) -> None:
+        if not origins:
+            raise ValueError("a cluster client needs at least one origin")
+        self._http = http
+        self._seeds = tuple(u.rstrip("/") for u in origins)
+        self._clock = clock
+        self._config = config
+        self._worker = worker
+        self._ttl = locations_ttl
+        self._cache_size = locations_cache
+        self._rng = rng or random.Random()
+        self._poll_timeout = poll_timeout
+        self._once = attrs.evolve(config, retries=0)  # this client fails over instead
+        self._clients: dict[str, OriginClient] = {}
+        self._locations: dict[Digest, tuple[float, tuple[str, ...]]] = {}
+        #: Calls that went on to the next location, and rounds that found no working one.
+        self.failovers = 0
+        self.failed_rounds = 0
+
+    def client(self, base: str) -> OriginClient:
+        """The single-origin client of ``base`` (one attempt per call)."""
+        found = self._clients.get(base)
+        if found is None:
+            found = OriginClient(
+                http=self._http,
+                base=base,
+                clock=self._clock,
+                config=self._once,
+                worker=self._worker,
+                poll_timeout=self._poll_timeout,
+            )
+            self._clients[base] = found
+        return found
+
+    # -- locations --
+
+    async def locations(self, digest: Digest) -> tuple[str, ...]:
+        """Base URLs of the blob's origins, best first (cached ``locations_ttl`` seconds)."""
+        now = self._clock.seconds()
+        cached = self._locations.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        seeds = list(self._seeds)
+        self._rng.shuffle(seeds)
+        error: BaseException | None = None
+        for seed in seeds[: self.ASK]:
+            try:
+                members = await self.client(seed).locations(digest)
+            except CancelledError:
+                raise
+            except Exception as e:
+                if not _fails_over(e):
+                    raise
+                log.debug(
+                    "asking {origin} for the locations of {digest} failed: {error}",
+                    origin=seed,
+                    digest=str(digest),
+                    error=str(e),
+                )
+                error = e
+                continue
+            scheme = urlsplit(seed).scheme
+            found = tuple(f"{scheme}://{m}" for m in members)
+            self._remember(digest, found)
+            return found
+        assert error is not None
+        raise error
+
+    def _remember(self, digest: Digest, found: tuple[str, ...]) -> None:
+        self._locations.pop(digest, None)
+        self._locations[digest] = (self._clock.seconds() + self._ttl, found)
+        while len(self._locations) > self._cache_size:
+            del self._locations[next(iter(self._locations))]
+
+    async def _failover(self, what: str, digest: Digest, call: Callable[[OriginClient], Awaitable[T]]) -> T:
+        """``call`` on the blob's first location that answers (see the class)."""
+        delays = [min(self._config.max_backoff, self._config.backoff * 2**i) for i in range(self._config.retries)]
+        while True:
+            error: BaseException | None = None
+            try:
+                bases = await self.locations(digest)
+            except CancelledError:
+                raise
+            except Exception as e:
+                if not _fails_over(e):
+                    raise
+                bases, error = (), e
+            for i, base in enumerate(bases):
+                try:
+                    return await call(self.client(base))
+                except CancelledError:
+                    raise
+                except Exception as e:
+                    if not _fails_over(e):
+                        raise
+                    error = e
+                    if i + 1 < len(bases):
+                        self.failovers += 1
+                        log.warn(
+                            "{what} on {origin} failed ({error}); trying the next location",
+                            what=what,
+                            origin=base,
+                            error=str(e),
+                            digest=str(digest),
+                        )
+            self.failed_rounds += 1
+            self._locations.pop(digest, None)  # ask again: the ring may have moved
+            assert error is not None
+            if not delays:
+                raise error
+            delay = delays.pop(0)
+            log.warn(
+                "{what}: no origin answered ({error}); trying again in {delay:.2f}s",
+                what=what,
+                error=str(error),
+                delay=delay,
+                digest=str(digest),
+            )
+            await deferLater(self._clock, delay, lambda: None)
+
+    # -- the API of OriginClient --
+
+    async def stat(self, namespace: str, digest: Digest) -> int | None:
+        return await self._failover(f"stat {digest}", digest, lambda c: c.stat(namespace, digest))
+
+    async def read_small(self, namespace: str, digest: Digest, limit: int) -> bytes | None:
+        return await self._failover(f"read {digest}", digest, lambda c: c.read_small(namespace, digest, limit))
+
+    async def metainfo(self, namespace: str, digest: Digest) -> MetaInfo | None:
+        return await self._failover(f"metainfo {digest}", digest, lambda c: c.metainfo(namespace, digest))
+
+    async def upload(self, namespace: str, digest: Digest, path: str, size: int) -> None:
+        await self._failover(f"upload {digest}", digest, lambda c: c.upload(namespace, digest, path, size))
+
+    async def get(
+        self,
+        namespace: str,
+        digest: Digest,
+        *,
+        method: str = "GET",
+        headers: dict[bytes, list[bytes]] | None = None,
+    ) -> IResponse:
+        """The first location's raw response below 500 (see ``OriginClient.get``)."""
+
+        async def call(c: OriginClient) -> IResponse:
+            response = await c.get(namespace, digest, method=method, headers=headers)
+            if response.code >= 500:
+                raise await c._unexpected(method, f"{c._base} {digest}", response)
+            return response
+
+        return await self._failover(f"{method} {digest}", digest, call)
+
+    async def peers(self, digest: Digest) -> list[PeerInfo]:
+        """The P2P addresses of every location that seeds the blob (each
+        location answers for itself). Locations that fail are left out; if
+        all fail, the last error is raised."""
+        bases = await self.locations(digest)
+        answers = await gatherResults(
+            [Deferred.fromCoroutine(self._peers_of(base, digest)) for base in bases], consumeErrors=True
+        )
+        found: dict[str, PeerInfo] = {}
+        errors = []
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                errors.append(answer)
+                continue
+            for peer in answer:
+                found.setdefault(str(peer.peer_id), peer)
+        if errors and len(errors) == len(answers):
+            self._locations.pop(digest, None)
+            raise errors[-1]
+        return list(found.values())
+
+    async def _peers_of(self, base: str, digest: Digest) -> list[PeerInfo] | BaseException:
+        try:
+            return await self.client(base).peers(digest)
+        except CancelledError:
+            raise
+        except Exception as e:
+            log.debug("peers of {digest} from {origin} failed: {error}", digest=str(digest), origin=base, error=str(e))
+            return e

@@ -12,6 +12,7 @@ import socket
 import attrs
 
 from kraken.backends.config import BackendConfig
+from kraken.cluster.config import ClusterConfig
 from kraken.config import Duration, Size, positive
 from kraken.core import PieceLengthRule
 from kraken.net import HTTPClientConfig
@@ -71,6 +72,9 @@ class WriteBackConfig:
     # A failed upload is tried again after backoff_min, doubling per failure up to backoff_max.
     backoff_min: Duration = attrs.field(default=Duration(1.0), validator=positive)
     backoff_max: Duration = attrs.field(default=Duration(300.0), validator=[positive, _check_backoff])
+    # A replica's copy of a blob (sent by the origin that took the upload) is written back only after
+    # replica_delay x k (k = 1, 2... its place among the other replicas), if the backend lacks it by then.
+    replica_delay: Duration = attrs.field(default=Duration(1800.0))
 
 
 def _check_percent(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -125,6 +129,9 @@ class OriginConfig:
     writeback: WriteBackConfig = attrs.field(factory=WriteBackConfig)
     # Eviction of idle blobs; off by default without backends (the only copy). See CleanupConfig.
     cleanup: CleanupConfig = attrs.field(factory=CleanupConfig)
+    # The origin cluster (hash ring) this origin belongs to; none: it is alone. See kraken.cluster.config.
+    # Its members are the origins' advertise addresses, this one's included.
+    cluster: ClusterConfig | None = None
 
     def cleanup_enabled(self) -> bool:
         """Whether idle blobs are evicted: ``cleanup.enabled``, else only with backends."""
@@ -139,7 +146,11 @@ class OriginConfig:
         return os.path.join(self.store.root, "writeback.db")
 
     def __attrs_post_init__(self) -> None:
-        self.advertised()  # fail at load time, not at the first locations request
+        me = self.advertised()  # fail at load time, not at the first locations request
+        if self.cluster is not None and self.cluster.hosts is not None and me not in self.cluster.hosts:
+            raise ValueError(
+                f"cluster.hosts {list(self.cluster.hosts)} must include this origin's advertise address {me!r}"
+            )
 
     def advertised(self) -> str:
         """The ``host:port`` this origin advertises."""

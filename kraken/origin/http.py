@@ -5,7 +5,7 @@ Routes (``<ns>`` is a repository name and may contain slashes; digests are
 
     GET   /health
     GET   /stats                                         -> the P2P scheduler's counters (JSON)
-    GET   /blobs/<digest>/locations                      -> Origin-Locations: host:port
+    GET   /blobs/<digest>/locations                      -> Origin-Locations: host:port,host:port
     GET   /blobs/<digest>/peers                          -> {"peers": [PeerInfo JSON...]}
     GET   /namespace/<ns>/blobs/<digest>/peers           (the same; blobs are content-addressed)
     POST  /namespace/<ns>/blobs/<digest>/uploads         -> 200, Location: <uid>; 409 if stored
@@ -60,6 +60,7 @@ from werkzeug.exceptions import HTTPException
 from kraken.backends import BackendUnavailable, BlobNotFound
 from kraken.core import Digest, DigestError
 from kraken.core.peer import PeerInfo
+from kraken.origin.client import LOCATIONS_HEADER, REPLICA_HEADER
 from kraken.origin.fetch import BlobFetcher
 from kraken.p2p.scheduler import Stats
 from kraken.store import CAStore, DigestMismatch, RangeMismatch, UploadTruncated, UploadUnknown
@@ -96,6 +97,17 @@ def parse_content_range(header: bytes | None) -> tuple[int, int]:
     return start, end
 
 
+def _replica(request: Request) -> int:
+    """The ``Kraken-Replica`` header: 0 for a client's upload, k > 0 for an origin's copy to the k-th replica."""
+    value = request.getHeader(REPLICA_HEADER)
+    if value is None:
+        return 0
+    text = value.decode("latin-1").strip() if isinstance(value, bytes) else str(value).strip()
+    if not text.isdigit() or not 0 < int(text) < 1000:
+        raise HTTPError(400, f"malformed Kraken-Replica header {text!r} (want a replica number from 1)")
+    return int(text)
+
+
 def _empty(request: Request, code: int = 200) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -130,15 +142,28 @@ class OriginHTTP:
         advertise: str,
         peer: PeerInfo | None = None,
         p2p_stats: Callable[[], Stats] | None = None,
-        on_commit: Callable[[str, Digest], Awaitable[None]] | None = None,
+        on_commit: Callable[..., Awaitable[None]] | None = None,
         fetcher: BlobFetcher | None = None,
+        locations: Callable[[Digest], list[str]] | None = None,
+        replicate: Callable[[str, Digest, int], Awaitable[None]] | None = None,
+        extra_stats: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         """``on_commit(namespace, digest)`` is awaited after every commit,
         before the 201, and before every "already exists" 409 (the origin
         queues its write-back there); if it fails, the request answers 500.
         ``fetcher`` fetches missing blobs from the backends (202 meanwhile);
-        without it a missing blob is 404."""
+        without it a missing blob is 404.
+
+        ``locations(digest)`` is the blob's place in the ring ("host:port"
+        members, best first; default: this origin alone). ``replicate(namespace,
+        digest, size)`` is awaited after a commit that is not itself a
+        replica's copy (header ``Kraken-Replica``), before the 201; it must not
+        raise. A replica's copy calls ``on_commit(namespace, digest, replica=k)``.
+        ``extra_stats()`` adds sections to ``/stats``."""
         self._store = store
+        self._locations = locations
+        self._replicate = replicate
+        self._extra_stats = extra_stats
         self._fetcher = fetcher
         self._on_commit = on_commit
         self._p2p_stats = p2p_stats
@@ -199,14 +224,17 @@ class OriginHTTP:
     @app.route("/stats", methods=["GET"])
     def stats(self, request: Request) -> bytes:
         """What this origin's P2P scheduler has served (agents' pieces, bytes) since it started."""
-        counters = {} if self._p2p_stats is None else attrs.asdict(self._p2p_stats())
+        counters: dict[str, object] = {} if self._p2p_stats is None else attrs.asdict(self._p2p_stats())
+        if self._extra_stats is not None:
+            counters.update(self._extra_stats())
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(counters, separators=(",", ":")).encode()
 
     @app.route("/blobs/<d>/locations", methods=["GET"])
     def locations(self, request: Request, d: str) -> bytes:
-        parse_digest(d)
-        request.setHeader(b"origin-locations", self._advertise.encode("ascii"))
+        digest = parse_digest(d)
+        members = [self._advertise] if self._locations is None else self._locations(digest)
+        request.setHeader(LOCATIONS_HEADER, ",".join(members).encode("ascii"))
         return _empty(request)
 
     @app.route("/blobs/<d>/peers", methods=["GET"])
@@ -226,8 +254,9 @@ class OriginHTTP:
     @app.route("/namespace/<path:ns>/blobs/<d>/uploads", methods=["POST"])
     async def start_upload(self, request: Request, ns: str, d: str) -> bytes:
         digest = parse_digest(d)
+        replica = _replica(request)
         if await self._store.stat(digest) is not None:
-            await self._written_back(ns, digest)
+            await self._written_back(ns, digest, replica)
             raise HTTPError(409, f"blob {digest} already exists")
         uid = await self._store.uploads.create()
         self.log.debug("upload {uid} of {digest} started", uid=uid, digest=str(digest), namespace=ns)
@@ -238,9 +267,10 @@ class OriginHTTP:
     async def patch_upload(self, request: Request, ns: str, d: str, uid: str) -> bytes:
         digest = parse_digest(d)
         start, end = parse_content_range(request.getHeader(b"content-range"))
+        replica = _replica(request)
         if await self._store.stat(digest) is not None:
             await self._drop_upload(uid)
-            await self._written_back(ns, digest)
+            await self._written_back(ns, digest, replica)
             raise HTTPError(409, f"blob {digest} already exists")
         assert request.content is not None
         extra = _remaining(request.content) - (end - start)
@@ -253,6 +283,7 @@ class OriginHTTP:
     @app.route("/namespace/<path:ns>/blobs/<d>/uploads/<uid>", methods=["PUT"])
     async def commit_upload(self, request: Request, ns: str, d: str, uid: str) -> bytes:
         digest = parse_digest(d)
+        replica = _replica(request)
         try:
             result = await self._store.commit(uid, digest)
         except DigestMismatch as e:
@@ -263,16 +294,23 @@ class OriginHTTP:
             digest=str(digest),
             bytes=result.metainfo.length,
             created=result.created,
+            replica=replica,
             namespace=ns,
         )
-        await self._written_back(ns, digest)
+        await self._written_back(ns, digest, replica)
+        if replica == 0 and self._replicate is not None:
+            await self._replicate(ns, digest, result.metainfo.length)
         return _empty(request, 201)
 
-    async def _written_back(self, ns: str, digest: Digest) -> None:
+    async def _written_back(self, ns: str, digest: Digest, replica: int = 0) -> None:
         """Make sure the blob is queued for write-back (a no-op when it already is). Called on every commit and
         on every "already exists" too, as Kraken does: a commit whose queueing failed (the client got a 500) is
-        queued when the client retries and hears 409."""
-        if self._on_commit is not None:
+        queued when the client retries and hears 409. A replica's copy (k > 0) is queued with its delay."""
+        if self._on_commit is None:
+            return
+        if replica:
+            await self._on_commit(ns, digest, replica=replica)
+        else:
             await self._on_commit(ns, digest)
 
     @app.route("/namespace/<path:ns>/blobs/<d>", methods=["GET", "HEAD"])

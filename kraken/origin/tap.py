@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from kraken import config as kconfig
 from kraken.backends.config import build_router
+from kraken.cluster.hosts import system_resolver
 from kraken.core import Digest
 from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
+from kraken.origin.client import OriginClient
+from kraken.origin.cluster import OriginRing
 from kraken.origin.config import OriginConfig
 from kraken.origin.fetch import BlobFetcher
 from kraken.origin.http import OriginHTTP
@@ -60,13 +64,36 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
         now=reactor.seconds,
     )
 
-    client, client_service = make_http_client(reactor, config.http_client)  # backends; replication later
+    client, client_service = make_http_client(reactor, config.http_client)  # backends and the other origins
     client_service.setServiceParent(top)
+    io_worker = ThreadWorker(reactor, io.pool)
+
+    cluster_config = config.cluster
+    # The other members, one attempt per call (a copy that fails is logged; the health checks retry anyway).
+    once = attrs.evolve(config.http_client, retries=0)
+
+    def client_for(member: str) -> OriginClient:
+        url = cluster_config.url(member) if cluster_config is not None else f"http://{member}"
+        return OriginClient(http=client, base=url, clock=reactor, config=once, worker=io_worker)
+
+    def lost(why: str) -> None:
+        if reactor.running:
+            reactor.stop()
+
+    ring = OriginRing(
+        cluster_config,
+        me=config.advertised(),
+        clock=reactor,
+        client_for=client_for,
+        blob_path=store.blob_path,
+        resolve=system_resolver(reactor),
+        on_lost=lost,
+    )
+    ring.setServiceParent(top)
 
     writeback = None
     fetcher = None
     if config.backends:
-        io_worker = ThreadWorker(reactor, io.pool)
         router = build_router(config.backends, io_worker, reactor, http=client)
         writeback = WriteBackQueue(
             open_pool(config.writeback_database(), reactor),
@@ -110,14 +137,30 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
     scheduler.setName("scheduler")
     scheduler.setServiceParent(top)
 
+    on_commit = None
+    if writeback is not None:
+        queue = writeback
+
+        async def on_commit(namespace: str, digest: Digest, replica: int = 0) -> None:
+            await queue.add(namespace, digest, delay=replica * config.writeback.replica_delay)
+
+    def extra_stats() -> dict[str, object]:
+        extra: dict[str, object] = {"cluster": attrs.asdict(ring.stats())}
+        if writeback is not None:
+            extra["writeback"] = attrs.asdict(writeback.stats())
+        return extra
+
     app = OriginHTTP(
         store,
         clock=reactor,
         advertise=config.advertised(),
         peer=scheduler.me,  # OriginHTTP marks it complete and an origin
         p2p_stats=scheduler.stats,
-        on_commit=None if writeback is None else writeback.add,
+        on_commit=on_commit,
         fetcher=fetcher,
+        locations=ring.locations,
+        replicate=ring.replicate,
+        extra_stats=extra_stats,
     )
 
     site = make_site(app.resource(), reactor=reactor, spool=store.uploads.spool)

@@ -27,8 +27,9 @@ clock: it takes the tasks that are due (``next_attempt <= now``), at most
 Success deletes the task. Any failure (``BackendUnavailable`` or anything
 else) is recorded in ``attempts`` and ``last_error`` and the task is tried
 again after ``backoff_min`` doubling per attempt up to ``backoff_max``. At
-start every pending task is due at once. Errors are logged and never stop
-the loop.
+start every task that failed before is due at once; a task added with a
+``delay`` (a replica's copy) that was never tried keeps it. Errors are
+logged and never stop the loop.
 
 ``pending(digest)`` answers from memory (a mirror of the table, loaded at
 start): a blob waiting for write-back must never be evicted.
@@ -159,8 +160,9 @@ class WriteBackQueue(Service):
 
         def load(txn: adbapi.Transaction) -> list[tuple[str, str]]:
             txn.execute("BEGIN IMMEDIATE")
-            # Every pending task is due at start (Kraken marks them failed and retries them).
-            txn.execute("UPDATE writeback SET next_attempt = ? WHERE next_attempt > ?", (now, now))
+            # Every task that failed before is due at start (Kraken marks them failed and retries them);
+            # a replica's task never tried keeps its delay.
+            txn.execute("UPDATE writeback SET next_attempt = ? WHERE next_attempt > ? AND attempts > 0", (now, now))
             txn.execute("SELECT namespace, digest FROM writeback")
             return [(r[0], r[1]) for r in txn.fetchall()]
 
@@ -192,17 +194,20 @@ class WriteBackQueue(Service):
 
     # -- the API -----------------------------------------------------------
 
-    async def add(self, namespace: str, digest: Digest) -> None:
+    async def add(self, namespace: str, digest: Digest, delay: float = 0.0) -> None:
         """Queue ``digest`` for write-back to ``namespace``'s backend, durably
-        (the task is in the database when this returns). An existing task is
+        (the task is in the database when this returns), first tried after
+        ``delay`` seconds (a replica's copy waits, so that the origin that
+        took the upload usually writes it back alone). An existing task is
         left as it is."""
         now = self._clock.seconds()
+        due = now + max(0.0, delay)
 
         def insert(txn: adbapi.Transaction) -> int:
             txn.execute(
                 "INSERT INTO writeback (namespace, digest, created, attempts, next_attempt, last_error)"
                 " VALUES (?, ?, ?, 0, ?, NULL) ON CONFLICT (namespace, digest) DO NOTHING",
-                (namespace, str(digest), now, now),
+                (namespace, str(digest), now, due),
             )
             return int(txn.rowcount)
 

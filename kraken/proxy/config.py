@@ -7,6 +7,7 @@ import attrs
 from kraken.config import Duration, Size, positive
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen
+from kraken.origin.client import check_origins
 
 
 @attrs.frozen
@@ -27,7 +28,9 @@ class RegistryConfig:
 @attrs.frozen
 class ProxyConfig:
     listen_http: str = attrs.field(default="tcp:15000:interface=127.0.0.1", validator=check_listen)
-    origin: str = "http://127.0.0.1:15002"
+    # Base URL of an origin, or a list of them: the origin cluster that takes blobs
+    # (any member knows where each blob lives; the others are asked when one does not answer).
+    origin: str | tuple[str, ...] = attrs.field(default="http://127.0.0.1:15002", validator=check_origins)
     build_index: str = "http://127.0.0.1:15004"
     uploads: UploadsConfig = attrs.field(factory=UploadsConfig)
     registry: RegistryConfig = attrs.field(factory=RegistryConfig)

@@ -21,7 +21,8 @@ from zope.interface import implementer
 
 from kraken.buildindex.client import BuildIndexClient, TagRefused
 from kraken.core import Digest
-from kraken.origin.client import OriginClient
+from kraken.net import HTTPStatusError
+from kraken.origin.client import ClusterClient
 from kraken.registry.backend import IRegistryBackend, ManifestRecord, Page
 from kraken.registry.errors import ManifestBlobUnknown, Unknown
 from kraken.store import Worker
@@ -36,14 +37,29 @@ _RELAYED = (b"content-range", b"accept-ranges", b"last-modified")
 class ProxyBackend:
     log = Logger()
 
-    def __init__(self, origin: OriginClient, build_index: BuildIndexClient, *, worker: Worker, scratch: str) -> None:
+    def __init__(self, origin: ClusterClient, build_index: BuildIndexClient, *, worker: Worker, scratch: str) -> None:
         self._origin = origin
         self._index = build_index
         self._worker = worker
         self._scratch = scratch
 
     async def stat_blob(self, repo: str, digest: Digest) -> int | None:
-        return await self._origin.stat(repo, digest)
+        """The blob's size on the origin cluster, or None. An origin that lacks
+        the blob and cannot ask its storage backend now answers 503: that is
+        "not here" too, so that a client checking before it pushes (every
+        client does) pushes the blob instead of failing while the backend is
+        down (as Kraken does)."""
+        try:
+            return await self._origin.stat(repo, digest)
+        except HTTPStatusError as e:
+            if e.code != 503:
+                raise
+            self.log.warn(
+                "the origin cannot tell whether it can get {digest} from its backend now: answering not found",
+                digest=str(digest),
+                namespace=repo,
+            )
+            return None
 
     async def blob_resource(self, repo: str, digest: Digest) -> IResource | None:
         size = await self._origin.stat(repo, digest)
@@ -113,7 +129,7 @@ class RelayedBlob(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, origin: OriginClient, repo: str, digest: Digest, size: int) -> None:
+    def __init__(self, origin: ClusterClient, repo: str, digest: Digest, size: int) -> None:
         super().__init__()
         self._origin = origin
         self._repo = repo

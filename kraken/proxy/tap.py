@@ -12,7 +12,7 @@ from kraken import config
 from kraken.buildindex.client import BuildIndexClient
 from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
-from kraken.origin.client import OriginClient
+from kraken.origin.client import ClusterClient, origin_urls
 from kraken.proxy.config import ProxyConfig
 from kraken.proxy.storage import ProxyBackend
 from kraken.registry.http import RegistryAPI
@@ -37,7 +37,9 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
 
     os.makedirs(cfg.uploads.root, exist_ok=True)
     uploads = UploadArea(cfg.uploads.root, worker)
-    origin = OriginClient(http=http, base=cfg.origin, clock=reactor, config=cfg.http_client, worker=worker)
+    origin = ClusterClient(
+        http=http, origins=origin_urls(cfg.origin), clock=reactor, config=cfg.http_client, worker=worker
+    )
     index = BuildIndexClient(http=http, base=cfg.build_index, clock=reactor, config=cfg.http_client)
     backend = ProxyBackend(origin, index, worker=worker, scratch=cfg.uploads.root)
     api = RegistryAPI(

@@ -29,6 +29,7 @@ import attrs
 from kraken.config import Duration, positive
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen
+from kraken.origin.client import check_origins
 
 DEFAULT_LISTEN_HTTP = "tcp:15003:interface=127.0.0.1"
 
@@ -37,8 +38,9 @@ DEFAULT_LISTEN_HTTP = "tcp:15003:interface=127.0.0.1"
 class TrackerConfig:
     # Endpoint description of the HTTP API (tcp:, ssl:, unix:, systemd: ...).
     listen_http: str = attrs.field(default=DEFAULT_LISTEN_HTTP, validator=check_listen)
-    # Base URL of the origin (cluster) that serves metainfo.
-    origin: str = "http://127.0.0.1:15002"
+    # Base URL of an origin, or a list of them: the origin cluster that serves metainfo
+    # (any member knows where each blob lives; the others are asked when one does not answer).
+    origin: str | tuple[str, ...] = attrs.field(default="http://127.0.0.1:15002", validator=check_origins)
     # Seconds between an agent's announces of a blob, returned in every answer.
     announce_interval: Duration = attrs.field(default=Duration(3.0), validator=positive)
     # A peer not announced for this long is forgotten.

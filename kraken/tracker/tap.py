@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from kraken import config as kconfig
 from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
-from kraken.origin.client import OriginClient
+from kraken.origin.client import ClusterClient, origin_urls
 from kraken.tracker.config import TrackerConfig
 from kraken.tracker.http import TrackerHTTP
 from kraken.tracker.origins import OriginPeers
@@ -53,8 +53,8 @@ def tracker_service(config: TrackerConfig, reactor: Any) -> MultiService:
 
     http, client_service = make_http_client(reactor, config.http_client)
     client_service.setServiceParent(top)
-    origin = OriginClient(
-        http=http, base=config.origin, clock=reactor, config=config.http_client, worker=_NoFileWorker()
+    origin = ClusterClient(
+        http=http, origins=origin_urls(config.origin), clock=reactor, config=config.http_client, worker=_NoFileWorker()
     )
 
     app = TrackerHTTP(

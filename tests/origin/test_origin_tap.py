@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from kraken.backends import FSBackend
 from kraken.backends.config import BackendConfig, FSBackendConfig
 from kraken.net import HTTPClientService
+from kraken.origin.cluster import OriginRing
 from kraken.origin.config import CleanupConfig, OriginConfig, StoreConfig, WriteBackConfig
 from kraken.origin.fetch import BlobFetcher
 from kraken.origin.tap import Options, makeService, origin_service
@@ -77,13 +78,14 @@ def test_service_wiring(tmp_path: Path) -> None:
     reactor = MemoryReactorClock()
     top = origin_service(config(tmp_path), reactor)
     children = list(top)
-    assert [type(c) for c in children[:5]] == [
-        ThreadPoolService, ThreadPoolService, HTTPClientService, UploadExpiry, Scheduler,
+    assert [type(c) for c in children[:6]] == [
+        ThreadPoolService, ThreadPoolService, HTTPClientService, OriginRing, UploadExpiry, Scheduler,
     ]  # fmt: skip
     assert [c.name for c in children] == [
         "threads-cpu",
         "threads-io",
         "http-client",
+        "cluster",
         "upload-expiry",
         "scheduler",
         "http",

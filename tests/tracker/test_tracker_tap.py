@@ -11,7 +11,7 @@ from twisted.logger import capturedLogs
 from twisted.python import usage
 
 from kraken.net import HTTPClientService
-from kraken.origin.client import OriginClient
+from kraken.origin.client import ClusterClient
 from kraken.tracker import tap
 from kraken.tracker.config import TrackerConfig
 from kraken.tracker.origins import OriginPeers
@@ -135,5 +135,5 @@ def test_origin_peers_are_asked_of_the_origin_client(monkeypatch: pytest.MonkeyP
     reactor = MemoryReactorClock()
     tracker_service(TrackerConfig(origin_peers_cache_ttl=7.0, origin_peers_cache_size=3), reactor)
     [(source, kwargs)] = made
-    assert isinstance(source, OriginClient)
+    assert isinstance(source, ClusterClient)
     assert kwargs == {"clock": reactor, "ttl": 7.0, "size": 3}
