@@ -47,6 +47,8 @@ PENDING = _Pending()
 
 #: Marks an upload as one origin's copy to another member of the blob's placement (its value: k, 1-based).
 REPLICA_HEADER = b"Kraken-Replica"
+#: Asks an origin to answer from its own store only: no fetch on miss (one origin repairing from another).
+LOCAL_HEADER = b"Kraken-Local"
 #: The answer of ``GET /blobs/<digest>/locations``: the blob's origins, "host:port" comma-separated, best first.
 LOCATIONS_HEADER = b"Origin-Locations"
 
@@ -140,12 +142,14 @@ class OriginClient(ServiceClient):
             return False
         return bool(response.code == 200)
 
-    async def stat(self, namespace: str, digest: Digest) -> int | None:
-        """The blob's size, or None if the origin does not hold it (nor can fetch it)."""
+    async def stat(self, namespace: str, digest: Digest, *, local: bool = False) -> int | None:
+        """The blob's size, or None if the origin does not hold it (nor can
+        fetch it; with ``local``, if its store does not hold it)."""
         url = self._blob_url(namespace, digest)
+        headers = {LOCAL_HEADER: [b"1"]} if local else None
 
         async def attempt() -> int | _Pending | None:
-            response = await self._request("HEAD", url)
+            response = await self._request("HEAD", url, headers=headers)
             await self._drain(response)
             if response.code == 404:
                 return None

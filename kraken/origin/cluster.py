@@ -36,13 +36,26 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from kraken.backends import (
+    BackendError,
+    BackendUnavailable,
+    BlobInfo,
+    BlobNotFound,
+    IBackend,
+    ListPage,
+    NoBackend,
+    Router,
+)
+from kraken.backends.remote import Discard, stream_to_file
 from kraken.cluster.config import ClusterConfig
 from kraken.cluster.health import HealthFilter
 from kraken.cluster.hosts import HostList, Resolver
 from kraken.cluster.ring import Ring
 from kraken.core import Digest
-from kraken.origin.client import OriginClient
+from kraken.origin.client import LOCAL_HEADER, OriginClient
+from kraken.store.workers import Worker
 
 #: How long a DNS-listed origin may wait for a resolution that names it before it gives up.
 FIND_SELF_TIMEOUT = 60.0
@@ -163,6 +176,15 @@ class OriginRing(MultiService):
         """Where clients should go for ``digest`` now, best first."""
         return self.ring.locations(digest, self.health.healthy)
 
+    def client_for(self, member: str) -> OriginClient:
+        return self._client_for(member)
+
+    def candidates(self, digest: Digest) -> list[str]:
+        """Where another copy of ``digest`` may be: the healthy members among its first ``2 x replicas``
+        owners other than this origin, in ring order."""
+        owners = self.ring.owners(digest)[: 2 * self._replicas]
+        return [m for m in owners if m != self._me and self.health.healthy(m)]
+
     def others(self, digest: Digest) -> list[str]:
         """The healthy members of the blob's placement other than this origin, in ring order."""
         return [m for m in self.ring.placement(digest) if m != self._me and self.health.healthy(m)]
@@ -201,3 +223,133 @@ class OriginRing(MultiService):
             return
         self._stats.replicated += 1
         self.log.info("copied {digest} to replica {member}", digest=str(digest), member=member, namespace=namespace)
+
+
+# -- repair: a member that lacks a blob gets it from the others ---------------
+
+
+def _hex_digest(name: str) -> Digest:
+    return Digest.parse(f"sha256:{name}")
+
+
+@implementer(IBackend)
+class ReplicaBackend:
+    """The other origins, as a read-only backend of the fetcher: an origin
+    asked for a blob it lacks (it was down when the blob was copied, or its
+    disk was replaced) fetches it from another member before answering 404.
+
+    ``stat`` asks the other healthy members among the blob's first
+    ``2 x replicas`` owners, in ring order (the placement, then where an
+    upload lands when the placement is down), with ``Kraken-Local`` so that
+    they answer from their stores and never start a fetch of their own. The
+    first that holds it is remembered for the ``download``. Nobody has it:
+    ``BlobNotFound``; nobody answered: ``BackendUnavailable``."""
+
+    def __init__(self, ring: OriginRing, *, worker: Worker, clock: IReactorTime, timeout: float) -> None:
+        self._ring = ring
+        self._worker = worker
+        self._clock = clock
+        self._timeout = timeout
+        self._holders: dict[str, str] = {}  # name -> the member that said it holds it
+
+    async def stat(self, namespace: str, name: str) -> BlobInfo:
+        digest = _hex_digest(name)
+        failed = None
+        for member in self._ring.candidates(digest):
+            try:
+                size = await self._ring.client_for(member).stat(namespace, digest, local=True)
+            except CancelledError:
+                raise
+            except Exception as e:
+                failed = e
+                continue
+            if size is not None:
+                self._holders[name] = member
+                return BlobInfo(size)
+        if failed is not None:
+            raise BackendUnavailable(f"no other origin answered about {digest}: {failed}")
+        raise BlobNotFound(namespace, name)
+
+    async def download(self, namespace: str, name: str, path: str) -> None:
+        member = self._holders.pop(name, None)
+        if member is None:
+            await self.stat(namespace, name)
+            member = self._holders.pop(name)
+        digest = _hex_digest(name)
+        client = self._ring.client_for(member)
+        try:
+            response = await client.get(namespace, digest, headers={LOCAL_HEADER: [b"1"]})
+        except CancelledError:
+            raise
+        except Exception as e:
+            raise BackendUnavailable(f"origin {member}: {e}") from None
+        if response.code != 200:
+            response.deliverBody(Discard())
+            if response.code == 404:
+                raise BlobNotFound(namespace, name)
+            raise BackendUnavailable(f"origin {member} answered {response.code} for {digest}")
+        await stream_to_file(
+            response, path, worker=self._worker, clock=self._clock, timeout=self._timeout, prefix=".repair-"
+        )
+        self._ring.log.info("fetched {digest} from origin {member}", digest=str(digest), member=member)
+
+    async def upload(self, namespace: str, name: str, path: str) -> None:
+        raise BackendError("the other origins are a read-only source")
+
+    async def list(self, prefix: str = "", *, continuation: str | None = None, limit: int = 1000) -> ListPage:
+        return ListPage((), None)
+
+
+@implementer(IBackend)
+class _FirstOf:
+    """Read-only: the first source that has a blob (the other origins, then the namespace's backend)."""
+
+    def __init__(self, sources: list[IBackend]) -> None:
+        self._sources = sources
+        self._chosen: dict[str, IBackend] = {}
+
+    async def stat(self, namespace: str, name: str) -> BlobInfo:
+        unavailable: BackendUnavailable | None = None
+        for source in self._sources:
+            try:
+                info = await source.stat(namespace, name)
+            except BlobNotFound:
+                continue
+            except BackendUnavailable as e:
+                unavailable = e
+                continue
+            self._chosen[name] = source
+            return info
+        if unavailable is not None:
+            raise unavailable
+        raise BlobNotFound(namespace, name)
+
+    async def download(self, namespace: str, name: str, path: str) -> None:
+        source = self._chosen.pop(name, None)
+        if source is None:
+            await self.stat(namespace, name)
+            source = self._chosen.pop(name)
+        await source.download(namespace, name, path)
+
+    async def upload(self, namespace: str, name: str, path: str) -> None:
+        raise BackendError("fetch on miss only reads")
+
+    async def list(self, prefix: str = "", *, continuation: str | None = None, limit: int = 1000) -> ListPage:
+        return ListPage((), None)
+
+
+class Repair:
+    """The fetcher's sources in a cluster: the other origins first, then the namespace's backend (if any)."""
+
+    def __init__(self, replicas: ReplicaBackend, router: Router | None) -> None:
+        self._replicas = replicas
+        self._router = router
+
+    def backend_for(self, namespace: str) -> IBackend:
+        if self._router is None:
+            return self._replicas
+        try:
+            backend = self._router.backend_for(namespace)
+        except NoBackend:
+            return self._replicas
+        return _FirstOf([self._replicas, backend])

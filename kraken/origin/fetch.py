@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
@@ -48,6 +49,15 @@ from kraken.store import CAStore, DigestMismatch
 from kraken.store.workers import Worker
 
 __all__ = ["BackendUnavailable", "BlobFetcher", "BlobNotFound"]
+
+
+class Sources(Protocol):
+    """Where a namespace's missing blobs come from: a ``Router`` of backends,
+    or ``kraken.origin.cluster.Repair`` (the other origins first)."""
+
+    def backend_for(self, namespace: str) -> IBackend:
+        """The source for ``namespace``; ``NoBackend`` when there is none."""
+        ...
 
 
 class _Corrupt(Exception):
@@ -125,7 +135,7 @@ class BlobFetcher(Service):
     def __init__(
         self,
         store: CAStore,
-        router: Router,
+        router: Router | Sources,
         *,
         worker: Worker,
         clock: IReactorTime,

@@ -26,8 +26,15 @@ blob already queued) and answers only once it is done.
 true) when it was given one and holds the blob, and nothing otherwise: the
 tracker asks it which origins can seed a blob.
 
+In a cluster, ``locations`` answers the blob's healthy replicas
+(``kraken.origin.cluster``), and a commit of a client's upload is copied to
+the other replicas (``replicate``) before the 201. An upload whose requests
+carry ``Kraken-Replica: k`` is such a copy: its write-back is delayed and it
+is not copied on. A GET/HEAD with ``Kraken-Local`` is answered from the
+store alone (another origin repairing itself must not start a fetch here).
+
 Fetch on miss (only with a ``fetcher``, which the tap builds when backends
-are configured): GET/HEAD of a blob, its metainfo and
+or a cluster are configured): GET/HEAD of a blob, its metainfo and
 ``/namespace/<ns>/blobs/<digest>/peers`` for a blob the store lacks ask the
 fetcher (``kraken.origin.fetch``), and answer **202** (empty body,
 ``Retry-After: 1``) while it fetches the blob from the namespace's backend,
@@ -60,7 +67,7 @@ from werkzeug.exceptions import HTTPException
 from kraken.backends import BackendUnavailable, BlobNotFound
 from kraken.core import Digest, DigestError
 from kraken.core.peer import PeerInfo
-from kraken.origin.client import LOCATIONS_HEADER, REPLICA_HEADER
+from kraken.origin.client import LOCAL_HEADER, LOCATIONS_HEADER, REPLICA_HEADER
 from kraken.origin.fetch import BlobFetcher
 from kraken.p2p.scheduler import Stats
 from kraken.store import CAStore, DigestMismatch, RangeMismatch, UploadTruncated, UploadUnknown
@@ -316,7 +323,7 @@ class OriginHTTP:
     @app.route("/namespace/<path:ns>/blobs/<d>", methods=["GET", "HEAD"])
     async def get_blob(self, request: Request, ns: str, d: str) -> File | bytes:
         digest = parse_digest(d)
-        if not await self._held(ns, digest):
+        if not await self._held(ns, digest, request):
             return _pending(request)
         if request.method == b"GET":
             await self._store.touch(digest)
@@ -329,7 +336,7 @@ class OriginHTTP:
         digest = parse_digest(d)
         info = await self._store.metainfo(digest)
         if info is None:
-            if not await self._held(ns, digest):
+            if not await self._held(ns, digest, request):
                 return _pending(request)
             info = await self._store.metainfo(digest)  # fetched meanwhile
             if info is None:
@@ -337,10 +344,12 @@ class OriginHTTP:
         request.setHeader(b"content-type", b"application/json")
         return info.to_json()
 
-    async def _held(self, ns: str, digest: Digest) -> bool:
+    async def _held(self, ns: str, digest: Digest, request: Request) -> bool:
         """True if the store holds the blob; False while the fetcher fetches
-        it. 404 (``HTTPError`` or ``BlobNotFound``) when neither has it."""
-        if self._fetcher is not None:
+        it. 404 (``HTTPError`` or ``BlobNotFound``) when neither has it. A
+        request marked ``Kraken-Local`` (another origin repairing itself)
+        is answered from the store alone."""
+        if self._fetcher is not None and request.getHeader(LOCAL_HEADER) is None:
             return await self._fetcher.ensure(ns, digest)
         if await self._store.stat(digest) is None:
             raise HTTPError(404, f"blob {digest} not found")

@@ -13,13 +13,14 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from kraken import config as kconfig
+from kraken.backends import Router
 from kraken.backends.config import build_router
 from kraken.cluster.hosts import system_resolver
 from kraken.core import Digest
 from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
 from kraken.origin.client import OriginClient
-from kraken.origin.cluster import OriginRing
+from kraken.origin.cluster import OriginRing, Repair, ReplicaBackend
 from kraken.origin.config import OriginConfig
 from kraken.origin.fetch import BlobFetcher
 from kraken.origin.http import OriginHTTP
@@ -44,9 +45,12 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
     """Everything one origin needs, as a MultiService (the herd composes it).
 
     Children start in this order and stop in reverse: thread pools, HTTP
-    client pool, the write-back queue and the fetcher (only with ``backends``), upload
-    expiry, the cache cleanup (when ``config.cleanup_enabled()``), the P2P
-    scheduler, then the HTTP and P2P listeners.
+    client pool, the cluster (ring, host list, health checks), the
+    write-back queue (only with ``backends``), the fetcher (with
+    ``backends`` or a ``cluster``: missing blobs come from the other origins,
+    then the backend), upload expiry, the cache cleanup (when
+    ``config.cleanup_enabled()``), the P2P scheduler, then the HTTP and P2P
+    listeners.
     """
     top = MultiService()
     top.setName("origin")
@@ -92,7 +96,7 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
     ring.setServiceParent(top)
 
     writeback = None
-    fetcher = None
+    router = None
     if config.backends:
         router = build_router(config.backends, io_worker, reactor, http=client)
         writeback = WriteBackQueue(
@@ -106,8 +110,16 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
             backoff_max=config.writeback.backoff_max,
         )
         writeback.setServiceParent(top)
-        # Fetch on miss: a blob asked for and not here comes from its backend (202 meanwhile).
-        fetcher = BlobFetcher(store, router, worker=io_worker, clock=reactor)
+
+    # Fetch on miss: a blob asked for and not here comes from the other origins, then from its backend
+    # (202 meanwhile).
+    fetcher = None
+    sources: Router | Repair | None = router
+    if cluster_config is not None:
+        replicas = ReplicaBackend(ring, worker=io_worker, clock=reactor, timeout=config.http_client.timeout)
+        sources = Repair(replicas, router)
+    if sources is not None:
+        fetcher = BlobFetcher(store, sources, worker=io_worker, clock=reactor)
         fetcher.setServiceParent(top)
 
     UploadExpiry(store.uploads.expire, clock=reactor, ttl=config.upload_ttl).setServiceParent(top)

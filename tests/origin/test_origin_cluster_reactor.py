@@ -24,7 +24,8 @@ from kraken.core import Digest, PieceLengthRule
 from kraken.net import HTTPClientConfig
 from kraken.net.server import make_site
 from kraken.origin.client import ClusterClient, OriginClient
-from kraken.origin.cluster import OriginRing
+from kraken.origin.cluster import OriginRing, Repair, ReplicaBackend
+from kraken.origin.fetch import BlobFetcher
 from kraken.origin.http import OriginHTTP
 from kraken.store import CAStore, ThreadWorker
 
@@ -41,6 +42,7 @@ class Member:
         self.port = port
         self.ring = ring
         self.commits: list[tuple[str, Digest, int]] = []
+        self.fetcher: BlobFetcher | None = None
         self.stopped = False
 
     async def stop(self) -> None:
@@ -115,11 +117,17 @@ async def cluster(reactor: Any, http: Any, tmp_path: Path) -> AsyncIterator[Clus
         async def on_commit(namespace: str, digest: Digest, replica: int = 0, member: Member = member) -> None:
             member.commits.append((namespace, digest, replica))
 
+        fetcher = BlobFetcher(
+            store, Repair(ReplicaBackend(ring, worker=worker, clock=reactor, timeout=10.0), None), worker=worker,
+            clock=reactor,
+        )  # fmt: skip
+        member.fetcher = fetcher
         app = OriginHTTP(
             store,
             clock=reactor,
             advertise=name,
             on_commit=on_commit,
+            fetcher=fetcher,
             locations=ring.locations,
             replicate=ring.replicate,
         )
@@ -129,6 +137,8 @@ async def cluster(reactor: Any, http: Any, tmp_path: Path) -> AsyncIterator[Clus
         yield Cluster(members, worker, http, reactor)
     finally:
         for m in members:
+            if m.fetcher is not None:
+                await m.fetcher.stopService()
             await m.stop()
         pool.stop()
 
@@ -203,15 +213,30 @@ async def test_an_upload_fails_over_and_the_copy_to_the_dead_origin_is_counted(
     assert client.failovers == 1
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_404_ends_the_search(cluster: Cluster, tmp_path: Path) -> None:
-    # The blob is only on the second location (put there behind the ring's back): the first's 404 is believed.
-    _path, digest, data = blob(tmp_path, seed=3)
-    _first, second = cluster.placed(digest)
-    uid = await second.store.uploads.create()
-    await second.store.uploads.append(uid, io.BytesIO(data))
-    await second.store.commit(uid, digest)
+async def put_behind_the_rings_back(member: Member, digest: Digest, data: bytes) -> None:
+    uid = await member.store.uploads.create()
+    await member.store.uploads.append(uid, io.BytesIO(data))
+    await member.store.commit(uid, digest)
 
-    client = cluster.client()
-    assert await client.stat(NS, digest) is None
+
+@pytest_twisted.ensureDeferred
+async def test_a_replica_that_missed_a_blob_fetches_it_from_the_other(cluster: Cluster, tmp_path: Path) -> None:
+    # Only the second location has the blob (the first was down when it was copied, say).
+    _path, digest, data = blob(tmp_path, seed=3)
+    first, second = cluster.placed(digest)
+    await put_behind_the_rings_back(second, digest, data)
+
+    client = cluster.client([first])
+    assert await client.read_small(NS, digest, 1 << 20) == data  # the first answered 202, fetched, then served it
+    assert await first.store.stat(digest) == len(data)
     assert client.failovers == 0
+    assert await cluster.spare(digest).store.stat(digest) is None  # asked with Kraken-Local: no fetch there
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_blob_nobody_has_is_a_404_everywhere(cluster: Cluster) -> None:
+    digest = Digest.from_bytes(b"nobody has this")
+    for m in cluster.members:
+        assert await cluster.client([m]).stat(NS, digest) is None
+    for m in cluster.members:
+        assert await m.store.stat(digest) is None
