@@ -452,6 +452,8 @@ class ClusterClient:
                     if not _fails_over(e):
                         raise
                     error = e
+                    # Ask for the locations again next time: the ring may be leaving this one out by then.
+                    self._locations.pop(digest, None)
                     if i + 1 < len(bases):
                         self.failovers += 1
                         log.warn(
