@@ -108,6 +108,17 @@ class ThrottledBackend:
         self.ingress = ingress
         self.egress = egress
         self._worker = worker
+        # The configured limits; ``share`` divides them.
+        self._rates = {
+            bucket: (bucket.rate, bucket.burst) for bucket in (ingress, egress) if isinstance(bucket, TokenBucket)
+        }
+
+    def share(self, parts: int) -> None:
+        """Give this process 1/``parts`` of the configured limits: the origins of a cluster share one
+        backend's bandwidth, so each takes its share as the ring grows and shrinks (as Kraken does)."""
+        parts = max(1, parts)
+        for bucket, (rate, burst) in self._rates.items():
+            bucket.set_rate(rate / parts, burst / parts)
 
     async def stat(self, namespace: str, name: str) -> BlobInfo:
         return await self.backend.stat(namespace, name)

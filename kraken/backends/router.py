@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from kraken.backends.base import BackendError, IBackend
+from kraken.backends.base import BackendError, IBackend, ThrottledBackend
 
 
 class NoBackend(BackendError, LookupError):
@@ -36,3 +36,9 @@ class Router:
             if pattern.fullmatch(namespace):
                 return backend
         raise NoBackend(namespace, [p.pattern for p, _ in self._routes])
+
+    def share_bandwidth(self, parts: int) -> None:
+        """Divide every throttled backend's limits by ``parts`` (the origins in the ring)."""
+        for _, backend in self._routes:
+            if isinstance(backend, ThrottledBackend):
+                backend.share(parts)

@@ -99,6 +99,10 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
     router = None
     if config.backends:
         router = build_router(config.backends, io_worker, reactor, http=client)
+        # The origins share each backend's bandwidth limit: each takes 1/members of it.
+        shared = router
+        shared.share_bandwidth(len(ring.hosts.members()))
+        ring.hosts.on_change(lambda members: shared.share_bandwidth(len(members)))
         writeback = WriteBackQueue(
             open_pool(config.writeback_database(), reactor),
             router=router,

@@ -63,6 +63,16 @@ class TokenBucket:
         self._schedule()
         return waiter
 
+    def set_rate(self, rate: float, burst: float) -> None:
+        """Change the rate and burst from now on (tokens earned so far are kept, up to the new burst)."""
+        if rate <= 0 or burst <= 0:
+            raise ValueError("rate and burst must be positive")
+        self._refill()
+        self.rate = rate
+        self.burst = burst
+        self._tokens = min(self._tokens, burst)
+        self._schedule()
+
     def refund(self, n: float) -> None:
         """Give back ``n`` bytes reserved for traffic that did not happen (a cancelled piece)."""
         if n < 0:

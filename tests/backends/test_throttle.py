@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from kraken.backends import BlobInfo, BlobNotFound, IBackend, ListPage, ThrottledBackend
+from kraken.backends import BlobInfo, BlobNotFound, IBackend, ListPage, Router, ThrottledBackend
 from kraken.p2p.bandwidth import TokenBucket, Unlimited
 from kraken.store import InlineWorker
 
@@ -145,3 +145,41 @@ def test_small_uploads_pass(tmp_path, size):
         Recorder(), ingress=Unlimited(), egress=TokenBucket(10, 10, clock=clock), worker=InlineWorker()
     )
     assert start(backend.upload("ns", "a", local_file(tmp_path, size))) == [None]
+
+
+def test_the_origins_of_a_ring_share_the_limits(tmp_path):
+    # 100 B/s for one origin; with four in the ring each gets 25 B/s, and all of it again when alone.
+    clock = Clock()
+    egress = TokenBucket(100, 100, clock=clock)
+    backend = ThrottledBackend(Recorder(), ingress=Unlimited(), egress=egress, worker=InlineWorker())
+    router = Router([(".*", backend)])
+    path = local_file(tmp_path, 100)
+
+    router.share_bandwidth(4)
+    assert (egress.rate, egress.burst) == (25, 25)
+    first = start(backend.upload("ns", "a", path))  # a full burst (25 B) is there: it goes, 75 B in debt
+    second = start(backend.upload("ns", "b", path))
+    assert first == [None] and second == []
+    clock.advance(3.9)
+    assert second == []  # the debt and a new burst take (75 + 25) / 25 = 4 s (at 100 B/s it would be 1 s)
+    clock.advance(0.1)
+    assert second == [None]
+
+    router.share_bandwidth(1)
+    assert (egress.rate, egress.burst) == (100, 100)
+    router.share_bandwidth(0)  # an empty ring (a DNS list not resolved yet) counts as one
+    assert egress.rate == 100
+
+
+def test_a_rate_change_keeps_earned_tokens_up_to_the_new_burst():
+    clock = Clock()
+    bucket = TokenBucket(10, 10, clock=clock)
+    bucket.set_rate(1, 2)
+    assert start(bucket.reserve(2)) == [None]  # 2 of the 10 earned tokens remain usable
+    waiting = start(bucket.reserve(1))
+    clock.advance(0.9)
+    assert waiting == []
+    clock.advance(0.1)
+    assert waiting == [None]
+    with pytest.raises(ValueError):
+        bucket.set_rate(0, 1)
