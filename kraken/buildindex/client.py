@@ -104,6 +104,22 @@ class BuildIndexClient(ServiceClient):
         if code == 400:
             raise TagRefused(*_refusal(body))
 
+    async def duplicate_tag(self, repo: str, tag: str, digest: Digest, *, delay: float) -> None:
+        """Give ``repo:tag`` -> ``digest`` to this (other) build-index as a
+        duplicate: it stores the tag without checking it and queues its own
+        write-back after ``delay`` seconds (a write-back that leaves a tag
+        the backend already has alone)."""
+        url = "/".join([f"{self._base}/internal/duplicate/repositories/{name_path(repo)}", "tags", _segment(tag)])
+        body = json.dumps({"digest": str(digest), "delay": delay}, separators=(",", ":")).encode("utf-8")
+        code, answer = await self._retrying(
+            f"duplicate tag {repo}:{tag}",
+            lambda: self._call(
+                "PUT", url, frozenset({200, 201, 400}), data=body, headers={b"Content-Type": [b"application/json"]}
+            ),
+        )
+        if code == 400:
+            raise TagRefused(*_refusal(answer))
+
     async def get_tag(self, repo: str, tag: str) -> Digest | None:
         url = self._repo_url(repo, "tags", _segment(tag))
         code, body = await self._retrying(

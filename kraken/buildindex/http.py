@@ -10,11 +10,38 @@ Routes (repository names contain ``/``; tags and digests never do)::
     PUT  /repositories/<repo>/manifests/<digest>   body ManifestRecord JSON -> 201 / 200
     GET  /repositories/<repo>/manifests/<digest>   -> ManifestRecord JSON / 404
     GET  /repositories/<repo>/referrers/<digest>   -> {"manifests": [ManifestRecord JSON, ...]}
+    PUT  /internal/duplicate/repositories/<repo>/tags/<tag>
+                                                   body {"digest": "sha256:<hex>", "delay": seconds}
+                                                   -> 201 / 200 (from another build-index node)
 
 A tag is accepted only if its manifest is on the origin, parses, and every
 blob it references is on the origin too; for a manifest list / OCI index,
 every child manifest and the child's own blobs. Otherwise the answer is 400
 ``{"error": "...", "missing": ["sha256:...", ...]}``.
+
+With ``backends`` configured (``kraken.buildindex.backends``):
+
+- an accepted tag is queued for write-back to its namespace's backend in
+  the same transaction that stores it (``kraken.buildindex.writeback``) and
+  then duplicated to the other nodes (``kraken.buildindex.duplicate``);
+  neither holds up the answer;
+- ``GET`` (and ``HEAD``) of a tag this node does not have asks the
+  namespace's backend. The answer is not cached here: an upstream registry's
+  tag may move, and a shared bucket is written by other nodes. A backend
+  failure answers 404, as a miss (Kraken PR #631: clients that check a tag
+  before pushing it must still push while storage is down), and is logged;
+- ``GET`` of a manifest record this node lacks reads the manifest from the
+  origin (which fetches it from its own backend on a miss), records it and
+  answers it: so a tag found only in a backend can be pulled through the
+  proxy, which asks for the record next. Records are content-addressed, so
+  keeping them is safe.
+
+Listings (tags, repositories, referrers) answer from this node's database
+only.
+
+A duplicate (the internal route) is stored without checking its manifest,
+is never duplicated again, and queues a write-back due after ``delay``
+seconds that leaves a tag the backend already has alone.
 
 Every error is JSON ``{"error": "..."}`` (plus ``missing`` on refusals),
 produced by one ``handle_errors`` handler.
@@ -38,6 +65,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
+from kraken.buildindex.config import MAX_DUPLICATE_DELAY
+from kraken.buildindex.tags import Pending
 from kraken.core import Digest, DigestError
 from kraken.net import ResponseTooLarge
 from kraken.net.server import HTTPError, json_error, json_response, read_body
@@ -47,8 +76,11 @@ from kraken.registry.manifests import MANIFEST_TYPES, ParsedManifest, parse_mani
 from kraken.registry.names import is_valid_name, is_valid_tag
 
 if TYPE_CHECKING:
+    from kraken.buildindex.backends import TagBackends
+    from kraken.buildindex.duplicate import Duplicator
     from kraken.buildindex.tags import TagStore
-    from kraken.origin.client import OriginClient
+    from kraken.buildindex.writeback import TagWriteBack
+    from kraken.origin.client import ClusterClient
 
 T = TypeVar("T")
 
@@ -244,13 +276,19 @@ class BuildIndexHTTP:
     def __init__(
         self,
         tags: TagStore,
-        origin: OriginClient,
+        origin: ClusterClient,
         *,
         clock: IReactorTime,
         max_manifest_size: int,
         max_page: int,
+        backends: TagBackends | None = None,
+        writeback: TagWriteBack | None = None,
+        duplicator: Duplicator | None = None,
     ) -> None:
         self._tags = tags
+        self._backends = backends
+        self._writeback = writeback
+        self._duplicator = duplicator
         self._origin = origin
         self._clock = clock
         self._max_manifest_size = max_manifest_size
@@ -304,10 +342,41 @@ class BuildIndexHTTP:
             )  # fmt: skip
             what = "manifest" if digest in check.missing else "references"
             raise Refused(f"cannot tag {repo}:{tag}: {what} missing on the origin", missing)
-        previous = await self._tags.put_tag(repo, tag, digest)
+        previous = await self._store_tag(repo, tag, digest, Pending(overwrite=True))
         self.log.info(
             "tag {namespace}:{tag} -> {digest}", namespace=repo, tag=tag, digest=str(digest),
             previous=None if previous is None else str(previous),
+        )  # fmt: skip
+        if self._duplicator is not None:
+            self._duplicator.duplicate(repo, tag, digest)
+        return _text(request, 201 if previous is None else 200, str(digest))
+
+    async def _store_tag(self, repo: str, tag: str, digest: Digest, pending: Pending) -> Digest | None:
+        """Store the tag, queued for write-back if its namespace has a writable backend."""
+        writable = self._backends is not None and self._backends.writable(repo)
+        previous = await self._tags.put_tag(repo, tag, digest, pending=pending if writable else None)
+        if writable and self._writeback is not None:
+            self._writeback.kick()
+        return previous
+
+    @app.route("/internal/duplicate/repositories/<path:repo>/tags/<tag>", methods=["PUT"])
+    async def duplicate_tag(self, request: IRequest, repo: str, tag: str) -> bytes:
+        _check_repo(repo)
+        _check_tag(tag)
+        try:
+            doc = json.loads(read_body(request, MAX_TAG_BODY))
+        except ValueError:
+            raise HTTPError(400, "a duplicate is JSON {digest, delay}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("digest"), str):
+            raise HTTPError(400, "a duplicate is JSON {digest, delay}")
+        delay = doc.get("delay", 0)
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= MAX_DUPLICATE_DELAY:
+            raise HTTPError(400, f"delay must be a number of seconds from 0 to {MAX_DUPLICATE_DELAY:.0f}")
+        digest = _parse_digest(doc["digest"])
+        previous = await self._store_tag(repo, tag, digest, Pending(overwrite=False, delay=float(delay)))
+        self.log.info(
+            "tag {namespace}:{tag} -> {digest} (duplicate)", namespace=repo, tag=tag, digest=str(digest),
+            previous=None if previous is None else str(previous), delay=delay,
         )  # fmt: skip
         return _text(request, 201 if previous is None else 200, str(digest))
 
@@ -316,9 +385,30 @@ class BuildIndexHTTP:
         _check_repo(repo)
         _check_tag(tag)
         digest = await self._tags.get_tag(repo, tag)
+        if digest is None and self._backends is not None:
+            digest = await self._backend_tag(repo, tag)
         if digest is None:
             raise HTTPError(404, f"tag {repo}:{tag} unknown")
         return _text(request, 200, str(digest))
+
+    async def _backend_tag(self, repo: str, tag: str) -> Digest | None:
+        """The namespace backend's digest for the tag; None on a miss or a failure (logged)."""
+        assert self._backends is not None
+        try:
+            digest = await self._backends.get(repo, tag)
+        except CancelledError:
+            raise
+        except Exception as e:
+            self.log.warn(
+                "backend lookup of tag {namespace}:{tag} failed, answering 404: {error}",
+                namespace=repo, tag=tag, error=f"{type(e).__name__}: {e}",
+            )  # fmt: skip
+            return None
+        if digest is not None:
+            self.log.debug(
+                "tag {namespace}:{tag} -> {digest} from the backend", namespace=repo, tag=tag, digest=str(digest)
+            )
+        return digest
 
     @app.route("/repositories/<path:repo>/tags", methods=["GET"])
     async def list_tags(self, request: IRequest, repo: str) -> bytes:
@@ -360,9 +450,52 @@ class BuildIndexHTTP:
         _check_repo(repo)
         d = _parse_digest(digest)
         record = await self._tags.get_manifest(repo, d)
+        if record is None and self._backends is not None:
+            record = await self._record_from_origin(repo, d)
         if record is None:
             raise HTTPError(404, f"manifest {d} unknown in {repo}")
         return json_response(request, 200, record.to_json())
+
+    async def _record_from_origin(self, repo: str, digest: Digest) -> ManifestRecord | None:
+        """The record of a manifest on the origin but not recorded here (a
+        tag found in a backend points at it), recorded now; None if the origin
+        lacks it or it is not a manifest."""
+        limit = self._max_manifest_size
+        try:
+            body = await self._ask_origin(
+                f"read manifest {digest}", lambda: self._origin.read_small(repo, digest, limit)
+            )
+        except ResponseTooLarge:
+            self.log.warn(
+                "manifest {digest} of {namespace} is larger than {bytes} bytes",
+                digest=str(digest),
+                namespace=repo,
+                bytes=limit,
+            )
+            return None
+        if body is None:
+            return None
+        try:
+            parsed = parse_manifest(body, None)
+        except RegistryError as e:
+            self.log.info(
+                "blob {digest} of {namespace} is not a manifest: {error}",
+                digest=str(digest),
+                namespace=repo,
+                error=e.message,
+            )
+            return None
+        if parsed.digest != digest:
+            raise HTTPError(502, f"the origin's content for {digest} has digest {parsed.digest}")
+        record = parsed.record()
+        await self._tags.put_manifest(repo, record)
+        self.log.info(
+            "manifest {digest} recorded in {namespace} from the origin",
+            digest=str(digest),
+            namespace=repo,
+            media_type=record.media_type,
+        )
+        return record
 
     @app.route("/repositories/<path:repo>/referrers/<digest>", methods=["GET"])
     async def referrers(self, request: IRequest, repo: str, digest: str) -> bytes:

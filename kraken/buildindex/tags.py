@@ -11,11 +11,25 @@ so a read-modify-write is atomic, and ``BEGIN`` for reads that take more than
 one statement, so they see one snapshot. ``adbapi`` commits when the
 interaction returns and rolls back when it raises.
 
-Schema (version 1, kept in ``PRAGMA user_version``)::
+Schema (version 2, kept in ``PRAGMA user_version``)::
 
     tags(repo, tag, digest, updated, PRIMARY KEY (repo, tag))
     manifests(repo, digest, record, subject, artifact_type, PRIMARY KEY (repo, digest))
     INDEX manifests_by_subject ON manifests(repo, subject)
+    tag_writeback(repo, tag, overwrite, created, attempts, next_attempt, last_error, seq,
+                  PRIMARY KEY (repo, tag))
+    INDEX tag_writeback_due ON tag_writeback(next_attempt)
+
+Version 2 added ``tag_writeback``: a version-1 database is upgraded in place
+when opened. A row there is a tag waiting to be written to its backend
+(``kraken.buildindex.writeback``); it is inserted in the same transaction as
+the tag itself, so an accepted tag is never lost to a crash before its
+write-back. The task names no digest: the write-back stores whatever the
+tag points at when it runs. ``seq`` grows with every update of the task, so
+a write-back that finishes after the tag moved again does not delete the
+newer task. ``overwrite`` is 1 for a tag this node accepted from a client
+(replace what the backend holds) and 0 for a duplicate from another node
+(write only if the backend has no such tag).
 
 ``record`` is ``ManifestRecord.to_json()`` as JSON text; ``subject`` and
 ``artifact_type`` are copied out of it for the referrers query. Listings sort
@@ -28,6 +42,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
 from twisted.internet.interfaces import IReactorTime
@@ -37,7 +52,7 @@ from kraken.core import Digest
 from kraken.registry.backend import ManifestRecord, Page
 from kraken.store import sqlite
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tags (
@@ -56,7 +71,43 @@ CREATE TABLE IF NOT EXISTS manifests (
     PRIMARY KEY (repo, digest)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS manifests_by_subject ON manifests (repo, subject);
+CREATE TABLE IF NOT EXISTS tag_writeback (
+    repo TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    overwrite INTEGER NOT NULL,
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_error TEXT,
+    seq INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (repo, tag)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tag_writeback_due ON tag_writeback (next_attempt);
 """
+
+# Longest error text kept in tag_writeback.last_error.
+_MAX_ERROR = 500
+
+
+@attrs.frozen
+class Pending:
+    """How a stored tag is queued for write-back: ``overwrite`` for a tag
+    accepted from a client, not for a duplicate; due after ``delay`` seconds."""
+
+    overwrite: bool = True
+    delay: float = 0.0
+
+
+@attrs.frozen
+class WriteBackTask:
+    """A due write-back: the tag, what it points at now, and the task's state."""
+
+    repo: str
+    tag: str
+    digest: Digest | None  # None if the tag row is gone
+    overwrite: bool
+    attempts: int
+    seq: int
 
 
 def open_pool(path: str, reactor: Any) -> adbapi.ConnectionPool:
@@ -109,9 +160,12 @@ class TagStore(Service):
 
     # -- tags --------------------------------------------------------------
 
-    async def put_tag(self, repo: str, tag: str, digest: Digest) -> Digest | None:
+    async def put_tag(self, repo: str, tag: str, digest: Digest, *, pending: Pending | None = None) -> Digest | None:
         """Point ``repo:tag`` at ``digest``; returns the digest it pointed at
-        before (None if the tag is new)."""
+        before (None if the tag is new). With ``pending``, the tag is queued
+        for write-back in the same transaction: a new task, or the existing
+        one updated (overwrite if either asks for it, due at the earlier time,
+        its failures forgotten)."""
         now = self._clock.seconds()
 
         def put(txn: adbapi.Transaction) -> str | None:
@@ -123,6 +177,14 @@ class TagStore(Service):
                 " ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest, updated = excluded.updated",
                 (repo, tag, str(digest), now),
             )
+            if pending is not None:
+                txn.execute(
+                    "INSERT INTO tag_writeback (repo, tag, overwrite, created, attempts, next_attempt, last_error, seq)"
+                    " VALUES (?, ?, ?, ?, 0, ?, NULL, 1) ON CONFLICT (repo, tag) DO UPDATE SET"
+                    " overwrite = MAX(overwrite, excluded.overwrite), attempts = 0, last_error = NULL,"
+                    " next_attempt = MIN(next_attempt, excluded.next_attempt), seq = seq + 1",
+                    (repo, tag, int(pending.overwrite), now, now + pending.delay),
+                )
             return None if row is None else row[0]
 
         previous = await self._pool.runInteraction(put)
@@ -205,3 +267,58 @@ class TagStore(Service):
             (repo, str(subject)),
         )
         return [ManifestRecord.from_json(json.loads(r[0])) for r in rows]
+
+    # -- pending write-backs -----------------------------------------------
+
+    async def due_writebacks(self, now: float, limit: int) -> tuple[list[WriteBackTask], float | None]:
+        """At most ``limit`` tasks due at ``now`` (earliest first), and when
+        the next task that is not yet due will be (None if there is none)."""
+
+        def query(txn: adbapi.Transaction) -> tuple[list[WriteBackTask], float | None]:
+            txn.execute("BEGIN")
+            txn.execute(
+                "SELECT w.repo, w.tag, t.digest, w.overwrite, w.attempts, w.seq FROM tag_writeback AS w"
+                " LEFT JOIN tags AS t ON t.repo = w.repo AND t.tag = w.tag"
+                " WHERE w.next_attempt <= ? ORDER BY w.next_attempt, w.created LIMIT ?",
+                (now, limit),
+            )
+            tasks = [
+                WriteBackTask(
+                    r[0], r[1], None if r[2] is None else Digest.parse(r[2]), bool(r[3]), int(r[4]), int(r[5])
+                )
+                for r in txn.fetchall()
+            ]
+            txn.execute("SELECT MIN(next_attempt) FROM tag_writeback WHERE next_attempt > ?", (now,))
+            (following,) = txn.fetchone()
+            return tasks, following
+
+        result: tuple[list[WriteBackTask], float | None] = await self._pool.runInteraction(query)
+        return result
+
+    async def writeback_done(self, task: WriteBackTask) -> bool:
+        """Delete the task unless it changed since ``task`` was read; whether it was deleted."""
+
+        def delete(txn: adbapi.Transaction) -> bool:
+            txn.execute(
+                "DELETE FROM tag_writeback WHERE repo = ? AND tag = ? AND seq = ?", (task.repo, task.tag, task.seq)
+            )
+            return bool(txn.rowcount)
+
+        done: bool = await self._pool.runInteraction(delete)
+        return done
+
+    async def writeback_failed(self, task: WriteBackTask, next_attempt: float, error: str) -> None:
+        """Record a failed try (unless the task changed meanwhile: the new version is due anyway)."""
+        await self._pool.runOperation(
+            "UPDATE tag_writeback SET attempts = ?, next_attempt = ?, last_error = ?"
+            " WHERE repo = ? AND tag = ? AND seq = ?",
+            (task.attempts + 1, next_attempt, error[:_MAX_ERROR], task.repo, task.tag, task.seq),
+        )
+
+    async def pending_writebacks(self) -> list[tuple[str, str, bool, int, float, str | None]]:
+        """Every queued write-back: (repo, tag, overwrite, attempts, next_attempt, last_error), by repo and tag."""
+        rows = await self._pool.runQuery(
+            "SELECT repo, tag, overwrite, attempts, next_attempt, last_error FROM tag_writeback"
+            " ORDER BY repo COLLATE BINARY, tag COLLATE BINARY"
+        )
+        return [(r[0], r[1], bool(r[2]), int(r[3]), float(r[4]), r[5]) for r in rows]

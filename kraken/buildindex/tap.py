@@ -15,12 +15,17 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
 from kraken import config as kconfig
+from kraken.buildindex.backends import TagBackends, build_tag_backends, sweep_scratch
+from kraken.buildindex.client import BuildIndexClient
 from kraken.buildindex.config import BuildIndexConfig
+from kraken.buildindex.duplicate import Duplicator
 from kraken.buildindex.http import BuildIndexHTTP
 from kraken.buildindex.tags import TagStore, open_pool
+from kraken.buildindex.writeback import TagWriteBack
 from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
-from kraken.origin.client import OriginClient
+from kraken.origin.client import ClusterClient, origin_urls
+from kraken.store.workers import ThreadPoolService, ThreadWorker
 
 log = Logger(namespace="kraken.buildindex")
 
@@ -43,7 +48,9 @@ def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
     """Everything one build-index needs, as a MultiService (the herd composes it).
 
     Children start in this order and stop in reverse: the tag store (its
-    SQLite pool), the HTTP client pool, then the HTTP listener.
+    SQLite pool), with ``backends`` an I/O thread pool, the HTTP client
+    pool, with ``backends`` the write-back loop, with ``cluster.nodes`` the
+    duplicator, then the HTTP listener.
     """
     top = MultiService()
     top.setName("build-index")
@@ -53,14 +60,66 @@ def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
     tags = TagStore(open_pool(config.database, reactor), clock=reactor, max_page=config.max_page)
     tags.setServiceParent(top)
 
+    backends: TagBackends | None = None
+    threads = None
+    if config.backends:
+        threads = ThreadPoolService("io", 1, 4)
+        threads.setServiceParent(top)
+
     http, client_service = make_http_client(reactor, config.http_client)
     client_service.setServiceParent(top)
-    origin = OriginClient(
-        http=http, base=config.origin, clock=reactor, config=config.http_client, worker=_NoFileWorker()
+    origin = ClusterClient(
+        http=http, origins=origin_urls(config.origin), clock=reactor, config=config.http_client, worker=_NoFileWorker()
     )
 
+    writeback = None
+    if threads is not None:
+        scratch = os.path.join(directory, "tag-scratch")
+        os.makedirs(scratch, exist_ok=True)
+        sweep_scratch(scratch)  # before the reactor runs: leftovers of a crash
+        backends = build_tag_backends(
+            config.backends, worker=ThreadWorker(reactor, threads.pool), clock=reactor, scratch=scratch, http=http
+        )
+        writeback = TagWriteBack(
+            tags,
+            backends,
+            clock=reactor,
+            concurrency=config.writeback.concurrency,
+            backoff_min=config.writeback.backoff_min,
+            backoff_max=config.writeback.backoff_max,
+        )
+        writeback.setServiceParent(top)
+
+    duplicator = None
+    neighbours = config.cluster.neighbours(config.listen_http)
+    if neighbours:
+        duplicator = Duplicator(
+            [
+                (url, BuildIndexClient(http=http, base=url, clock=reactor, config=config.http_client))
+                for url in neighbours
+            ],
+            clock=reactor,
+            stagger=config.cluster.duplicate_stagger,
+            attempts=config.cluster.duplicate_attempts,
+            backoff=config.cluster.duplicate_backoff,
+        )
+        duplicator.setServiceParent(top)
+    if config.cluster.nodes:
+        log.info(
+            "build-index cluster: this node is {me}, duplicating tags to {neighbours}",
+            me=config.cluster.self_url(config.listen_http),
+            neighbours=neighbours,
+        )
+
     app = BuildIndexHTTP(
-        tags, origin, clock=reactor, max_manifest_size=config.max_manifest_size, max_page=config.max_page
+        tags,
+        origin,
+        clock=reactor,
+        max_manifest_size=config.max_manifest_size,
+        max_page=config.max_page,
+        backends=backends,
+        writeback=writeback,
+        duplicator=duplicator,
     )
 
     site = make_site(app.resource(), reactor=reactor)

@@ -15,10 +15,15 @@ from treq.testing import StubTreq
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 
+from kraken.backends import BackendUnavailable, BlobNotFound
+from kraken.buildindex.backends import TagBackend, TagBackends
+from kraken.buildindex.duplicate import Duplicator
 from kraken.buildindex.http import BuildIndexHTTP
 from kraken.buildindex.tags import TagStore, open_pool
+from kraken.buildindex.writeback import TagWriteBack
 from kraken.core import Digest
 from kraken.registry.manifests import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from kraken.store.workers import InlineWorker
 
 BASE = "http://build-index.test"
 
@@ -95,16 +100,117 @@ def index_manifest(children: list[bytes]) -> bytes:
     return json.dumps(doc).encode()
 
 
-class App:
-    """A BuildIndexHTTP over a synchronous TagStore and a fake origin, behind StubTreq."""
+class MemoryBackend:
+    """An in-memory ``IBackend``: names to bytes, with a log of calls.
+    ``failures`` makes that many next calls raise ``BackendUnavailable``;
+    ``hold`` makes uploads wait for a Deferred the test fires."""
 
-    def __init__(self, path: str, max_page: int = 1000, max_manifest_size: int = 4 << 20) -> None:
-        self.reactor = InlineReactor()
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.failures = 0
+        self.hold: Deferred[None] | None = None
+
+    def _maybe_fail(self, op: str, name: str) -> None:
+        self.calls.append((op, name))
+        if self.failures > 0:
+            self.failures -= 1
+            raise BackendUnavailable(f"{op} {name}: storage is down")
+
+    async def stat(self, namespace: str, name: str) -> Any:
+        self._maybe_fail("stat", name)
+        if name not in self.blobs:
+            raise BlobNotFound(namespace, name)
+        return len(self.blobs[name])
+
+    async def download(self, namespace: str, name: str, path: str) -> None:
+        self._maybe_fail("download", name)
+        if name not in self.blobs:
+            raise BlobNotFound(namespace, name)
+        _write_file(path, self.blobs[name])
+
+    async def upload(self, namespace: str, name: str, path: str) -> None:
+        self._maybe_fail("upload", name)
+        if self.hold is not None:
+            await self.hold
+        self.blobs[name] = _read_file(path)
+
+    async def list(self, prefix: str = "", *, continuation: str | None = None, limit: int = 1000) -> Any:
+        raise NotImplementedError
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class FakeRegistryBackend:
+    """What a tag backend needs of ``RegistryBackend``: ``resolve_tag``."""
+
+    def __init__(self) -> None:
+        self.tags: dict[tuple[str, str], Digest] = {}
+        self.error: Exception | None = None
+
+    async def resolve_tag(self, repo: str, tag: str) -> Digest:
+        if self.error is not None:
+            raise self.error
+        try:
+            return self.tags[(repo, tag)]
+        except KeyError:
+            raise BlobNotFound(repo, f"{repo}:{tag}") from None
+
+    async def upload(self, namespace: str, name: str, path: str) -> None:
+        raise AssertionError("read-only")
+
+
+def tag_backends(scratch: str, *routes: tuple[str, str, Any]) -> TagBackends:
+    """Tag backends over fakes: routes of (namespace regex, kind, backend)."""
+    worker = InlineWorker()
+    return TagBackends([(ns, TagBackend(kind, ns, backend, worker, scratch)) for ns, kind, backend in routes])
+
+
+class App:
+    """A BuildIndexHTTP over a synchronous TagStore and a fake origin, behind
+    StubTreq; with ``backends``, a write-back loop (started) too, and with
+    ``neighbours`` a duplicator."""
+
+    def __init__(
+        self,
+        path: str,
+        max_page: int = 1000,
+        max_manifest_size: int = 4 << 20,
+        *,
+        backends: TagBackends | None = None,
+        neighbours: list[tuple[str, Any]] | None = None,
+        reactor: InlineReactor | None = None,
+        stagger: float = 1200.0,
+    ) -> None:
+        self.reactor = InlineReactor() if reactor is None else reactor
         self.origin = FakeOrigin()
         self.tags = open_store(path, self.reactor, max_page=max_page)
         origin: Any = self.origin
+        self.writeback: TagWriteBack | None = None
+        if backends is not None:
+            self.writeback = TagWriteBack(self.tags, backends, clock=self.reactor, backoff_min=1.0, backoff_max=8.0)
+            self.writeback.startService()
+        self.duplicator: Duplicator | None = None
+        if neighbours is not None:
+            self.duplicator = Duplicator(neighbours, clock=self.reactor, stagger=stagger, attempts=3, backoff=10.0)
+            self.duplicator.startService()
         self.http = BuildIndexHTTP(
-            self.tags, origin, clock=self.reactor, max_manifest_size=max_manifest_size, max_page=max_page
+            self.tags,
+            origin,
+            clock=self.reactor,
+            max_manifest_size=max_manifest_size,
+            max_page=max_page,
+            backends=backends,
+            writeback=self.writeback,
+            duplicator=self.duplicator,
         )
         self.stub = StubTreq(self.http.resource())
 
@@ -127,4 +233,8 @@ class App:
         return code, json.loads(body)
 
     def close(self) -> None:
+        if self.duplicator is not None:
+            self.duplicator.stopService()
+        if self.writeback is not None:
+            self.writeback.stopService()
         self.tags.stopService()

@@ -137,3 +137,85 @@ def test_service_wiring(tmp_path: Any) -> None:
         reactor.run_thread_calls()
     assert [e["log_format"] for e in events] == ["tag database {path} open"]
     assert database.exists()
+
+
+# -- backends, writeback, cluster ---------------------------------------------------
+
+
+def test_backends_writeback_and_cluster_keys(tmp_path: Any) -> None:
+    path = write(
+        tmp_path / "bi.yaml",
+        "listen_http: 'tcp:15004:interface=10.0.0.1'\n"
+        "backends:\n"
+        "  - namespace: 'library/.*'\n"
+        "    registry: {address: 'registry.example:5000'}\n"
+        "  - namespace: '.*'\n"
+        "    fs: {root: /srv/tags, name_path: docker_tag}\n"
+        "writeback: {concurrency: 2, backoff_min: 2s, backoff_max: 1m}\n"
+        "cluster:\n"
+        "  nodes: ['http://10.0.0.1:15004', 'HTTP://10.0.0.2:15004/', 'http://10.0.0.3:15004']\n"
+        "  duplicate_stagger: 5m\n",
+    )
+    cfg = parse("--config", path)["parsed"]
+    assert [b.kind()[0] for b in cfg.backends] == ["registry", "fs"]
+    assert (cfg.writeback.concurrency, cfg.writeback.backoff_min, cfg.writeback.backoff_max) == (2, 2.0, 60.0)
+    assert cfg.cluster.duplicate_stagger == 300.0
+    # this node (advertise derived from listen_http) is skipped; URLs are normalized
+    assert cfg.cluster.self_url(cfg.listen_http) == "http://10.0.0.1:15004"
+    assert cfg.cluster.neighbours(cfg.listen_http) == ["http://10.0.0.2:15004", "http://10.0.0.3:15004"]
+    explicit = attrs.evolve(cfg.cluster, advertise="http://10.0.0.3:15004")
+    assert explicit.neighbours(cfg.listen_http) == ["http://10.0.0.1:15004", "http://10.0.0.2:15004"]
+
+
+@pytest.mark.parametrize(
+    "text, key, message",
+    [
+        ("backends:\n  - namespace: '.*'\n    s3: {bucket: b, nonsense: 1}\n", "backends.0.s3.nonsense", "unknown key"),
+        ("backends:\n  - namespace: '.*'\n    fs: {root: /x}\n", "backends.0.fs", "name_path"),
+        ("backends:\n  - namespace: '('\n    fs: {root: /x, name_path: docker_tag}\n", "backends.0", "regular"),
+        ("backends:\n  - namespace: '.*'\n", "backends.0", "exactly one backend kind"),
+        ("writeback: {backoff_min: 10s, backoff_max: 1s}\n", "writeback", "backoff_max"),
+        ("cluster: {nodes: ['bi-2:15004']}\n", "cluster", "nodes[0]"),
+        ("cluster: {nodes: [http://a:1], advertise: 'ftp://x'}\n", "cluster", "advertise"),
+        ("cluster: {duplicate_attempts: 0}\n", "cluster", "duplicate_attempts"),
+        ("cluster: {duplicate_stagger: soon}\n", "cluster.duplicate_stagger", "duration"),
+    ],
+)
+def test_bad_backend_and_cluster_keys_name_file_and_key(tmp_path: Any, text: str, key: str, message: str) -> None:
+    path = write(tmp_path / "bad.yaml", text)
+    with pytest.raises(usage.UsageError) as info:
+        parse("--config", path)
+    assert f"{path}: {key}" in str(info.value)
+    assert message in str(info.value)
+
+
+def test_service_wiring_with_backends_and_cluster(tmp_path: Any) -> None:
+    database = tmp_path / "state" / "tags.db"
+    scratch = tmp_path / "state" / "tag-scratch"
+    scratch.mkdir(parents=True)
+    (scratch / ".kraken-tag-leftover").write_text("x")
+    text = (
+        f"database: {database}\n"
+        "backends:\n"
+        f"  - namespace: '.*'\n    fs: {{root: {tmp_path / 'fs'}, name_path: sharded_docker_blob}}\n"
+        "cluster:\n"
+        "  nodes: ['http://127.0.0.1:15004', 'http://bi-2:15004']\n"
+    )
+    options = parse("--config", write(tmp_path / "bi.yaml", text))
+    reactor = ThreadReactor()
+    with capturedLogs() as events:
+        service = tap.makeService(options, reactor=reactor)
+    assert [s.name for s in service] == ["tags", "threads-io", "http-client", "writeback", "duplicate", "http"]
+    assert list(scratch.iterdir()) == []  # swept
+    assert service.getServiceNamed("duplicate").neighbours == ["http://bi-2:15004"]
+    [cluster] = [e for e in events if "cluster" in e["log_format"]]
+    assert cluster["me"] == "http://127.0.0.1:15004" and cluster["neighbours"] == ["http://bi-2:15004"]
+    stopped: list[Any] = []
+    try:
+        service.privilegedStartService()
+        service.startService()
+    finally:
+        service.stopService().addBoth(stopped.append)
+    assert len(stopped) == 1 and all(ok for ok, _ in stopped[0]), stopped
+    reactor.run_thread_calls()
+    assert [c for c in reactor.getDelayedCalls() if c.active()] == []
