@@ -323,6 +323,13 @@ def _fails_over(error: BaseException) -> bool:
     return isinstance(error, NETWORK_ERRORS)
 
 
+def _transient(error: BaseException) -> bool:
+    """A failure that another try soon may not meet: the network, or a gateway's 429/502/504."""
+    if isinstance(error, HTTPStatusError):
+        return error.code in (429, 502, 504)
+    return isinstance(error, NETWORK_ERRORS)
+
+
 class ClusterClient:
     """Talks to the origin cluster, as the proxy, tracker and build-index do.
 
@@ -332,9 +339,11 @@ class ClusterClient:
     members of its placement, best first), remembers the answer for
     ``locations_ttl`` seconds, and goes to the first location; a network
     error, 429 or any 5xx there moves on to the next (each location gets one
-    attempt). When every location failed, the locations are asked again and
+    attempt). When every location failed and one of them could not be
+    reached (or answered 429, 502, 504), the locations are asked again and
     the round repeats after a backoff, as ``http_client.retries`` and
-    ``backoff`` say. A 404 or another answer below 500 ends the search:
+    ``backoff`` say; when all answered 500 or 503, the error is raised at
+    once. A 404 or another answer below 500 ends the search:
     every location of a blob holds it, or can fetch it from the backend.
 
     The methods are those of ``OriginClient``; ``upload`` goes to the first
@@ -435,6 +444,7 @@ class ClusterClient:
         delays = [min(self._config.max_backoff, self._config.backoff * 2**i) for i in range(self._config.retries)]
         while True:
             error: BaseException | None = None
+            transient = False  # an origin unreachable or restarting: worth another round
             try:
                 bases = await self.locations(digest)
             except CancelledError:
@@ -442,7 +452,7 @@ class ClusterClient:
             except Exception as e:
                 if not _fails_over(e):
                     raise
-                bases, error = (), e
+                bases, error, transient = (), e, True
             for i, base in enumerate(bases):
                 try:
                     return await call(self.client(base))
@@ -452,6 +462,7 @@ class ClusterClient:
                     if not _fails_over(e):
                         raise
                     error = e
+                    transient = transient or _transient(e)
                     # Ask for the locations again next time: the ring may be leaving this one out by then.
                     self._locations.pop(digest, None)
                     if i + 1 < len(bases):
@@ -466,8 +477,8 @@ class ClusterClient:
             self.failed_rounds += 1
             self._locations.pop(digest, None)  # ask again: the ring may have moved
             assert error is not None
-            if not delays:
-                raise error
+            if not delays or not transient:
+                raise error  # every location answered (500, 503: its backend is down): asking again now won't help
             delay = delays.pop(0)
             log.warn(
                 "{what}: no origin answered ({error}); trying again in {delay:.2f}s",

@@ -62,7 +62,7 @@ class ProxyBackend:
             return None
 
     async def blob_resource(self, repo: str, digest: Digest) -> IResource | None:
-        size = await self._origin.stat(repo, digest)
+        size = await self.stat_blob(repo, digest)
         if size is None:
             return None
         return RelayedBlob(self._origin, repo, digest, size)
