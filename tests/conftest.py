@@ -14,6 +14,10 @@
   line is seen (a timeout is only the backstop) and stops the process at the
   end. When a test fails, the herd's output since that test started is added
   to the report.
+- ``herd_launcher``: private herds for one test, with ``extra`` configuration
+  deep-merged over the generated one (``{"origin": {"backends": [...]}}``),
+  and ``restart(herd)`` on the same ports, state directory and configuration.
+  ``Herd.wait_for_lines`` waits for log lines (an event, not a polling loop).
 """
 
 from __future__ import annotations
@@ -25,12 +29,15 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import pytest_twisted
+import yaml
 from processes import OutputReader
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,6 +152,50 @@ class HerdPorts:
         return first, first + 1, first + 2
 
 
+class LineWatch:
+    """A child's stdout as ``OutputReader`` reads it, offering every line to threads waiting for one.
+
+    ``OutputReader`` reads through ``readline``; each line is kept here too (same indexes as the reader's
+    ``snapshot``) and waiters are woken, so a test waits for a log line instead of polling for it.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._changed = threading.Condition()
+        self._lines: list[str] = []
+        self._ended = False
+
+    def readline(self) -> bytes:
+        raw: bytes = self._stream.readline()
+        with self._changed:
+            if raw:
+                self._lines.append(raw.decode("utf-8", errors="replace").rstrip("\n"))
+            else:
+                self._ended = True
+            self._changed.notify_all()
+        return raw
+
+    def count(self) -> int:
+        with self._changed:
+            return len(self._lines)
+
+    def wait(self, done: Callable[[str], bool], start: int, timeout: float) -> bool:
+        """Feed the lines from index ``start`` on, in order, to ``done`` (waiting for new ones) until it
+        returns True; False when the output ends or after ``timeout`` seconds (a backstop)."""
+        deadline = time.monotonic() + timeout
+        position = start
+        with self._changed:
+            while True:
+                while position < len(self._lines):
+                    if done(self._lines[position]):
+                        return True
+                    position += 1
+                remaining = deadline - time.monotonic()
+                if self._ended or remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+
+
 @dataclass
 class Herd:
     """A running ``kraken-herd``; ``registry``/``url`` address its proxy (the Docker registry API)."""
@@ -156,6 +207,9 @@ class Herd:
     log_path: str
     process: subprocess.Popen[bytes]
     output: OutputReader = field(repr=False)
+    watch: LineWatch = field(repr=False)
+    base_dir: str = ""
+    extra: Mapping[str, Any] | None = None
 
     @property
     def proxy_port(self) -> int:
@@ -194,6 +248,12 @@ class Herd:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def wait_for_lines(self, done: Callable[[str], bool], start: int = 0, timeout: float = 60.0) -> bool:
+        """Wait until ``done`` returns True for one of the herd's output lines from index ``start`` on
+        (``done`` sees each line once, in order). False if the herd's output ended first, or after
+        ``timeout`` seconds (a backstop)."""
+        return self.watch.wait(done, start, timeout)
+
 
 def free_agent_base(agents: int) -> int:
     """A port p with p+1000k+{0,1,2} free for every agent k (probed by binding them all at once)."""
@@ -216,26 +276,52 @@ def free_agent_base(agents: int) -> int:
     raise RuntimeError("no free block of agent ports found")
 
 
-def write_herd_config(path: str, state_dir: str, ports: HerdPorts) -> None:
+def merge_config(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` deep-merged over it (maps merge, anything else replaces), as ``extends:`` does."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_config(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def herd_config(state_dir: str, ports: HerdPorts, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A test herd's configuration: loopback listeners on ``ports``, state in ``state_dir``, the origin's
+    P2P egress capped; ``extra`` (e.g. ``{"origin": {"backends": [...]}}``) is deep-merged over it."""
+    loopback = "interface=127.0.0.1"
+    config: dict[str, Any] = {
+        "state_dir": state_dir,
+        "proxy": {"listen_http": f"tcp:{ports.proxy}:{loopback}"},
+        "origin": {
+            "listen_http": f"tcp:{ports.origin}:{loopback}",
+            "p2p": {
+                "listen": f"tcp:{ports.origin_p2p}:{loopback}",
+                "bandwidth": {"enabled": True, "egress_bits_per_sec": ORIGIN_EGRESS_BITS},
+            },
+        },
+        "tracker": {"listen_http": f"tcp:{ports.tracker}:{loopback}"},
+        "build_index": {"listen_http": f"tcp:{ports.build_index}:{loopback}"},
+        "agents": ports.agents,
+        "agent_base_port": ports.agent_base,
+    }
+    return merge_config(config, extra or {})
+
+
+def write_herd_config(path: str, state_dir: str, ports: HerdPorts, extra: Mapping[str, Any] | None = None) -> None:
     with open(path, "w") as f:
-        f.write(
-            f'state_dir: "{state_dir}"\n'
-            f'proxy: {{listen_http: "tcp:{ports.proxy}:interface=127.0.0.1"}}\n'
-            f'origin: {{listen_http: "tcp:{ports.origin}:interface=127.0.0.1",'
-            f' p2p: {{listen: "tcp:{ports.origin_p2p}:interface=127.0.0.1",'
-            f" bandwidth: {{enabled: true, egress_bits_per_sec: {ORIGIN_EGRESS_BITS}}}}}}}\n"
-            f'tracker: {{listen_http: "tcp:{ports.tracker}:interface=127.0.0.1"}}\n'
-            f'build_index: {{listen_http: "tcp:{ports.build_index}:interface=127.0.0.1"}}\n'
-            f"agents: {ports.agents}\n"
-            f"agent_base_port: {ports.agent_base}\n"
-        )
+        yaml.safe_dump(herd_config(state_dir, ports, extra), f, sort_keys=False)
 
 
-def start_herd(base_dir: str, ports: HerdPorts | None = None, *, agents: int = 3) -> Herd:
+def start_herd(
+    base_dir: str, ports: HerdPorts | None = None, *, agents: int = 3, extra: Mapping[str, Any] | None = None
+) -> Herd:
     """Start ``twistd -n --pidfile= kraken-herd`` in ``base_dir`` and wait for its ready line.
 
     ``ports`` default to free ones (with ``agents`` agents); the state lives in ``base_dir/state``, so a herd
-    started again on the same ``base_dir`` (and ``ports``) finds what the previous one stored.
+    started again on the same ``base_dir`` (and ``ports``) finds what the previous one stored. ``extra`` is
+    deep-merged over the generated configuration (see ``herd_config``).
     """
     state_dir = os.path.join(base_dir, "state")
     config_path = os.path.join(base_dir, "herd.yaml")
@@ -243,7 +329,7 @@ def start_herd(base_dir: str, ports: HerdPorts | None = None, *, agents: int = 3
     runs = sum(1 for name in os.listdir(base_dir) if name.startswith("herd-") and name.endswith(".log"))
     log_path = os.path.join(base_dir, f"herd-{runs + 1}.log")
     ports = ports or HerdPorts.free(agents)
-    write_herd_config(config_path, state_dir, ports)
+    write_herd_config(config_path, state_dir, ports, extra)
     process = subprocess.Popen(
         twistd_command("kraken-herd", "--config", config_path),
         cwd=REPO_ROOT,
@@ -252,8 +338,9 @@ def start_herd(base_dir: str, ports: HerdPorts | None = None, *, agents: int = 3
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    output = OutputReader(process.stdout, log_path, HERD_READY)
-    herd = Herd("127.0.0.1", ports, state_dir, config_path, log_path, process, output)
+    watch = LineWatch(process.stdout)
+    output = OutputReader(watch, log_path, HERD_READY)
+    herd = Herd("127.0.0.1", ports, state_dir, config_path, log_path, process, output, watch, base_dir, extra)
     output.settled.wait(HERD_START_TIMEOUT)
     if not output.ready.is_set():
         stop_herd(herd)
@@ -298,19 +385,31 @@ def twistd() -> Twistd:
 
 
 class HerdLauncher:
-    """Private herds for one test: ``start(base_dir, ports=None, agents=3)`` and ``stop(herd)``; all stopped at
-    the end."""
+    """Private herds for one test: ``start(base_dir, ports=None, agents=3, extra=None)``, ``stop(herd)`` and
+    ``restart(herd)`` (the same ports, state directory and configuration); all stopped at the end."""
 
     def __init__(self) -> None:
         self._started: list[Herd] = []
 
-    def start(self, base_dir: str, ports: HerdPorts | None = None, *, agents: int = 3) -> Herd:
-        herd = start_herd(base_dir, ports, agents=agents)
+    def start(
+        self,
+        base_dir: str,
+        ports: HerdPorts | None = None,
+        *,
+        agents: int = 3,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Herd:
+        herd = start_herd(base_dir, ports, agents=agents, extra=extra)
         self._started.append(herd)
         return herd
 
     def stop(self, herd: Herd) -> int:
         return stop_herd(herd)
+
+    def restart(self, herd: Herd) -> Herd:
+        """Stop ``herd`` if it runs, then start a new one on its ports, state directory and configuration."""
+        self.stop(herd)
+        return self.start(herd.base_dir, herd.ports, agents=herd.ports.agents, extra=herd.extra)
 
     def stop_all(self) -> None:
         for herd in self._started:

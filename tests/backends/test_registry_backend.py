@@ -1,9 +1,8 @@
 """The upstream-registry backend against Debian's docker-registry, and its auth against fakes.
 
-The ``docker_registry`` fixture starts ``docker-registry serve`` with
-filesystem storage under a temporary directory on a port the OS picks,
-reads its output in a thread until the ``listening on`` line (a timeout is
-only the backstop) and stops it at the end of the module. Blobs and a
+The ``docker_registry`` fixture starts ``docker-registry serve`` (through
+``tests/servers.py``) with filesystem storage under a temporary directory on
+a port the OS picks, and stops it at the end of the module. Blobs and a
 manifest are pushed to it with plain urllib before the tests run.
 docker-registry's token auth needs certificates, so the bearer and basic
 flows are tested against a small fake registry and token server in-process.
@@ -16,8 +15,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -26,7 +23,7 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
-from processes import OutputReader
+from servers import running_docker_registry
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -38,7 +35,6 @@ from kraken.core import Digest
 from kraken.net.client import HTTPClientConfig
 from kraken.store.workers import ThreadWorker
 
-START_TIMEOUT = 30.0  # seconds; a backstop, the fixture waits for the "listening on" line
 REPO = "library/kraken-test"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -101,36 +97,8 @@ def _push(url: str) -> Pushed:
 
 @pytest.fixture(scope="module")
 def docker_registry(tmp_path_factory: Any) -> Iterator[Pushed]:
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        pytest.fail("docker-registry is not installed: run .ci/install (it installs Debian's docker-registry)")
-    work = tmp_path_factory.mktemp("registry")
-    config = work / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log: {level: info, formatter: text}\n"
-        f"storage: {{filesystem: {{rootdirectory: {work / 'data'}}}}}\n"
-        "http: {addr: '127.0.0.1:0', secret: kraken-test}\n"
-    )
-    process = subprocess.Popen(
-        [binary, "serve", str(config)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    assert process.stdout is not None
-    output = OutputReader(process.stdout, None, re.compile(r"listening on (\S+?)\"?(\s|$)"), name="registry-output")
-    try:
-        output.settled.wait(START_TIMEOUT)
-        if output.match is None:
-            raise RuntimeError(f"docker-registry did not start (rc={process.poll()}):\n" + "\n".join(output.snapshot()))
-        yield _push(f"http://{output.match.group(1)}")
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        output.join(30)
-        process.stdout.close()
+    with running_docker_registry(str(tmp_path_factory.mktemp("registry"))) as registry:
+        yield _push(registry.url)
 
 
 def _backend(reactor: Any, http: Any, address: str, clock: Any = None, **settings: Any) -> RegistryBackend:

@@ -1,9 +1,9 @@
 """The S3 backend against a real moto server, plus its signer and error mapping.
 
 The ``moto_server`` fixture starts moto's ``moto_server`` (from this
-interpreter's venv) on a port the OS picks, reads its output in a thread
-until the ``Running on http://...`` line (a timeout is only the backstop)
-and stops it at the end of the module. moto does not verify signatures, so
+interpreter's venv, through ``tests/servers.py``) on a port the OS picks,
+creates a bucket and stops the server at the end of the module. moto does
+not verify signatures, so
 the signer is checked against the worked examples of the AWS S3 SigV4
 documentation instead.
 """
@@ -13,10 +13,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-import re
 import socket
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +22,7 @@ import attrs
 import pytest
 import pytest_twisted
 from botocore.credentials import Credentials
-from processes import OutputReader
+from servers import S3_ACCESS_KEY, S3_SECRET_KEY, running_moto
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -43,10 +40,9 @@ from kraken.store.workers import ThreadWorker
 
 from .conformance import BackendConformance
 
-MOTO_START_TIMEOUT = 60.0  # seconds; a backstop, the fixture waits for the "Running on" line
 MIB = 1 << 20
-ACCESS_KEY = "kraken-test"
-SECRET_KEY = "kraken-test-secret"
+ACCESS_KEY = S3_ACCESS_KEY
+SECRET_KEY = S3_SECRET_KEY
 
 
 # --------------------------------------------------------------------------- the moto server
@@ -58,53 +54,12 @@ class Moto:
     bucket: str
 
 
-def _moto_command() -> list[str]:
-    beside = os.path.join(os.path.dirname(sys.executable), "moto_server")
-    if not os.access(beside, os.X_OK):
-        pytest.fail("moto_server is not installed: run .ci/install (moto[server] is in the test extras)")
-    return [beside, "-H", "127.0.0.1", "-p", "0"]
-
-
 @pytest.fixture(scope="module")
 def moto_server() -> Iterator[Moto]:
-    process = subprocess.Popen(
-        _moto_command(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    output = OutputReader(process.stdout, None, re.compile(r"Running on (http://\S+)"), name="moto-output")
-    try:
-        output.settled.wait(MOTO_START_TIMEOUT)
-        if output.match is None:
-            raise RuntimeError(f"moto_server did not start (rc={process.poll()}):\n" + "\n".join(output.snapshot()))
-        moto = Moto(output.match.group(1).rstrip("/"), f"kraken-{uuid.uuid4().hex[:12]}")
-        _create_bucket(moto)
+    with running_moto() as server:
+        moto = Moto(server.url, f"kraken-{uuid.uuid4().hex[:12]}")
+        server.create_bucket(moto.bucket)
         yield moto
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        output.join(30)
-        process.stdout.close()
-
-
-def _create_bucket(moto: Moto) -> None:
-    import boto3  # installed with moto
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        region_name="us-east-1",
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-    )
-    client.create_bucket(Bucket=moto.bucket)
 
 
 # --------------------------------------------------------------------------- the backend under test
