@@ -38,6 +38,7 @@ from kraken.backends.base import (
     ListPage,
 )
 from kraken.backends.names import Pather
+from kraken.store.files import remove_quietly
 from kraken.store.workers import Worker
 
 TEMP_PREFIX = ".kraken-part-"
@@ -111,13 +112,6 @@ def _stat(local: str, namespace: str, name: str) -> BlobInfo:
     return BlobInfo(st.st_size)
 
 
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
 def _download(local: str, dest: str, namespace: str, name: str) -> None:
     try:
         src = open(local, "rb")
@@ -133,7 +127,7 @@ def _download(local: str, dest: str, namespace: str, name: str) -> None:
                 _copy(src, out, read_fault=local)
             os.replace(tmp, dest)
         except BaseException:
-            _remove_quietly(tmp)
+            remove_quietly(tmp)
             raise
 
 
@@ -190,7 +184,7 @@ def _upload(source: str, local: str) -> None:
             except OSError as e:
                 raise _unavailable("rename into", local, e) from e
         except BaseException:
-            _remove_quietly(tmp)
+            remove_quietly(tmp)
             raise
 
 

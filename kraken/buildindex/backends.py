@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from kraken.backends import BlobNotFound, IBackend
 from kraken.backends.config import BUILDERS, BackendConfig
 from kraken.core import Digest, DigestError
+from kraken.store.files import remove_quietly
 from kraken.store.workers import Worker
 
 #: Kinds whose tags live in files laid out by the docker_tag pather.
@@ -93,7 +94,7 @@ class TagBackend:
         try:
             text = await self._worker.run(_read_link, path)
         finally:
-            await self._worker.run(_unlink_quietly, path)
+            await self._worker.run(remove_quietly, path)
         try:
             return Digest.parse(text)
         except DigestError:
@@ -113,7 +114,7 @@ class TagBackend:
         try:
             await self._backend.upload(repo, tag_name(repo, tag), path)
         finally:
-            await self._worker.run(_unlink_quietly, path)
+            await self._worker.run(remove_quietly, path)
 
 
 class TagBackends:
@@ -173,7 +174,7 @@ def sweep_scratch(scratch: str) -> int:
     """Remove link files a previous run left in ``scratch`` (blocking: call before the reactor runs)."""
     removed = 0
     for path in glob.glob(os.path.join(glob.escape(scratch), TEMP_PREFIX + "*")):
-        _unlink_quietly(path)
+        remove_quietly(path)
         removed += 1
     return removed
 
@@ -194,10 +195,3 @@ def _write_link(directory: str, text: str) -> str:
     with open(path, "xb") as f:
         f.write(text.encode("ascii"))
     return path
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

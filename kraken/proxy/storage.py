@@ -26,6 +26,7 @@ from kraken.origin.client import ClusterClient
 from kraken.registry.backend import IRegistryBackend, ManifestRecord, Page
 from kraken.registry.errors import ManifestBlobUnknown, Unknown
 from kraken.store import Worker
+from kraken.store.files import remove_quietly
 from kraken.store.spool import SPOOL_PREFIX
 
 # Headers of the origin's blob response that the registry client should see.
@@ -82,7 +83,7 @@ class ProxyBackend:
         try:
             await self._origin.upload(repo, record.digest, path, len(body))
         finally:
-            await self._worker.run(_unlink_quietly, path)
+            await self._worker.run(remove_quietly, path)
         await self._index.put_manifest(repo, record)
         if tag is not None:
             try:
@@ -111,13 +112,6 @@ def _write_scratch(directory: str, body: bytes) -> str:
     with os.fdopen(fd, "wb") as f:
         f.write(body)
     return path
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 @implementer(IResource)

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from kraken.core import Digest, MetaInfo, PieceLengthRule
 from kraken.store.downloads import DownloadArea, pread
+from kraken.store.files import remove_quietly
 from kraken.store.uploads import COPY_CHUNK, UploadArea
 from kraken.store.workers import Worker
 
@@ -136,7 +137,7 @@ class CAStore:
             info = await self._piece_sums(src, expected, self.uploads.size(uid))
             result = await self._worker.run(_install, src, info, self._tmp, final, self._now())
         else:
-            await self._worker.run(_unlink_quietly, src)
+            await self._worker.run(remove_quietly, src)
             result = CommitResult(existing, created=False)
         self.uploads.forget(uid)
         if not result.created:
@@ -181,13 +182,6 @@ def _hash_pieces(src: str, piece_length: int, first: int, last: int) -> list[byt
                 left -= len(chunk)
             sums.append(h.digest())
     return sums
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _install(src: str, info: MetaInfo, tmp_root: str, final: str, now: float) -> CommitResult:

@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from kraken.core import Digest
+from kraken.store.files import remove_quietly
 from kraken.store.spool import SPOOL_PREFIX, BodySpool
 from kraken.store.workers import Worker
 
@@ -70,7 +71,7 @@ class UploadArea:
         # Request bodies (``body-*``) of a previous run were never finished.
         for name in os.listdir(root):
             if name.startswith(SPOOL_PREFIX):
-                _unlink_quietly(os.path.join(root, name))
+                remove_quietly(os.path.join(root, name))
 
     def spool(self, *, pause: Callable[[], None], resume: Callable[[], None]) -> BodySpool:
         """A sink for a request body, on the upload area's filesystem, so
@@ -154,7 +155,7 @@ class UploadArea:
     async def delete(self, uid: str) -> None:
         path = self.path(uid)
         self._live.pop(uid, None)
-        await self._worker.run(_unlink_quietly, path)
+        await self._worker.run(remove_quietly, path)
 
     def forget(self, uid: str) -> None:
         """Drop the bookkeeping of an upload whose file was moved away."""
@@ -207,13 +208,6 @@ def _hash_file(path: str) -> str:
         while chunk := f.read(COPY_CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _stale_files(root: str, before: float) -> list[str]:
