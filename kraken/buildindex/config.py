@@ -16,29 +16,19 @@ from kraken.config import Duration, Size, positive
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen, host_port
 from kraken.origin.client import check_origins
+from kraken.store.retries import RetryConfig
 
 #: The longest write-back delay a duplicated tag may ask for (a week).
 MAX_DUPLICATE_DELAY = 7 * 86400.0
 
 
-def _check_backoff(instance: WriteBackConfig, attribute: object, value: float) -> None:
-    if instance.backoff_max < instance.backoff_min:
-        raise ValueError(
-            f"backoff_max ({instance.backoff_max}s) must not be below backoff_min ({instance.backoff_min}s)"
-        )
-
-
 @attrs.frozen
-class WriteBackConfig:
+class WriteBackConfig(RetryConfig):
     """The durable queue that writes accepted tags to their namespace's
     backend (only used when ``backends`` is set). Its tasks live in the tag
-    database."""
-
-    # Tag uploads running at once.
-    concurrency: int = attrs.field(default=4, validator=positive)
-    # A failed upload is tried again after backoff_min, doubling per failure up to backoff_max.
-    backoff_min: Duration = attrs.field(default=Duration(1.0), validator=positive)
-    backoff_max: Duration = attrs.field(default=Duration(300.0), validator=[positive, _check_backoff])
+    database. ``concurrency`` (tag uploads running at once), ``backoff_min``
+    and ``backoff_max`` (a failed upload is tried again after backoff_min,
+    doubling per failure up to backoff_max) come from ``RetryConfig``."""
 
 
 def normalize_url(url: str) -> str:

@@ -18,6 +18,7 @@ from kraken.core import PieceLengthRule
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen, host_port
 from kraken.p2p.config import OriginP2PConfig
+from kraken.store.retries import RetryConfig
 
 DEFAULT_LISTEN_HTTP = "tcp:15002:interface=127.0.0.1"
 
@@ -53,25 +54,16 @@ class ThreadsConfig:
     io: int = attrs.field(default=4, validator=positive)  # disk: uploads, commits, stats
 
 
-def _check_backoff(instance: WriteBackConfig, attribute: object, value: float) -> None:
-    if instance.backoff_max < instance.backoff_min:
-        raise ValueError(
-            f"backoff_max ({instance.backoff_max}s) must not be below backoff_min ({instance.backoff_min}s)"
-        )
-
-
 @attrs.frozen
-class WriteBackConfig:
+class WriteBackConfig(RetryConfig):
     """The durable queue that uploads committed blobs to their backend
-    (only used when ``backends`` is set)."""
+    (only used when ``backends`` is set). ``concurrency`` (uploads running
+    at once), ``backoff_min`` and ``backoff_max`` (a failed upload is tried
+    again after backoff_min, doubling per failure up to backoff_max) come
+    from ``RetryConfig``."""
 
     # The SQLite database of pending tasks; default <store.root>/writeback.db. Its directory is created.
     database: str | None = None
-    # Uploads running at once.
-    concurrency: int = attrs.field(default=4, validator=positive)
-    # A failed upload is tried again after backoff_min, doubling per failure up to backoff_max.
-    backoff_min: Duration = attrs.field(default=Duration(1.0), validator=positive)
-    backoff_max: Duration = attrs.field(default=Duration(300.0), validator=[positive, _check_backoff])
     # A replica's copy of a blob (sent by the origin that took the upload) is written back only after
     # replica_delay x k (k = 1, 2... its place among the other replicas), if the backend lacks it by then.
     replica_delay: Duration = attrs.field(default=Duration(1800.0))

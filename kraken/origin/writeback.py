@@ -29,7 +29,9 @@ else) is recorded in ``attempts`` and ``last_error`` and the task is tried
 again after ``backoff_min`` doubling per attempt up to ``backoff_max``. At
 start every task that failed before is due at once; a task added with a
 ``delay`` (a replica's copy) that was never tried keeps it. Errors are
-logged and never stop the loop.
+logged and never stop the loop. The loop itself (scans, concurrency,
+backoff, stopping) is ``kraken.store.retries.RetryLoop``; this module holds
+the table and what one task does.
 
 ``pending(digest)`` answers from memory (a mirror of the table, loaded at
 start): a blob waiting for write-back must never be evicted.
@@ -42,16 +44,15 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.application.service import Service
 from twisted.enterprise import adbapi
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from kraken.backends import BackendError, BlobNotFound, NoBackend, Router
 from kraken.core import Digest
 from kraken.store import sqlite
+from kraken.store.retries import RetryLoop
 from kraken.store.workers import Worker
 
 SCHEMA_VERSION = 1
@@ -100,13 +101,15 @@ class _Task:
     attempts: int
 
 
-class WriteBackQueue(Service):
+class WriteBackQueue(RetryLoop[_Task, tuple[str, Digest]]):
     """The durable write-back queue and its worker loop. A ``Service``:
     starting it starts the pool, loads the pending tasks and runs them;
     stopping it cancels uploads in flight (they are tried again at the next
     start) and closes the pool."""
 
-    log = Logger()
+    what = "write-back"
+    expected_errors = (BackendError,)
+    max_error = _MAX_ERROR
 
     def __init__(
         self,
@@ -122,34 +125,19 @@ class WriteBackQueue(Service):
     ) -> None:
         """``blob_path`` is where a committed blob's data lives (``CAStore.blob_path``);
         ``worker`` runs the check that it still exists."""
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
-        if not 0 < backoff_min <= backoff_max:
-            raise ValueError(f"need 0 < backoff_min <= backoff_max, not {backoff_min}, {backoff_max}")
+        self._stats = WriteBackStats()
+        super().__init__(clock, self._stats, concurrency, backoff_min, backoff_max)
         self.setName("writeback")
         self._pool = pool
         self._router = router
         self._blob_path = blob_path
         self._worker = worker
-        self._clock = clock
-        self._concurrency = concurrency
-        self._backoff_min = backoff_min
-        self._backoff_max = backoff_max
-        self._stats = WriteBackStats()
         # digest -> namespaces with a task (mirror of the table).
         self._tasks: dict[Digest, set[str]] = {}
-        self._in_flight: dict[tuple[str, Digest], Deferred[None]] = {}
-        self._timer: IDelayedCall | None = None
-        self._scanning = False
-        self._rescan = False
-        self._stopping = False
-        self._idle_waiters: list[Deferred[None]] = []
 
     # -- lifecycle ---------------------------------------------------------
 
-    def startService(self) -> None:
-        super().startService()
-        self._stopping = False
+    def _start(self) -> None:
         self._pool.start()
         Deferred.fromCoroutine(self._load()).addErrback(
             lambda f: self.log.failure("cannot open write-back database {path}", f, path=self._path())
@@ -170,24 +158,13 @@ class WriteBackQueue(Service):
         for namespace, digest in rows:
             self._remember(namespace, Digest.parse(digest))
         self.log.info("write-back database {path} open, {count} tasks pending", path=self._path(), count=len(rows))
-        self._kick()
+        self.kick()
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
-        self._stopping = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self._fire_idle()
-        running = list(self._in_flight.values())
-        for d in running:
-            d.cancel()
-        done: Deferred[Any] = DeferredList(running, consumeErrors=True)
-
         def close(_: object) -> None:
             self._pool.close()
 
-        return done.addCallback(close)
+        return super().stopService().addCallback(close)
 
     def _path(self) -> str:
         return str(self._pool.connargs[0]) if self._pool.connargs else "?"
@@ -216,28 +193,12 @@ class WriteBackQueue(Service):
             self._stats.queued += 1
             self.log.debug("write-back of {digest} queued", digest=str(digest), namespace=namespace)
         self._remember(namespace, digest)
-        self._kick()
+        self.kick()
 
     def pending(self, digest: Digest) -> bool:
         """Whether ``digest`` waits for write-back (to any namespace's
         backend): such a blob must not be evicted."""
         return digest in self._tasks
-
-    def when_idle(self) -> Deferred[None]:
-        """Fires once no upload is running and no task is due (tasks waiting
-        out a backoff may remain), or when the queue stops."""
-        d: Deferred[None] = Deferred()
-        self._idle_waiters.append(d)
-        if self._stopping:
-            self._fire_idle()
-        else:
-            self._kick()
-        return d
-
-    def _fire_idle(self) -> None:
-        waiters, self._idle_waiters = self._idle_waiters, []
-        for d in waiters:
-            d.callback(None)
 
     def stats(self) -> WriteBackStats:
         return attrs.evolve(self._stats, pending=sum(len(ns) for ns in self._tasks.values()))
@@ -252,87 +213,29 @@ class WriteBackQueue(Service):
             if not namespaces:
                 del self._tasks[digest]
 
-    # -- the worker loop ---------------------------------------------------
+    # -- one task (the loop is RetryLoop's) --------------------------------
 
-    def _kick(self) -> None:
-        """Look for due tasks now (a scan in progress scans again after)."""
-        if not self.running or self._stopping:
-            return
-        if self._scanning:
-            self._rescan = True
-            return
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self._scanning = True
-        Deferred.fromCoroutine(self._scan()).addErrback(self._scan_failed)
+    async def _due(self, now: float, limit: int) -> tuple[list[_Task], float | None]:
+        def query(txn: adbapi.Transaction) -> tuple[list[tuple[str, str, int]], float | None]:
+            txn.execute("BEGIN")
+            txn.execute(
+                "SELECT namespace, digest, attempts FROM writeback WHERE next_attempt <= ?"
+                " ORDER BY next_attempt, created LIMIT ?",
+                (now, limit),
+            )
+            rows = [(r[0], r[1], int(r[2])) for r in txn.fetchall()]
+            txn.execute("SELECT MIN(next_attempt) FROM writeback WHERE next_attempt > ?", (now,))
+            (nxt,) = txn.fetchone()
+            return rows, nxt
 
-    def _scan_failed(self, failure: Failure) -> None:
-        self._scanning = False
-        self.log.failure("write-back scan failed; trying again in {delay}s", failure, delay=self._backoff_max)
-        self._schedule(self._backoff_max)
+        rows, following = await self._pool.runInteraction(query)
+        return [_Task(namespace, Digest.parse(text), attempts) for namespace, text, attempts in rows], following
 
-    def _schedule(self, delay: float) -> None:
-        if not self.running or self._stopping:
-            return
-        if self._timer is not None and self._timer.active():
-            if self._timer.getTime() <= self._clock.seconds() + delay:
-                return
-            self._timer.cancel()
-        self._timer = self._clock.callLater(max(0.0, delay), self._kick)
+    def _key(self, task: _Task) -> tuple[str, Digest]:
+        return (task.namespace, task.digest)
 
-    async def _scan(self) -> None:
-        self._rescan = False
-        free = self._concurrency - len(self._in_flight)
-        now = self._clock.seconds()
-        busy = set(self._in_flight)
-        due: list[_Task] = []
-        following: float | None = None
-        if free > 0:
-
-            def query(txn: adbapi.Transaction) -> tuple[list[tuple[str, str, int]], float | None]:
-                txn.execute("BEGIN")
-                txn.execute(
-                    "SELECT namespace, digest, attempts FROM writeback WHERE next_attempt <= ?"
-                    " ORDER BY next_attempt, created LIMIT ?",
-                    (now, free + len(busy)),
-                )
-                rows = [(r[0], r[1], int(r[2])) for r in txn.fetchall()]
-                txn.execute("SELECT MIN(next_attempt) FROM writeback WHERE next_attempt > ?", (now,))
-                (nxt,) = txn.fetchone()
-                return rows, nxt
-
-            rows, following = await self._pool.runInteraction(query)
-            for namespace, text, attempts in rows:
-                digest = Digest.parse(text)
-                if (namespace, digest) not in busy and len(due) < free:
-                    due.append(_Task(namespace, digest, attempts))
-        if self._stopping:
-            self._scanning = False
-            return
-        # Still "scanning" while starting them: an upload that finishes at once
-        # asks for a rescan instead of scanning beside this loop.
-        for task in due:
-            key = (task.namespace, task.digest)
-            d = Deferred.fromCoroutine(self._run(task))
-            if not d.called:
-                self._in_flight[key] = d
-            d.addBoth(self._finished, key)
-        self._scanning = False
-        if self._rescan:
-            self._kick()
-            return
-        if not due and not self._in_flight:
-            self._fire_idle()
-        if following is not None:
-            # Finished uploads kick a scan themselves; the timer covers tasks in backoff.
-            self._schedule(following - now)
-
-    def _finished(self, result: object, key: tuple[str, Digest]) -> None:
-        self._in_flight.pop(key, None)
-        if isinstance(result, Failure) and not result.check(CancelledError):
-            self.log.failure("write-back of {digest} failed", result, digest=str(key[1]), namespace=key[0])
-        self._kick()
+    def _describe(self, task: _Task) -> tuple[str, dict[str, Any]]:
+        return "write-back of {digest}", dict(digest=str(task.digest), namespace=task.namespace)
 
     async def _run(self, task: _Task) -> None:
         namespace, digest = task.namespace, task.digest
@@ -381,31 +284,11 @@ class WriteBackQueue(Service):
         )
         await self._delete(task)
 
-    def backoff(self, attempts: int) -> float:
-        """The wait before the next try after ``attempts`` failed ones."""
-        return float(min(self._backoff_max, self._backoff_min * 2 ** max(0, attempts - 1)))
-
-    async def _failed(self, task: _Task, error: Exception, failure: Failure) -> None:
-        attempts = task.attempts + 1
-        delay = self.backoff(attempts)
-        self._stats.failures += 1
-        text = f"{type(error).__name__}: {error}"[:_MAX_ERROR]
-        fields: dict[str, Any] = dict(
-            digest=str(task.digest), namespace=task.namespace, attempts=attempts, delay=delay, error=text
-        )
-        if isinstance(error, BackendError):
-            self.log.warn("write-back of {digest} failed (attempt {attempts}), retrying in {delay}s: {error}", **fields)
-        else:  # not the backend saying no: keep the traceback
-            self.log.failure(
-                "write-back of {digest} failed (attempt {attempts}), retrying in {delay}s", failure, **fields
-            )
-        if self._stopping:
-            return  # the pool is closing; the task runs again at the next start
+    async def _record_failure(self, task: _Task, attempts: int, next_attempt: float, error: str) -> None:
         await self._pool.runOperation(
             "UPDATE writeback SET attempts = ?, next_attempt = ?, last_error = ? WHERE namespace = ? AND digest = ?",
-            (attempts, self._clock.seconds() + delay, text, task.namespace, str(task.digest)),
+            (attempts, next_attempt, error, task.namespace, str(task.digest)),
         )
-        self._schedule(delay)
 
     async def _delete(self, task: _Task) -> None:
         await self._pool.runOperation(

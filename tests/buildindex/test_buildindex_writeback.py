@@ -10,6 +10,7 @@ import pytest
 from buildindex_fakes import FakeRegistryBackend, InlineReactor, MemoryBackend, open_store, result_of, tag_backends
 from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
+from writeback_harness import inline_clock  # noqa: F401  (the reactor fixture)
 
 from kraken.buildindex.backends import TagBackends
 from kraken.buildindex.tags import SCHEMA_VERSION, Pending, TagStore
@@ -18,13 +19,6 @@ from kraken.core import Digest
 
 D1 = Digest.from_bytes(b"one")
 D2 = Digest.from_bytes(b"two")
-
-
-@pytest.fixture
-def reactor() -> InlineReactor:
-    r = InlineReactor()
-    r.advance(1000.0)
-    return r
 
 
 @pytest.fixture

@@ -221,8 +221,9 @@ def test_every_blob_survives_the_loss_of_an_origin(daemons: Daemons, tmp_path: A
     expected = {layout.config.digest, *(layer.digest for layer in layout.layers)}
     manifest = layout.read_blob(layout.manifest.digest)
     for name, address in (("proxy", proxy), ("agent", registry)):
-        skopeo("copy", "--src-tls-verify=false", f"docker://127.0.0.1:{address}/{repo}:v1", f"dir:{tmp_path / f'pull-{name}'}")
-        pulled_manifest, pulled = check_dir_copy(str(tmp_path / f"pull-{name}"))
+        target = tmp_path / f"pull-{name}"
+        skopeo("copy", "--src-tls-verify=false", f"docker://127.0.0.1:{address}/{repo}:v1", f"dir:{target}")
+        pulled_manifest, pulled = check_dir_copy(str(target))
         assert pulled_manifest == manifest, f"manifest pulled through the {name}"
         assert pulled == expected, f"blobs pulled through the {name}"
 

@@ -15,6 +15,7 @@ import pytest_twisted
 from results import result_of
 from twisted.logger import capturedLogs
 from writeback_fakes import FakeBackend, InlineReactor, inline_pool
+from writeback_harness import inline_clock  # noqa: F401  (the reactor fixture)
 
 from kraken.backends import FSBackend, Router, ShardedDockerBlobPather
 from kraken.core import Digest
@@ -38,13 +39,6 @@ class Blobs:
         digest = Digest.from_bytes(data)
         (self.root / digest.hex).write_bytes(data)
         return digest
-
-
-@pytest.fixture
-def reactor() -> InlineReactor:  # shadows the suite's real-reactor fixture: these tests never run on it
-    r = InlineReactor()
-    r.advance(1000.0)
-    return r
 
 
 @pytest.fixture
