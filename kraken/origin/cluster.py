@@ -102,16 +102,13 @@ class OriginRing(MultiService):
         self._finding: Deferred[tuple[str, ...]] | None = None
         if config is None:
             self.hosts = HostList(clock=clock, hosts=[me])
-            replicas = 1
+            self.health = HealthFilter(self._check, clock=clock, members=self.hosts.members)
+            self._replicas = 1
         else:
             self.hosts = HostList.from_config(config, clock=clock, resolve=resolve)
-            replicas = config.replicas
-        self._replicas = replicas
-        if config is None:
-            self.health = HealthFilter(self._check, clock=clock, members=self.hosts.members)
-        else:
             self.health = HealthFilter.from_config(config, self._check, clock=clock, members=self.hosts.members)
-        self.ring = Ring(self.hosts.members(), replicas)
+            self._replicas = config.replicas
+        self.ring = Ring(self.hosts.members(), self._replicas)
         self.hosts.on_change(self._members_changed)
         self.hosts.setServiceParent(self)
         if config is not None:
