@@ -101,12 +101,14 @@ class MemoryPeerStore(TimerService):
         if entries is None or limit <= 0:
             return []
         self._drop_stale(info_hash, entries, now)
-        found = [e.peer for e in entries.values()]
-        if len(found) <= limit:
-            return found
-        self._rng.shuffle(found)
-        found.sort(key=lambda p: not p.complete)  # stable: random within seeders and within leechers
-        return found[:limit]
+        if len(entries) <= limit:
+            return [e.peer for e in entries.values()]
+        # Seeders first, random within seeders and within leechers: sample, do not shuffle everything.
+        seeders = [e.peer for e in entries.values() if e.peer.complete]
+        if len(seeders) >= limit:
+            return self._rng.sample(seeders, limit)
+        leechers = [e.peer for e in entries.values() if not e.peer.complete]
+        return self._rng.sample(seeders, len(seeders)) + self._rng.sample(leechers, limit - len(seeders))
 
     def expire(self, now: float) -> int:
         """Drop every entry not seen within ``ttl`` of ``now``; returns how many."""

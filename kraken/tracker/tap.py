@@ -70,7 +70,7 @@ def tracker_service(config: TrackerConfig, reactor: Any) -> MultiService:
         metainfo_cache_size=config.metainfo_cache_size,
     )
 
-    site = make_site(app.resource(), reactor=reactor)
+    site = make_site(app.resource(), reactor=reactor, access_log=config.access_log)
     listen_http(
         config.listen_http,
         site,
