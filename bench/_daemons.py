@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import selectors
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,14 +29,15 @@ class Daemon:
     a line containing ``ready`` has appeared (or raises)."""
 
     def __init__(self, name: str, argv: list[str], log: str, ready: str, *, wait: bool = True) -> None:
-        """``wait=False``: return at once; call ``wait_ready`` later (to start many daemons in parallel)."""
+        """``wait=False``: return at once; call ``wait_ready`` later (to start many daemons in parallel).
+        An empty ``ready``: nothing to wait for (the output is drained to ``log`` from the start)."""
         self.name = name
         self.log = log
         self._ready = ready
         self._out = open(log, "wb")
         env = dict(os.environ, PYTHONPATH=ROOT)
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        if wait:
+        if wait or not ready:
             self.wait_ready()
 
     def wait_ready(self) -> None:
@@ -65,8 +67,8 @@ class Daemon:
                     return int(line.split()[1]) * 1024
         return 0
 
-    def stop(self) -> None:
-        self.proc.terminate()
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -82,6 +84,20 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat; the busy share of two readings'
+    difference is the machine's CPU use in between."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def busy_between(before: tuple[int, int], after: tuple[int, int]) -> float:
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
 
 
 def twistd(plugin: str, config: str) -> list[str]:

@@ -1,0 +1,407 @@
+"""The swarm benchmark's pieces (bench/swarm.py is its command line; bench/netbench.py reuses them): one blob
+requested by N agents at once, every daemon capped at the same rate.
+
+    python bench/swarm.py [--agents 10,25,50] [--runs 3] [--size 64MiB] [--rate 20Mbit] [--piece 1MiB]
+                          [--uncapped 1GiB] [--work DIR] [--out FILE]
+
+One kraken-origin, one kraken-tracker and max(N) kraken-agents run as separate ``twistd`` processes on free
+loopback ports. The origin and every agent are capped at ``--rate`` each way by their own P2P bandwidth limits
+(token buckets on piece payloads). For each N, ``--runs`` times, a fresh blob of ``--size`` random bytes is
+uploaded to the origin over its HTTP API, then the first N agents are asked for it at the same moment (``HEAD``
+on the agent API, which answers once the blob is in the agent's cache). Reported per N: each agent's completion
+time over the ideal size/rate (median and worst), the origin's P2P egress in copies of the blob, the CPU
+seconds all daemons used, and the agents' peak RSS. Two agents' copies are read back and checked against the
+blob's SHA-256.
+
+``--uncapped SIZE`` adds the single-agent run: one origin and one agent without bandwidth limits, one blob of
+SIZE; reported: the agent's throughput and peak RSS, beside the time curl takes to GET the same blob from the
+origin's HTTP API in the same run.
+
+Prints Markdown; ``--out FILE`` also appends it to FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from _daemons import Daemon, cpu_seconds, twistd  # noqa: E402
+from _daemons import free_port as _free_port  # noqa: E402
+
+from kraken.config import parse_size  # noqa: E402
+
+NAMESPACE = "bench/swarm"
+_taken: set[int] = set()
+
+
+def free_port() -> int:
+    """A free port not handed out before in this run (the OS may offer a just-released port again)."""
+    while True:
+        port = _free_port()
+        if port not in _taken:
+            _taken.add(port)
+            return port
+
+
+REQUEST_TIMEOUT = 3600.0
+
+
+def parse_rate(text: str) -> int:
+    """``100Mbit``, ``1.5Gbit``, ``800Kbit`` or a plain number: bits per second (decimal prefixes)."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMG]?)bit\s*", text) or re.fullmatch(r"\s*([0-9]+)()\s*", text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"not a rate: {text!r} (try 100Mbit)")
+    return int(float(m.group(1)) * {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}[m.group(2)])
+
+
+def write_blob(path: str, size: int) -> str:
+    """``size`` random bytes; returns their digest."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            data = os.urandom(min(left, 1 << 20))
+            f.write(data)
+            digest.update(data)
+            left -= len(data)
+    return "sha256:" + digest.hexdigest()
+
+
+def request(port: int, method: str, path: str, body: object = None, headers: dict[str, str] | None = None,
+            host: str = "127.0.0.1") -> bytes:  # fmt: skip
+    conn = http.client.HTTPConnection(host, port, timeout=REQUEST_TIMEOUT)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        data = response.read()
+        if not 200 <= response.status < 300 and response.status != 409:
+            raise RuntimeError(f"{method} {path}: {response.status} {data[:300]!r}")
+        if response.status in (201, 202) or method == "POST":
+            return (response.getheader("Location") or "").encode() or data
+        return data
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a daemon runs: its address, and the argv prefix that starts a command there. On loopback (the
+    default) every daemon shares 127.0.0.1 and takes free ports; on a host of its own (a network namespace,
+    bench/netns.py) it takes the default ports and listens on every interface of that host, its loopback
+    included, so that uploads and checks run inside the host do not cross its capped link."""
+
+    ip: str = "127.0.0.1"
+    prefix: tuple[str, ...] = ()
+
+    @property
+    def own_host(self) -> bool:
+        return bool(self.prefix)
+
+    def port(self, default: int) -> int:
+        return default if self.own_host else free_port()
+
+    def listen(self, port: int) -> str:
+        return f"tcp:{port}" if self.own_host else f"tcp:{port}:interface={self.ip}"
+
+    def local_url(self, port: int) -> str:
+        """A URL of this host's port, for a command started with ``prefix``."""
+        return f"http://127.0.0.1:{port}"
+
+
+def upload(origin: Place, origin_port: int, path: str, digest: str) -> None:
+    """Start, PATCH the whole file, commit: the origin's upload protocol (kraken/origin/http.py), with curl run
+    on the origin's host."""
+    base = f"{origin.local_url(origin_port)}/namespace/{NAMESPACE}/blobs/{digest}/uploads"
+    curl = [*origin.prefix, "curl", "-sS", "--fail-with-body", "-H", "Expect:"]
+    uid = subprocess.run([*curl, "-X", "POST", "-o", "/dev/null", "-w", "%header{location}", base],
+                         capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    if not uid:
+        raise RuntimeError(f"the origin gave no upload id for {digest}")
+    size = os.path.getsize(path)
+    subprocess.run([*curl, "-o", "/dev/null", "-X", "PATCH", "-T", path, "-H", f"Content-Range: 0-{size}",
+                    f"{base}/{uid}"], check=True)  # fmt: skip
+    subprocess.run([*curl, "-o", "/dev/null", "-X", "PUT", f"{base}/{uid}"], check=True)
+
+
+def stats(port: int, host: str = "127.0.0.1") -> dict[str, int]:
+    return json.loads(request(port, "GET", "/stats", host=host))
+
+
+@dataclass
+class Agent:
+    daemon: Daemon
+    api: int
+    place: Place = Place()
+
+
+class Cluster:
+    """An origin, a tracker and ``agents`` agents, each its own process: all on loopback, or each at the
+    ``places`` given (origin, tracker, then one per agent)."""
+
+    def __init__(self, work: str, agents: int, rate: int | None, piece: int, places: list[Place] | None = None) -> None:
+        self.work = work
+        os.makedirs(work, exist_ok=True)
+        places = places or [Place()] * (agents + 2)
+        if len(places) < agents + 2:
+            raise ValueError(f"{agents} agents need {agents + 2} places, not {len(places)}")
+        self.origin, self.tracker = places[0], places[1]
+        bandwidth = (
+            f"bandwidth: {{enabled: true, egress_bits_per_sec: {rate}, ingress_bits_per_sec: {rate}}}"
+            if rate
+            else "bandwidth: {enabled: false}"
+        )
+        o, t = self.origin, self.tracker
+        self.origin_http, origin_p2p, self.tracker_http = o.port(15002), o.port(15001), t.port(15003)
+        origin = self._config(
+            "origin",
+            f"listen_http: '{o.listen(self.origin_http)}'\nadvertise: '{o.ip}:{self.origin_http}'\n"
+            f"store: {{root: {work}/origin, piece_lengths: {{0: {piece}}}}}\n"
+            f"p2p: {{listen: '{o.listen(origin_p2p)}', advertise: '{o.ip}:{origin_p2p}',"
+            f" {bandwidth}}}\n",
+        )
+        tracker = self._config(
+            "tracker",
+            f"listen_http: '{t.listen(self.tracker_http)}'\norigin: 'http://{o.ip}:{self.origin_http}'\n",
+        )
+        self.daemons = [
+            Daemon("origin", [*o.prefix, *twistd("kraken-origin", origin)], f"{work}/origin.log",
+                   "origin P2P listening", wait=False),
+            Daemon("tracker", [*t.prefix, *twistd("kraken-tracker", tracker)], f"{work}/tracker.log", "listening",
+                   wait=False),
+        ]  # fmt: skip
+        self.agents: list[Agent] = []
+        for k in range(agents):
+            a = places[k + 2]
+            registry, api, p2p = a.port(16000), a.port(16002), a.port(16001)
+            config = self._config(
+                f"agent-{k}",
+                f"listen_registry: '{a.listen(registry)}'\n"
+                f"listen_api: '{a.listen(api)}'\n"
+                f"tracker: 'http://{t.ip}:{self.tracker_http}'\n"
+                f"build_index: 'http://127.0.0.1:{free_port()}'\n"  # unused: blobs by digest only
+                f"store: {{root: {work}/agent-{k}}}\n"
+                f"p2p: {{listen: '{a.listen(p2p)}', advertise: '{a.ip}:{p2p}', {bandwidth}}}\n",
+            )
+            daemon = Daemon(f"agent-{k}", [*a.prefix, *twistd("kraken-agent", config)], f"{work}/agent-{k}.log",
+                            "agent P2P listening", wait=False)  # fmt: skip
+            self.agents.append(Agent(daemon, api, a))
+            self.daemons.append(daemon)
+        try:
+            for daemon in self.daemons:
+                daemon.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _config(self, name: str, text: str) -> str:
+        path = os.path.join(self.work, f"{name}.yaml")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(d.proc.pid) for d in self.daemons)
+
+    def origin_stats(self) -> dict[str, int]:
+        return stats(self.origin_http, self.origin.ip)
+
+    def stop(self) -> None:
+        for daemon in self.daemons:
+            daemon.stop()
+
+
+def pull_all(cluster: Cluster, agents: list[Agent], digest: str) -> list[float]:
+    """HEAD the blob on every agent at the same moment; each one's seconds until it answered."""
+    barrier = threading.Barrier(len(agents) + 1)
+    times: list[float] = [0.0] * len(agents)
+    errors: list[BaseException] = []
+
+    def one(i: int, agent: Agent) -> None:
+        barrier.wait()
+        start = time.monotonic()
+        try:
+            request(agent.api, "HEAD", f"/namespace/{NAMESPACE}/blobs/{digest}", host=agent.place.ip)
+        except BaseException as e:  # reported after the join
+            errors.append(e)
+        times[i] = time.monotonic() - start
+
+    threads = [threading.Thread(target=one, args=(i, a)) for i, a in enumerate(agents)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} agents failed: {errors[0]}")
+    return times
+
+
+def verify(agent: Agent, digest: str) -> None:
+    """Read the agent's copy back on the agent's own host (so a capped link is not crossed) and check it."""
+    url = f"{agent.place.local_url(agent.api)}/namespace/{NAMESPACE}/blobs/{digest}"
+    proc = subprocess.Popen([*agent.place.prefix, "curl", "-sSf", url], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    h = hashlib.sha256()
+    while chunk := proc.stdout.read(1 << 20):
+        h.update(chunk)
+    if proc.wait() != 0:
+        raise RuntimeError(f"reading the blob back from {agent.daemon.name} failed")
+    assert "sha256:" + h.hexdigest() == digest, "an agent's copy does not match"
+
+
+COUNTERS = ("pieces_in_from_origins", "pieces_in_from_agents", "duplicate_pieces", "requests_timed_out",
+            "requests_refused")  # fmt: skip
+
+
+def stage_blob(cluster: Cluster, size: int, work: str, name: str) -> str:
+    """A fresh blob of ``size`` random bytes, stored on the origin; returns its digest."""
+    blob = os.path.join(work, name)
+    digest = write_blob(blob, size)
+    upload(cluster.origin, cluster.origin_http, blob, digest)
+    os.unlink(blob)
+    return digest
+
+
+def measure_pull(cluster: Cluster, n: int, digest: str, size: int) -> tuple[list[float], float, float]:
+    """The blob asked of the first ``n`` agents at once: (each agent's seconds, origin P2P egress in copies of
+    the blob, CPU seconds of all daemons). Two agents' copies are checked against the digest."""
+    agents = cluster.agents[:n]
+    origin_before = cluster.origin_stats()["bytes_out"]
+    counters_before = [stats(a.api, a.place.ip) for a in agents]
+    cpu_before = cluster.cpu()
+    times = pull_all(cluster, agents, digest)
+    cpu = cluster.cpu() - cpu_before
+    copies = (cluster.origin_stats()["bytes_out"] - origin_before) / size
+    for agent in (agents[0], agents[-1]):
+        verify(agent, digest)
+    counters = [stats(a.api, a.place.ip) for a in agents]
+    sums = {k: sum(c[k] for c in counters) - sum(c[k] for c in counters_before) for k in COUNTERS}
+    print(f"  N={n}: {max(times):.1f} s worst; counters: {sums}", file=sys.stderr, flush=True)
+    return times, copies, cpu
+
+
+def one_swarm_run(cluster: Cluster, n: int, size: int, work: str) -> tuple[list[float], float, float]:
+    """A fresh blob on the origin, asked of the first ``n`` agents at once: (each agent's seconds, origin egress
+    in copies of the blob, CPU seconds of all daemons)."""
+    digest = stage_blob(cluster, size, work, f"blob-{n}")
+    return measure_pull(cluster, n, digest, size)
+
+
+def swarm_runs(args: argparse.Namespace, work: str) -> list[str]:
+    counts = [int(n) for n in args.agents.split(",")]
+    size = parse_size(args.size)
+    ideal = size * 8 / args.rate
+    cluster = Cluster(os.path.join(work, "swarm"), max(counts), args.rate, parse_size(args.piece))
+    rows = []
+    try:
+        for n in counts:
+            runs = [one_swarm_run(cluster, n, size, work) for _ in range(args.runs)]
+            medians = sorted(statistics.median(times) / ideal for times, _, _ in runs)
+            worsts = sorted(max(times) / ideal for times, _, _ in runs)
+            rss = max(a.daemon.peak_rss() for a in cluster.agents[:n])
+            row = (
+                f"| {n} | {size >> 20} MiB | {args.rate / 1e6:g} Mbit/s | {ideal:.1f} s "
+                f"| {statistics.median(medians):.2f}x | {statistics.median(worsts):.2f}x "
+                f"({', '.join(f'{w:.2f}' for w in worsts)}) "
+                f"| {statistics.median(c for _, c, _ in runs):.2f} | {statistics.median(u for _, _, u in runs):.1f} s "
+                f"| {rss >> 20} MiB |"
+            )
+            print(row, flush=True)
+            rows.append(row)
+    finally:
+        cluster.stop()
+    header = [
+        f"Swarm: `python bench/swarm.py --agents {args.agents} --size {args.size} --rate {args.rate / 1e6:g}Mbit "
+        f"--piece {args.piece} --runs {args.runs}`, on {platform.node()} ({os.cpu_count()} CPUs), "
+        f"{time.strftime('%Y-%m-%d')}. Medians of {args.runs} runs (the worst agent of every run in brackets).",
+        "",
+        "| agents | blob | rate (each way, each daemon) | ideal | median agent / ideal | worst agent / ideal "
+        "| origin egress (copies) | CPU (all daemons) | agent peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    return header + rows
+
+
+def uncapped_run(args: argparse.Namespace, work: str) -> list[str]:
+    size = parse_size(args.uncapped)
+    cluster = Cluster(os.path.join(work, "uncapped"), 1, None, parse_size(args.piece))
+    try:
+        blob = os.path.join(work, "blob-uncapped")
+        digest = write_blob(blob, size)
+        upload(cluster.origin, cluster.origin_http, blob, digest)
+        os.unlink(blob)
+        origin, agent = cluster.daemons[0].proc.pid, cluster.agents[0].daemon.proc.pid
+        before = cpu_seconds(origin), cpu_seconds(agent)
+        [took] = pull_all(cluster, cluster.agents, digest)
+        origin_cpu, agent_cpu = cpu_seconds(origin) - before[0], cpu_seconds(agent) - before[1]
+        rss = cluster.agents[0].daemon.peak_rss()
+        # The baseline, same blob, same origin, same run: one HTTP GET of it with curl.
+        start = time.monotonic()
+        url = f"http://127.0.0.1:{cluster.origin_http}/namespace/{NAMESPACE}/blobs/{digest}"
+        subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True)
+        curl = time.monotonic() - start
+    finally:
+        cluster.stop()
+    row = (
+        f"| {size >> 20} MiB | {took:.2f} s | {size / took / 1e9:.2f} GB/s "
+        f"| {curl:.2f} s ({size / curl / 1e9:.2f} GB/s) | {took / curl:.2f}x | {origin_cpu:.1f} s + {agent_cpu:.1f} s "
+        f"| {rss >> 20} MiB |"
+    )
+    print(row, flush=True)
+    return [
+        "",
+        f"One uncapped agent pulling from one origin (`--uncapped {args.uncapped}`), beside curl fetching the same"
+        " blob from the origin's HTTP API:",
+        "",
+        "| blob | P2P time | P2P throughput | curl from the origin | P2P / curl | CPU origin + agent "
+        "| agent peak RSS |",
+        "|---|---|---|---|---|---|---|",
+        row,
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", default="10,25,50", help="comma-separated agent counts")
+    parser.add_argument("--runs", type=int, default=3, help="runs per agent count (a fresh blob each)")
+    parser.add_argument("--size", default="64MiB")
+    parser.add_argument("--rate", type=parse_rate, default=parse_rate("20Mbit"))
+    parser.add_argument("--piece", default="1MiB", help="the origin's piece length (its default for blobs under 2 GiB)")
+    parser.add_argument("--uncapped", default=None, help="also run one uncapped agent on a blob of this size")
+    parser.add_argument("--work", default=None)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    work = args.work or tempfile.mkdtemp(prefix="kraken-swarm-")
+    try:
+        lines = swarm_runs(args, work) if args.agents else []
+        if args.uncapped:
+            lines += uncapped_run(args, work)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

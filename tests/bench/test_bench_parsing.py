@@ -1,0 +1,124 @@
+"""The harness's parsers and command-line checks: baselines (aria2c, opentracker, curl), the relay's token bucket
+and netbench's options."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import baselines
+import netbench
+import pytest
+from _relay import Bucket
+
+
+def test_parse_info_hash():
+    text = "Files:\nInfo Hash: 17eefeaab271cfec62d14ed4e11d1098ad68e7d1\nPiece Length: 1.0MiB\n"
+    assert baselines.parse_info_hash(text) == "17eefeaab271cfec62d14ed4e11d1098ad68e7d1"
+    with pytest.raises(ValueError, match="Info Hash"):
+        baselines.parse_info_hash("Piece Length: 1.0MiB\n")
+
+
+def test_opentracker_whitelist_is_relative_to_its_chroot():
+    assert baselines.opentracker_config("/w/bt") == "tracker.rootdir /w/bt\naccess.whitelist /whitelist.txt\n"
+
+
+def test_parse_done_keeps_each_hosts_first_completion():
+    done = baselines.parse_done(["1700000001.5 leecher-0", "1700000003.25 leecher-1", "1700000009 leecher-0"])
+    assert done == {"leecher-0": 1700000001.5, "leecher-1": 1700000003.25}
+    with pytest.raises(ValueError, match="not a completion line"):
+        baselines.parse_done(["garbage"])
+
+
+def test_parse_uploaded_takes_the_last_announce():
+    log = (
+        "GET /announce?info_hash=x&uploaded=0&downloaded=0&left=0&event=started HTTP/1.1\n"
+        "GET /announce?info_hash=x&uploaded=12345&downloaded=0&left=0&event=stopped HTTP/1.1\n"
+    )
+    assert baselines.parse_uploaded(log) == 12345
+    assert baselines.parse_uploaded("no announces") is None
+
+
+def test_parse_curl():
+    assert baselines.parse_curl("2.503117 8388608") == (2.503117, 8388608)
+    with pytest.raises(ValueError, match="timing line"):
+        baselines.parse_curl("")
+
+
+def test_read_lines_from_a_fifo(tmp_path):
+    fifo = str(tmp_path / "done.fifo")
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        with open(fifo, "w") as w:  # two writers, as two hooks would be
+            w.write("1.0 a\n2.0 ")
+        with open(fifo, "w") as w:
+            w.write("b\n")
+        assert baselines.read_lines(fd, 2, time.monotonic() + 30, []) == ["1.0 a", "2.0 b"]
+        with pytest.raises(RuntimeError, match="only 0 of 1 hosts finished"):
+            baselines.read_lines(fd, 1, time.monotonic() - 1, [])
+        failed = subprocess.Popen(["false"])
+        failed.wait()
+        with pytest.raises(RuntimeError, match="1 clients failed"):
+            baselines.read_lines(fd, 1, time.monotonic() + 30, [failed])
+    finally:
+        os.close(fd)
+
+
+def test_bucket_makes_an_overdraft_wait():
+    now = [0.0]
+    b = Bucket(1000.0, clock=lambda: now[0])  # 1000 B/s, 50 B of burst
+    assert b.spend(50) == 0.0
+    assert b.spend(100) == pytest.approx(0.1)  # 100 B in debt: 0.1 s
+    now[0] = 0.1
+    assert b.spend(0) == 0.0
+    now[0] = 10.0
+    assert b.spend(50) == 0.0  # refills to the burst only, not beyond
+    assert b.spend(1) == pytest.approx(0.001)
+
+
+def test_netbench_options():
+    p = netbench.parser()
+    args = p.parse_args([])
+    assert (args.mode, args.agents, args.systems) == ("netns", [10, 25, 50], ["ours", "aria2", "registry"])
+    assert args.rate == 20_000_000
+    args = p.parse_args(["--agents", "50,10,10", "--systems", "registry,ours", "--mode", "loopback"])
+    assert args.agents == [10, 50] and args.systems == ["ours", "registry"]
+    for bad in (["--agents", "0"], ["--agents", "252"], ["--agents", "x"], ["--systems", "docker"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)
+
+
+def test_registry_counts_must_be_among_the_agent_counts(capsys):
+    with pytest.raises(SystemExit):
+        netbench.main(["--agents", "10", "--registry-agents", "25"])
+    assert "--registry-agents must be a subset of --agents" in capsys.readouterr().err
+
+
+def test_places_on_loopback_and_on_a_host_of_their_own():
+    from _swarm import Place
+
+    loop = Place()
+    assert not loop.own_host
+    assert len({loop.port(15002) for _ in range(3)}) == 3  # free ports, each handed out once
+    assert loop.listen(4000) == "tcp:4000:interface=127.0.0.1"
+    host = Place("10.99.0.3", ("ip", "netns", "exec", "kb-h3"))
+    assert host.own_host and host.port(16002) == 16002
+    assert host.listen(16002) == "tcp:16002"  # every interface of the namespace, its loopback included
+    assert host.local_url(16002) == "http://127.0.0.1:16002"
+
+
+def test_from_json_makes_the_table_and_plots_of_a_saved_run(tmp_path, capsys):
+    from report import Report, Run
+
+    saved = Report("netns", "python bench/netbench.py --agents 2", "vm", "2026-11-28")
+    saved.runs.append(Run("ours", 2, 1 << 20, 8_000_000, [1.2, 1.4], 1.5, 0.5, 0.2, 1.4))
+    js = tmp_path / "saved.json"
+    js.write_text(saved.to_json())
+    out = tmp_path / "RESULTS.md"
+    assert netbench.main(["--from-json", str(js), "--plots", str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "`python bench/netbench.py --agents 2`" in text and "| Kraken (ours) | 2 |" in text
+    assert (tmp_path / "netbench-netns-cdf.png").exists() and (tmp_path / "netbench-netns-slowest.png").exists()
+    assert text.strip() in capsys.readouterr().out
