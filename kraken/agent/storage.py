@@ -24,6 +24,8 @@ from twisted.web.static import File
 from zope.interface import implementer
 
 from kraken.core import Digest
+from kraken.net import HTTPStatusError
+from kraken.net.retry import NETWORK_ERRORS
 from kraken.p2p.scheduler import BlobNotFound, DownloadFailed
 from kraken.registry.backend import IRegistryBackend, ManifestRecord, Page
 from kraken.registry.errors import ManifestInvalid, Unknown, Unsupported
@@ -51,13 +53,16 @@ class Unavailable(Exception):
 
 async def fetch(scheduler: Downloader, namespace: str, digest: Digest) -> str | None:
     """The cached path of the blob, downloading it if needed; None when no
-    origin has it. ``DownloadFailed`` becomes ``Unavailable``."""
+    origin has it. ``DownloadFailed``, and the tracker failing or out of
+    reach (while the metainfo is fetched), become ``Unavailable``."""
     try:
         return await scheduler.download(namespace, digest)
     except BlobNotFound:
         return None
     except DownloadFailed as e:
         raise Unavailable(str(e) or "download failed") from e
+    except (HTTPStatusError, *NETWORK_ERRORS) as e:
+        raise Unavailable(f"the tracker failed: {e}") from e
 
 
 @implementer(IRegistryBackend)

@@ -33,6 +33,8 @@ class FakeScheduler:
         cache.mkdir(parents=True, exist_ok=True)
         self.paths: dict[Digest, str] = {}
         self.failing: set[Digest] = set()
+        # digest -> what download raises (the tracker failing while the metainfo is fetched, say)
+        self.raising: dict[Digest, Exception] = {}
         self.downloads: list[tuple[str, Digest]] = []
         self.counters = Stats(bytes_in=10, pieces_in=2, downloads_completed=1)
 
@@ -47,6 +49,8 @@ class FakeScheduler:
         self.downloads.append((namespace, digest))
         if digest in self.failing:
             raise DownloadFailed(f"no peer served {digest}")
+        if digest in self.raising:
+            raise self.raising[digest]
         path = self.paths.get(digest)
         if path is None:
             raise BlobNotFound(str(digest))

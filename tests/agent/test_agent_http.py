@@ -11,12 +11,13 @@ import pytest
 import treq
 from agent_fakes import BASE, Client, FakeScheduler, layer
 from results import result_of
-from twisted.internet import task
+from twisted.internet import error, task
 from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 
 from kraken.agent.http import AgentHTTP
 from kraken.core import Digest
+from kraken.net import HTTPStatusError
 
 NS = "library/alpine"
 
@@ -98,6 +99,19 @@ def test_unknown_blob_is_404_json(api: Api) -> None:
     assert r.code == 404
     assert r.header("Content-Type") == "application/json"
     assert str(missing) in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [HTTPStatusError("GET", "http://tracker/metainfo", 502, b"origin failed"), error.ConnectionRefusedError()],
+    ids=["tracker-502", "tracker-down"],
+)
+def test_a_tracker_failure_is_502_json_not_500(api: Api, error: Exception) -> None:
+    digest = api.scheduler.add(b"no metainfo")
+    api.scheduler.raising[digest] = error
+    r = api.client.get(f"/namespace/{NS}/blobs/{digest}")
+    assert r.code == 502
+    assert "tracker failed" in r.json()["error"]
 
 
 def test_failed_download_is_502_json(api: Api) -> None:
