@@ -16,6 +16,7 @@ Importing this module does not import the reactor: the clock comes in through ``
 from __future__ import annotations
 
 import functools
+import socket
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -38,6 +39,27 @@ from kraken.p2p.wire import Chunk, Error, ErrorCode, FramingError, Handshake, Me
 
 IO_SIZE = 1 << 20
 READ_SIZE = 256 << 10
+# Bytes a P2P socket may hold that the kernel has not sent yet. Without a bound, send buffers autotune to
+# megabytes, and behind a slow link a peer's pieces queue there for seconds: the requester times out and
+# asks elsewhere while the queued bytes still go out, wasting the link (bench/RESULTS.md, issue 5).
+NOTSENT_LOWAT = 128 << 10
+
+
+def bound_unsent(transport: Any) -> bool:
+    """Set ``TCP_NOTSENT_LOWAT`` on a TCP transport's socket, so it reports writable only once fewer
+    than ``NOTSENT_LOWAT`` bytes wait in the kernel; the rest waits in Twisted's buffer, where the
+    producer's back-pressure sees it. False where the option or the socket is missing (not Linux, TLS...)."""
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    handle = getattr(transport, "getHandle", None)
+    if option is None or handle is None:
+        return False
+    try:
+        sock = handle()
+        sock.setsockopt(socket.IPPROTO_TCP, option, NOTSENT_LOWAT)
+    except (OSError, AttributeError, TypeError):
+        return False
+    return True
+
 
 SessionFactory = Callable[[IPeerConnection], PeerSession]
 """Builds the session of one connection, given the connection it speaks through."""
@@ -143,6 +165,7 @@ class PeerProtocol(Protocol):
             transport.bufferSize = READ_SIZE
         if hasattr(transport, "SEND_LIMIT"):
             transport.SEND_LIMIT = IO_SIZE
+        bound_unsent(transport)
         if IConsumer.providedBy(transport):  # TCP, TLS, StringTransport, iosim; otherwise always writable
             cast(IConsumer, transport).registerProducer(self._flow, True)
         if self.session is not None:

@@ -1,5 +1,6 @@
-"""PeerProtocol over StringTransportWithDisconnection and iosim: no reactor, no sockets."""
+"""PeerProtocol over StringTransportWithDisconnection and iosim: no reactor; one real socket for its option."""
 
+import socket
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from kraken.core import Bitfield, MetaInfo
-from kraken.p2p.protocol import PeerFactory, PeerProtocol
+from kraken.p2p.protocol import NOTSENT_LOWAT, PeerFactory, PeerProtocol, bound_unsent
 from kraken.p2p.session import IPeerConnection, IPeerSessionObserver, PeerDisconnected, State
 from kraken.p2p.wire import Decoder, Error, ErrorCode, Handshake, Message, Piece, PieceRequest, encode
 
@@ -289,3 +290,25 @@ def test_when_writable_fails_once_the_connection_is_lost():
     [failure] = waited
     assert failure.check(PeerDisconnected)
     assert result_of(proto.when_writable()).check(PeerDisconnected)
+
+
+class _TCPTransport:
+    """A transport whose socket is a real TCP socket (what Twisted's TCP transports give ``getHandle``)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def getHandle(self) -> socket.socket:
+        return self._sock
+
+
+def test_p2p_sockets_bound_their_unsent_bytes():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        assert bound_unsent(_TCPTransport(sock)) is True
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == NOTSENT_LOWAT
+
+
+def test_transports_without_a_tcp_socket_are_left_alone():
+    assert bound_unsent(StringTransportWithDisconnection()) is False  # no socket at all
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        assert bound_unsent(_TCPTransport(sock)) is False  # not TCP: the kernel refuses the option
