@@ -113,10 +113,12 @@ class Testbed:
         return cmds
 
     def teardown_commands(self, namespaces: Sequence[str] | None = None) -> list[list[str]]:
-        """Delete our namespaces (which removes their veth pairs) and the bridge. ``namespaces``: the ones that
-        exist (default: every host of this testbed)."""
+        """Delete our namespaces, then the root side of every host's veth pair (deleting a namespace removes its
+        pair, but the kernel may do it after ``ip netns del`` returns, and a run starting then finds the
+        link still there), then the bridge. ``namespaces``: the ones that exist (default: every host)."""
         names = namespaces if namespaces is not None else [self.host(i).namespace for i in range(1, self.hosts + 1)]
-        return [["ip", "netns", "del", n] for n in names] + [["ip", "link", "del", self.bridge]]
+        veths = [["ip", "link", "del", f"{self.prefix}v{i}"] for i in range(1, self.hosts + 1)]
+        return [["ip", "netns", "del", n] for n in names] + veths + [["ip", "link", "del", self.bridge]]
 
     def leftovers(self) -> list[str]:
         """Namespaces with this testbed's prefix that exist now."""
