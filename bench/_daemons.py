@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import selectors
 import shutil
@@ -18,10 +19,31 @@ TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 READY_TIMEOUT = 60.0
 
 
+_taken: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port not handed out before in this run (the OS may offer a just-released port again)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _taken:
+            _taken.add(port)
+            return port
+
+
+def write_blob(path: str, size: int) -> str:
+    """``size`` random bytes in ``path``; returns their digest."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            data = os.urandom(min(left, 1 << 20))
+            f.write(data)
+            digest.update(data)
+            left -= len(data)
+    return "sha256:" + digest.hexdigest()
 
 
 class Daemon:

@@ -41,22 +41,11 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from _daemons import Daemon, cpu_seconds, twistd  # noqa: E402
-from _daemons import free_port as _free_port  # noqa: E402
+from _daemons import Daemon, cpu_seconds, free_port, twistd, write_blob  # noqa: E402
 
 from kraken.config import parse_size  # noqa: E402
 
 NAMESPACE = "bench/swarm"
-_taken: set[int] = set()
-
-
-def free_port() -> int:
-    """A free port not handed out before in this run (the OS may offer a just-released port again)."""
-    while True:
-        port = _free_port()
-        if port not in _taken:
-            _taken.add(port)
-            return port
 
 
 REQUEST_TIMEOUT = 3600.0
@@ -68,19 +57,6 @@ def parse_rate(text: str) -> int:
     if m is None:
         raise argparse.ArgumentTypeError(f"not a rate: {text!r} (try 100Mbit)")
     return int(float(m.group(1)) * {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}[m.group(2)])
-
-
-def write_blob(path: str, size: int) -> str:
-    """``size`` random bytes; returns their digest."""
-    digest = hashlib.sha256()
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            data = os.urandom(min(left, 1 << 20))
-            f.write(data)
-            digest.update(data)
-            left -= len(data)
-    return "sha256:" + digest.hexdigest()
 
 
 def request(port: int, method: str, path: str, body: object = None, headers: dict[str, str] | None = None,

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import hashlib
 import http.client
 import json
 import os
@@ -51,8 +50,7 @@ from typing import BinaryIO
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from _daemons import Daemon, cpu_seconds, twistd  # noqa: E402
-from _daemons import free_port as _free_port  # noqa: E402
+from _daemons import Daemon, cpu_seconds, free_port, twistd, write_blob  # noqa: E402
 
 from kraken.core import MetaInfo  # noqa: E402
 
@@ -61,18 +59,6 @@ BLOB_SIZE = 64 << 10
 TRACKER_CORE = "0"
 GENERATOR_CORE = "1"
 PEER_PORT = 16001
-
-
-_taken: set[int] = set()
-
-
-def free_port() -> int:
-    """A free port not handed out before in this run (the OS may offer a just-released port again)."""
-    while True:
-        port = int(_free_port())
-        if port not in _taken:
-            _taken.add(port)
-            return port
 
 
 def request(
@@ -90,19 +76,6 @@ def request(
         return location.encode() if method == "POST" and location else data
     finally:
         conn.close()
-
-
-def write_blob(path: str, size: int) -> str:
-    """``size`` random bytes in ``path``; returns their digest."""
-    digest = hashlib.sha256()
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            data = os.urandom(min(left, 1 << 20))
-            f.write(data)
-            digest.update(data)
-            left -= len(data)
-    return "sha256:" + digest.hexdigest()
 
 
 def upload(origin_port: int, namespace: str, path: str, digest: str) -> None:
