@@ -28,6 +28,7 @@ from kraken.backends.base import BackendError, BackendUnavailable
 from kraken.net.client import HTTPStatusError
 from kraken.net.retry import NETWORK_ERRORS
 from kraken.net.service import ServiceClient
+from kraken.store.files import remove_quietly
 from kraken.store.workers import Worker
 
 T = TypeVar("T")
@@ -221,13 +222,6 @@ def create_temp(path: str, prefix: str) -> str:
     fd, temp = open_temp(path, prefix)
     os.close(fd)
     return temp
-
-
-def remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 async def stream_to_file(

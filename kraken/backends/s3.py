@@ -53,10 +53,11 @@ from kraken.backends.base import (
     ListPage,
 )
 from kraken.backends.names import PATHERS, Pather, make_pather
-from kraken.backends.remote import BodySink, Discard, RemoteBackend, create_temp, remove_quietly
+from kraken.backends.remote import BodySink, Discard, RemoteBackend, create_temp
 from kraken.config import Size, positive
 from kraken.net.body import ThreadedFileProducer
 from kraken.net.client import HTTPClientConfig, HTTPStatusError
+from kraken.store.files import remove_quietly
 from kraken.store.workers import Worker
 
 T = TypeVar("T")
