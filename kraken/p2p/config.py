@@ -12,8 +12,10 @@ Defaults and why (Kraken's values unless said otherwise):
   again on the next handshake). ``leecher_tti`` 5 min: a download that wrote no piece for this long fails.
 - ``blacklist`` 30 s: after a peer breaks the protocol or sends a corrupt piece, or a dial to it fails, it is not
   dialled again for this blob for this long.
-- ``super_seed``: a seeder declines to send a piece twice within a request timeout while the first receiver is
-  still connected, so an origin facing many agents spends its upload on pieces the swarm lacks.
+- ``super_seed``: a seeder declines to send a piece twice within a request timeout (counted from when the piece
+  left its write buffer) while the first receiver is still connected, and an origin declines it whatever the
+  time until it has sent every piece once, so an origin facing many agents spends its upload on pieces the swarm
+  lacks.
 - bandwidth, in bits per second each way, is on by default for agents (Kraken's 200 MiB/s out, 300 MiB/s in)
   and off for origins. Only piece payloads are metered.
 """

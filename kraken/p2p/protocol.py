@@ -155,6 +155,12 @@ class PeerProtocol(Protocol):
         """Whether the transport's write buffer has room (``when_writable`` would fire at once)."""
         return not self._flow.paused and self._flow.stopped is None
 
+    @property
+    def lost(self) -> bool:
+        """Whether the transport has stopped taking writes: it is going or gone, even if ``connectionLost`` has
+        not been called yet (a transport stops its producer first)."""
+        return self._flow.stopped is not None
+
     # --- Protocol -------------------------------------------------------------------------------------------
 
     def connectionMade(self) -> None:

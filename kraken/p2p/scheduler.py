@@ -837,12 +837,16 @@ class Scheduler(Service):
         itself, and what is rare around a peer leaves it first. With ``super_seed`` a complete
         torrent also declines (``PIECE_UNAVAILABLE``) a piece it sent within the last request timeout to a peer
         that is still connected: that peer is passing it on, and the requester asks it again later if it must.
+        The time counts from when the piece left the write buffer, and an origin declines such a piece whatever
+        the time until it has sent every piece once: behind a link that is slower than its peers' demand,
+        each copy it sends twice delays the moment the swarm holds the whole blob.
         """
         try:
             while self._outbox and self.running:
                 send = self._pick()
                 if send is None:
-                    await self._any_writable()
+                    if self._outbox:
+                        await self._any_writable()
                     continue
                 self._outbox.remove(send)
                 if self._recently_seeded(send):
@@ -858,7 +862,9 @@ class Scheduler(Service):
                 data = await self._read_piece(send.torrent, send.index)
                 send.conn.session.send_piece(send.index, data)
                 send.torrent.sent[send.index] = send.torrent.sent.get(send.index, 0) + 1
-                send.torrent.last_sent[send.index] = (self._clock.seconds(), send.conn.peer_id)
+                if send.torrent.sent[send.index] == 1 and len(send.torrent.sent) == send.torrent.info.num_pieces:
+                    self.log.info("sent every piece of {digest} once", digest=str(send.torrent.info.digest))
+                self._mark_sent(send)
                 send.torrent.last_active = self._clock.seconds()
                 self._counts["pieces_out"] += 1
                 self._counts["bytes_out"] += size
@@ -868,19 +874,39 @@ class Scheduler(Service):
             self._in_flight = None
             self._serving = False
 
+    def _mark_sent(self, send: _Send) -> None:
+        """Remember whom a piece went to, and when it left: while it waits in the connection's write buffer it
+        is still on its way (behind a slow link that is seconds per piece), so its time is taken once the
+        buffer has drained."""
+        torrent, index = send.torrent, send.index
+        entry = torrent.last_sent[index] = (float("inf"), send.conn.peer_id)
+
+        def left(_: object) -> None:
+            if torrent.last_sent.get(index) is entry:
+                torrent.last_sent[index] = (self._clock.seconds(), entry[1])
+
+        send.conn.protocol.when_writable().addBoth(left)
+
     def _recently_seeded(self, send: _Send) -> bool:
         torrent = send.torrent
         if not self._config.super_seed or not torrent.complete or send.index not in torrent.last_sent:
             return False
         when, peer = torrent.last_sent[send.index]
-        recent = self._clock.seconds() - when < self._config.request_timeout(torrent.info.piece_length)
-        return recent and peer != send.conn.peer_id and peer in torrent.conns
+        if peer == send.conn.peer_id or peer not in torrent.conns:
+            return False
+        if self._announcer is None and len(torrent.sent) < torrent.info.num_pieces:
+            return True  # an origin sends every piece once before it sends any twice to peers still connected
+        return self._clock.seconds() - when < self._config.request_timeout(torrent.info.piece_length)
 
     def _pick(self) -> _Send | None:
         """The next piece to send: the one fewest of our peers have, then the one we have served fewest times,
         then the oldest request; None while every connection with a request waiting has a full write buffer.
-        Requests of closed connections are dropped."""
-        self._outbox = [s for s in self._outbox if s.torrent.conns.get(s.conn.peer_id) is s.conn]
+        Requests of closed connections are dropped, and those of connections whose transport is going: it stops
+        its producer (failing ``when_writable``) before the protocol hears of the loss, and a request kept then
+        would be waited for again at once, for ever."""
+        self._outbox = [
+            s for s in self._outbox if s.torrent.conns.get(s.conn.peer_id) is s.conn and not s.conn.protocol.lost
+        ]
         ready = [s for s in self._outbox if s.conn.protocol.writable]
         if not ready:
             return None

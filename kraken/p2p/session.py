@@ -185,6 +185,7 @@ class PeerSession:
         self._pending: dict[int, _Request] = {}
         self._discard: set[int] = set()  # requests cancelled on our side whose answer may still come
         self._receiving: int | None = None  # the index whose payload is streaming in
+        self._streaming = False  # a payload is streaming in, wanted or not: the request timers wait
         self._handshake_waiters: list[Deferred[Handshake]] = []
         self._close_waiters: list[Deferred[Closed]] = []
 
@@ -267,8 +268,14 @@ class PeerSession:
 
         The Deferred fires with the piece's length when the whole payload has arrived, fails with
         ``PieceRequestFailed`` if the peer answers ``ERROR``, with ``TimeoutError`` if the piece has not started
-        to arrive within the request timeout (a piece that has started is left to the idle timeout) and with
-        ``PeerDisconnected`` if the connection closes. Cancelling it sends ``CANCEL``.
+        to arrive within the request timeout and with ``PeerDisconnected`` if the connection closes. Cancelling
+        it sends ``CANCEL``.
+
+        The request timeout only runs while the connection is quiet: while any payload streams in, the timers of
+        the requests waiting behind it stop, and they start afresh when it ends. A peer that sends one piece
+        after another at the pace of a slow or shared link is busy, not unresponsive, and a pipelined request
+        does not time out merely because it waited its turn. A piece that has started is left to the idle
+        timeout.
         """
         if self.state is not State.OPEN:
             if self.closed is not None:
@@ -281,7 +288,8 @@ class PeerSession:
         request = self._pending[index] = _Request(d, sink)
         self._discard.discard(index)
         self._connection.send(PieceRequest(index))
-        request.timer = self._clock.callLater(self._request_timeout, self._request_timed_out, index)
+        if not self._streaming:
+            request.timer = self._clock.callLater(self._request_timeout, self._request_timed_out, index)
         return d
 
     def _request_timed_out(self, index: int) -> None:
@@ -343,13 +351,29 @@ class PeerSession:
             request.sink(chunk)
 
     def on_payload_end(self, index: int) -> None:
-        if self.state is not State.OPEN or self._receiving != index:
+        if self.state is not State.OPEN:
             return
-        self._receiving = None
-        request = self._pending.pop(index, None)
+        self._streaming = False
+        request = None
+        if self._receiving == index:
+            self._receiving = None
+            request = self._pending.pop(index, None)
+        self._restart_timers()
         if request is not None:
             request.stop_timer()
             request.deferred.callback(request.received)
+
+    def _hold_timers(self) -> None:
+        """A payload starts: no request times out while it streams in."""
+        self._streaming = True
+        for request in self._pending.values():
+            request.stop_timer()
+
+    def _restart_timers(self) -> None:
+        """A payload ended: the requests that waited behind it get a whole request timeout from now."""
+        for index, request in self._pending.items():
+            if request.timer is None:
+                request.timer = self._clock.callLater(self._request_timeout, self._request_timed_out, index)
 
     # --- states ---------------------------------------------------------------------------------------------
 
@@ -427,10 +451,11 @@ class PeerSession:
             self._violation(f"piece {msg.index} of {msg.length} bytes, expected {expected}")
         elif msg.index in self._pending:
             self._receiving = msg.index
-            self._pending[msg.index].stop_timer()  # it is coming: the idle timeout watches it from here
+            self._hold_timers()  # it is coming: the idle timeout watches it from here
         elif msg.index in self._discard:
             self._discard.discard(msg.index)
             self._receiving = None
+            self._hold_timers()
         else:
             self._violation(f"piece {msg.index} was not requested")
 

@@ -413,3 +413,64 @@ def test_a_handshake_for_a_blob_nobody_has_is_unknown(swarm):
     # Refused as unknown: blacklisted for the blob, so not dialled again though the agent keeps announcing.
     assert not done(d) and origin.scheduler.stats().connections == 0
     assert origin.dials == 1 and len(swarm.tracker.announces) > 3
+
+
+def test_a_connection_going_away_while_its_requests_wait_does_not_spin_the_serving_loop(swarm, monkeypatch):
+    """A transport stops its producer before the protocol hears of the loss: the serving loop, waiting for that
+    connection to drain, must drop its requests then, not wait for it again at once, for ever."""
+    data, info = blob(8)
+    origin = swarm.origin("origin", (data, info))
+    scheduler = origin.scheduler
+    opened = scheduler._opened
+    flows = []
+
+    def opened_full(torrent, protocol, session, *, origin):  # every write buffer full from the start
+        opened(torrent, protocol, session, origin=origin)
+        protocol._flow.pauseProducing()
+        flows.append(protocol._flow)
+
+    monkeypatch.setattr(scheduler, "_opened", opened_full)
+    swarm.agent("agent").download(info.digest)
+    swarm.run(lambda: bool(scheduler._outbox))
+    assert scheduler._serving and scheduler.stats().pieces_out == 0
+    picks = 0
+    pick = scheduler._pick
+
+    def counted() -> object:
+        nonlocal picks
+        picks += 1
+        if picks > 100:
+            raise AssertionError("the serving loop spins")
+        return pick()
+
+    monkeypatch.setattr(scheduler, "_pick", counted)
+    (flow,) = flows
+    flow.stopProducing()  # what the transport does first when the connection is lost
+    assert picks == 1 and not scheduler._serving and not scheduler._outbox
+
+
+def test_an_origin_sends_no_piece_twice_to_peers_still_connected_until_it_has_sent_every_piece(swarm, monkeypatch):
+    from kraken.p2p.scheduler import _Send
+
+    data, info = blob(4)
+    origin = swarm.origin("origin", (data, info))
+    scheduler = origin.scheduler
+    opened = scheduler._opened
+
+    def opened_full(torrent, protocol, session, *, origin):  # nothing is sent: the test sets what was
+        opened(torrent, protocol, session, origin=origin)
+        protocol._flow.pauseProducing()
+
+    monkeypatch.setattr(scheduler, "_opened", opened_full)
+    for name in ("first", "second"):
+        swarm.agent(name).download(info.digest)
+    torrents = scheduler._torrents
+    swarm.run(lambda: info.digest in torrents and len(torrents[info.digest].conns) == 2)
+    torrent = torrents[info.digest]
+    first, second = torrent.conns.values()
+    torrent.sent, torrent.last_sent = {0: 1}, {0: (swarm.clock.seconds(), first.peer_id)}
+    swarm.clock.advance(60)  # long past the request timeout
+    assert scheduler._recently_seeded(_Send(torrent, second, 0, 0))  # pieces 1-3 were never sent
+    assert not scheduler._recently_seeded(_Send(torrent, first, 0, 1))  # its own receiver may ask again
+    torrent.sent = dict.fromkeys(range(info.num_pieces), 1)
+    assert not scheduler._recently_seeded(_Send(torrent, second, 0, 2))  # a whole copy is out: the window rules

@@ -390,6 +390,45 @@ def test_a_piece_that_has_started_to_arrive_does_not_time_out():
     assert conn.sent == [PieceRequest(0)]
 
 
+def test_requests_waiting_behind_a_piece_that_streams_in_do_not_time_out():
+    """The request timeout runs only while the connection is quiet: a peer sending one piece after another at
+    the pace of a slow link is busy, not unresponsive."""
+    session, conn, _, clock = opened(request_timeout=10, idle_timeout=60)
+    first, second = session.request_piece(0, print), session.request_piece(1, print)
+    clock.advance(9)
+    session.on_message(Piece(0, 1024))
+    session.on_payload(0, BLOB[:100])
+    clock.advance(20)  # piece 0 is slow; piece 1 waits behind it
+    third = session.request_piece(2, print)  # asked while piece 0 streams: its time starts when that ends
+    clock.advance(20)
+    session.on_payload(0, BLOB[100:1024])
+    session.on_payload_end(0)
+    assert result_of(first) == 1024
+    assert not second.called and not third.called
+    clock.advance(9.5)  # a whole timeout afresh, from the end of piece 0
+    assert not second.called and not third.called
+    clock.advance(0.5)
+    assert result_of(second).check(TimeoutError) and result_of(third).check(TimeoutError)
+    assert conn.sent == [PieceRequest(0), PieceRequest(1), PieceRequest(2), Cancel(1), Cancel(2)]
+
+
+def test_an_unwanted_piece_streaming_in_also_holds_the_request_timers():
+    session, _, _, clock = opened(request_timeout=10, idle_timeout=60)
+    dropped, waiting = session.request_piece(0, print), session.request_piece(1, print)
+    dropped.cancel()
+    result_of(dropped)  # consume the CancelledError
+    clock.advance(5)
+    session.on_message(Piece(0, 1024))  # the answer we no longer want: discarded, but the link is busy with it
+    session.on_payload(0, BLOB[:1024])
+    clock.advance(30)
+    assert not waiting.called
+    session.on_payload_end(0)
+    clock.advance(9)
+    assert not waiting.called
+    clock.advance(1)
+    assert result_of(waiting).check(TimeoutError)
+
+
 def test_unrequested_piece_is_a_violation():
     session, conn, _, _ = opened()
     session.on_message(Piece(0, 1024))
