@@ -5,7 +5,10 @@ It asks the origin (``OriginClient.peers``, ``GET /blobs/<digest>/peers``)
 and keeps the answer for ``ttl`` seconds. A failed lookup is logged and
 counts as "no origins" for ``error_ttl`` seconds, so announces keep working
 (with agents only) while an origin is down, without asking it on every
-announce. Concurrent lookups of one digest share one request.
+announce. Concurrent lookups of one digest share one request. An answer
+past its time is still given for a while (``stale`` seconds, by default as
+long as ``ttl``) while a fresh lookup runs in the background, so announces do
+not wait for the origin every ``ttl`` seconds.
 """
 
 from __future__ import annotations
@@ -46,6 +49,11 @@ class OriginPeers:
     (the lookup goes on, and its answer is cached for the next caller).
     Cancelling one caller's Deferred affects nobody else.
 
+    An answer up to ``stale`` seconds past its time (``ttl`` by default; 0
+    turns this off) is still given at once, while one lookup refreshes it in
+    the background; older than that, callers wait for the lookup as for a
+    digest never asked about.
+
     The answers are handed out as origins: ``complete`` and ``origin`` are
     set on them whatever the source said.
     """
@@ -61,15 +69,19 @@ class OriginPeers:
         error_ttl: float = DEFAULT_ERROR_TTL,
         size: int = DEFAULT_SIZE,
         wait: float = DEFAULT_WAIT,
+        stale: float | None = None,
     ) -> None:
         if ttl <= 0 or error_ttl <= 0 or size <= 0 or wait <= 0:
             raise ValueError("ttl, error_ttl, size and wait must be positive")
+        if stale is not None and stale < 0:
+            raise ValueError("stale must not be negative")
         self._source = source
         self._clock = clock
         self._ttl = ttl
         self._error_ttl = error_ttl
         self._size = size
         self._wait = wait
+        self._stale = ttl if stale is None else stale
         self._entries: OrderedDict[Digest, tuple[tuple[PeerInfo, ...], float]] = OrderedDict()
         self._waiting: dict[Digest, list[Deferred[list[PeerInfo]]]] = {}
         #: Lookups sent to the source, and how many of them failed.
@@ -80,9 +92,17 @@ class OriginPeers:
         hit = self._entries.get(digest)
         if hit is not None:
             peers, expires = hit
-            if self._clock.seconds() < expires:
+            now = self._clock.seconds()
+            if now < expires:
                 self._entries.move_to_end(digest)
                 return succeed(list(peers))
+            if now < expires + self._stale:
+                # Stale: answer with it, and refresh it in the background. A source that
+                # answers at once has refreshed it by the time _refresh returns.
+                self._refresh(digest)
+                hit = self._entries.get(digest, hit)
+                self._entries.move_to_end(digest)
+                return succeed(list(hit[0]))
             del self._entries[digest]
         mine: Deferred[list[PeerInfo]] = Deferred(lambda d: self._forget(digest, d))
         mine.addTimeout(self._wait, self._clock)
@@ -92,10 +112,18 @@ class OriginPeers:
             waiters.append(mine)
             return mine
         self._waiting[digest] = [mine]
+        self._fetch(digest)
+        return mine
+
+    def _refresh(self, digest: Digest) -> None:
+        if digest not in self._waiting:
+            self._waiting[digest] = []
+            self._fetch(digest)
+
+    def _fetch(self, digest: Digest) -> None:
         self.fetches += 1
         # Last: a source that answers at once calls _done right here.
         Deferred.fromCoroutine(self._source.peers(digest)).addBoth(lambda r: self._done(digest, r))
-        return mine
 
     def _gave_up(self, failure: Failure, digest: Digest) -> list[PeerInfo] | Failure:
         if failure.check(TimeoutError):

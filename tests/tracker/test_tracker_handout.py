@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import random
+from collections import Counter
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from tracker_fakes import peer
 
 from kraken.core.peer import PeerInfo
-from kraken.tracker.handout import handout, peer_class
+from kraken.tracker.handout import AnswerEncoder, handout, peer_class
 
 
 def classes(peers: list[PeerInfo]) -> list[int]:
@@ -82,3 +85,57 @@ def test_handout_properties(
     assert len({p.peer_id for p in out}) == len(out)
     candidates = {p.peer_id for p in [*agents, *origins] if p.peer_id != me}
     assert len(out) == min(limit, len(candidates))
+
+
+def compact(doc: object) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+
+def test_answers_are_byte_for_byte_json_dumps() -> None:
+    peers = [peer(1), peer(2, complete=True), peer(200, complete=True, origin=True), PeerInfo("ab" * 32, "::1", 80)]
+    for interval in (3.0, 2.5, 10):
+        encoder = AnswerEncoder(interval)
+        assert encoder.encode(peers) == compact({"peers": [p.to_json() for p in peers], "interval": interval})
+        assert encoder.encode([]) == compact({"peers": [], "interval": interval})
+
+
+def test_each_peer_is_encoded_once_and_a_changed_peer_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    encoder = AnswerEncoder(3.0)
+    encoded: list[str] = []
+    real = PeerInfo.to_json
+
+    def counting(self: PeerInfo) -> dict[str, object]:
+        encoded.append(self.peer_id)
+        return real(self)
+
+    monkeypatch.setattr(PeerInfo, "to_json", counting)
+    a, b = peer(1), peer(2)
+    encoder.encode([a, b])
+    encoder.encode([b, a])
+    assert encoded == [a.peer_id, b.peer_id]
+    same_as_a = PeerInfo(a.peer_id, a.ip, a.port)  # the agent's announce of another blob: an equal object
+    assert same_as_a is not a
+    assert encoder.encode([same_as_a]) == encoder.encode([a])
+    assert encoded == [a.peer_id, b.peer_id]
+    completed = peer(1, complete=True)
+    assert json.loads(encoder.encode([completed]))["peers"] == [real(completed)]
+    assert encoded == [a.peer_id, b.peer_id, a.peer_id]
+    assert len(encoder) == 2
+
+
+def test_the_memo_is_bounded() -> None:
+    encoder = AnswerEncoder(3.0, size=3)
+    for n in range(10):
+        encoder.encode([peer(n)])
+        assert len(encoder) <= 3
+    assert json.loads(encoder.encode([peer(4), peer(9)]))["peers"] == [peer(4).to_json(), peer(9).to_json()]
+    with pytest.raises(ValueError, match="positive"):
+        AnswerEncoder(3.0, size=0)
+
+
+def test_uniform_within_a_class() -> None:
+    rng = random.Random(11)
+    agents = [peer(n) for n in range(6)]
+    firsts = Counter(handout(agents, [], "f" * 40, 2, rng)[0].peer_id for _ in range(3000))
+    # 500 each on average; 5 sigma is about 100.
+    assert len(firsts) == 6 and all(400 < c < 600 for c in firsts.values()), firsts

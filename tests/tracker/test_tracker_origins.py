@@ -184,3 +184,55 @@ def test_bounded_least_recently_used() -> None:
 def test_parameters_must_be_positive(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="positive"):
         Fixture(**bad)
+
+
+def test_a_stale_answer_is_given_at_once_while_one_refresh_runs(fx: Fixture) -> None:
+    assert fx.get() == [SEEDER]
+    fx.clock.advance(10.0)  # past the ttl
+    fx.origin.peers_hold = True
+    fx.origin.seeders = [peer(201)]
+    assert fx.get() == [SEEDER], "the stale answer, without waiting"
+    assert fx.get() == [SEEDER]
+    assert fx.origin.peer_calls == [DIGEST, DIGEST], "one refresh for both"
+    assert fx.idle(), "a refresh has nobody waiting on a timer"
+    fx.origin.release()
+    [got] = fx.get()
+    assert got.peer_id == peer(201).peer_id, "the refreshed answer"
+    assert fx.peers.fetches == 2
+
+
+def test_too_stale_an_answer_is_waited_for(fx: Fixture) -> None:
+    assert fx.get() == [SEEDER]
+    fx.origin.peers_hold = True
+    fx.clock.advance(19.9)  # ttl + stale (10 s by default) not yet over
+    assert fx.get() == [SEEDER]
+    fx.clock.advance(0.1)
+    waiting = outcome(fx.peers.get(DIGEST))
+    assert waiting == [], "older than ttl + stale: a miss"
+    assert fx.origin.peer_calls == [DIGEST, DIGEST], "joins the refresh already running"
+    fx.origin.release()
+    assert waiting == [[SEEDER]]
+
+
+def test_stale_zero_waits_as_before() -> None:
+    fx = Fixture(stale=0.0)
+    assert fx.get() == [SEEDER]
+    fx.clock.advance(10.0)
+    fx.origin.peers_hold = True
+    waiting = outcome(fx.peers.get(DIGEST))
+    assert waiting == []
+    fx.origin.release()
+    assert waiting == [[SEEDER]]
+    with pytest.raises(ValueError, match="negative"):
+        Fixture(stale=-1.0)
+
+
+def test_a_failed_refresh_answers_nothing_for_the_error_ttl(fx: Fixture) -> None:
+    assert fx.get() == [SEEDER]
+    fx.clock.advance(10.0)
+    fx.origin.peers_error = RuntimeError("down")
+    with capturedLogs():
+        assert fx.get() == [], "the refresh failed at once: its answer is the newest"
+    fx.origin.peers_error = None
+    fx.clock.advance(1.0)
+    assert fx.get() == [SEEDER]
