@@ -1,4 +1,6 @@
-"""Child processes for the benchmarks: a daemon whose output goes to a log file, started and waited for."""
+"""Child processes for the benchmarks: a daemon whose output goes to a log file, started and waited for; and
+a cluster of them (an origin, a tracker and agents, each its own ``twistd`` process), on loopback or on hosts
+of their own."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -124,3 +127,127 @@ def busy_between(before: tuple[int, int], after: tuple[int, int]) -> float:
 
 def twistd(plugin: str, config: str) -> list[str]:
     return [TWISTD, "-n", "--pidfile=", plugin, "--config", config]
+
+
+def write_config(work: str, name: str, text: str) -> str:
+    """``text`` written to ``work/name.yaml``; returns its path."""
+    path = os.path.join(work, f"{name}.yaml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def emit(text: str, out: str | None) -> None:
+    """A benchmark's Markdown on stdout and, with ``out``, appended to that file after a blank line."""
+    print(text)
+    if out:
+        with open(out, "a") as f:
+            f.write("\n" + text)
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a daemon runs: its address, and the argv prefix that starts a command there. On loopback (the
+    default) every daemon shares 127.0.0.1 and takes free ports; on a host of its own (a network namespace,
+    bench/netns.py) it takes the default ports and listens on every interface of that host, its loopback
+    included, so that uploads and checks run inside the host do not cross its capped link."""
+
+    ip: str = "127.0.0.1"
+    prefix: tuple[str, ...] = ()
+
+    @property
+    def own_host(self) -> bool:
+        return bool(self.prefix)
+
+    def port(self, default: int) -> int:
+        return default if self.own_host else free_port()
+
+    def listen(self, port: int) -> str:
+        return f"tcp:{port}" if self.own_host else f"tcp:{port}:interface={self.ip}"
+
+    def local_url(self, port: int) -> str:
+        """A URL of this host's port, for a command started with ``prefix``."""
+        return f"http://127.0.0.1:{port}"
+
+
+@dataclass
+class Agent:
+    daemon: Daemon
+    api: int
+    place: Place = Place()
+
+
+class Cluster:
+    """An origin, a tracker and ``agents`` agents, each its own ``twistd`` process (started together, then
+    waited for): all on loopback, or each at the ``places`` given (origin, tracker, then one per agent).
+    ``rate``: every daemon's P2P bandwidth limit each way, in bits per second (None: no limits); ``piece``: the
+    origin's piece length for every blob (None: its default piece lengths)."""
+
+    def __init__(
+        self, work: str, agents: int, rate: int | None, piece: int | None, places: list[Place] | None = None
+    ) -> None:
+        self.work = work
+        os.makedirs(work, exist_ok=True)
+        places = places or [Place()] * (agents + 2)
+        if len(places) < agents + 2:
+            raise ValueError(f"{agents} agents need {agents + 2} places, not {len(places)}")
+        self.origin, self.tracker = places[0], places[1]
+        bandwidth = (
+            f"bandwidth: {{enabled: true, egress_bits_per_sec: {rate}, ingress_bits_per_sec: {rate}}}"
+            if rate
+            else "bandwidth: {enabled: false}"
+        )
+        pieces = f", piece_lengths: {{0: {piece}}}" if piece else ""
+        o, t = self.origin, self.tracker
+        self.origin_http, origin_p2p, self.tracker_http = o.port(15002), o.port(15001), t.port(15003)
+        origin = write_config(
+            work,
+            "origin",
+            f"listen_http: '{o.listen(self.origin_http)}'\nadvertise: '{o.ip}:{self.origin_http}'\n"
+            f"store: {{root: {work}/origin{pieces}}}\n"
+            f"p2p: {{listen: '{o.listen(origin_p2p)}', advertise: '{o.ip}:{origin_p2p}', {bandwidth}}}\n",
+        )
+        tracker = write_config(
+            work,
+            "tracker",
+            f"listen_http: '{t.listen(self.tracker_http)}'\norigin: 'http://{o.ip}:{self.origin_http}'\n",
+        )
+        self.origin_daemon = Daemon("origin", [*o.prefix, *twistd("kraken-origin", origin)], f"{work}/origin.log",
+                                    "origin P2P listening", wait=False)  # fmt: skip
+        self.daemons = [
+            self.origin_daemon,
+            Daemon("tracker", [*t.prefix, *twistd("kraken-tracker", tracker)], f"{work}/tracker.log",
+                   "tracker listening", wait=False),
+        ]  # fmt: skip
+        self.agents: list[Agent] = []
+        for k in range(agents):
+            a = places[k + 2]
+            registry, api, p2p = a.port(16000), a.port(16002), a.port(16001)
+            config = write_config(
+                work,
+                f"agent-{k}",
+                f"listen_registry: '{a.listen(registry)}'\n"
+                f"listen_api: '{a.listen(api)}'\n"
+                f"tracker: 'http://{t.ip}:{self.tracker_http}'\n"
+                f"build_index: 'http://127.0.0.1:{free_port()}'\n"  # unused: blobs by digest only
+                f"store: {{root: {work}/agent-{k}}}\n"
+                f"p2p: {{listen: '{a.listen(p2p)}', advertise: '{a.ip}:{p2p}', {bandwidth}}}\n",
+            )
+            daemon = Daemon(f"agent-{k}", [*a.prefix, *twistd("kraken-agent", config)], f"{work}/agent-{k}.log",
+                            "agent P2P listening", wait=False)  # fmt: skip
+            self.agents.append(Agent(daemon, api, a))
+            self.daemons.append(daemon)
+        try:
+            for daemon in self.daemons:
+                daemon.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def cpu(self) -> float:
+        """CPU seconds all daemons have used so far."""
+        return sum(cpu_seconds(d.proc.pid) for d in self.daemons)
+
+    def stop(self) -> None:
+        for daemon in self.daemons:
+            daemon.stop()

@@ -36,16 +36,18 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from _daemons import Daemon, cpu_seconds, free_port, twistd, write_blob  # noqa: E402
+import _daemons  # noqa: E402
+from _daemons import Agent, Place, cpu_seconds, emit, write_blob  # noqa: E402
 
 from kraken.config import parse_size  # noqa: E402
 
 NAMESPACE = "bench/swarm"
+
+free_port = _daemons.free_port  # bench/baselines.py and bench/netbench.py take it from here
 
 
 REQUEST_TIMEOUT = 3600.0
@@ -59,7 +61,7 @@ def parse_rate(text: str) -> int:
     return int(float(m.group(1)) * {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}[m.group(2)])
 
 
-def request(port: int, method: str, path: str, body: object = None, headers: dict[str, str] | None = None,
+def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
             host: str = "127.0.0.1") -> bytes:  # fmt: skip
     conn = http.client.HTTPConnection(host, port, timeout=REQUEST_TIMEOUT)
     try:
@@ -73,31 +75,6 @@ def request(port: int, method: str, path: str, body: object = None, headers: dic
         return data
     finally:
         conn.close()
-
-
-@dataclass(frozen=True)
-class Place:
-    """Where a daemon runs: its address, and the argv prefix that starts a command there. On loopback (the
-    default) every daemon shares 127.0.0.1 and takes free ports; on a host of its own (a network namespace,
-    bench/netns.py) it takes the default ports and listens on every interface of that host, its loopback
-    included, so that uploads and checks run inside the host do not cross its capped link."""
-
-    ip: str = "127.0.0.1"
-    prefix: tuple[str, ...] = ()
-
-    @property
-    def own_host(self) -> bool:
-        return bool(self.prefix)
-
-    def port(self, default: int) -> int:
-        return default if self.own_host else free_port()
-
-    def listen(self, port: int) -> str:
-        return f"tcp:{port}" if self.own_host else f"tcp:{port}:interface={self.ip}"
-
-    def local_url(self, port: int) -> str:
-        """A URL of this host's port, for a command started with ``prefix``."""
-        return f"http://127.0.0.1:{port}"
 
 
 def upload(origin: Place, origin_port: int, path: str, digest: str) -> None:
@@ -119,87 +96,11 @@ def stats(port: int, host: str = "127.0.0.1") -> dict[str, int]:
     return json.loads(request(port, "GET", "/stats", host=host))
 
 
-@dataclass
-class Agent:
-    daemon: Daemon
-    api: int
-    place: Place = Place()
-
-
-class Cluster:
-    """An origin, a tracker and ``agents`` agents, each its own process: all on loopback, or each at the
-    ``places`` given (origin, tracker, then one per agent)."""
-
-    def __init__(self, work: str, agents: int, rate: int | None, piece: int, places: list[Place] | None = None) -> None:
-        self.work = work
-        os.makedirs(work, exist_ok=True)
-        places = places or [Place()] * (agents + 2)
-        if len(places) < agents + 2:
-            raise ValueError(f"{agents} agents need {agents + 2} places, not {len(places)}")
-        self.origin, self.tracker = places[0], places[1]
-        bandwidth = (
-            f"bandwidth: {{enabled: true, egress_bits_per_sec: {rate}, ingress_bits_per_sec: {rate}}}"
-            if rate
-            else "bandwidth: {enabled: false}"
-        )
-        o, t = self.origin, self.tracker
-        self.origin_http, origin_p2p, self.tracker_http = o.port(15002), o.port(15001), t.port(15003)
-        origin = self._config(
-            "origin",
-            f"listen_http: '{o.listen(self.origin_http)}'\nadvertise: '{o.ip}:{self.origin_http}'\n"
-            f"store: {{root: {work}/origin, piece_lengths: {{0: {piece}}}}}\n"
-            f"p2p: {{listen: '{o.listen(origin_p2p)}', advertise: '{o.ip}:{origin_p2p}',"
-            f" {bandwidth}}}\n",
-        )
-        tracker = self._config(
-            "tracker",
-            f"listen_http: '{t.listen(self.tracker_http)}'\norigin: 'http://{o.ip}:{self.origin_http}'\n",
-        )
-        self.daemons = [
-            Daemon("origin", [*o.prefix, *twistd("kraken-origin", origin)], f"{work}/origin.log",
-                   "origin P2P listening", wait=False),
-            Daemon("tracker", [*t.prefix, *twistd("kraken-tracker", tracker)], f"{work}/tracker.log", "listening",
-                   wait=False),
-        ]  # fmt: skip
-        self.agents: list[Agent] = []
-        for k in range(agents):
-            a = places[k + 2]
-            registry, api, p2p = a.port(16000), a.port(16002), a.port(16001)
-            config = self._config(
-                f"agent-{k}",
-                f"listen_registry: '{a.listen(registry)}'\n"
-                f"listen_api: '{a.listen(api)}'\n"
-                f"tracker: 'http://{t.ip}:{self.tracker_http}'\n"
-                f"build_index: 'http://127.0.0.1:{free_port()}'\n"  # unused: blobs by digest only
-                f"store: {{root: {work}/agent-{k}}}\n"
-                f"p2p: {{listen: '{a.listen(p2p)}', advertise: '{a.ip}:{p2p}', {bandwidth}}}\n",
-            )
-            daemon = Daemon(f"agent-{k}", [*a.prefix, *twistd("kraken-agent", config)], f"{work}/agent-{k}.log",
-                            "agent P2P listening", wait=False)  # fmt: skip
-            self.agents.append(Agent(daemon, api, a))
-            self.daemons.append(daemon)
-        try:
-            for daemon in self.daemons:
-                daemon.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _config(self, name: str, text: str) -> str:
-        path = os.path.join(self.work, f"{name}.yaml")
-        with open(path, "w") as f:
-            f.write(text)
-        return path
-
-    def cpu(self) -> float:
-        return sum(cpu_seconds(d.proc.pid) for d in self.daemons)
+class Cluster(_daemons.Cluster):
+    """The swarm's cluster (``_daemons.Cluster``), which also reads the origin's counters."""
 
     def origin_stats(self) -> dict[str, int]:
         return stats(self.origin_http, self.origin.ip)
-
-    def stop(self) -> None:
-        for daemon in self.daemons:
-            daemon.stop()
 
 
 def pull_all(cluster: Cluster, agents: list[Agent], digest: str) -> list[float]:
@@ -371,11 +272,7 @@ def main() -> int:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text)
+    emit("\n".join(lines) + "\n", args.out)
     return 0
 
 

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from _daemons import Daemon, twistd  # noqa: E402
-from tracker_load import free_port, request, upload, write_blob  # noqa: E402
+from _daemons import Agent, Cluster, emit, write_blob  # noqa: E402
+from tracker_load import request, upload  # noqa: E402
 
 from kraken.config import parse_size  # noqa: E402
 from kraken.core import MetaInfo  # noqa: E402
@@ -85,79 +85,10 @@ class Run:
     b_time: float
 
 
-class Cluster:
-    """An origin, a tracker and agents A and B, each its own process, without bandwidth limits."""
-
-    def __init__(self, work: str) -> None:
-        self.work = work
-        os.makedirs(work, exist_ok=True)
-        self.origin_http, origin_p2p, tracker = free_port(), free_port(), free_port()
-        unlimited = "bandwidth: {enabled: false}"
-        origin = self._config(
-            "origin",
-            f"listen_http: 'tcp:{self.origin_http}:interface=127.0.0.1'\n"
-            f"store: {{root: {work}/origin}}\n"
-            f"p2p: {{listen: 'tcp:{origin_p2p}:interface=127.0.0.1', advertise: '127.0.0.1:{origin_p2p}',"
-            f" {unlimited}}}\n",
-        )
-        tracker_config = self._config(
-            "tracker",
-            f"listen_http: 'tcp:{tracker}:interface=127.0.0.1'\norigin: 'http://127.0.0.1:{self.origin_http}'\n",
-        )
-        self.origin = Daemon("origin", twistd("kraken-origin", origin), f"{work}/origin.log", "origin P2P listening",
-                             wait=False)  # fmt: skip
-        self.daemons = [
-            self.origin,
-            Daemon("tracker", twistd("kraken-tracker", tracker_config), f"{work}/tracker.log", "tracker listening",
-                   wait=False),
-        ]  # fmt: skip
-        self.api: dict[str, int] = {}
-        self.agents: dict[str, Daemon] = {}
-        for name in ("a", "b"):
-            registry, api, p2p = free_port(), free_port(), free_port()
-            config = self._config(
-                f"agent-{name}",
-                f"listen_registry: 'tcp:{registry}:interface=127.0.0.1'\n"
-                f"listen_api: 'tcp:{api}:interface=127.0.0.1'\n"
-                f"tracker: 'http://127.0.0.1:{tracker}'\n"
-                f"build_index: 'http://127.0.0.1:{free_port()}'\n"  # unused: blobs by digest only
-                f"store: {{root: {work}/agent-{name}}}\n"
-                f"p2p: {{listen: 'tcp:{p2p}:interface=127.0.0.1', advertise: '127.0.0.1:{p2p}', {unlimited}}}\n",
-            )
-            daemon = Daemon(f"agent-{name}", twistd("kraken-agent", config), f"{work}/agent-{name}.log",
-                            "agent P2P listening", wait=False)  # fmt: skip
-            self.api[name], self.agents[name] = api, daemon
-            self.daemons.append(daemon)
-        try:
-            for daemon in self.daemons:
-                daemon.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _config(self, name: str, text: str) -> str:
-        path = os.path.join(self.work, f"{name}.yaml")
-        with open(path, "w") as f:
-            f.write(text)
-        return path
-
-    def cpu(self, name: str) -> Cpu:
-        daemon = self.origin if name == "origin" else self.agents[name]
-        return Cpu.of(daemon.proc.pid)
-
-    def stats(self, name: str) -> dict[str, int]:
-        stats: dict[str, int] = json.loads(request(self.api[name], "GET", "/stats"))
-        return stats
-
-    def stop(self) -> None:
-        for daemon in self.daemons:
-            daemon.stop()
-
-
-def pull(cluster: Cluster, name: str, digest: str) -> float:
-    """Ask agent ``name`` for the blob; seconds until it answered (it answers once the blob is complete)."""
+def pull(agent: Agent, digest: str) -> float:
+    """Ask the agent for the blob; seconds until it answered (it answers once the blob is complete)."""
     start = time.monotonic()
-    request(cluster.api[name], "HEAD", f"/namespace/{NAMESPACE}/blobs/{digest}")
+    request(agent.api, "HEAD", f"/namespace/{NAMESPACE}/blobs/{digest}")
     return time.monotonic() - start
 
 
@@ -194,7 +125,8 @@ def warm_page_cache(work: str, size: int) -> None:
 
 
 def one_run(work: str, size: int, *, warm: bool = True) -> Run:
-    cluster = Cluster(work)
+    cluster = Cluster(work, 2, None, None)  # no bandwidth limits, the origin's default piece lengths
+    origin, (a, b) = cluster.origin_daemon, cluster.agents
     try:
         blob = os.path.join(work, "blob")
         digest = write_blob(blob, size)
@@ -206,21 +138,21 @@ def one_run(work: str, size: int, *, warm: bool = True) -> Run:
 
         if warm:
             warm_page_cache(work, size)
-        a0, o0 = cluster.cpu("a"), cluster.cpu("origin")
-        a_time = pull(cluster, "a", digest)
-        a1, o1 = cluster.cpu("a"), cluster.cpu("origin")
+        a0, o0 = Cpu.of(a.daemon.proc.pid), Cpu.of(origin.proc.pid)
+        a_time = pull(a, digest)
+        a1, o1 = Cpu.of(a.daemon.proc.pid), Cpu.of(origin.proc.pid)
 
-        cluster.origin.stop()
+        origin.stop()
         if warm:
             warm_page_cache(work, size)
-        b0 = cluster.cpu("b")
-        b_time = pull(cluster, "b", digest)
-        a2, b1 = cluster.cpu("a"), cluster.cpu("b")
+        b0 = Cpu.of(b.daemon.proc.pid)
+        b_time = pull(b, digest)
+        a2, b1 = Cpu.of(a.daemon.proc.pid), Cpu.of(b.daemon.proc.pid)
 
-        counters = cluster.stats("b")
+        counters = json.loads(request(b.api, "GET", "/stats"))
         if counters["pieces_in_from_origins"] or counters["pieces_in_from_agents"] < info.num_pieces:
             raise RuntimeError(f"B did not get every piece from A: {counters}")
-        check_copy(cluster.api["b"], digest)
+        check_copy(b.api, digest)
     finally:
         cluster.stop()
     run = Run(
@@ -295,11 +227,7 @@ def main() -> int:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    text = "\n".join(table(args, runs, sha256_cpu_per_gib(runs[0].piece_length))) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text)
+    emit("\n".join(table(args, runs, sha256_cpu_per_gib(runs[0].piece_length))) + "\n", args.out)
     return 0
 
 

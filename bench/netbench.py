@@ -45,7 +45,7 @@ sys.path.insert(0, HERE)
 import _swarm as swarm  # noqa: E402
 import baselines  # noqa: E402
 import netns  # noqa: E402
-from _daemons import busy_between, machine_cpu  # noqa: E402
+from _daemons import busy_between, emit, machine_cpu  # noqa: E402
 from report import Report, Run, Skipped, markdown, plot  # noqa: E402
 
 from kraken.config import parse_size  # noqa: E402
@@ -293,10 +293,7 @@ def publish(args: argparse.Namespace, report: Report) -> int:
         with open(args.json, "w") as f:
             f.write(report.to_json())
     text = markdown(report, plots)
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text)
+    emit(text, args.out)
     return 0
 
 

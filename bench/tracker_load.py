@@ -50,7 +50,7 @@ from typing import BinaryIO
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from _daemons import Daemon, cpu_seconds, free_port, twistd, write_blob  # noqa: E402
+from _daemons import Daemon, cpu_seconds, emit, free_port, twistd, write_blob, write_config  # noqa: E402
 
 from kraken.core import MetaInfo  # noqa: E402
 
@@ -128,6 +128,11 @@ def announce_body(k: int, blob: tuple[str, str]) -> bytes:
         "digest": digest, "info_hash": info_hash, "complete": False,
     }  # fmt: skip
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def announce_bodies(blobs: list[tuple[str, str]], peers: int) -> list[bytes]:
+    """Every peer's announce: peer k announces blob ``k % len(blobs)``, as the wrk script's peers do."""
+    return [announce_body(k, blobs[k % len(blobs)]) for k in range(peers)]
 
 
 def announce_request(port: int, body: bytes) -> bytes:
@@ -340,13 +345,15 @@ class Bench:
         os.makedirs(work, exist_ok=True)
         self.peers = peers
         origin_http, origin_p2p, self.tracker_port = free_port(), free_port(), free_port()
-        origin = self._config(
+        origin = write_config(
+            work,
             "origin",
             f"listen_http: 'tcp:{origin_http}:interface=127.0.0.1'\n"
             f"store: {{root: {work}/origin}}\n"
             f"p2p: {{listen: 'tcp:{origin_p2p}:interface=127.0.0.1', advertise: '127.0.0.1:{origin_p2p}'}}\n",
         )
-        tracker = self._config(
+        tracker = write_config(
+            work,
             "tracker",
             f"listen_http: 'tcp:{self.tracker_port}:interface=127.0.0.1'\norigin: 'http://127.0.0.1:{origin_http}'\n",
         )
@@ -366,14 +373,7 @@ class Bench:
             raise
         self.bodies = os.path.join(work, "announces.jsonl")
         with open(self.bodies, "wb") as f:
-            for k in range(peers):
-                f.write(announce_body(k, self.blobs[k % len(self.blobs)]) + b"\n")
-
-    def _config(self, name: str, text: str) -> str:
-        path = os.path.join(self.work, f"{name}.yaml")
-        with open(path, "w") as f:
-            f.write(text)
-        return path
+            f.writelines(body + b"\n" for body in announce_bodies(self.blobs, peers))
 
     def _blob(self, origin_http: int, i: int) -> tuple[str, str]:
         """A fresh blob on the origin: (digest, info hash of its metainfo, as the origin made it)."""
@@ -446,12 +446,13 @@ def profile(bench: Bench, kind: str, connections: int, seconds: float) -> list[s
 PROFILE_FUNCTIONS = [
     ("twisted.web request handling, the app's included (`Request.requestReceived`)", "Request.requestReceived"),
     ("Klein routing and rendering, the app's included (`KleinResource.render`)", "KleinResource.render"),
+    ("the announce resource, parsing included (`AnnounceResource.render_POST`)", "AnnounceResource.render_POST"),
     ("the announce handler (`TrackerHTTP.announce`)", "TrackerHTTP.announce"),
     ("parsing and checking the announce (`parse_announce`)", "parse_announce"),
     ("peer store lookup (`MemoryPeerStore.live`)", "MemoryPeerStore.live"),
     ("peer store update (`MemoryPeerStore.record`)", "MemoryPeerStore.record"),
     ("handout (`handout`)", "handout"),
-    ("answer to JSON (`json_response`)", "json_response"),
+    ("answer to JSON (`AnswerEncoder.encode`)", "AnswerEncoder.encode"),
     ("Content-Type parsed with `email` for form bodies (`_parseContentType`)", "_parseContentType"),
     ("access log line (`HTTPFactory.log`)", "HTTPFactory.log"),
     ("every log event, access log and filtered debug events included (`Logger.emit`)", "Logger.emit"),
@@ -553,11 +554,7 @@ def main() -> int:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     lines = table(args, runs) + (["", *profile_rows] if profile_rows else [])
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text)
+    emit("\n".join(lines) + "\n", args.out)
     return 0
 
 

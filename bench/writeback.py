@@ -75,7 +75,7 @@ from botocore.config import Config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from _daemons import TWISTD, cpu_seconds, free_port  # noqa: E402
+from _daemons import TWISTD, cpu_seconds, emit, free_port  # noqa: E402
 
 from kraken.config import parse_size  # noqa: E402
 
@@ -637,10 +637,7 @@ def main() -> int:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     text = "\n".join(report(args, runs, args.count, small, large)) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text)
+    emit(text, args.out)
     return 0
 
 
