@@ -45,6 +45,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
@@ -60,6 +61,7 @@ from kraken.p2p.config import P2PConfig
 from kraken.p2p.dispatch import Dispatcher
 from kraken.p2p.protocol import PeerProtocol, SessionFactory
 from kraken.p2p.session import (
+    HANDSHAKE_TIMED_OUT,
     Closed,
     IPeerConnection,
     IPeerSessionObserver,
@@ -98,7 +100,7 @@ PIECE_MEMORY = 8 << 20
 DEFAULT_ANNOUNCE_INTERVAL = 5.0
 # A torrent with fewer connections than it may have, whose last handout named peers it could not connect to,
 # announces again this soon (or at the tracker's interval, if shorter) to find peers with room; a peer that
-# answered BUSY is not dialled again for BUSY_BACKOFF.
+# answered BUSY, or could not be reached in time, is not dialled again for BUSY_BACKOFF.
 UNDERCONNECTED_ANNOUNCE = 1.0
 BUSY_BACKOFF = 5.0
 MAX_ANNOUNCE_INTERVAL = 60.0
@@ -557,8 +559,15 @@ class Scheduler(Service):
             torrent.dialing.discard(peer.peer_id)
             if peer.peer_id in torrent.conns:
                 return  # a lost race with its own dial to us
-            if isinstance(e, PeerDisconnected) and e.refused is ErrorCode.BUSY:
-                # At capacity: not a fault; try it again after a short while rather than the blacklist's.
+            busy = isinstance(e, PeerDisconnected) and e.refused is ErrorCode.BUSY
+            # A dial or handshake that timed out is most often a saturated link dropping the SYN or the answer
+            # (the peer's uplink is busy serving others, which is when it is most worth reaching again).
+            late = isinstance(e, ConnectTimeout) or (
+                isinstance(e, PeerDisconnected) and e.reason == HANDSHAKE_TIMED_OUT
+            )
+            if busy or late:
+                # At capacity or congested: not a fault; try it again after a short while rather than the
+                # blacklist's.
                 torrent.blacklist[peer.peer_id] = self._clock.seconds() + BUSY_BACKOFF
             else:
                 self._blacklist(torrent, peer.peer_id, f"dial failed: {e}")

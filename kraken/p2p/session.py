@@ -45,6 +45,8 @@ from kraken.p2p.wire import (
 )
 
 HANDSHAKE_TIMEOUT = 5.0
+#: The reason a session gives when the peer's handshake did not come in time.
+HANDSHAKE_TIMED_OUT = "handshake timed out"
 IDLE_TIMEOUT = 60.0
 REQUEST_TIMEOUT = 30.0
 
@@ -485,7 +487,7 @@ class PeerSession:
 
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
-        self.close("handshake timed out")
+        self.close(HANDSHAKE_TIMED_OUT)
 
     def _idle_timed_out(self) -> None:
         self._idle_timer = None

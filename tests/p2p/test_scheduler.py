@@ -374,6 +374,31 @@ def test_a_busy_peer_is_tried_again_after_a_short_backoff_not_the_blacklist(swar
     assert BUSY_BACKOFF <= swarm.clock.seconds() < swarm.config.get("blacklist", 30.0)
 
 
+def test_a_peer_that_does_not_answer_in_time_is_tried_again_after_a_short_backoff_not_the_blacklist(swarm):
+    # Behind a saturated link a SYN or a handshake is lost now and then: the peer is not at fault.
+    from twisted.internet.protocol import Protocol
+
+    from kraken.p2p.scheduler import BUSY_BACKOFF
+    from kraken.p2p.session import HANDSHAKE_TIMEOUT
+
+    data, info = blob(4)
+    swarm.publish(info)
+    built: list[float] = []
+
+    def silent() -> Protocol:
+        built.append(swarm.clock.seconds())
+        return Protocol()  # takes the connection, never answers the handshake
+
+    swarm.listen("silent", silent, origin=False, digest=info.digest)
+    d = swarm.agent("agent").download(info.digest)
+    swarm.run(lambda: len(built) >= 2, limit=swarm.config.get("blacklist", 30.0) - 1)
+    assert built[1] - built[0] >= HANDSHAKE_TIMEOUT + BUSY_BACKOFF
+    assert not done(d)
+    swarm.run(lambda: len(built) >= 3)  # and again, while it stays silent
+    swarm.clock.advance(HANDSHAKE_TIMEOUT)  # the last dial gives up too, before the fixture checks the clock
+    swarm.flush()
+
+
 def test_a_handshake_for_a_blob_the_origin_is_fetching_is_answered_busy_until_it_lands(swarm):
     from kraken.p2p.scheduler import BUSY_BACKOFF
 
