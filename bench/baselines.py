@@ -87,6 +87,15 @@ def parse_curl(text: str) -> tuple[float, int]:
     return float(parts[0]), int(float(parts[1]))
 
 
+class Unfinished(RuntimeError):
+    """Not every host had finished by the deadline."""
+
+    def __init__(self, finished: int, count: int) -> None:
+        super().__init__(f"only {finished} of {count} hosts finished in time")
+        self.finished = finished
+        self.count = count
+
+
 def read_lines(fifo_fd: int, count: int, deadline: float, procs: Sequence[subprocess.Popen[bytes]]) -> list[str]:
     """``count`` lines from a FIFO (opened read-write, so it never sees end of file), or raises on the deadline
     or when one of ``procs`` exits first with an error."""
@@ -97,7 +106,7 @@ def read_lines(fifo_fd: int, count: int, deadline: float, procs: Sequence[subpro
         while len(lines) < count:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise RuntimeError(f"only {len(lines)} of {count} hosts finished in time")
+                raise Unfinished(len(lines), count)
             if sel.select(min(left, 5.0)):
                 buf += os.read(fifo_fd, 65536)
                 *complete, buf = buf.split(b"\n")
@@ -146,10 +155,14 @@ def aria2_run(
     work: str,
     rate_bytes: int | None,
     ports: Sequence[int] | None = None,
+    *,
+    wait: float = WAIT_TIMEOUT,
 ) -> Outcome:
     """One swarm: a fresh tracker and seeder, then every leecher at once; each leecher's seconds to complete.
     ``rate_bytes``: aria2c's own caps (loopback mode), else none. ``ports``: the listen ports, seeder first
-    (loopback mode, where every aria2c shares one address), else 6881 everywhere."""
+    (loopback mode, where every aria2c shares one address), else 6881 everywhere. Every aria2c may connect to
+    every other (``--bt-max-peers``; its default of 55 is below the largest swarms here). Raises ``Unfinished``
+    if not every leecher has finished ``wait`` seconds after the start."""
     run_dir = os.path.join(work, f"bt-{len(leechers)}")
     os.makedirs(run_dir, exist_ok=True)
     ports = list(ports) if ports else [6881] * (len(leechers) + 1)
@@ -164,6 +177,7 @@ def aria2_run(
     limits = (
         [f"--max-overall-upload-limit={rate_bytes}", f"--max-overall-download-limit={rate_bytes}"] if rate_bytes else []
     )
+    limits.append(f"--bt-max-peers={len(leechers) + 5}")
     t = torrent.tracker
     tracker_argv = ["opentracker", "-i", t.ip, "-p", str(torrent.port), "-P", str(torrent.port), "-f", torrent.config]
     daemons: list[Daemon] = []
@@ -224,7 +238,7 @@ def aria2_run(
                 torrent.path,
             ]
             procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
-        lines = read_lines(fifo_fd, len(leechers), started + WAIT_TIMEOUT, procs)
+        lines = read_lines(fifo_fd, len(leechers), started + wait, procs)
         done = parse_done(lines)
         times = [done[f"leecher-{i}"] - start for i in range(len(leechers))]
         for i in (0, len(leechers) - 1):

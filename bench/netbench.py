@@ -185,6 +185,10 @@ def run_ours(args: argparse.Namespace, where: Hosts, work: str, size: int, repor
         cluster.stop()
 
 
+#: An aria2c swarm not done after this many times the ideal time is stopped (a stalled swarm never ends).
+ARIA2_WAIT = 5.0
+
+
 def run_aria2(args: argparse.Namespace, where: Hosts, work: str, blob: str, size: int, report: Report) -> None:
     own = args.mode == "loopback"
     port = swarm.free_port() if own else 6969
@@ -192,8 +196,16 @@ def run_aria2(args: argparse.Namespace, where: Hosts, work: str, blob: str, size
     rate_bytes = args.rate // 8 if own else None
     for n in args.agents:
         ports = [swarm.free_port() for _ in range(n + 1)] if own else None
-        with Measure(where) as m:
-            out = baselines.aria2_run(torrent, where.origin, where.pullers(n), work, rate_bytes, ports)
+        # A stalled swarm is stopped after ARIA2_WAIT x the ideal time, and reported as not finished.
+        wait = ARIA2_WAIT * size * 8 / args.rate
+        try:
+            with Measure(where) as m:
+                out = baselines.aria2_run(torrent, where.origin, where.pullers(n), work, rate_bytes, ports, wait=wait)
+        except baselines.Unfinished as e:
+            why = f"stopped: {e.count - e.finished} of {n} leechers had not finished after {wait:.0f} s"
+            report.skipped.append(Skipped("aria2", n, why))
+            log(f"aria2 N={n}: {why}")
+            continue
         sent = m.sent if where.egress else out.egress_bytes
         egress = None if sent is None else sent / size
         report.runs.append(Run("aria2", n, size, args.rate, out.times, egress, out.cpu_seconds, m.busy, m.wall))

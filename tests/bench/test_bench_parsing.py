@@ -56,8 +56,9 @@ def test_read_lines_from_a_fifo(tmp_path):
         with open(fifo, "w") as w:
             w.write("b\n")
         assert baselines.read_lines(fd, 2, time.monotonic() + 30, []) == ["1.0 a", "2.0 b"]
-        with pytest.raises(RuntimeError, match="only 0 of 1 hosts finished"):
+        with pytest.raises(baselines.Unfinished, match="only 0 of 1 hosts finished") as late:
             baselines.read_lines(fd, 1, time.monotonic() - 1, [])
+        assert (late.value.finished, late.value.count) == (0, 1)
         failed = subprocess.Popen(["false"])
         failed.wait()
         with pytest.raises(RuntimeError, match="1 clients failed"):
