@@ -10,8 +10,8 @@ Defaults and why (Kraken's values unless said otherwise):
 - ``conn_tti`` 30 s: a connection on which the peer sends nothing for this long is closed.
 - ``seeder_tti`` 5 min: a finished blob nobody asked for is dropped from memory (it stays on disk and is served
   again on the next handshake). ``leecher_tti`` 5 min: a download that wrote no piece for this long fails.
-- ``blacklist`` 30 s: after a peer breaks the protocol or sends a corrupt piece, or a dial to it fails, it is not
-  dialled again for this blob for this long.
+- ``blacklist`` 30 s: after a peer breaks the protocol or sends a corrupt piece, or a dial to it is refused, it is
+  not dialled again for this blob for this long (one that timed out or answered ``BUSY``: for 5 s).
 - ``super_seed``: a seeder declines to send a piece twice within a request timeout (counted from when the piece
   left its write buffer) while the first receiver is still connected, and an origin declines it whatever the
   time until it has sent every piece once, so an origin facing many agents spends its upload on pieces the swarm

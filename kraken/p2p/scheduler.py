@@ -45,6 +45,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import NoRouteError
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -560,9 +561,10 @@ class Scheduler(Service):
             if peer.peer_id in torrent.conns:
                 return  # a lost race with its own dial to us
             busy = isinstance(e, PeerDisconnected) and e.refused is ErrorCode.BUSY
-            # A dial or handshake that timed out is most often a saturated link dropping the SYN or the answer
-            # (the peer's uplink is busy serving others, which is when it is most worth reaching again).
-            late = isinstance(e, ConnectTimeout) or (
+            # A dial or handshake that timed out, or found no route (unanswered ARP), is most often a saturated
+            # link dropping the SYN or the answer (the peer's uplink is busy serving others, which is when it is
+            # most worth reaching again).
+            late = isinstance(e, ConnectTimeout | NoRouteError) or (
                 isinstance(e, PeerDisconnected) and e.reason == HANDSHAKE_TIMED_OUT
             )
             if busy or late:
