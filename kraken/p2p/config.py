@@ -12,10 +12,10 @@ Defaults and why (Kraken's values unless said otherwise):
   again on the next handshake). ``leecher_tti`` 5 min: a download that wrote no piece for this long fails.
 - ``blacklist`` 30 s: after a peer breaks the protocol or sends a corrupt piece, or a dial to it is refused, it is
   not dialled again for this blob for this long (one that timed out or answered ``BUSY``: for 5 s).
-- ``super_seed``: a seeder declines to send a piece twice within a request timeout (counted from when the piece
-  left its write buffer) while the first receiver is still connected, and an origin declines it whatever the
-  time until it has sent every piece once, so an origin facing many agents spends its upload on pieces the swarm
-  lacks.
+- ``super_seed`` (origins only, by default): a seeder declines to send a piece twice within a request timeout
+  (counted from when the piece left its write buffer) while the first receiver is still connected, and an origin
+  declines it whatever the time until it has sent every piece once, so an origin facing many agents spends its
+  upload on pieces the swarm lacks.
 - bandwidth, in bits per second each way, is on by default for agents (Kraken's 200 MiB/s out, 300 MiB/s in)
   and off for origins. Only piece payloads are metered.
 """
@@ -68,8 +68,10 @@ class P2PConfig:
     preemption_interval: Duration = attrs.field(default=Duration(5.0), validator=positive)
     bandwidth: BandwidthConfig = attrs.field(factory=BandwidthConfig)
     # A complete seeder declines to send again, for one request timeout, a piece it just sent to a peer that is
-    # still connected (the swarm passes it on), so it spends its upload on pieces the swarm lacks.
-    super_seed: bool = True
+    # still connected (the swarm passes it on), so it spends its upload on pieces the swarm lacks. On by default
+    # for origins only: an agent that has finished serves whatever it is asked, or the last agents of a large
+    # swarm are turned away by every peer that sent their missing pieces to someone else a moment before.
+    super_seed: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.peer_id is not None:
@@ -104,10 +106,12 @@ class P2PConfig:
 
 @attrs.frozen
 class OriginP2PConfig(P2PConfig):
-    """An origin's P2P section: the same keys, with Kraken's dev-cluster port and no bandwidth limit unless set."""
+    """An origin's P2P section: the same keys, with Kraken's dev-cluster port, no bandwidth limit unless set, and
+    super-seeding."""
 
     listen: str = attrs.field(default="tcp:15001", validator=check_listen)
     bandwidth: BandwidthConfig = attrs.field(factory=_no_bandwidth_limit)
+    super_seed: bool = True
 
 
 def split_address(address: str) -> tuple[str, int]:

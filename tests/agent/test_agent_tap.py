@@ -38,6 +38,7 @@ def test_defaults_without_a_file() -> None:
     assert cfg.listen_api == "tcp:16002:interface=127.0.0.1"
     assert cfg.p2p == P2PConfig()
     assert cfg.p2p.listen == "tcp:16001"
+    assert not cfg.p2p.super_seed  # a finished agent serves whatever it is asked
     assert (cfg.tracker, cfg.build_index) == ("http://127.0.0.1:15003", "http://127.0.0.1:15004")
     assert cfg.store.root == "/var/lib/kraken/agent"
 

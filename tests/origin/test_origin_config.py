@@ -33,6 +33,7 @@ def test_defaults() -> None:
     assert cfg.backends == ()
     assert cfg.writeback == WriteBackConfig(database=None, concurrency=4, backoff_min=1.0, backoff_max=300.0)
     assert cfg.writeback_database() == "/var/lib/kraken/origin/writeback.db"
+    assert cfg.p2p.super_seed  # origins super-seed; agents do not
 
 
 def test_example_config_matches_the_defaults() -> None:

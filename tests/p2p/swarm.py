@@ -153,7 +153,8 @@ class Swarm:
         return self._node(name, agent=True, **overrides)
 
     def origin(self, name: str, *blobs: tuple[bytes, MetaInfo], on_missing: Any = None) -> Node:
-        node = self._node(name, agent=False, on_missing=on_missing)
+        # Origins super-seed by default (OriginP2PConfig), agents do not.
+        node = self._node(name, agent=False, on_missing=on_missing, super_seed=self.config.get("super_seed", True))
         for data, info in blobs:
             seed_store(node.store, data, info)
             self.publish(info)

@@ -344,6 +344,22 @@ def test_a_seeder_declines_to_send_a_piece_again_while_its_first_receiver_passes
     assert sum(s.requests_refused for s in got) == 1
 
 
+def test_a_finished_agent_sends_every_request_it_gets(swarm):
+    # Only origins super-seed by default: a finished agent that declined the last pieces of a large swarm's
+    # stragglers because it had just sent them elsewhere kept the slowest hosts waiting.
+    data, info = blob(1)
+    swarm.publish(info)
+    seeder = swarm.agent("seeder")
+    seed_store(seeder.store, data, info)
+    swarm.tracker.peers[info.digest] = {
+        seeder.scheduler.peer_id: PeerInfo(seeder.scheduler.peer_id, "127.0.0.1", seeder.port, complete=True)
+    }
+    downloads = [swarm.agent(name).download(info.digest) for name in ("first", "second")]
+    swarm.run(lambda: all(map(done, downloads)))
+    assert all(read(resolved(d)) == data for d in downloads)
+    assert (seeder.scheduler.stats().pieces_out, seeder.scheduler.stats().requests_declined) == (2, 0)
+
+
 def test_without_super_seeding_the_seeder_sends_every_request(tmp_path):
     swarm = Swarm(tmp_path, super_seed=False)
     data, info = blob(1)
@@ -381,7 +397,7 @@ def test_a_peer_that_does_not_answer_in_time_is_tried_again_after_a_short_backof
     from kraken.p2p.scheduler import BUSY_BACKOFF
     from kraken.p2p.session import HANDSHAKE_TIMEOUT
 
-    data, info = blob(4)
+    _, info = blob(4)
     swarm.publish(info)
     built: list[float] = []
 
