@@ -94,6 +94,15 @@ def fx() -> Fixture:
     return Fixture()
 
 
+def held_announce() -> tuple[HeldStore, DummyRequest]:
+    """A good announce rendered against a store whose answers the test gives: answered later, not at once."""
+    store = HeldStore()
+    fx = Fixture(store)
+    request = post(json.dumps(GOOD).encode())
+    assert fx.render(request) is NOT_DONE_YET
+    return store, request
+
+
 def test_an_announce_is_answered_at_once_with_the_same_json_as_before(fx: Fixture) -> None:
     fx.render(post(json.dumps(announce_doc(peer(2, complete=True))).encode()))
     request = post(json.dumps(GOOD).encode())
@@ -157,10 +166,7 @@ def test_a_store_failure_is_a_logged_500() -> None:
 
 
 def test_a_waiting_store_is_awaited_then_answered_with_a_length() -> None:
-    store = HeldStore()
-    fx = Fixture(store)
-    request = post(json.dumps(GOOD).encode())
-    assert fx.render(request) is NOT_DONE_YET
+    store, request = held_announce()
     assert request.written == []
     store.pending[0].callback(None)  # update
     assert request.written == []
@@ -173,10 +179,7 @@ def test_a_waiting_store_is_awaited_then_answered_with_a_length() -> None:
 
 
 def test_a_late_store_failure_is_a_500() -> None:
-    store = HeldStore()
-    fx = Fixture(store)
-    request = post(json.dumps(GOOD).encode())
-    assert fx.render(request) is NOT_DONE_YET
+    store, request = held_announce()
     with capturedLogs():
         store.pending[0].errback(RuntimeError("store down"))
     assert (request.responseCode, json.loads(b"".join(request.written))) == (500, {"error": "internal error"})
@@ -184,10 +187,7 @@ def test_a_late_store_failure_is_a_500() -> None:
 
 
 def test_a_client_gone_mid_await_cancels_the_work_and_nothing_is_written() -> None:
-    store = HeldStore()
-    fx = Fixture(store)
-    request = post(json.dumps(GOOD).encode())
-    assert fx.render(request) is NOT_DONE_YET
+    store, request = held_announce()
     with capturedLogs() as events:
         request.processingFailed(Failure(ConnectionDone()))  # what twisted.web does when the connection drops
     assert store.cancelled == 1, "the awaited store call is cancelled"
