@@ -203,7 +203,7 @@ def run_aria2(args: argparse.Namespace, where: Hosts, work: str, blob: str, size
                 out = baselines.aria2_run(torrent, where.origin, where.pullers(n), work, rate_bytes, ports, wait=wait)
         except baselines.Unfinished as e:
             why = f"stopped: {e.count - e.finished} of {n} leechers had not finished after {wait:.0f} s"
-            report.skipped.append(Skipped("aria2", n, why))
+            report.skipped.append(Skipped("aria2", n, why, at_least=ARIA2_WAIT))
             log(f"aria2 N={n}: {why}")
             continue
         sent = m.sent if where.egress else out.egress_bytes

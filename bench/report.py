@@ -49,11 +49,14 @@ class Run:
 
 @dataclass
 class Skipped:
-    """A system and host count that was asked for but not run, and why (shown in the table, never a number)."""
+    """A system and host count that was asked for but not run, or stopped before every host had finished, and
+    why (shown in the table, never a number). ``at_least``: for a stopped run, the slowest host's time over the
+    ideal was more than this (drawn as a bound in the plot of the slowest host)."""
 
     system: str
     n: int
     why: str
+    at_least: float | None = None
 
 
 @dataclass
@@ -102,7 +105,8 @@ def table(report: Report) -> list[str]:
         )
         rows.append((SYSTEMS.index(r.system), r.n, row))
     for s in report.skipped:
-        rows.append((SYSTEMS.index(s.system), s.n, f"| {LABELS[s.system]} | {s.n} | not run: {s.why} |" + " |" * 7))
+        what = "not run" if s.at_least is None else f"did not finish (slowest > {s.at_least:.2f}x)"
+        rows.append((SYSTEMS.index(s.system), s.n, f"| {LABELS[s.system]} | {s.n} | {what}: {s.why} |" + " |" * 7))
     return lines + [row for _, _, row in sorted(rows, key=lambda t: (t[0], t[1]))]
 
 
@@ -168,14 +172,20 @@ def plot(report: Report, cdf_path: str, slowest_path: str) -> None:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours: dict[str, str] = {}
     for system, (ns, ratios) in sorted(slowest_series(report.runs).items(), key=lambda kv: SYSTEMS.index(kv[0])):
-        ax.plot(ns, ratios, marker="o", label=LABELS[system])
+        (line,) = ax.plot(ns, ratios, marker="o", label=LABELS[system])
+        colours[system] = line.get_color()
+    for s in report.skipped:
+        if s.at_least is not None:  # stopped: only a lower bound is known
+            ax.plot([s.n], [s.at_least], marker="^", linestyle="none", color=colours.get(s.system, "black"),
+                    markersize=9, label=f"{LABELS[s.system]}, N={s.n}: did not finish, > {s.at_least:g}x")  # fmt: skip
     ns = sorted({r.n for r in report.runs} | {s.n for s in report.skipped})
     # Not a measurement: N copies through one link at the cap, the least any central server needs.
     ax.plot(ns, ns, color="grey", linestyle="--", linewidth=1, label="one central server's bound: N x ideal")
     ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
     ax.set_yscale("log")
-    top = max([*ns, *(r.slowest_ratio for r in report.runs)])
+    top = max([*ns, *(r.slowest_ratio for r in report.runs), *(s.at_least or 0 for s in report.skipped)])
     ticks = [t for t in (1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100, 200) if t <= top * 1.5]
     ax.set_yticks(ticks, [f"{t:g}x" for t in ticks])
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

@@ -23,6 +23,7 @@ def sample() -> Report:
         run("aria2", 3, [1.4, 1.5, 1.6], egress_copies=None, cpu_seconds=None, busy=None),
     ]
     r.skipped.append(Skipped("registry", 3, "only N = 2 were run"))
+    r.skipped.append(Skipped("aria2", 4, "stopped: 1 of 4 leechers had not finished after 42 s", at_least=5.0))
     return r
 
 
@@ -49,6 +50,7 @@ def test_table_rows_are_ordered_and_every_row_has_every_column():
         "Kraken (ours)",
         "Kraken (ours)",
         "BitTorrent (aria2c)",
+        "BitTorrent (aria2c)",
         "central registry",
         "central registry",
     ]
@@ -57,7 +59,9 @@ def test_table_rows_are_ordered_and_every_row_has_every_column():
     )
     assert "| 1.50x (12.6 s) | 1.25 | 3.0 | 42 % |" in body[1]
     assert body[2].endswith("| n/a | n/a | n/a |")  # unknown figures are said to be unknown, not invented
-    assert "not run: only N = 2 were run" in body[4]
+    assert "not run: only N = 2 were run" in body[5]
+    # A stopped run is not a measurement: only its bound is said, in words.
+    assert "| 4 | did not finish (slowest > 5.00x): stopped: 1 of 4 leechers had not finished after 42 s |" in body[3]
     assert "eth0 bytes sent" in lines[0]
 
 
