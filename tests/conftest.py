@@ -144,7 +144,9 @@ class HerdPorts:
 
     @classmethod
     def free(cls, agents: int) -> HerdPorts:
-        return cls(*free_ports(5), agent_base=free_agent_base(agents), agents=agents)
+        ports = free_ports(5)
+        # Those five were released when probed: keep the agents' block clear of them.
+        return cls(*ports, agent_base=free_agent_base(agents, avoid=set(ports)), agents=agents)
 
     def agent(self, k: int) -> tuple[int, int, int]:
         """(registry, P2P, API) ports of agent ``k``."""
@@ -255,11 +257,14 @@ class Herd:
         return self.watch.wait(done, start, timeout)
 
 
-def free_agent_base(agents: int) -> int:
-    """A port p with p+1000k+{0,1,2} free for every agent k (probed by binding them all at once)."""
+def free_agent_base(agents: int, avoid: frozenset[int] | set[int] = frozenset()) -> int:
+    """A port p with p+1000k+{0,1,2} free for every agent k (probed by binding them all at once), none of them
+    in ``avoid`` (ports already handed out, free only until their daemon binds them)."""
     rng = random.Random()
     for _ in range(200):
         base = rng.randrange(20000, 60000 - 1000 * max(agents, 1), 3)
+        if any(base + 1000 * k + i in avoid for k in range(agents) for i in range(3)):
+            continue
         socks: list[socket.socket] = []
         try:
             for k in range(agents):
