@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-import random
 from io import BytesIO
 from typing import Any
 
 import pytest
-from tracker_fakes import App, FakeOrigin, announce_doc, peer
+from tracker_fakes import App, announce_doc, peer
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionDone
-from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from kraken.core.peer import PeerInfo
-from kraken.tracker.http import MAX_ANNOUNCE_BODY, TrackerHTTP
-from kraken.tracker.origins import OriginPeers
-from kraken.tracker.peers import MemoryPeerStore
+from kraken.tracker.http import MAX_ANNOUNCE_BODY
 
 ORIGIN = peer(200, complete=True, origin=True)
 GOOD = announce_doc(peer(1))
@@ -66,26 +62,14 @@ class HeldStore:
         return self._held()
 
 
-class Fixture:
+class Fixture(App):
+    """The tracker app, rendering announces straight into ``DummyRequest``s."""
+
     def __init__(self, store: Any = None) -> None:
-        self.clock = Clock()
-        self.origin = FakeOrigin()
-        self.origin.seeders = [ORIGIN]
-        self.store = store if store is not None else MemoryPeerStore(30.0, self.clock)
-        origin: Any = self.origin
-        self.tracker = TrackerHTTP(
-            self.store,
-            origin,
-            clock=self.clock,
-            announce_interval=3.0,
-            max_peers=50,
-            origin_peers=OriginPeers(origin, clock=self.clock),
-            rng=random.Random(3),
-        )
-        self.resource = self.tracker.announce_resource
+        super().__init__(origin_peers=[ORIGIN], store=store)
 
     def render(self, request: DummyRequest) -> bytes | int:
-        rendered: bytes | int = self.resource.render(request)
+        rendered: bytes | int = self.http.announce_resource.render(request)
         return rendered
 
 

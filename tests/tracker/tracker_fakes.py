@@ -92,12 +92,20 @@ class App:
     """A TrackerHTTP over a MemoryPeerStore and a FakeOrigin, on a task.Clock, behind StubTreq.
     ``origin_peers`` are the origins the fake origin says hold every blob."""
 
-    def __init__(self, *, origin_peers: list[PeerInfo] | None = None, max_peers: int = 50, ttl: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        origin_peers: list[PeerInfo] | None = None,
+        max_peers: int = 50,
+        ttl: float = 30.0,
+        store: Any = None,
+    ) -> None:
+        """``store``: a peer store of the test's own instead of a ``MemoryPeerStore`` with ``ttl``."""
         self.clock = Clock()
         self.clock.advance(1000)
         self.origin = FakeOrigin()
         self.origin.seeders = list(origin_peers or [])
-        self.store = MemoryPeerStore(ttl, self.clock)
+        self.store = store if store is not None else MemoryPeerStore(ttl, self.clock)
         origin: Any = self.origin
         self.http = TrackerHTTP(
             self.store,
