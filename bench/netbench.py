@@ -185,8 +185,10 @@ def run_ours(args: argparse.Namespace, where: Hosts, work: str, size: int, repor
         cluster.stop()
 
 
-#: An aria2c swarm not done after this many times the ideal time is stopped (a stalled swarm never ends).
+#: An aria2c swarm not done after this many times the ideal time, and at least ARIA2_MIN_WAIT seconds (its
+#: start-up, announces included, takes seconds whatever the blob), is stopped: a stalled swarm never ends.
 ARIA2_WAIT = 5.0
+ARIA2_MIN_WAIT = 60.0
 
 
 def run_aria2(args: argparse.Namespace, where: Hosts, work: str, blob: str, size: int, report: Report) -> None:
@@ -196,14 +198,14 @@ def run_aria2(args: argparse.Namespace, where: Hosts, work: str, blob: str, size
     rate_bytes = args.rate // 8 if own else None
     for n in args.agents:
         ports = [swarm.free_port() for _ in range(n + 1)] if own else None
-        # A stalled swarm is stopped after ARIA2_WAIT x the ideal time, and reported as not finished.
-        wait = ARIA2_WAIT * size * 8 / args.rate
+        # A stalled swarm is stopped, and reported as not finished with the bound it reached.
+        wait = max(ARIA2_WAIT * size * 8 / args.rate, ARIA2_MIN_WAIT)
         try:
             with Measure(where) as m:
                 out = baselines.aria2_run(torrent, where.origin, where.pullers(n), work, rate_bytes, ports, wait=wait)
         except baselines.Unfinished as e:
             why = f"stopped: {e.count - e.finished} of {n} leechers had not finished after {wait:.0f} s"
-            report.skipped.append(Skipped("aria2", n, why, at_least=ARIA2_WAIT))
+            report.skipped.append(Skipped("aria2", n, why, at_least=wait / (size * 8 / args.rate)))
             log(f"aria2 N={n}: {why}")
             continue
         sent = m.sent if where.egress else out.egress_bytes
