@@ -11,7 +11,21 @@ Defaults and why (Kraken's values unless said otherwise):
 - ``seeder_tti`` 5 min: a finished blob nobody asked for is dropped from memory (it stays on disk and is served
   again on the next handshake). ``leecher_tti`` 5 min: a download that wrote no piece for this long fails.
 - ``blacklist`` 30 s: after a peer breaks the protocol or sends a corrupt piece, or a dial to it is refused, it is
-  not dialled again for this blob for this long (one that timed out or answered ``BUSY``: for 5 s).
+  not dialled again for this blob for this long (one that answered ``BUSY``: for 5 s). A peer that cannot be
+  reached is blacklisted for longer each time in a row, up to ``blacklist_max`` 5 min; a dial or handshake that
+  times out is forgiven once (5 s), as a saturated link loses a SYN now and then (see ``kraken.p2p.dials``).
+- ``dial_hold`` 2 s: a pending dial holds a connection slot this long at most, so dials to dead peers cannot keep a
+  torrent from its live ones; ``max_pending_dials`` 20 bounds the dials under way per torrent. 2 s covers one
+  lost SYN (retransmitted after 1 s); on loopback a handshake takes milliseconds.
+- ``slot_grace`` 5 s, ``slot_idle`` 30 s: a connection that has moved no piece either way for ``slot_idle`` is
+  evicted from a complete torrent (and from a full one still downloading), and one that has moved none for
+  ``slot_idle`` (or ever) makes way for a newcomer at a full torrent once it is ``slot_grace`` old; requests,
+  ``HAVE`` and ``CANCEL`` do not count (see ``kraken.p2p.slots``). 30 s is about twice the request timeout of
+  4 MiB pieces, after which an honest peer has asked elsewhere anyway.
+- ``max_conns_per_address`` 3 per blob and ``max_conns_per_address_total`` 256 over all blobs, from one remote
+  IP; ``address_limit_exempt`` (127.0.0.1 and ::1 by default) is not counted: on one host every agent shares
+  the loopback address. A cluster runs one agent per host: one connection per blob to a given peer, and a
+  second one while a dial race or a reconnection settles.
 - ``super_seed`` (origins only, by default): a seeder declines to send a piece twice within a request timeout
   (counted from when the piece left its write buffer) while the first receiver is still connected, and an origin
   declines it whatever the time until it has sent every piece once, so an origin facing many agents spends its
@@ -23,6 +37,7 @@ Defaults and why (Kraken's values unless said otherwise):
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import socket
 
 import attrs
@@ -64,6 +79,14 @@ class P2PConfig:
     seeder_tti: Duration = attrs.field(default=Duration(300.0), validator=positive)
     leecher_tti: Duration = attrs.field(default=Duration(300.0), validator=positive)
     blacklist: Duration = attrs.field(default=Duration(30.0), validator=positive)
+    blacklist_max: Duration = attrs.field(default=Duration(300.0), validator=positive)
+    dial_hold: Duration = attrs.field(default=Duration(2.0), validator=positive)
+    max_pending_dials: int = attrs.field(default=20, validator=positive)
+    slot_grace: Duration = attrs.field(default=Duration(5.0), validator=positive)
+    slot_idle: Duration = attrs.field(default=Duration(30.0), validator=positive)
+    max_conns_per_address: int = attrs.field(default=3, validator=positive)
+    max_conns_per_address_total: int = attrs.field(default=256, validator=positive)
+    address_limit_exempt: tuple[str, ...] = ("127.0.0.1", "::1")
     # How often connection and torrent TTIs are checked.
     preemption_interval: Duration = attrs.field(default=Duration(5.0), validator=positive)
     bandwidth: BandwidthConfig = attrs.field(factory=BandwidthConfig)
@@ -81,6 +104,15 @@ class P2PConfig:
                 raise ValueError(f"peer_id must be 40 or 64 lowercase hex characters, not {self.peer_id!r}")
         if self.advertise is not None:
             split_address(self.advertise)
+        if self.blacklist_max < self.blacklist:
+            raise ValueError(
+                f"blacklist_max ({self.blacklist_max:g} s) must be at least blacklist ({self.blacklist:g} s)"
+            )
+        for address in self.address_limit_exempt:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"address_limit_exempt: {address!r} is not an IP address") from None
 
     def advertised(self) -> tuple[str, int]:
         """(ip, port) that peers dial. May resolve this host's name (at startup only)."""

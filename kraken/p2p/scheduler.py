@@ -16,8 +16,12 @@ ask of whom. Torrents are keyed by digest.
 Any side accepts connections for a blob it holds, whole or in part: the handshake names the blob, and a
 completed torrent dropped from memory (seeder TTI) is re-opened from the cache.
 
-Peers are blacklisted for a blob (``blacklist``) when a dial or handshake fails, when they break the protocol and
-when they send a corrupt piece; a peer that answers BUSY (at capacity) is only skipped for a few seconds.
+Peers are blacklisted for a blob when they cannot be reached, break the protocol or send a corrupt piece; a peer
+that answers BUSY (at capacity) is only skipped for a few seconds (``Dials``, kraken/p2p/dials.py, which also
+keeps pending dials from using up the connection budget and names the unreachable peers each announce reports).
+Inbound handshakes are admitted, and connections that move no piece evicted, by ``Slots`` (kraken/p2p/slots.py).
+A torrent created by a download serves its namespace only; one opened from the cache to serve a handshake (the
+cache is content-addressed) answers for the namespace it is asked.
 
 Downloading: the ``Dispatcher`` picks pieces rarest first within per-peer pipelines that halve on a timeout and
 grow back with each delivery; a request times out only if no byte of its piece has arrived within the request
@@ -36,8 +40,9 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
+from typing import Protocol as TypingProtocol
 
 import attrs
 from twisted.application.internet import StreamServerEndpointService
@@ -45,7 +50,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.error import NoRouteError
+from twisted.internet.error import ConnectError, NoRouteError
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -59,6 +64,7 @@ from kraken.core.peer import PeerInfo
 from kraken.net.server import listen
 from kraken.p2p.bandwidth import TokenBucket, Unlimited
 from kraken.p2p.config import P2PConfig
+from kraken.p2p.dials import Dials, Outcome
 from kraken.p2p.dispatch import Dispatcher
 from kraken.p2p.protocol import PeerProtocol, SessionFactory
 from kraken.p2p.session import (
@@ -71,7 +77,8 @@ from kraken.p2p.session import (
     PieceRequestFailed,
     SessionNotOpen,
 )
-from kraken.p2p.wire import Chunk, Error, ErrorCode, Handshake
+from kraken.p2p.slots import Slots
+from kraken.p2p.wire import MAX_ERROR_MESSAGE, Chunk, Error, ErrorCode, Handshake
 from kraken.store import CAStore, PartialBlob, PieceCorrupt
 
 
@@ -86,8 +93,15 @@ class DownloadFailed(Exception):
 MetaInfoSource = Callable[[str, Digest], Awaitable[MetaInfo | None]]
 """``(namespace, digest) -> MetaInfo`` or None when no origin has the blob (the tracker client's ``metainfo``)."""
 
-Announcer = Callable[[PeerInfo, str, Digest, str], Awaitable[tuple[list[PeerInfo], float]]]
-"""``(me, namespace, digest, info_hash) -> (peers, interval)`` (the tracker client's ``announce``)."""
+
+class Announcer(TypingProtocol):
+    """``(me, namespace, digest, info_hash, unreachable=[peer ids]) -> (peers, interval)`` (the tracker client's
+    ``announce``); ``unreachable`` names the peers this one could not reach since its last announce."""
+
+    def __call__(
+        self, me: PeerInfo, namespace: str, digest: Digest, info_hash: str, /, *, unreachable: Sequence[str] = ()
+    ) -> Awaitable[tuple[list[PeerInfo], float]]: ...
+
 
 Connector = Callable[[PeerInfo, Factory], "Deferred[Protocol]"]
 """Dials a peer with a factory (tests join schedulers in memory)."""
@@ -125,6 +139,8 @@ class Stats:
     requests_refused: int = 0  # answered with ERROR
     requests_declined: int = 0  # pieces this seeder declined to send again (super_seed)
     downloads_completed: int = 0
+    peers_unreachable: int = 0  # dialled peers blacklisted for being unreachable
+    connections_evicted: int = 0  # connections closed for moving no piece
     torrents: int = 0
     connections: int = 0
 
@@ -248,9 +264,9 @@ class _Torrent:
     partial: PartialBlob | None
     dispatcher: Dispatcher | None
     last_active: float
+    dials: Dials
+    any_namespace: bool = False  # opened from the cache to serve a handshake: answers for any namespace
     conns: dict[str, _Conn] = attrs.field(factory=dict)
-    dialing: set[str] = attrs.field(factory=set)
-    blacklist: dict[str, float] = attrs.field(factory=dict)
     waiters: list[Deferred[str]] = attrs.field(factory=list)
     announce_call: IDelayedCall | None = None
     writing: set[int] = attrs.field(factory=set)  # pieces being checked and written
@@ -314,6 +330,14 @@ class Scheduler(Service):
             egress, ingress = bandwidth.egress_bits_per_sec / 8, bandwidth.ingress_bits_per_sec / 8
             self._egress = TokenBucket(egress, egress, clock=self._clock)
             self._ingress = TokenBucket(ingress, ingress, clock=self._clock)
+        self._slots: Slots[_Conn] = Slots(
+            max_conns=config.max_conns_per_torrent,
+            per_address=config.max_conns_per_address,
+            per_address_total=config.max_conns_per_address_total,
+            grace=config.slot_grace,
+            idle_after=config.slot_idle,
+            exempt=config.address_limit_exempt,
+        )
         self._preemption = LoopingCall(self._preempt)
         self._preemption.clock = self._clock
 
@@ -427,7 +451,7 @@ class Scheduler(Service):
             request_timeout=self._config.request_timeout(info.piece_length),
             rng=self._rng,
         )
-        torrent = _Torrent(namespace, info, partial.have, partial, dispatcher, now)
+        torrent = _Torrent(namespace, info, partial.have, partial, dispatcher, now, self._dials())
         self._torrents[digest] = torrent
         self.log.info(
             "downloading {digest} ({bytes} bytes, {pieces} pieces, {have} on disk)",
@@ -452,9 +476,21 @@ class Scheduler(Service):
             return None
         torrent = self._torrents.get(digest)  # opened meanwhile
         if torrent is None:
-            torrent = _Torrent(namespace, info, Bitfield.full(info.num_pieces), None, None, self._clock.seconds())
+            full = Bitfield.full(info.num_pieces)
+            torrent = _Torrent(namespace, info, full, None, None, self._clock.seconds(), self._dials(), True)
             self._torrents[digest] = torrent
         return torrent
+
+    def _dials(self) -> Dials:
+        c = self._config
+        return Dials(
+            max_conns=c.max_conns_per_torrent,
+            max_pending=c.max_pending_dials,
+            hold=c.dial_hold,
+            busy_backoff=BUSY_BACKOFF,
+            blacklist=c.blacklist,
+            blacklist_max=c.blacklist_max,
+        )
 
     def _drop(self, torrent: _Torrent, error: Exception | None) -> None:
         """Forget the torrent: close its connections, stop announcing, fail its waiters with ``error``."""
@@ -471,10 +507,13 @@ class Scheduler(Service):
             d.errback(error or DownloadFailed("the download was dropped"))
 
     def _preempt(self) -> None:
-        """TTIs of torrents and expiry of blacklist entries (every ``preemption_interval``)."""
+        """TTIs of torrents and connections, and expiry of blacklist entries (every ``preemption_interval``)."""
         now = self._clock.seconds()
         for torrent in list(self._torrents.values()):
-            torrent.blacklist = {p: until for p, until in torrent.blacklist.items() if until > now}
+            torrent.dials.expire(now)
+            pending, busy = torrent.dials.holding(now), self._busy(torrent)
+            for conn in self._slots.idle(torrent, now, complete=torrent.complete, pending=pending, busy=busy):
+                self._evict(torrent, conn, f"no piece moved for {self._config.slot_idle:g} s")
             idle = now - torrent.last_active
             if torrent.complete and idle > self._config.seeder_tti and not torrent.installing:
                 self.log.debug("dropping idle seeder torrent {digest}", digest=str(torrent.info.digest))
@@ -510,8 +549,12 @@ class Scheduler(Service):
         complete = torrent.complete
         me = attrs.evolve(self._me, complete=complete)
         interval = DEFAULT_ANNOUNCE_INTERVAL
+        # Best effort: a report lost with a failed announce is not sent again.
+        unreachable = torrent.dials.take_reports()
         try:
-            peers, interval = await self._announcer(me, torrent.namespace, torrent.info.digest, torrent.info.info_hash)
+            peers, interval = await self._announcer(
+                me, torrent.namespace, torrent.info.digest, torrent.info.info_hash, unreachable=unreachable
+            )
         except CancelledError:
             raise
         except Exception as e:
@@ -523,7 +566,7 @@ class Scheduler(Service):
             interval = DEFAULT_ANNOUNCE_INTERVAL
         self._dial_some(torrent, peers)
         if not torrent.complete:
-            linked = len(torrent.conns) + len(torrent.dialing)
+            linked = len(torrent.conns) + torrent.dials.pending_count()
             others = sum(1 for p in peers if p.peer_id != self.peer_id)
             if linked < self._config.max_conns_per_torrent and others > linked:
                 # Peers were handed out that are busy or backed off: ask again soon for ones with room.
@@ -531,24 +574,27 @@ class Scheduler(Service):
             self._announce_soon(torrent, interval)
 
     def _dial_some(self, torrent: _Torrent, peers: list[PeerInfo]) -> None:
-        now = self._clock.seconds()
-        for peer in peers:
-            if len(torrent.conns) + len(torrent.dialing) >= self._config.max_conns_per_torrent:
+        now, dials = self._clock.seconds(), torrent.dials
+        room = dials.room(len(torrent.conns), now)
+        for peer in sorted(peers, key=lambda p: dials.strikes(p.peer_id) > 0):  # peers that failed us go last
+            if room <= 0:
                 return
             if (
                 peer.peer_id == self.peer_id
                 or peer.peer_id in torrent.conns
-                or peer.peer_id in torrent.dialing
-                or torrent.blacklist.get(peer.peer_id, 0.0) > now
+                or dials.pending(peer.peer_id)
+                or dials.blocked(peer.peer_id, now)
             ):
                 continue
-            torrent.dialing.add(peer.peer_id)
+            dials.started(peer.peer_id, now)
+            room -= 1
             Deferred.fromCoroutine(self._dial(torrent, peer)).addErrback(
                 lambda f: self.log.failure("dialling a peer failed", f)
             )
 
     async def _dial(self, torrent: _Torrent, peer: PeerInfo) -> None:
         factory = _Dialer(self._session_factory(torrent, expected=peer.peer_id, initiator=True))
+        session: PeerSession | None = None
         try:
             protocol = await self._connect(peer, factory)
             assert isinstance(protocol, PeerProtocol) and protocol.session is not None
@@ -557,25 +603,22 @@ class Scheduler(Service):
         except CancelledError:
             raise
         except Exception as e:
-            torrent.dialing.discard(peer.peer_id)
             if peer.peer_id in torrent.conns:
+                torrent.dials.cancelled(peer.peer_id)
                 return  # a lost race with its own dial to us
-            busy = isinstance(e, PeerDisconnected) and e.refused is ErrorCode.BUSY
-            # A dial or handshake that timed out, or found no route (unanswered ARP), is most often a saturated
-            # link dropping the SYN or the answer (the peer's uplink is busy serving others, which is when it is
-            # most worth reaching again).
-            late = isinstance(e, ConnectTimeout | NoRouteError) or (
-                isinstance(e, PeerDisconnected) and e.reason == HANDSHAKE_TIMED_OUT
-            )
-            if busy or late:
-                # At capacity or congested: not a fault; try it again after a short while rather than the
-                # blacklist's.
-                torrent.blacklist[peer.peer_id] = self._clock.seconds() + BUSY_BACKOFF
-            else:
-                self._blacklist(torrent, peer.peer_id, f"dial failed: {e}")
+            outcome = _outcome(e, session)
+            wait, unreachable = torrent.dials.failed(peer.peer_id, outcome, self._clock.seconds())
+            if unreachable:
+                self._counts["peers_unreachable"] += 1
+                self.log.info(
+                    "peer {peer} at {peer_addr} unreachable for {digest}: {error}; not dialled for {seconds:g} s",
+                    peer=peer.peer_id[:12], peer_addr=f"{peer.ip}:{peer.port}", digest=str(torrent.info.digest),
+                    error=str(e) or type(e).__name__, seconds=wait,
+                )  # fmt: skip
+            elif outcome is Outcome.FAULT:
+                self._log_blacklisted(torrent, peer.peer_id, f"dial failed: {e}")
             return
-        torrent.dialing.discard(peer.peer_id)
-        self._opened(torrent, protocol, session, origin=peer.origin)
+        self._opened(torrent, protocol, session, origin=peer.origin, address=peer.ip)
 
     def _dial_tcp(self, peer: PeerInfo, factory: Factory) -> Deferred[Protocol]:
         timeout = self._config.handshake_timeout
@@ -584,17 +627,21 @@ class Scheduler(Service):
         return cast("Deferred[Protocol]", endpoint.connect(factory))
 
     def _blacklist(self, torrent: _Torrent, peer_id: str, why: str) -> None:
+        torrent.dials.failed(peer_id, Outcome.FAULT, self._clock.seconds())
+        self._log_blacklisted(torrent, peer_id, why)
+
+    def _log_blacklisted(self, torrent: _Torrent, peer_id: str, why: str) -> None:
         self.log.info(
             "blacklisting peer {peer} for {digest}: {why}", peer=peer_id[:12], digest=str(torrent.info.digest), why=why
         )
-        torrent.blacklist[peer_id] = self._clock.seconds() + self._config.blacklist
 
     # --- accepting ------------------------------------------------------------------------------------------
 
-    def _accept(self, handshake: Handshake) -> Deferred[SessionFactory | Error]:
-        return Deferred.fromCoroutine(self._decide(handshake))
+    def _accept(self, handshake: Handshake, address: str | None) -> Deferred[SessionFactory | Error]:
+        return Deferred.fromCoroutine(self._decide(handshake, address))
 
-    async def _decide(self, handshake: Handshake) -> SessionFactory | Error:
+    async def _decide(self, handshake: Handshake, address: str | None = None) -> SessionFactory | Error:
+        """Admit an inbound handshake from ``address`` (the remote IP, None if unknown), or name the refusal."""
         if not self.running:
             return Error(ErrorCode.BUSY, None, "shutting down")
         digest = Digest(handshake.digest.hex())
@@ -614,22 +661,34 @@ class Scheduler(Service):
             return Error(ErrorCode.UNKNOWN_BLOB, None, f"no {digest} here")
         if handshake.info_hash.hex() != torrent.info.info_hash:
             return Error(ErrorCode.UNKNOWN_BLOB, None, "info hash differs")
-        remote = handshake.peer_id.hex()
-        if torrent.blacklist.get(remote, 0.0) > self._clock.seconds():
+        remote, now = handshake.peer_id.hex(), self._clock.seconds()
+        if not torrent.any_namespace and handshake.namespace != torrent.namespace:
+            why = f"namespace {handshake.namespace!r} differs"[: MAX_ERROR_MESSAGE // 4]
+            self._log_refused(torrent, remote, address, why)
+            return Error(ErrorCode.UNKNOWN_BLOB, None, why)
+        if torrent.dials.blocked(remote, now):
             return Error(ErrorCode.BUSY, None, "blacklisted")
         if remote in torrent.conns:
             return Error(ErrorCode.BUSY, None, "already connected")
         # Both sides dialled each other: keep the connection opened by the smaller peer id.
-        if remote in torrent.dialing and remote > self.peer_id:
+        if torrent.dials.pending(remote) and remote > self.peer_id:
             return Error(ErrorCode.BUSY, None, "already dialling")
-        if len(torrent.conns) + len(torrent.dialing) >= self._config.max_conns_per_torrent:
-            return Error(ErrorCode.BUSY, None, "at capacity")
+        pending, busy = torrent.dials.holding(now), self._busy(torrent)
+        admission = self._slots.admit(torrent, address, now, pending=pending, busy=busy)
+        if not admission.admit:
+            if admission.limited:
+                self._log_refused(torrent, remote, address, admission.reason)
+            return Error(ErrorCode.BUSY, None, admission.reason)
+        if admission.evict is not None:
+            self._evict(torrent, admission.evict, admission.reason)
         make = self._session_factory(torrent, expected=None, initiator=False, namespace=handshake.namespace)
 
         def session(connection: IPeerConnection) -> PeerSession:
             s = make(connection)
             protocol = cast(PeerProtocol, connection)
-            s.when_handshaken().addCallbacks(lambda _: self._opened(torrent, protocol, s, origin=False), lambda _: None)
+            s.when_handshaken().addCallbacks(
+                lambda _: self._opened(torrent, protocol, s, origin=False, address=address), lambda _: None
+            )
             return s
 
         return session
@@ -659,17 +718,59 @@ class Scheduler(Service):
 
         return make
 
-    def _opened(self, torrent: _Torrent, protocol: PeerProtocol, session: PeerSession, *, origin: bool) -> None:
+    def _log_refused(self, torrent: _Torrent, peer_id: str, address: str | None, why: str) -> None:
+        self.log.info(
+            "refusing peer {peer} from {peer_addr} for {digest}: {why}",
+            peer=peer_id[:12], peer_addr=address, digest=str(torrent.info.digest), why=why,
+        )  # fmt: skip
+
+    def _busy(self, torrent: _Torrent) -> set[_Conn]:
+        """Connections of ``torrent`` that wait on this side or that it waits on: a piece asked of the peer, or a
+        request of the peer's queued here while its connection can take it."""
+        busy = {conn for conn in torrent.conns.values() if conn.requests}
+        busy.update(s.conn for s in self._outbox if s.torrent is torrent and s.conn.protocol.writable)
+        if self._in_flight is not None and self._in_flight.torrent is torrent:
+            busy.add(self._in_flight.conn)
+        return busy
+
+    def _evict(self, torrent: _Torrent, conn: _Conn, why: str) -> None:
+        """Close a connection that holds a slot without moving pieces; its peer is not admitted again for a few
+        seconds."""
+        self._counts["connections_evicted"] += 1
+        self.log.info(
+            "evicting peer {peer} from {digest}: {why}",
+            peer=conn.peer_id[:12],
+            digest=str(torrent.info.digest),
+            why=why,
+        )
+        self._detach(torrent, conn)
+        torrent.dials.failed(conn.peer_id, Outcome.BUSY, self._clock.seconds())
+        conn.session.close(f"evicted: {why}", error=Error(ErrorCode.BUSY, None, why[: MAX_ERROR_MESSAGE // 4]))
+
+    def _opened(
+        self,
+        torrent: _Torrent,
+        protocol: PeerProtocol,
+        session: PeerSession,
+        *,
+        origin: bool,
+        address: str | None = None,
+    ) -> None:
         assert session.remote is not None
         peer_id = session.remote.peer_id.hex()
+        torrent.dials.connected(peer_id)
         if torrent.closed or peer_id in torrent.conns:
             session.close("duplicate connection" if not torrent.closed else "torrent closed")
             return
         if torrent.complete and session.remote_bitfield.complete():
             session.close("both sides are complete")
             return
+        if len(torrent.conns) >= self._config.max_conns_per_torrent:
+            session.close("at capacity")  # a dial that completed after its slot hold, once the torrent filled
+            return
         conn = _Conn(peer_id, protocol, session, origin)
         torrent.conns[peer_id] = conn
+        self._slots.opened(conn, torrent, address, self._clock.seconds())
         session.when_closed().addCallback(self._closed, torrent, conn)
         if torrent.dispatcher is not None:
             limit = self._config.origin_pipeline_limit if origin else self._config.pipeline_limit
@@ -677,11 +778,17 @@ class Scheduler(Service):
             self._request_more(torrent, conn)
 
     def _closed(self, closed: Closed, torrent: _Torrent, conn: _Conn) -> None:
-        if torrent.conns.get(conn.peer_id) is conn:
-            del torrent.conns[conn.peer_id]
-        self._outbox = [send for send in self._outbox if send.conn is not conn]
         if closed.violation:
             self._blacklist(torrent, conn.peer_id, closed.reason)
+        self._detach(torrent, conn)
+
+    def _detach(self, torrent: _Torrent, conn: _Conn) -> None:
+        """Forget a connection that is closing: its slot, its queued sends, its requests."""
+        if torrent.conns.get(conn.peer_id) is not conn:
+            return
+        del torrent.conns[conn.peer_id]
+        self._slots.closed(conn)
+        self._outbox = [send for send in self._outbox if send.conn is not conn]
         if torrent.dispatcher is not None:
             torrent.dispatcher.peer_left(conn.peer_id)
             for other in list(torrent.conns.values()):  # its pieces are back in the pool
@@ -774,6 +881,7 @@ class Scheduler(Service):
 
     def _piece_arrived(self, torrent: _Torrent, conn: _Conn, index: int, size: int) -> None:
         torrent.last_active = self._clock.seconds()
+        self._slots.progress(conn, torrent.last_active)
         source = "origins" if conn.origin else "agents"
         for key, amount in (
             ("pieces_in", 1),
@@ -877,6 +985,7 @@ class Scheduler(Service):
                     self.log.info("sent every piece of {digest} once", digest=str(send.torrent.info.digest))
                 self._mark_sent(send)
                 send.torrent.last_active = self._clock.seconds()
+                self._slots.progress(send.conn, send.torrent.last_active)
                 self._counts["pieces_out"] += 1
                 self._counts["bytes_out"] += size
         except CancelledError:
@@ -1018,8 +1127,36 @@ class _Listener(Factory):
         self._scheduler = scheduler
 
     def buildProtocol(self, addr: object) -> PeerProtocol:
+        """``addr``: the remote address; its ``host`` (if any) counts against the per-address limits."""
         s = self._scheduler
-        return PeerProtocol.accepting(s._accept, clock=s._clock, handshake_timeout=s._config.handshake_timeout)
+        host = getattr(addr, "host", None)
+        address = host if isinstance(host, str) else None
+        return PeerProtocol.accepting(
+            lambda handshake: s._accept(handshake, address),
+            clock=s._clock,
+            handshake_timeout=s._config.handshake_timeout,
+        )
+
+
+def _outcome(error: Exception, session: PeerSession | None) -> Outcome:
+    """What a failed dial says about the peer (``Dials``)."""
+    if isinstance(error, PeerDisconnected) and error.refused is not None:
+        return Outcome.BUSY if error.refused is ErrorCode.BUSY else Outcome.FAULT
+    # A connect or handshake that timed out, or found no route (unanswered ARP), is most often a saturated link
+    # dropping the SYN or the answer: Dials forgives the first one.
+    if isinstance(error, ConnectTimeout | NoRouteError):
+        return Outcome.LATE
+    if isinstance(error, PeerDisconnected) and error.reason == HANDSHAKE_TIMED_OUT:
+        return Outcome.LATE
+    if isinstance(error, ConnectionRefusedError | ConnectError):
+        return Outcome.REFUSED
+    if (
+        isinstance(error, PeerDisconnected)
+        and session is not None
+        and not (session.closed and session.closed.violation)
+    ):
+        return Outcome.REFUSED  # accepted, then closed before any handshake
+    return Outcome.FAULT
 
 
 __all__ = [

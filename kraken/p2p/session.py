@@ -389,7 +389,7 @@ class PeerSession:
         problem = self._check_handshake(msg)
         if problem is not None:
             code = ErrorCode.UNSUPPORTED_VERSION if msg.version != wire.WIRE_VERSION else ErrorCode.UNKNOWN_BLOB
-            self._violation(f"bad handshake: {problem}", Error(code, None, problem))
+            self._violation(f"bad handshake: {problem}", Error(code, None, problem[: wire.MAX_ERROR_MESSAGE // 4]))
             return
         if not self._initiator:
             self._send_handshake()

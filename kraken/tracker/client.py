@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import TypeVar
 
 import attrs
@@ -15,6 +16,8 @@ from kraken.net import HTTPStatusError
 from kraken.net.service import ServiceClient, name_path
 
 T = TypeVar("T")
+#: The most peer ids one announce reports as unreachable.
+MAX_UNREACHABLE = 50
 log = Logger()
 
 
@@ -42,14 +45,26 @@ class TrackerClient(ServiceClient):
         return code == 200
 
     async def announce(
-        self, peer: PeerInfo, namespace: str, digest: Digest, info_hash: str
+        self,
+        peer: PeerInfo,
+        namespace: str,
+        digest: Digest,
+        info_hash: str,
+        /,
+        *,
+        unreachable: Sequence[str] = (),
     ) -> tuple[list[PeerInfo], float]:
-        """Announce ``peer`` for the blob; returns (peers to connect to, seconds until the next announce)."""
+        """Announce ``peer`` for the blob; returns (peers to connect to, seconds until the next announce).
+
+        ``unreachable``: peer ids (hex) this peer failed to reach for the blob since its last announce; sent as
+        the body's ``unreachable`` list (the first ``MAX_UNREACHABLE``), and only when there are any."""
         url = f"{self._base}/announce"
-        doc = {
+        doc: dict[str, object] = {
             "peer_id": peer.peer_id, "ip": peer.ip, "port": peer.port, "namespace": namespace,
             "digest": str(digest), "info_hash": info_hash, "complete": peer.complete,
         }  # fmt: skip
+        if unreachable:
+            doc["unreachable"] = list(unreachable[:MAX_UNREACHABLE])
         body = json.dumps(doc, separators=(",", ":")).encode("utf-8")
         _, answer = await self._retrying(
             f"announce {info_hash}",

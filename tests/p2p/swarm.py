@@ -8,11 +8,12 @@ peer connects two protocols with ``iosim.connect``; ``Swarm.flush`` pumps every 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.test import iosim
@@ -75,6 +76,7 @@ class FakeTracker:
         self.peers: dict[Digest, dict[str, PeerInfo]] = {}
         self.origins: dict[Digest, list[PeerInfo]] = {}
         self.announces: list[PeerInfo] = []
+        self.reports: list[list[str]] = []  # the unreachable peers of each announce
         self.metainfo_calls = 0
 
     async def metainfo(self, namespace: str, digest: Digest) -> MetaInfo | None:
@@ -82,10 +84,11 @@ class FakeTracker:
         return self.metainfos.get(digest)
 
     async def announce(
-        self, me: PeerInfo, namespace: str, digest: Digest, info_hash: str
+        self, me: PeerInfo, namespace: str, digest: Digest, info_hash: str, /, *, unreachable: Sequence[str] = ()
     ) -> tuple[list[PeerInfo], float]:
         assert info_hash == self.metainfos[digest].info_hash
         self.announces.append(me)
+        self.reports.append(list(unreachable))
         known = self.peers.setdefault(digest, {})
         known[me.peer_id] = me
         others = [p for p in known.values() if p.peer_id != me.peer_id]
@@ -119,6 +122,7 @@ class Swarm:
         self.config = config
         self.pumps: list[iosim.IOPump] = []
         self.by_port: dict[int, Callable[[], Protocol]] = {}
+        self.listeners: dict[int, Factory] = {}
         self.nodes: list[Node] = []
         self._next_port = 20000
 
@@ -145,6 +149,7 @@ class Swarm:
         node = Node(name, scheduler, store, port)
         listener = scheduler.factory()
         self.by_port[port] = lambda: listener.buildProtocol(None)
+        self.listeners[port] = listener
         scheduler.startService()
         self.nodes.append(node)
         return node
@@ -201,6 +206,16 @@ class Swarm:
         )
         self.pumps.append(pump)
         return succeed(client)
+
+    def dial_in(self, node: Node, client: Protocol, host: str | None = None) -> None:
+        """Connect a hand-written ``client`` (see ``RawClient``) to ``node``'s P2P listener, from ``host`` (the
+        remote IP the node sees; None: an address without a host, which no per-address limit counts)."""
+        server = self.listeners[node.port].buildProtocol(None if host is None else IPv4Address("TCP", host, 40000))
+        assert server is not None
+        pump = iosim.connect(
+            server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client), greet=False, clock=self.clock
+        )
+        self.pumps.append(pump)
 
     def flush(self) -> None:
         for _ in range(100_000):
@@ -264,3 +279,72 @@ class RawPeer(Protocol):
     def write(self, msg: wire.Message, payload: bytes = b"") -> None:
         assert self.transport is not None
         self.transport.writeSequence([bytes(c) for c in wire.encode(msg, payload)])
+
+
+class RawClient(Protocol):
+    """A hand-written dialer: sends a handshake for ``info`` in ``namespace`` holding no piece, records what comes
+    back, and sends ``CANCEL`` for piece 0 every ``cancel_every`` seconds (if given) while connected: a slot holder
+    that never asks for anything."""
+
+    def __init__(
+        self, info: MetaInfo, name: str, clock: Clock, *, namespace: str = NAMESPACE, cancel_every: float | None = None
+    ) -> None:
+        self.info = info
+        self.peer_id = bytes.fromhex(peer_id(name))
+        self.namespace = namespace
+        self.clock = clock
+        self.cancel_every = cancel_every
+        self.messages: list[wire.Message] = []
+        self.lost_at: float | None = None
+        self._decoder = wire.Decoder(self)
+        self._timer: Any = None
+
+    @property
+    def lost(self) -> bool:
+        return self.lost_at is not None
+
+    @property
+    def answered(self) -> bool:
+        return any(isinstance(m, wire.Handshake) for m in self.messages)
+
+    def errors(self) -> list[wire.Error]:
+        return [m for m in self.messages if isinstance(m, wire.Error)]
+
+    def connectionMade(self) -> None:
+        info = self.info
+        handshake = wire.Handshake(
+            self.peer_id,
+            bytes.fromhex(info.info_hash),
+            self.namespace,
+            bytes.fromhex(info.digest.hex),
+            Bitfield(info.num_pieces),
+        )
+        self.write(handshake)
+        if self.cancel_every is not None:
+            self._timer = self.clock.callLater(self.cancel_every, self._cancel)
+
+    def _cancel(self) -> None:
+        assert self.cancel_every is not None
+        self.write(wire.Cancel(0))
+        self._timer = self.clock.callLater(self.cancel_every, self._cancel)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._decoder.feed(data)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost_at = self.clock.seconds()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+
+    def on_message(self, msg: wire.Message) -> None:
+        self.messages.append(msg)
+
+    def on_payload(self, index: int, chunk: wire.Chunk) -> None:
+        pass
+
+    def on_payload_end(self, index: int) -> None:
+        pass
+
+    def write(self, msg: wire.Message) -> None:
+        assert self.transport is not None
+        self.transport.writeSequence([bytes(c) for c in wire.encode(msg)])

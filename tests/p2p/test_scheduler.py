@@ -465,8 +465,8 @@ def test_a_connection_going_away_while_its_requests_wait_does_not_spin_the_servi
     opened = scheduler._opened
     flows = []
 
-    def opened_full(torrent, protocol, session, *, origin):  # every write buffer full from the start
-        opened(torrent, protocol, session, origin=origin)
+    def opened_full(torrent, protocol, session, **kw):  # every write buffer full from the start
+        opened(torrent, protocol, session, **kw)
         protocol._flow.pauseProducing()
         flows.append(protocol._flow)
 
@@ -498,8 +498,8 @@ def test_an_origin_sends_no_piece_twice_to_peers_still_connected_until_it_has_se
     scheduler = origin.scheduler
     opened = scheduler._opened
 
-    def opened_full(torrent, protocol, session, *, origin):  # nothing is sent: the test sets what was
-        opened(torrent, protocol, session, origin=origin)
+    def opened_full(torrent, protocol, session, **kw):  # nothing is sent: the test sets what was
+        opened(torrent, protocol, session, **kw)
         protocol._flow.pauseProducing()
 
     monkeypatch.setattr(scheduler, "_opened", opened_full)
@@ -510,7 +510,7 @@ def test_an_origin_sends_no_piece_twice_to_peers_still_connected_until_it_has_se
     torrent = torrents[info.digest]
     first, second = torrent.conns.values()
     torrent.sent, torrent.last_sent = {0: 1}, {0: (swarm.clock.seconds(), first.peer_id)}
-    swarm.clock.advance(60)  # long past the request timeout
+    swarm.clock.advance(20)  # long past the request timeout (4 s), before the idle eviction (slot_idle)
     assert scheduler._recently_seeded(_Send(torrent, second, 0, 0))  # pieces 1-3 were never sent
     assert not scheduler._recently_seeded(_Send(torrent, first, 0, 1))  # its own receiver may ask again
     torrent.sent = dict.fromkeys(range(info.num_pieces), 1)
