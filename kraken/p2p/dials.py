@@ -22,7 +22,7 @@ Policy:
   ``hold`` seconds: a dial that has not completed by then no longer keeps the torrent from dialling other peers
   or accepting them, so dead peers cannot use up the budget. Pending dials have their own bound,
   ``max_pending``. A dial that completes once the torrent is full is closed by the caller.
-- **Order.** Handed-out peers are dialled in the tracker's order, except that peers with strikes go last.
+- **Order.** The caller dials handed-out peers in the tracker's order, except that peers with ``strikes`` go last.
 """
 
 from __future__ import annotations

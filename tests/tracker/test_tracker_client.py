@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -29,9 +30,13 @@ class Flaky(Resource):
         self.code = 503
         self.body = b"try later"
         self.requests: list[tuple[bytes, bytes]] = []
+        self.bodies: list[bytes] = []
 
     def render(self, request: Request) -> Any:
         self.requests.append((request.method, request.uri))
+        assert request.content is not None
+        self.bodies.append(request.content.read())
+        request.content.seek(0)
         if len(self.requests) <= self.failures:
             request.setResponseCode(self.code)
             return self.body
@@ -76,6 +81,21 @@ def test_announce(fx: Fixture) -> None:
     peers, interval = fx.run(fx.client.announce(peer(2), NAMESPACE, digest, INFO_HASH))
     assert interval == 3.0
     assert peers == [seeder, peer(200, complete=True, origin=True)]
+
+
+def test_announce_reports_unreachable_peers(fx: Fixture) -> None:
+    # The field the tracker reads: a JSON list of peer ids, only when there are any, at most 50.
+    fx.server.failures, fx.server.code, fx.server.body = 3, 200, b'{"peers": [], "interval": 3}'
+    digest = blob("x")[0]
+    ids = [f"{i:040x}" for i in range(60)]
+    fx.run(fx.client.announce(peer(2), NAMESPACE, digest, INFO_HASH, unreachable=ids[:2]))
+    fx.run(fx.client.announce(peer(2), NAMESPACE, digest, INFO_HASH))
+    fx.run(fx.client.announce(peer(2), NAMESPACE, digest, INFO_HASH, unreachable=ids))
+    docs = [json.loads(body) for body in fx.server.bodies]
+    assert docs[0]["unreachable"] == ids[:2]
+    assert "unreachable" not in docs[1]
+    assert docs[2]["unreachable"] == ids[:50]
+    assert all(set(doc) - {"unreachable"} == set(docs[1]) for doc in docs)
 
 
 def test_announce_is_retried(fx: Fixture) -> None:
