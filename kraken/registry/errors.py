@@ -157,8 +157,9 @@ class InsufficientStorage(_Coded):
 
     - The status is what most clients show: skopeo, podman and buildah
       (containers/image) parse the error body of 4xx answers only and report
-      a 5xx as "received unexpected HTTP status: 507 Insufficient Storage";
-      containerd reports "unexpected status ...: 507 Insufficient Storage".
+      a 5xx by its status line: "received unexpected HTTP status: 507
+      Insufficient Storage Space" (twisted.web's reason phrase); containerd
+      reports "unexpected status from PUT request to ...: 507 ...".
       With 503 they would say "Service Unavailable", which hides the cause.
     - 507 is not retried: containerd 2.x retries 500, 503 and 504 once
       (1.6 retries no 5xx), the distribution API counts 502-504 as
