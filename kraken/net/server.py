@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any, Protocol, cast
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol, cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IPushProducer, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IProtocolFactory,
+    IPushProducer,
+    IStreamServerEndpoint,
+    ITCPTransport,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
+from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -27,6 +34,10 @@ _NOT_TLS_ANSWER = (
     b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
     b"This port speaks plain HTTP, not TLS.\n"
 )
+# How long a connection answered before its request body ended goes on
+# reading (and dropping) what the client still sends, so the client reads the
+# answer before the connection is cut (see ``PlainHTTPChannel.answer_and_close``).
+LINGER = 2.0
 
 
 class PlainHTTPChannel(HTTPChannel):
@@ -42,6 +53,8 @@ class PlainHTTPChannel(HTTPChannel):
 
     log = Logger()
     _first = True
+    _draining = False
+    _linger: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[no-untyped-call]  # twisted.web.http is unannotated
@@ -52,6 +65,8 @@ class PlainHTTPChannel(HTTPChannel):
             transport.bufferSize = READ_SIZE
 
     def dataReceived(self, data: bytes) -> None:
+        if self._draining:
+            return  # answered already: the rest of the request is dropped
         if self._first and data:
             self._first = False
             if data.startswith(_TLS_HANDSHAKE):
@@ -59,6 +74,41 @@ class PlainHTTPChannel(HTTPChannel):
                 self.transport.loseConnection()  # type: ignore[union-attr]
                 return
         super().dataReceived(data)  # type: ignore[no-untyped-call]  # twisted.web.http is unannotated
+
+    def answer_and_close(self, response: bytes, linger: float = LINGER) -> None:
+        """Send ``response`` (a whole HTTP response) now, whatever the request
+        is doing, and close the connection.
+
+        The client may still be sending its body, and closing a socket with
+        unread data in it makes the kernel send a reset, which can destroy
+        the answer before the client reads it. So this sends the answer,
+        shuts down the sending side (the client reads the answer and then
+        the end of the stream), reads on and drops what still arrives (the
+        transport may be paused: it is resumed), and aborts the connection
+        if the client has not closed it ``linger`` seconds later."""
+        transport = self.transport
+        if transport is None or self._draining:
+            return
+        self._draining = True
+        self.setTimeout(None)  # type: ignore[no-untyped-call]  # twisted.protocols.policies is unannotated
+        transport.write(response)
+        if ITCPTransport.providedBy(transport):
+            transport.loseWriteConnection()
+            cast(IPushProducer, transport).resumeProducing()
+            self._linger = self.callLater(linger, self._linger_over)  # type: ignore[no-untyped-call]  # as above
+        else:
+            transport.loseConnection()
+
+    def _linger_over(self) -> None:
+        self._linger = None
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]  # ITCPTransport has it
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # twisted.web is unannotated
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]  # twisted.web.http is unannotated
 
 
 class Spool(Protocol):
@@ -73,7 +123,37 @@ class Spool(Protocol):
     def done_receiving(self) -> Deferred[None]: ...
 
 
-SpoolFactory = Callable[..., Spool]  # (pause=, resume=) -> Spool
+SpoolFactory = Callable[..., Spool]  # (pause=, resume=, error=) -> Spool
+
+
+class Refusal(NamedTuple):
+    """The answer to a request whose body could not be stored."""
+
+    status: int
+    headers: Sequence[tuple[bytes, bytes]]
+    body: bytes
+
+
+BodyRefused = Callable[[bytes, bytes, Failure], Refusal]
+"""``(method, path, failure) -> Refusal``: how a site answers a request whose
+spooled body could not be written (its format: plain text, OCI JSON...). It
+may also clean up what the request belonged to (an upload), since the handler
+never runs."""
+
+
+def plain_refusal(method: bytes, path: bytes, failure: Failure) -> Refusal:
+    """The default ``BodyRefused``: 500 and a line of text."""
+    return Refusal(500, [(b"Content-Type", b"text/plain; charset=utf-8")], b"could not store the request body\n")
+
+
+def refusal_bytes(refusal: Refusal) -> bytes:
+    """The whole HTTP/1.1 response for ``refusal``, which closes the connection."""
+    reason = RESPONSES.get(refusal.status, b"Error")
+    lines = [b"HTTP/1.1 %d %s" % (refusal.status, reason)]
+    lines += [name + b": " + value for name, value in refusal.headers]
+    lines += [b"Content-Length: %d" % len(refusal.body), b"Connection: close", b"", b""]
+    return b"\r\n".join(lines) + refusal.body
+
 
 # Bodies smaller than this stay where twisted.web puts them (memory or a
 # temporary file); larger ones, and those of unknown length, are spooled.
@@ -85,9 +165,16 @@ class SpoolingRequest(Request):
 
     The request is processed only once the spool has every byte on disk, so
     handlers see an ordinary, complete ``request.content``.
+
+    If the spool cannot write (the disk is full), the request is answered at
+    once with the site's ``BodyRefused`` answer, even while the body is still
+    arriving and the connection paused, and the connection is closed
+    (``PlainHTTPChannel.answer_and_close``): the handler never runs.
     """
 
     log = Logger()
+    _refused = False
+    _line: tuple[bytes, bytes] | None = None
 
     def gotLength(self, length: int | None) -> None:
         # Site.buildProtocol sets channel.site; HTTPChannel does not declare it.
@@ -97,7 +184,7 @@ class SpoolingRequest(Request):
             return
         # ITransport does not declare IPushProducer, but the stream transports twisted.web runs on provide it.
         transport = cast(IPushProducer, self.channel.transport)
-        spool = factory(pause=transport.pauseProducing, resume=transport.resumeProducing)
+        spool = factory(pause=transport.pauseProducing, resume=transport.resumeProducing, error=self._spool_failed)
         self.content = spool
         self.notifyFinish().addBoth(lambda _: spool.close())
 
@@ -106,18 +193,57 @@ class SpoolingRequest(Request):
         if done is None:
             super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # twisted.web
             return
+        self._line = (command, path)
         done().addCallbacks(lambda _: Request.requestReceived(self, command, path, version), self._spool_failed)
 
     def _spool_failed(self, failure: Failure) -> None:
-        self.log.failure("could not store a request body; closing the connection", failure)
-        if self.channel.transport is not None:
-            self.channel.transport.loseConnection()
+        if self._refused:
+            return
+        self._refused = True
+        channel = self.channel
+        if channel is None or channel.transport is None:
+            return  # the client is gone already
+        # The request line stays the channel's (private) business until the whole body is in.
+        method, path = self._line or (getattr(channel, "_command", b""), getattr(channel, "_path", b""))
+        refuse: BodyRefused = getattr(getattr(channel, "site", None), "body_refused", None) or plain_refusal
+        try:
+            refusal = refuse(method, path, failure)
+        except Exception:
+            self.log.failure("answering a refused request body failed")
+            refusal = plain_refusal(method, path, failure)
+        self.log.warn(
+            "request body of {method} {path} not stored ({error}): answered {status} and closing the connection",
+            method=_text(method),
+            path=_text(path),
+            error=str(failure.value),
+            status=refusal.status,
+        )
+        answer = refusal_bytes(refusal)
+        if isinstance(channel, PlainHTTPChannel):
+            channel.answer_and_close(answer)
+        else:
+            channel.transport.write(answer)
+            channel.transport.loseConnection()
 
 
-def make_site(resource: IResource, *, reactor: Any, access_log: bool = True, spool: SpoolFactory | None = None) -> Site:
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def make_site(
+    resource: IResource,
+    *,
+    reactor: Any,
+    access_log: bool = True,
+    spool: SpoolFactory | None = None,
+    body_refused: BodyRefused | None = None,
+) -> Site:
     """A ``Site`` for a daemon's HTTP API: no tracebacks to clients, TLS
     handshakes on plain ports refused at once, and, given a ``spool``
-    factory, large request bodies written and hashed as they arrive."""
+    factory, large request bodies written and hashed as they arrive; a body
+    the spool cannot write is answered at once with ``body_refused``."""
     # None of our APIs takes form submissions: skip Twisted's parsing of form bodies (it parses the
     # Content-Type of every POST with the email package: about a tenth of a tracker announce's CPU).
     site = Site(resource, reactor=reactor, parsePOSTFormSubmission=False)
@@ -126,6 +252,7 @@ def make_site(resource: IResource, *, reactor: Any, access_log: bool = True, spo
     if spool is not None:
         site.requestFactory = SpoolingRequest
         site.spool_factory = spool  # type: ignore[attr-defined]
+        site.body_refused = body_refused or plain_refusal  # type: ignore[attr-defined]
     site.displayTracebacks = False
     if not access_log:
         site.log = lambda request: None  # type: ignore[method-assign]

@@ -26,6 +26,9 @@ do not hammer the backend: "not found" (also a digest or size mismatch,
 which is logged) for ``error_ttl`` seconds, "unavailable" (and any
 unexpected error, which is logged) for ``retry_ttl`` seconds. After that the
 backend is asked again. Nothing is scheduled: expiry is checked on use.
+A full store (``kraken.store.space``) is remembered like "unavailable",
+for ``retry_ttl`` seconds, as ``OutOfSpace`` (the HTTP layer answers 507):
+clients polling the 202 learn it, and do not start a new download each.
 
 A fetched blob is not written back: it came from its backend. The fetcher is
 a Service only so that stopping the daemon cancels the fetches in flight.
@@ -46,6 +49,7 @@ from twisted.python.failure import Failure
 from kraken.backends import BackendUnavailable, BlobNotFound, IBackend, NoBackend, Router
 from kraken.core import Digest
 from kraken.store import CAStore, DigestMismatch
+from kraken.store.space import OutOfSpace, is_out_of_space
 from kraken.store.workers import Worker
 
 __all__ = ["BackendUnavailable", "BlobFetcher", "BlobNotFound"]
@@ -120,6 +124,10 @@ def _unavailable(message: str) -> _MakeError:
     return lambda namespace, digest: BackendUnavailable(message)
 
 
+def _no_space(namespace: str, digest: Digest) -> Exception:
+    return OutOfSpace(f"this origin cannot store {digest}, fetched from its backend")
+
+
 def _fire(d: Deferred[None], error: BaseException | None) -> None:
     if d.called:  # cancelled by its caller
         return
@@ -176,7 +184,7 @@ class BlobFetcher(Service):
         after all or no backend can give it (the peer is told the blob is unknown)."""
         try:
             return not await self.ensure(namespace, digest)
-        except (BlobNotFound, BackendUnavailable):
+        except (BlobNotFound, BackendUnavailable, OutOfSpace):
             return False
 
     async def ensure(self, namespace: str, digest: Digest) -> bool:
@@ -239,8 +247,18 @@ class BlobFetcher(Service):
             self.log.warn("fetch of {digest} failed: {error}", digest=str(digest), error=str(e), namespace=namespace)
             error = self._remember(namespace, digest, _unavailable(str(e)), self._retry_ttl)
         except Exception as e:
-            self.log.failure("fetch of {digest} failed", digest=str(digest), namespace=namespace)
-            error = self._remember(namespace, digest, _unavailable(f"fetch of {digest} failed: {e}"), self._retry_ttl)
+            if is_out_of_space(e):
+                self.log.warn(
+                    "no space left to fetch {digest} from its backend: {error}",
+                    digest=str(digest),
+                    error=str(e),
+                    namespace=namespace,
+                )
+                error = self._remember(namespace, digest, _no_space, self._retry_ttl)
+            else:
+                self.log.failure("fetch of {digest} failed", digest=str(digest), namespace=namespace)
+                message = f"fetch of {digest} failed: {e}"
+                error = self._remember(namespace, digest, _unavailable(message), self._retry_ttl)
         finally:
             del self._flights[digest]
             flight.statted(error)  # a no-op once the backend's stat answered

@@ -18,6 +18,13 @@ Errors are plain text (``<message>\\n``) with the status, mapped in one place
 (``_error``); a 409 during an upload means "already stored", which clients
 treat as success.
 
+A full store (ENOSPC or EDQUOT anywhere: an upload's chunk, its commit, a
+fetch from a backend) answers **507** ``no space left on device: ...``, and
+the upload it struck is deleted (the client starts again, on this origin or
+another). A PATCH body the spool cannot write is answered at once, before
+the body has all arrived (``body_refused``), and the connection is closed.
+Nothing about it is remembered: the next request tries the disk again.
+
 Every commit, and every "already exists" answer, calls ``on_commit(namespace,
 digest)`` (the tap passes the write-back queue's ``add``, which ignores a
 blob already queued) and answers only once it is done.
@@ -55,7 +62,7 @@ from typing import Any
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -67,12 +74,18 @@ from werkzeug.exceptions import HTTPException
 from kraken.backends import BackendUnavailable, BlobNotFound
 from kraken.core import Digest, DigestError
 from kraken.core.peer import PeerInfo
+from kraken.net.server import Refusal
 from kraken.origin.client import LOCAL_HEADER, LOCATIONS_HEADER, REPLICA_HEADER
 from kraken.origin.fetch import BlobFetcher
 from kraken.p2p.scheduler import Stats
 from kraken.store import CAStore, DigestMismatch, RangeMismatch, UploadTruncated, UploadUnknown
+from kraken.store.space import is_out_of_space
 
 _CONTENT_RANGE = re.compile(r"\s*(\d+)-(\d+)\s*\Z")
+_UPLOAD_PATH = re.compile(rb"/namespace/.+/blobs/[^/]+/uploads/([^/?]+)\Z")
+#: The answer to a request that met a full store (``kraken.proxy`` relays it as OCI JSON).
+NO_SPACE_STATUS = 507
+NO_SPACE_MESSAGE = "no space left on device: this origin's store is full; try again once space is freed"
 
 
 class HTTPError(Exception):
@@ -213,6 +226,14 @@ class OriginHTTP:
             return 416, str(e)
         if isinstance(e, (UploadTruncated, DigestMismatch)):
             return 400, str(e)
+        if is_out_of_space(e):
+            self.log.warn(
+                "{method} {path}: no space left ({error}): answered 507",
+                method=request.method.decode("latin-1"),
+                path=request.uri.decode("latin-1"),
+                error=str(e),
+            )
+            return NO_SPACE_STATUS, NO_SPACE_MESSAGE
         self.log.failure(
             "{method} {path} failed",
             failure,
@@ -220,6 +241,20 @@ class OriginHTTP:
             path=request.uri.decode("latin-1"),
         )
         return 500, "internal error"
+
+    def body_refused(self, method: bytes, path: bytes, failure: Failure) -> Refusal:
+        """The site's answer to an upload body the spool could not store
+        (``kraken.net.server.BodyRefused``): 507 when the disk is full, else
+        500. The upload it was for is deleted, since its handler never runs."""
+        m = _UPLOAD_PATH.match(path.split(b"?", 1)[0])
+        if m is not None:
+            uid = m.group(1).decode("latin-1")
+            Deferred.fromCoroutine(self._drop_upload(uid)).addErrback(
+                lambda f: self.log.failure("deleting upload {uid} failed", f, uid=uid)
+            )
+        full = is_out_of_space(failure.value)
+        status, message = (NO_SPACE_STATUS, NO_SPACE_MESSAGE) if full else (500, "internal error")
+        return Refusal(status, [(b"Content-Type", b"text/plain; charset=utf-8")], message.encode() + b"\n")
 
     # -- routes --
 
@@ -364,7 +399,7 @@ class OriginHTTP:
         return json.dumps({"peers": peers}, separators=(",", ":")).encode("utf-8") + b"\n"
 
     async def _drop_upload(self, uid: str) -> None:
-        """The blob arrived through another upload: this one is useless."""
+        """The blob arrived through another upload (or the disk is full): this one is useless."""
         try:
             await self._store.uploads.delete(uid)
         except UploadUnknown:

@@ -179,7 +179,7 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
         extra_stats=extra_stats,
     )
 
-    site = make_site(app.resource(), reactor=reactor, spool=store.uploads.spool)
+    site = make_site(app.resource(), reactor=reactor, spool=store.uploads.spool, body_refused=app.body_refused)
     listen_http(
         config.listen_http,
         site,

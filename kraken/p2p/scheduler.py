@@ -80,6 +80,7 @@ from kraken.p2p.session import (
 from kraken.p2p.slots import Slots
 from kraken.p2p.wire import MAX_ERROR_MESSAGE, Chunk, Error, ErrorCode, Handshake
 from kraken.store import CAStore, PartialBlob, PieceCorrupt
+from kraken.store.space import OutOfSpace, is_out_of_space
 
 
 class BlobNotFound(Exception):
@@ -374,7 +375,8 @@ class Scheduler(Service):
     async def download(self, namespace: str, digest: Digest) -> str:
         """The path of the blob in the cache, downloading it first unless already there.
 
-        Concurrent calls for one blob share one download. Raises ``BlobNotFound`` or ``DownloadFailed``."""
+        Concurrent calls for one blob share one download. Raises ``BlobNotFound``, ``DownloadFailed``, or
+        ``kraken.store.space.OutOfSpace`` when the disk is full (the partial blob is deleted)."""
         if not self.running:
             raise DownloadFailed("the scheduler is stopped")
         path = self._store.blob_path(digest)
@@ -505,6 +507,18 @@ class Scheduler(Service):
         waiters, torrent.waiters = torrent.waiters, []
         for d in waiters:
             d.errback(error or DownloadFailed("the download was dropped"))
+
+    def _out_of_space(self, torrent: _Torrent, error: BaseException) -> None:
+        """The disk is full: fail the download (its waiters get ``OutOfSpace``) and delete its partial blob.
+        Nothing is remembered: the next download of it starts afresh."""
+        if torrent.closed:
+            return  # another piece of it met the full disk first
+        digest = torrent.info.digest
+        self.log.warn("no space left to download {digest}: cancelled ({error})", digest=str(digest), error=str(error))
+        self._drop(torrent, OutOfSpace(f"downloading {digest}", error))
+        ensureDeferred(self._store.downloads.discard(digest)).addErrback(
+            lambda f: self.log.failure("discarding {digest} failed", f, digest=str(digest))
+        )
 
     def _preempt(self) -> None:
         """TTIs of torrents and connections, and expiry of blacklist entries (every ``preemption_interval``)."""
@@ -858,7 +872,10 @@ class Scheduler(Service):
             dispatcher.piece_failed(conn.peer_id, index)
             conn.session.close(f"piece {index} does not match its SHA-256", violation=True)
             return
-        except Exception:
+        except Exception as e:
+            if is_out_of_space(e) or torrent.closed:
+                self._out_of_space(torrent, e)  # a no-op once the torrent is closed
+                return
             self.log.failure("writing piece {piece} of {digest} failed", piece=index, digest=str(torrent.info.digest))
             dispatcher.piece_failed(conn.peer_id, index, until=self._clock.seconds() + self._config.blacklist)
             self._request_all(torrent)
@@ -907,6 +924,9 @@ class Scheduler(Service):
         except CancelledError:
             raise
         except Exception as e:
+            if is_out_of_space(e):
+                self._out_of_space(torrent, e)
+                return
             self.log.failure("installing {digest} failed", digest=str(torrent.info.digest))
             self._drop(torrent, DownloadFailed(f"installing {torrent.info.digest} failed: {e}"))
             return

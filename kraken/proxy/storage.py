@@ -1,12 +1,18 @@
 """The proxy's registry storage: blobs on the origin, tags and manifest
 records on the build-index. The proxy itself keeps no blob beyond an upload
-in progress; blob reads are relayed from the origin as they stream."""
+in progress; blob reads are relayed from the origin as they stream.
+
+An origin out of space answers 507; once every location of the blob has
+answered so (``ClusterClient`` tries each once, and does not repeat the
+round), the registry client gets 507 ``InsufficientStorage`` as OCI JSON.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Protocol
@@ -24,10 +30,15 @@ from kraken.core import Digest
 from kraken.net import HTTPStatusError
 from kraken.origin.client import ClusterClient
 from kraken.registry.backend import IRegistryBackend, ManifestRecord, Page
-from kraken.registry.errors import ManifestBlobUnknown, Unknown
+from kraken.registry.errors import InsufficientStorage, ManifestBlobUnknown, Unknown
 from kraken.store import Worker
 from kraken.store.files import remove_quietly
 from kraken.store.spool import SPOOL_PREFIX
+
+T = TypeVar("T")
+#: An origin's answer when its store is full (``kraken.origin.http``).
+NO_SPACE_STATUS = 507
+ORIGIN_FULL = "no space left on device: the origin cluster cannot store this blob now"
 
 # Headers of the origin's blob response that the registry client should see.
 # (Twisted's client keeps Content-Length out of the headers: see _respond.)
@@ -51,7 +62,7 @@ class ProxyBackend:
         client does) pushes the blob instead of failing while the backend is
         down (as Kraken does)."""
         try:
-            return await self._origin.stat(repo, digest)
+            return await _space_relayed(self._origin.stat(repo, digest), digest)
         except HTTPStatusError as e:
             if e.code != 503:
                 raise
@@ -69,10 +80,10 @@ class ProxyBackend:
         return RelayedBlob(self._origin, repo, digest, size)
 
     async def read_blob(self, repo: str, digest: Digest, limit: int) -> bytes | None:
-        return await self._origin.read_small(repo, digest, limit)
+        return await _space_relayed(self._origin.read_small(repo, digest, limit), digest)
 
     async def commit_blob(self, repo: str, digest: Digest, path: str, size: int) -> None:
-        await self._origin.upload(repo, digest, path, size)
+        await _space_relayed(self._origin.upload(repo, digest, path, size), digest)
         self.log.info("blob {digest} ({bytes} bytes) handed to the origin", digest=str(digest), bytes=size)
 
     async def get_manifest(self, repo: str, digest: Digest) -> ManifestRecord | None:
@@ -81,7 +92,7 @@ class ProxyBackend:
     async def put_manifest(self, repo: str, record: ManifestRecord, body: bytes, tag: str | None) -> None:
         path = await self._worker.run(_write_scratch, self._scratch, body)
         try:
-            await self._origin.upload(repo, record.digest, path, len(body))
+            await _space_relayed(self._origin.upload(repo, record.digest, path, len(body)), record.digest)
         finally:
             await self._worker.run(remove_quietly, path)
         await self._index.put_manifest(repo, record)
@@ -107,10 +118,24 @@ class ProxyBackend:
         return await self._index.referrers(repo, subject)
 
 
+async def _space_relayed(call: Awaitable[T], digest: Digest) -> T:
+    """``call``, with an origin's 507 (its store is full) raised as ``InsufficientStorage``."""
+    try:
+        return await call
+    except HTTPStatusError as e:
+        if e.code != NO_SPACE_STATUS:
+            raise
+        raise InsufficientStorage(ORIGIN_FULL, detail={"digest": str(digest), "reason": "ENOSPC"}) from None
+
+
 def _write_scratch(directory: str, body: bytes) -> str:
     fd, path = tempfile.mkstemp(dir=directory, prefix=SPOOL_PREFIX)  # swept at start if left behind
-    with os.fdopen(fd, "wb") as f:
-        f.write(body)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+    except BaseException:
+        remove_quietly(path)
+        raise
     return path
 
 
@@ -173,8 +198,12 @@ class RelayedBlob(Resource):
         if request.startedWriting:
             request.loseConnection()
             return
-        body = Unknown("the origin could not serve this blob").body()
-        request.setResponseCode(502)
+        e = failure.value
+        error: Unknown | InsufficientStorage = Unknown("the origin could not serve this blob", status=502)
+        if isinstance(e, HTTPStatusError) and e.code == NO_SPACE_STATUS:  # fetching it from its backend
+            error = InsufficientStorage(ORIGIN_FULL, detail={"digest": str(self._digest), "reason": "ENOSPC"})
+        body = error.body()
+        request.setResponseCode(error.status)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)

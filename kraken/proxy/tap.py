@@ -52,7 +52,7 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
 
     UploadExpiry(api.expire_uploads, clock=reactor, ttl=cfg.uploads.ttl).setServiceParent(top)
 
-    site = make_site(api.resource(), reactor=reactor, spool=uploads.spool)
+    site = make_site(api.resource(), reactor=reactor, spool=uploads.spool, body_refused=api.body_refused)
     listen_http(
         cfg.listen_http, site, reactor=reactor, component="proxy", origin=cfg.origin, build_index=cfg.build_index
     ).setServiceParent(top)

@@ -149,6 +149,33 @@ class Unknown(_Coded):
     CODE, STATUS, MESSAGE = "UNKNOWN", 500, "unknown error"
 
 
+class InsufficientStorage(_Coded):
+    """The registry is out of space (a full disk or quota, ENOSPC/EDQUOT).
+
+    507 Insufficient Storage, code ``UNKNOWN``, a message that starts "no
+    space left on device". Why these:
+
+    - The status is what most clients show: skopeo, podman and buildah
+      (containers/image) parse the error body of 4xx answers only and report
+      a 5xx by its status line: "received unexpected HTTP status: 507
+      Insufficient Storage Space" (twisted.web's reason phrase); containerd
+      reports "unexpected status from PUT request to ...: 507 ...".
+      With 503 they would say "Service Unavailable", which hides the cause.
+    - 507 is not retried: containerd 2.x retries 500, 503 and 504 once
+      (1.6 retries no 5xx), the distribution API counts 502-504 as
+      retryable and other 5xx as final, and containers/common's retry
+      (skopeo ``--retry-times``) does not retry an unexpected status. A full
+      disk does not empty itself within a retry's backoff, and each retry
+      of a push sends the whole body again: 503 would invite exactly that.
+    - The OCI spec has no code for it and tells clients to treat codes they
+      do not know as ``UNKNOWN``; distribution answers storage failures with
+      ``UNKNOWN`` too. So the code is ``UNKNOWN``, and the message (and
+      ``detail.reason``, the errno name) says what happened.
+    """
+
+    CODE, STATUS, MESSAGE = "UNKNOWN", 507, "no space left on device: the registry cannot store this now"
+
+
 __all__ = [
     "JSON_CONTENT_TYPE",
     "BlobUnknown",
@@ -156,6 +183,7 @@ __all__ = [
     "BlobUploadUnknown",
     "Denied",
     "DigestInvalid",
+    "InsufficientStorage",
     "ManifestBlobUnknown",
     "ManifestInvalid",
     "ManifestUnknown",

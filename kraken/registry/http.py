@@ -9,8 +9,12 @@ expressions do: ``<name>/tags/list``, ``<name>/manifests/<ref>``,
 the resource work whether it is the site root or a child of another one.
 
 Every protocol failure is a ``RegistryError`` rendered by the single
-``handle_errors`` handler as OCI error JSON; anything unexpected is logged
-and answered as 500 UNKNOWN; ``CancelledError`` (client gone) propagates.
+``handle_errors`` handler as OCI error JSON; a full disk (ENOSPC, EDQUOT) is
+507 ``InsufficientStorage``; anything else unexpected is logged and answered
+as 500 UNKNOWN; ``CancelledError`` (client gone) propagates. An upload whose
+data met a full disk is deleted with its session (the client starts again);
+an upload body the spool could not write is answered by ``body_refused``
+(``make_site(body_refused=...)``) before the handler runs.
 
 Upload bodies are never read on the reactor thread: twisted.web has spooled
 them to ``request.content`` and ``UploadArea.append`` copies and hashes them
@@ -35,6 +39,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from kraken.core import Digest
+from kraken.net.server import Refusal
 from kraken.registry.backend import IRegistryBackend
 from kraken.registry.errors import (
     JSON_CONTENT_TYPE,
@@ -42,6 +47,7 @@ from kraken.registry.errors import (
     BlobUploadInvalid,
     BlobUploadUnknown,
     DigestInvalid,
+    InsufficientStorage,
     ManifestBlobUnknown,
     ManifestUnknown,
     NameUnknown,
@@ -60,6 +66,7 @@ from kraken.registry.names import (
     parse_pagination,
     parse_reference,
 )
+from kraken.store.space import errno_name, is_out_of_space
 from kraken.store.uploads import RangeMismatch, UploadArea, UploadTruncated, UploadUnknown
 
 API_VERSION = b"registry/2.0"
@@ -241,7 +248,9 @@ class RegistryAPI:
             return await self._dispatch(request)
         except (RegistryError, CancelledError):
             raise
-        except Exception:
+        except Exception as e:
+            if is_out_of_space(e):
+                raise _no_space(e) from None
             self.log.failure(
                 "unhandled error serving {method} {path}", method=_text(request.method), path=_text(request.path)
             )
@@ -288,6 +297,29 @@ class RegistryAPI:
         if method == b"DELETE":
             return await self._cancel_upload(request, name, route.arg)
         return await self._upload_status(request, name, route.arg)
+
+    def body_refused(self, method: bytes, path: bytes, failure: Failure) -> Refusal:
+        """How the site answers an upload body it could not store
+        (``kraken.net.server.BodyRefused``): OCI JSON (507 when the disk is
+        full, else 500 UNKNOWN). An upload it was for is deleted with its
+        session: the handler, which would have, never runs."""
+        route = match_route(path.split(b"?", 1)[0])
+        if route is not None and route.kind == "upload" and self._uploads is not None:
+            uid = route.arg
+            session = self._sessions.get(uid)
+            if session is not None and session.repo == route.name:
+                self._sessions.pop(uid, None)
+                Deferred.fromCoroutine(self._uploads.delete(uid)).addErrback(
+                    lambda f: self.log.failure("deleting upload {uid} failed", f, uid=uid)
+                )
+        e = failure.value
+        error = _no_space(e) if e is not None and is_out_of_space(e) else Unknown("could not store the request body")
+        body = error.body()
+        return Refusal(
+            error.status,
+            [(b"Content-Type", JSON_CONTENT_TYPE), (b"Docker-Distribution-Api-Version", API_VERSION)],
+            body,
+        )
 
     # -- blobs ------------------------------------------------------------
 
@@ -483,6 +515,10 @@ class RegistryAPI:
         except UploadUnknown:
             self._sessions.pop(uid, None)
             raise BlobUploadUnknown(detail={"uuid": uid}) from None
+        except OSError as e:
+            if is_out_of_space(e):
+                self._sessions.pop(uid, None)  # the upload area deleted the upload
+            raise
         self.log.debug("upload {uid} now holds {bytes} bytes", uid=uid, bytes=new_size)
         return new_size
 
@@ -501,7 +537,13 @@ class RegistryAPI:
             await uploads.delete(uid)
             raise DigestInvalid(detail={"expected": str(expected), "actual": str(actual)})
         if await self._backend.stat_blob(name, expected) is None:
-            await self._backend.commit_blob(name, expected, uploads.path(uid), size)
+            try:
+                await self._backend.commit_blob(name, expected, uploads.path(uid), size)
+            except InsufficientStorage:
+                # Where the blob goes is full: the client must push it again later, all of it.
+                self._sessions.pop(uid, None)
+                await uploads.delete(uid)
+                raise
             created = True
         else:
             created = False
@@ -654,6 +696,10 @@ class RegistryAPI:
 
 
 # -- helpers -----------------------------------------------------------------
+
+
+def _no_space(error: BaseException) -> InsufficientStorage:
+    return InsufficientStorage(detail={"reason": errno_name(error)})
 
 
 def _text(value: bytes | str | None) -> str:

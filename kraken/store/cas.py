@@ -26,12 +26,13 @@ import uuid
 from collections.abc import Callable
 
 import attrs
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import CancelledError, gatherResults
 from twisted.logger import Logger
 
 from kraken.core import Digest, MetaInfo, PieceLengthRule
 from kraken.store.downloads import DownloadArea, pread
 from kraken.store.files import remove_quietly
+from kraken.store.space import is_out_of_space
 from kraken.store.uploads import COPY_CHUNK, UploadArea
 from kraken.store.workers import Worker
 
@@ -101,8 +102,14 @@ class CAStore:
         return await self._worker.run(pread, self.blob_path(digest), offset, size)
 
     async def touch(self, digest: Digest) -> None:
-        """Record an access (for the cleanup that evicts idle blobs)."""
-        await self._worker.run(_write_access, self._dir(digest), self._now())
+        """Record an access (for the cleanup that evicts idle blobs). A full
+        disk only loses the record: serving a blob needs no space."""
+        try:
+            await self._worker.run(_write_access, self._dir(digest), self._now())
+        except OSError as e:
+            if not is_out_of_space(e):
+                raise
+            self.log.warn("no space left to record an access to {digest} ({error})", digest=str(digest), error=str(e))
 
     async def _piece_sums(self, src: str, digest: Digest, size: int) -> MetaInfo:
         piece_length = self._piece_rule.piece_length(size)
@@ -122,7 +129,8 @@ class CAStore:
         """Verify upload ``uid`` against ``expected`` and move it into the cache.
 
         On a mismatch the upload is deleted and ``DigestMismatch`` raised;
-        nothing becomes visible. The SHA-256 comes from the upload's running
+        nothing becomes visible. Any other failure (a full disk while the
+        metainfo is written) deletes the upload too and is raised as it is. The SHA-256 comes from the upload's running
         hash, so committing reads the data once, for the piece sums, split
         between two worker jobs (hashlib releases the GIL: two cores).
         """
@@ -132,13 +140,19 @@ class CAStore:
             raise DigestMismatch(expected, actual)
         src = self.uploads.path(uid)
         final = self._dir(expected)
-        existing = await self.metainfo(expected)
-        if existing is None:
-            info = await self._piece_sums(src, expected, self.uploads.size(uid))
-            result = await self._worker.run(_install, src, info, self._tmp, final, self._now())
-        else:
-            await self._worker.run(remove_quietly, src)
-            result = CommitResult(existing, created=False)
+        try:
+            existing = await self.metainfo(expected)
+            if existing is None:
+                info = await self._piece_sums(src, expected, self.uploads.size(uid))
+                result = await self._worker.run(_install, src, info, self._tmp, final, self._now())
+            else:
+                await self._worker.run(remove_quietly, src)
+                result = CommitResult(existing, created=False)
+        except CancelledError:
+            raise  # the worker's job runs on: leave its file alone
+        except Exception:
+            await self.uploads.delete(uid)
+            raise
         self.uploads.forget(uid)
         if not result.created:
             self.log.info("blob {digest} already stored; dropped the duplicate upload", digest=str(expected))
@@ -164,9 +178,13 @@ def _write_access(blob_dir: str, now: float) -> None:
     if not os.path.isdir(blob_dir):
         return
     tmp = os.path.join(blob_dir, f"access.{uuid.uuid4().hex}")
-    with open(tmp, "w") as f:
-        f.write(f"{now:.3f}\n")
-    os.replace(tmp, os.path.join(blob_dir, "access"))
+    try:
+        with open(tmp, "w") as f:
+            f.write(f"{now:.3f}\n")
+        os.replace(tmp, os.path.join(blob_dir, "access"))
+    except BaseException:
+        remove_quietly(tmp)
+        raise
 
 
 def _hash_pieces(src: str, piece_length: int, first: int, last: int) -> list[bytes]:

@@ -12,6 +12,10 @@ reopens the partial blob and fetches only the missing pieces. When the last
 piece lands, ``PartialBlob.finish`` moves the blob into the cache with the
 same atomic directory rename as an upload's commit: a reader never sees a
 partial blob in the cache.
+
+A full disk (``kraken.store.space``) is not resumable: ``open`` removes what
+it had begun, and the scheduler ``discard``s a partial blob whose piece,
+status or install could not be written, so no partial file stays behind.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
 from kraken.core import Bitfield, Digest, MetaInfo, MetaInfoError
+from kraken.store.files import remove_quietly
 from kraken.store.workers import Worker
 
 
@@ -129,7 +134,12 @@ class DownloadArea:
         if existing is not None:
             return existing
         directory = os.path.join(self._root, info.digest.hex)
-        have_bytes = await self._worker.run(_prepare, directory, info)
+        try:
+            have_bytes = await self._worker.run(_prepare, directory, info)
+        except OSError:
+            if info.digest not in self._open:  # nobody else opened it meanwhile
+                await self._worker.run(shutil.rmtree, directory, True)
+            raise
         have = Bitfield(info.num_pieces) if have_bytes is None else Bitfield.from_bytes(info.num_pieces, have_bytes)
         partial = self._open.get(info.digest)  # opened meanwhile by another caller
         if partial is None:
@@ -210,6 +220,10 @@ def pread(path: str, offset: int, size: int) -> bytes:
 
 def _write_atomically(path: str, data: bytes) -> None:
     tmp = f"{path}.{uuid.uuid4().hex}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise

@@ -9,6 +9,11 @@ cores) and the body is never read back just to be hashed. When the backlog
 grows past ``HIGH_WATER`` it pauses the connection, so a fast client cannot
 fill memory. ``UploadArea.append`` can then adopt the file by renaming it.
 
+A write that fails (a full disk, above all) is final: the file is closed and
+deleted at once, later chunks are dropped, and ``error`` (when given) is
+called with the failure, so the request can be answered before its body has
+all arrived: nothing else would resume a connection the spool had paused.
+
 Only the reactor thread calls the public methods; the worker touches the
 file and the hasher one batch at a time, never concurrently.
 """
@@ -25,6 +30,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from kraken.store.space import is_out_of_space
 from kraken.store.workers import Worker
 
 SPOOL_PREFIX = "body-"
@@ -36,8 +42,15 @@ class BodySpool:
     log = Logger()
 
     def __init__(
-        self, directory: str, worker: Worker, *, pause: Callable[[], None], resume: Callable[[], None]
+        self,
+        directory: str,
+        worker: Worker,
+        *,
+        pause: Callable[[], None],
+        resume: Callable[[], None],
+        error: Callable[[Failure], object] | None = None,
     ) -> None:
+        """``error(failure)`` is called once, when a write fails (the file is gone by then)."""
         fd, self.path = tempfile.mkstemp(dir=directory, prefix=SPOOL_PREFIX)
         os.fchmod(fd, 0o644)  # it may become a blob, readable like any other
         self._file = os.fdopen(fd, "w+b")
@@ -45,6 +58,7 @@ class BodySpool:
         self._worker = worker
         self._pause = pause
         self._resume = resume
+        self._on_error = error
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._received = 0
@@ -69,7 +83,7 @@ class BodySpool:
         self._kick()
 
     def tell(self) -> int:
-        if self._busy or self._pending:  # still arriving: how much so far
+        if self._busy or self._pending or self._error is not None:  # still arriving (or dropped): how much so far
             return self._received
         return self._file.tell()
 
@@ -82,7 +96,7 @@ class BodySpool:
         return self._file.read(n)
 
     def close(self) -> None:
-        """Close and delete the file (unless ``adopt`` moved it away)."""
+        """Close and delete the file (unless ``adopt`` moved it away). Idempotent."""
         self._file.close()
         if not self.adopted:
             try:
@@ -148,11 +162,23 @@ class BodySpool:
     def _failed(self, failure: Failure) -> None:
         self._busy = False
         self._error = failure
-        self._pending = []
-        self.log.failure("writing a request body to {path} failed", failure, path=self.path)
+        self._pending, self._pending_bytes = [], 0
+        if is_out_of_space(failure.value):
+            self.log.warn(
+                "no space left for a request body: dropped it after {bytes} bytes ({error})",
+                bytes=self._received,
+                error=str(failure.value),
+                path=self.path,
+            )
+        else:
+            self.log.failure("writing a request body to {path} failed", failure, path=self.path)
+        # Free the space now, not when the request ends: that may take a while.
+        self.close()
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(failure)
+        if self._on_error is not None:
+            self._on_error(failure)
 
 
 def _write(f: Any, hasher: Any, batch: list[bytes]) -> None:

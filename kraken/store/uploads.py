@@ -8,6 +8,11 @@ area never makes anything visible: callers move a finished file elsewhere
 
 Appends to one upload are serialised; the copying and hashing run in the
 injected worker, never on the reactor thread.
+
+A full disk (``kraken.store.space``) ends an upload: an append that fails for
+want of space deletes the whole upload (a client cannot finish it anyway)
+and raises the error, so no partial or empty file is left to wait for the
+expiry.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from kraken.core import Digest
 from kraken.store.files import remove_quietly
+from kraken.store.space import is_out_of_space
 from kraken.store.spool import SPOOL_PREFIX, BodySpool
 from kraken.store.workers import Worker
 
@@ -73,10 +80,16 @@ class UploadArea:
             if name.startswith(SPOOL_PREFIX):
                 remove_quietly(os.path.join(root, name))
 
-    def spool(self, *, pause: Callable[[], None], resume: Callable[[], None]) -> BodySpool:
+    def spool(
+        self,
+        *,
+        pause: Callable[[], None],
+        resume: Callable[[], None],
+        error: Callable[[Failure], object] | None = None,
+    ) -> BodySpool:
         """A sink for a request body, on the upload area's filesystem, so
         ``append`` can take it by renaming (``make_site(spool=...)``)."""
-        return BodySpool(self._root, self._worker, pause=pause, resume=resume)
+        return BodySpool(self._root, self._worker, pause=pause, resume=resume, error=error)
 
     def path(self, uid: str) -> str:
         if not _UID.match(uid):
@@ -133,7 +146,18 @@ class UploadArea:
                 up.hasher = source.hasher
                 return up.size
             hasher = up.hasher.copy() if up.hasher is not None and up.hashed == up.size else None
-            written = await self._worker.run(_append, self.path(uid), up.size, source, length, hasher)
+            try:
+                written = await self._worker.run(_append, self.path(uid), up.size, source, length, hasher)
+            except OSError as e:
+                if is_out_of_space(e):
+                    self.log.warn(
+                        "no space left for upload {uid}: deleted it ({bytes} bytes) ({error})",
+                        uid=uid,
+                        bytes=up.size,
+                        error=str(e),
+                    )
+                    await self.delete(uid)
+                raise
             up.size += written
             if hasher is not None:
                 up.hasher, up.hashed = hasher, up.size
