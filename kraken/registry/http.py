@@ -27,7 +27,7 @@ from urllib.parse import quote, unquote
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -42,7 +42,6 @@ from kraken.registry.errors import (
     BlobUploadInvalid,
     BlobUploadUnknown,
     DigestInvalid,
-    ManifestBlobUnknown,
     ManifestUnknown,
     NameUnknown,
     RangeInvalid,
@@ -52,6 +51,7 @@ from kraken.registry.errors import (
     Unsupported,
 )
 from kraken.registry.manifests import OCI_INDEX, bare_media_type, negotiate, parse_manifest
+from kraken.registry.references import ReferencePolicy
 from kraken.registry.names import (
     check_name,
     check_tag,
@@ -162,6 +162,7 @@ class RegistryAPI:
         max_manifest_size: int = DEFAULT_MAX_MANIFEST_SIZE,
         read_only_message: str = DEFAULT_READ_ONLY_MESSAGE,
         max_page_size: int = DEFAULT_MAX_PAGE_SIZE,
+        references: ReferencePolicy | None = None,
     ) -> None:
         if uploads is None and not read_only:
             raise ValueError("a writable registry needs an UploadArea")
@@ -174,6 +175,7 @@ class RegistryAPI:
         self._max_manifest_size = max_manifest_size
         self._read_only_message = read_only_message
         self._max_page_size = max_page_size
+        self._references = references or ReferencePolicy()
         self._sessions: dict[str, _Session] = {}
 
     def resource(self) -> IResource:
@@ -545,12 +547,16 @@ class RegistryAPI:
                 "the manifest's digest does not match the reference",
                 detail={"reference": str(ref), "actual": str(parsed.digest)},
             )
-        missing = await self._missing_references(name, parsed.required_blobs(), parsed.required_manifests())
-        if missing:
-            raise ManifestBlobUnknown(
-                f"manifest references {len(missing)} unknown blob(s) or manifest(s): {', '.join(missing)}",
-                detail={"missing": missing},
+        self._references.check_count(parsed)
+        try:
+            await self._references.check_exist(self._backend, name, parsed)
+        except CancelledError:
+            self.log.info(
+                "manifest {digest} for {repo}: reference check stopped, the client went away",
+                digest=str(parsed.digest),
+                repo=name,
             )
+            raise
         record = parsed.record()
         await self._backend.put_manifest(name, record, body, tags[0] if tags else None)
         for tag in tags[1:]:
@@ -571,15 +577,6 @@ class RegistryAPI:
             request.responseHeaders.setRawHeaders(b"oci-tag", [t.encode() for t in tags])
         request.setHeader(b"content-length", b"0")
         return b""
-
-    async def _missing_references(self, name: str, blobs: list[Digest], manifests: list[Digest]) -> list[str]:
-        lookups: list[Deferred[Any]] = [Deferred.fromCoroutine(self._backend.stat_blob(name, d)) for d in blobs]
-        lookups += [Deferred.fromCoroutine(self._backend.get_manifest(name, d)) for d in manifests]
-        try:
-            found = await gatherResults(lookups, consumeErrors=True)
-        except FirstError as e:
-            e.subFailure.raiseException()
-        return [str(d) for d, hit in zip([*blobs, *manifests], found, strict=True) if hit is None]
 
     async def _get_manifest(self, request: IRequest, name: str, reference: str) -> bytes:
         ref = parse_reference(reference)
