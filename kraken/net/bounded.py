@@ -12,8 +12,8 @@ dropped, never left unhandled.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from typing import Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.python.failure import Failure
@@ -68,7 +68,7 @@ class _Bounded:
                 while not self._over and len(self._running) < self._limit and self._next < len(self._items):
                     i = self._next
                     self._next += 1
-                    d = ensureDeferred(self._call(self._items[i]))
+                    d: Deferred[Any] = ensureDeferred(cast(Coroutine[Any, Any, Any], self._call(self._items[i])))
                     self._running[i] = d
                     d.addCallbacks(self._ok, self._failed, callbackArgs=(i,), errbackArgs=(i,))
                 if not self._over and not self._running and self._next >= len(self._items):

@@ -83,7 +83,7 @@ class ServiceClient:
         response headers arrive."""
         kwargs.setdefault("timeout", self._config.timeout)
         response: IResponse = await cancellable(
-            self._http.request(
+            self._http.request(  # type: ignore[arg-type]  # treq's _Response provides IResponse
                 method,
                 url,
                 allow_redirects=False,

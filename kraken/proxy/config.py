@@ -21,7 +21,9 @@ class UploadsConfig:
 
 def _check_batch(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if not 1 <= value <= MAX_STAT_BATCH:
-        raise ValueError(f"{attribute.name} must be from 1 to {MAX_STAT_BATCH} (what an origin answers at once), not {value}")
+        raise ValueError(
+            f"{attribute.name} must be from 1 to {MAX_STAT_BATCH} (what an origin answers at once), not {value}"
+        )
 
 
 @attrs.frozen

@@ -24,7 +24,7 @@ from kraken.core import Digest
 from kraken.net import HTTPStatusError
 from kraken.origin.client import ClusterClient
 from kraken.registry.backend import IRegistryBackend, ManifestRecord, Page
-from kraken.registry.errors import ManifestBlobUnknown, Unknown
+from kraken.registry.errors import ManifestBlobUnknown, ManifestInvalid, Unknown
 from kraken.store import Worker
 from kraken.store.files import remove_quietly
 from kraken.store.spool import SPOOL_PREFIX
@@ -103,6 +103,8 @@ class ProxyBackend:
             try:
                 await self._index.put_tag(repo, tag, record.digest)
             except TagRefused as e:
+                if not e.missing:  # refused for what the manifest is (too many references, say)
+                    raise ManifestInvalid(str(e)) from None
                 raise ManifestBlobUnknown(str(e), {"missing": [str(d) for d in e.missing]}) from None
         self.log.info(
             "manifest {digest} stored in {namespace} (tag {tag})", digest=str(record.digest), namespace=repo, tag=tag

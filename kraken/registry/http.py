@@ -15,7 +15,8 @@ and answered as 500 UNKNOWN; ``CancelledError`` (client gone) propagates.
 Upload bodies are never read on the reactor thread: twisted.web has spooled
 them to ``request.content`` and ``UploadArea.append`` copies and hashes them
 in its worker. Only manifests (capped by ``max_manifest_size``) are read and
-parsed here.
+parsed here; how many references one may have and how they are looked up is
+``kraken.registry.references``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ from kraken.registry.errors import (
     Unsupported,
 )
 from kraken.registry.manifests import OCI_INDEX, bare_media_type, negotiate, parse_manifest
-from kraken.registry.references import ReferencePolicy
 from kraken.registry.names import (
     check_name,
     check_tag,
@@ -60,6 +60,7 @@ from kraken.registry.names import (
     parse_pagination,
     parse_reference,
 )
+from kraken.registry.references import ReferencePolicy
 from kraken.store.uploads import RangeMismatch, UploadArea, UploadTruncated, UploadUnknown
 
 API_VERSION = b"registry/2.0"
