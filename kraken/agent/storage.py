@@ -103,6 +103,9 @@ class AgentBackend:
         data = await self._worker.run(_read_at_most, path, limit + 1)
         return None if data is None or len(data) > limit else data
 
+    async def stat_blobs(self, repo: str, digests: list[Digest]) -> dict[Digest, int | None]:
+        raise Unsupported("the Kraken agent is read-only: push to the Kraken proxy")
+
     async def commit_blob(self, repo: str, digest: Digest, path: str, size: int) -> None:
         raise Unsupported("the Kraken agent is read-only: push to the Kraken proxy")
 

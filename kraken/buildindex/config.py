@@ -16,6 +16,7 @@ from kraken.config import Duration, Size, positive
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen, host_port
 from kraken.origin.client import check_origins
+from kraken.registry.references import DEFAULT_MAX_REFERENCES
 from kraken.store.retries import RetryConfig
 
 #: The longest write-back delay a duplicated tag may ask for (a week).
@@ -125,6 +126,9 @@ class BuildIndexConfig:
     max_manifest_size: Size = attrs.field(default=Size(4 << 20), validator=positive)
     # Largest page a listing returns, whatever ``n`` asks for.
     max_page: int = attrs.field(default=1000, validator=positive)
+    # A tag whose manifest (or a child of it) names more blobs and child manifests
+    # than this is refused before any of them is looked up.
+    max_references: int = attrs.field(default=DEFAULT_MAX_REFERENCES, validator=positive)
     # Durable storage of tags, tried in order (the first namespace regex matching the whole
     # repository name wins); same shape as the origin's. Tags are stored in the docker_tag
     # layout whatever an entry's name_path says. None: tags live only in the database.

@@ -17,7 +17,10 @@ Routes (repository names contain ``/``; tags and digests never do)::
 A tag is accepted only if its manifest is on the origin, parses, and every
 blob it references is on the origin too; for a manifest list / OCI index,
 every child manifest and the child's own blobs. Otherwise the answer is 400
-``{"error": "...", "missing": ["sha256:...", ...]}``.
+``{"error": "...", "missing": ["sha256:...", ...]}``. A manifest with more
+than ``max_references`` references (blobs and child manifests) is refused
+with 400 before any is looked up; the blobs are asked about in batches
+(``ClusterClient.stat_many``), never one request each at once.
 
 With ``backends`` configured (``kraken.buildindex.backends``):
 
@@ -55,11 +58,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.internet.defer import CancelledError, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -69,11 +73,13 @@ from kraken.buildindex.config import MAX_DUPLICATE_DELAY
 from kraken.buildindex.tags import Pending
 from kraken.core import Digest, DigestError
 from kraken.net import ResponseTooLarge
+from kraken.net.bounded import bounded_map, chunks
 from kraken.net.server import HTTPError, json_error, json_response, read_body
 from kraken.registry.backend import ManifestRecord
 from kraken.registry.errors import RegistryError
 from kraken.registry.manifests import MANIFEST_TYPES, ParsedManifest, parse_manifest
 from kraken.registry.names import is_valid_name, is_valid_tag
+from kraken.registry.references import DEFAULT_MAX_REFERENCES
 
 if TYPE_CHECKING:
     from kraken.buildindex.backends import TagBackends
@@ -88,6 +94,8 @@ T = TypeVar("T")
 MAX_TAG_BODY = 1024
 #: Origin requests one tag check may have in flight at once.
 CHECK_CONCURRENCY = 16
+#: Blob digests per batch question to the origin.
+CHECK_BATCH = 100
 #: Child manifests are parsed (and their blobs checked) this many levels
 #: below the tagged manifest; deeper ones are only checked for existence.
 MAX_NESTING = 2
@@ -206,8 +214,11 @@ def _references(parsed: ParsedManifest) -> tuple[list[Digest], list[_Ref]]:
 
 class _Check:
     """One tag's dependency check: which of a manifest's references the
-    origin lacks. Each digest is asked about once; at most
-    ``CHECK_CONCURRENCY`` origin requests are in flight."""
+    origin lacks. Each digest is asked about once; blobs go in batches of
+    ``CHECK_BATCH`` (``ClusterClient.stat_many``), child manifests
+    ``CHECK_CONCURRENCY`` at a time, and at most ``CHECK_CONCURRENCY``
+    origin calls are in flight. A manifest with more than ``max_references``
+    references is refused before any of them is looked up."""
 
     def __init__(self, http: BuildIndexHTTP, repo: str) -> None:
         self._http = http
@@ -223,18 +234,17 @@ class _Check:
         finally:
             self._sem.release()
 
-    async def blob(self, digest: Digest) -> None:
-        if digest in self._seen:
-            return
-        self._seen.add(digest)
-        size = await self._limited(f"stat {digest}", lambda: self._http._origin.stat(self._repo, digest))
-        if size is None:
-            self.missing.add(digest)
+    async def blobs(self, digests: list[Digest]) -> None:
+        new = [d for d in dict.fromkeys(digests) if d not in self._seen]
+        self._seen.update(new)
+        origin = self._http._origin
+        for chunk in chunks(new, CHECK_BATCH):
+            sizes = await self._limited(
+                f"stat {len(chunk)} blobs", partial(origin.stat_many, self._repo, chunk, concurrency=CHECK_CONCURRENCY)
+            )
+            self.missing.update(d for d in chunk if sizes.get(d) is None)
 
     async def manifest(self, ref: _Ref, depth: int) -> None:
-        if depth > MAX_NESTING:
-            await self.blob(ref.digest)
-            return
         if ref.digest in self._seen:
             return
         self._seen.add(ref.digest)
@@ -255,18 +265,17 @@ class _Check:
         if parsed.digest != ref.digest:
             raise HTTPError(502, f"the origin's content for {ref.digest} has digest {parsed.digest}")
         blobs, children = _references(parsed)
-        await _gather(
-            [Deferred.fromCoroutine(self.blob(b)) for b in blobs]
-            + [Deferred.fromCoroutine(self.manifest(c, depth + 1)) for c in children]
-        )
-
-
-async def _gather(ds: list[Deferred[None]]) -> None:
-    """Wait for all of ``ds``; raise the first failure itself (not FirstError)."""
-    try:
-        await gatherResults(ds, consumeErrors=True)
-    except FirstError as e:
-        e.subFailure.raiseException()
+        most = self._http._max_references
+        if len(blobs) + len(children) > most:
+            raise Refused(
+                f"manifest {ref.digest} has {len(blobs) + len(children)} references (blobs and manifests); "
+                f"at most {most} are accepted"
+            )
+        if depth + 1 > MAX_NESTING:  # deeper manifests are only checked for existence
+            blobs = blobs + [c.digest for c in children]
+            children = []
+        await self.blobs(blobs)
+        await bounded_map(children, CHECK_CONCURRENCY, lambda c: self.manifest(c, depth + 1))
 
 
 class BuildIndexHTTP:
@@ -281,6 +290,7 @@ class BuildIndexHTTP:
         clock: IReactorTime,
         max_manifest_size: int,
         max_page: int,
+        max_references: int = DEFAULT_MAX_REFERENCES,
         backends: TagBackends | None = None,
         writeback: TagWriteBack | None = None,
         duplicator: Duplicator | None = None,
@@ -293,6 +303,7 @@ class BuildIndexHTTP:
         self._clock = clock
         self._max_manifest_size = max_manifest_size
         self._max_page = max_page
+        self._max_references = max_references
 
     def resource(self) -> Any:
         return self.app.resource()

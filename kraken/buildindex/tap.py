@@ -117,6 +117,7 @@ def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
         clock=reactor,
         max_manifest_size=config.max_manifest_size,
         max_page=config.max_page,
+        max_references=config.max_references,
         backends=backends,
         writeback=writeback,
         duplicator=duplicator,

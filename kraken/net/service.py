@@ -8,7 +8,9 @@ from urllib.parse import quote
 
 import attrs
 from treq.client import HTTPClient
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
 from kraken.net.client import HTTPClientConfig, HTTPStatusError, limited_content
@@ -22,6 +24,36 @@ def name_path(name: str) -> str:
     if not name or any(not seg for seg in name.split("/")):
         raise ValueError(f"invalid repository name {name!r}")
     return "/".join(quote(seg, safe="") for seg in name.split("/"))
+
+
+def cancellable(request: Deferred[T]) -> Deferred[T]:
+    """``request`` (a treq request), except that cancelling the result
+    always fails it with ``CancelledError``.
+
+    Cancelling a treq request whose connection is open fails it with
+    ``ResponseNeverReceived``, which the retry and failover loops take for a
+    network error and try again: work the caller abandoned (a client gone
+    away) would go on. treq's own timeout cancels ``request`` itself, not
+    the result, so a timeout still fails as a network error."""
+    cancelled = False
+
+    def cancel(_: Deferred[T]) -> None:
+        nonlocal cancelled
+        cancelled = True
+        request.cancel()
+
+    result: Deferred[T] = Deferred(cancel)
+
+    def done(outcome: T | Failure) -> None:
+        if cancelled:
+            return  # the outcome of our own cancel: dropped
+        if isinstance(outcome, Failure):
+            result.errback(outcome)
+        else:
+            result.callback(outcome)
+
+    request.addBoth(done)
+    return result
 
 
 def _strip_slash(url: str) -> str:
@@ -50,13 +82,15 @@ class ServiceClient:
         """One request; the timeout (default ``config.timeout``) runs until the
         response headers arrive."""
         kwargs.setdefault("timeout", self._config.timeout)
-        response: IResponse = await self._http.request(
-            method,
-            url,
-            allow_redirects=False,
-            unbuffered=True,
-            reactor=cast(Any, self._clock),  # treq only schedules the timeout on it
-            **kwargs,
+        response: IResponse = await cancellable(
+            self._http.request(  # type: ignore[arg-type]  # treq's _Response provides IResponse
+                method,
+                url,
+                allow_redirects=False,
+                unbuffered=True,
+                reactor=cast(Any, self._clock),  # treq only schedules the timeout on it
+                **kwargs,
+            )
         )
         return response
 

@@ -23,6 +23,7 @@ from kraken.net import HTTPClientConfig, HTTPStatusError
 from kraken.net.body import ThreadedFileProducer
 from kraken.net.retry import NETWORK_ERRORS
 from kraken.net.service import ServiceClient, name_path
+from kraken.origin.batch import MAX_STAT_BATCH, stat_many
 from kraken.store.workers import Worker
 
 T = TypeVar("T")
@@ -51,6 +52,18 @@ REPLICA_HEADER = b"Kraken-Replica"
 LOCAL_HEADER = b"Kraken-Local"
 #: The answer of ``GET /blobs/<digest>/locations``: the blob's origins, "host:port" comma-separated, best first.
 LOCATIONS_HEADER = b"Origin-Locations"
+
+
+@attrs.frozen
+class StatAnswer:
+    """An origin's answer to ``POST /blobs/stat``: the sizes of the blobs its
+    store holds, the ring's locations ("host:port", best first) of the
+    others, and whether it could fetch a blob it lacks (from a backend or a
+    replica), so that its "not held" is not final."""
+
+    held: dict[Digest, int]
+    locations: dict[Digest, tuple[str, ...]]
+    may_fetch: bool
 
 
 class StillFetching(HTTPStatusError):
@@ -163,6 +176,28 @@ class OriginClient(ServiceClient):
             return int(lengths[0])
 
         return await self._polling(f"stat {digest}", "HEAD", url, attempt)
+
+    async def stat_batch(self, digests: Sequence[Digest]) -> StatAnswer:
+        """One ``POST /blobs/stat`` about at most ``MAX_STAT_BATCH`` digests
+        (one attempt; ``ClusterClient.stat_many`` falls back to a HEAD each).
+        A malformed answer raises ``HTTPStatusError``."""
+        if len(digests) > MAX_STAT_BATCH:
+            raise ValueError(f"at most {MAX_STAT_BATCH} digests at once")
+        url = f"{self._base}/blobs/stat"
+        body = json.dumps({"digests": [str(d) for d in digests]}).encode()
+        _, raw = await self._call(
+            "POST", url, frozenset({200}), data=body, headers={b"Content-Type": [b"application/json"]}
+        )
+        try:
+            doc = json.loads(raw)
+            held = {Digest.parse(k): int(v) for k, v in doc["held"].items()}
+            locations = {Digest.parse(k): tuple(str(m) for m in v) for k, v in doc["locations"].items()}
+            may_fetch = doc["may_fetch"]
+            if not isinstance(may_fetch, bool):
+                raise ValueError("may_fetch is not a boolean")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise HTTPStatusError("POST", url, 200, f"bad stat answer: {e}".encode()) from None
+        return StatAnswer(held, locations, may_fetch)
 
     async def read_small(self, namespace: str, digest: Digest, limit: int) -> bytes | None:
         """The whole blob (a manifest, say) if it holds at most ``limit`` bytes;
@@ -383,6 +418,9 @@ class ClusterClient:
         #: Calls that went on to the next location, and rounds that found no working one.
         self.failovers = 0
         self.failed_rounds = 0
+        #: ``stat_many``'s batch questions (``POST /blobs/stat``) and the single stats it fell back to.
+        self.batch_stats = 0
+        self.single_stats = 0
 
     def client(self, base: str) -> OriginClient:
         """The single-origin client of ``base`` (one attempt per call)."""
@@ -493,6 +531,22 @@ class ClusterClient:
 
     async def stat(self, namespace: str, digest: Digest) -> int | None:
         return await self._failover(f"stat {digest}", digest, lambda c: c.stat(namespace, digest))
+
+    async def stat_many(
+        self,
+        namespace: str,
+        digests: Sequence[Digest],
+        *,
+        concurrency: int = 8,
+        single: Callable[[str, Digest], Awaitable[int | None]] | None = None,
+    ) -> dict[Digest, int | None]:
+        """The size of each of ``digests`` (None: not stored), in a few
+        questions instead of one each (``kraken.origin.batch``): at most
+        ``concurrency`` requests in flight. ``single(namespace, digest)``
+        answers what the batch questions cannot (default: ``stat``)."""
+        return await stat_many(
+            self, namespace, digests, concurrency=concurrency, single=self.stat if single is None else single
+        )
 
     async def read_small(self, namespace: str, digest: Digest, limit: int) -> bytes | None:
         return await self._failover(f"read {digest}", digest, lambda c: c.read_small(namespace, digest, limit))

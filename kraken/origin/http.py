@@ -7,6 +7,8 @@ Routes (``<ns>`` is a repository name and may contain slashes; digests are
     GET   /stats                                         -> the P2P scheduler's counters (JSON)
     GET   /blobs/<digest>/locations                      -> Origin-Locations: host:port,host:port
     GET   /blobs/<digest>/peers                          -> {"peers": [PeerInfo JSON...]}
+    POST  /blobs/stat   {"digests": [...]}               -> {"held": {digest: size}, "locations": {...},
+                                                             "may_fetch": bool}
     GET   /namespace/<ns>/blobs/<digest>/peers           (the same; blobs are content-addressed)
     POST  /namespace/<ns>/blobs/<digest>/uploads         -> 200, Location: <uid>; 409 if stored
     PATCH /namespace/<ns>/blobs/<digest>/uploads/<uid>   Content-Range: <start>-<end> (end exclusive)
@@ -39,6 +41,15 @@ the other replicas (``replicate``) before the 201. An upload whose requests
 carry ``Kraken-Replica: k`` is such a copy: its write-back is delayed and it
 is not copied on. A GET/HEAD with ``Kraken-Local`` is answered from the
 store alone (another origin repairing itself must not start a fetch here).
+
+``POST /blobs/stat`` answers, for up to ``MAX_STAT_BATCH`` digests at once,
+which of them this origin's store holds (``held``: their sizes), where the
+others live in the ring (``locations``: "host:port" best first, as
+``/blobs/<digest>/locations``), and whether a blob absent here could still be
+fetched (``may_fetch``: this origin has a fetcher). It never starts a fetch:
+it is the cheap first question of a manifest's reference check
+(``ClusterClient.stat_many``), which asks a blob's own origin next and only
+then, for what is still unknown, a HEAD each.
 
 Fetch on miss (only with a ``fetcher``, which the tap builds when backends
 or a cluster are configured): GET/HEAD of a blob, its metainfo and
@@ -75,7 +86,7 @@ from kraken.backends import BackendUnavailable, BlobNotFound
 from kraken.core import Digest, DigestError
 from kraken.core.peer import PeerInfo
 from kraken.net.server import Refusal
-from kraken.origin.client import LOCAL_HEADER, LOCATIONS_HEADER, REPLICA_HEADER
+from kraken.origin.client import LOCAL_HEADER, LOCATIONS_HEADER, MAX_STAT_BATCH, REPLICA_HEADER
 from kraken.origin.fetch import BlobFetcher
 from kraken.p2p.scheduler import Stats
 from kraken.store import CAStore, DigestMismatch, RangeMismatch, UploadTruncated, UploadUnknown
@@ -86,6 +97,8 @@ _UPLOAD_PATH = re.compile(rb"/namespace/.+/blobs/[^/]+/uploads/([^/?]+)\Z")
 #: The answer to a request that met a full store (``kraken.proxy`` relays it as OCI JSON).
 NO_SPACE_STATUS = 507
 NO_SPACE_MESSAGE = "no space left on device: this origin's store is full; try again once space is freed"
+# {"digests": [...]}: 74 bytes a digest, with room for spaces.
+_MAX_STAT_BODY = MAX_STAT_BATCH * 80 + 1024
 
 
 class HTTPError(Exception):
@@ -142,6 +155,28 @@ def _pending(request: Request) -> bytes:
     return b""
 
 
+def _stat_batch_digests(request: Request) -> list[Digest]:
+    """The digests of a ``POST /blobs/stat`` body, unique, at most ``MAX_STAT_BATCH``."""
+    content = request.content
+    body = b"" if content is None else content.read(_MAX_STAT_BODY + 1)
+    if len(body) > _MAX_STAT_BODY:
+        raise HTTPError(413, f"ask about at most {MAX_STAT_BATCH} digests at once")
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("digests"), list):
+        raise HTTPError(400, 'the body must be JSON {"digests": ["sha256:...", ...]}')
+    if len(doc["digests"]) > MAX_STAT_BATCH:
+        raise HTTPError(413, f"ask about at most {MAX_STAT_BATCH} digests at once, not {len(doc['digests'])}")
+    found: dict[Digest, None] = {}
+    for item in doc["digests"]:
+        if not isinstance(item, str):
+            raise HTTPError(400, "digests must be strings")
+        found[parse_digest(item)] = None
+    return list(found)
+
+
 def _remaining(content: Any) -> int:
     """Bytes left in the (spooled) request body; a seek, not a read."""
     here = content.tell()
@@ -191,6 +226,11 @@ class OriginHTTP:
         self._advertise = advertise
         # This origin's P2P address; it seeds every blob it holds.
         self._peer = None if peer is None else attrs.evolve(peer, complete=True, origin=True)
+        #: ``POST /blobs/stat`` requests answered, and the digests they asked about (in ``/stats``).
+        self.stat_batches = 0
+        self.stat_batch_digests = 0
+        #: HEADs of a blob answered (each one question about one blob; in ``/stats``).
+        self.blob_heads = 0
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -267,6 +307,9 @@ class OriginHTTP:
     def stats(self, request: Request) -> bytes:
         """What this origin's P2P scheduler has served (agents' pieces, bytes) since it started."""
         counters: dict[str, object] = {} if self._p2p_stats is None else attrs.asdict(self._p2p_stats())
+        counters["stat_batches"] = self.stat_batches
+        counters["stat_batch_digests"] = self.stat_batch_digests
+        counters["blob_heads"] = self.blob_heads
         if self._extra_stats is not None:
             counters.update(self._extra_stats())
         request.setHeader(b"content-type", b"application/json")
@@ -278,6 +321,24 @@ class OriginHTTP:
         members = [self._advertise] if self._locations is None else self._locations(digest)
         request.setHeader(LOCATIONS_HEADER, ",".join(members).encode("ascii"))
         return _empty(request)
+
+    @app.route("/blobs/stat", methods=["POST"])
+    async def stat_batch(self, request: Request) -> bytes:
+        digests = _stat_batch_digests(request)
+        held = await self._store.stat_many(digests)
+        self.stat_batches += 1
+        self.stat_batch_digests += len(digests)
+        locations: dict[str, list[str]] = {}
+        for digest in digests:
+            if digest not in held:
+                locations[str(digest)] = [self._advertise] if self._locations is None else self._locations(digest)
+        doc = {
+            "held": {str(d): size for d, size in held.items()},
+            "locations": locations,
+            "may_fetch": self._fetcher is not None,
+        }
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     @app.route("/blobs/<d>/peers", methods=["GET"])
     async def peers(self, request: Request, d: str) -> bytes:
@@ -358,6 +419,8 @@ class OriginHTTP:
     @app.route("/namespace/<path:ns>/blobs/<d>", methods=["GET", "HEAD"])
     async def get_blob(self, request: Request, ns: str, d: str) -> File | bytes:
         digest = parse_digest(d)
+        if request.method == b"HEAD":
+            self.blob_heads += 1
         if not await self._held(ns, digest, request):
             return _pending(request)
         if request.method == b"GET":

@@ -7,7 +7,8 @@ import attrs
 from kraken.config import Duration, Size, positive
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen
-from kraken.origin.client import check_origins
+from kraken.origin.client import MAX_STAT_BATCH, check_origins
+from kraken.registry.references import DEFAULT_CHECK_BATCH, DEFAULT_CHECK_CONCURRENCY, DEFAULT_MAX_REFERENCES
 
 
 @attrs.frozen
@@ -18,11 +19,25 @@ class UploadsConfig:
     ttl: Duration = attrs.field(default=Duration(3600.0), validator=positive)
 
 
+def _check_batch(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 1 <= value <= MAX_STAT_BATCH:
+        raise ValueError(
+            f"{attribute.name} must be from 1 to {MAX_STAT_BATCH} (what an origin answers at once), not {value}"
+        )
+
+
 @attrs.frozen
 class RegistryConfig:
     max_manifest_size: Size = attrs.field(default=Size(4 << 20), validator=positive)
     # The largest page tags/list and _catalog return, whatever n asks for.
     max_page: int = attrs.field(default=1000, validator=positive)
+    # A pushed manifest naming more blobs and child manifests than this is refused
+    # (400 MANIFEST_INVALID) before any of them is looked up.
+    max_references: int = attrs.field(default=DEFAULT_MAX_REFERENCES, validator=positive)
+    # Blob digests per question to the origin when checking that a manifest's references exist.
+    check_batch: int = attrs.field(default=DEFAULT_CHECK_BATCH, validator=_check_batch)
+    # Requests one manifest's check may have in flight.
+    check_concurrency: int = attrs.field(default=DEFAULT_CHECK_CONCURRENCY, validator=positive)
 
 
 @attrs.frozen

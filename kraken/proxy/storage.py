@@ -30,7 +30,7 @@ from kraken.core import Digest
 from kraken.net import HTTPStatusError
 from kraken.origin.client import ClusterClient
 from kraken.registry.backend import IRegistryBackend, ManifestRecord, Page
-from kraken.registry.errors import InsufficientStorage, ManifestBlobUnknown, Unknown
+from kraken.registry.errors import InsufficientStorage, ManifestBlobUnknown, ManifestInvalid, Unknown
 from kraken.store import Worker
 from kraken.store.files import remove_quietly
 from kraken.store.spool import SPOOL_PREFIX
@@ -49,8 +49,17 @@ _RELAYED = (b"content-range", b"accept-ranges", b"last-modified")
 class ProxyBackend:
     log = Logger()
 
-    def __init__(self, origin: ClusterClient, build_index: BuildIndexClient, *, worker: Worker, scratch: str) -> None:
+    def __init__(
+        self,
+        origin: ClusterClient,
+        build_index: BuildIndexClient,
+        *,
+        worker: Worker,
+        scratch: str,
+        check_concurrency: int = 8,
+    ) -> None:
         self._origin = origin
+        self._concurrency = check_concurrency
         self._index = build_index
         self._worker = worker
         self._scratch = scratch
@@ -72,6 +81,11 @@ class ProxyBackend:
                 namespace=repo,
             )
             return None
+
+    async def stat_blobs(self, repo: str, digests: list[Digest]) -> dict[Digest, int | None]:
+        """Batched (``ClusterClient.stat_many``); what the batches cannot
+        tell is asked blob by blob as ``stat_blob`` does (503: not found)."""
+        return await self._origin.stat_many(repo, digests, concurrency=self._concurrency, single=self.stat_blob)
 
     async def blob_resource(self, repo: str, digest: Digest) -> IResource | None:
         size = await self.stat_blob(repo, digest)
@@ -100,6 +114,8 @@ class ProxyBackend:
             try:
                 await self._index.put_tag(repo, tag, record.digest)
             except TagRefused as e:
+                if not e.missing:  # refused for what the manifest is (too many references, say)
+                    raise ManifestInvalid(str(e)) from None
                 raise ManifestBlobUnknown(str(e), {"missing": [str(d) for d in e.missing]}) from None
         self.log.info(
             "manifest {digest} stored in {namespace} (tag {tag})", digest=str(record.digest), namespace=repo, tag=tag
@@ -168,13 +184,22 @@ class RelayedBlob(Resource):
             if value is not None:
                 headers[name] = [value.encode("latin-1") if isinstance(value, str) else value]
         d = Deferred.fromCoroutine(self._origin.get(self._repo, self._digest, method=method.decode(), headers=headers))
-        finished = request.notifyFinish()
-        finished.addErrback(lambda _: d.cancel())
-        d.addCallback(self._respond, request, method)
-        d.addErrback(self._failed, request)
+        gone: list[bool] = []
+
+        def client_went_away(_: Failure) -> None:
+            gone.append(True)
+            d.cancel()
+
+        request.notifyFinish().addErrback(client_went_away)
+        d.addCallback(self._respond, request, method, gone)
+        d.addErrback(self._failed, request, gone)
         return server.NOT_DONE_YET
 
-    def _respond(self, response: Any, request: Any, method: bytes) -> None:
+    def _respond(self, response: Any, request: Any, method: bytes, gone: list[bool]) -> None:
+        if gone:
+            # The origin answered after all; nobody is left to read it.
+            response.original.deliverBody(_Abandon())
+            return
         request.setResponseCode(response.code)
         for name in _RELAYED:
             values = response.headers.getRawHeaders(name)
@@ -191,8 +216,12 @@ class RelayedBlob(Resource):
             return
         response.original.deliverBody(_Relay(request))
 
-    def _failed(self, failure: Failure, request: Any) -> None:
-        if failure.check(CancelledError):
+    def _failed(self, failure: Failure, request: Any, gone: list[bool]) -> None:
+        if failure.check(CancelledError) or gone:
+            # The client went away: there is no one to answer (finishing the
+            # request now would raise "Request.finish called on a request
+            # after its connection was lost").
+            self.log.debug("relaying {digest} stopped: the client went away", digest=str(self._digest))
             return
         self.log.failure("relaying {digest} from the origin failed", failure, digest=str(self._digest))
         if request.startedWriting:
@@ -240,5 +269,15 @@ class _Relay(Protocol):
 
 
 class _Discard(Protocol):
+    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+        pass
+
+
+class _Abandon(Protocol):
+    """Drops a response body unread: the origin connection is closed."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
     def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
         pass

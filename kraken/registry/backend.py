@@ -79,6 +79,11 @@ class IRegistryBackend(Interface):
     async def stat_blob(repo: str, digest: Digest) -> int | None:
         """The blob's size, or None if it is not stored."""
 
+    async def stat_blobs(repo: str, digests: list[Digest]) -> dict[Digest, int | None]:
+        """The size of each of ``digests`` (None: not stored), asked in as
+        few questions as the storage allows; a manifest's reference check
+        calls it with up to a few hundred digests at once."""
+
     async def blob_resource(repo: str, digest: Digest) -> IResource | None:
         """A resource that serves the blob's bytes to GET and HEAD, honouring
         ``Range`` (206/416), or None if it is not stored. The API layer adds

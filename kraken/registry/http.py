@@ -19,7 +19,8 @@ an upload body the spool could not write is answered by ``body_refused``
 Upload bodies are never read on the reactor thread: twisted.web has spooled
 them to ``request.content`` and ``UploadArea.append`` copies and hashes them
 in its worker. Only manifests (capped by ``max_manifest_size``) are read and
-parsed here.
+parsed here; how many references one may have and how they are looked up is
+``kraken.registry.references``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from urllib.parse import quote, unquote
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -48,7 +49,6 @@ from kraken.registry.errors import (
     BlobUploadUnknown,
     DigestInvalid,
     InsufficientStorage,
-    ManifestBlobUnknown,
     ManifestUnknown,
     NameUnknown,
     RangeInvalid,
@@ -66,6 +66,7 @@ from kraken.registry.names import (
     parse_pagination,
     parse_reference,
 )
+from kraken.registry.references import ReferencePolicy
 from kraken.store.space import errno_name, is_out_of_space
 from kraken.store.uploads import RangeMismatch, UploadArea, UploadTruncated, UploadUnknown
 
@@ -169,6 +170,7 @@ class RegistryAPI:
         max_manifest_size: int = DEFAULT_MAX_MANIFEST_SIZE,
         read_only_message: str = DEFAULT_READ_ONLY_MESSAGE,
         max_page_size: int = DEFAULT_MAX_PAGE_SIZE,
+        references: ReferencePolicy | None = None,
     ) -> None:
         if uploads is None and not read_only:
             raise ValueError("a writable registry needs an UploadArea")
@@ -181,6 +183,7 @@ class RegistryAPI:
         self._max_manifest_size = max_manifest_size
         self._read_only_message = read_only_message
         self._max_page_size = max_page_size
+        self._references = references or ReferencePolicy()
         self._sessions: dict[str, _Session] = {}
 
     def resource(self) -> IResource:
@@ -587,12 +590,16 @@ class RegistryAPI:
                 "the manifest's digest does not match the reference",
                 detail={"reference": str(ref), "actual": str(parsed.digest)},
             )
-        missing = await self._missing_references(name, parsed.required_blobs(), parsed.required_manifests())
-        if missing:
-            raise ManifestBlobUnknown(
-                f"manifest references {len(missing)} unknown blob(s) or manifest(s): {', '.join(missing)}",
-                detail={"missing": missing},
+        self._references.check_count(parsed)
+        try:
+            await self._references.check_exist(self._backend, name, parsed)
+        except CancelledError:
+            self.log.info(
+                "manifest {digest} for {repo}: reference check stopped, the client went away",
+                digest=str(parsed.digest),
+                repo=name,
             )
+            raise
         record = parsed.record()
         await self._backend.put_manifest(name, record, body, tags[0] if tags else None)
         for tag in tags[1:]:
@@ -613,15 +620,6 @@ class RegistryAPI:
             request.responseHeaders.setRawHeaders(b"oci-tag", [t.encode() for t in tags])
         request.setHeader(b"content-length", b"0")
         return b""
-
-    async def _missing_references(self, name: str, blobs: list[Digest], manifests: list[Digest]) -> list[str]:
-        lookups: list[Deferred[Any]] = [Deferred.fromCoroutine(self._backend.stat_blob(name, d)) for d in blobs]
-        lookups += [Deferred.fromCoroutine(self._backend.get_manifest(name, d)) for d in manifests]
-        try:
-            found = await gatherResults(lookups, consumeErrors=True)
-        except FirstError as e:
-            e.subFailure.raiseException()
-        return [str(d) for d, hit in zip([*blobs, *manifests], found, strict=True) if hit is None]
 
     async def _get_manifest(self, request: IRequest, name: str, reference: str) -> bytes:
         ref = parse_reference(reference)

@@ -93,6 +93,11 @@ class CAStore:
         """The blob's size, or None if the cache does not hold it."""
         return await self._worker.run(_size_or_none, self.blob_path(digest))
 
+    async def stat_many(self, digests: list[Digest]) -> dict[Digest, int]:
+        """The sizes of those of ``digests`` the cache holds (one trip to the worker)."""
+        paths = [(d, self.blob_path(d)) for d in digests]
+        return await self._worker.run(_sizes, paths)
+
     async def metainfo(self, digest: Digest) -> MetaInfo | None:
         data = await self._worker.run(_read_or_none, os.path.join(self._dir(digest), "metainfo"))
         return None if data is None else MetaInfo.from_json(data)
@@ -164,6 +169,15 @@ def _size_or_none(path: str) -> int | None:
         return os.stat(path).st_size
     except FileNotFoundError:
         return None
+
+
+def _sizes(paths: list[tuple[Digest, str]]) -> dict[Digest, int]:
+    found = {}
+    for digest, path in paths:
+        size = _size_or_none(path)
+        if size is not None:
+            found[digest] = size
+    return found
 
 
 def _read_or_none(path: str) -> bytes | None:

@@ -47,6 +47,7 @@ class FakeOrigin:
     def __init__(self) -> None:
         self.blobs: dict[Digest, bytes] = {}
         self.calls: list[tuple[str, str, Digest]] = []
+        self.batches: list[list[Digest]] = []
         self.error: Exception | None = None
 
     def add(self, data: bytes) -> Digest:
@@ -60,6 +61,10 @@ class FakeOrigin:
             raise self.error
         data = self.blobs.get(digest)
         return None if data is None else len(data)
+
+    async def stat_many(self, namespace: str, digests: list[Digest], *, concurrency: int) -> dict[Digest, int | None]:
+        self.batches.append(list(digests))
+        return {d: await self.stat(namespace, d) for d in digests}
 
     async def read_small(self, namespace: str, digest: Digest, limit: int) -> bytes | None:
         self.calls.append(("read", namespace, digest))
@@ -184,6 +189,7 @@ class App:
         path: str,
         max_page: int = 1000,
         max_manifest_size: int = 4 << 20,
+        max_references: int = 1000,
         *,
         backends: TagBackends | None = None,
         neighbours: list[tuple[str, Any]] | None = None,
@@ -208,6 +214,7 @@ class App:
             clock=self.reactor,
             max_manifest_size=max_manifest_size,
             max_page=max_page,
+            max_references=max_references,
             backends=backends,
             writeback=self.writeback,
             duplicator=self.duplicator,

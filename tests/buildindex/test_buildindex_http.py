@@ -339,3 +339,31 @@ def test_nested_index_checks_grandchildren(app: App) -> None:
     assert (code, doc["missing"]) == (400, [str(Digest.from_bytes(layer))])
     app.origin.add(layer)
     assert put_tag(app, "r", "v1", outer)[0] == 201
+
+
+def test_a_manifest_with_too_many_references_is_refused_before_any_lookup(tmp_path: Any) -> None:
+    app = App(str(tmp_path / "tags.db"), max_references=100)
+    try:
+        manifest = app.origin.add(image_manifest(b"config", [b"layer %d" % i for i in range(200)]))
+        code, doc = app.json("PUT", "/repositories/r/tags/v1", data=str(manifest).encode())
+        assert code == 400
+        assert doc["error"] == (
+            f"manifest {manifest} has 201 references (blobs and manifests); at most 100 are accepted"
+        )
+        assert doc["missing"] == []
+        assert [c[0] for c in app.origin.calls] == ["read"]  # the manifest itself, nothing it names
+    finally:
+        app.close()
+
+
+def test_blobs_are_checked_in_batches(tmp_path: Any) -> None:
+    app = App(str(tmp_path / "tags.db"))
+    try:
+        layers = [b"layer %d" % i for i in range(250)]
+        for body in [b"config", *layers]:
+            app.origin.add(body)
+        manifest = app.origin.add(image_manifest(b"config", layers))
+        assert put_tag(app, "r", "v1", manifest)[0] == 201
+        assert [len(b) for b in app.origin.batches] == [100, 100, 51]
+    finally:
+        app.close()

@@ -1,4 +1,4 @@
-"""End to end in memory: BuildIndexClient -> BuildIndexHTTP -> OriginClient ->
+"""End to end in memory: BuildIndexClient -> BuildIndexHTTP -> ClusterClient ->
 a real OriginHTTP over a CAStore, all through StubTreq on one fake clock."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from kraken.buildindex.client import BuildIndexClient, TagRefused
 from kraken.buildindex.http import BuildIndexHTTP
 from kraken.core import Digest, PieceLengthRule
 from kraken.net import HTTPClientConfig
-from kraken.origin.client import OriginClient
+from kraken.origin.client import ClusterClient
 from kraken.origin.http import OriginHTTP
 from kraken.registry.backend import Page
 from kraken.store import CAStore, InlineWorker
@@ -38,8 +38,8 @@ class World:
         self.origin_stub = StubTreq(OriginHTTP(store, clock=self.reactor, advertise="origin.test:15002").resource())
         # OriginClient.upload sends an IBodyProducer, which StubTreq.request does not take.
         origin_http = HTTPClient(agent=self.origin_stub._agent)
-        self.origin = OriginClient(
-            http=origin_http, base="http://origin.test", clock=self.reactor, config=CONFIG, worker=worker
+        self.origin = ClusterClient(
+            http=origin_http, origins=["http://origin.test:15002"], clock=self.reactor, config=CONFIG, worker=worker
         )
         self.tags = open_store(str(tmp_path / "tags.db"), self.reactor)
         app = BuildIndexHTTP(self.tags, self.origin, clock=self.reactor, max_manifest_size=1 << 20, max_page=100)

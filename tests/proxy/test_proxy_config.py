@@ -37,6 +37,9 @@ def test_example_config_loads():
     [
         ("io_threads: 0\n", ": io_threads must be positive"),
         ("registry: {max_page: 0}\n", ": registry: max_page must be positive"),
+        ("registry: {max_references: 0}\n", ": registry: max_references must be positive"),
+        ("registry: {check_batch: 1001}\n", ": registry: check_batch must be from 1 to 1000"),
+        ("registry: {check_concurrency: 0}\n", ": registry: check_concurrency must be positive"),
         ("uploads: {ttl: 0s}\n", ": uploads: ttl must be positive"),
         ("uploads: {tll: 1h}\n", ": uploads.tll: unknown key"),
         ("listen_http: 'tcp:nope'\n", ": listen_http: not a usable endpoint"),

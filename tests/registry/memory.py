@@ -67,6 +67,10 @@ class MemoryBackend:
         data = self.blobs.get(digest)
         return None if data is None else len(data)
 
+    async def stat_blobs(self, repo: str, digests: list[Digest]) -> dict[Digest, int | None]:
+        self.calls.append(("stat_blobs", tuple(digests)))
+        return {d: None if d not in self.blobs else len(self.blobs[d]) for d in digests}
+
     async def blob_resource(self, repo: str, digest: Digest) -> IResource | None:
         self.calls.append(("blob_resource", (digest,)))
         if digest not in self.blobs:

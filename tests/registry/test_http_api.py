@@ -216,6 +216,9 @@ class Exploding(MemoryBackend):
     async def stat_blob(self, repo: str, digest: Digest) -> int | None:
         raise OSError("disk on fire")
 
+    async def stat_blobs(self, repo: str, digests: list[Digest]) -> dict[Digest, int | None]:
+        raise OSError("disk on fire")
+
 
 def test_unexpected_error_is_500_json_and_logged(tmp_path: Path, clock: task.Clock) -> None:
     reg = Registry(tmp_path, clock)
