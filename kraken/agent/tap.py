@@ -81,7 +81,7 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
     )
     registry_listener = listen_http(
         config.listen_registry,
-        make_site(registry.resource(), reactor=reactor),
+        make_site(registry.resource(), reactor=reactor, not_utf8=registry.not_utf8()),
         reactor=reactor,
         component="agent registry",
         tracker=config.tracker,

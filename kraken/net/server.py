@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 from zope.interface import implementer
@@ -232,6 +232,39 @@ def _text(value: bytes | str | None) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
+#: The answer to a request whose path or Host is not UTF-8 once percent-decoded (Klein would log a
+#: traceback for each and answer a page of its own).
+NOT_UTF8 = Refusal(400, [(b"Content-Type", b"text/plain; charset=utf-8")], b"the request path is not UTF-8\n")
+
+
+class _RefusedRequest(Resource):
+    isLeaf = True
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # twisted.web is unannotated
+        self._refusal = refusal
+
+    def render(self, request: IRequest) -> bytes:
+        request.setResponseCode(self._refusal.status)
+        for name, value in self._refusal.headers:
+            request.setHeader(name, value)
+        return self._refusal.body
+
+
+class _Site(Site):
+    """A ``Site`` that answers requests Klein cannot route (a path or Host that is not UTF-8) itself."""
+
+    not_utf8 = NOT_UTF8
+
+    def getResourceFor(self, request: IRequest) -> IResource:
+        try:
+            b"/".join(getattr(request, "postpath", [])).decode("utf-8")  # set by Request.process
+            (request.getHeader(b"host") or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            return _RefusedRequest(self.not_utf8)
+        return cast(IResource, super().getResourceFor(request))  # type: ignore[no-untyped-call]
+
+
 def make_site(
     resource: IResource,
     *,
@@ -239,14 +272,17 @@ def make_site(
     access_log: bool = True,
     spool: SpoolFactory | None = None,
     body_refused: BodyRefused | None = None,
+    not_utf8: Refusal = NOT_UTF8,
 ) -> Site:
     """A ``Site`` for a daemon's HTTP API: no tracebacks to clients, TLS
-    handshakes on plain ports refused at once, and, given a ``spool``
-    factory, large request bodies written and hashed as they arrive; a body
-    the spool cannot write is answered at once with ``body_refused``."""
+    handshakes on plain ports refused at once, a request whose path is not
+    UTF-8 answered with ``not_utf8``, and, given a ``spool`` factory, large
+    request bodies written and hashed as they arrive; a body the spool cannot
+    write is answered at once with ``body_refused``."""
     # None of our APIs takes form submissions: skip Twisted's parsing of form bodies (it parses the
     # Content-Type of every POST with the email package: about a tenth of a tracker announce's CPU).
-    site = Site(resource, reactor=reactor, parsePOSTFormSubmission=False)
+    site = _Site(resource, reactor=reactor, parsePOSTFormSubmission=False)  # type: ignore[no-untyped-call]
+    site.not_utf8 = not_utf8
     # HTTPFactory annotates protocol as a method; it is the channel class attribute Site.buildProtocol calls.
     site.protocol = PlainHTTPChannel  # type: ignore[method-assign,assignment]
     if spool is not None:

@@ -910,6 +910,14 @@ class Scheduler(Service):
         for other in torrent.conns.values():
             if other is not conn:
                 other.session.send_have(index)
+        have, pieces = torrent.bitfield.count(), torrent.info.num_pieces
+        if have < pieces and have * 4 // pieces > (have - 1) * 4 // pieces:  # a quarter more is on disk
+            self.log.info(
+                "download of {digest}: {have} of {pieces} pieces",
+                digest=str(torrent.info.digest),
+                have=have,
+                pieces=pieces,
+            )
 
     def _request_all(self, torrent: _Torrent) -> None:
         for conn in list(torrent.conns.values()):

@@ -60,7 +60,9 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
 
     UploadExpiry(api.expire_uploads, clock=reactor, ttl=cfg.uploads.ttl).setServiceParent(top)
 
-    site = make_site(api.resource(), reactor=reactor, spool=uploads.spool, body_refused=api.body_refused)
+    site = make_site(
+        api.resource(), reactor=reactor, spool=uploads.spool, body_refused=api.body_refused, not_utf8=api.not_utf8()
+    )
     listen_http(
         cfg.listen_http, site, reactor=reactor, component="proxy", origin=cfg.origin, build_index=cfg.build_index
     ).setServiceParent(top)

@@ -50,6 +50,7 @@ from kraken.registry.errors import (
     DigestInvalid,
     InsufficientStorage,
     ManifestUnknown,
+    NameInvalid,
     NameUnknown,
     RangeInvalid,
     RegistryError,
@@ -322,6 +323,16 @@ class RegistryAPI:
             error.status,
             [(b"Content-Type", JSON_CONTENT_TYPE), (b"Docker-Distribution-Api-Version", API_VERSION)],
             body,
+        )
+
+    def not_utf8(self) -> Refusal:
+        """The answer to a request whose path is not UTF-8 once percent-decoded (``make_site(not_utf8=...)``):
+        no repository name, tag or digest can be spelled that way."""
+        error = NameInvalid("the request path is not UTF-8 once percent-decoded")
+        return Refusal(
+            error.status,
+            [(b"Content-Type", JSON_CONTENT_TYPE), (b"Docker-Distribution-Api-Version", API_VERSION)],
+            error.body(),
         )
 
     # -- blobs ------------------------------------------------------------
@@ -672,7 +683,7 @@ class RegistryAPI:
         return _json(request, {"name": name, "tags": tags})
 
     async def _catalog(self, request: IRequest) -> bytes:
-        n, last = parse_pagination(request.args, self._max_page_size)
+        n, last = parse_pagination(request.args, self._max_page_size, catalog=True)
         size = self._max_page_size if n is None else n
         repos: list[str] = []
         if size:

@@ -62,13 +62,17 @@ def parse_reference(reference: str) -> Digest | str:
     return check_tag(reference)
 
 
-def parse_pagination(args: Mapping[bytes, Sequence[bytes]], max_n: int) -> tuple[int | None, str | None]:
+def parse_pagination(
+    args: Mapping[bytes, Sequence[bytes]], max_n: int, *, catalog: bool = False
+) -> tuple[int | None, str | None]:
     """``(n, last)`` from the query arguments.
 
     ``n`` is None when absent; otherwise a non-negative decimal integer,
     capped at ``max_n`` (a larger request is not an error: the client follows
     ``Link`` for the rest). Anything else is ``PaginationNumberInvalid``.
-    ``last`` is None when absent or empty.
+    ``last`` is None when absent or empty; otherwise it must be what the
+    listing lists (a tag, or with ``catalog`` a repository name), else
+    ``TagInvalid`` / ``NameInvalid``: no listing can continue after it.
     """
     n: int | None = None
     raw_n = args.get(b"n")
@@ -83,4 +87,8 @@ def parse_pagination(args: Mapping[bytes, Sequence[bytes]], max_n: int) -> tuple
     raw_last = args.get(b"last")
     if raw_last and raw_last[0]:
         last = raw_last[0].decode("utf-8", "replace")
+        if catalog and not is_valid_name(last):
+            raise NameInvalid("last is not a repository name", detail={"last": last[:MAX_NAME_LENGTH]})
+        if not catalog and not is_valid_tag(last):
+            raise TagInvalid("last is not a tag", detail={"last": last[:MAX_NAME_LENGTH]})
     return n, last

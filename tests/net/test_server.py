@@ -38,6 +38,22 @@ def test_plain_http_still_served():
     proto.connectionLost(None)
 
 
+def test_a_path_that_is_not_utf8_is_refused_without_reaching_the_resource():
+    # Found by the adversarial suite: Klein logged a traceback for each such request.
+    proto, transport = connect()
+    proto.dataReceived(b"GET /hello/%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 400 Bad Request")
+    assert transport.value().endswith(b"the request path is not UTF-8\n")
+    proto.connectionLost(None)
+
+
+def test_a_host_that_is_not_utf8_is_refused_too():
+    proto, transport = connect()
+    proto.dataReceived(b"GET /hello HTTP/1.1\r\nHost: \xff\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 400 Bad Request")
+    proto.connectionLost(None)
+
+
 def test_only_the_first_bytes_are_inspected():
     proto, transport = connect()
     proto.dataReceived(b"GET /hello HTTP/1.1\r\n")

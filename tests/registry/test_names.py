@@ -155,3 +155,19 @@ def test_pagination_bad_n(n: str) -> None:
 @given(st.integers(min_value=0, max_value=10**30), st.integers(min_value=1, max_value=5000))
 def test_pagination_caps(n: int, cap: int) -> None:
     assert parse_pagination(args(n=str(n)), cap) == (min(n, cap), None)
+
+
+@pytest.mark.parametrize("last", [b"\xff", b"-tag", b"a" * 129, b"a:b", b"x/y"])
+def test_pagination_last_that_is_no_tag(last: bytes) -> None:
+    # Found by the adversarial suite: ``last=%ff`` reached the build-index, whose refusal became a 500.
+    with pytest.raises(TagInvalid) as e:
+        parse_pagination({b"last": [last]}, 100)
+    assert e.value.status == 400
+
+
+@pytest.mark.parametrize("last", [b"\xff", b"UPPER", b"a//b", b"-x"])
+def test_pagination_last_that_is_no_repository(last: bytes) -> None:
+    with pytest.raises(NameInvalid) as e:
+        parse_pagination({b"last": [last]}, 100, catalog=True)
+    assert e.value.status == 400
+    assert parse_pagination({b"last": [b"team/app"]}, 100, catalog=True) == (None, "team/app")
