@@ -246,6 +246,13 @@ class Fleet:
         """SIGKILL: no goodbye, state left as it was."""
         self.daemons[name].stop(signal.SIGKILL)
 
+    def pause(self, name: str) -> None:
+        """SIGSTOP: the daemon holds its connections and answers nothing until ``resume``."""
+        self.daemons[name].proc.send_signal(signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        self.daemons[name].proc.send_signal(signal.SIGCONT)
+
     def restart(self, name: str) -> Daemon:
         """Start ``name`` again with its config, ports and state directory; returns once it is ready."""
         self.daemons[name].stop()

@@ -134,11 +134,12 @@ class Refusal(NamedTuple):
     body: bytes
 
 
-BodyRefused = Callable[[bytes, bytes, Failure], Refusal]
+BodyRefused = Callable[[bytes, bytes, Failure], "Refusal | Deferred[Refusal]"]
 """``(method, path, failure) -> Refusal``: how a site answers a request whose
 spooled body could not be written (its format: plain text, OCI JSON...). It
 may also clean up what the request belonged to (an upload), since the handler
-never runs."""
+never runs: it then returns a Deferred that fires with the answer once nothing
+of that upload is left, so a client never sees its error before that."""
 
 
 def plain_refusal(method: bytes, path: bytes, failure: Failure) -> Refusal:
@@ -207,10 +208,24 @@ class SpoolingRequest(Request):
         method, path = self._line or (getattr(channel, "_command", b""), getattr(channel, "_path", b""))
         refuse: BodyRefused = getattr(getattr(channel, "site", None), "body_refused", None) or plain_refusal
         try:
-            refusal = refuse(method, path, failure)
+            answer = refuse(method, path, failure)
         except Exception:
             self.log.failure("answering a refused request body failed")
-            refusal = plain_refusal(method, path, failure)
+            answer = plain_refusal(method, path, failure)
+        if isinstance(answer, Deferred):
+
+            def broken(f: Failure) -> Refusal:
+                self.log.failure("answering a refused request body failed", f)
+                return plain_refusal(method, path, failure)
+
+            answer.addErrback(broken).addCallback(self._refuse, method, path, failure)
+        else:
+            self._refuse(answer, method, path, failure)
+
+    def _refuse(self, refusal: Refusal, method: bytes, path: bytes, failure: Failure) -> None:
+        channel = self.channel
+        if channel is None or channel.transport is None:
+            return  # the client is gone meanwhile
         self.log.warn(
             "request body of {method} {path} not stored ({error}): answered {status} and closing the connection",
             method=_text(method),

@@ -8,15 +8,15 @@ once. ``stat_many`` instead, for each ``MAX_STAT_BATCH`` digests, in turn:
    ``ClusterClient.ASK``) ``POST /blobs/stat``: the sizes of the blobs its
    store holds and, for the others, their locations in the ring (which are
    remembered, as ``ClusterClient.locations`` does);
-2. asks each other member that comes first in the placement of a blob still
-   unknown ``POST /blobs/stat`` about those blobs (one question a member);
-3. for each blob still not held whose first location could fetch it (from a
-   backend, or a replica: ``may_fetch``), or whose question failed (a member
+2. asks each other member of the placement of a blob still unknown
+   ``POST /blobs/stat`` about those blobs (one question a member);
+3. for each blob that no member of its placement holds, if one of them could
+   fetch it from a storage backend (``may_fetch``) or did not answer (a member
    down, or too old to know the route), calls ``single`` (a full ``stat``,
    with its failover and polling).
 
-A blob absent from its first location that cannot fetch is absent, as a
-404 from that location is for ``ClusterClient.stat``. Requests in flight are
+A blob that no member of its placement holds and none could fetch is absent:
+the replicas are all the ring has. Requests in flight are
 at most ``concurrency`` in steps 2 and 3. Cancelling cancels what is in
 flight and starts nothing more.
 """
@@ -72,6 +72,7 @@ async def _stat_chunk(
         seed, first = asked
         sizes.update(first.held)
         scheme = urlsplit(seed).scheme
+        placements: dict[Digest, tuple[str, ...]] = {}
         owners: dict[str, list[Digest]] = {}
         for digest in digests:
             if digest in first.held:
@@ -80,24 +81,24 @@ async def _stat_chunk(
             if not members:
                 unsure.append(digest)
                 continue
-            bases = tuple(f"{scheme}://{m}" for m in members)
+            bases = placements[digest] = tuple(f"{scheme}://{m}" for m in members)
             cluster._remember(digest, bases)  # the single stats below need not ask again
-            if bases[0] != seed:
-                owners.setdefault(bases[0], []).append(digest)
-            elif first.may_fetch:
-                unsure.append(digest)
-            else:
-                sizes[digest] = None
+            for base in bases:
+                if base != seed:
+                    owners.setdefault(base, []).append(digest)
         groups = list(owners.items())
         answers = await bounded_map(groups, concurrency, lambda group: _ask(cluster, group[0], group[1]))
-        for (_, group), answer in zip(groups, answers, strict=True):
-            for digest in group:
-                if answer is not None and digest in answer.held:
-                    sizes[digest] = answer.held[digest]
-                elif answer is None or answer.may_fetch:
-                    unsure.append(digest)
-                else:
-                    sizes[digest] = None
+        told: dict[str, StatAnswer | None] = {seed: first}
+        told.update((base, answer) for (base, _), answer in zip(groups, answers, strict=True))
+        for digest, bases in placements.items():
+            answered = [told[b] for b in bases]
+            held = [a.held[digest] for a in answered if a is not None and digest in a.held]
+            if held:
+                sizes[digest] = held[0]
+            elif any(a is None or a.may_fetch for a in answered):
+                unsure.append(digest)  # a member did not answer, or may fetch it from a backend
+            else:
+                sizes[digest] = None  # none of its placement holds it, and none could fetch it
 
     async def one(digest: Digest) -> int | None:
         cluster.single_stats += 1

@@ -342,6 +342,10 @@ class Repair:
         self._replicas = replicas
         self._router = router
 
+    @property
+    def has_backends(self) -> bool:
+        return self._router is not None
+
     def backend_for(self, namespace: str) -> IBackend:
         if self._router is None:
             return self._replicas

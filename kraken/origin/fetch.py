@@ -165,6 +165,11 @@ class BlobFetcher(Service):
 
     # -- the API --
 
+    @property
+    def has_backends(self) -> bool:
+        """Whether a missing blob may come from a storage backend (not only from the other origins)."""
+        return bool(getattr(self._router, "has_backends", True))
+
     def fetching(self, digest: Digest) -> bool:
         """Whether a fetch of ``digest`` is running."""
         return digest in self._flights

@@ -46,10 +46,12 @@ store alone (another origin repairing itself must not start a fetch here).
 which of them this origin's store holds (``held``: their sizes), where the
 others live in the ring (``locations``: "host:port" best first, as
 ``/blobs/<digest>/locations``), and whether a blob absent here could still be
-fetched (``may_fetch``: this origin has a fetcher). It never starts a fetch:
-it is the cheap first question of a manifest's reference check
-(``ClusterClient.stat_many``), which asks a blob's own origin next and only
-then, for what is still unknown, a HEAD each.
+fetched from outside the ring (``may_fetch``: this origin has storage
+backends to fetch from; a blob that no origin of its placement holds cannot
+come from the replicas). It never starts a fetch: it is the cheap first
+question of a manifest's reference check (``ClusterClient.stat_many``), which
+asks the blob's placement next and only then, for what may still come from a
+backend, a HEAD each.
 
 Fetch on miss (only with a ``fetcher``, which the tap builds when backends
 or a cluster are configured): GET/HEAD of a blob, its metainfo and
@@ -282,16 +284,20 @@ class OriginHTTP:
         )
         return 500, "internal error"
 
-    def body_refused(self, method: bytes, path: bytes, failure: Failure) -> Refusal:
+    def body_refused(self, method: bytes, path: bytes, failure: Failure) -> Deferred[Refusal]:
         """The site's answer to an upload body the spool could not store
         (``kraken.net.server.BodyRefused``): 507 when the disk is full, else
-        500. The upload it was for is deleted, since its handler never runs."""
+        500, once the upload it was for is deleted (its handler never runs)."""
+        return Deferred.fromCoroutine(self._refuse_body(path, failure))
+
+    async def _refuse_body(self, path: bytes, failure: Failure) -> Refusal:
         m = _UPLOAD_PATH.match(path.split(b"?", 1)[0])
         if m is not None:
             uid = m.group(1).decode("latin-1")
-            Deferred.fromCoroutine(self._drop_upload(uid)).addErrback(
-                lambda f: self.log.failure("deleting upload {uid} failed", f, uid=uid)
-            )
+            try:
+                await self._drop_upload(uid)
+            except Exception:
+                self.log.failure("deleting upload {uid} failed", uid=uid)
         full = is_out_of_space(failure.value)
         status, message = (NO_SPACE_STATUS, NO_SPACE_MESSAGE) if full else (500, "internal error")
         return Refusal(status, [(b"Content-Type", b"text/plain; charset=utf-8")], message.encode() + b"\n")
@@ -335,7 +341,7 @@ class OriginHTTP:
         doc = {
             "held": {str(d): size for d, size in held.items()},
             "locations": locations,
-            "may_fetch": self._fetcher is not None,
+            "may_fetch": self._fetcher is not None and self._fetcher.has_backends,
         }
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(doc, separators=(",", ":")).encode()

@@ -302,20 +302,24 @@ class RegistryAPI:
             return await self._cancel_upload(request, name, route.arg)
         return await self._upload_status(request, name, route.arg)
 
-    def body_refused(self, method: bytes, path: bytes, failure: Failure) -> Refusal:
+    def body_refused(self, method: bytes, path: bytes, failure: Failure) -> Deferred[Refusal]:
         """How the site answers an upload body it could not store
         (``kraken.net.server.BodyRefused``): OCI JSON (507 when the disk is
-        full, else 500 UNKNOWN). An upload it was for is deleted with its
-        session: the handler, which would have, never runs."""
+        full, else 500 UNKNOWN), once an upload it was for is deleted with its
+        session (the handler, which would have, never runs)."""
+        return Deferred.fromCoroutine(self._refuse_body(path, failure))
+
+    async def _refuse_body(self, path: bytes, failure: Failure) -> Refusal:
         route = match_route(path.split(b"?", 1)[0])
         if route is not None and route.kind == "upload" and self._uploads is not None:
             uid = route.arg
             session = self._sessions.get(uid)
             if session is not None and session.repo == route.name:
                 self._sessions.pop(uid, None)
-                Deferred.fromCoroutine(self._uploads.delete(uid)).addErrback(
-                    lambda f: self.log.failure("deleting upload {uid} failed", f, uid=uid)
-                )
+                try:
+                    await self._uploads.delete(uid)
+                except Exception:
+                    self.log.failure("deleting upload {uid} failed", uid=uid)
         e = failure.value
         error = _no_space(e) if e is not None and is_out_of_space(e) else Unknown("could not store the request body")
         body = error.body()
@@ -602,6 +606,12 @@ class RegistryAPI:
                 detail={"reference": str(ref), "actual": str(parsed.digest)},
             )
         self._references.check_count(parsed)
+        self.log.debug(
+            "manifest {digest} for {repo}: checking its {references} references",
+            digest=str(parsed.digest),
+            repo=name,
+            references=len(parsed.required_blobs()) + len(parsed.required_manifests()),
+        )
         try:
             await self._references.check_exist(self._backend, name, parsed)
         except CancelledError:

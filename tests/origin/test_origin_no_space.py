@@ -14,6 +14,7 @@ import pytest
 import pytest_twisted
 from full_disk import Room, files_under, filling_open, no_space
 from origin_harness import Origin
+from results import result_of
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -83,11 +84,13 @@ def test_a_commit_that_fills_the_store_is_507_and_leaves_nothing(
 
 def test_a_refused_body_deletes_its_upload(origin: Origin) -> None:
     uid = start(origin)
-    refusal = origin.http.body_refused(b"PATCH", f"{UPLOADS}/{uid}".encode(), Failure(no_space()))
+    refusal = result_of(origin.http.body_refused(b"PATCH", f"{UPLOADS}/{uid}".encode(), Failure(no_space())))
     assert refusal.status == 507
     assert refusal.body == NO_SPACE_MESSAGE.encode() + b"\n"
     assert os.listdir(Path(origin.root) / "uploads") == []
-    other = origin.http.body_refused(b"PATCH", b"/namespace/x/blobs/y/uploads/not-an-id", Failure(OSError(5, "EIO")))
+    other = result_of(
+        origin.http.body_refused(b"PATCH", b"/namespace/x/blobs/y/uploads/not-an-id", Failure(OSError(5, "EIO")))
+    )
     assert other.status == 500
 
 

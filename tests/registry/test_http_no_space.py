@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from full_disk import Room, filling_open, no_space
+from results import result_of
 from twisted.python.failure import Failure
 
 from kraken.agent.storage import AgentBackend
@@ -54,13 +55,13 @@ def test_a_refused_body_is_answered_as_oci_json_and_drops_its_session(registry: 
 
     location = registry.start_upload("team/app")
     uid = location.rsplit("/", 1)[1]
-    refusal = registry.api.body_refused(b"PATCH", location.encode(), Failure(no_space()))
+    refusal = result_of(registry.api.body_refused(b"PATCH", location.encode(), Failure(no_space())))
     assert refusal.status == 507
     assert dict(refusal.headers)[b"Content-Type"] == b"application/json"
     assert json.loads(refusal.body)["errors"][0]["message"].startswith("no space left on device")
     assert os.listdir(registry.uploads._root) == []  # type: ignore[union-attr]
     assert uid not in registry.api._sessions
-    other = registry.api.body_refused(b"PUT", b"/v2/x/manifests/latest", Failure(OSError(errno.EIO, "EIO")))
+    other = result_of(registry.api.body_refused(b"PUT", b"/v2/x/manifests/latest", Failure(OSError(errno.EIO, "EIO"))))
     assert other.status == 500
 
 
