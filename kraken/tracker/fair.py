@@ -5,7 +5,7 @@ Anyone can announce made-up peers, so the peers a source address announced
 how many it announced. The choice goes in rounds: every group offers its
 first peer, then its second, and so on, each group its completed peers
 before its incomplete ones; within a round completed peers come before
-incomplete ones, and the order is random within a round and class. So a
+incomplete ones, and the groups take their turns in a random order. So a
 group gets more than an equal share only of the room that the other groups
 cannot fill, and an answer lists the peers in that order, which is the
 order an agent dials them in.
@@ -76,14 +76,15 @@ def shuffled(population: Sequence[T], k: int, random: Callable[[], float]) -> li
 
 def _first(group: Group, k: int, random: Callable[[], float]) -> list[PeerInfo]:
     """The first ``k`` peers ``group`` offers: its seeders, then its leechers, each in a random order."""
-    out = shuffled(group.seeders, k, random)
+    seeders, leechers = group.seeders, group.leechers
+    if not seeders:
+        return leechers[:] if len(leechers) == 1 else shuffled(leechers, k, random)
+    if not leechers:
+        return seeders[:] if len(seeders) == 1 else shuffled(seeders, k, random)
+    out = shuffled(seeders, k, random)
     if len(out) < k:
-        out += shuffled(group.leechers, k - len(out), random)
+        out += shuffled(leechers, k - len(out), random)
     return out
-
-
-def _one(peers: list[PeerInfo], random: Callable[[], float]) -> PeerInfo:
-    return peers[int(random() * len(peers))]
 
 
 def fair_sample(
@@ -97,41 +98,52 @@ def fair_sample(
         return []
     if n == 1:
         return _first(groups[0], k, random)
-    if n >= k:
-        if len(seeding) >= k:
-            return [_one(g.seeders, random) for g in shuffled(seeding, k, random)]
-        out = [_one(g.seeders, random) for g in shuffled(seeding, len(seeding), random)]
-        # Then groups of leechers only, drawn at random from all groups; a group with a
-        # seeder has given it already and is passed over (there are fewer than k of those).
-        pool = list(groups)
-        for i in range(n):
-            j = i + int(random() * (n - i))
-            pool[i], pool[j] = pool[j], pool[i]
-            if not pool[i].seeders:
-                out.append(_one(pool[i].leechers, random))
-                if len(out) == k:
-                    break
-        return out
-    return _rounds(groups, k, random)
+    if n < k:
+        return _rounds(groups, k, random)
+    # Round 0 alone fills the answer: one peer from each of k groups, those with a seeder first.
+    s = len(seeding)
+    if s >= k:
+        return [g.seeders[int(random() * len(g.seeders))] for g in shuffled(seeding, k, random)]
+    out = [g.seeders[int(random() * len(g.seeders))] for g in shuffled(seeding, s, random)]
+    # Then groups of leechers only. Of any k groups at most s have a seeder, so k groups drawn
+    # at random hold at least k - s without one; the first of those are a uniform choice.
+    out += [g.leechers[int(random() * len(g.leechers))] for g in shuffled(groups, k, random) if not g.seeders]
+    del out[k:]
+    return out
 
 
 def _rounds(groups: Sequence[Group], k: int, random: Callable[[], float]) -> list[PeerInfo]:
     """Fewer groups than ``k``: every group gives up to a level ``L`` (all it
-    has if that is less), the smallest level that fills ``k``, and the peers
-    are ordered by round, then class, then at random."""
+    has if that is less), the smallest level that fills ``k``; the peers go
+    round by round, each round its seeders then its leechers, the groups in
+    a random order."""
     sizes = [len(g.seeders) + len(g.leechers) for g in groups]
+    n = len(sizes)
     level = max(sizes)
-    taken = 0
-    ascending = sorted(sizes)
-    n = len(ascending)
-    for i, size in enumerate(ascending):
-        if taken + size * (n - i) >= k:
-            level = -(-(k - taken) // (n - i))
+    if sum(sizes) > k:
+        taken = 0
+        for i, size in enumerate(sorted(sizes)):
+            if taken + size * (n - i) >= k:
+                level = -(-(k - taken) // (n - i))
+                break
+            taken += size
+    # The groups in a random order, the same in every round of this answer.
+    order = shuffled(groups, n, random)
+    if level == 1:  # one peer each (a small swarm of hosts, one agent each): a single round
+        return [g.seeders[0] for g in order if g.seeders] + [g.leechers[0] for g in order if not g.seeders]
+    queues = [_first(g, level, random) for g in order]
+    out: list[PeerInfo] = []
+    for r in range(level):
+        leechers: list[PeerInfo] = []
+        for queue in queues:
+            if r < len(queue):
+                peer = queue[r]
+                if peer.complete:
+                    out.append(peer)
+                else:
+                    leechers.append(peer)
+        out += leechers
+        if len(out) >= k:
             break
-        taken += size
-    ranked: list[tuple[int, bool, float, PeerInfo]] = []
-    for group in groups:
-        for rank, peer in enumerate(_first(group, level, random)):
-            ranked.append((rank, not peer.complete, random(), peer))
-    ranked.sort(key=lambda r: r[:3])
-    return [r[3] for r in ranked[:k]]
+    del out[k:]
+    return out

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tracker_fakes import peer, result_of
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from zope.interface.verify import verifyObject
 
 from kraken.core.peer import PeerInfo
@@ -163,6 +164,100 @@ def test_a_sample_is_uniform_enough() -> None:
     # Each of 20 peers is picked 500 times on average; 4 sigma is about 80.
     assert len(counts) == 20
     assert all(400 < c < 600 for c in counts.values()), counts
+
+
+def test_one_address_keeps_at_most_max_per_source_peers_of_a_blob_and_evicts_its_own() -> None:
+    s, _ = store(ttl=3600.0, max_peers=100, max_per_source=10)
+    honest = [peer(n) for n in range(5)]
+    for p in honest:
+        s.record(H1, p, 0.0, A)
+    with capturedLogs() as events:
+        for n in range(60):
+            s.record(H1, peer(1000 + n, complete=True), 1.0 + n, B)
+    held = {p.peer_id for p in s.live(H1, 100, 61.0)}
+    assert {p.peer_id for p in honest} <= held, "the flood evicted only its own"
+    assert held - {p.peer_id for p in honest} == {peer(1000 + n).peer_id for n in range(50, 60)}, "its newest"
+    assert len(s) == 15
+    s.record(H2, peer(1), 61.0, B)  # another blob: a bound of its own
+    assert len(s.live(H2, 10, 61.0)) == 1
+    [event] = [e for e in events if "the most one address may" in e["log_format"]]
+    assert (event["source"], event["count"], event["infohash"]) == (B, 11, H1), "logged once per address and blob"
+    # A refresh keeps a peer among its address's newest.
+    s.record(H1, peer(1050, complete=True), 62.0, B)
+    s.record(H1, peer(2000, complete=True), 63.0, B)
+    assert peer(1050).peer_id in {p.peer_id for p in s.live(H1, 100, 63.0)}
+    assert peer(1051).peer_id not in {p.peer_id for p in s.live(H1, 100, 63.0)}
+
+
+def test_a_peer_announced_from_another_address_moves_to_that_address() -> None:
+    s, _ = store(max_per_source=2)
+    s.record(H1, peer(1), 0.0, A)
+    s.record(H1, peer(2), 0.0, A)
+    s.record(H1, peer(3), 0.0, B)
+    s.record(H1, peer(3), 1.0, A)  # A now has three: its oldest goes
+    assert {p.peer_id for p in s.live(H1, 10, 1.0)} == {peer(2).peer_id, peer(3).peer_id}
+    check_invariants(s)
+
+
+def test_a_flood_from_one_address_leaves_the_others_their_share() -> None:
+    s, _ = store(max_per_source=200)
+    for n in range(3):
+        s.record(H1, peer(n, complete=True), 0.0, A)
+    for n in range(10):
+        s.record(H1, peer(10 + n), 0.0, A)
+    for n in range(150):
+        s.record(H1, peer(1000 + n, complete=True), 0.0, B)
+    for _ in range(50):
+        got = s.live(H1, 51, 1.0)
+        ours = [p for p in got if int(p.peer_id, 16) < 1000]
+        assert len(got) == 51 and len(ours) == 13, "every honest peer, completed and downloading"
+        assert sum(int(p.peer_id, 16) < 1000 for p in got[:26]) == 13, "in the first rounds"
+
+
+def test_a_reported_peer_is_hidden_then_handed_out_again() -> None:
+    s, _ = store(ttl=3600.0, policy=UnreachablePolicy(60.0))
+    for n in range(4):
+        s.record(H1, peer(n), 0.0, A)
+    with capturedLogs() as events:
+        s.report(H1, [peer(1).peer_id, peer(2).peer_id, peer(99).peer_id], B, 10.0)
+    assert {p.peer_id for p in s.live(H1, 10, 10.0)} == {peer(0).peer_id, peer(3).peer_id}
+    assert [(e["peer"], e["until"], e["reporters"]) for e in events if "hidden until" in e["log_format"]] == [
+        (peer(1).peer_id, 70.0, [B]),
+        (peer(2).peer_id, 70.0, [B]),
+    ]
+    s.record(H1, peer(1), 20.0, A)  # its own announce does not bring it back
+    s.record(H1, peer(1, complete=True), 21.0, A)  # nor completing
+    assert len(s.live(H1, 10, 69.9)) == 2
+    check_invariants(s)
+    assert {p.peer_id for p in s.live(H1, 10, 70.0)} == {peer(n).peer_id for n in range(4)}
+    assert peer(1, complete=True) in s.live(H1, 10, 70.0)
+    check_invariants(s)
+
+
+def test_reports_from_two_addresses_keep_a_peer_hidden() -> None:
+    s, _ = store(ttl=3600.0, policy=UnreachablePolicy(60.0))
+    s.record(H1, peer(1), 0.0, A)
+    s.record(H1, peer(2), 0.0, A)
+    s.report(H1, [peer(1).peer_id], B, 10.0)
+    s.report(H1, [peer(1).peer_id], C, 50.0)
+    s.report(H1, [peer(1).peer_id], B, 100.0)
+    assert s.live(H1, 10, 159.0) == [peer(2)]
+    assert len(s.live(H1, 10, 160.0)) == 2
+
+
+def test_hidden_peers_expire_and_are_evicted_cleanly() -> None:
+    s, _ = store(ttl=30.0, max_per_source=2, policy=UnreachablePolicy(600.0))
+    s.record(H1, peer(1), 0.0, A)
+    s.record(H1, peer(2), 10.0, A)
+    s.report(H1, [peer(1).peer_id, peer(2).peer_id], B, 11.0)
+    s.record(H1, peer(3), 12.0, A)  # peer 1, hidden, is its address's oldest: evicted
+    check_invariants(s)
+    assert s.live(H1, 10, 12.0) == [peer(3)]
+    assert s.expire(41.0) == 1  # peer 2, hidden, is stale
+    check_invariants(s)
+    assert s.expire(43.0) == 1
+    assert len(s) == 0 and s.live(H1, 10, 43.0) == []
+    s.report(H1, [peer(3).peer_id], B, 44.0)  # an unknown blob: nothing happens
 
 
 # A model of the store: every (blob, peer id) with its latest PeerInfo, its announcing address, when it
