@@ -10,6 +10,20 @@ Defaults and why:
   5 h. A stale entry costs a failed dial (and the agent blacklists it), a
   missing one sends more load to the origins; 1 h favours freshness.
 - ``max_peers`` 50 is Kraken's ``announce_limit``.
+- ``max_peers_per_source`` 200: peers of one blob kept per announcing
+  address (the request's client address; an IPv6 /64 counts as one). One
+  address flooding a blob with made-up peers then evicts its own oldest,
+  never the others' (it takes five to fill ``max_peers_per_blob`` 1,000).
+  It is well above the agents one host runs in one swarm: the herd and the
+  loopback benchmarks put up to 50 (``bench/swarm.py``) or 100
+  (``bench/tracker_load.py``) agents on 127.0.0.1. Raise it when many agents
+  reach the tracker through one NAT or proxy address.
+- ``unreachable_hold`` 60 s and ``unreachable_quorum`` 2: a peer that agents
+  report unreachable is hidden from answers for 60 s after the latest
+  report once two addresses report it, and for 60 s at most every 120 s
+  while only one does (``kraken.tracker.unreachable``). A minute is twenty
+  announce intervals: an agent that found the peer dead has moved on; a
+  peer hidden by mistake (or by a liar) is back within a minute.
 - ``metainfo_cache_ttl`` 5 min is what Kraken's nginx caches metainfo for;
   metainfo never changes for a blob, the TTL only bounds memory and lets a
   changed piece-length rule take effect. ``metainfo_cache_size`` 1,000:
@@ -49,6 +63,12 @@ class TrackerConfig:
     max_peers: int = attrs.field(default=50, validator=positive)
     # Peers remembered per blob, and blobs remembered (bounds the store's memory).
     max_peers_per_blob: int = attrs.field(default=1000, validator=positive)
+    # Peers of one blob kept per announcing address (its least recently seen go first).
+    max_peers_per_source: int = attrs.field(default=200, validator=positive)
+    # How long a peer reported unreachable is hidden, and how many addresses must report it
+    # for reports to keep it hidden (one address hides it at most half the time).
+    unreachable_hold: Duration = attrs.field(default=Duration(60.0), validator=positive)
+    unreachable_quorum: int = attrs.field(default=2, validator=positive)
     max_blobs: int = attrs.field(default=100_000, validator=positive)
     # How long metainfo fetched from the origin is served from memory, and how many are kept.
     metainfo_cache_ttl: Duration = attrs.field(default=Duration(300.0), validator=positive)

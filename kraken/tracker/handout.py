@@ -1,14 +1,13 @@
-"""Which peers an announcing agent is told about (Kraken's ``completeness`` policy),
-and the announce answer's JSON."""
+"""Which peers an announcing agent is told about, and the announce answer's JSON."""
 
 from __future__ import annotations
 
 import json
 import random
 from collections.abc import Iterable, Sequence
-from itertools import chain
 
 from kraken.core.peer import PeerInfo
+from kraken.tracker.fair import shuffled
 
 DEFAULT_LIMIT = 50
 
@@ -22,34 +21,30 @@ def peer_class(peer: PeerInfo) -> int:
 
 def handout(
     peers: Iterable[PeerInfo],
-    origins: Iterable[PeerInfo],
+    origins: Sequence[PeerInfo],
     requester_id: str,
     limit: int = DEFAULT_LIMIT,
     rng: random.Random | None = None,
 ) -> list[PeerInfo]:
-    """At most ``limit`` peers for ``requester_id``: completed agents first,
-    then ``origins`` (the origins holding the blob), then incomplete agents,
-    in a random order within each class. The requester is never included; a
-    peer id given twice counts once (an entry in ``origins`` wins)."""
-    rnd = (rng or random.Random()).random
+    """At most ``limit`` peers for ``requester_id``: first ``origins`` (the
+    origins holding the blob, in a random order), then ``peers`` in the
+    order given (the peer store's choice, fair across announcing addresses:
+    ``kraken.tracker.fair``). An agent dials the peers of an answer in its
+    order, up to its connection budget, so the origins come first and no
+    number of announced peers can push them out. The requester is never
+    included; a peer id given twice counts once (an entry in ``origins`` wins)."""
     seen = {requester_id}
-    classes: tuple[list[PeerInfo], list[PeerInfo], list[PeerInfo]] = ([], [], [])
-    for peer in chain(origins, peers):
+    out: list[PeerInfo] = []
+    for origin in shuffled(origins, len(origins), (rng or random.Random()).random):
+        if len(out) < limit and origin.peer_id not in seen:
+            seen.add(origin.peer_id)
+            out.append(origin)
+    for peer in peers:
+        if len(out) >= limit:
+            break
         if peer.peer_id not in seen:
             seen.add(peer.peer_id)
-            classes[1 if peer.origin else 0 if peer.complete else 2].append(peer)
-    out: list[PeerInfo] = []
-    for group in classes:
-        room = limit - len(out)
-        if room <= 0:
-            break
-        # A partial Fisher-Yates shuffle: the first ``take`` places get a uniform random ordered choice.
-        n = len(group)
-        take = min(room, n)
-        for i in range(min(take, n - 1)):
-            j = i + int(rnd() * (n - i))
-            group[i], group[j] = group[j], group[i]
-        out.extend(group[:take])
+            out.append(peer)
     return out
 
 

@@ -6,16 +6,23 @@ Routes (``<ns>`` is a repository name and may contain slashes)::
     POST /announce                                JSON announce -> {"peers": [...], "interval": seconds}
     GET  /namespace/<ns>/blobs/<digest>/metainfo  -> MetaInfo JSON (from the origin, cached) / 404
 
-An announce body is exactly::
+An announce body has exactly these keys, plus optionally ``"unreachable"``::
 
     {"peer_id": "<40 or 64 hex>", "ip": "10.0.0.7", "port": 16001, "namespace": "library/alpine",
-     "digest": "sha256:<hex>", "info_hash": "<64 hex>", "complete": false}
+     "digest": "sha256:<hex>", "info_hash": "<64 hex>", "complete": false,
+     "unreachable": ["<40 or 64 hex>", ...]}
 
-The announcing peer is recorded (or refreshed); an agent still downloading
-gets up to ``max_peers`` peers (completed agents, then the origins holding
-the blob, then other downloaders), while a completed agent gets an empty
-list, as in Kraken: seeders do not open connections. ``interval`` is in
-seconds. Which origins hold the blob is asked of the origin and cached
+``unreachable`` (at most ``MAX_UNREACHABLE`` peer ids) names the peers of
+this blob the agent failed to reach since its last announce; they may be
+hidden from answers for a while (``kraken.tracker.unreachable``).
+
+The announcing peer is recorded (or refreshed) under the address the
+request came from (its client address, not the ``ip`` in the body); an
+agent still downloading gets up to ``max_peers`` peers (the origins holding
+the blob first, then agents chosen fairly across announcing addresses,
+``kraken.tracker.fair``), while a completed agent gets an empty list, as in
+Kraken: seeders do not open connections. ``interval`` is in seconds. Which
+origins hold the blob is asked of the origin and cached
 (``kraken.tracker.origins.OriginPeers``); if that fails, the answer has
 agents only.
 
@@ -35,7 +42,8 @@ import json
 import random
 import re
 from collections import OrderedDict
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -48,16 +56,21 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed
 
 from kraken.core import Digest, DigestError, MetaInfo
-from kraken.core.peer import PeerError, PeerInfo
+from kraken.core.peer import PeerError, PeerInfo, is_peer_id
 from kraken.net.server import HTTPError, json_error, read_body
 from kraken.registry.names import is_valid_name
+from kraken.tracker.fair import source_key
 from kraken.tracker.handout import AnswerEncoder, handout
 from kraken.tracker.origins import OriginPeers
 from kraken.tracker.peers import IPeerStore
 
-#: An announce is a few hundred bytes.
-MAX_ANNOUNCE_BODY = 4096
+#: An announce is a few hundred bytes; 50 unreachable peer ids of 64 hex characters add about 3.4 KB.
+MAX_ANNOUNCE_BODY = 8192
 ANNOUNCE_KEYS = frozenset({"peer_id", "ip", "port", "namespace", "digest", "info_hash", "complete"})
+OPTIONAL_ANNOUNCE_KEYS = frozenset({"unreachable"})
+_ALLOWED_KEYS = ANNOUNCE_KEYS | OPTIONAL_ANNOUNCE_KEYS
+#: At most this many peers reported unreachable in one announce.
+MAX_UNREACHABLE = 50
 _INFO_HASH = re.compile(r"[0-9a-f]{64}\Z")
 
 
@@ -80,19 +93,31 @@ def _check_namespace(ns: object) -> str:
     return ns
 
 
-def parse_announce(body: bytes) -> tuple[PeerInfo, str, Digest, str]:
-    """(peer, namespace, digest, info hash) from an announce body; ``HTTPError(400)`` if anything is off."""
+class Announce(NamedTuple):
+    """A parsed announce body."""
+
+    peer: PeerInfo
+    namespace: str
+    digest: Digest
+    info_hash: str
+    #: Peer ids the agent failed to reach since its last announce (distinct, in the order given).
+    unreachable: tuple[str, ...] = ()
+
+
+def parse_announce(body: bytes) -> Announce:
+    """An announce body, parsed; ``HTTPError(400)`` if anything is off."""
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise HTTPError(400, "announce body must be JSON") from None
     if not isinstance(doc, dict):
         raise HTTPError(400, "announce body must be a JSON object")
-    missing, unknown = sorted(ANNOUNCE_KEYS - set(doc)), sorted(set(doc) - ANNOUNCE_KEYS)
+    keys = doc.keys()
+    missing, unknown = ANNOUNCE_KEYS - keys, keys - _ALLOWED_KEYS
     if missing:
-        raise HTTPError(400, f"announce is missing {', '.join(missing)}")
+        raise HTTPError(400, f"announce is missing {', '.join(sorted(missing))}")
     if unknown:
-        raise HTTPError(400, f"announce has unknown keys {', '.join(unknown)}")
+        raise HTTPError(400, f"announce has unknown keys {', '.join(sorted(unknown))}")
     namespace = _check_namespace(doc["namespace"])
     if not isinstance(doc["digest"], str):
         raise HTTPError(400, "digest must be text")
@@ -104,7 +129,20 @@ def parse_announce(body: bytes) -> tuple[PeerInfo, str, Digest, str]:
         peer = PeerInfo(doc["peer_id"], doc["ip"], doc["port"], complete=doc["complete"], origin=False)
     except PeerError as e:
         raise HTTPError(400, str(e)) from None
-    return peer, namespace, digest, info_hash
+    if "unreachable" not in doc:
+        return Announce(peer, namespace, digest, info_hash)
+    return Announce(peer, namespace, digest, info_hash, _parse_unreachable(doc["unreachable"]))
+
+
+def _parse_unreachable(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_UNREACHABLE:
+        raise HTTPError(400, f"unreachable must be a list of at most {MAX_UNREACHABLE} peer ids")
+    for item in value:
+        if not is_peer_id(item):
+            raise HTTPError(
+                400, f"unreachable must hold peer ids of 40 or 64 lowercase hex characters, not {item!r:.80}"
+            )
+    return tuple(dict.fromkeys(value))
 
 
 class MetaInfoCache:
@@ -218,10 +256,15 @@ class TrackerHTTP:
         # Only paths Klein normalises get here (TrackerResource takes /announce itself).
         return self.announce_resource
 
-    async def announce(self, peer: PeerInfo, digest: Digest, info_hash: str) -> bytes:
-        """Record ``peer``'s announce of ``digest``; the answer's JSON."""
+    async def announce(
+        self, peer: PeerInfo, digest: Digest, info_hash: str, source: str, unreachable: Sequence[str] = ()
+    ) -> bytes:
+        """Record ``peer``'s announce of ``digest`` from the address ``source``
+        (and its reports of ``unreachable`` peers); the answer's JSON."""
         now = self._clock.seconds()
-        await self._store.update(info_hash, peer, now)
+        await self._store.update(info_hash, peer, now, source)
+        if unreachable:
+            await self._store.report_unreachable(info_hash, [p for p in unreachable if p != peer.peer_id], source, now)
         # No log event per announce: at thousands a second even a filtered debug event costs a tenth of the CPU.
         if peer.complete:
             return self._no_peers
@@ -278,8 +321,9 @@ class AnnounceResource(Resource):
     def render_POST(self, request: IRequest) -> bytes | int:
         tracker = self._tracker
         try:
-            peer, _namespace, digest, info_hash = parse_announce(read_body(request, MAX_ANNOUNCE_BODY))
-            answer = Deferred.fromCoroutine(tracker.announce(peer, digest, info_hash))
+            peer, _namespace, digest, info_hash, unreachable = parse_announce(read_body(request, MAX_ANNOUNCE_BODY))
+            source = source_key(getattr(request.getClientAddress(), "host", None))
+            answer = Deferred.fromCoroutine(tracker.announce(peer, digest, info_hash, source, unreachable))
         except Exception:
             return tracker.error(request, Failure())
         result: list[bytes | Failure] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Sequence
 
 from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
@@ -17,75 +17,25 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from kraken.core.peer import PeerInfo
+from kraken.tracker.fair import fair_sample
+from kraken.tracker.swarm import Group, Swarm
+from kraken.tracker.unreachable import UnreachablePolicy
 
 
 class IPeerStore(Interface):
-    """Peers of each blob, by info hash. ``now`` is the caller's clock."""
+    """Peers of each blob, by info hash. ``now`` is the caller's clock; ``source``
+    the address an announce came from (``kraken.tracker.fair.source_key``)."""
 
-    def update(info_hash: str, peer: PeerInfo, now: float) -> Awaitable[None]:
-        """Record (or refresh) ``peer`` as a peer of ``info_hash``."""
+    def update(info_hash: str, peer: PeerInfo, now: float, source: str) -> Awaitable[None]:
+        """Record (or refresh) ``peer``, announced from ``source``, as a peer of ``info_hash``."""
 
     def peers(info_hash: str, limit: int, now: float) -> Awaitable[list[PeerInfo]]:
-        """At most ``limit`` live peers of ``info_hash``; seeders first when there are more."""
+        """At most ``limit`` live peers of ``info_hash`` that may be handed out, chosen
+        fairly across announcing addresses and in the order to hand them out
+        (``kraken.tracker.fair``)."""
 
-
-class _Entry:
-    """One peer of one blob: the latest announce, when it came, and where the
-    peer sits in its swarm's list of seeders or leechers."""
-
-    __slots__ = ("peer", "seen", "slot")
-
-    def __init__(self, peer: PeerInfo, seen: float) -> None:
-        self.peer = peer
-        self.seen = seen
-        self.slot = -1
-
-
-class _Swarm:
-    """The peers of one blob: by peer id from the least to the most recently
-    seen (for expiry and eviction), and as two plain lists, seeders and
-    leechers, to sample from without looking at every entry."""
-
-    __slots__ = ("entries", "leechers", "seeders")
-
-    def __init__(self) -> None:
-        self.entries: OrderedDict[str, _Entry] = OrderedDict()
-        self.seeders: list[PeerInfo] = []
-        self.leechers: list[PeerInfo] = []
-
-    def add(self, entry: _Entry) -> None:
-        group = self.seeders if entry.peer.complete else self.leechers
-        entry.slot = len(group)
-        group.append(entry.peer)
-
-    def remove(self, entry: _Entry) -> None:
-        """Take ``entry`` out of its list: the list's last peer takes its slot."""
-        group = self.seeders if entry.peer.complete else self.leechers
-        last = group.pop()
-        if entry.slot < len(group):
-            group[entry.slot] = last
-            self.entries[last.peer_id].slot = entry.slot
-
-    def evict_oldest(self) -> _Entry:
-        _, entry = self.entries.popitem(last=False)
-        self.remove(entry)
-        return entry
-
-
-def sample(population: list[PeerInfo], k: int, random: Callable[[], float]) -> list[PeerInfo]:
-    """``k`` of ``population`` chosen uniformly at random (all of it, in its own
-    order, if it has no more than ``k``). A partial Fisher-Yates shuffle of a
-    copy with ``random()`` floats: ``random.sample`` draws each index with
-    ``getrandbits`` in Python, three times slower at the tracker's sizes."""
-    n = len(population)
-    if k >= n:
-        return list(population)
-    pool = list(population)
-    for i in range(k):
-        j = i + int(random() * (n - i))
-        pool[i], pool[j] = pool[j], pool[i]
-    del pool[k:]
-    return pool
+    def report_unreachable(info_hash: str, peer_ids: Sequence[str], source: str, now: float) -> Awaitable[None]:
+        """An agent announcing from ``source`` failed to reach ``peer_ids`` (``kraken.tracker.unreachable``)."""
 
 
 @implementer(IPeerStore)
@@ -95,11 +45,16 @@ class MemoryPeerStore(TimerService):
     Expiry is lazy (``peers`` skips and drops stale entries) plus a sweep
     every ``ttl / 2`` (between 1 s and 5 min) on the injected clock, so blobs
     nobody asks about again do not stay in memory. Memory is bounded: at
-    most ``max_peers`` peers per blob (the least recently seen is evicted)
-    and ``max_blobs`` blobs (the least recently announced is evicted).
+    most ``max_peers`` peers per blob (the least recently seen is evicted),
+    of them at most ``max_per_source`` announced from one source address
+    (that address's least recently seen is evicted), and ``max_blobs`` blobs
+    (the least recently announced is evicted).
 
-    An announce and a lookup cost the same however many peers a blob has,
-    apart from copying the list sampled from: no step looks at every entry.
+    Lookups choose fairly across announcing addresses (``kraken.tracker.fair``)
+    and leave out the peers hidden by reports that they are unreachable
+    (``policy``; ``kraken.tracker.unreachable``). An announce and a lookup
+    cost the same however many peers a blob has, apart from copying the list
+    sampled from: no step looks at every entry.
     """
 
     log = Logger()
@@ -110,37 +65,44 @@ class MemoryPeerStore(TimerService):
         clock: IReactorTime,
         *,
         max_peers: int = 1000,
+        max_per_source: int = 200,
         max_blobs: int = 100_000,
+        policy: UnreachablePolicy | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        if ttl <= 0 or max_peers <= 0 or max_blobs <= 0:
-            raise ValueError("ttl, max_peers and max_blobs must be positive")
+        if ttl <= 0 or max_peers <= 0 or max_per_source <= 0 or max_blobs <= 0:
+            raise ValueError("ttl, max_peers, max_per_source and max_blobs must be positive")
         super().__init__(max(1.0, min(ttl / 2, 300.0)), self._tick)
         self.clock = clock
         self._clock = clock
         self.setName("peer-store")
         self._ttl = ttl
         self._max_peers = max_peers
+        self._max_per_source = max_per_source
         self._max_blobs = max_blobs
+        self._policy = policy or UnreachablePolicy(60.0)
         self._random = (rng or random.Random()).random
         # info hash -> its swarm, from the least to the most recently announced.
-        self._blobs: OrderedDict[str, _Swarm] = OrderedDict()
+        self._blobs: OrderedDict[str, Swarm] = OrderedDict()
         self._started = False
 
     # -- IPeerStore --
 
-    async def update(self, info_hash: str, peer: PeerInfo, now: float) -> None:
-        self.record(info_hash, peer, now)
+    async def update(self, info_hash: str, peer: PeerInfo, now: float, source: str) -> None:
+        self.record(info_hash, peer, now, source)
 
     async def peers(self, info_hash: str, limit: int, now: float) -> list[PeerInfo]:
         return self.live(info_hash, limit, now)
 
+    async def report_unreachable(self, info_hash: str, peer_ids: Sequence[str], source: str, now: float) -> None:
+        self.report(info_hash, peer_ids, source, now)
+
     # -- synchronous core --
 
-    def record(self, info_hash: str, peer: PeerInfo, now: float) -> None:
+    def record(self, info_hash: str, peer: PeerInfo, now: float, source: str) -> None:
         swarm = self._blobs.get(info_hash)
         if swarm is None:
-            swarm = self._blobs[info_hash] = _Swarm()
+            swarm = self._blobs[info_hash] = Swarm()
             while len(self._blobs) > self._max_blobs:
                 evicted, _ = self._blobs.popitem(last=False)
                 self.log.debug("peer store full: forgot {infohash}", infohash=evicted)
@@ -149,30 +111,67 @@ class MemoryPeerStore(TimerService):
         entries = swarm.entries
         entry = entries.get(peer.peer_id)
         if entry is None:
-            entry = entries[peer.peer_id] = _Entry(peer, now)
-            swarm.add(entry)
+            entry = swarm.add(peer, now, source)
+            self._bound(info_hash, swarm, entry.group)
             while len(entries) > self._max_peers:
-                swarm.evict_oldest()
+                swarm.drop_oldest()
             return
         entry.seen = now
         entries.move_to_end(peer.peer_id)
+        if entry.group.key != source:  # announced from another address
+            swarm.move(entry, source)
+            self._bound(info_hash, swarm, entry.group)
+        else:
+            entry.group.entries.move_to_end(peer.peer_id)
         if entry.peer != peer:  # completed, or moved to another address
-            swarm.remove(entry)
-            entry.peer = peer
-            swarm.add(entry)
+            swarm.replace(entry, peer)
+
+    def _bound(self, info_hash: str, swarm: Swarm, group: Group) -> None:
+        """At most ``max_per_source`` entries in ``group``: its least recently seen go."""
+        group_entries = group.entries
+        if len(group_entries) <= self._max_per_source:
+            return
+        if not group.warned:
+            group.warned = True
+            self.log.warn(
+                "peer store: {source} announced {count} peers of {infohash}, the most one address may;"
+                " its least recently seen are dropped",
+                source=group.key, count=len(group_entries), infohash=info_hash,
+            )  # fmt: skip
+        while len(group_entries) > self._max_per_source:
+            swarm.drop(next(iter(group_entries.values())))
+
+    def report(self, info_hash: str, peer_ids: Sequence[str], source: str, now: float) -> None:
+        """Reports from ``source`` that it failed to reach ``peer_ids``; peers
+        this store does not hold for ``info_hash`` are passed over."""
+        swarm = self._blobs.get(info_hash)
+        if swarm is None:
+            return
+        for peer_id in peer_ids:
+            entry = swarm.entries.get(peer_id)
+            if entry is None:
+                continue
+            was = entry.reports.until if entry.reports is not None else float("-inf")
+            reports = entry.reports = self._policy.report(entry.reports, source, now)
+            if reports.until != was and reports.hidden(now):
+                if entry.slot >= 0:
+                    self.log.info(
+                        "peer {peer} of {infohash} hidden until {until}: reported unreachable by {reporters}",
+                        peer=peer_id, infohash=info_hash, until=reports.until, reporters=sorted(reports.reporters),
+                    )  # fmt: skip
+                swarm.hide(entry)
 
     def live(self, info_hash: str, limit: int, now: float) -> list[PeerInfo]:
-        """At most ``limit`` live peers of ``info_hash``: every seeder, then
-        leechers, when that is no more than ``limit``; else a uniform random
-        sample, seeders first (only seeders when there are ``limit`` of them)."""
+        """At most ``limit`` live peers of ``info_hash`` that are not hidden,
+        chosen and ordered by ``kraken.tracker.fair.fair_sample``: with one
+        announcing address, seeders first, then leechers, at random."""
         swarm = self._blobs.get(info_hash)
         if swarm is None or limit <= 0:
             return []
         self._drop_stale(info_hash, swarm, now)
-        seeders = swarm.seeders
-        if len(seeders) >= limit:
-            return sample(seeders, limit, self._random)
-        return seeders + sample(swarm.leechers, limit - len(seeders), self._random)
+        if swarm.hidden:
+            swarm.unhide(now)
+        return fair_sample(swarm.shown, swarm.seeding, limit, self._random)
 
     def expire(self, now: float) -> int:
         """Drop every entry not seen within ``ttl`` of ``now``; returns how many."""
@@ -185,14 +184,14 @@ class MemoryPeerStore(TimerService):
         """How many (blob, peer) entries are held, stale ones included."""
         return sum(len(swarm.entries) for swarm in self._blobs.values())
 
-    def _drop_stale(self, info_hash: str, swarm: _Swarm, now: float) -> int:
+    def _drop_stale(self, info_hash: str, swarm: Swarm, now: float) -> int:
         dropped = 0
         entries = swarm.entries
         while entries:
             oldest = next(iter(entries.values()))
             if now - oldest.seen <= self._ttl:
                 break
-            swarm.evict_oldest()
+            swarm.drop(oldest)
             dropped += 1
         if not entries:
             self._blobs.pop(info_hash, None)

@@ -21,6 +21,7 @@ from kraken.tracker.config import TrackerConfig
 from kraken.tracker.http import TrackerHTTP
 from kraken.tracker.origins import OriginPeers
 from kraken.tracker.peers import MemoryPeerStore
+from kraken.tracker.unreachable import UnreachablePolicy
 
 log = Logger(namespace="kraken.tracker")
 
@@ -48,7 +49,14 @@ def tracker_service(config: TrackerConfig, reactor: Any) -> MultiService:
     top = MultiService()
     top.setName("tracker")
 
-    store = MemoryPeerStore(config.peer_ttl, reactor, max_peers=config.max_peers_per_blob, max_blobs=config.max_blobs)
+    store = MemoryPeerStore(
+        config.peer_ttl,
+        reactor,
+        max_peers=config.max_peers_per_blob,
+        max_per_source=config.max_peers_per_source,
+        max_blobs=config.max_blobs,
+        policy=UnreachablePolicy(config.unreachable_hold, config.unreachable_quorum),
+    )
     store.setServiceParent(top)
 
     http, client_service = make_http_client(reactor, config.http_client)

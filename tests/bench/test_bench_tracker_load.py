@@ -223,7 +223,8 @@ def test_announces_of_10000_peers_over_100_blobs_are_accepted_by_the_tracker():
     peers_of: dict[tuple[str, str], set[str]] = {}
     ips = set()
     for k, body in enumerate(bodies):
-        peer, namespace, digest, info_hash = parse_announce(body)
+        peer, namespace, digest, info_hash, unreachable = parse_announce(body)
+        assert unreachable == ()
         assert (namespace, str(digest), info_hash) == (NAMESPACE, *table[k % 100])
         assert (peer.port, peer.complete, peer.origin) == (PEER_PORT, False, False)
         peers_of.setdefault((str(digest), info_hash), set()).add(peer.peer_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from io import BytesIO
 from typing import Any
 
@@ -55,7 +56,10 @@ class HeldStore:
     def _cancel(self) -> None:
         self.cancelled += 1
 
-    def update(self, info_hash: str, peer: PeerInfo, now: float) -> Deferred[None]:
+    def update(self, info_hash: str, peer: PeerInfo, now: float, source: str) -> Deferred[None]:
+        return self._held()
+
+    def report_unreachable(self, info_hash: str, peer_ids: Sequence[str], source: str, now: float) -> Deferred[None]:
         return self._held()
 
     def peers(self, info_hash: str, limit: int, now: float) -> Deferred[list[PeerInfo]]:
@@ -92,7 +96,7 @@ def test_an_announce_is_answered_at_once_with_the_same_json_as_before(fx: Fixtur
     request = post(json.dumps(GOOD).encode())
     rendered = fx.render(request)
     assert isinstance(rendered, bytes), "the in-memory store answers without a Deferred left waiting"
-    expected = {"peers": [peer(2, complete=True).to_json(), ORIGIN.to_json()], "interval": 3.0}
+    expected = {"peers": [ORIGIN.to_json(), peer(2, complete=True).to_json()], "interval": 3.0}
     assert answer(request, rendered) == (200, expected)
     # Byte for byte what kraken.net.server.json_response wrote through Klein.
     assert rendered == json.dumps(expected, separators=(",", ":")).encode() + b"\n"
@@ -157,7 +161,7 @@ def test_a_waiting_store_is_awaited_then_answered_with_a_length() -> None:
     store.pending[1].callback([peer(5, complete=True)])  # peers
     assert request.finished == 1
     body = b"".join(request.written)
-    assert json.loads(body) == {"peers": [peer(5, complete=True).to_json(), ORIGIN.to_json()], "interval": 3.0}
+    assert json.loads(body) == {"peers": [ORIGIN.to_json(), peer(5, complete=True).to_json()], "interval": 3.0}
     assert request.responseHeaders.getRawHeaders(b"Content-Length") == [b"%d" % len(body)]
     assert request.responseCode == 200
 
@@ -184,7 +188,7 @@ def test_a_failure_after_the_client_went_away_is_logged_not_written() -> None:
     held: Deferred[None] = Deferred()
 
     class Stubborn(HeldStore):
-        async def update(self, info_hash: str, peer: PeerInfo, now: float) -> None:  # type: ignore[override]
+        async def update(self, info_hash: str, peer: PeerInfo, now: float, source: str) -> None:  # type: ignore[override]
             try:
                 await held
             except CancelledError:

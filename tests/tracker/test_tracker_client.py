@@ -80,7 +80,7 @@ def test_announce(fx: Fixture) -> None:
     assert fx.run(fx.client.announce(seeder, NAMESPACE, digest, INFO_HASH)) == ([], 3.0)
     peers, interval = fx.run(fx.client.announce(peer(2), NAMESPACE, digest, INFO_HASH))
     assert interval == 3.0
-    assert peers == [seeder, peer(200, complete=True, origin=True)]
+    assert peers == [peer(200, complete=True, origin=True), seeder]
 
 
 def test_announce_reports_unreachable_peers(fx: Fixture) -> None:

@@ -1,4 +1,4 @@
-"""handout(): class order, the cap, the requester left out."""
+"""handout(): the origins first, then the store's choice in its order; the cap; the requester left out."""
 
 from __future__ import annotations
 
@@ -15,26 +15,32 @@ from kraken.core.peer import PeerInfo
 from kraken.tracker.handout import AnswerEncoder, handout, peer_class
 
 
-def classes(peers: list[PeerInfo]) -> list[int]:
-    return [peer_class(p) for p in peers]
-
-
-def test_completed_agents_then_origins_then_the_rest() -> None:
+def test_origins_first_then_the_peers_in_the_order_given() -> None:
     agents = [peer(n, complete=n % 2 == 0) for n in range(10)]
     origins = [peer(100 + n, complete=True, origin=True) for n in range(2)]
     out = handout(agents, origins, peer(999).peer_id, 50, random.Random(3))
-    assert classes(out) == [0] * 5 + [1] * 2 + [2] * 5
-    assert set(out) == set(agents) | set(origins)
+    assert set(out[:2]) == set(origins)
+    assert out[2:] == agents
+    assert [peer_class(p) for p in out[:3]] == [1, 1, 0]
 
 
-def test_random_within_a_class_and_reproducible_with_a_seed() -> None:
-    agents = [peer(n, complete=True) for n in range(20)]
-    a = handout(agents, [], "f" * 40, 50, random.Random(1))
-    b = handout(agents, [], "f" * 40, 50, random.Random(1))
-    c = handout(agents, [], "f" * 40, 50, random.Random(2))
-    assert a == b
-    assert a != c
-    assert a != agents
+def test_origins_keep_their_room_however_many_completed_peers_come_first() -> None:
+    flood = [peer(n, complete=True) for n in range(60)]
+    origins = [peer(200 + n, complete=True, origin=True) for n in range(3)]
+    out = handout(flood, origins, "f" * 40, 50, random.Random(0))
+    assert len(out) == 50
+    assert set(out[:3]) == set(origins)
+    assert out[3:] == flood[:47]
+    assert handout(flood, origins, "f" * 40, 2, random.Random(0))[0].origin, "even a cap below the origins"
+    assert len(handout(flood, origins, "f" * 40, 2, random.Random(0))) == 2
+    assert handout(flood, origins, "f" * 40, 0, random.Random(0)) == []
+
+
+def test_the_origins_order_is_random_and_reproducible_with_a_seed() -> None:
+    origins = [peer(100 + n, complete=True, origin=True) for n in range(4)]
+    firsts = Counter(handout([], origins, "f" * 40, 50, random.Random(seed))[0].peer_id for seed in range(400))
+    assert len(firsts) == 4 and all(60 < c < 140 for c in firsts.values()), firsts
+    assert handout([], origins, "f" * 40, 50, random.Random(1)) == handout([], origins, "f" * 40, 50, random.Random(1))
 
 
 def test_the_requester_is_never_handed_out() -> None:
@@ -42,34 +48,22 @@ def test_the_requester_is_never_handed_out() -> None:
     out = handout([peer(n) for n in range(10)], [], me.peer_id, 50, random.Random(0))
     assert me not in out
     assert len(out) == 9
-
-
-def test_capped_at_the_limit_keeping_the_best_classes() -> None:
-    agents = [peer(n) for n in range(60)] + [peer(100 + n, complete=True) for n in range(3)]
-    origins = [peer(200, complete=True, origin=True)]
-    out = handout(agents, origins, "f" * 40, 5, random.Random(0))
-    assert classes(out) == [0, 0, 0, 1, 2]
-    assert len(handout(agents, origins, "f" * 40, rng=random.Random(0))) == 50  # the default limit
-    assert handout(agents, origins, "f" * 40, 0, random.Random(0)) == []
+    origin = peer(7, complete=True, origin=True)
+    assert handout([], [origin], origin.peer_id, 50, random.Random(0)) == []
 
 
 def test_a_peer_listed_twice_counts_once_and_the_origin_entry_wins() -> None:
     origin = peer(7, complete=True, origin=True)
-    out = handout([peer(7), peer(8)], [origin], "f" * 40, 50, random.Random(0))
+    out = handout([peer(7), peer(8), peer(8)], [origin, origin], "f" * 40, 50, random.Random(0))
     assert out == [origin, peer(8)]
 
 
-peers_st = st.builds(
-    lambda n, complete, origin: peer(n, complete=complete or origin, origin=origin),
-    st.integers(0, 40),
-    st.booleans(),
-    st.booleans(),
-)
+peers_st = st.builds(lambda n, complete: peer(n, complete=complete), st.integers(0, 40), st.booleans())
 
 
 @given(
     agents=st.lists(peers_st, max_size=40),
-    origins=st.lists(peers_st.map(lambda p: peer(int(p.peer_id, 16) + 100, complete=True, origin=True)), max_size=4),
+    origins=st.lists(st.integers(30, 45).map(lambda n: peer(n, complete=True, origin=True)), max_size=4),
     requester=st.integers(0, 45),
     limit=st.integers(0, 60),
     seed=st.integers(0, 2**32),
@@ -79,10 +73,18 @@ def test_handout_properties(
 ) -> None:
     me = peer(requester).peer_id
     out = handout(agents, origins, me, limit, random.Random(seed))
-    assert me not in [p.peer_id for p in out]
+    ids = [p.peer_id for p in out]
+    assert me not in ids
     assert len(out) <= limit
-    assert classes(out) == sorted(classes(out))
-    assert len({p.peer_id for p in out}) == len(out)
+    assert len(set(ids)) == len(out)
+    wanted_origins = {o.peer_id for o in origins} - {me}
+    assert {p.peer_id for p in out if p.origin} == set(list(wanted_origins)[:limit]) or len(out) == limit
+    assert [p.origin for p in out] == sorted((p.origin for p in out), reverse=True), "origins first"
+    first_of_each: dict[str, PeerInfo] = {}
+    for p in agents:
+        first_of_each.setdefault(p.peer_id, p)
+    given_order = [p for pid, p in first_of_each.items() if pid not in wanted_origins and pid != me]
+    assert [p for p in out if not p.origin] == given_order[: len(out) - sum(p.origin for p in out)]
     candidates = {p.peer_id for p in [*agents, *origins] if p.peer_id != me}
     assert len(out) == min(limit, len(candidates))
 
@@ -131,11 +133,3 @@ def test_the_memo_is_bounded() -> None:
     assert json.loads(encoder.encode([peer(4), peer(9)]))["peers"] == [peer(4).to_json(), peer(9).to_json()]
     with pytest.raises(ValueError, match="positive"):
         AnswerEncoder(3.0, size=0)
-
-
-def test_uniform_within_a_class() -> None:
-    rng = random.Random(11)
-    agents = [peer(n) for n in range(6)]
-    firsts = Counter(handout(agents, [], "f" * 40, 2, rng)[0].peer_id for _ in range(3000))
-    # 500 each on average; 5 sigma is about 100.
-    assert len(firsts) == 6 and all(400 < c < 600 for c in firsts.values()), firsts

@@ -42,8 +42,8 @@ def test_announce_records_and_hands_out(app: App) -> None:
     assert code == 200
     assert doc["interval"] == 3.0
     assert doc["peers"] == [
-        seeder.to_json(),
         peer(200, complete=True, origin=True).to_json(),
+        seeder.to_json(),
         other.to_json(),
     ]
     # The requester is now known to the others.
@@ -57,7 +57,7 @@ def test_a_completed_peer_gets_no_peers_but_is_handed_out(app: App) -> None:
     code, doc = app.announce(announce_doc(peer(1, complete=True)))
     assert (code, doc["peers"]) == (200, [])
     _, doc = app.announce(announce_doc(peer(2)))
-    assert doc["peers"][0] == peer(1, complete=True).to_json()
+    assert doc["peers"][1] == peer(1, complete=True).to_json(), "right after the origin"
 
 
 def test_peers_are_per_info_hash_and_expire(app: App) -> None:
