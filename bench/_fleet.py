@@ -125,6 +125,10 @@ class Fleet:
     """``origins`` origins (a ring with ``replicas``), a tracker, a build-index, a proxy and ``agents`` agents
     on 127.0.0.1, each a ``twistd`` process with its config in ``work``; started together, then awaited.
 
+    ``tmpfs`` maps state directories (``origin-0``, ``proxy-uploads``, ``agent-1``...) to tmpfs sizes
+    (``"64m"``): each is mounted before the daemons start and unmounted by ``stop`` (root only), a real disk
+    that fills up.
+
     ``overrides`` maps a daemon's name (``origin-0``, ``tracker``, ``build-index``, ``proxy``, ``agent-0``, or
     ``origin`` / ``agent`` for all of them) to config keys merged over the defaults. ``agent_rate``: every
     agent's P2P ingress limit in bits per second (None: none), which makes a pull last long enough to act
@@ -140,9 +144,16 @@ class Fleet:
         agents: int = 6,
         agent_rate: int | None = None,
         overrides: dict[str, dict[str, Any]] | None = None,
+        tmpfs: dict[str, str] | None = None,
     ) -> None:
         self.work = work
         os.makedirs(work, exist_ok=True)
+        self.mounts: list[str] = []
+        self.daemons: dict[str, Daemon] = {}
+        for name, size in (tmpfs or {}).items():
+            os.makedirs(self.root(name), exist_ok=True)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", self.root(name)], check=True)
+            self.mounts.append(self.root(name))
         self._overrides = overrides or {}
         self.origin_http = [free_port() for _ in range(origins)]
         self.members = [f"127.0.0.1:{p}" for p in self.origin_http]
@@ -189,7 +200,6 @@ class Fleet:
                         "bandwidth": bandwidth},
                 "http_client": fast,
             })  # fmt: skip
-        self.daemons: dict[str, Daemon] = {}
         try:
             for name in self.configs:
                 self.daemons[name] = self._spawn(name)
@@ -267,6 +277,9 @@ class Fleet:
     def stop(self) -> None:
         for daemon in reversed(list(self.daemons.values())):
             daemon.stop()
+        for mount in self.mounts:
+            subprocess.run(["umount", mount], check=False)
+        self.mounts = []
 
 
 def run_all(jobs: list[Callable[[], Any]]) -> list[Any]:

@@ -1,0 +1,151 @@
+"""Made-up peers and slot holders: a flood of fake "complete" peers (closed ports and tarpits that accept and
+never answer) announced from another address does not starve a blob, and idle connections that take an
+origin's slots do not keep a pull waiting."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from _fleet import Fleet, run_all
+
+from kraken.cluster.ring import Ring
+from kraken.core import Digest
+from kraken.p2p import wire
+
+from ._clients import MIB, pull, push, random_blob, repo
+from .peers import PeerClient, Tarpit, announce_fake, metainfo, post_json, send
+
+BLOB = 16 * MIB
+FAKES = 60
+TARPITS = 10
+FLOOD = "127.0.0.2"  # the attacker's source address (any of 127.0.0.0/8 is loopback)
+PROBE = "127.0.0.3"  # a third party that asks the tracker what it hands out
+PROBE_ID = "ab" * 20  # it announces itself as a downloader at a port where nothing listens
+WAIT = 120.0  # seconds; a safety rail
+
+
+def pushed(f: Fleet, tmp_path: Any) -> tuple[str, str]:
+    name = repo()
+    path = str(tmp_path / "blob")
+    digest = random_blob(path, BLOB)
+    assert push(f.proxy, name, path) == digest
+    return name, digest
+
+
+def closed_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def handout(f: Fleet, info: Any, namespace: str) -> list[dict[str, Any]]:
+    """What the tracker tells a new downloader at PROBE about the blob."""
+    doc = {"peer_id": PROBE_ID, "ip": PROBE, "port": 9, "namespace": namespace, "digest": str(info.digest),
+           "info_hash": info.info_hash, "complete": False}  # fmt: skip
+    status, body = post_json(f"{f.tracker_url}/announce", doc, source=PROBE)
+    assert status == 200, body
+    return list(json.loads(body)["peers"])
+
+
+def test_a_flood_of_fake_complete_peers_does_not_starve_a_blob(fleet: Callable[..., Fleet], tmp_path: Any) -> None:
+    f = fleet(agents=2)
+    name, digest = pushed(f, tmp_path)
+    info = metainfo(f.tracker_url, name, digest)
+    tarpits = [Tarpit(FLOOD) for _ in range(TARPITS)]
+    try:
+        fakes: dict[str, int] = {}
+        for i in range(FAKES):
+            port = tarpits[i % TARPITS].port if i % 2 else closed_port(FLOOD)
+            peer_id = f"{i:040x}"
+            assert announce_fake(f.tracker_url, info, name, port, source=FLOOD, peer_id=peer_id)[0] == 200
+            fakes[peer_id] = port
+
+        # The origins holding the blob lead every answer, whatever the flood.
+        holders = {f"127.0.0.1:{f.origin_p2p[f.members.index(m)]}" for m in Ring(f.members, 2).placement(
+            Digest.parse(digest))}  # fmt: skip
+        first = handout(f, info, name)
+        assert {f"{p['ip']}:{p['port']}" for p in first[: len(holders)]} == holders
+        assert all(p["origin"] for p in first[: len(holders)])
+
+        marks = [f[f"agent-{k}"].mark() for k in range(2)]
+        assert run_all([lambda k=k: pull(f.registry(k), name, digest) for k in range(2)]) == [(digest, BLOB)] * 2
+    finally:
+        for tarpit in tarpits:
+            tarpit.close()
+    # The agents found fakes unreachable (a refused dial is reported at once) and told the tracker, which
+    # stops handing them out.
+    reported = set()
+    for k, mark in enumerate(marks):
+        for line in f[f"agent-{k}"].since(mark):
+            m = re.search(r"peer ([0-9a-f]{12}) at \S+ unreachable for " + digest, line)
+            if m:
+                reported.add(m.group(1))
+    reported.discard(PROBE_ID[:12])  # the probe is unreachable too
+    assert reported and all(any(p.startswith(r) for p in fakes) for r in reported)
+    hidden = f["tracker"].wait_for(r"peer ([0-9a-f]+) of \S+ hidden until", WAIT).group(1)
+    assert hidden in fakes
+    assert hidden not in {p["peer_id"] for p in handout(f, info, name)}
+    # A tarpit was never dialled over and over: each is given up on after a handshake timeout or two.
+    assert sum(t.accepted for t in tarpits) <= 2 * 3 * FAKES // 2
+
+
+class SlotHolder:
+    """A leecher that completes the handshake and then only ever cancels, once a second, until it is closed."""
+
+    def __init__(self, port: int, info: Any, namespace: str, *, source: str = "127.0.0.1") -> None:
+        self.client = PeerClient(port, info, namespace, source=source)
+        self.answer = self.client.handshake()
+        self.closed = threading.Event()
+        self.last: wire.Message | None = None
+        if isinstance(self.answer, wire.Handshake):
+            threading.Thread(target=self._hold, daemon=True).start()
+        else:
+            self.closed.set()
+
+    def _hold(self) -> None:
+        self.client.sock.settimeout(1.0)
+        try:
+            while True:
+                try:
+                    self.last = self.client.read()
+                except TimeoutError:
+                    send(self.client.sock, wire.Cancel(0))
+        except (OSError, ConnectionError, wire.FramingError):
+            pass
+        self.closed.set()
+
+
+def test_slot_holders_are_evicted_and_a_pull_gets_in(fleet: Callable[..., Fleet], tmp_path: Any) -> None:
+    # Shorter bounds than the defaults (5 s grace, 30 s idle), so the test takes seconds, not minutes.
+    f = fleet(agents=1, overrides={"origin": {"p2p": {"slot_grace": "1s", "slot_idle": "4s",
+                                                       "preemption_interval": "1s"}}})  # fmt: skip
+    name, digest = pushed(f, tmp_path)
+    info = metainfo(f.tracker_url, name, digest)
+    placement = Ring(f.members, 2).placement(Digest.parse(digest))
+    holders = [SlotHolder(f.origin_p2p[f.members.index(m)], info, name) for m in placement for _ in range(10)]
+    assert all(isinstance(h.answer, wire.Handshake) for h in holders)  # every slot of both origins is taken
+    marks = {m: f[f"origin-{f.members.index(m)}"].mark() for m in placement}
+
+    assert pull(f.registry(0), name, digest) == (digest, BLOB)
+    # Every holder is evicted: the newcomer's way in, then idleness; each is told BUSY before the close.
+    for h in holders:
+        assert h.closed.wait(WAIT), "a slot holder was never evicted"
+    assert all(isinstance(h.last, wire.Error) and h.last.code is wire.ErrorCode.BUSY for h in holders)
+    evictions = [line for m, mark in marks.items() for line in f[f"origin-{f.members.index(m)}"].since(mark)
+                 if "evicting peer" in line]  # fmt: skip
+    assert len(evictions) == len(holders)
+
+    # From another address, a holder gets at most the per-address share of a blob's slots.
+    origin = f.origin_p2p[f.members.index(placement[0])]
+    crowd = [SlotHolder(origin, info, name, source="127.0.0.2") for _ in range(6)]
+    admitted = [h for h in crowd if isinstance(h.answer, wire.Handshake)]
+    assert len(admitted) == 3
+    assert all(isinstance(h.answer, wire.Error) and h.answer.code is wire.ErrorCode.BUSY
+               for h in crowd if h not in admitted)  # fmt: skip
+    for h in crowd:
+        h.client.close()
