@@ -4,87 +4,20 @@ keeps answering its health check and its memory stays bounded throughout."""
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import socket
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
+from _clients import push, random_blob, repo
 from _fleet import Fleet, run_all
-
-from ._clients import push, random_blob, repo
+from _hostile import HealthWatch, big_manifest, put_manifest
 
 LAYERS = 10_000
 MANIFESTS = 8
 MEMORY_RAIL = 100 << 20  # bytes of proxy RSS growth; the defect took 270-680 MB, the figure is in bench/RESULTS.md
 TIMEOUT = 120.0  # seconds; a safety rail
-
-
-def manifest(config: str, config_size: int, salt: int) -> bytes:
-    layers = [
-        {
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": "sha256:" + hashlib.sha256(f"{salt}-{i}".encode()).hexdigest(),
-            "size": 1000 + i,
-        }
-        for i in range(LAYERS)
-    ]
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
-        "layers": layers,
-    }
-    return json.dumps(doc).encode()
-
-
-def put_manifest(address: str, name: str, body: bytes) -> tuple[int, dict[str, Any]]:
-    host, port = address.split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
-    try:
-        conn.request("PUT", f"/v2/{name}/manifests/t", body=body,
-                     headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})  # fmt: skip
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
-
-
-class HealthWatch:
-    """Asks the proxy's health check over and over while the flood runs; keeps the slowest answer."""
-
-    def __init__(self, address: str) -> None:
-        self._address = address
-        self._stop = threading.Event()
-        self.slowest = 0.0
-        self.answers = 0
-        self.failures: list[str] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        host, port = self._address.split(":")
-        while not self._stop.is_set():
-            start = time.monotonic()
-            conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
-            try:
-                conn.request("GET", "/health")
-                status = conn.getresponse().status
-                if status != 200:
-                    self.failures.append(f"health answered {status}")
-            except OSError as e:
-                self.failures.append(f"health: {e}")
-            finally:
-                conn.close()
-            self.slowest = max(self.slowest, time.monotonic() - start)
-            self.answers += 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(TIMEOUT)
 
 
 def origin_stats(f: Fleet) -> dict[str, int]:
@@ -112,7 +45,7 @@ def test_manifests_over_the_reference_limit_are_refused_before_any_lookup(
     f = fleet(agents=0)
     name = repo()
     config, size = config_blob(f, name, tmp_path)
-    bodies = [manifest(config, size, salt) for salt in range(MANIFESTS)]
+    bodies = [big_manifest(config, size, salt, LAYERS) for salt in range(MANIFESTS)]
     before, rss = origin_stats(f), f["proxy"].rss()
     watch = HealthWatch(f.proxy)
     try:
@@ -133,7 +66,7 @@ def test_manifests_under_a_raised_limit_are_checked_in_batches(fleet: Callable[.
     f = fleet(agents=0, overrides={"proxy": {"registry": {"max_references": 20_000}}})
     name = repo()
     config, size = config_blob(f, name, tmp_path)
-    bodies = [manifest(config, size, salt) for salt in range(MANIFESTS)]
+    bodies = [big_manifest(config, size, salt, LAYERS) for salt in range(MANIFESTS)]
     before, rss = origin_stats(f), f["proxy"].rss()
     watch = HealthWatch(f.proxy)
     try:
@@ -155,7 +88,7 @@ def test_a_client_that_leaves_stops_the_check(fleet: Callable[..., Fleet], tmp_p
     f = fleet(agents=0, overrides={"proxy": {"registry": {"max_references": 20_000}}})
     name = repo()
     config, size = config_blob(f, name, tmp_path)
-    body = manifest(config, size, 0)
+    body = big_manifest(config, size, 0, LAYERS)
     proxy = f["proxy"]
     mark = proxy.mark()
     origins = [f"origin-{i}" for i in range(len(f.members))]
@@ -174,6 +107,6 @@ def test_a_client_that_leaves_stops_the_check(fleet: Callable[..., Fleet], tmp_p
     finally:
         for origin in origins:
             f.resume(origin)
-    status, _ = put_manifest(f.proxy, name, manifest(config, size, 1))  # the proxy serves on
+    status, _ = put_manifest(f.proxy, name, big_manifest(config, size, 1, LAYERS))  # the proxy serves on
     assert status == 400
     assert not [x for x in proxy.since(mark) if "Request.finish called" in x]

@@ -4,28 +4,22 @@ origin's slots do not keep a pull waiting."""
 
 from __future__ import annotations
 
-import json
 import re
-import socket
-import threading
 from collections.abc import Callable
 from typing import Any
 
+from _clients import MIB, pull, push, random_blob, repo
 from _fleet import Fleet, run_all
+from _hostile import PROBE_ID, SlotHolder, Tarpit, announce_fake, closed_port, handout, metainfo
 
 from kraken.cluster.ring import Ring
 from kraken.core import Digest
 from kraken.p2p import wire
 
-from ._clients import MIB, pull, push, random_blob, repo
-from .peers import PeerClient, Tarpit, announce_fake, metainfo, post_json, send
-
 BLOB = 16 * MIB
 FAKES = 60
 TARPITS = 10
 FLOOD = "127.0.0.2"  # the attacker's source address (any of 127.0.0.0/8 is loopback)
-PROBE = "127.0.0.3"  # a third party that asks the tracker what it hands out
-PROBE_ID = "ab" * 20  # it announces itself as a downloader at a port where nothing listens
 WAIT = 120.0  # seconds; a safety rail
 
 
@@ -35,21 +29,6 @@ def pushed(f: Fleet, tmp_path: Any) -> tuple[str, str]:
     digest = random_blob(path, BLOB)
     assert push(f.proxy, name, path) == digest
     return name, digest
-
-
-def closed_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def handout(f: Fleet, info: Any, namespace: str) -> list[dict[str, Any]]:
-    """What the tracker tells a new downloader at PROBE about the blob."""
-    doc = {"peer_id": PROBE_ID, "ip": PROBE, "port": 9, "namespace": namespace, "digest": str(info.digest),
-           "info_hash": info.info_hash, "complete": False}  # fmt: skip
-    status, body = post_json(f"{f.tracker_url}/announce", doc, source=PROBE)
-    assert status == 200, body
-    return list(json.loads(body)["peers"])
 
 
 def test_a_flood_of_fake_complete_peers_does_not_starve_a_blob(fleet: Callable[..., Fleet], tmp_path: Any) -> None:
@@ -68,7 +47,7 @@ def test_a_flood_of_fake_complete_peers_does_not_starve_a_blob(fleet: Callable[.
         # The origins holding the blob lead every answer, whatever the flood.
         holders = {f"127.0.0.1:{f.origin_p2p[f.members.index(m)]}" for m in Ring(f.members, 2).placement(
             Digest.parse(digest))}  # fmt: skip
-        first = handout(f, info, name)
+        first = handout(f.tracker_url, info, name)
         assert {f"{p['ip']}:{p['port']}" for p in first[: len(holders)]} == holders
         assert all(p["origin"] for p in first[: len(holders)])
 
@@ -89,35 +68,9 @@ def test_a_flood_of_fake_complete_peers_does_not_starve_a_blob(fleet: Callable[.
     assert reported and all(any(p.startswith(r) for p in fakes) for r in reported)
     hidden = f["tracker"].wait_for(r"peer ([0-9a-f]+) of \S+ hidden until", WAIT).group(1)
     assert hidden in fakes
-    assert hidden not in {p["peer_id"] for p in handout(f, info, name)}
+    assert hidden not in {p["peer_id"] for p in handout(f.tracker_url, info, name)}
     # A tarpit was never dialled over and over: each is given up on after a handshake timeout or two.
     assert sum(t.accepted for t in tarpits) <= 2 * 3 * FAKES // 2
-
-
-class SlotHolder:
-    """A leecher that completes the handshake and then only ever cancels, once a second, until it is closed."""
-
-    def __init__(self, port: int, info: Any, namespace: str, *, source: str = "127.0.0.1") -> None:
-        self.client = PeerClient(port, info, namespace, source=source)
-        self.answer = self.client.handshake()
-        self.closed = threading.Event()
-        self.last: wire.Message | None = None
-        if isinstance(self.answer, wire.Handshake):
-            threading.Thread(target=self._hold, daemon=True).start()
-        else:
-            self.closed.set()
-
-    def _hold(self) -> None:
-        self.client.sock.settimeout(1.0)
-        try:
-            while True:
-                try:
-                    self.last = self.client.read()
-                except TimeoutError:
-                    send(self.client.sock, wire.Cancel(0))
-        except (OSError, ConnectionError, wire.FramingError):
-            pass
-        self.closed.set()
 
 
 def test_slot_holders_are_evicted_and_a_pull_gets_in(fleet: Callable[..., Fleet], tmp_path: Any) -> None:

@@ -11,12 +11,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from _clients import MIB, pull, push, random_blob, repo
 from _fleet import Fleet, run_all
 
 from kraken.cluster.ring import Ring
 from kraken.core import Digest
-
-from ._clients import MIB, pull, push, random_blob, repo
 
 BLOB = 32 * MIB
 RATE = 100_000_000  # bits per second into each agent: about 2.7 s for the blob

@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 import requests
+from _clients import MIB, pull, push, random_blob, repo
 from _fleet import Fleet
-
-from ._clients import MIB, pull, push, random_blob, repo
 
 
 def files_under(root: str, *parts: str) -> list[str]:

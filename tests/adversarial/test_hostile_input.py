@@ -14,13 +14,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from _clients import MIB, pull, push, random_blob, repo
 from _fleet import Fleet
+from _hostile import CorruptSeeder, announce_fake, handshake, metainfo
 
 from kraken.core.bitfield import Bitfield
 from kraken.p2p import wire
-
-from ._clients import MIB, pull, push, random_blob, repo
-from .peers import CorruptSeeder, announce_fake, handshake, metainfo
 
 REQUESTS = 5000
 CONNECTIONS = 900
@@ -117,10 +116,14 @@ def test_malformed_registry_requests_get_oci_errors_and_no_5xx(fleet: Callable[.
     assert pull(f.registry(0), name, digest) == (digest, 2 * MIB)
 
 
-def hostile_frames(rng: random.Random, info: Any, namespace: str) -> bytes:
-    """The bytes of one hostile P2P connection: garbage, oversized or out-of-order frames, bad handshakes."""
-    good = b"".join(bytes(c) for c in wire.encode(handshake(info, namespace, complete=False)))
+def hostile_frames(rng: random.Random, info: Any, namespace: str) -> tuple[int, bytes]:
+    """(kind, bytes) of one hostile P2P connection: garbage, oversized or out-of-order frames, bad handshakes."""
     kind = rng.randrange(8)
+    return kind, _frames(kind, rng, info, namespace)
+
+
+def _frames(kind: int, rng: random.Random, info: Any, namespace: str) -> bytes:
+    good = b"".join(bytes(c) for c in wire.encode(handshake(info, namespace, complete=False)))
     if kind == 0:
         return os.urandom(rng.randrange(1, 4096))
     if kind == 1:  # a header far over the cap
@@ -157,7 +160,10 @@ def closed_by_daemon(port: int, data: bytes) -> bool:
 
 
 def test_hostile_p2p_connections_are_closed_and_crash_nothing(fleet: Callable[..., Fleet], tmp_path: Any) -> None:
-    f = fleet(origins=2, agents=2)
+    # A stream that stops inside a frame is closed by the idle timeout (conn_tti, 30 s by default): 5 s here.
+    f = fleet(
+        origins=2, agents=2, overrides={"origin": {"p2p": {"conn_tti": "5s"}}, "agent": {"p2p": {"conn_tti": "5s"}}}
+    )
     name = repo()
     path = str(tmp_path / "blob")
     digest = random_blob(path, 4 * MIB)
@@ -166,9 +172,13 @@ def test_hostile_p2p_connections_are_closed_and_crash_nothing(fleet: Callable[..
     info = metainfo(f.tracker_url, name, digest)
     rng = random.Random(7)
     ports = [*f.origin_p2p, f.agent_p2p(0)]
-    open_left = [p for i in range(CONNECTIONS) if not closed_by_daemon(p := ports[i % len(ports)],
-                                                                          hostile_frames(rng, info, name))]  # fmt: skip
-    assert not open_left, f"{len(open_left)} hostile connections were left open"
+    open_left = []
+    for i in range(CONNECTIONS):
+        port = ports[i % len(ports)]
+        kind, data = hostile_frames(rng, info, name)
+        if not closed_by_daemon(port, data):
+            open_left.append((port, kind))
+    assert not open_left, f"hostile connections left open (port, kind): {open_left}"
     assert all(d.alive() for d in f.daemons.values())
     assert pull(f.registry(1), name, digest) == (digest, 4 * MIB)
 

@@ -1,17 +1,24 @@
-"""Hostile peers for the adversarial tests, in blocking sockets and threads (the daemons are other processes).
+"""Hostile peers and clients for the adversarial tests and their benchmark, in blocking sockets and threads
+(the daemons are other processes).
 
-- ``announce_fake``: tell the tracker about a made-up peer, from a source address of our choosing.
+- ``announce_fake``: tell the tracker about a made-up peer, from a source address of our choosing;
+  ``handout``: what the tracker tells a newcomer.
 - ``Tarpit``: accepts TCP connections and never answers; counts them.
 - ``CorruptSeeder``: a peer that completes the handshake, claims every piece and sends garbage for each.
-- ``PeerClient``: a leecher that handshakes with a seeder and then does what the test says (cancel, hold).
+- ``PeerClient``: a leecher that handshakes with a seeder; ``SlotHolder``: one that then only cancels.
+- ``big_manifest``: an OCI manifest of thousands of made-up layers; ``HealthWatch``: asks a health check
+  over and over while something else runs, and keeps the slowest answer.
 """
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import json
 import os
 import socket
 import threading
+import time
 import urllib.request
 from typing import Any
 
@@ -203,3 +210,113 @@ class PeerClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+PROBE = "127.0.0.3"  # a third party that asks the tracker what it hands out
+PROBE_ID = "ab" * 20  # it announces itself as a downloader at a port where nothing listens
+
+
+def closed_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def handout(tracker_url: str, info: MetaInfo, namespace: str) -> list[dict[str, Any]]:
+    """What the tracker tells a new downloader at ``PROBE`` about the blob."""
+    doc = {"peer_id": PROBE_ID, "ip": PROBE, "port": 9, "namespace": namespace, "digest": str(info.digest),
+           "info_hash": info.info_hash, "complete": False}  # fmt: skip
+    status, body = post_json(f"{tracker_url}/announce", doc, source=PROBE)
+    assert status == 200, body
+    return list(json.loads(body)["peers"])
+
+
+class SlotHolder:
+    """A leecher that completes the handshake and then only ever cancels, once a second, until it is closed."""
+
+    def __init__(self, port: int, info: Any, namespace: str, *, source: str = "127.0.0.1") -> None:
+        self.client = PeerClient(port, info, namespace, source=source)
+        self.answer = self.client.handshake()
+        self.closed = threading.Event()
+        self.last: wire.Message | None = None
+        if isinstance(self.answer, wire.Handshake):
+            threading.Thread(target=self._hold, daemon=True).start()
+        else:
+            self.closed.set()
+
+    def _hold(self) -> None:
+        self.client.sock.settimeout(1.0)
+        try:
+            while True:
+                try:
+                    self.last = self.client.read()
+                except TimeoutError:
+                    send(self.client.sock, wire.Cancel(0))
+        except (OSError, ConnectionError, wire.FramingError):
+            pass
+        self.closed.set()
+
+
+def big_manifest(config: str, config_size: int, salt: int, layers: int) -> bytes:
+    """An OCI image manifest of ``layers`` made-up layers (none exists), different for each ``salt``."""
+    layers = [
+        {
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": "sha256:" + hashlib.sha256(f"{salt}-{i}".encode()).hexdigest(),
+            "size": 1000 + i,
+        }
+        for i in range(layers)
+    ]
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
+        "layers": layers,
+    }
+    return json.dumps(doc).encode()
+
+
+def put_manifest(address: str, name: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    host, port = address.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+    try:
+        conn.request("PUT", f"/v2/{name}/manifests/t", body=body,
+                     headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})  # fmt: skip
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+class HealthWatch:
+    """Asks the proxy's health check over and over while the flood runs; keeps the slowest answer."""
+
+    def __init__(self, address: str) -> None:
+        self._address = address
+        self._stop = threading.Event()
+        self.slowest = 0.0
+        self.answers = 0
+        self.failures: list[str] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        host, port = self._address.split(":")
+        while not self._stop.is_set():
+            start = time.monotonic()
+            conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+            try:
+                conn.request("GET", "/health")
+                status = conn.getresponse().status
+                if status != 200:
+                    self.failures.append(f"health answered {status}")
+            except OSError as e:
+                self.failures.append(f"health: {e}")
+            finally:
+                conn.close()
+            self.slowest = max(self.slowest, time.monotonic() - start)
+            self.answers += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(TIMEOUT)
