@@ -4,7 +4,6 @@ other processes), with a generous timeout as the only backstop."""
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 
 from dxf import DXF
@@ -15,19 +14,6 @@ CLIENT_TIMEOUT = 300.0  # seconds; a safety rail, far above any undisturbed pull
 
 def repo() -> str:
     return f"adversarial/app-{uuid.uuid4().hex[:8]}"
-
-
-def random_blob(path: str, size: int) -> str:
-    """``size`` random bytes in ``path``; their digest."""
-    h = hashlib.sha256()
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            chunk = os.urandom(min(left, 4 * MIB))
-            f.write(chunk)
-            h.update(chunk)
-            left -= len(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 def push(registry: str, name: str, path: str) -> str:

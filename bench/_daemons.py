@@ -86,22 +86,35 @@ class Daemon:
         self._drain.start()
 
     def peak_rss(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+        return memory(self.proc.pid, "VmHWM")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        end(self.proc, sig)
         if hasattr(self, "_drain"):
             self._drain.join(10)
         self._out.close()
+
+
+def memory(pid: int, field: str) -> int:
+    """A memory figure of a process in bytes, from ``/proc/<pid>/status``: ``VmRSS`` (resident now),
+    ``VmHWM`` (its peak)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def end(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` to a child that still runs and wait for it (30 s, then SIGKILL)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def cpu_seconds(pid: int) -> float:

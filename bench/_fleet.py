@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import yaml
-from _daemons import ROOT, free_port, twistd
+from _daemons import ROOT, end, free_port, memory, twistd
 
 READY_TIMEOUT = 60.0  # seconds; a backstop, each daemon is awaited by its ready line
 BUSY_EXIT = re.compile(r"Unhandled|Traceback")
@@ -92,23 +92,13 @@ class Daemon:
 
     def rss(self) -> int:
         """Resident memory now, in bytes."""
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+        return memory(self.proc.pid, "VmRSS")
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc, sig)
         self._thread.join(10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()

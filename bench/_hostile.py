@@ -20,7 +20,10 @@ import socket
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
+
+from _fleet import Fleet, run_all
 
 from kraken.core import Digest
 from kraken.core.bitfield import Bitfield
@@ -320,3 +323,30 @@ class HealthWatch:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(TIMEOUT)
+
+
+@dataclass
+class Flood:
+    """What ``flood_manifests`` saw."""
+
+    answers: list[tuple[int, dict[str, Any]]]  # (status, OCI JSON) of each PUT
+    seconds: float  # until every PUT was answered
+    slowest_health: float  # the slowest answer of the proxy's health check meanwhile
+    health_answers: int
+    health_failures: list[str]
+    rss_growth: int  # bytes the proxy's RSS grew
+
+
+def flood_manifests(f: Fleet, name: str, config: str, size: int, *, count: int = 8, layers: int = 10_000) -> Flood:
+    """PUT ``count`` manifests of ``layers`` made-up layers each (and the config ``config`` of ``size`` bytes)
+    to the proxy at once, while its health check is asked over and over."""
+    bodies = [big_manifest(config, size, salt, layers) for salt in range(count)]
+    rss = f["proxy"].rss()
+    watch = HealthWatch(f.proxy)
+    start = time.monotonic()
+    try:
+        answers = run_all([lambda b=b: put_manifest(f.proxy, name, b) for b in bodies])  # type: ignore[misc]
+        seconds = time.monotonic() - start
+    finally:
+        watch.stop()
+    return Flood(answers, seconds, watch.slowest, watch.answers, watch.failures, f["proxy"].rss() - rss)

@@ -40,19 +40,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import requests  # noqa: E402
-from _clients import pull, push, random_blob, repo  # noqa: E402
-from _daemons import emit  # noqa: E402
+from _clients import pull, push, repo  # noqa: E402
+from _daemons import emit, write_blob  # noqa: E402
 from _fleet import Fleet, run_all  # noqa: E402
-from _hostile import (  # noqa: E402
-    HealthWatch,
-    SlotHolder,
-    Tarpit,
-    announce_fake,
-    big_manifest,
-    closed_port,
-    metainfo,
-    put_manifest,
-)
+from _hostile import SlotHolder, Tarpit, announce_fake, closed_port, flood_manifests, metainfo  # noqa: E402
 
 from kraken.cluster.ring import Ring  # noqa: E402
 from kraken.config import parse_size  # noqa: E402
@@ -70,7 +61,7 @@ class Run:
         self.size = size
         self.name = repo()
         path = os.path.join(work, "blob")
-        self.digest = random_blob(path, size)
+        self.digest = write_blob(path, size)
         if size:
             assert push(self.fleet.proxy, self.name, path) == self.digest
             os.unlink(path)
@@ -176,20 +167,12 @@ def manifests(work: str) -> tuple[float, float, int]:
     try:
         f = run.fleet
         path = os.path.join(work, "config")
-        config = random_blob(path, 512)
+        config = write_blob(path, 512)
         assert push(f.proxy, run.name, path) == config
-        bodies = [big_manifest(config, 512, salt, 10_000) for salt in range(8)]
-        rss = f["proxy"].rss()
-        watch = HealthWatch(f.proxy)
-        start = time.monotonic()
-        try:
-            answers = run_all([lambda b=b: put_manifest(f.proxy, run.name, b) for b in bodies])  # type: ignore[misc]
-            elapsed = time.monotonic() - start
-        finally:
-            watch.stop()
-        assert all(status == 400 for status, _ in answers), answers
-        assert not watch.failures, watch.failures
-        return watch.slowest, elapsed, f["proxy"].rss() - rss
+        flood = flood_manifests(f, run.name, config, 512)
+        assert all(status == 400 for status, _ in flood.answers), flood.answers
+        assert not flood.health_failures, flood.health_failures
+        return flood.slowest_health, flood.seconds, flood.rss_growth
     finally:
         run.fleet.stop()
 
@@ -199,7 +182,7 @@ def full_disk(work: str) -> float:
     run = Run(work, 0, 0, 0, origins=2, tmpfs={"origin-0": "64m", "origin-1": "64m"})
     try:
         path = os.path.join(work, "big")
-        random_blob(path, 100 * MIB)
+        write_blob(path, 100 * MIB)
         start = time.monotonic()
         try:
             push(run.fleet.proxy, run.name, path)

@@ -9,8 +9,8 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 
-def result_of(work: Deferred[Any] | Coroutine[Any, Any, Any], pump: Callable[[], None] = lambda: None) -> Any:
-    """The result of ``work``, pumping until it is done (no waiting)."""
+def outcome_of(work: Deferred[Any] | Coroutine[Any, Any, Any], pump: Callable[[], None] = lambda: None) -> Any:
+    """What ``work`` ends with, a result or a ``Failure``, pumping until it is done (no waiting)."""
     d = work if isinstance(work, Deferred) else Deferred.fromCoroutine(work)
     out: list[Any] = []
     d.addBoth(out.append)
@@ -19,6 +19,12 @@ def result_of(work: Deferred[Any] | Coroutine[Any, Any, Any], pump: Callable[[],
             break
         pump()
     assert out, "never finished"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
     return out[0]
+
+
+def result_of(work: Deferred[Any] | Coroutine[Any, Any, Any], pump: Callable[[], None] = lambda: None) -> Any:
+    """The result of ``work``, pumping until it is done (no waiting); its failure is raised."""
+    out = outcome_of(work, pump)
+    if isinstance(out, Failure):
+        out.raiseException()
+    return out

@@ -8,7 +8,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from _clients import MIB, pull, push, random_blob, repo
+from _clients import MIB, pull, push, repo
+from _daemons import write_blob
 from _fleet import Fleet, run_all
 from _hostile import PROBE_ID, SlotHolder, Tarpit, announce_fake, closed_port, handout, metainfo
 
@@ -26,7 +27,7 @@ WAIT = 120.0  # seconds; a safety rail
 def pushed(f: Fleet, tmp_path: Any) -> tuple[str, str]:
     name = repo()
     path = str(tmp_path / "blob")
-    digest = random_blob(path, BLOB)
+    digest = write_blob(path, BLOB)
     assert push(f.proxy, name, path) == digest
     return name, digest
 

@@ -11,7 +11,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from _clients import MIB, pull, push, random_blob, repo
+from _clients import MIB, pull, push, repo
+from _daemons import write_blob
 from _fleet import Fleet, run_all
 
 from kraken.cluster.ring import Ring
@@ -26,7 +27,7 @@ def pushed(f: Fleet, tmp_path: Any, size: int = BLOB) -> tuple[str, str]:
     """(repository, digest) of a random blob pushed through the proxy and held by both of its replicas."""
     name = repo()
     path = str(tmp_path / "blob")
-    digest = random_blob(path, size)
+    digest = write_blob(path, size)
     assert push(f.proxy, name, path) == digest
     for member in Ring(f.members, 2).placement(Digest.parse(digest)):
         f[f"origin-{f.members.index(member)}"].wait_for(f"blob {digest} committed", WAIT)

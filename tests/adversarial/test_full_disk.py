@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 import requests
-from _clients import MIB, pull, push, random_blob, repo
+from _clients import MIB, pull, push, repo
+from _daemons import write_blob
 from _fleet import Fleet
 
 
@@ -39,7 +40,7 @@ def test_full_origin_stores(fleet: Callable[..., Fleet], tmp_path: Any) -> None:
     f = fleet(origins=2, agents=0, tmpfs={"origin-0": "64m", "origin-1": "64m"})
     name = repo()
     big = str(tmp_path / "big")
-    random_blob(big, 100 * MIB)
+    write_blob(big, 100 * MIB)
     error = refused_push(f.proxy, name, big)
     assert "origin cluster" in error["message"]
     for i in range(2):
@@ -49,7 +50,7 @@ def test_full_origin_stores(fleet: Callable[..., Fleet], tmp_path: Any) -> None:
     assert files_under(f.root("proxy-uploads")) == []
     # What fits is stored at once: nothing of the refused push holds space, and no daemon is stuck.
     small = str(tmp_path / "small")
-    digest = random_blob(small, 16 * MIB)
+    digest = write_blob(small, 16 * MIB)
     assert push(f.proxy, name, small) == digest
     assert pull(f.proxy, name, digest) == (digest, 16 * MIB)
 
@@ -58,12 +59,12 @@ def test_a_full_proxy_upload_area(fleet: Callable[..., Fleet], tmp_path: Any) ->
     f = fleet(origins=2, agents=0, tmpfs={"proxy-uploads": "16m"})
     name = repo()
     big = str(tmp_path / "big")
-    random_blob(big, 32 * MIB)
+    write_blob(big, 32 * MIB)
     error = refused_push(f.proxy, name, big)
     assert "registry" in error["message"]
     assert files_under(f.root("proxy-uploads")) == []
     small = str(tmp_path / "small")
-    digest = random_blob(small, 4 * MIB)
+    digest = write_blob(small, 4 * MIB)
     assert push(f.proxy, name, small) == digest
 
 
@@ -71,7 +72,7 @@ def test_a_full_agent_store(fleet: Callable[..., Fleet], tmp_path: Any) -> None:
     f = fleet(origins=2, agents=1, tmpfs={"agent-0": "8m"})
     name = repo()
     big, small = str(tmp_path / "big"), str(tmp_path / "small")
-    big_digest, small_digest = random_blob(big, 16 * MIB), random_blob(small, 2 * MIB)
+    big_digest, small_digest = write_blob(big, 16 * MIB), write_blob(small, 2 * MIB)
     assert push(f.proxy, name, big) == big_digest
     assert push(f.proxy, name, small) == small_digest
     with pytest.raises(requests.HTTPError) as caught:

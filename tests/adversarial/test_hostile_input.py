@@ -14,7 +14,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from _clients import MIB, pull, push, random_blob, repo
+from _clients import MIB, pull, push, repo
+from _daemons import write_blob
 from _fleet import Fleet
 from _hostile import CorruptSeeder, announce_fake, handshake, metainfo
 
@@ -104,7 +105,7 @@ def test_malformed_registry_requests_get_oci_errors_and_no_5xx(fleet: Callable[.
     f = fleet(origins=2, agents=1)
     name = repo()
     path = str(tmp_path / "blob")
-    digest = random_blob(path, 2 * MIB)
+    digest = write_blob(path, 2 * MIB)
     assert push(f.proxy, name, path) == digest
     rng = random.Random(11)
     requests = [malformed(rng, digest) for _ in range(REQUESTS)]
@@ -166,7 +167,7 @@ def test_hostile_p2p_connections_are_closed_and_crash_nothing(fleet: Callable[..
     )
     name = repo()
     path = str(tmp_path / "blob")
-    digest = random_blob(path, 4 * MIB)
+    digest = write_blob(path, 4 * MIB)
     assert push(f.proxy, name, path) == digest
     assert pull(f.registry(0), name, digest) == (digest, 4 * MIB)  # agent 0 seeds it now
     info = metainfo(f.tracker_url, name, digest)
@@ -187,7 +188,7 @@ def test_a_peer_sending_corrupt_pieces_is_caught_and_blacklisted(fleet: Callable
     f = fleet(origins=2, agents=1, agent_rate=50_000_000)
     name = repo()
     path = str(tmp_path / "blob")
-    digest = random_blob(path, 16 * MIB)
+    digest = write_blob(path, 16 * MIB)
     assert push(f.proxy, name, path) == digest
     info = metainfo(f.tracker_url, name, digest)
     liar = CorruptSeeder(info, name)

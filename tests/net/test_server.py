@@ -2,6 +2,7 @@
 
 import os
 
+from manual_worker import ManualWorker
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -165,25 +166,6 @@ class TCPStringTransport(StringTransport):
     def abortConnection(self):
         self.aborted = True
         self.disconnecting = True
-
-
-class ManualWorker:
-    def __init__(self):
-        self.jobs = []
-
-    def run(self, f, *args):
-        from twisted.internet.defer import Deferred
-
-        d = Deferred()
-        self.jobs.append((d, f, args))
-        return d
-
-    def step(self):
-        d, f, args = self.jobs.pop(0)
-        try:
-            d.callback(f(*args))
-        except Exception:
-            d.errback()
 
 
 def full_disk_site(tmp_path, *, room, worker=None, transport=None):

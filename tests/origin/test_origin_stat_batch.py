@@ -8,12 +8,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from http_fakes import Hanging
 from origin_harness import Origin
 from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
-from twisted.web._newclient import ResponseNeverReceived
 from twisted.web.resource import Resource
 
 from kraken.cluster.ring import Ring
@@ -213,30 +213,6 @@ def test_a_member_without_the_route_is_asked_blob_by_blob(cluster: Cluster) -> N
     assert cluster.client.single_stats == len(behind_broken)
     assert [e for e in events if e.get("log_failure") is not None] == []
     assert any("falling back" in e.get("log_format", "") for e in events)
-
-
-class Hanging:
-    """An HTTPClient whose requests never answer; cancelling one fails it
-    the way treq does mid-flight (ResponseNeverReceived), not with CancelledError."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
-        self.pending: list[Deferred[Any]] = []
-
-    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
-        self.sent.append((method, url))
-
-        def cancel(d: Deferred[Any]) -> None:
-            d.errback(Failure(ResponseNeverReceived([Failure(CancelledError())])))
-
-        d: Deferred[Any] = Deferred(cancel)
-        self.pending.append(d)
-        d.addBoth(self._settled, d)
-        return d
-
-    def _settled(self, result: Any, d: Deferred[Any]) -> Any:
-        self.pending.remove(d)
-        return result
 
 
 def test_cancelling_stops_every_request_and_retries_none(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

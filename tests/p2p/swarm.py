@@ -23,6 +23,7 @@ from kraken.core.peer import PeerInfo
 from kraken.p2p import wire
 from kraken.p2p.config import BandwidthConfig, P2PConfig
 from kraken.p2p.scheduler import Scheduler
+from kraken.p2p.session import HANDSHAKE_TIMEOUT
 from kraken.store import CAStore, InlineWorker
 
 PIECE = 64
@@ -46,6 +47,13 @@ def p2p_config(**overrides: Any) -> P2PConfig:
 
 def make_store(root: str, clock: Clock, piece: int = PIECE) -> CAStore:
     return CAStore(root, worker=InlineWorker(), piece_rule=PieceLengthRule(((0, piece),)), now=clock.seconds)
+
+
+def outcome(d: Deferred[Any]) -> object:
+    """What ``d`` fired with (a result or a Failure), or None while it has not fired."""
+    out: list[object] = []
+    d.addBoth(out.append)
+    return out[0] if out else None
 
 
 def resolved(d: Deferred[Any]) -> Any:
@@ -188,6 +196,14 @@ class Swarm:
             if node.scheduler.running:
                 node.scheduler.stopService()
         self.flush()
+
+    def stop_and_settle(self) -> None:
+        """Stop every node, let dials still under way give up, and insist that no timer is left running."""
+        self.stop()
+        self.clock.advance(HANDSHAKE_TIMEOUT)
+        self.flush()
+        for call in self.clock.getDelayedCalls():
+            assert not call.active(), call
 
     # --- the network ---
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-from swarm import NAMESPACE, PIECE, RawPeer, Swarm, blob, resolved, seed_store
+from swarm import NAMESPACE, PIECE, RawPeer, Swarm, blob, outcome, resolved, seed_store
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
@@ -20,21 +19,6 @@ def read(path: str) -> bytes:
 
 def done(d: Deferred[str]) -> bool:
     return d.called
-
-
-def outcome(d: Deferred[str]) -> object:
-    out: list[object] = []
-    d.addBoth(out.append)
-    return out[0] if out else None
-
-
-@pytest.fixture
-def swarm(tmp_path):
-    s = Swarm(tmp_path)
-    yield s
-    s.stop()
-    for call in s.clock.getDelayedCalls():
-        assert not call.active(), call
 
 
 def test_one_seeder_many_leechers(swarm):

@@ -3,7 +3,6 @@ and handshakes for another namespace. Schedulers joined through iosim on one Clo
 
 from __future__ import annotations
 
-import pytest
 from swarm import NAMESPACE, RawClient, Swarm, blob, peer_id, resolved
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
@@ -20,21 +19,6 @@ def read(path: str) -> bytes:
 
 def done(d: Deferred[str]) -> bool:
     return d.called
-
-
-def stop(swarm: Swarm) -> None:
-    swarm.stop()
-    swarm.clock.advance(HANDSHAKE_TIMEOUT)  # dials still under way give up
-    swarm.flush()
-    for call in swarm.clock.getDelayedCalls():
-        assert not call.active(), call
-
-
-@pytest.fixture
-def swarm(tmp_path):
-    s = Swarm(tmp_path)
-    yield s
-    stop(s)
 
 
 def tarpits(swarm: Swarm, digest: object, n: int) -> dict[str, list[float]]:
@@ -119,7 +103,7 @@ def test_pending_dials_have_their_own_bound(tmp_path):
     swarm.run(lambda: swarm.clock.seconds() >= HANDSHAKE_TIMEOUT - 0.5)
     # Ten at first (the connection budget), two more once the first ten stopped holding their slots.
     assert sum(len(times) for times in dialled.values()) == 12
-    stop(swarm)
+    swarm.stop_and_settle()
 
 
 def test_a_slot_holder_that_only_cancels_is_evicted(swarm):
@@ -201,7 +185,7 @@ def test_connections_per_address_over_all_blobs_are_limited(tmp_path):
     swarm.flush()
     assert [c.answered for c in clients] == [True, True, False]
     assert [e.message for e in clients[2].errors()] == ["2 connections from 10.0.0.9 already"]
-    stop(swarm)
+    swarm.stop_and_settle()
 
 
 def test_a_handshake_for_another_namespace_is_refused_by_an_agent(swarm):

@@ -9,26 +9,11 @@ import os
 
 import pytest
 from full_disk import files_under, no_space
-from swarm import Swarm, blob, resolved
+from swarm import blob, outcome, resolved
 from twisted.python.failure import Failure
 
 import kraken.store.downloads as downloads_module
 from kraken.store.space import OutOfSpace
-
-
-@pytest.fixture
-def swarm(tmp_path):
-    s = Swarm(tmp_path)
-    yield s
-    s.stop()
-    for call in s.clock.getDelayedCalls():
-        assert not call.active(), call
-
-
-def outcome(d):
-    out = []
-    d.addBoth(out.append)
-    return out[0] if out else None
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])

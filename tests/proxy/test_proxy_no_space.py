@@ -9,9 +9,9 @@ import random
 from pathlib import Path
 from typing import Any
 
+from results import outcome_of
 from treq.client import HTTPClient
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -60,16 +60,11 @@ class FullOrigins(Resource):
 
 
 def run(stub: StubTreq, clock: Clock, work: Any) -> Any:
-    d = work if isinstance(work, Deferred) else Deferred.fromCoroutine(work)
-    out: list[Any] = []
-    d.addBoth(out.append)
-    for _ in range(1000):
-        if out:
-            break
+    def pump() -> None:
         clock.advance(0.5)
         stub.flush()
-    assert out, "never finished"
-    return out[0]
+
+    return outcome_of(work, pump)
 
 
 def setup(tmp_path: Path) -> tuple[FullOrigins, StubTreq, Clock, ProxyBackend]:
@@ -117,19 +112,12 @@ def test_the_registry_client_gets_507_json_and_the_proxy_keeps_no_file(tmp_path:
         response = await client.post(f"http://proxy.test/v2/{NS}/blobs/uploads/?digest={digest}", data=data)
         return response.code, await response.content()
 
-    def drive(work: Any) -> Any:
-        d = Deferred.fromCoroutine(work)
-        out: list[Any] = []
-        d.addBoth(out.append)
-        for _ in range(1000):
-            if out:
-                break
-            clock.advance(0.5)
-            stub.flush()
-            client.flush()
-        return out[0]
+    def pump() -> None:
+        clock.advance(0.5)
+        stub.flush()
+        client.flush()
 
-    code, body = drive(push())
+    code, body = outcome_of(push(), pump)
     assert code == 507
     [error] = json.loads(body)["errors"]
     assert error["code"] == "UNKNOWN" and error["message"].startswith("no space left on device")

@@ -8,13 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from http_fakes import Hanging
 from twisted.internet import task
-from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
-from twisted.web._newclient import ResponseNeverReceived
 from twisted.web.server import Site
 
 from kraken.buildindex.client import BuildIndexClient
@@ -29,30 +28,6 @@ from kraken.store import InlineWorker, UploadArea
 
 CONFIG = HTTPClientConfig(retries=3, backoff=1.0, max_backoff=1.0)
 ORIGINS = ["http://o1.test:15002", "http://o2.test:15002", "http://o3.test:15002"]
-
-
-class Hanging:
-    """An HTTPClient whose requests never answer; cancelling one fails it the
-    way treq does mid-flight (ResponseNeverReceived), not with CancelledError."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
-        self.pending: list[Deferred[Any]] = []
-
-    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
-        self.sent.append((method, url))
-
-        def cancel(d: Deferred[Any]) -> None:
-            d.errback(Failure(ResponseNeverReceived([Failure(CancelledError())])))
-
-        d: Deferred[Any] = Deferred(cancel)
-        self.pending.append(d)
-        d.addBoth(self._settled, d)
-        return d
-
-    def _settled(self, result: Any, d: Deferred[Any]) -> Any:
-        self.pending.remove(d)
-        return result
 
 
 def connect(resource: Any, clock: task.Clock) -> tuple[Any, StringTransport]:

@@ -9,6 +9,7 @@ import os
 
 import pytest
 from full_disk import FullDisk, Room, files_under, filling_open
+from manual_worker import ManualWorker
 from twisted.internet.defer import Deferred
 
 from kraken.core import Digest, MetaInfo, PieceLengthRule
@@ -59,23 +60,6 @@ def test_other_errors_are_not():
 
 
 # -- the spool ------------------------------------------------------------------------
-
-
-class ManualWorker:
-    def __init__(self):
-        self.jobs = []
-
-    def run(self, f, *args):
-        d = Deferred()
-        self.jobs.append((d, f, args))
-        return d
-
-    def step(self):
-        d, f, args = self.jobs.pop(0)
-        try:
-            d.callback(f(*args))
-        except Exception:
-            d.errback()
 
 
 @pytest.mark.parametrize("code", CODES)

@@ -5,32 +5,12 @@ import hashlib
 import os
 
 import pytest
+from manual_worker import ManualWorker
 from twisted.internet.defer import Deferred, fail
 
 from kraken.core import Digest
 from kraken.store import InlineWorker, UploadArea
 from kraken.store.spool import HIGH_WATER, BodySpool
-
-
-class ManualWorker:
-    """Runs a job only when the test says so, to hold a backlog."""
-
-    def __init__(self):
-        self.jobs = []
-
-    def run(self, f, *args):
-        d = Deferred()
-        self.jobs.append((d, f, args))
-        return d
-
-    def step(self):
-        d, f, args = self.jobs.pop(0)
-        try:
-            result = f(*args)
-        except Exception:
-            d.errback()
-        else:
-            d.callback(result)
 
 
 class FailingWorker:
