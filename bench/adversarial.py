@@ -17,7 +17,8 @@ random bytes through the proxy with python-dxf, and times the agents pulling it 
 - ``serving agent killed``: agent 0 pulls first and seeds; the others pull while it is SIGKILLed.
 
 Two more figures: eight 10,000-layer manifests PUT at once (the slowest proxy health answer meanwhile, the
-proxy's RSS growth, the time until all eight are refused), and a 100 MiB push onto origins whose stores are
+proxy's RSS growth, the time until all eight are refused; over the default reference limit, and under a
+raised one that has them checked), and a 100 MiB push onto origins whose stores are
 64 MiB tmpfs mounts (the time until the 507; root only). Goals (issue 11): a disturbed pull within 2x the
 undisturbed one; health under 1 s; RSS growth under 50 MB; the full-disk answer under 5 s. Medians over
 ``--runs``. Prints Markdown; ``--out FILE`` also appends it to FILE.
@@ -161,9 +162,11 @@ PULLS: list[tuple[str, Callable[[Run, int], float], str]] = [
 ]
 
 
-def manifests(work: str) -> tuple[float, float, int]:
-    """(slowest health answer s, seconds until all eight manifests are refused, proxy RSS growth in bytes)."""
-    run = Run(work, 0, 0, 0, origins=3)
+def manifests(work: str, limit: int | None = None) -> tuple[float, float, int]:
+    """(slowest health answer s, seconds until all eight manifests are refused, proxy RSS growth in bytes);
+    with ``limit``, the proxy's ``registry.max_references`` is raised to it, so the references are checked."""
+    overrides = {"proxy": {"registry": {"max_references": limit}}} if limit else None
+    run = Run(work, 0, 0, 0, origins=3, overrides=overrides)
     try:
         f = run.fleet
         path = os.path.join(work, "config")
@@ -207,6 +210,7 @@ def main() -> None:
     work = args.work or tempfile.mkdtemp(prefix="kraken-adversarial-")
     times: dict[str, list[float]] = {label: [] for label, _, _ in PULLS}
     health, refused, rss, disk = [], [], [], []
+    checked: list[tuple[float, float, int]] = []
     for r in range(args.runs):
         for i, (label, scenario, _) in enumerate(PULLS):
             run = Run(os.path.join(work, f"run{r}-pull{i}"), n, rate, size)
@@ -219,6 +223,7 @@ def main() -> None:
         health.append(slowest)
         refused.append(elapsed)
         rss.append(grown)
+        checked.append(manifests(os.path.join(work, f"run{r}-checked"), limit=20_000))
         if os.geteuid() == 0:
             disk.append(full_disk(os.path.join(work, f"run{r}-disk")))
     median = {label: statistics.median(v) for label, v in times.items()}
@@ -247,6 +252,15 @@ def main() -> None:
         f" {', '.join(f'{t:.2f}' for t in refused)} | |",
         f"| proxy RSS growth over those PUTs | {statistics.median(rss) / MIB:.1f} MiB |"
         f" {', '.join(f'{b / MIB:.1f}' for b in rss)} | < 50 MB |",
+    ]
+    lines += [
+        f"| the same with `registry.max_references: 20000` (checked in batches, refused MANIFEST_BLOB_UNKNOWN):"
+        f" slowest health answer | {statistics.median(c[0] for c in checked):.3f} s |"
+        f" {', '.join(f'{c[0]:.3f}' for c in checked)} | < 1 s |",
+        f"| ... time until all 8 are refused | {statistics.median(c[1] for c in checked):.2f} s |"
+        f" {', '.join(f'{c[1]:.2f}' for c in checked)} | |",
+        f"| ... proxy RSS growth | {statistics.median(c[2] for c in checked) / MIB:.1f} MiB |"
+        f" {', '.join(f'{c[2] / MIB:.1f}' for c in checked)} | < 50 MB |",
     ]
     if disk:
         lines.append(f"| 100 MiB push onto 64 MiB tmpfs origins: time to the 507 | {statistics.median(disk):.2f} s |"
