@@ -35,8 +35,8 @@ sys.path.insert(0, ROOT)
 
 from _daemons import Daemon, free_port  # noqa: E402
 
+from kraken.cli.image import write_layout  # noqa: E402
 from kraken.config import parse_size  # noqa: E402
-from kraken.herd.image import write_layout  # noqa: E402
 
 
 def start_ours(work: str) -> tuple[str, list[Daemon]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 
-from kraken.store import InlineWorker
+from kraken.workers import InlineWorker
 
 
 def no_space(code: int = errno.ENOSPC) -> OSError:

@@ -1,5 +1,5 @@
 """An adbapi ``ConnectionPool`` whose queries run at once on the calling thread, for unit tests of the SQLite
-stores (``kraken.store.sqlite``) without threads or a running reactor."""
+stores (``kraken.sqlite``) without threads or a running reactor."""
 
 from __future__ import annotations
 

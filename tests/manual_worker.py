@@ -1,4 +1,4 @@
-"""A ``Worker`` (``kraken.store.workers``) for unit tests that runs each job only when the test says so."""
+"""A ``Worker`` (``kraken.workers``) for unit tests that runs each job only when the test says so."""
 
 from __future__ import annotations
 

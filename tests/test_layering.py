@@ -18,7 +18,7 @@ import pytest
         "kraken.p2p.session",
         "kraken.p2p.dispatch",
         "kraken.p2p.protocol",
-        "kraken.p2p.bandwidth",
+        "kraken.throttle",
         "kraken.tracker.peers",
         "kraken.tracker.handout",
         "kraken.cluster.ring",

@@ -1,5 +1,5 @@
 """What the write-back tests share (the origin's blob queue and the
-build-index's tag queue, both ``kraken.store.retries.RetryLoop``\\ s).
+build-index's tag queue, both ``kraken.taskqueue.TaskQueue``\\ s).
 
 Import the fixture by its function name; it registers as ``reactor``::
 

@@ -30,7 +30,7 @@ from kraken.p2p.scheduler import BlobNotFound, DownloadFailed
 from kraken.registry.backend import IRegistryBackend, ManifestRecord, Page
 from kraken.registry.errors import ManifestInvalid, Unknown, Unsupported
 from kraken.registry.manifests import parse_manifest
-from kraken.store import Worker
+from kraken.workers import Worker
 
 LISTINGS_UNSUPPORTED = "the Kraken agent does not list {what}: ask the Kraken proxy"
 

@@ -21,8 +21,9 @@ from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
 from kraken.p2p.scheduler import Scheduler
 from kraken.registry.http import RegistryAPI
-from kraken.store import CAStore, ThreadPoolService, ThreadWorker
+from kraken.store import CAStore
 from kraken.tracker.client import TrackerClient
+from kraken.workers import ThreadPoolService, ThreadWorker
 
 log = Logger(namespace="kraken.agent")
 

@@ -26,8 +26,8 @@ import os
 import attrs
 from zope.interface import Interface, implementer
 
-from kraken.p2p.bandwidth import TokenBucket, Unlimited
-from kraken.store.workers import Worker
+from kraken.throttle import TokenBucket, Unlimited
+from kraken.workers import Worker
 
 # A page of names holds at most this many unless the caller asks otherwise (S3's own maximum).
 DEFAULT_LIST_LIMIT = 1000

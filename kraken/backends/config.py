@@ -49,8 +49,8 @@ from kraken.backends.registry import RegistryBackend, RegistryConfig
 from kraken.backends.router import Router
 from kraken.backends.s3 import S3Backend, S3Config
 from kraken.config import positive
-from kraken.p2p.bandwidth import TokenBucket
-from kraken.store.workers import Worker
+from kraken.throttle import TokenBucket
+from kraken.workers import Worker
 
 GBIT = 10**9
 

@@ -38,8 +38,8 @@ from kraken.backends.base import (
     ListPage,
 )
 from kraken.backends.names import Pather
-from kraken.store.files import remove_quietly
-from kraken.store.workers import Worker
+from kraken.files import remove_quietly
+from kraken.workers import Worker
 
 TEMP_PREFIX = ".kraken-part-"
 CHUNK = 1 << 20

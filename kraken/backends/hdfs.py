@@ -81,7 +81,7 @@ from kraken.backends.remote import RemoteBackend, stream_to_file
 from kraken.net.body import ThreadedFileProducer
 from kraken.net.client import HTTPClientConfig, HTTPStatusError
 from kraken.net.retry import NETWORK_ERRORS
-from kraken.store.workers import Worker
+from kraken.workers import Worker
 
 T = TypeVar("T")
 log = Logger()

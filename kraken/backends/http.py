@@ -39,7 +39,7 @@ from kraken.backends.base import (
 from kraken.backends.names import blob_hex
 from kraken.backends.remote import RemoteBackend, stream_to_file
 from kraken.net.client import HTTPClientConfig, HTTPStatusError
-from kraken.store.workers import Worker
+from kraken.workers import Worker
 
 T = TypeVar("T")
 log = Logger()

@@ -62,7 +62,7 @@ from kraken.backends.remote import RemoteBackend, stream_to_file
 from kraken.core import Digest, DigestError
 from kraken.net.client import HTTPClientConfig, HTTPStatusError
 from kraken.net.service import name_path
-from kraken.store.workers import Worker
+from kraken.workers import Worker
 
 T = TypeVar("T")
 log = Logger()

@@ -25,11 +25,11 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from kraken.backends.base import BackendError, BackendUnavailable
+from kraken.files import remove_quietly
 from kraken.net.client import HTTPStatusError
 from kraken.net.retry import NETWORK_ERRORS
 from kraken.net.service import ServiceClient
-from kraken.store.files import remove_quietly
-from kraken.store.workers import Worker
+from kraken.workers import Worker
 
 T = TypeVar("T")
 

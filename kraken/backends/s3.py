@@ -55,10 +55,10 @@ from kraken.backends.base import (
 from kraken.backends.names import PATHERS, Pather, make_pather
 from kraken.backends.remote import BodySink, Discard, RemoteBackend, create_temp
 from kraken.config import Size, positive
+from kraken.files import remove_quietly
 from kraken.net.body import ThreadedFileProducer
 from kraken.net.client import HTTPClientConfig, HTTPStatusError
-from kraken.store.files import remove_quietly
-from kraken.store.workers import Worker
+from kraken.workers import Worker
 
 T = TypeVar("T")
 log = Logger()

@@ -39,8 +39,8 @@ from twisted.logger import Logger
 from kraken.backends import BlobNotFound, IBackend
 from kraken.backends.config import BUILDERS, BackendConfig
 from kraken.core import Digest, DigestError
-from kraken.store.files import remove_quietly
-from kraken.store.workers import Worker
+from kraken.files import remove_quietly
+from kraken.workers import Worker
 
 #: Kinds whose tags live in files laid out by the docker_tag pather.
 OBJECT_KINDS = frozenset({"fs", "s3", "hdfs"})

@@ -17,19 +17,19 @@ from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen, host_port
 from kraken.origin.client import check_origins
 from kraken.registry.references import DEFAULT_MAX_REFERENCES
-from kraken.store.retries import RetryConfig
+from kraken.taskqueue import TaskQueueConfig
 
 #: The longest write-back delay a duplicated tag may ask for (a week).
 MAX_DUPLICATE_DELAY = 7 * 86400.0
 
 
 @attrs.frozen
-class WriteBackConfig(RetryConfig):
+class WriteBackConfig(TaskQueueConfig):
     """The durable queue that writes accepted tags to their namespace's
     backend (only used when ``backends`` is set). Its tasks live in the tag
     database. ``concurrency`` (tag uploads running at once), ``backoff_min``
     and ``backoff_max`` (a failed upload is tried again after backoff_min,
-    doubling per failure up to backoff_max) come from ``RetryConfig``."""
+    doubling per failure up to backoff_max) come from ``TaskQueueConfig``."""
 
 
 def normalize_url(url: str) -> str:

@@ -48,9 +48,9 @@ from twisted.enterprise import adbapi
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from kraken import sqlite
 from kraken.core import Digest
 from kraken.registry.backend import ManifestRecord, Page
-from kraken.store import sqlite
 
 SCHEMA_VERSION = 2
 
@@ -112,7 +112,7 @@ class WriteBackTask:
 
 def open_pool(path: str, reactor: Any) -> adbapi.ConnectionPool:
     """The connection pool ``TagStore`` expects: one connection to ``path``,
-    in autocommit mode, prepared by ``kraken.store.sqlite``."""
+    in autocommit mode, prepared by ``kraken.sqlite``."""
     return sqlite.open_pool(path, reactor, schema=_SCHEMA, version=SCHEMA_VERSION, what="tag database")
 
 

@@ -25,7 +25,7 @@ from kraken.buildindex.writeback import TagWriteBack
 from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
 from kraken.origin.client import ClusterClient, origin_urls
-from kraken.store.workers import ThreadPoolService, ThreadWorker
+from kraken.workers import ThreadPoolService, ThreadWorker
 
 log = Logger(namespace="kraken.buildindex")
 

@@ -20,7 +20,7 @@ and the task is tried again after ``backoff_min`` doubling per failure up to
 ``backoff_max``. Tasks survive restarts and keep their due time. Nothing
 here runs during a client's PUT: a backend outage never fails a push. The
 loop itself (scans, concurrency, backoff, stopping) is
-``kraken.store.retries.RetryLoop``; the tasks live in ``TagStore``.
+``kraken.taskqueue.TaskQueue``; the tasks live in ``TagStore``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from kraken.backends import BackendError
 from kraken.buildindex.backends import TagBackends
 from kraken.buildindex.tags import TagStore, WriteBackTask
-from kraken.store.retries import RetryLoop
+from kraken.taskqueue import TaskQueue
 
 
 @attrs.define
@@ -48,7 +48,7 @@ class TagWriteBackStats:
     dropped: int = 0  # tasks dropped: no writable backend, or the tag is gone
 
 
-class TagWriteBack(RetryLoop[WriteBackTask, tuple[str, str]]):
+class TagWriteBack(TaskQueue[WriteBackTask, tuple[str, str]]):
     """The write-back loop over the tag store's ``tag_writeback`` table.
     Start it after the tag store; stopping it cancels uploads in flight
     (their tasks stay and run at the next start). ``kick()`` after a tag was

@@ -12,7 +12,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 if TYPE_CHECKING:
-    from kraken.store.workers import Worker  # a structural type: net does not import store at run time
+    from kraken.workers import Worker  # a structural type: net does not import store at run time
 
 DEFAULT_CHUNK = 1 << 20
 

@@ -24,7 +24,7 @@ from kraken.net.body import ThreadedFileProducer
 from kraken.net.retry import NETWORK_ERRORS
 from kraken.net.service import ServiceClient, name_path
 from kraken.origin.batch import MAX_STAT_BATCH, stat_many
-from kraken.store.workers import Worker
+from kraken.workers import Worker
 
 T = TypeVar("T")
 _ERROR_BODY = 64 << 10

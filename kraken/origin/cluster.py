@@ -55,7 +55,7 @@ from kraken.cluster.hosts import HostList, Resolver
 from kraken.cluster.ring import Ring
 from kraken.core import Digest
 from kraken.origin.client import LOCAL_HEADER, OriginClient
-from kraken.store.workers import Worker
+from kraken.workers import Worker
 
 #: How long a DNS-listed origin may wait for a resolution that names it before it gives up.
 FIND_SELF_TIMEOUT = 60.0

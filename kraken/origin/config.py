@@ -18,7 +18,7 @@ from kraken.core import PieceLengthRule
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen, host_port
 from kraken.p2p.config import OriginP2PConfig
-from kraken.store.retries import RetryConfig
+from kraken.taskqueue import TaskQueueConfig
 
 DEFAULT_LISTEN_HTTP = "tcp:15002:interface=127.0.0.1"
 
@@ -55,12 +55,12 @@ class ThreadsConfig:
 
 
 @attrs.frozen
-class WriteBackConfig(RetryConfig):
+class WriteBackConfig(TaskQueueConfig):
     """The durable queue that uploads committed blobs to their backend
     (only used when ``backends`` is set). ``concurrency`` (uploads running
     at once), ``backoff_min`` and ``backoff_max`` (a failed upload is tried
     again after backoff_min, doubling per failure up to backoff_max) come
-    from ``RetryConfig``."""
+    from ``TaskQueueConfig``."""
 
     # The SQLite database of pending tasks; default <store.root>/writeback.db. Its directory is created.
     database: str | None = None

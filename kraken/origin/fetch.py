@@ -26,7 +26,7 @@ do not hammer the backend: "not found" (also a digest or size mismatch,
 which is logged) for ``error_ttl`` seconds, "unavailable" (and any
 unexpected error, which is logged) for ``retry_ttl`` seconds. After that the
 backend is asked again. Nothing is scheduled: expiry is checked on use.
-A full store (``kraken.store.space``) is remembered like "unavailable",
+A full store (``kraken.files``) is remembered like "unavailable",
 for ``retry_ttl`` seconds, as ``OutOfSpace`` (the HTTP layer answers 507):
 clients polling the 202 learn it, and do not start a new download each.
 
@@ -48,9 +48,9 @@ from twisted.python.failure import Failure
 
 from kraken.backends import BackendUnavailable, BlobNotFound, IBackend, NoBackend, Router
 from kraken.core import Digest
+from kraken.files import OutOfSpace, is_out_of_space
 from kraken.store import CAStore, DigestMismatch
-from kraken.store.space import OutOfSpace, is_out_of_space
-from kraken.store.workers import Worker
+from kraken.workers import Worker
 
 __all__ = ["BackendUnavailable", "BlobFetcher", "BlobNotFound"]
 

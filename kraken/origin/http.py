@@ -87,12 +87,12 @@ from werkzeug.exceptions import HTTPException
 from kraken.backends import BackendUnavailable, BlobNotFound
 from kraken.core import Digest, DigestError
 from kraken.core.peer import PeerInfo
+from kraken.files import is_out_of_space
 from kraken.net.server import Refusal
 from kraken.origin.client import LOCAL_HEADER, LOCATIONS_HEADER, MAX_STAT_BATCH, REPLICA_HEADER
 from kraken.origin.fetch import BlobFetcher
 from kraken.p2p.scheduler import Stats
 from kraken.store import CAStore, DigestMismatch, RangeMismatch, UploadTruncated, UploadUnknown
-from kraken.store.space import is_out_of_space
 
 _CONTENT_RANGE = re.compile(r"\s*(\d+)-(\d+)\s*\Z")
 _UPLOAD_PATH = re.compile(rb"/namespace/.+/blobs/[^/]+/uploads/([^/?]+)\Z")

@@ -26,7 +26,8 @@ from kraken.origin.fetch import BlobFetcher
 from kraken.origin.http import OriginHTTP
 from kraken.origin.writeback import WriteBackQueue, open_pool
 from kraken.p2p.scheduler import Scheduler
-from kraken.store import CacheCleanup, CAStore, ThreadPoolService, ThreadWorker, UploadExpiry
+from kraken.store import CacheCleanup, CAStore, UploadExpiry
+from kraken.workers import ThreadPoolService, ThreadWorker
 
 log = Logger(namespace="kraken.origin")
 

@@ -30,7 +30,7 @@ again after ``backoff_min`` doubling per attempt up to ``backoff_max``. At
 start every task that failed before is due at once; a task added with a
 ``delay`` (a replica's copy) that was never tried keeps it. Errors are
 logged and never stop the loop. The loop itself (scans, concurrency,
-backoff, stopping) is ``kraken.store.retries.RetryLoop``; this module holds
+backoff, stopping) is ``kraken.taskqueue.TaskQueue``; this module holds
 the table and what one task does.
 
 ``pending(digest)`` answers from memory (a mirror of the table, loaded at
@@ -49,11 +49,11 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from kraken import sqlite
 from kraken.backends import BackendError, BlobNotFound, NoBackend, Router
 from kraken.core import Digest
-from kraken.store import sqlite
-from kraken.store.retries import RetryLoop
-from kraken.store.workers import Worker
+from kraken.taskqueue import TaskQueue
+from kraken.workers import Worker
 
 SCHEMA_VERSION = 1
 
@@ -76,7 +76,7 @@ _MAX_ERROR = 500
 
 def open_pool(path: str, reactor: Any) -> adbapi.ConnectionPool:
     """The pool ``WriteBackQueue`` expects: one autocommit connection to
-    ``path`` (its directory is created), prepared by ``kraken.store.sqlite``."""
+    ``path`` (its directory is created), prepared by ``kraken.sqlite``."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     return sqlite.open_pool(path, reactor, schema=_SCHEMA, version=SCHEMA_VERSION, what="write-back database")
 
@@ -101,7 +101,7 @@ class _Task:
     attempts: int
 
 
-class WriteBackQueue(RetryLoop[_Task, tuple[str, Digest]]):
+class WriteBackQueue(TaskQueue[_Task, tuple[str, Digest]]):
     """The durable write-back queue and its worker loop. A ``Service``:
     starting it starts the pool, loads the pending tasks and runs them;
     stopping it cancels uploads in flight (they are tried again at the next
@@ -213,7 +213,7 @@ class WriteBackQueue(RetryLoop[_Task, tuple[str, Digest]]):
             if not namespaces:
                 del self._tasks[digest]
 
-    # -- one task (the loop is RetryLoop's) --------------------------------
+    # -- one task (the loop is TaskQueue's) --------------------------------
 
     async def _due(self, now: float, limit: int) -> tuple[list[_Task], float | None]:
         def query(txn: adbapi.Transaction) -> tuple[list[tuple[str, str, int]], float | None]:

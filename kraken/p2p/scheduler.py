@@ -61,8 +61,8 @@ from zope.interface import implementer
 
 from kraken.core import Bitfield, Digest, MetaInfo
 from kraken.core.peer import PeerInfo
+from kraken.files import OutOfSpace, is_out_of_space
 from kraken.net.server import listen
-from kraken.p2p.bandwidth import TokenBucket, Unlimited
 from kraken.p2p.config import P2PConfig
 from kraken.p2p.dials import Dials, Outcome
 from kraken.p2p.dispatch import Dispatcher
@@ -80,7 +80,7 @@ from kraken.p2p.session import (
 from kraken.p2p.slots import Slots
 from kraken.p2p.wire import MAX_ERROR_MESSAGE, Chunk, Error, ErrorCode, Handshake
 from kraken.store import CAStore, PartialBlob, PieceCorrupt
-from kraken.store.space import OutOfSpace, is_out_of_space
+from kraken.throttle import TokenBucket, Unlimited
 
 
 class BlobNotFound(Exception):
@@ -376,7 +376,7 @@ class Scheduler(Service):
         """The path of the blob in the cache, downloading it first unless already there.
 
         Concurrent calls for one blob share one download. Raises ``BlobNotFound``, ``DownloadFailed``, or
-        ``kraken.store.space.OutOfSpace`` when the disk is full (the partial blob is deleted)."""
+        ``kraken.files.OutOfSpace`` when the disk is full (the partial blob is deleted)."""
         if not self.running:
             raise DownloadFailed("the scheduler is stopped")
         path = self._store.blob_path(digest)

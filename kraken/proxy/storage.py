@@ -27,13 +27,13 @@ from zope.interface import implementer
 
 from kraken.buildindex.client import BuildIndexClient, TagRefused
 from kraken.core import Digest
+from kraken.files import remove_quietly
 from kraken.net import HTTPStatusError
 from kraken.origin.client import ClusterClient
 from kraken.registry.backend import IRegistryBackend, ManifestRecord, Page
 from kraken.registry.errors import InsufficientStorage, ManifestBlobUnknown, ManifestInvalid, Unknown
-from kraken.store import Worker
-from kraken.store.files import remove_quietly
 from kraken.store.spool import SPOOL_PREFIX
+from kraken.workers import Worker
 
 T = TypeVar("T")
 #: An origin's answer when its store is full (``kraken.origin.http``).

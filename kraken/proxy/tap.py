@@ -17,7 +17,8 @@ from kraken.proxy.config import ProxyConfig
 from kraken.proxy.storage import ProxyBackend
 from kraken.registry.http import RegistryAPI
 from kraken.registry.references import ReferencePolicy
-from kraken.store import ThreadPoolService, ThreadWorker, UploadArea, UploadExpiry
+from kraken.store import UploadArea, UploadExpiry
+from kraken.workers import ThreadPoolService, ThreadWorker
 
 log = Logger()
 

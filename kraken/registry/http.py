@@ -40,6 +40,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from kraken.core import Digest
+from kraken.files import errno_name, is_out_of_space
 from kraken.net.server import Refusal
 from kraken.registry.backend import IRegistryBackend
 from kraken.registry.errors import (
@@ -68,7 +69,6 @@ from kraken.registry.names import (
     parse_reference,
 )
 from kraken.registry.references import ReferencePolicy
-from kraken.store.space import errno_name, is_out_of_space
 from kraken.store.uploads import RangeMismatch, UploadArea, UploadTruncated, UploadUnknown
 
 API_VERSION = b"registry/2.0"

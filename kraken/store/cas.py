@@ -30,11 +30,10 @@ from twisted.internet.defer import CancelledError, gatherResults
 from twisted.logger import Logger
 
 from kraken.core import Digest, MetaInfo, PieceLengthRule
+from kraken.files import is_out_of_space, remove_quietly
 from kraken.store.downloads import DownloadArea, pread
-from kraken.store.files import remove_quietly
-from kraken.store.space import is_out_of_space
 from kraken.store.uploads import COPY_CHUNK, UploadArea
-from kraken.store.workers import Worker
+from kraken.workers import Worker
 
 
 class DigestMismatch(ValueError):

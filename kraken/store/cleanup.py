@@ -28,7 +28,7 @@ from twisted.logger import Logger
 
 from kraken.core import Digest
 from kraken.core.digest import DigestError
-from kraken.store.workers import Worker
+from kraken.workers import Worker
 
 log = Logger(namespace="kraken.store.cleanup")
 

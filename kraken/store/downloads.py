@@ -13,7 +13,7 @@ piece lands, ``PartialBlob.finish`` moves the blob into the cache with the
 same atomic directory rename as an upload's commit: a reader never sees a
 partial blob in the cache.
 
-A full disk (``kraken.store.space``) is not resumable: ``open`` removes what
+A full disk (``kraken.files``) is not resumable: ``open`` removes what
 it had begun, and the scheduler ``discard``s a partial blob whose piece,
 status or install could not be written, so no partial file stays behind.
 """
@@ -30,8 +30,8 @@ from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
 from kraken.core import Bitfield, Digest, MetaInfo, MetaInfoError
-from kraken.store.files import remove_quietly
-from kraken.store.workers import Worker
+from kraken.files import remove_quietly
+from kraken.workers import Worker
 
 
 class PieceCorrupt(ValueError):

@@ -30,8 +30,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kraken.store.space import is_out_of_space
-from kraken.store.workers import Worker
+from kraken.files import is_out_of_space
+from kraken.workers import Worker
 
 SPOOL_PREFIX = "body-"
 HIGH_WATER = 8 << 20

@@ -9,7 +9,7 @@ area never makes anything visible: callers move a finished file elsewhere
 Appends to one upload are serialised; the copying and hashing run in the
 injected worker, never on the reactor thread.
 
-A full disk (``kraken.store.space``) ends an upload: an append that fails for
+A full disk (``kraken.files``) ends an upload: an append that fails for
 want of space deletes the whole upload (a client cannot finish it anyway)
 and raises the error, so no partial or empty file is left to wait for the
 expiry.
@@ -31,10 +31,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kraken.core import Digest
-from kraken.store.files import remove_quietly
-from kraken.store.space import is_out_of_space
+from kraken.files import is_out_of_space, remove_quietly
 from kraken.store.spool import SPOOL_PREFIX, BodySpool
-from kraken.store.workers import Worker
+from kraken.workers import Worker
 
 COPY_CHUNK = 1 << 20
 _UID = re.compile(r"[0-9a-f]{32}\Z")

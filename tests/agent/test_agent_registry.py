@@ -15,7 +15,7 @@ from kraken.agent.tap import READ_ONLY_MESSAGE
 from kraken.core import Digest
 from kraken.registry.http import RegistryAPI
 from kraken.registry.manifests import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
-from kraken.store import InlineWorker
+from kraken.workers import InlineWorker
 
 REPO = "library/alpine"
 

@@ -15,7 +15,7 @@ from kraken.agent.tap import Options, agent_service, makeService
 from kraken.net import HTTPClientService
 from kraken.p2p.config import P2PConfig
 from kraken.p2p.scheduler import Scheduler
-from kraken.store import ThreadPoolService
+from kraken.workers import ThreadPoolService
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "etc" / "kraken"
 

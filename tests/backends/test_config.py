@@ -9,8 +9,8 @@ from twisted.internet.task import Clock
 from kraken import config
 from kraken.backends import FSBackend, IdentityPather, ShardedDockerBlobPather, ThrottledBackend
 from kraken.backends.config import BackendConfig, FSBackendConfig, build_router
-from kraken.p2p.bandwidth import TokenBucket
-from kraken.store import InlineWorker
+from kraken.throttle import TokenBucket
+from kraken.workers import InlineWorker
 
 
 @attrs.frozen

@@ -20,7 +20,7 @@ from kraken.backends import (
     ShardedDockerBlobPather,
 )
 from kraken.backends import fs as fsmod
-from kraken.store import InlineWorker
+from kraken.workers import InlineWorker
 
 from .conformance import NAMESPACE, BackendConformance, blob_name
 

@@ -28,7 +28,7 @@ from kraken import config
 from kraken.backends import BackendUnavailable, BlobNotFound, HDFSBackend, HDFSConfig
 from kraken.backends.config import BackendConfig, build_router
 from kraken.net.client import HTTPClientConfig
-from kraken.store.workers import ThreadWorker
+from kraken.workers import ThreadWorker
 
 from .conformance import BackendConformance, blob_name
 
@@ -339,7 +339,7 @@ class Component:
 
 
 def test_the_hdfs_kind_builds(reactor: Any, http: Any) -> None:
-    from kraken.store import InlineWorker
+    from kraken.workers import InlineWorker
 
     section = {"backends": [{"namespace": ".*", "hdfs": {"namenodes": ["nn1:50070", "nn2:50070"], "username": "u"}}]}
     entries = config.build(Component, config.from_mapping(section, "origin.yaml")).backends

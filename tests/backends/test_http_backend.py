@@ -14,7 +14,7 @@ from zope.interface.verify import verifyObject
 
 from kraken.backends import BackendError, BackendUnavailable, BlobNotFound, HTTPBackend, HTTPBackendConfig, IBackend
 from kraken.net.client import HTTPClientConfig
-from kraken.store.workers import ThreadWorker
+from kraken.workers import ThreadWorker
 
 NAMESPACE = "library/test"
 

@@ -33,7 +33,7 @@ from kraken.backends import BackendError, BlobNotFound, IBackend, RegistryBacken
 from kraken.backends.registry import ACCEPT, parse_challenge
 from kraken.core import Digest
 from kraken.net.client import HTTPClientConfig
-from kraken.store.workers import ThreadWorker
+from kraken.workers import ThreadWorker
 
 REPO = "library/kraken-test"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

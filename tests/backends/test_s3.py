@@ -36,7 +36,7 @@ from kraken.backends.s3 import (
     sign,
 )
 from kraken.net.client import HTTPClientConfig, make_http_client
-from kraken.store.workers import ThreadWorker
+from kraken.workers import ThreadWorker
 
 from .conformance import BackendConformance
 

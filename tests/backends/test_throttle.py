@@ -9,8 +9,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from kraken.backends import BlobInfo, BlobNotFound, IBackend, ListPage, Router, ThrottledBackend
-from kraken.p2p.bandwidth import TokenBucket, Unlimited
-from kraken.store import InlineWorker
+from kraken.throttle import TokenBucket, Unlimited
+from kraken.workers import InlineWorker
 
 
 @implementer(IBackend)

@@ -23,7 +23,7 @@ from kraken.buildindex.tags import TagStore, open_pool
 from kraken.buildindex.writeback import TagWriteBack
 from kraken.core import Digest
 from kraken.registry.manifests import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
-from kraken.store.workers import InlineWorker
+from kraken.workers import InlineWorker
 
 BASE = "http://build-index.test"
 

@@ -21,7 +21,7 @@ from kraken.backends.s3 import S3Config
 from kraken.buildindex.backends import TEMP_PREFIX, build_tag_backends, sweep_scratch
 from kraken.core import Digest
 from kraken.net import HTTPClientConfig
-from kraken.store.workers import InlineWorker, ThreadWorker
+from kraken.workers import InlineWorker, ThreadWorker
 
 D1 = Digest.from_bytes(b"one")
 D2 = Digest.from_bytes(b"two")

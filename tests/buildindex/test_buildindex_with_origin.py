@@ -19,7 +19,8 @@ from kraken.net import HTTPClientConfig
 from kraken.origin.client import ClusterClient
 from kraken.origin.http import OriginHTTP
 from kraken.registry.backend import Page
-from kraken.store import CAStore, InlineWorker
+from kraken.store import CAStore
+from kraken.workers import InlineWorker
 
 CONFIG = HTTPClientConfig(retries=1, backoff=1.0, max_backoff=1.0)
 REPO = "team/app"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kraken.herd.image import Layout, write_layout
+from kraken.cli.image import Layout, write_layout
 
 _HERE = __file__.rsplit("/", 1)[0]
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest_twisted
 from twisted.internet import defer
 
-from kraken.herd.image import write_layout
+from kraken.cli.image import write_layout
 
 from ._tools import check_dir_copy, run_process
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from dxf import DXF
 
-from kraken.herd.image import write_layout
+from kraken.cli.image import write_layout
 
 MIB = 1 << 20
 

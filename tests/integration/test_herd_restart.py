@@ -6,7 +6,7 @@ import json
 import uuid
 from typing import Any
 
-from kraken.herd.image import write_layout
+from kraken.cli.image import write_layout
 
 from ._tools import check_dir_copy, skopeo, skopeo_inspect_raw
 

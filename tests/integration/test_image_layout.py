@@ -1,4 +1,4 @@
-"""kraken.herd.image: the OCI layout writer the other integration tests build their images with.
+"""kraken.cli.image: the OCI layout writer the other integration tests build their images with.
 
 skopeo reading the layout (offline, no registry) is the real check that it is valid.
 """
@@ -13,7 +13,7 @@ import tarfile
 import tracemalloc
 from typing import Any
 
-from kraken.herd.image import MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER, MEDIA_TYPE_MANIFEST, write_layout
+from kraken.cli.image import MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER, MEDIA_TYPE_MANIFEST, write_layout
 
 from ._tools import check_dir_copy, sha256_file, skopeo
 
@@ -90,7 +90,7 @@ def test_skopeo_reads_the_layout(tmp_path: Any) -> None:
 
 def test_command_line(tmp_path: Any) -> None:
     env = {**os.environ, "PYTHONPATH": REPO_ROOT}
-    argv = [sys.executable, "-m", "kraken.herd.image", str(tmp_path / "cli"), "--tag", "v9", "--layers", "2"]
+    argv = [sys.executable, "-m", "kraken.cli.image", str(tmp_path / "cli"), "--tag", "v9", "--layers", "2"]
     argv += ["--random-layer-size", "512KiB", "--seed", "cli", "--index"]
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -104,7 +104,7 @@ def test_command_line(tmp_path: Any) -> None:
     assert [layer["digest"] for layer in printed["layers"]] == [layer.digest for layer in expected.layers]
 
     bad = subprocess.run(
-        [sys.executable, "-m", "kraken.herd.image", str(tmp_path / "bad"), "--random-layer-size", "lots"],
+        [sys.executable, "-m", "kraken.cli.image", str(tmp_path / "bad"), "--random-layer-size", "lots"],
         capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
     assert bad.returncode == 2

@@ -24,9 +24,9 @@ import pytest
 import yaml
 from processes import OutputReader
 
+from kraken.cli.image import write_layout
 from kraken.cluster.ring import Ring
 from kraken.core import Digest
-from kraken.herd.image import write_layout
 
 from ._tools import check_dir_copy, skopeo
 

@@ -13,7 +13,7 @@ import urllib.request
 import uuid
 from typing import Any
 
-from kraken.herd.image import write_layout
+from kraken.cli.image import write_layout
 
 from ._tools import SKOPEO_TIMEOUT, check_dir_copy, skopeo
 

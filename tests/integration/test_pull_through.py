@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from servers import DockerRegistry, running_docker_registry
 
-from kraken.herd.image import write_layout
+from kraken.cli.image import write_layout
 
 from ._tools import check_dir_copy, skopeo
 

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest_twisted
 
-from kraken.herd.image import write_layout
+from kraken.cli.image import write_layout
 
 from ._tools import CountingRelayFactory, check_dir_copy, run_process
 

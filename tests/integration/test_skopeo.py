@@ -14,7 +14,7 @@ import os
 import uuid
 from typing import Any
 
-from kraken.herd.image import MEDIA_TYPE_LAYER, Layout, write_layout
+from kraken.cli.image import MEDIA_TYPE_LAYER, Layout, write_layout
 
 from ._tools import (
     check_dir_copy,

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from servers import S3_ACCESS_KEY, S3_SECRET_KEY, MotoServer, start_moto
 
-from kraken.herd.image import Layout, write_layout
+from kraken.cli.image import Layout, write_layout
 
 from ._tools import check_dir_copy, skopeo
 

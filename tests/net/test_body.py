@@ -13,7 +13,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface.verify import verifyObject
 
 from kraken.net.body import SourceTruncated, ThreadedFileProducer
-from kraken.store import InlineWorker
+from kraken.workers import InlineWorker
 
 DATA = bytes(range(256)) * 40  # 10240 bytes
 

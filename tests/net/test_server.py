@@ -79,8 +79,8 @@ class Echo(Resource):
 
 
 def spooling_site(tmp_path):
-    from kraken.store import InlineWorker
     from kraken.store.spool import BodySpool
+    from kraken.workers import InlineWorker
 
     made = []
 
@@ -170,8 +170,8 @@ class TCPStringTransport(StringTransport):
 
 def full_disk_site(tmp_path, *, room, worker=None, transport=None):
     """A spooling site whose spool files hold ``room`` bytes; ``refusals`` records what body_refused was asked."""
-    from kraken.store import InlineWorker
     from kraken.store.spool import BodySpool
+    from kraken.workers import InlineWorker
 
     made, refusals = [], []
 

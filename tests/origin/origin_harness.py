@@ -18,7 +18,8 @@ from twisted.web.resource import IResource
 from kraken.core import PieceLengthRule
 from kraken.core.peer import PeerInfo
 from kraken.origin.http import OriginHTTP
-from kraken.store import CAStore, InlineWorker
+from kraken.store import CAStore
+from kraken.workers import InlineWorker
 
 ADVERTISE = "origin.test:15002"
 PIECE = 4  # tiny pieces so small test blobs have several

@@ -16,7 +16,7 @@ from kraken.core import Digest, MetaInfo
 from kraken.net import HTTPClientConfig, HTTPStatusError, ResponseTooLarge
 from kraken.net.service import name_path
 from kraken.origin.client import OriginClient
-from kraken.store import InlineWorker
+from kraken.workers import InlineWorker
 
 DATA = b"layer bytes " * 100
 DIGEST = Digest.from_bytes(DATA)

@@ -27,7 +27,8 @@ from kraken.origin.client import ClusterClient, OriginClient
 from kraken.origin.cluster import OriginRing, Repair, ReplicaBackend
 from kraken.origin.fetch import BlobFetcher
 from kraken.origin.http import OriginHTTP
-from kraken.store import CAStore, ThreadWorker
+from kraken.store import CAStore
+from kraken.workers import ThreadWorker
 
 NS = "team/app"
 # Fast failover in tests: one retry round after 10 ms.

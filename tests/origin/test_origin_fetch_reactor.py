@@ -16,7 +16,8 @@ from kraken.net.server import make_site
 from kraken.origin.client import OriginClient
 from kraken.origin.fetch import BlobFetcher
 from kraken.origin.http import OriginHTTP
-from kraken.store import CAStore, ThreadWorker
+from kraken.store import CAStore
+from kraken.workers import ThreadWorker
 
 NS = "library/ubuntu"
 DATA = b"a layer fetched over real HTTP " * 1000

@@ -23,7 +23,8 @@ from kraken.net import HTTPClientConfig, HTTPStatusError
 from kraken.net.server import make_site
 from kraken.origin.client import ClusterClient
 from kraken.origin.http import NO_SPACE_MESSAGE, OriginHTTP
-from kraken.store import CAStore, ThreadWorker
+from kraken.store import CAStore
+from kraken.workers import ThreadWorker
 
 NS = "team/app"
 DATA = random.Random(3).randbytes(50_000)

@@ -21,7 +21,8 @@ from kraken.core import Digest, PieceLengthRule
 from kraken.net import HTTPClientConfig
 from kraken.origin.client import MAX_STAT_BATCH, ClusterClient
 from kraken.origin.http import OriginHTTP
-from kraken.store import CAStore, InlineWorker
+from kraken.store import CAStore
+from kraken.workers import InlineWorker
 
 CONFIG = HTTPClientConfig(retries=2, backoff=1.0, max_backoff=1.0)
 NS = "team/app"

@@ -23,7 +23,8 @@ from kraken.origin.tap import Options, makeService, origin_service
 from kraken.origin.writeback import WriteBackQueue
 from kraken.p2p.config import BandwidthConfig, OriginP2PConfig, P2PConfig
 from kraken.p2p.scheduler import Scheduler
-from kraken.store import CacheCleanup, ThreadPoolService, UploadExpiry
+from kraken.store import CacheCleanup, UploadExpiry
+from kraken.workers import ThreadPoolService
 
 
 def write(tmp_path: Path, text: str) -> str:

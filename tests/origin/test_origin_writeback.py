@@ -20,7 +20,7 @@ from writeback_harness import inline_clock  # noqa: F401  (the reactor fixture)
 from kraken.backends import FSBackend, Router, ShardedDockerBlobPather
 from kraken.core import Digest
 from kraken.origin.writeback import WriteBackQueue, open_pool
-from kraken.store import InlineWorker
+from kraken.workers import InlineWorker
 
 NS = "library/ubuntu"
 

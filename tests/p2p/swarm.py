@@ -24,7 +24,8 @@ from kraken.p2p import wire
 from kraken.p2p.config import BandwidthConfig, P2PConfig
 from kraken.p2p.scheduler import Scheduler
 from kraken.p2p.session import HANDSHAKE_TIMEOUT
-from kraken.store import CAStore, InlineWorker
+from kraken.store import CAStore
+from kraken.workers import InlineWorker
 
 PIECE = 64
 NAMESPACE = "library/test"

@@ -13,7 +13,7 @@ from swarm import blob, outcome, resolved
 from twisted.python.failure import Failure
 
 import kraken.store.downloads as downloads_module
-from kraken.store.space import OutOfSpace
+from kraken.files import OutOfSpace
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])

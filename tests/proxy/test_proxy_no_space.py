@@ -22,7 +22,8 @@ from kraken.origin.client import LOCATIONS_HEADER, ClusterClient
 from kraken.proxy.storage import ProxyBackend
 from kraken.registry.errors import InsufficientStorage
 from kraken.registry.http import RegistryAPI
-from kraken.store import InlineWorker, UploadArea
+from kraken.store import UploadArea
+from kraken.workers import InlineWorker
 
 NS = "team/app"
 

@@ -24,7 +24,8 @@ from kraken.proxy.storage import ProxyBackend, RelayedBlob
 from kraken.registry.http import RegistryAPI
 from kraken.registry.manifests import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
 from kraken.registry.references import ReferencePolicy
-from kraken.store import InlineWorker, UploadArea
+from kraken.store import UploadArea
+from kraken.workers import InlineWorker
 
 CONFIG = HTTPClientConfig(retries=3, backoff=1.0, max_backoff=1.0)
 ORIGINS = ["http://o1.test:15002", "http://o2.test:15002", "http://o3.test:15002"]

@@ -23,7 +23,8 @@ from twisted.web.server import Site
 from kraken.core import Digest
 from kraken.registry.http import RegistryAPI
 from kraken.registry.manifests import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP
-from kraken.store import InlineWorker, UploadArea
+from kraken.store import UploadArea
+from kraken.workers import InlineWorker
 
 from .memory import MemoryBackend
 

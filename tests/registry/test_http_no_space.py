@@ -15,9 +15,9 @@ from twisted.python.failure import Failure
 
 from kraken.agent.storage import AgentBackend
 from kraken.core import Digest
+from kraken.files import OutOfSpace
 from kraken.registry.errors import InsufficientStorage
 from kraken.registry.http import RegistryAPI
-from kraken.store.space import OutOfSpace
 
 from .conftest import Registry
 
@@ -110,7 +110,7 @@ class NoTags:
 def test_an_agent_whose_disk_is_full_answers_507(tmp_path: Path, clock: Any) -> None:
     from treq.testing import StubTreq
 
-    from kraken.store import InlineWorker
+    from kraken.workers import InlineWorker
 
     registry = Registry(tmp_path, clock, with_uploads=False, read_only=True)
     backend = AgentBackend(FullScheduler(), NoTags(), worker=InlineWorker(), max_manifest_size=1 << 20)

@@ -12,8 +12,9 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from kraken.core import Digest, PieceLengthRule
-from kraken.store import CacheCleanup, CAStore, Eviction, InlineWorker, disk_usage_percent, evict_idle
+from kraken.store import CacheCleanup, CAStore, Eviction, disk_usage_percent, evict_idle
 from kraken.store.cleanup import last_access
+from kraken.workers import InlineWorker
 
 HOUR = 3600.0
 

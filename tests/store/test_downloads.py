@@ -7,7 +7,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from kraken.core import Bitfield, MetaInfo, PieceLengthRule
-from kraken.store import CAStore, InlineWorker, PieceCorrupt
+from kraken.store import CAStore, PieceCorrupt
+from kraken.workers import InlineWorker
 
 PIECE = 16
 DATA = bytes(range(256)) * 3  # 768 bytes: 48 pieces of 16

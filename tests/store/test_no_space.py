@@ -13,9 +13,10 @@ from manual_worker import ManualWorker
 from twisted.internet.defer import Deferred
 
 from kraken.core import Digest, MetaInfo, PieceLengthRule
-from kraken.store import CAStore, InlineWorker, UploadArea, UploadUnknown
-from kraken.store.space import OutOfSpace, errno_name, is_out_of_space
+from kraken.files import OutOfSpace, errno_name, is_out_of_space
+from kraken.store import CAStore, UploadArea, UploadUnknown
 from kraken.store.spool import HIGH_WATER, BodySpool
+from kraken.workers import InlineWorker
 
 CODES = [errno.ENOSPC, errno.EDQUOT]
 

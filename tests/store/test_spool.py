@@ -9,8 +9,9 @@ from manual_worker import ManualWorker
 from twisted.internet.defer import Deferred, fail
 
 from kraken.core import Digest
-from kraken.store import InlineWorker, UploadArea
+from kraken.store import UploadArea
 from kraken.store.spool import HIGH_WATER, BodySpool
+from kraken.workers import InlineWorker
 
 
 class FailingWorker:

@@ -12,8 +12,9 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from kraken.core import Digest, MetaInfo, PieceLengthRule
-from kraken.store import CAStore, DigestMismatch, InlineWorker, UploadUnknown
+from kraken.store import CAStore, DigestMismatch, UploadUnknown
 from kraken.store import cas as cas_module
+from kraken.workers import InlineWorker
 
 DATA = b"0123456789" * 5
 DIGEST = Digest.from_bytes(DATA)

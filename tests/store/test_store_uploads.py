@@ -13,7 +13,8 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from kraken.core import Digest
-from kraken.store import InlineWorker, RangeMismatch, UploadArea, UploadTruncated, UploadUnknown
+from kraken.store import RangeMismatch, UploadArea, UploadTruncated, UploadUnknown
+from kraken.workers import InlineWorker
 
 
 def result(d: Deferred[Any] | Any) -> Any:

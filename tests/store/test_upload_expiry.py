@@ -6,7 +6,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from kraken.store import InlineWorker, UploadArea, UploadExpiry
+from kraken.store import UploadArea, UploadExpiry
+from kraken.workers import InlineWorker
 
 
 def create(area):

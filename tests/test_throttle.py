@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 
-from kraken.p2p.bandwidth import TokenBucket, Unlimited
+from kraken.throttle import TokenBucket, Unlimited
 
 
 def fired(d):

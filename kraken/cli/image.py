@@ -2,7 +2,7 @@
 
 Used by the integration tests, the benchmarks and anyone trying the herd out::
 
-    python -m kraken.herd.image DIR [--tag v1] [--layers N] [--random-layer-size 64MiB]
+    python -m kraken.cli.image DIR [--tag v1] [--layers N] [--random-layer-size 64MiB]
                                     [--seed S] [--index]
 
 ``DIR`` becomes an OCI image layout (image-layout spec v1.0.0): ``oci-layout``,
@@ -230,7 +230,7 @@ def _config(architecture: str, diff_ids: Sequence[str], seed: str) -> dict[str, 
         },
         "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
         "history": [
-            {"created": "1970-01-01T00:00:00Z", "created_by": f"kraken.herd.image layer {i}"}
+            {"created": "1970-01-01T00:00:00Z", "created_by": f"kraken.cli.image layer {i}"}
             for i in range(len(diff_ids))
         ],
     }
@@ -322,7 +322,7 @@ def write_layout(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m kraken.herd.image",
+        prog="python -m kraken.cli.image",
         description="Write an OCI image layout (uncompressed, reproducible tar layers) and print its digests.",
     )
     p.add_argument("dir", help="layout directory (created if missing)")

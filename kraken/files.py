@@ -1,20 +1,28 @@
-"""A full disk: one test for it, and the error that names where it struck.
+"""Small file operations shared by the stores, backends and daemons (blocking: run them in a worker), and
+the full disk: one test for it, and the error that names where it struck.
 
-A write fails with ``ENOSPC`` when the filesystem is full and with
-``EDQUOT`` when the user's quota is used up; for us both mean the same: this
-blob cannot be stored here now, and trying again at once will not help. The
-stores clean up what they had begun and let the error through (as it is, or
-as ``OutOfSpace`` where they add where it happened); the HTTP layers answer
-it with 507 Insufficient Storage (``kraken.registry.errors.InsufficientStorage``,
-``kraken.origin.http``). Nothing remembers the failure: the next write tries
-the disk again, so a daemon works as soon as space is freed.
+A write fails with ``ENOSPC`` when the filesystem is full and with ``EDQUOT`` when the user's quota is used
+up; for us both mean the same: this blob cannot be stored here now, and trying again at once will not help.
+The stores clean up what they had begun and let the error through (as it is, or as ``OutOfSpace`` where they
+add where it happened); the HTTP layers answer it with 507 Insufficient Storage
+(``kraken.registry.errors.InsufficientStorage``, ``kraken.origin.http``). Nothing remembers the failure: the
+next write tries the disk again, so a daemon works as soon as space is freed.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def remove_quietly(path: str) -> None:
+    """Delete ``path`` if it is there; a file already gone is not an error."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def is_out_of_space(error: BaseException | None) -> bool:

@@ -1,4 +1,4 @@
-"""RetryLoop's scan rules that neither write-back queue's tests reach: a
+"""TaskQueue's scan rules that neither write-back queue's tests reach: a
 kick during a scan, a task that finishes while the due query runs, a scan
 that fails, ``when_idle`` outside the running state. Tasks live in a dict;
 the due query can be held open on a Deferred; time is a ``task.Clock``."""
@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
-from kraken.store.retries import RetryLoop
+from kraken.taskqueue import TaskQueue
 
 
 @attrs.frozen
@@ -29,7 +29,7 @@ class Counts:
     failures: int = 0
 
 
-class MemoryLoop(RetryLoop[Item, str]):
+class MemoryLoop(TaskQueue[Item, str]):
     """Tasks by name with their due time. ``gate`` set: the due query waits
     on it (its answer is what the table held when it was asked); ``fail_query``:
     the next query raises; ``hold``: runs wait on a Deferred per name

@@ -1,7 +1,7 @@
-"""A durable retry loop: tasks kept in a database table, run when due,
-retried with exponential backoff after a failure.
+"""The durable task queue: tasks kept in a database table (SQLite, ``kraken.sqlite``), run when due,
+retried with exponential backoff after a failure, until each is done.
 
-``RetryLoop`` is the machinery both write-back queues share (the origin's
+``TaskQueue`` is the machinery both write-back queues share (the origin's
 blobs, ``kraken.origin.writeback``; the build-index's tags,
 ``kraken.buildindex.writeback``). A subclass says where its tasks live and
 what running one means; the loop decides when, and how many at once.
@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from kraken.config import Duration, positive
 
 
-def check_backoff(instance: RetryConfig, attribute: object, value: float) -> None:
+def check_backoff(instance: TaskQueueConfig, attribute: object, value: float) -> None:
     """attrs validator of ``backoff_max``: not below ``backoff_min``."""
     if instance.backoff_max < instance.backoff_min:
         raise ValueError(
@@ -44,7 +44,7 @@ def check_backoff(instance: RetryConfig, attribute: object, value: float) -> Non
 
 
 @attrs.frozen
-class RetryConfig:
+class TaskQueueConfig:
     """The keys every retry loop's configuration section has; a component's
     section subclasses it and adds its own."""
 
@@ -72,7 +72,7 @@ T = TypeVar("T", bound=RetryTask)
 K = TypeVar("K", bound=Hashable)
 
 
-class RetryLoop(Service, Generic[T, K]):
+class TaskQueue(Service, Generic[T, K]):
     """The scan, start, retry loop over a subclass's durable tasks. A
     ``Service``: starting it runs ``_start`` (by default, a scan); stopping
     it cancels the tasks in flight and fires ``when_idle`` waiters.
