@@ -18,7 +18,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NewType, TypeVar, Union
 
 import attrs
@@ -226,79 +226,23 @@ def build(cls: type[T], loaded: Loaded, key: KeyPath = ()) -> T:
 
 
 def _convert(tp: Any, value: Any, key: KeyPath, loaded: Loaded) -> Any:
-    def fail(message: str) -> ConfigError:
-        return ConfigError(message, file=loaded.source(key), key=key)
-
+    """``value`` (from YAML) as the type ``tp``, or a ``ConfigError`` naming the file and ``key``."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        rest = [a for a in args if a is not type(None)]
-        if len(rest) == 1:
-            return _convert(rest[0], value, key, loaded)
-        # Several alternatives (text or a list, say): the first that takes the value wins.
-        errors = []
-        for alternative in rest:
-            try:
-                return _convert(alternative, value, key, loaded)
-            except ConfigError as e:
-                errors.append(e.message)
-        raise fail(", or ".join(errors))
+        return _convert_union(typing.get_args(tp), value, key, loaded)
     if attrs.has(tp):
-        if not isinstance(value, dict):
-            raise fail(f"must be a map, not {_kind(value)}")
-        fields = {f.name: f for f in attrs.fields(attrs.resolve_types(tp))}
-        unknown = sorted(set(value) - set(fields))
-        if unknown:
-            known = ", ".join(sorted(fields)) or "(none)"
-            bad = (*key, unknown[0])
-            raise ConfigError(f"unknown key (known keys here: {known})", file=loaded.source(bad), key=bad)
-        kwargs = {}
-        for name, f in fields.items():
-            if name in value:
-                kwargs[name] = _convert(f.type, value[name], (*key, name), loaded)
-            elif f.default is attrs.NOTHING:
-                raise fail(f"missing required key {name!r}")
-        try:
-            return tp(**kwargs)
-        except (ValueError, TypeError) as e:
-            raise fail(str(e)) from None
-    if tp is Size:
-        try:
-            return parse_size(value)
-        except ValueError as e:
-            raise fail(str(e)) from None
-    if tp is Duration:
-        try:
-            return parse_duration(value)
-        except ValueError as e:
-            raise fail(str(e)) from None
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise fail(f"must be true or false, not {_kind(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise fail(f"must be an integer, not {_kind(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise fail(f"must be a number, not {_kind(value)}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise fail(f"must be text, not {_kind(value)}")
-        return value
+        return _convert_attrs(tp, value, key, loaded)
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, _failing(key, loaded))
     if origin is tuple:
         (item, _ellipsis) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise fail(f"must be a list, not {_kind(value)}")
+            raise _failing(key, loaded)(f"must be a list, not {_kind(value)}")
         return tuple(_convert(item, v, (*key, str(i)), loaded) for i, v in enumerate(value))
     if origin is dict:
         ktype, vtype = typing.get_args(tp)
         if not isinstance(value, dict):
-            raise fail(f"must be a map, not {_kind(value)}")
+            raise _failing(key, loaded)(f"must be a map, not {_kind(value)}")
         return {
             _convert(ktype, str(k) if ktype is not Size else k, (*key, str(k)), loaded): _convert(
                 vtype, v, (*key, str(k)), loaded
@@ -306,6 +250,83 @@ def _convert(tp: Any, value: Any, key: KeyPath, loaded: Loaded) -> Any:
             for k, v in value.items()
         }
     raise TypeError(f"unsupported config type {tp!r}")
+
+
+Fail = Callable[[str], ConfigError]
+
+
+def _failing(key: KeyPath, loaded: Loaded) -> Fail:
+    def fail(message: str) -> ConfigError:
+        return ConfigError(message, file=loaded.source(key), key=key)
+
+    return fail
+
+
+def _convert_union(args: tuple[Any, ...], value: Any, key: KeyPath, loaded: Loaded) -> Any:
+    if value is None and type(None) in args:
+        return None
+    rest = [a for a in args if a is not type(None)]
+    if len(rest) == 1:
+        return _convert(rest[0], value, key, loaded)
+    # Several alternatives (text or a list, say): the first that takes the value wins.
+    errors = []
+    for alternative in rest:
+        try:
+            return _convert(alternative, value, key, loaded)
+        except ConfigError as e:
+            errors.append(e.message)
+    raise _failing(key, loaded)(", or ".join(errors))
+
+
+def _convert_attrs(tp: Any, value: Any, key: KeyPath, loaded: Loaded) -> Any:
+    fail = _failing(key, loaded)
+    if not isinstance(value, dict):
+        raise fail(f"must be a map, not {_kind(value)}")
+    fields = {f.name: f for f in attrs.fields(attrs.resolve_types(tp))}
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields)) or "(none)"
+        bad = (*key, unknown[0])
+        raise ConfigError(f"unknown key (known keys here: {known})", file=loaded.source(bad), key=bad)
+    kwargs = {}
+    for name, f in fields.items():
+        if name in value:
+            kwargs[name] = _convert(f.type, value[name], (*key, name), loaded)
+        elif f.default is attrs.NOTHING:
+            raise fail(f"missing required key {name!r}")
+    try:
+        return tp(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise fail(str(e)) from None
+
+
+def _parsed(parse: Callable[[Any], Any]) -> Callable[[Any, Fail], Any]:
+    def convert(value: Any, fail: Fail) -> Any:
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise fail(str(e)) from None
+
+    return convert
+
+
+def _checked(accepts: Callable[[Any], bool], what: str, cast: Callable[[Any], Any] = lambda v: v) -> Any:
+    def convert(value: Any, fail: Fail) -> Any:
+        if not accepts(value):
+            raise fail(f"must be {what}, not {_kind(value)}")
+        return cast(value)
+
+    return convert
+
+
+_SCALARS: dict[Any, Callable[[Any, Fail], Any]] = {
+    Size: _parsed(parse_size),
+    Duration: _parsed(parse_duration),
+    bool: _checked(lambda v: isinstance(v, bool), "true or false"),
+    int: _checked(lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: _checked(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number", float),
+    str: _checked(lambda v: isinstance(v, str), "text"),
+}
 
 
 def _kind(value: object) -> str:
