@@ -245,6 +245,35 @@ def _manifest(config: Blob, layers: Sequence[Blob]) -> dict[str, Any]:
     }
 
 
+def _layers(w: _LayoutWriter, layers: int, size: int, seed: str) -> list[Blob]:
+    """One layer of ``size`` seeded random bytes, then ``layers - 1`` small text layers."""
+    blobs: list[Blob] = [w.put_tar([("data/", 0, None), ("data/random.bin", size, _SeededStream(seed, size))])]  # type: ignore[list-item]
+    rng = random.Random(f"kraken-image-small-layers:{seed}")
+    for i in range(1, layers):
+        text = f"layer {i} of image seed {seed}\n{rng.getrandbits(256):064x}\n".encode()
+        blobs.append(w.put_tar([(f"layer{i}/", 0, None), (f"layer{i}/hello.txt", len(text), io.BytesIO(text))]))
+    return blobs
+
+
+def _two_platforms(
+    w: _LayoutWriter, manifest: Blob, config: Blob, layer_blobs: list[Blob], seed: str
+) -> tuple[Blob, tuple[Blob, Blob], tuple[Blob, Blob]]:
+    """An arm64 twin of the amd64 image and the index of both: (index, manifests, configs)."""
+    diff_ids = tuple(b.digest for b in layer_blobs)
+    arm_config = w.put_bytes(_canonical_json(_config("arm64", diff_ids, seed)), MEDIA_TYPE_CONFIG)
+    arm_manifest = w.put_bytes(_canonical_json(_manifest(arm_config, layer_blobs)), MEDIA_TYPE_MANIFEST)
+    index_doc = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_INDEX,
+        "manifests": [
+            manifest.descriptor(platform={"architecture": "amd64", "os": "linux"}),
+            arm_manifest.descriptor(platform={"architecture": "arm64", "os": "linux", "variant": "v8"}),
+        ],
+    }
+    index_blob = w.put_bytes(_canonical_json(index_doc), MEDIA_TYPE_INDEX)
+    return index_blob, (manifest, arm_manifest), (config, arm_config)
+
+
 def write_layout(
     path: str,
     *,
@@ -267,35 +296,18 @@ def write_layout(
     with open(os.path.join(path, "oci-layout"), "w") as f:
         json.dump({"imageLayoutVersion": "1.0.0"}, f)
 
-    layer_blobs: list[Blob] = [w.put_tar([("data/", 0, None), ("data/random.bin", size, _SeededStream(seed, size))])]  # type: ignore[list-item]
-    rng = random.Random(f"kraken-image-small-layers:{seed}")
-    for i in range(1, layers):
-        text = f"layer {i} of image seed {seed}\n{rng.getrandbits(256):064x}\n".encode()
-        layer_blobs.append(w.put_tar([(f"layer{i}/", 0, None), (f"layer{i}/hello.txt", len(text), io.BytesIO(text))]))
+    layer_blobs = _layers(w, layers, size, seed)
     diff_ids = tuple(b.digest for b in layer_blobs)
 
     config = w.put_bytes(_canonical_json(_config("amd64", diff_ids, seed)), MEDIA_TYPE_CONFIG)
     manifest = w.put_bytes(_canonical_json(_manifest(config, layer_blobs)), MEDIA_TYPE_MANIFEST)
     entries = [manifest.descriptor(annotations={REF_NAME: tag})]
 
-    index_blob = None
-    index_tag = None
+    index_blob = index_tag = None
     platform_manifests: tuple[Blob, ...] = ()
     platform_configs: tuple[Blob, ...] = ()
     if index:
-        arm_config = w.put_bytes(_canonical_json(_config("arm64", diff_ids, seed)), MEDIA_TYPE_CONFIG)
-        arm_manifest = w.put_bytes(_canonical_json(_manifest(arm_config, layer_blobs)), MEDIA_TYPE_MANIFEST)
-        platform_manifests = (manifest, arm_manifest)
-        platform_configs = (config, arm_config)
-        index_doc = {
-            "schemaVersion": 2,
-            "mediaType": MEDIA_TYPE_INDEX,
-            "manifests": [
-                manifest.descriptor(platform={"architecture": "amd64", "os": "linux"}),
-                arm_manifest.descriptor(platform={"architecture": "arm64", "os": "linux", "variant": "v8"}),
-            ],
-        }
-        index_blob = w.put_bytes(_canonical_json(index_doc), MEDIA_TYPE_INDEX)
+        index_blob, platform_manifests, platform_configs = _two_platforms(w, manifest, config, layer_blobs, seed)
         index_tag = f"{tag}-index"
         entries.append(index_blob.descriptor(annotations={REF_NAME: index_tag}))
 
