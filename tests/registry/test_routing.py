@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kraken.core import Digest
-from kraken.registry.routing import Route, match_route
+from kraken.registry.routing import ALLOWED, Route, match_route
 
 D = Digest.from_bytes(b"x")
 
@@ -57,3 +57,24 @@ def test_every_valid_name_routes_back(name: str, kind: str) -> None:
         "referrers": (f"referrers/{D}", str(D)),
     }[kind]
     assert match_route(f"/v2/{name}/{suffix[0]}".encode()) == Route(kind, name, suffix[1])
+
+
+@pytest.mark.parametrize(
+    ("kind", "allow"),
+    [
+        ("base", "GET, HEAD"),
+        ("catalog", "GET, HEAD"),
+        ("tags", "GET, HEAD"),
+        ("referrers", "GET, HEAD"),
+        ("manifest", "GET, HEAD, PUT, DELETE"),
+        ("blob", "GET, HEAD, DELETE"),
+        ("upload_start", "POST"),
+        ("upload", "GET, HEAD, PATCH, PUT, DELETE"),
+    ],
+)
+def test_allowed_methods_in_allow_order(kind: str, allow: str) -> None:
+    assert ", ".join(m.decode() for m in Route(kind).allowed) == allow
+
+
+def test_only_base_and_catalog_are_outside_a_repository() -> None:
+    assert [k for k in ALLOWED if not Route(k).has_name] == ["base", "catalog"]
