@@ -27,7 +27,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.static import File
 
-from kraken.agent.storage import Downloader, Unavailable, fetch
+from kraken.agent.source import Downloader, Unavailable, fetch
 from kraken.core import Digest, DigestError
 from kraken.net.server import HTTPError, json_error, json_response
 from kraken.registry.names import is_valid_name

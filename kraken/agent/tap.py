@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from kraken import config as kconfig
 from kraken.agent.config import AgentConfig
 from kraken.agent.http import AgentHTTP
-from kraken.agent.storage import AgentBackend
+from kraken.agent.source import AgentSource
 from kraken.buildindex.client import BuildIndexClient
 from kraken.core import PieceLengthRule
 from kraken.net import make_http_client
@@ -71,25 +72,9 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
     scheduler.setName("scheduler")
     scheduler.setServiceParent(top)
 
-    backend = AgentBackend(scheduler, index, worker=io_worker, max_manifest_size=config.max_manifest_size)
-    registry = RegistryAPI(
-        backend,
-        None,
-        clock=reactor,
-        read_only=True,
-        read_only_message=READ_ONLY_MESSAGE,
-        max_manifest_size=config.max_manifest_size,
-    )
-    registry_listener = listen_http(
-        config.listen_registry,
-        make_site(registry.resource(), reactor=reactor, not_utf8=registry.not_utf8()),
-        reactor=reactor,
-        component="agent registry",
-        tracker=config.tracker,
-        build_index=config.build_index,
-    )
-    registry_listener.setName("registry")
-    registry_listener.setServiceParent(top)
+    _registry_listener(
+        config, AgentSource(scheduler, index, worker=io_worker, max_manifest_size=config.max_manifest_size), reactor
+    ).setServiceParent(top)
 
     api = AgentHTTP(scheduler, tracker_health=tracker.health, build_index_health=index.health, clock=reactor)
     api_listener = listen_http(
@@ -100,6 +85,28 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
 
     scheduler.listener(reactor, "agent P2P").setServiceParent(top)
     return top
+
+
+def _registry_listener(config: AgentConfig, source: AgentSource, reactor: Any) -> StreamServerEndpointService:
+    """The agent's read-only registry API over ``source``, on ``listen_registry`` (named ``registry``)."""
+    registry = RegistryAPI(
+        source,
+        None,
+        clock=reactor,
+        read_only=True,
+        read_only_message=READ_ONLY_MESSAGE,
+        max_manifest_size=config.max_manifest_size,
+    )
+    listener = listen_http(
+        config.listen_registry,
+        make_site(registry.resource(), reactor=reactor, not_utf8=registry.not_utf8()),
+        reactor=reactor,
+        component="agent registry",
+        tracker=config.tracker,
+        build_index=config.build_index,
+    )
+    listener.setName("registry")
+    return listener
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from kraken.core import Digest, DigestError
 from kraken.net import HTTPStatusError
 from kraken.net.service import ServiceClient, name_path
-from kraken.registry.backend import ManifestRecord, Page
+from kraken.registry.source import ManifestRecord, Page
 
 T = TypeVar("T")
 log = Logger()

@@ -75,11 +75,11 @@ from kraken.core import Digest, DigestError
 from kraken.net import ResponseTooLarge
 from kraken.net.bounded import bounded_map, chunks
 from kraken.net.server import HTTPError, json_error, json_response, read_body
-from kraken.registry.backend import ManifestRecord
 from kraken.registry.errors import RegistryError
 from kraken.registry.manifests import MANIFEST_TYPES, ParsedManifest, parse_manifest
 from kraken.registry.names import is_valid_name, is_valid_tag
 from kraken.registry.references import DEFAULT_MAX_REFERENCES
+from kraken.registry.source import ManifestRecord
 
 if TYPE_CHECKING:
     from kraken.buildindex.backends import TagBackends

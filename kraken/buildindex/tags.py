@@ -50,7 +50,7 @@ from twisted.logger import Logger
 
 from kraken import sqlite
 from kraken.core import Digest
-from kraken.registry.backend import ManifestRecord, Page
+from kraken.registry.source import ManifestRecord, Page
 
 SCHEMA_VERSION = 2
 

@@ -14,9 +14,8 @@ from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
 from kraken.origin.client import ClusterClient, origin_urls
 from kraken.proxy.config import ProxyConfig
-from kraken.proxy.storage import ProxyBackend
-from kraken.registry.http import RegistryAPI
-from kraken.registry.references import ReferencePolicy
+from kraken.proxy.http import proxy_api
+from kraken.proxy.source import ProxySource
 from kraken.store import UploadArea, UploadExpiry
 from kraken.workers import ThreadPoolService, ThreadWorker
 
@@ -43,21 +42,10 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
         http=http, origins=origin_urls(cfg.origin), clock=reactor, config=cfg.http_client, worker=worker
     )
     index = BuildIndexClient(http=http, base=cfg.build_index, clock=reactor, config=cfg.http_client)
-    backend = ProxyBackend(
+    source = ProxySource(
         origin, index, worker=worker, scratch=cfg.uploads.root, check_concurrency=cfg.registry.check_concurrency
     )
-    api = RegistryAPI(
-        backend,
-        uploads,
-        clock=reactor,
-        max_manifest_size=cfg.registry.max_manifest_size,
-        max_page_size=cfg.registry.max_page,
-        references=ReferencePolicy(
-            max_references=cfg.registry.max_references,
-            batch=cfg.registry.check_batch,
-            concurrency=cfg.registry.check_concurrency,
-        ),
-    )
+    api = proxy_api(source, uploads, clock=reactor, config=cfg.registry)
 
     UploadExpiry(api.expire_uploads, clock=reactor, ttl=cfg.uploads.ttl).setServiceParent(top)
 

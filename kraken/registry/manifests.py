@@ -20,8 +20,8 @@ from typing import Any
 import attrs
 
 from kraken.core import Digest, DigestError
-from kraken.registry.backend import ManifestRecord
 from kraken.registry.errors import ManifestInvalid
+from kraken.registry.source import ManifestRecord
 
 # Docker schema2 (distribution's manifest-v2-2.md).
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -161,8 +161,56 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         raise _invalid("manifest is not valid JSON") from None
     if not isinstance(doc, dict):
         raise _invalid("manifest must be a JSON object")
+    media_type = _manifest_type(doc, bare_media_type(content_type))
+    annotations = _annotations(doc.get("annotations"), "annotations")
+    subject, artifact_type = _oci_fields(doc, media_type)
+    blobs: tuple[Descriptor, ...] = ()
+    manifests: tuple[Descriptor, ...] = ()
+    if media_type in INDEX_TYPES:
+        manifests = _index_children(doc, media_type)
+    else:
+        blobs = _image_blobs(doc, media_type)
+        if media_type in OCI_TYPES and artifact_type is None:
+            # OCI 1.1 referrers: without artifactType, an image manifest's
+            # artifact type is its config's mediaType.
+            artifact_type = blobs[0].media_type
+    return ParsedManifest(
+        media_type=media_type,
+        digest=Digest(hashlib.sha256(body).hexdigest()),
+        size=len(body),
+        blobs=blobs,
+        manifests=manifests,
+        subject=subject,
+        artifact_type=artifact_type,
+        annotations=annotations,
+    )
 
-    ct = bare_media_type(content_type)
+
+def _manifest_type(doc: dict[str, Any], ct: str) -> str:
+    """The manifest's media type from its ``mediaType`` field, the pushed
+    (bare) Content-Type ``ct`` and its structure; refuses schema1, other
+    schema versions, unknown types and contradictions."""
+    field = _checked_type_field(doc, ct)
+    has_index = "manifests" in doc
+    has_image = "config" in doc or "layers" in doc
+    if has_index and has_image:
+        raise _invalid("a manifest cannot have both 'manifests' and 'config'/'layers'")
+    if field is not None:
+        return field
+    if ct in OCI_TYPES:
+        return ct
+    if ct in DOCKER_TYPES:
+        raise _invalid(f"a {ct} manifest must declare its mediaType")
+    if has_index:
+        return OCI_INDEX
+    if has_image:
+        return OCI_MANIFEST
+    raise _invalid("cannot tell the manifest type: no mediaType, config, layers or manifests")
+
+
+def _checked_type_field(doc: dict[str, Any], ct: str) -> str | None:
+    """The ``mediaType`` field (or None), checked with ``schemaVersion``
+    against what this registry accepts and against the Content-Type."""
     field = doc.get("mediaType")
     if field is not None and not isinstance(field, str):
         raise _invalid("mediaType must be a string")
@@ -180,69 +228,42 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
             raise _invalid(f"unsupported manifest Content-Type {ct!r}")
         if field is not None and field != ct:
             raise _invalid(f"Content-Type {ct!r} does not match the manifest's mediaType {field!r}")
+    return field
 
-    has_index = "manifests" in doc
-    has_image = "config" in doc or "layers" in doc
-    if has_index and has_image:
-        raise _invalid("a manifest cannot have both 'manifests' and 'config'/'layers'")
 
-    if field is not None:
-        media_type = field
-    elif ct in OCI_TYPES:
-        media_type = ct
-    elif ct in DOCKER_TYPES:
-        raise _invalid(f"a {ct} manifest must declare its mediaType")
-    elif has_index:
-        media_type = OCI_INDEX
-    elif has_image:
-        media_type = OCI_MANIFEST
-    else:
-        raise _invalid("cannot tell the manifest type: no mediaType, config, layers or manifests")
-
-    is_oci = media_type in OCI_TYPES
-    annotations = _annotations(doc.get("annotations"), "annotations")
+def _oci_fields(doc: dict[str, Any], media_type: str) -> tuple[Digest | None, str | None]:
+    """``subject`` and ``artifactType`` of an OCI manifest or index (Docker types have neither)."""
     subject: Digest | None = None
     artifact_type: str | None = None
-    if is_oci:
+    if media_type in OCI_TYPES:
         if doc.get("subject") is not None:
             subject = _descriptor(doc["subject"], "subject").digest
         if doc.get("artifactType") is not None:
             artifact_type = _media_type(doc["artifactType"], "artifactType")
+    return subject, artifact_type
 
-    blobs: tuple[Descriptor, ...] = ()
-    manifests: tuple[Descriptor, ...] = ()
-    if media_type in INDEX_TYPES:
-        if has_image:
-            raise _invalid(f"a {media_type} document must not have 'config' or 'layers'")
-        raw = doc.get("manifests")
-        if not isinstance(raw, list):
-            raise _invalid("'manifests' must be a list of descriptors")
-        manifests = tuple(_descriptor(m, f"manifests[{i}]") for i, m in enumerate(raw))
-    else:
-        if has_index:
-            raise _invalid(f"a {media_type} document must not have 'manifests'")
-        if "config" not in doc:
-            raise _invalid(f"a {media_type} document must have a 'config' descriptor")
-        config = _descriptor(doc["config"], "config")
-        raw_layers = doc.get("layers", [])
-        if not isinstance(raw_layers, list):
-            raise _invalid("'layers' must be a list of descriptors")
-        blobs = (config, *(_descriptor(x, f"layers[{i}]") for i, x in enumerate(raw_layers)))
-        if is_oci and artifact_type is None:
-            # OCI 1.1 referrers: without artifactType, an image manifest's
-            # artifact type is its config's mediaType.
-            artifact_type = config.media_type
 
-    return ParsedManifest(
-        media_type=media_type,
-        digest=Digest(hashlib.sha256(body).hexdigest()),
-        size=len(body),
-        blobs=blobs,
-        manifests=manifests,
-        subject=subject,
-        artifact_type=artifact_type,
-        annotations=annotations,
-    )
+def _index_children(doc: dict[str, Any], media_type: str) -> tuple[Descriptor, ...]:
+    """The child manifests of a manifest list or image index."""
+    if "config" in doc or "layers" in doc:
+        raise _invalid(f"a {media_type} document must not have 'config' or 'layers'")
+    raw = doc.get("manifests")
+    if not isinstance(raw, list):
+        raise _invalid("'manifests' must be a list of descriptors")
+    return tuple(_descriptor(m, f"manifests[{i}]") for i, m in enumerate(raw))
+
+
+def _image_blobs(doc: dict[str, Any], media_type: str) -> tuple[Descriptor, ...]:
+    """The config, then the layers, of an image manifest."""
+    if "manifests" in doc:
+        raise _invalid(f"a {media_type} document must not have 'manifests'")
+    if "config" not in doc:
+        raise _invalid(f"a {media_type} document must have a 'config' descriptor")
+    config = _descriptor(doc["config"], "config")
+    raw_layers = doc.get("layers", [])
+    if not isinstance(raw_layers, list):
+        raise _invalid("'layers' must be a list of descriptors")
+    return (config, *(_descriptor(x, f"layers[{i}]") for i, x in enumerate(raw_layers)))
 
 
 def accepted_types(accept_header_values: Iterable[bytes | str]) -> set[str]:

@@ -3,7 +3,7 @@
 Every reference costs the registry a lookup before the manifest is
 accepted, so their number is capped (``ReferencePolicy.max_references``,
 checked before any lookup) and the lookups go in batches: the blobs through
-``IRegistryBackend.stat_blobs``, ``batch`` digests a question; the child
+``IRegistrySource.stat_blobs``, ``batch`` digests a question; the child
 manifests ``concurrency`` at a time. Batches go one after another, and the
 first batch that finds something missing ends the check: the push fails
 whatever the rest holds, so the rest is not looked up.
@@ -23,16 +23,16 @@ import attrs
 
 from kraken.core import Digest
 from kraken.net.bounded import bounded_map, chunks
-from kraken.registry.backend import IRegistryBackend
 from kraken.registry.errors import ManifestBlobUnknown, ManifestInvalid
 from kraken.registry.manifests import ParsedManifest
+from kraken.registry.source import IRegistrySource
 
 #: Docker images stop at 127 layers (overlayfs' limit) plus the config; a
 #: multi-platform index with attestations has a few dozen entries; OCI
 #: artifacts (ORAS pushes one layer per file) can have hundreds. 1000 leaves
 #: room for all of that and bounds one push's lookups.
 DEFAULT_MAX_REFERENCES = 1000
-#: Blob digests per question to the backend (the origin answers up to 1000).
+#: Blob digests per question to the source (the origin answers up to 1000).
 DEFAULT_CHECK_BATCH = 100
 #: Lookups one manifest's check may have in flight.
 DEFAULT_CHECK_CONCURRENCY = 8
@@ -60,21 +60,21 @@ class ReferencePolicy:
                 detail={"references": count, "limit": self.max_references},
             )
 
-    async def check_exist(self, backend: IRegistryBackend, repo: str, parsed: ParsedManifest) -> None:
+    async def check_exist(self, source: IRegistrySource, repo: str, parsed: ParsedManifest) -> None:
         """Raise ``MANIFEST_BLOB_UNKNOWN`` if a reference is missing (see the module docstring)."""
         blobs = parsed.required_blobs()
         manifests = parsed.required_manifests()
         missing: list[Digest] = []
         checked = 0
         for chunk in chunks(blobs, self.batch):
-            sizes = await backend.stat_blobs(repo, chunk)
+            sizes = await source.stat_blobs(repo, chunk)
             missing += [d for d in chunk if sizes.get(d) is None]
             checked += len(chunk)
             if missing:
                 break
         else:
             for chunk in chunks(manifests, self.batch):
-                found = await bounded_map(chunk, self.concurrency, lambda d: backend.get_manifest(repo, d))
+                found = await bounded_map(chunk, self.concurrency, lambda d: source.get_manifest(repo, d))
                 missing += [d for d, record in zip(chunk, found, strict=True) if record is None]
                 checked += len(chunk)
                 if missing:

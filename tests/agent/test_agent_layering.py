@@ -13,7 +13,7 @@ AGENT = Path(__file__).resolve().parents[2] / "kraken" / "agent"
 
 def test_agent_domain_modules_import_without_the_reactor() -> None:
     # Not http.py: importing klein installs the default reactor (as for every daemon's http.py).
-    code = "import sys, kraken.agent.config, kraken.agent.storage; assert 'twisted.internet.reactor' not in sys.modules"
+    code = "import sys, kraken.agent.config, kraken.agent.source; assert 'twisted.internet.reactor' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

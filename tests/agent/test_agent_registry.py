@@ -1,5 +1,5 @@
 """The agent's read-only registry: ``RegistryAPI(read_only=True)`` over
-``AgentBackend``, with a fake scheduler and build-index behind StubTreq."""
+``AgentSource``, with a fake scheduler and build-index behind StubTreq."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from agent_fakes import Client, FakeScheduler, FakeTags, image, layer
 from twisted.internet import task
 
-from kraken.agent.storage import AgentBackend
+from kraken.agent.source import AgentSource
 from kraken.agent.tap import READ_ONLY_MESSAGE
 from kraken.core import Digest
 from kraken.registry.http import RegistryAPI
@@ -24,9 +24,9 @@ class Agent:
     def __init__(self, tmp_path: Path, clock: task.Clock, max_manifest_size: int = 4 << 20) -> None:
         self.scheduler = FakeScheduler(tmp_path / "cache")
         self.tags = FakeTags()
-        backend = AgentBackend(self.scheduler, self.tags, worker=InlineWorker(), max_manifest_size=max_manifest_size)
+        source = AgentSource(self.scheduler, self.tags, worker=InlineWorker(), max_manifest_size=max_manifest_size)
         api = RegistryAPI(
-            backend,
+            source,
             None,
             clock=clock,
             read_only=True,

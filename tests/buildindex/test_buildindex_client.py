@@ -14,7 +14,7 @@ from kraken.buildindex.client import BuildIndexClient, ManifestRefused, Refused,
 from kraken.core import Digest
 from kraken.net import HTTPClientConfig, HTTPStatusError
 from kraken.net.service import name_path
-from kraken.registry.backend import ManifestRecord, Page
+from kraken.registry.source import ManifestRecord, Page
 
 CONFIG = HTTPClientConfig(retries=2, backoff=1.0, max_backoff=1.0, timeout=30.0)
 

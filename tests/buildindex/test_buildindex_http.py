@@ -12,7 +12,7 @@ from twisted.logger import capturedLogs
 
 from kraken.core import Digest
 from kraken.net import HTTPStatusError
-from kraken.registry.backend import ManifestRecord
+from kraken.registry.source import ManifestRecord
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from buildindex_fakes import InlineReactor, open_store, result_of
 
 from kraken.buildindex.tags import SCHEMA_VERSION, TagStore, open_pool
 from kraken.core import Digest
-from kraken.registry.backend import ManifestRecord, Page
+from kraken.registry.source import ManifestRecord, Page
 from kraken.sqlite import SchemaError
 
 D1 = Digest.from_bytes(b"one")

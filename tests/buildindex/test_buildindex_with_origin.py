@@ -18,7 +18,7 @@ from kraken.core import Digest, PieceLengthRule
 from kraken.net import HTTPClientConfig
 from kraken.origin.client import ClusterClient
 from kraken.origin.http import OriginHTTP
-from kraken.registry.backend import Page
+from kraken.registry.source import Page
 from kraken.store import CAStore
 from kraken.workers import InlineWorker
 

@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from kraken.core import Digest
 from kraken.net import HTTPClientConfig
 from kraken.origin.client import LOCATIONS_HEADER, ClusterClient
-from kraken.proxy.storage import ProxyBackend
+from kraken.proxy.source import ProxySource
 from kraken.registry.errors import InsufficientStorage
 from kraken.registry.http import RegistryAPI
 from kraken.store import UploadArea
@@ -68,7 +68,7 @@ def run(stub: StubTreq, clock: Clock, work: Any) -> Any:
     return outcome_of(work, pump)
 
 
-def setup(tmp_path: Path) -> tuple[FullOrigins, StubTreq, Clock, ProxyBackend]:
+def setup(tmp_path: Path) -> tuple[FullOrigins, StubTreq, Clock, ProxySource]:
     origins = FullOrigins()
     stub = StubTreq(origins)
     clock = Clock()
@@ -81,30 +81,30 @@ def setup(tmp_path: Path) -> tuple[FullOrigins, StubTreq, Clock, ProxyBackend]:
         worker=InlineWorker(),
         rng=random.Random(1),
     )
-    backend = ProxyBackend(cluster, None, worker=InlineWorker(), scratch=str(tmp_path))  # type: ignore[arg-type]
-    return origins, stub, clock, backend
+    source = ProxySource(cluster, None, worker=InlineWorker(), scratch=str(tmp_path))  # type: ignore[arg-type]
+    return origins, stub, clock, source
 
 
 def test_every_location_once_then_insufficient_storage(tmp_path: Path) -> None:
-    origins, stub, clock, backend = setup(tmp_path)
+    origins, stub, clock, source = setup(tmp_path)
     path = tmp_path / "blob"
     path.write_bytes(b"layer" * 1000)
     digest = Digest.from_bytes(path.read_bytes())
-    out = run(stub, clock, backend.commit_blob(NS, digest, str(path), 5000))
+    out = run(stub, clock, source.commit_blob(NS, digest, str(path), 5000))
     assert isinstance(out, Failure) and out.check(InsufficientStorage)
     assert out.value.status == 507 and out.value.message.startswith("no space left on device")
     assert origins.uploads() == [(b"origin-a:1", b"POST"), (b"origin-b:2", b"POST")], "no location twice"
     assert clock.seconds() == 0.0, "no backoff: no second round was waited for"
     # Space is back: the same push goes through.
     origins.full = False
-    assert run(stub, clock, backend.commit_blob(NS, digest, str(path), 5000)) is None
+    assert run(stub, clock, source.commit_blob(NS, digest, str(path), 5000)) is None
 
 
 def test_the_registry_client_gets_507_json_and_the_proxy_keeps_no_file(tmp_path: Path) -> None:
-    origins, stub, clock, backend = setup(tmp_path / "scratch")
+    origins, stub, clock, source = setup(tmp_path / "scratch")
     (tmp_path / "scratch").mkdir()
     uploads = UploadArea(str(tmp_path / "uploads"), InlineWorker())
-    api = RegistryAPI(backend, uploads, clock=clock)
+    api = RegistryAPI(source, uploads, clock=clock)
     client = StubTreq(api.resource())
     data = b"x" * 200_000
     digest = Digest.from_bytes(data)

@@ -1,5 +1,5 @@
-"""Fixtures for the registry API tests: a ``RegistryAPI`` over the memory
-backend and an ``UploadArea`` with an ``InlineWorker``, driven through
+"""Fixtures for the registry API tests: a ``RegistryAPI`` over the in-memory
+source (``memory.MemorySource``) and an ``UploadArea`` with an ``InlineWorker``, driven through
 ``StubTreq`` with a ``task.Clock`` (no sockets, no sleeping)."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from kraken.registry.manifests import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFE
 from kraken.store import UploadArea
 from kraken.workers import InlineWorker
 
-from .memory import MemoryBackend
+from .memory import MemorySource
 
 BASE = "http://registry.test"
 
@@ -57,11 +57,19 @@ class Resp:
 class Registry:
     """A registry under test plus the helpers the tests share."""
 
-    def __init__(self, tmp_path: Path, clock: task.Clock, *, with_uploads: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        clock: task.Clock,
+        *,
+        with_uploads: bool = True,
+        source: MemorySource | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.clock = clock
-        self.backend = MemoryBackend(str(tmp_path / "blobs"))
+        self.source = source or MemorySource(str(tmp_path / "blobs"))
         self.uploads = UploadArea(str(tmp_path / "uploads"), InlineWorker()) if with_uploads else None
-        self.api = RegistryAPI(self.backend, self.uploads, clock=clock, **kwargs)
+        self.api = RegistryAPI(self.source, self.uploads, clock=clock, **kwargs)
         self.stub = StubTreq(self.api.resource())
 
     def wait(self, d: Deferred[Any]) -> Any:

@@ -1,4 +1,4 @@
-"""An in-memory ``IRegistryBackend`` for the registry API tests.
+"""An in-memory ``IRegistrySource`` for the registry API tests.
 
 Blobs are kept as bytes and also written to ``blob_dir`` so ``blob_resource``
 can return a ``static.File``, which answers ``Range`` like the real stores.
@@ -16,7 +16,7 @@ from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from kraken.core import Digest
-from kraken.registry.backend import IRegistryBackend, ManifestRecord, Page
+from kraken.registry.source import IRegistrySource, ManifestRecord, Page
 
 
 @attrs.define
@@ -39,8 +39,8 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-@implementer(IRegistryBackend)
-class MemoryBackend:
+@implementer(IRegistrySource)
+class MemorySource:
     def __init__(self, blob_dir: str) -> None:
         self.blob_dir = blob_dir
         os.makedirs(blob_dir, exist_ok=True)
@@ -60,7 +60,7 @@ class MemoryBackend:
     def add_repo(self, name: str) -> None:
         self.repos.setdefault(name, _Repo())
 
-    # -- IRegistryBackend -----------------------------------------------------
+    # -- IRegistrySource -----------------------------------------------------
 
     async def stat_blob(self, repo: str, digest: Digest) -> int | None:
         self.calls.append(("stat_blob", (digest,)))

@@ -44,7 +44,7 @@ def pushable(reg: Registry, repo: str, media_type: str) -> dict[str, Any]:
 
 
 def puts(reg: Registry) -> list[tuple[Any, ...]]:
-    return [args for name, args in reg.backend.calls if name == "put_manifest"]
+    return [args for name, args in reg.source.calls if name == "put_manifest"]
 
 
 @pytest.mark.parametrize("media_type", ALL_TYPES)
@@ -58,9 +58,9 @@ def test_push_and_pull_by_tag_and_digest(registry: Registry, media_type: str) ->
     assert r.header("Location") == f"/v2/{repo}/manifests/{d}"
     assert r.header("Docker-Content-Digest") == str(d)
     assert r.header("OCI-Subject") is None
-    record = registry.backend.repos[repo].manifests[d]
+    record = registry.source.repos[repo].manifests[d]
     assert (record.media_type, record.size, record.digest) == (media_type, len(body), d)
-    assert registry.backend.repos[repo].tags["v1"] == d
+    assert registry.source.repos[repo].tags["v1"] == d
 
     for ref in ("v1", str(d)):
         r = registry.get(f"/v2/{repo}/manifests/{ref}", headers={"Accept": media_type})
@@ -92,9 +92,9 @@ def test_get_wire_headers(registry: Registry) -> None:
 def test_head_does_not_read_the_body(registry: Registry) -> None:
     doc = pushable(registry, "a", DOCKER_MANIFEST)
     registry.put_manifest("a", "t", doc, DOCKER_MANIFEST)
-    registry.backend.calls.clear()
+    registry.source.calls.clear()
     assert registry.head("/v2/a/manifests/t").code == 200
-    assert not [c for c in registry.backend.calls if c[0] == "read_blob"]
+    assert not [c for c in registry.source.calls if c[0] == "read_blob"]
 
 
 def test_push_by_digest(registry: Registry) -> None:
@@ -229,7 +229,7 @@ def test_subject_need_not_exist(registry: Registry) -> None:
     r = registry.put_manifest("a", str(digest_of(doc)), doc, OCI_MANIFEST)
     assert r.code == 201, r.body
     assert r.header("OCI-Subject") == str(subject)
-    record = registry.backend.repos["a"].manifests[digest_of(doc)]
+    record = registry.source.repos["a"].manifests[digest_of(doc)]
     assert record.subject == subject
     assert record.artifact_type == "application/vnd.example.sig"
     assert record.annotations == {"org.example": "yes"}
@@ -355,7 +355,7 @@ def test_delete_manifest_unsupported(registry: Registry) -> None:
 def test_recorded_manifest_without_bytes(registry: Registry) -> None:
     doc = pushable(registry, "a", OCI_MANIFEST)
     registry.put_manifest("a", "t", doc, OCI_MANIFEST)
-    del registry.backend.blobs[digest_of(doc)]
+    del registry.source.blobs[digest_of(doc)]
     r = registry.get("/v2/a/manifests/t")
     assert (r.code, r.error_code) == (404, "MANIFEST_UNKNOWN")
     assert r.header("Docker-Content-Digest") is None
@@ -364,4 +364,4 @@ def test_recorded_manifest_without_bytes(registry: Registry) -> None:
 def test_artifact_type_from_config(registry: Registry) -> None:
     doc = pushable(registry, "a", OCI_MANIFEST)
     registry.put_manifest("a", "t", doc, OCI_MANIFEST)
-    assert registry.backend.repos["a"].manifests[digest_of(doc)].artifact_type == OCI_CONFIG
+    assert registry.source.repos["a"].manifests[digest_of(doc)].artifact_type == OCI_CONFIG

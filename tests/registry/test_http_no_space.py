@@ -13,7 +13,7 @@ from full_disk import Room, filling_open, no_space
 from results import result_of
 from twisted.python.failure import Failure
 
-from kraken.agent.storage import AgentBackend
+from kraken.agent.source import AgentSource
 from kraken.core import Digest
 from kraken.files import OutOfSpace
 from kraken.registry.errors import InsufficientStorage
@@ -60,13 +60,13 @@ def test_a_refused_body_is_answered_as_oci_json_and_drops_its_session(registry: 
     assert dict(refusal.headers)[b"Content-Type"] == b"application/json"
     assert json.loads(refusal.body)["errors"][0]["message"].startswith("no space left on device")
     assert os.listdir(registry.uploads._root) == []  # type: ignore[union-attr]
-    assert uid not in registry.api._sessions
+    assert uid not in registry.api.sessions
     other = result_of(registry.api.body_refused(b"PUT", b"/v2/x/manifests/latest", Failure(OSError(errno.EIO, "EIO"))))
     assert other.status == 500
 
 
 class FullOrigin:
-    """A backend whose blob store (the origin cluster) is full."""
+    """A source whose blob store (the origin cluster) is full."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -80,7 +80,7 @@ class FullOrigin:
 
 def test_a_full_origin_is_relayed_and_the_proxys_upload_deleted(tmp_path: Path, clock: Any) -> None:
     registry = Registry(tmp_path, clock)
-    registry.api = RegistryAPI(FullOrigin(registry.backend), registry.uploads, clock=clock)
+    registry.api = RegistryAPI(FullOrigin(registry.source), registry.uploads, clock=clock)
     from treq.testing import StubTreq
 
     registry.stub = StubTreq(registry.api.resource())
@@ -113,8 +113,8 @@ def test_an_agent_whose_disk_is_full_answers_507(tmp_path: Path, clock: Any) -> 
     from kraken.workers import InlineWorker
 
     registry = Registry(tmp_path, clock, with_uploads=False, read_only=True)
-    backend = AgentBackend(FullScheduler(), NoTags(), worker=InlineWorker(), max_manifest_size=1 << 20)
-    registry.api = RegistryAPI(backend, None, clock=clock, read_only=True)
+    source = AgentSource(FullScheduler(), NoTags(), worker=InlineWorker(), max_manifest_size=1 << 20)
+    registry.api = RegistryAPI(source, None, clock=clock, read_only=True)
     registry.stub = StubTreq(registry.api.resource())
     assert_no_space(registry.get(f"/v2/team/app/blobs/{DIGEST}"))
     assert_no_space(registry.get(f"/v2/team/app/manifests/{DIGEST}"))

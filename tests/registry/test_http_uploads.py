@@ -1,11 +1,10 @@
-"""Blob pulls and blob uploads through the HTTP API."""
+"""Blob uploads through the HTTP API (``kraken.registry.http_uploads``)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import time
 
 import pytest
 
@@ -26,87 +25,13 @@ def upload_files(reg: Registry) -> list[str]:
 
 
 def commits(reg: Registry) -> list[tuple[object, ...]]:
-    return [args for name, args in reg.backend.calls if name == "commit_blob"]
+    return [args for name, args in reg.source.calls if name == "commit_blob"]
 
 
 def chunked(reg: Registry, method: str, path: str, data: bytes, **headers: str) -> tuple[int, dict[str, str], bytes]:
     return parse_wire(
         reg.raw(chunked_request(method, path, data, {k.replace("_", "-"): v for k, v in headers.items()}))
     )
-
-
-# -- pulling blobs ----------------------------------------------------------------
-
-
-def test_get_and_head_blob(registry: Registry) -> None:
-    d = registry.backend.add_blob(DATA)
-    r = registry.get(f"/v2/library/ubuntu/blobs/{d}")
-    assert r.code == 200
-    assert r.body == DATA
-    assert r.header("Docker-Content-Digest") == str(d)
-    assert r.header("Content-Type") == "application/octet-stream"
-    assert r.header("Docker-Distribution-API-Version") == "registry/2.0"
-    h = registry.head(f"/v2/library/ubuntu/blobs/{d}")
-    assert (h.code, h.body) == (200, b"")
-    assert h.header("Content-Length") == str(len(DATA))
-    assert h.header("Docker-Content-Digest") == str(d)
-
-
-def test_blob_ranges(registry: Registry) -> None:
-    d = registry.backend.add_blob(DATA)
-    r = registry.get(f"/v2/a/blobs/{d}", headers={"Range": "bytes=500-1499"})
-    assert r.code == 206
-    assert r.body == DATA[500:1500]
-    assert r.header("Content-Range") == f"bytes 500-1499/{len(DATA)}"
-    r = registry.get(f"/v2/a/blobs/{d}", headers={"Range": "bytes=-500"})
-    assert (r.code, r.body) == (206, DATA[-500:])
-    r = registry.get(f"/v2/a/blobs/{d}", headers={"Range": f"bytes={len(DATA) + 10}-{len(DATA) + 20}"})
-    assert r.code == 416
-    assert r.header("Content-Range") == f"bytes */{len(DATA)}"
-
-
-@pytest.mark.parametrize("value", ["bytes=500-0", "bytes=0-10, 20-5", "BYTES = 9 - 1"])
-def test_backwards_blob_range(registry: Registry, value: str) -> None:
-    d = registry.backend.add_blob(DATA)
-    r = registry.get(f"/v2/a/blobs/{d}", headers={"Range": value})
-    assert (r.code, r.error_code) == (416, "RANGE_INVALID")
-    assert r.header("Content-Range") == f"bytes */{len(DATA)}"
-    assert r.header("Docker-Content-Digest") is None
-    # other odd ranges are the resource's business (RFC 9110: ignore them)
-    assert registry.get(f"/v2/a/blobs/{d}", headers={"Range": "items=1-0"}).code == 200
-
-
-def test_percent_encoded_digest(registry: Registry) -> None:
-    d = registry.backend.add_blob(DATA)
-    r = registry.get(f"/v2/a/blobs/sha256%3A{d.hex}")
-    assert (r.code, r.body) == (200, DATA)
-
-
-def test_blob_unknown(registry: Registry) -> None:
-    r = registry.get(f"/v2/a/blobs/{Digest.from_bytes(b'nope')}")
-    assert (r.code, r.error_code) == (404, "BLOB_UNKNOWN")
-    h = registry.head(f"/v2/a/blobs/{Digest.from_bytes(b'nope')}")
-    assert h.code == 404
-    assert h.header("Docker-Distribution-API-Version") == "registry/2.0"
-
-
-@pytest.mark.parametrize("digest", ["sha256:abc", "sha512:" + "a" * 128, "sha256:" + "A" * 64, "latest", "sha256%3Azz"])
-def test_blob_digest_invalid(registry: Registry, digest: str) -> None:
-    r = registry.get(f"/v2/a/blobs/{digest}")
-    assert (r.code, r.error_code) == (400, "DIGEST_INVALID")
-
-
-def test_blob_name_invalid(registry: Registry) -> None:
-    d = registry.backend.add_blob(DATA)
-    r = registry.get(f"/v2/Bad_Name/blobs/{d}")
-    assert (r.code, r.error_code) == (400, "NAME_INVALID")
-
-
-def test_blob_delete_unsupported(registry: Registry) -> None:
-    d = registry.backend.add_blob(DATA)
-    r = registry.request("DELETE", f"/v2/a/blobs/{d}")
-    assert (r.code, r.error_code) == (405, "UNSUPPORTED")
-    assert d in registry.backend.blobs
 
 
 # -- starting uploads -------------------------------------------------------------
@@ -143,7 +68,7 @@ def test_monolithic_post(registry: Registry) -> None:
     assert r.code == 201
     assert r.header("Location") == f"/v2/a/b/blobs/{d}"
     assert r.header("Docker-Content-Digest") == str(d)
-    assert registry.backend.blobs[d] == DATA
+    assert registry.source.blobs[d] == DATA
     assert upload_files(registry) == []
     assert registry.get(f"/v2/a/b/blobs/{d}").body == DATA
 
@@ -152,10 +77,10 @@ def test_monolithic_post_wrong_digest(registry: Registry) -> None:
     d = Digest.from_bytes(b"something else")
     r = registry.request("POST", f"/v2/a/blobs/uploads/?digest={d}", body=DATA)
     assert (r.code, r.error_code) == (400, "DIGEST_INVALID")
-    assert registry.backend.blobs == {}
+    assert registry.source.blobs == {}
     assert commits(registry) == []
     assert upload_files(registry) == []
-    assert registry.api._sessions == {}
+    assert len(registry.api.sessions) == 0
 
 
 def test_monolithic_post_malformed_digest(registry: Registry) -> None:
@@ -168,12 +93,12 @@ def test_monolithic_empty_blob(registry: Registry) -> None:
     d = Digest.from_bytes(b"")
     r = registry.request("POST", f"/v2/a/blobs/uploads/?digest={d}")
     assert r.code == 201
-    assert registry.backend.blobs[d] == b""
+    assert registry.source.blobs[d] == b""
 
 
 @pytest.mark.parametrize("source", ["&from=other/repo", ""])
 def test_mount_existing_blob(registry: Registry, source: str) -> None:
-    d = registry.backend.add_blob(DATA)
+    d = registry.source.add_blob(DATA)
     r = registry.request("POST", f"/v2/a/blobs/uploads/?mount={d}{source}")
     assert r.code == 201
     assert r.header("Location") == f"/v2/a/blobs/{d}"
@@ -186,7 +111,7 @@ def test_mount_existing_blob(registry: Registry, source: str) -> None:
     [f"mount={Digest.from_bytes(b'missing')}&from=other", "mount=sha256:bad&from=other", "mount={d}&from=Bad..Name"],
 )
 def test_mount_falls_back_to_upload(registry: Registry, query: str) -> None:
-    d = registry.backend.add_blob(DATA)
+    d = registry.source.add_blob(DATA)
     r = registry.request("POST", "/v2/a/blobs/uploads/?" + query.format(d=d))
     assert r.code == 202
     assert r.header("Range") == "0-0"
@@ -220,7 +145,7 @@ def test_chunked_upload(registry: Registry) -> None:
     assert r.code == 201
     assert r.header("Location") == f"/v2/a/b/blobs/{d}"
     assert r.header("Docker-Content-Digest") == str(d)
-    assert registry.backend.blobs[d] == DATA
+    assert registry.source.blobs[d] == DATA
     assert commits(registry)[0][:2] == ("a/b", d)
     assert commits(registry)[0][3] == len(DATA)
     assert upload_files(registry) == []
@@ -235,7 +160,7 @@ def test_streamed_patch(registry: Registry) -> None:
         assert r.header("Range") == f"0-{min(i + 3000, len(DATA)) - 1}"
     r = registry.request("PUT", f"{loc}?digest={Digest.from_bytes(DATA)}")
     assert r.code == 201
-    assert registry.backend.blobs[Digest.from_bytes(DATA)] == DATA
+    assert registry.source.blobs[Digest.from_bytes(DATA)] == DATA
 
 
 def test_streamed_patch_with_chunked_encoding(registry: Registry) -> None:
@@ -251,7 +176,7 @@ def test_large_body_spooled_to_disk(registry: Registry) -> None:
     assert r.code == 202
     r = registry.request("PUT", f"{loc}?digest={Digest.from_bytes(big)}")
     assert r.code == 201
-    assert registry.backend.blobs[Digest.from_bytes(big)] == big
+    assert registry.source.blobs[Digest.from_bytes(big)] == big
 
 
 def test_empty_patch_keeps_size(registry: Registry) -> None:
@@ -333,7 +258,7 @@ def test_put_with_last_chunk(registry: Registry) -> None:
     d = Digest.from_bytes(DATA)
     r = registry.request("PUT", f"{loc}?digest={d}", body=DATA[100:], headers={"Content-Range": f"100-{len(DATA) - 1}"})
     assert r.code == 201
-    assert registry.backend.blobs[d] == DATA
+    assert registry.source.blobs[d] == DATA
 
 
 def test_post_put_monolithic(registry: Registry) -> None:
@@ -341,7 +266,7 @@ def test_post_put_monolithic(registry: Registry) -> None:
     d = Digest.from_bytes(DATA)
     r = registry.request("PUT", f"{loc}?digest={d}", body=DATA, headers={"Content-Type": "application/octet-stream"})
     assert r.code == 201
-    assert registry.backend.blobs[d] == DATA
+    assert registry.source.blobs[d] == DATA
 
 
 def test_put_wrong_digest(registry: Registry) -> None:
@@ -351,7 +276,7 @@ def test_put_wrong_digest(registry: Registry) -> None:
     r = registry.request("PUT", f"{loc}?digest={wrong}")
     assert (r.code, r.error_code) == (400, "DIGEST_INVALID")
     assert r.json()["errors"][0]["detail"] == {"expected": str(wrong), "actual": str(Digest.from_bytes(DATA))}
-    assert registry.backend.blobs == {}
+    assert registry.source.blobs == {}
     assert commits(registry) == []
     assert upload_files(registry) == []
     assert registry.get(loc).error_code == "BLOB_UPLOAD_UNKNOWN"
@@ -379,7 +304,7 @@ def test_put_repeated_digest_parameters(registry: Registry) -> None:
 
 
 def test_put_existing_blob_skips_commit(registry: Registry) -> None:
-    d = registry.backend.add_blob(DATA)
+    d = registry.source.add_blob(DATA)
     loc = registry.start_upload("a")
     r = registry.request("PUT", f"{loc}?digest={d}", body=DATA)
     assert r.code == 201
@@ -425,32 +350,6 @@ def test_repository_names_with_api_words(registry: Registry) -> None:
         assert r.code == 201, repo
         assert r.header("Location") == f"/v2/{repo}/blobs/{d}"
         assert registry.get(f"/v2/{repo}/blobs/{d}").body == b"abc"
-
-
-def test_expire_uploads(registry: Registry) -> None:
-    old = registry.start_upload("a")
-    fresh = registry.start_upload("a")
-    assert registry.uploads is not None
-    path = registry.uploads.path(uid_of(old))
-    os.utime(path, (time.time() - 7200, time.time() - 7200))
-    expired = registry.wait(registry.api.expire_uploads(time.time(), 3600))
-    assert expired == [uid_of(old)]
-    assert registry.request("PATCH", old, body=b"x").error_code == "BLOB_UPLOAD_UNKNOWN"
-    assert registry.request("PATCH", fresh, body=b"x").code == 202
-    assert uid_of(old) not in registry.api._sessions
-
-
-def test_expire_uploads_logs_failures(registry: Registry) -> None:
-    from twisted.logger import capturedLogs
-
-    async def boom(now: float, max_age: float) -> list[str]:
-        raise OSError("disk gone")
-
-    assert registry.uploads is not None
-    registry.uploads.expire = boom  # type: ignore[method-assign]
-    with capturedLogs() as events:
-        assert registry.wait(registry.api.expire_uploads(0.0, 1.0)) == []
-    assert any(e.get("log_failure") is not None for e in events)
 
 
 def test_digest_of_spooled_upload_matches(registry: Registry) -> None:

@@ -17,12 +17,12 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from kraken.core import Digest
-from kraken.registry.backend import ManifestRecord
 from kraken.registry.manifests import OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST
 from kraken.registry.references import ReferencePolicy
+from kraken.registry.source import ManifestRecord
 
 from .conftest import Registry
-from .memory import MemoryBackend
+from .memory import MemorySource
 
 CONFIG = Digest.from_bytes(b"config")
 
@@ -48,7 +48,7 @@ def index(children: list[Digest]) -> dict[str, Any]:
     }
 
 
-class Everything(MemoryBackend):
+class Everything(MemorySource):
     """Holds every blob and every manifest asked about."""
 
     async def stat_blobs(self, repo: str, digests: list[Digest]) -> dict[Digest, int | None]:
@@ -60,7 +60,7 @@ class Everything(MemoryBackend):
         return ManifestRecord(digest, OCI_MANIFEST, 1)
 
 
-class Hanging(MemoryBackend):
+class Hanging(MemorySource):
     """Lookups that answer only when the test says so."""
 
     def __init__(self, blob_dir: str) -> None:
@@ -87,8 +87,8 @@ class Hanging(MemoryBackend):
         return ManifestRecord(digest, OCI_MANIFEST, 1)
 
 
-def lookups(backend: MemoryBackend) -> list[tuple[str, Any]]:
-    return [c for c in backend.calls if c[0] in ("stat_blobs", "stat_blob", "get_manifest")]
+def lookups(source: MemorySource) -> list[tuple[str, Any]]:
+    return [c for c in source.calls if c[0] in ("stat_blobs", "stat_blob", "get_manifest")]
 
 
 def no_failures(events: list[dict[str, Any]]) -> None:
@@ -110,7 +110,7 @@ def test_too_many_references_is_manifest_invalid_before_any_lookup(make_registry
         "manifest has 10001 references (blobs and manifests); this registry accepts at most 1000"
     )
     assert error["detail"] == {"references": 10001, "limit": 1000}
-    assert lookups(reg.backend) == []
+    assert lookups(reg.source) == []
     no_failures(events)
 
 
@@ -125,10 +125,10 @@ def test_the_limit_counts_an_index_s_children_too(make_registry: Any) -> None:
 
 def test_ten_thousand_present_blobs_go_in_batches(tmp_path: Path, clock: task.Clock) -> None:
     reg = Registry(tmp_path, clock, references=ReferencePolicy(max_references=10_001, batch=100))
-    reg.backend.__class__ = Everything
+    reg.source.__class__ = Everything
     r = reg.put_manifest("a", "t", image(fake(10_000)), OCI_MANIFEST)
     assert r.code == 201, r.body
-    batches = [c[1] for c in lookups(reg.backend)]
+    batches = [c[1] for c in lookups(reg.source)]
     assert len(batches) == 101  # 10,001 digests, 100 a question
     assert max(len(b) for b in batches) == 100
     assert sum(len(b) for b in batches) == 10_001
@@ -138,7 +138,7 @@ def test_the_first_batch_with_a_missing_blob_ends_the_check(make_registry: Any) 
     reg: Registry = make_registry(references=ReferencePolicy(max_references=10_001, batch=100))
     r = reg.put_manifest("a", "t", image(fake(10_000)), OCI_MANIFEST)
     assert (r.code, r.error_code) == (400, "MANIFEST_BLOB_UNKNOWN")
-    assert len(lookups(reg.backend)) == 1
+    assert len(lookups(reg.source)) == 1
     error = r.json()["errors"][0]
     assert len(error["detail"]["missing"]) == 100
     assert error["message"].startswith("manifest references at least 100 unknown blob(s) or manifest(s): ")
@@ -146,29 +146,27 @@ def test_the_first_batch_with_a_missing_blob_ends_the_check(make_registry: Any) 
 
 
 def test_child_manifests_are_looked_up_a_bounded_number_at_a_time(tmp_path: Path, clock: task.Clock) -> None:
-    backend = Hanging(str(tmp_path / "blobs"))
-    reg = Registry(tmp_path, clock, references=ReferencePolicy(batch=50, concurrency=4))
-    reg.api._backend = backend
+    source = Hanging(str(tmp_path / "blobs"))
+    reg = Registry(tmp_path, clock, source=source, references=ReferencePolicy(batch=50, concurrency=4))
     d = reg.stub.request("PUT", "http://registry.test/v2/a/manifests/t", data=json.dumps(index(fake(60, "c"))).encode(),
                          headers={"Content-Type": OCI_INDEX})  # fmt: skip
     most = 0
     for _ in range(200):
         reg.stub.flush()
         clock.advance(0)
-        pending = [w for w in backend.waiting if not w.called]
+        pending = [w for w in source.waiting if not w.called]
         most = max(most, len(pending))
         if pending:
             pending[0].callback(None)
     assert most == 4
-    assert len(lookups(backend)) == 60
+    assert len(lookups(source)) == 60
     resp = reg.wait(d)
     assert resp.code == 201
 
 
 def test_a_client_going_away_stops_the_check(tmp_path: Path, clock: task.Clock) -> None:
-    backend = Hanging(str(tmp_path / "blobs"))
-    reg = Registry(tmp_path, clock, references=ReferencePolicy(max_references=10_001, batch=100))
-    reg.api._backend = backend
+    source = Hanging(str(tmp_path / "blobs"))
+    reg = Registry(tmp_path, clock, source=source, references=ReferencePolicy(max_references=10_001, batch=100))
     body = json.dumps(image(fake(10_000))).encode()
     site = Site(reg.api.resource(), timeout=None, reactor=clock)
     proto = site.buildProtocol(None)
@@ -180,11 +178,11 @@ def test_a_client_going_away_stops_the_check(tmp_path: Path, clock: task.Clock) 
             b"Content-Length: %d\r\n\r\n%s" % (OCI_MANIFEST.encode(), len(body), body)
         )
         clock.advance(0)
-        assert len(lookups(backend)) == 1
+        assert len(lookups(source)) == 1
         proto.connectionLost(Failure(ConnectionLost()))
         clock.advance(3600)
-    assert backend.cancelled == 1
-    assert len(lookups(backend)) == 1  # nothing asked after the client left
+    assert source.cancelled == 1
+    assert len(lookups(source)) == 1  # nothing asked after the client left
     assert any(
         e.get("log_format", "").startswith("manifest {digest} for {repo}: reference check stopped") for e in events
     )

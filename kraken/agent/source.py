@@ -1,11 +1,12 @@
-"""The agent's registry storage: every byte through the P2P scheduler.
+"""The agent's registry source (``IRegistrySource``): every byte through the
+P2P scheduler.
 
 The agent serves the read-only registry API (``RegistryAPI(read_only=True)``)
-over this backend. Blobs and manifests alike are fetched with
+over ``AgentSource``. Blobs and manifests alike are fetched with
 ``scheduler.download(repo, digest)``, which returns the path of the blob in
 the local cache once it is there (downloading it from peers and origins
 first); tags are resolved by the build-index. Nothing is ever written
-through it: the API refuses pushes before they reach the backend.
+through it: the API refuses pushes before they reach the source.
 
 Listings (tags, catalog, referrers) are not served by an agent: it holds no
 index of repositories, only the blobs this host pulled. Tags and catalog
@@ -27,22 +28,22 @@ from kraken.core import Digest
 from kraken.net import HTTPStatusError
 from kraken.net.retry import NETWORK_ERRORS
 from kraken.p2p.scheduler import BlobNotFound, DownloadFailed
-from kraken.registry.backend import IRegistryBackend, ManifestRecord, Page
 from kraken.registry.errors import ManifestInvalid, Unknown, Unsupported
 from kraken.registry.manifests import parse_manifest
+from kraken.registry.source import IRegistrySource, ManifestRecord, Page
 from kraken.workers import Worker
 
 LISTINGS_UNSUPPORTED = "the Kraken agent does not list {what}: ask the Kraken proxy"
 
 
 class Downloader(Protocol):
-    """What the backend needs of ``kraken.p2p.scheduler.Scheduler``."""
+    """What the source needs of ``kraken.p2p.scheduler.Scheduler``."""
 
     async def download(self, namespace: str, digest: Digest) -> str: ...
 
 
 class TagSource(Protocol):
-    """What the backend needs of ``kraken.buildindex.client.BuildIndexClient``."""
+    """What the source needs of ``kraken.buildindex.client.BuildIndexClient``."""
 
     async def get_tag(self, repo: str, tag: str) -> Digest | None: ...
 
@@ -65,8 +66,8 @@ async def fetch(scheduler: Downloader, namespace: str, digest: Digest) -> str | 
         raise Unavailable(f"the tracker failed: {e}") from e
 
 
-@implementer(IRegistryBackend)
-class AgentBackend:
+@implementer(IRegistrySource)
+class AgentSource:
     log = Logger()
 
     def __init__(self, scheduler: Downloader, tags: TagSource, *, worker: Worker, max_manifest_size: int) -> None:

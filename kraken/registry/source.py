@@ -1,9 +1,14 @@
-"""What the registry API needs from the daemon that serves it.
+"""The registry API's source of blobs and manifests: what the API needs from
+the daemon that serves it (``IRegistrySource``), and the values it passes
+(``ManifestRecord``, ``Page``).
 
-The proxy implements this over the origin and build-index clients; the agent
-(read-only) over its scheduler. The HTTP layer (``kraken.registry.http``)
-owns every protocol rule (validation, upload sessions, digests, error JSON);
-a backend only stores and fetches.
+"Source", not "backend": a backend is a storage backend (``kraken.backends``).
+The proxy implements this over the origin and build-index clients
+(``kraken.proxy.source.ProxySource``); the agent, read-only, over its
+scheduler (``kraken.agent.source.AgentSource``). The HTTP layer
+(``kraken.registry.http`` and its handlers) owns every protocol rule
+(validation, upload sessions, digests, error JSON); a source only stores and
+fetches.
 """
 
 from __future__ import annotations
@@ -68,12 +73,13 @@ class Page:
     more: bool
 
 
-class IRegistryBackend(Interface):
-    """Storage behind the registry API. Every method is ``async``.
+class IRegistrySource(Interface):
+    """Where the registry API gets and puts blobs and manifests. Every method
+    is ``async``.
 
     Blobs are content addressed and shared by all repositories; the ``repo``
     passed with a blob operation is the namespace the request came through,
-    which a backend may use to choose where to store or fetch the blob.
+    which a source may use to choose where to store or fetch the blob.
     """
 
     async def stat_blob(repo: str, digest: Digest) -> int | None:

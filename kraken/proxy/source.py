@@ -1,5 +1,5 @@
-"""The proxy's registry storage: blobs on the origin, tags and manifest
-records on the build-index. The proxy itself keeps no blob beyond an upload
+"""The proxy's registry source (``IRegistrySource``): blobs on the origin,
+tags and manifest records on the build-index. The proxy itself keeps no blob beyond an upload
 in progress; blob reads are relayed from the origin as they stream.
 
 An origin out of space answers 507; once every location of the blob has
@@ -30,8 +30,8 @@ from kraken.core import Digest
 from kraken.files import remove_quietly
 from kraken.net import HTTPStatusError
 from kraken.origin.client import ClusterClient
-from kraken.registry.backend import IRegistryBackend, ManifestRecord, Page
 from kraken.registry.errors import InsufficientStorage, ManifestBlobUnknown, ManifestInvalid, Unknown
+from kraken.registry.source import IRegistrySource, ManifestRecord, Page
 from kraken.store.spool import SPOOL_PREFIX
 from kraken.workers import Worker
 
@@ -45,8 +45,8 @@ ORIGIN_FULL = "no space left on device: the origin cluster cannot store this blo
 _RELAYED = (b"content-range", b"accept-ranges", b"last-modified")
 
 
-@implementer(IRegistryBackend)
-class ProxyBackend:
+@implementer(IRegistrySource)
+class ProxySource:
     log = Logger()
 
     def __init__(

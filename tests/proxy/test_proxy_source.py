@@ -1,4 +1,4 @@
-"""The proxy's backend when the client goes away: a manifest's reference
+"""The proxy's source when the client goes away: a manifest's reference
 check and a blob relay stop, ask the origin nothing more, and log no error."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from kraken.buildindex.client import BuildIndexClient
 from kraken.core import Digest
 from kraken.net import HTTPClientConfig
 from kraken.origin.client import ClusterClient
-from kraken.proxy.storage import ProxyBackend, RelayedBlob
+from kraken.proxy.source import ProxySource, RelayedBlob
 from kraken.registry.http import RegistryAPI
 from kraken.registry.manifests import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
 from kraken.registry.references import ReferencePolicy
@@ -52,9 +52,9 @@ def proxy(tmp_path: Path, clock: task.Clock, http: Hanging) -> RegistryAPI:
     worker = InlineWorker()
     origin = ClusterClient(http=http, origins=ORIGINS, clock=clock, config=CONFIG, worker=worker)  # type: ignore[arg-type]
     index = BuildIndexClient(http=http, base="http://index.test", clock=clock, config=CONFIG)  # type: ignore[arg-type]
-    backend = ProxyBackend(origin, index, worker=worker, scratch=str(tmp_path))
+    source = ProxySource(origin, index, worker=worker, scratch=str(tmp_path))
     uploads = UploadArea(str(tmp_path / "uploads"), worker)
-    return RegistryAPI(backend, uploads, clock=clock, references=ReferencePolicy(max_references=1000))
+    return RegistryAPI(source, uploads, clock=clock, references=ReferencePolicy(max_references=1000))
 
 
 def test_a_manifest_check_stops_when_the_client_goes_away(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tag listing, the catalog and the referrers API."""
+"""Tag listing, the catalog and the referrers API (``kraken.registry.http_listings``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from kraken.core import Digest
-from kraken.registry.backend import ManifestRecord
 from kraken.registry.manifests import OCI_INDEX, OCI_MANIFEST
+from kraken.registry.source import ManifestRecord
 
 from .conftest import Registry
 
@@ -17,9 +17,9 @@ LINK = re.compile(r'<(?P<url>[^>]+)>; rel="next"')
 
 
 def tag(reg: Registry, repo: str, *tags: str) -> None:
-    reg.backend.add_repo(repo)
+    reg.source.add_repo(repo)
     for t in tags:
-        reg.backend.repos[repo].tags[t] = Digest.from_bytes(t.encode())
+        reg.source.repos[repo].tags[t] = Digest.from_bytes(t.encode())
 
 
 def follow(reg: Registry, url: str, key: str) -> tuple[list[str], list[str]]:
@@ -104,7 +104,7 @@ def test_tags_page_size_capped(make_registry: Any) -> None:
 def test_catalog(registry: Registry) -> None:
     assert registry.get("/v2/_catalog").json() == {"repositories": []}
     for repo in ("zeta", "alpha/one", "alpha/two", "beta"):
-        registry.backend.add_repo(repo)
+        registry.source.add_repo(repo)
     r = registry.get("/v2/_catalog")
     assert r.json() == {"repositories": ["alpha/one", "alpha/two", "beta", "zeta"]}
     r = registry.get("/v2/_catalog?n=2")
@@ -120,7 +120,7 @@ def test_catalog(registry: Registry) -> None:
 def test_catalog_cap(make_registry: Any) -> None:
     reg = make_registry(max_page_size=3)
     for i in range(5):
-        reg.backend.add_repo(f"r{i}")
+        reg.source.add_repo(f"r{i}")
     r = reg.get("/v2/_catalog?n=50")
     assert r.json()["repositories"] == ["r0", "r1", "r2"]
     assert r.header("Link") == '</v2/_catalog?n=3&last=r2>; rel="next"'
@@ -140,8 +140,8 @@ def referrer(reg: Registry, repo: str, seed: str, artifact_type: str, **extra: A
         subject=SUBJECT,
         **extra,
     )
-    reg.backend.add_repo(repo)
-    reg.backend.repos[repo].manifests[record.digest] = record
+    reg.source.add_repo(repo)
+    reg.source.repos[repo].manifests[record.digest] = record
     return record
 
 
