@@ -18,6 +18,7 @@ from kraken.core import Digest, PieceLengthRule
 from kraken.net import HTTPClientConfig
 from kraken.origin.client import ClusterClient
 from kraken.origin.http import OriginHTTP
+from kraken.origin.node import OriginNode
 from kraken.registry.backend import Page
 from kraken.store import CAStore
 from kraken.workers import InlineWorker
@@ -36,7 +37,7 @@ class World:
             str(tmp_path / "origin"), worker=worker, piece_rule=PieceLengthRule(((0, 1 << 20),)),
             now=self.reactor.seconds,
         )  # fmt: skip
-        self.origin_stub = StubTreq(OriginHTTP(store, clock=self.reactor, advertise="origin.test:15002").resource())
+        self.origin_stub = StubTreq(OriginHTTP(OriginNode(store, advertise="origin.test:15002")).resource())
         # OriginClient.upload sends an IBodyProducer, which StubTreq.request does not take.
         origin_http = HTTPClient(agent=self.origin_stub._agent)
         self.origin = ClusterClient(
