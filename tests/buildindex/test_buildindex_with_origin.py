@@ -14,6 +14,7 @@ from twisted.internet.task import Cooperator
 
 from kraken.buildindex.client import BuildIndexClient, TagRefused
 from kraken.buildindex.http import BuildIndexHTTP
+from kraken.buildindex.index import TagIndex
 from kraken.core import Digest, PieceLengthRule
 from kraken.net import HTTPClientConfig
 from kraken.origin.client import ClusterClient
@@ -44,7 +45,7 @@ class World:
             http=origin_http, origins=["http://origin.test:15002"], clock=self.reactor, config=CONFIG, worker=worker
         )
         self.tags = open_store(str(tmp_path / "tags.db"), self.reactor)
-        app = BuildIndexHTTP(self.tags, self.origin, clock=self.reactor, max_manifest_size=1 << 20, max_page=100)
+        app = BuildIndexHTTP(TagIndex(self.tags, self.origin, max_manifest_size=1 << 20, max_page=100))
         self.index_stub = StubTreq(app.resource())
         self.client = BuildIndexClient(http=self.index_stub, base=BASE, clock=self.reactor, config=CONFIG)
         self.tmp_path = tmp_path
