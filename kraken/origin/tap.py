@@ -200,6 +200,8 @@ def _give_up(top: MultiService, clock: IReactorTime, then: Callable[[], object] 
     stopped halfway."""
 
     def stop() -> None:
+        if not top.running:
+            return  # stopping anyway
         log.critical("origin stopping its own service: {why}", why=why)
         stopping = maybeDeferred(top.disownServiceParent if top.parent is not None else top.stopService)
         if then is not None:
