@@ -17,7 +17,7 @@ import pytest
         "kraken.store",
         "kraken.config",
         "kraken.net",
-        "kraken.registry.backend",
+        "kraken.registry.source",
         "kraken.p2p.wire",
         "kraken.p2p.session",
         "kraken.p2p.dispatch",

@@ -10,16 +10,18 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from treq.client import HTTPClient
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
 from kraken import config as kconfig
-from kraken.buildindex.backends import TagBackends, build_tag_backends, sweep_scratch
+from kraken.buildindex.archive import TagArchive, build_tag_archive, sweep_scratch
 from kraken.buildindex.client import BuildIndexClient
 from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.duplicate import Duplicator
 from kraken.buildindex.http import BuildIndexHTTP
+from kraken.buildindex.index import TagIndex
 from kraken.buildindex.tags import TagStore, open_pool
 from kraken.buildindex.writeback import TagWriteBack
 from kraken.net import make_http_client
@@ -54,85 +56,82 @@ def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
     """
     top = MultiService()
     top.setName("build-index")
-
     directory = os.path.dirname(os.path.abspath(config.database))
     os.makedirs(directory, exist_ok=True)
     tags = TagStore(open_pool(config.database, reactor), clock=reactor, max_page=config.max_page)
     tags.setServiceParent(top)
-
-    backends: TagBackends | None = None
     threads = None
     if config.backends:
         threads = ThreadPoolService("io", 1, 4)
         threads.setServiceParent(top)
-
     http, client_service = make_http_client(reactor, config.http_client)
     client_service.setServiceParent(top)
     origin = ClusterClient(
         http=http, origins=origin_urls(config.origin), clock=reactor, config=config.http_client, worker=_NoFileWorker()
     )
+    archive = (
+        None if threads is None else _archive(config, reactor, directory, ThreadWorker(reactor, threads.pool), http)
+    )
+    writeback = None if archive is None else _writeback(config, reactor, tags, archive)
+    duplicator = _duplicator(config, reactor, http)
+    for service in (writeback, duplicator):
+        if service is not None:
+            service.setServiceParent(top)
 
-    writeback = None
-    if threads is not None:
-        scratch = os.path.join(directory, "tag-scratch")
-        os.makedirs(scratch, exist_ok=True)
-        sweep_scratch(scratch)  # before the reactor runs: leftovers of a crash
-        backends = build_tag_backends(
-            config.backends, worker=ThreadWorker(reactor, threads.pool), clock=reactor, scratch=scratch, http=http
-        )
-        writeback = TagWriteBack(
-            tags,
-            backends,
-            clock=reactor,
-            concurrency=config.writeback.concurrency,
-            backoff_min=config.writeback.backoff_min,
-            backoff_max=config.writeback.backoff_max,
-        )
-        writeback.setServiceParent(top)
+    limits = {"max_manifest_size": config.max_manifest_size, "max_page": config.max_page}
+    index = TagIndex(
+        tags, origin, **limits, max_references=config.max_references, archive=archive, writeback=writeback,
+        duplicator=duplicator,
+    )  # fmt: skip
+    site = make_site(BuildIndexHTTP(index).resource(), reactor=reactor)
+    fields = {"origin": config.origin, "database": config.database}
+    listen_http(config.listen_http, site, reactor=reactor, component="build-index", **fields).setServiceParent(top)
+    return top
 
-    duplicator = None
+
+def _archive(
+    config: BuildIndexConfig, reactor: Any, directory: str, worker: ThreadWorker, http: HTTPClient
+) -> TagArchive:
+    """The tag archive (``backends``), its link files passing through ``<database directory>/tag-scratch``."""
+    scratch = os.path.join(directory, "tag-scratch")
+    os.makedirs(scratch, exist_ok=True)
+    sweep_scratch(scratch)  # before the reactor runs: leftovers of a crash
+    return build_tag_archive(config.backends, worker=worker, clock=reactor, scratch=scratch, http=http)
+
+
+def _writeback(config: BuildIndexConfig, reactor: Any, tags: TagStore, archive: TagArchive) -> TagWriteBack:
+    return TagWriteBack(
+        tags,
+        archive,
+        clock=reactor,
+        concurrency=config.writeback.concurrency,
+        backoff_min=config.writeback.backoff_min,
+        backoff_max=config.writeback.backoff_max,
+    )
+
+
+def _duplicator(config: BuildIndexConfig, reactor: Any, http: HTTPClient) -> Duplicator | None:
+    """With ``cluster.nodes``: the duplicator to the other nodes (None when this node is alone)."""
     neighbours = config.cluster.neighbours(config.listen_http)
+    duplicator = None
     if neighbours:
+        clients = [
+            (url, BuildIndexClient(http=http, base=url, clock=reactor, config=config.http_client)) for url in neighbours
+        ]
         duplicator = Duplicator(
-            [
-                (url, BuildIndexClient(http=http, base=url, clock=reactor, config=config.http_client))
-                for url in neighbours
-            ],
+            clients,
             clock=reactor,
             stagger=config.cluster.duplicate_stagger,
             attempts=config.cluster.duplicate_attempts,
             backoff=config.cluster.duplicate_backoff,
         )
-        duplicator.setServiceParent(top)
     if config.cluster.nodes:
         log.info(
             "build-index cluster: this node is {me}, duplicating tags to {neighbours}",
             me=config.cluster.self_url(config.listen_http),
             neighbours=neighbours,
         )
-
-    app = BuildIndexHTTP(
-        tags,
-        origin,
-        clock=reactor,
-        max_manifest_size=config.max_manifest_size,
-        max_page=config.max_page,
-        max_references=config.max_references,
-        backends=backends,
-        writeback=writeback,
-        duplicator=duplicator,
-    )
-
-    site = make_site(app.resource(), reactor=reactor)
-    listen_http(
-        config.listen_http,
-        site,
-        reactor=reactor,
-        component="build-index",
-        origin=config.origin,
-        database=config.database,
-    ).setServiceParent(top)
-    return top
+    return duplicator
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:

@@ -6,8 +6,9 @@ accepts is stored in its database and, in the same transaction, queued in
 injected clock, takes the tasks that are due, at most ``concurrency`` at a
 time, and for each one
 
-- finds the repository's tag backend; none, or a read-only one
-  (``registry``, ``http``): the task is dropped with one log line;
+- finds the repository's entry in the tag archive
+  (``kraken.buildindex.archive``); none, or a read-only one (``registry``,
+  ``http``): the task is dropped with one log line;
 - reads the backend's current value of the tag: equal to the tag's digest
   here, the task is done; different and the task came from a duplicate
   (``overwrite`` false), the backend's value is left alone and the task is
@@ -33,7 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from kraken.backends import BackendError
-from kraken.buildindex.backends import TagBackends
+from kraken.buildindex.archive import TagArchive
 from kraken.buildindex.tags import TagStore, WriteBackTask
 from kraken.taskqueue import TaskQueue
 
@@ -60,7 +61,7 @@ class TagWriteBack(TaskQueue[WriteBackTask, tuple[str, str]]):
     def __init__(
         self,
         tags: TagStore,
-        backends: TagBackends,
+        archive: TagArchive,
         *,
         clock: IReactorTime,
         concurrency: int = 4,
@@ -71,7 +72,7 @@ class TagWriteBack(TaskQueue[WriteBackTask, tuple[str, str]]):
         super().__init__(clock, self.stats, concurrency, backoff_min, backoff_max)
         self.setName("writeback")
         self._tags = tags
-        self._backends = backends
+        self._archive = archive
 
     async def _due(self, now: float, limit: int) -> tuple[list[WriteBackTask], float | None]:
         return await self._tags.due_writebacks(now, limit)
@@ -86,7 +87,7 @@ class TagWriteBack(TaskQueue[WriteBackTask, tuple[str, str]]):
         await self._tags.writeback_failed(task, next_attempt, error)
 
     async def _run(self, task: WriteBackTask) -> None:
-        backend = self._backends.for_repo(task.repo)
+        backend = self._archive.for_repo(task.repo)
         reason = None
         if task.digest is None:
             reason = "the tag is gone"

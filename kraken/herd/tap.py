@@ -70,10 +70,7 @@ def herd_config(loaded: config.Loaded, state_dir: str | None = None, agents: int
         raise config.ConfigError(
             f"unknown key (known keys here: {known})", file=loaded.source((unknown[0],)), key=(unknown[0],)
         )
-    state = state_dir or data.get("state_dir", DEFAULT_STATE_DIR)
-    if not isinstance(state, str):
-        raise config.ConfigError("must be a path", file=loaded.source(("state_dir",)), key=("state_dir",))
-    state = os.path.abspath(state)
+    state = _state_dir(loaded, state_dir)
     count = _count(loaded, "agents", DEFAULT_AGENTS, 0) if agents is None else agents
     base_port = _count(loaded, "agent_base_port", DEFAULT_AGENT_BASE_PORT, 1)
     if base_port + 1000 * max(count - 1, 0) + 2 > 65535:
@@ -82,29 +79,13 @@ def herd_config(loaded: config.Loaded, state_dir: str | None = None, agents: int
             file=loaded.source(("agent_base_port",)),
             key=("agent_base_port",),
         )
-
-    def listen(section: str, default: str, key: str = "listen_http") -> str:
-        value: Any = data.get(section, {})
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        return value if isinstance(value, str) else default
-
-    origin_listen = listen("origin", "tcp:15002:interface=127.0.0.1")
-    tracker_listen = listen("tracker", "tcp:15003:interface=127.0.0.1")
-    index_listen = listen("build_index", "tcp:15004:interface=127.0.0.1")
+    origin_listen = _listen(data, "origin", "tcp:15002:interface=127.0.0.1")
+    tracker_listen = _listen(data, "tracker", "tcp:15003:interface=127.0.0.1")
+    index_listen = _listen(data, "build_index", "tcp:15004:interface=127.0.0.1")
     try:
         origin_url, tracker_url, index_url = map(endpoint_url, (origin_listen, tracker_listen, index_listen))
     except ValueError as e:
         raise config.ConfigError(str(e), file=loaded.file) from None
-
-    origin_defaults: dict[str, Any] = {"listen_http": origin_listen, "store": {"root": os.path.join(state, "origin")}}
-    # The origin seeds over P2P on 127.0.0.1:15001, advertised as such (the tracker learns it from the origin).
-    p2p_listen = listen("origin", "tcp:15001:interface=127.0.0.1", "p2p.listen")
-    origin_defaults["p2p"] = {"listen": p2p_listen}
-    advertise = host_port(p2p_listen, "127.0.0.1")
-    if advertise is not None:
-        origin_defaults["p2p"]["advertise"] = advertise
-    origin = config.build(OriginConfig, loaded.over({"origin": origin_defaults}, "<herd defaults>"), ("origin",))
 
     defaults: dict[str, Any] = {
         "tracker": {"listen_http": tracker_listen, "origin": origin_url},
@@ -123,12 +104,39 @@ def herd_config(loaded: config.Loaded, state_dir: str | None = None, agents: int
     merged = loaded.over(defaults, "<herd defaults>")
     return HerdConfig(
         state_dir=state,
-        origin=origin,
+        origin=_origin_config(loaded, state, origin_listen),
         tracker=config.build(TrackerConfig, merged, ("tracker",)),
         build_index=config.build(BuildIndexConfig, merged, ("build_index",)),
         proxy=config.build(ProxyConfig, merged, ("proxy",)),
         agents=tuple(_agent_config(loaded, k, state, base_port, tracker_url, index_url) for k in range(count)),
     )
+
+
+def _state_dir(loaded: config.Loaded, override: str | None) -> str:
+    """``--state-dir``, else ``state_dir``, else the default; absolute."""
+    state = override or loaded.data.get("state_dir", DEFAULT_STATE_DIR)
+    if not isinstance(state, str):
+        raise config.ConfigError("must be a path", file=loaded.source(("state_dir",)), key=("state_dir",))
+    return os.path.abspath(state)
+
+
+def _listen(data: dict[str, Any], section: str, default: str, key: str = "listen_http") -> str:
+    """The endpoint ``section.key`` (dotted) of the herd's YAML, or ``default``."""
+    value: Any = data.get(section, {})
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value if isinstance(value, str) else default
+
+
+def _origin_config(loaded: config.Loaded, state: str, listen_http: str) -> OriginConfig:
+    origin_defaults: dict[str, Any] = {"listen_http": listen_http, "store": {"root": os.path.join(state, "origin")}}
+    # The origin seeds over P2P on 127.0.0.1:15001, advertised as such (the tracker learns it from the origin).
+    p2p_listen = _listen(loaded.data, "origin", "tcp:15001:interface=127.0.0.1", "p2p.listen")
+    origin_defaults["p2p"] = {"listen": p2p_listen}
+    advertise = host_port(p2p_listen, "127.0.0.1")
+    if advertise is not None:
+        origin_defaults["p2p"]["advertise"] = advertise
+    return config.build(OriginConfig, loaded.over({"origin": origin_defaults}, "<herd defaults>"), ("origin",))
 
 
 def _count(loaded: config.Loaded, key: str, default: int, minimum: int) -> int:

@@ -24,7 +24,8 @@ address). A static list that does not name it is a config error (checked at
 load time). A DNS list is checked when it first resolves, which must happen
 within ``find_self_timeout`` seconds of the start: otherwise, or if the
 answer does not name this origin, ``on_lost`` is called (the tap stops the
-reactor), as Kraken's origin exits.
+origin's own service, never the reactor: in the herd it is every daemon's;
+a standalone origin then exits, as Kraken's origin does).
 """
 
 from __future__ import annotations

@@ -27,20 +27,21 @@ another). A PATCH body the spool cannot write is answered at once, before
 the body has all arrived (``body_refused``), and the connection is closed.
 Nothing about it is remembered: the next request tries the disk again.
 
-Every commit, and every "already exists" answer, calls ``on_commit(namespace,
-digest)`` (the tap passes the write-back queue's ``add``, which ignores a
-blob already queued) and answers only once it is done.
+This module only translates: what happens to a blob (commit, write-back,
+replication, fetch on miss) is ``kraken.origin.node.OriginNode``'s business.
+Every commit, and every "already exists" answer, makes sure the blob is
+queued for write-back and answers only once it is.
 
 ``peers`` lists this origin's own P2P address (``complete`` and ``origin``
-true) when it was given one and holds the blob, and nothing otherwise: the
+true) when it has one and holds the blob, and nothing otherwise: the
 tracker asks it which origins can seed a blob.
 
 In a cluster, ``locations`` answers the blob's healthy replicas
 (``kraken.origin.cluster``), and a commit of a client's upload is copied to
-the other replicas (``replicate``) before the 201. An upload whose requests
-carry ``Kraken-Replica: k`` is such a copy: its write-back is delayed and it
-is not copied on. A GET/HEAD with ``Kraken-Local`` is answered from the
-store alone (another origin repairing itself must not start a fetch here).
+the other replicas before the 201. An upload whose requests carry
+``Kraken-Replica: k`` is such a copy: its write-back is delayed and it is
+not copied on. A GET/HEAD with ``Kraken-Local`` is answered from the store
+alone (another origin repairing itself must not start a fetch here).
 
 ``POST /blobs/stat`` answers, for up to ``MAX_STAT_BATCH`` digests at once,
 which of them this origin's store holds (``held``: their sizes), where the
@@ -70,13 +71,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import attrs
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
@@ -88,11 +86,10 @@ from kraken.backends import BackendUnavailable, BlobNotFound
 from kraken.core import Digest, DigestError
 from kraken.core.peer import PeerInfo
 from kraken.files import is_out_of_space
-from kraken.net.server import Refusal
+from kraken.net.server import HTTPError, Refusal
 from kraken.origin.client import LOCAL_HEADER, LOCATIONS_HEADER, MAX_STAT_BATCH, REPLICA_HEADER
-from kraken.origin.fetch import BlobFetcher
-from kraken.p2p.scheduler import Stats
-from kraken.store import CAStore, DigestMismatch, RangeMismatch, UploadTruncated, UploadUnknown
+from kraken.origin.node import AlreadyStored, NotHeld, OriginNode
+from kraken.store import DigestMismatch, RangeMismatch, UploadTruncated, UploadUnknown
 
 _CONTENT_RANGE = re.compile(r"\s*(\d+)-(\d+)\s*\Z")
 _UPLOAD_PATH = re.compile(rb"/namespace/.+/blobs/[^/]+/uploads/([^/?]+)\Z")
@@ -101,15 +98,6 @@ NO_SPACE_STATUS = 507
 NO_SPACE_MESSAGE = "no space left on device: this origin's store is full; try again once space is freed"
 # {"digests": [...]}: 74 bytes a digest, with room for spaces.
 _MAX_STAT_BODY = MAX_STAT_BATCH * 80 + 1024
-
-
-class HTTPError(Exception):
-    """Answer the request with ``code`` and the plain-text ``message``."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def parse_digest(text: str) -> Digest:
@@ -157,6 +145,25 @@ def _pending(request: Request) -> bytes:
     return b""
 
 
+def _json(request: Request, doc: object) -> bytes:
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _peers(request: Request, peers: list[PeerInfo] | None) -> bytes:
+    """``{"peers": [...]}``, or 202 while the blob is being fetched (None)."""
+    if peers is None:
+        return _pending(request)
+    request.setHeader(b"content-type", b"application/json")
+    doc = {"peers": [p.to_json() for p in peers]}
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _local(request: Request) -> bool:
+    """``Kraken-Local``: another origin repairing itself asks; answer from the store alone."""
+    return request.getHeader(LOCAL_HEADER) is not None
+
+
 def _stat_batch_digests(request: Request) -> list[Digest]:
     """The digests of a ``POST /blobs/stat`` body, unique, at most ``MAX_STAT_BATCH``."""
     content = request.content
@@ -188,51 +195,14 @@ def _remaining(content: Any) -> int:
 
 
 class OriginHTTP:
+    """The origin's HTTP API: translates requests to calls on an ``OriginNode`` and its answers and errors to
+    responses (``_classify`` is the one place that maps exceptions to statuses)."""
+
     app = Klein()
     log = Logger()
 
-    def __init__(
-        self,
-        store: CAStore,
-        *,
-        clock: IReactorTime,
-        advertise: str,
-        peer: PeerInfo | None = None,
-        p2p_stats: Callable[[], Stats] | None = None,
-        on_commit: Callable[..., Awaitable[None]] | None = None,
-        fetcher: BlobFetcher | None = None,
-        locations: Callable[[Digest], list[str]] | None = None,
-        replicate: Callable[[str, Digest, int], Awaitable[None]] | None = None,
-        extra_stats: Callable[[], dict[str, object]] | None = None,
-    ) -> None:
-        """``on_commit(namespace, digest)`` is awaited after every commit,
-        before the 201, and before every "already exists" 409 (the origin
-        queues its write-back there); if it fails, the request answers 500.
-        ``fetcher`` fetches missing blobs from the backends (202 meanwhile);
-        without it a missing blob is 404.
-
-        ``locations(digest)`` is the blob's place in the ring ("host:port"
-        members, best first; default: this origin alone). ``replicate(namespace,
-        digest, size)`` is awaited after a commit that is not itself a
-        replica's copy (header ``Kraken-Replica``), before the 201; it must not
-        raise. A replica's copy calls ``on_commit(namespace, digest, replica=k)``.
-        ``extra_stats()`` adds sections to ``/stats``."""
-        self._store = store
-        self._locations = locations
-        self._replicate = replicate
-        self._extra_stats = extra_stats
-        self._fetcher = fetcher
-        self._on_commit = on_commit
-        self._p2p_stats = p2p_stats
-        self._clock = clock
-        self._advertise = advertise
-        # This origin's P2P address; it seeds every blob it holds.
-        self._peer = None if peer is None else attrs.evolve(peer, complete=True, origin=True)
-        #: ``POST /blobs/stat`` requests answered, and the digests they asked about (in ``/stats``).
-        self.stat_batches = 0
-        self.stat_batch_digests = 0
-        #: HEADs of a blob answered (each one question about one blob; in ``/stats``).
-        self.blob_heads = 0
+    def __init__(self, node: OriginNode) -> None:
+        self._node = node
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -251,7 +221,11 @@ class OriginHTTP:
     def _classify(self, request: Request, failure: Failure) -> tuple[int, str]:
         e = failure.value
         if isinstance(e, HTTPError):
-            return e.code, e.message
+            return e.status, e.message
+        if isinstance(e, AlreadyStored):
+            return 409, str(e)
+        if isinstance(e, NotHeld):
+            return 404, str(e)
         if isinstance(e, HTTPException):  # routing: 404 no such route, 405 wrong method
             allowed = getattr(e, "valid_methods", None)
             if allowed:
@@ -268,20 +242,13 @@ class OriginHTTP:
             return 416, str(e)
         if isinstance(e, (UploadTruncated, DigestMismatch)):
             return 400, str(e)
+        method, path = request.method.decode("latin-1"), request.uri.decode("latin-1")
         if is_out_of_space(e):
             self.log.warn(
-                "{method} {path}: no space left ({error}): answered 507",
-                method=request.method.decode("latin-1"),
-                path=request.uri.decode("latin-1"),
-                error=str(e),
+                "{method} {path}: no space left ({error}): answered 507", method=method, path=path, error=str(e)
             )
             return NO_SPACE_STATUS, NO_SPACE_MESSAGE
-        self.log.failure(
-            "{method} {path} failed",
-            failure,
-            method=request.method.decode("latin-1"),
-            path=request.uri.decode("latin-1"),
-        )
+        self.log.failure("{method} {path} failed", failure, method=method, path=path)
         return 500, "internal error"
 
     def body_refused(self, method: bytes, path: bytes, failure: Failure) -> Deferred[Refusal]:
@@ -295,7 +262,7 @@ class OriginHTTP:
         if m is not None:
             uid = m.group(1).decode("latin-1")
             try:
-                await self._drop_upload(uid)
+                await self._node.drop_upload(uid)
             except Exception:
                 self.log.failure("deleting upload {uid} failed", uid=uid)
         full = is_out_of_space(failure.value)
@@ -311,64 +278,37 @@ class OriginHTTP:
 
     @app.route("/stats", methods=["GET"])
     def stats(self, request: Request) -> bytes:
-        """What this origin's P2P scheduler has served (agents' pieces, bytes) since it started."""
-        counters: dict[str, object] = {} if self._p2p_stats is None else attrs.asdict(self._p2p_stats())
-        counters["stat_batches"] = self.stat_batches
-        counters["stat_batch_digests"] = self.stat_batch_digests
-        counters["blob_heads"] = self.blob_heads
-        if self._extra_stats is not None:
-            counters.update(self._extra_stats())
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps(counters, separators=(",", ":")).encode()
+        """What this origin's P2P scheduler has served (agents' pieces, bytes) since it started, and more."""
+        return _json(request, self._node.stats())
 
     @app.route("/blobs/<d>/locations", methods=["GET"])
     def locations(self, request: Request, d: str) -> bytes:
-        digest = parse_digest(d)
-        members = [self._advertise] if self._locations is None else self._locations(digest)
+        members = self._node.locations(parse_digest(d))
         request.setHeader(LOCATIONS_HEADER, ",".join(members).encode("ascii"))
         return _empty(request)
 
     @app.route("/blobs/stat", methods=["POST"])
     async def stat_batch(self, request: Request) -> bytes:
-        digests = _stat_batch_digests(request)
-        held = await self._store.stat_many(digests)
-        self.stat_batches += 1
-        self.stat_batch_digests += len(digests)
-        locations: dict[str, list[str]] = {}
-        for digest in digests:
-            if digest not in held:
-                locations[str(digest)] = [self._advertise] if self._locations is None else self._locations(digest)
+        answer = await self._node.stat_many(_stat_batch_digests(request))
         doc = {
-            "held": {str(d): size for d, size in held.items()},
-            "locations": locations,
-            "may_fetch": self._fetcher is not None and self._fetcher.has_backends,
+            "held": {str(d): size for d, size in answer.held.items()},
+            "locations": {str(d): members for d, members in answer.locations.items()},
+            "may_fetch": answer.may_fetch,
         }
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return _json(request, doc)
 
     @app.route("/blobs/<d>/peers", methods=["GET"])
     async def peers(self, request: Request, d: str) -> bytes:
-        digest = parse_digest(d)
-        if self._fetcher is not None and self._fetcher.fetching(digest):
-            return _pending(request)
-        return await self._peers(request, digest)
+        return _peers(request, await self._node.peers(parse_digest(d)))
 
     @app.route("/namespace/<path:ns>/blobs/<d>/peers", methods=["GET"])
     async def namespace_peers(self, request: Request, ns: str, d: str) -> bytes:
-        digest = parse_digest(d)
-        if self._fetcher is not None and not await self._fetcher.ensure(ns, digest):
-            return _pending(request)
-        return await self._peers(request, digest)
+        return _peers(request, await self._node.peers(parse_digest(d), ns))
 
     @app.route("/namespace/<path:ns>/blobs/<d>/uploads", methods=["POST"])
     async def start_upload(self, request: Request, ns: str, d: str) -> bytes:
         digest = parse_digest(d)
-        replica = _replica(request)
-        if await self._store.stat(digest) is not None:
-            await self._written_back(ns, digest, replica)
-            raise HTTPError(409, f"blob {digest} already exists")
-        uid = await self._store.uploads.create()
-        self.log.debug("upload {uid} of {digest} started", uid=uid, digest=str(digest), namespace=ns)
+        uid = await self._node.start_upload(ns, digest, _replica(request))
         request.setHeader(b"location", uid.encode("ascii"))
         return _empty(request)
 
@@ -376,100 +316,34 @@ class OriginHTTP:
     async def patch_upload(self, request: Request, ns: str, d: str, uid: str) -> bytes:
         digest = parse_digest(d)
         start, end = parse_content_range(request.getHeader(b"content-range"))
-        replica = _replica(request)
-        if await self._store.stat(digest) is not None:
-            await self._drop_upload(uid)
-            await self._written_back(ns, digest, replica)
-            raise HTTPError(409, f"blob {digest} already exists")
+        await self._node.refuse_if_stored(ns, digest, _replica(request), upload=uid)
         assert request.content is not None
         extra = _remaining(request.content) - (end - start)
         if extra > 0:
             raise HTTPError(400, f"body holds {extra} bytes more than Content-Range {start}-{end} declares")
-        size = await self._store.uploads.append(uid, request.content, offset=start, length=end - start)
-        self.log.debug("upload {uid} now holds {bytes} bytes", uid=uid, bytes=size, digest=str(digest), namespace=ns)
+        await self._node.append(ns, digest, uid, request.content, offset=start, length=end - start)
         return _empty(request, 204)
 
     @app.route("/namespace/<path:ns>/blobs/<d>/uploads/<uid>", methods=["PUT"])
     async def commit_upload(self, request: Request, ns: str, d: str, uid: str) -> bytes:
         digest = parse_digest(d)
-        replica = _replica(request)
-        try:
-            result = await self._store.commit(uid, digest)
-        except DigestMismatch as e:
-            self.log.warn("upload {uid} rejected: {error}", uid=uid, error=str(e), digest=str(digest), namespace=ns)
-            raise
-        self.log.info(
-            "blob {digest} committed ({bytes} bytes, new={created})",
-            digest=str(digest),
-            bytes=result.metainfo.length,
-            created=result.created,
-            replica=replica,
-            namespace=ns,
-        )
-        await self._written_back(ns, digest, replica)
-        if replica == 0 and self._replicate is not None:
-            await self._replicate(ns, digest, result.metainfo.length)
+        await self._node.commit(ns, digest, uid, _replica(request))
         return _empty(request, 201)
-
-    async def _written_back(self, ns: str, digest: Digest, replica: int = 0) -> None:
-        """Make sure the blob is queued for write-back (a no-op when it already is). Called on every commit and
-        on every "already exists" too, as Kraken does: a commit whose queueing failed (the client got a 500) is
-        queued when the client retries and hears 409. A replica's copy (k > 0) is queued with its delay."""
-        if self._on_commit is None:
-            return
-        if replica:
-            await self._on_commit(ns, digest, replica=replica)
-        else:
-            await self._on_commit(ns, digest)
 
     @app.route("/namespace/<path:ns>/blobs/<d>", methods=["GET", "HEAD"])
     async def get_blob(self, request: Request, ns: str, d: str) -> File | bytes:
         digest = parse_digest(d)
-        if request.method == b"HEAD":
-            self.blob_heads += 1
-        if not await self._held(ns, digest, request):
+        path = await self._node.blob(ns, digest, local=_local(request), head=request.method == b"HEAD")
+        if path is None:
             return _pending(request)
-        if request.method == b"GET":
-            await self._store.touch(digest)
         # Klein counts <path:...> as one segment: nothing must be left for File to traverse.
         request.postpath = []
-        return File(self._store.blob_path(digest), defaultType="application/octet-stream")
+        return File(path, defaultType="application/octet-stream")
 
     @app.route("/namespace/<path:ns>/blobs/<d>/metainfo", methods=["GET"])
     async def get_metainfo(self, request: Request, ns: str, d: str) -> bytes:
-        digest = parse_digest(d)
-        info = await self._store.metainfo(digest)
+        info = await self._node.metainfo(ns, parse_digest(d), local=_local(request))
         if info is None:
-            if not await self._held(ns, digest, request):
-                return _pending(request)
-            info = await self._store.metainfo(digest)  # fetched meanwhile
-            if info is None:
-                raise HTTPError(404, f"metainfo of {digest} not found")
+            return _pending(request)
         request.setHeader(b"content-type", b"application/json")
         return info.to_json()
-
-    async def _held(self, ns: str, digest: Digest, request: Request) -> bool:
-        """True if the store holds the blob; False while the fetcher fetches
-        it. 404 (``HTTPError`` or ``BlobNotFound``) when neither has it. A
-        request marked ``Kraken-Local`` (another origin repairing itself)
-        is answered from the store alone."""
-        if self._fetcher is not None and request.getHeader(LOCAL_HEADER) is None:
-            return await self._fetcher.ensure(ns, digest)
-        if await self._store.stat(digest) is None:
-            raise HTTPError(404, f"blob {digest} not found")
-        return True
-
-    async def _peers(self, request: Request, digest: Digest) -> bytes:
-        """``{"peers": [...]}``: this origin, if it seeds and holds the blob."""
-        peers = []
-        if self._peer is not None and await self._store.stat(digest) is not None:
-            peers.append(self._peer.to_json())
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps({"peers": peers}, separators=(",", ":")).encode("utf-8") + b"\n"
-
-    async def _drop_upload(self, uid: str) -> None:
-        """The blob arrived through another upload (or the disk is full): this one is useless."""
-        try:
-            await self._store.uploads.delete(uid)
-        except UploadUnknown:
-            pass

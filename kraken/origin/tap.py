@@ -6,10 +6,15 @@ inside ``makeService`` when no reactor is given.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
+from treq.client import HTTPClient
 from twisted.application.service import MultiService
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from kraken import config as kconfig
@@ -24,6 +29,7 @@ from kraken.origin.cluster import OriginRing, Repair, ReplicaBackend
 from kraken.origin.config import OriginConfig
 from kraken.origin.fetch import BlobFetcher
 from kraken.origin.http import OriginHTTP
+from kraken.origin.node import OriginNode
 from kraken.origin.writeback import WriteBackQueue, open_pool
 from kraken.p2p.scheduler import Scheduler
 from kraken.store import CacheCleanup, CAStore, UploadExpiry
@@ -42,7 +48,9 @@ def _keep_nothing(digest: Digest) -> bool:
     return False
 
 
-def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
+def origin_service(
+    config: OriginConfig, reactor: Any, *, on_given_up: Callable[[], object] | None = None
+) -> MultiService:
     """Everything one origin needs, as a MultiService (the herd composes it).
 
     Children start in this order and stop in reverse: thread pools, HTTP
@@ -51,42 +59,85 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
     ``backends`` or a ``cluster``: missing blobs come from the other origins,
     then the backend), upload expiry, the cache cleanup (when
     ``config.cleanup_enabled()``), the P2P scheduler, then the HTTP and P2P
-    listeners.
+    listeners. An origin that cannot join its cluster stops this service,
+    and only this one (``_give_up``), then calls ``on_given_up``.
     """
     top = MultiService()
     top.setName("origin")
+    store, io_worker = _store(config, reactor, top)
+    client, client_service = make_http_client(reactor, config.http_client)  # backends and the other origins
+    client_service.setServiceParent(top)
+    ring = _ring(config, reactor, client, io_worker, store, lost=partial(_give_up, top, reactor, on_given_up))
+    ring.setServiceParent(top)
+    router = None if not config.backends else build_router(config.backends, io_worker, reactor, http=client)
+    writeback = None if router is None else _writeback(config, reactor, router, ring, io_worker, store)
+    fetcher = _fetcher(config, reactor, router, ring, io_worker, store)
+    for service in (writeback, fetcher, UploadExpiry(store.uploads.expire, clock=reactor, ttl=config.upload_ttl)):
+        if service is not None:
+            service.setServiceParent(top)
+    if config.cleanup_enabled():
+        _cleanup(config, reactor, io_worker, writeback).setServiceParent(top)
 
+    node = OriginNode(
+        store,
+        advertise=config.advertised(),
+        fetcher=fetcher,
+        placement=ring,
+        writeback=writeback,
+        replica_delay=config.writeback.replica_delay,
+    )
+    # Seeds only: no announcer, no downloads. A handshake for a blob that is not here starts a fetch on miss.
+    scheduler = Scheduler(
+        config.p2p, reactor=reactor, store=store, on_missing=None if fetcher is None else node.on_missing
+    )
+    scheduler.setName("scheduler")
+    scheduler.setServiceParent(top)
+    node.seeds_as(scheduler.me, scheduler.stats)
+
+    app = OriginHTTP(node)
+    site = make_site(app.resource(), reactor=reactor, spool=store.uploads.spool, body_refused=app.body_refused)
+    fields = {"advertise": config.advertised(), "root": config.store.root}
+    listen_http(config.listen_http, site, reactor=reactor, component="origin", **fields).setServiceParent(top)
+    scheduler.listener(reactor, "origin P2P").setServiceParent(top)
+    return top
+
+
+def _store(config: OriginConfig, reactor: Any, top: MultiService) -> tuple[CAStore, ThreadWorker]:
+    """The store, over its thread pools (which start first); and the I/O pool's worker."""
     cpu = ThreadPoolService("cpu", 1, config.threads.cpu)  # piece hashing at commit
     io = ThreadPoolService("io", 1, config.threads.io)
     cpu.setServiceParent(top)
     io.setServiceParent(top)
-
+    io_worker = ThreadWorker(reactor, io.pool)
     store = CAStore(
         config.store.root,
-        worker=ThreadWorker(reactor, io.pool),
+        worker=io_worker,
         hash_worker=ThreadWorker(reactor, cpu.pool),
         piece_rule=config.store.piece_rule(),
         now=reactor.seconds,
     )
+    return store, io_worker
 
-    client, client_service = make_http_client(reactor, config.http_client)  # backends and the other origins
-    client_service.setServiceParent(top)
-    io_worker = ThreadWorker(reactor, io.pool)
 
-    cluster_config = config.cluster
+def _ring(
+    config: OriginConfig,
+    reactor: Any,
+    client: HTTPClient,
+    worker: ThreadWorker,
+    store: CAStore,
+    lost: Callable[[str], None],
+) -> OriginRing:
+    """The cluster: this origin alone without a ``cluster`` section."""
+    cluster = config.cluster
     # The other members, one attempt per call (a copy that fails is logged; the health checks retry anyway).
     once = attrs.evolve(config.http_client, retries=0)
 
     def client_for(member: str) -> OriginClient:
-        url = cluster_config.url(member) if cluster_config is not None else f"http://{member}"
-        return OriginClient(http=client, base=url, clock=reactor, config=once, worker=io_worker)
+        url = cluster.url(member) if cluster is not None else f"http://{member}"
+        return OriginClient(http=client, base=url, clock=reactor, config=once, worker=worker)
 
-    def lost(why: str) -> None:
-        if reactor.running:
-            reactor.stop()
-
-    ring = OriginRing(
-        cluster_config,
+    return OriginRing(
+        cluster,
         me=config.advertised(),
         clock=reactor,
         client_for=client_for,
@@ -94,103 +145,69 @@ def origin_service(config: OriginConfig, reactor: Any) -> MultiService:
         resolve=system_resolver(reactor),
         on_lost=lost,
     )
-    ring.setServiceParent(top)
 
-    writeback = None
-    router = None
-    if config.backends:
-        router = build_router(config.backends, io_worker, reactor, http=client)
-        # The origins share each backend's bandwidth limit: each takes 1/members of it.
-        shared = router
-        shared.share_bandwidth(len(ring.hosts.members()))
-        ring.hosts.on_change(lambda members: shared.share_bandwidth(len(members)))
-        writeback = WriteBackQueue(
-            open_pool(config.writeback_database(), reactor),
-            router=router,
-            blob_path=store.blob_path,
-            worker=io_worker,
-            clock=reactor,
-            concurrency=config.writeback.concurrency,
-            backoff_min=config.writeback.backoff_min,
-            backoff_max=config.writeback.backoff_max,
-        )
-        writeback.setServiceParent(top)
 
-    # Fetch on miss: a blob asked for and not here comes from the other origins, then from its backend
-    # (202 meanwhile).
-    fetcher = None
-    sources: Router | Repair | None = router
-    if cluster_config is not None:
-        replicas = ReplicaBackend(ring, worker=io_worker, clock=reactor, timeout=config.http_client.timeout)
-        sources = Repair(replicas, router)
-    if sources is not None:
-        fetcher = BlobFetcher(store, sources, worker=io_worker, clock=reactor)
-        fetcher.setServiceParent(top)
-
-    UploadExpiry(store.uploads.expire, clock=reactor, ttl=config.upload_ttl).setServiceParent(top)
-
-    if config.cleanup_enabled():
-        if writeback is None:
-            log.warn(
-                "cache cleanup is enabled without backends: evicted blobs are gone for good",
-                root=config.store.root,
-            )
-        CacheCleanup(
-            config.store.root,
-            worker=ThreadWorker(reactor, io.pool),
-            clock=reactor,
-            # A blob waiting for write-back is never evicted.
-            keep=_keep_nothing if writeback is None else writeback.pending,
-            interval=config.cleanup.interval,
-            tti=config.cleanup.tti,
-            aggressive_threshold=config.cleanup.aggressive_threshold,
-            aggressive_tti=config.cleanup.aggressive_tti,
-        ).setServiceParent(top)
-
-    # Seeds only: no announcer, no downloads. A handshake for a blob that is not here starts a fetch on miss.
-    scheduler = Scheduler(
-        config.p2p, reactor=reactor, store=store, on_missing=None if fetcher is None else fetcher.fetching_for_peer
-    )
-    scheduler.setName("scheduler")
-    scheduler.setServiceParent(top)
-
-    on_commit = None
-    if writeback is not None:
-        queue = writeback
-
-        async def on_commit(namespace: str, digest: Digest, replica: int = 0) -> None:
-            await queue.add(namespace, digest, delay=replica * config.writeback.replica_delay)
-
-    def extra_stats() -> dict[str, object]:
-        extra: dict[str, object] = {"cluster": attrs.asdict(ring.stats())}
-        if writeback is not None:
-            extra["writeback"] = attrs.asdict(writeback.stats())
-        return extra
-
-    app = OriginHTTP(
-        store,
+def _writeback(
+    config: OriginConfig, reactor: Any, router: Router, ring: OriginRing, worker: ThreadWorker, store: CAStore
+) -> WriteBackQueue:
+    """The durable write-back queue; the origins share each backend's bandwidth limit: each takes 1/members of it."""
+    router.share_bandwidth(len(ring.hosts.members()))
+    ring.hosts.on_change(lambda members: router.share_bandwidth(len(members)))
+    return WriteBackQueue(
+        open_pool(config.writeback_database(), reactor),
+        router=router,
+        blob_path=store.blob_path,
+        worker=worker,
         clock=reactor,
-        advertise=config.advertised(),
-        peer=scheduler.me,  # OriginHTTP marks it complete and an origin
-        p2p_stats=scheduler.stats,
-        on_commit=on_commit,
-        fetcher=fetcher,
-        locations=ring.locations,
-        replicate=ring.replicate,
-        extra_stats=extra_stats,
+        concurrency=config.writeback.concurrency,
+        backoff_min=config.writeback.backoff_min,
+        backoff_max=config.writeback.backoff_max,
     )
 
-    site = make_site(app.resource(), reactor=reactor, spool=store.uploads.spool, body_refused=app.body_refused)
-    listen_http(
-        config.listen_http,
-        site,
-        reactor=reactor,
-        component="origin",
-        advertise=config.advertised(),
-        root=config.store.root,
-    ).setServiceParent(top)
-    scheduler.listener(reactor, "origin P2P").setServiceParent(top)
-    return top
+
+def _fetcher(
+    config: OriginConfig, reactor: Any, router: Router | None, ring: OriginRing, worker: ThreadWorker, store: CAStore
+) -> BlobFetcher | None:
+    """Fetch on miss: a blob asked for and not here comes from the other origins (repair), then from its backend."""
+    sources: Router | Repair | None = router
+    if config.cluster is not None:
+        replicas = ReplicaBackend(ring, worker=worker, clock=reactor, timeout=config.http_client.timeout)
+        sources = Repair(replicas, router)
+    return None if sources is None else BlobFetcher(store, sources, worker=worker, clock=reactor)
+
+
+def _cleanup(
+    config: OriginConfig, reactor: Any, worker: ThreadWorker, writeback: WriteBackQueue | None
+) -> CacheCleanup:
+    if writeback is None:
+        log.warn("cache cleanup is enabled without backends: evicted blobs are gone for good", root=config.store.root)
+    return CacheCleanup(
+        config.store.root,
+        worker=worker,
+        clock=reactor,
+        # A blob waiting for write-back is never evicted.
+        keep=_keep_nothing if writeback is None else writeback.pending,
+        interval=config.cleanup.interval,
+        tti=config.cleanup.tti,
+        aggressive_threshold=config.cleanup.aggressive_threshold,
+        aggressive_tti=config.cleanup.aggressive_tti,
+    )
+
+
+def _give_up(top: MultiService, clock: IReactorTime, then: Callable[[], object] | None, why: str) -> None:
+    """The origin cannot run (it is not among its cluster's members): stop its own service, never the reactor,
+    which in the herd is every daemon's. On the next turn, so that a service starting its children is not
+    stopped halfway."""
+
+    def stop() -> None:
+        if not top.running:
+            return  # stopping anyway
+        log.critical("origin stopping its own service: {why}", why=why)
+        stopping = maybeDeferred(top.disownServiceParent if top.parent is not None else top.stopService)
+        if then is not None:
+            stopping.addBoth(lambda _: then())
+
+    clock.callLater(0, stop)
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
@@ -198,4 +215,10 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    return origin_service(options["parsed"], reactor)
+
+    def exit_process() -> None:
+        # Alone in its process, an origin that gave up leaves nothing to run: exit (its supervisor restarts it).
+        if reactor.running:
+            reactor.stop()
+
+    return origin_service(options["parsed"], reactor, on_given_up=exit_process)

@@ -16,9 +16,10 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 
 from kraken.backends import BackendUnavailable, BlobNotFound
-from kraken.buildindex.backends import TagBackend, TagBackends
+from kraken.buildindex.archive import ArchiveEntry, TagArchive
 from kraken.buildindex.duplicate import Duplicator
 from kraken.buildindex.http import BuildIndexHTTP
+from kraken.buildindex.index import TagIndex
 from kraken.buildindex.tags import TagStore, open_pool
 from kraken.buildindex.writeback import TagWriteBack
 from kraken.core import Digest
@@ -41,7 +42,7 @@ def open_store(path: str, reactor: InlineReactor, max_page: int = 1000) -> TagSt
 
 
 class FakeOrigin:
-    """What ``BuildIndexHTTP`` needs of an ``OriginClient``: blobs by digest
+    """What ``TagIndex`` needs of a ``ClusterClient``: blobs by digest
     (namespaces ignored), and a log of the calls."""
 
     def __init__(self) -> None:
@@ -173,15 +174,15 @@ class FakeRegistryBackend:
         raise AssertionError("read-only")
 
 
-def tag_backends(scratch: str, *routes: tuple[str, str, Any]) -> TagBackends:
-    """Tag backends over fakes: routes of (namespace regex, kind, backend)."""
+def tag_archive(scratch: str, *routes: tuple[str, str, Any]) -> TagArchive:
+    """A tag archive over fake backends: routes of (namespace regex, kind, backend)."""
     worker = InlineWorker()
-    return TagBackends([(ns, TagBackend(kind, ns, backend, worker, scratch)) for ns, kind, backend in routes])
+    return TagArchive([(ns, ArchiveEntry(kind, ns, backend, worker, scratch)) for ns, kind, backend in routes])
 
 
 class App:
     """A BuildIndexHTTP over a synchronous TagStore and a fake origin, behind
-    StubTreq; with ``backends``, a write-back loop (started) too, and with
+    StubTreq; with an ``archive``, a write-back loop (started) too, and with
     ``neighbours`` a duplicator."""
 
     def __init__(
@@ -191,7 +192,7 @@ class App:
         max_manifest_size: int = 4 << 20,
         max_references: int = 1000,
         *,
-        backends: TagBackends | None = None,
+        archive: TagArchive | None = None,
         neighbours: list[tuple[str, Any]] | None = None,
         reactor: InlineReactor | None = None,
         stagger: float = 1200.0,
@@ -201,24 +202,24 @@ class App:
         self.tags = open_store(path, self.reactor, max_page=max_page)
         origin: Any = self.origin
         self.writeback: TagWriteBack | None = None
-        if backends is not None:
-            self.writeback = TagWriteBack(self.tags, backends, clock=self.reactor, backoff_min=1.0, backoff_max=8.0)
+        if archive is not None:
+            self.writeback = TagWriteBack(self.tags, archive, clock=self.reactor, backoff_min=1.0, backoff_max=8.0)
             self.writeback.startService()
         self.duplicator: Duplicator | None = None
         if neighbours is not None:
             self.duplicator = Duplicator(neighbours, clock=self.reactor, stagger=stagger, attempts=3, backoff=10.0)
             self.duplicator.startService()
-        self.http = BuildIndexHTTP(
+        self.index = TagIndex(
             self.tags,
             origin,
-            clock=self.reactor,
             max_manifest_size=max_manifest_size,
             max_page=max_page,
             max_references=max_references,
-            backends=backends,
+            archive=archive,
             writeback=self.writeback,
             duplicator=self.duplicator,
         )
+        self.http = BuildIndexHTTP(self.index)
         self.stub = StubTreq(self.http.resource())
 
     def run(self, work: Deferred[Any] | Coroutine[Any, Any, Any]) -> Any:

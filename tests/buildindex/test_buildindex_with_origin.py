@@ -14,10 +14,12 @@ from twisted.internet.task import Cooperator
 
 from kraken.buildindex.client import BuildIndexClient, TagRefused
 from kraken.buildindex.http import BuildIndexHTTP
+from kraken.buildindex.index import TagIndex
 from kraken.core import Digest, PieceLengthRule
 from kraken.net import HTTPClientConfig
 from kraken.origin.client import ClusterClient
 from kraken.origin.http import OriginHTTP
+from kraken.origin.node import OriginNode
 from kraken.registry.source import Page
 from kraken.store import CAStore
 from kraken.workers import InlineWorker
@@ -36,14 +38,14 @@ class World:
             str(tmp_path / "origin"), worker=worker, piece_rule=PieceLengthRule(((0, 1 << 20),)),
             now=self.reactor.seconds,
         )  # fmt: skip
-        self.origin_stub = StubTreq(OriginHTTP(store, clock=self.reactor, advertise="origin.test:15002").resource())
+        self.origin_stub = StubTreq(OriginHTTP(OriginNode(store, advertise="origin.test:15002")).resource())
         # OriginClient.upload sends an IBodyProducer, which StubTreq.request does not take.
         origin_http = HTTPClient(agent=self.origin_stub._agent)
         self.origin = ClusterClient(
             http=origin_http, origins=["http://origin.test:15002"], clock=self.reactor, config=CONFIG, worker=worker
         )
         self.tags = open_store(str(tmp_path / "tags.db"), self.reactor)
-        app = BuildIndexHTTP(self.tags, self.origin, clock=self.reactor, max_manifest_size=1 << 20, max_page=100)
+        app = BuildIndexHTTP(TagIndex(self.tags, self.origin, max_manifest_size=1 << 20, max_page=100))
         self.index_stub = StubTreq(app.resource())
         self.client = BuildIndexClient(http=self.index_stub, base=BASE, clock=self.reactor, config=CONFIG)
         self.tmp_path = tmp_path

@@ -1,5 +1,5 @@
 """Tag write-back: the durable queue in the tag database and the loop that
-drains it, over fake backends, an inline SQLite pool and a fake clock."""
+drains it, over a fake tag archive, an inline SQLite pool and a fake clock."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import sqlite3
 from typing import Any
 
 import pytest
-from buildindex_fakes import FakeRegistryBackend, InlineReactor, MemoryBackend, open_store, result_of, tag_backends
+from buildindex_fakes import FakeRegistryBackend, InlineReactor, MemoryBackend, open_store, result_of, tag_archive
 from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 from writeback_harness import inline_clock  # noqa: F401  (the reactor fixture)
 
-from kraken.buildindex.backends import TagBackends
+from kraken.buildindex.archive import TagArchive
 from kraken.buildindex.tags import SCHEMA_VERSION, Pending, TagStore
 from kraken.buildindex.writeback import TagWriteBack
 from kraken.core import Digest
@@ -39,21 +39,21 @@ def memory() -> MemoryBackend:
 
 
 @pytest.fixture
-def backends(scratch: str, memory: MemoryBackend) -> TagBackends:
-    return tag_backends(scratch, ("upstream/.*", "registry", FakeRegistryBackend()), (".*", "s3", memory))
+def archive(scratch: str, memory: MemoryBackend) -> TagArchive:
+    return tag_archive(scratch, ("upstream/.*", "registry", FakeRegistryBackend()), (".*", "s3", memory))
 
 
 class Node:
     """A tag store and its write-back loop on one clock; ``restart`` closes
     both and opens them again over the same database file."""
 
-    def __init__(self, db: str, reactor: InlineReactor, backends: TagBackends) -> None:
-        self.db, self.reactor, self.backends = db, reactor, backends
+    def __init__(self, db: str, reactor: InlineReactor, archive: TagArchive) -> None:
+        self.db, self.reactor, self.archive = db, reactor, archive
         self.start()
 
     def start(self) -> None:
         self.tags: TagStore = open_store(self.db, self.reactor)
-        self.loop = TagWriteBack(self.tags, self.backends, clock=self.reactor, backoff_min=1.0, backoff_max=4.0)
+        self.loop = TagWriteBack(self.tags, self.archive, clock=self.reactor, backoff_min=1.0, backoff_max=4.0)
 
     def stop(self) -> None:
         if self.loop.running:
@@ -65,8 +65,8 @@ class Node:
 
 
 @pytest.fixture
-def node(db: str, reactor: InlineReactor, backends: TagBackends) -> Any:
-    n = Node(db, reactor, backends)
+def node(db: str, reactor: InlineReactor, archive: TagArchive) -> Any:
+    n = Node(db, reactor, archive)
     yield n
     n.stop()
 
@@ -155,7 +155,7 @@ def test_duplicate_after_a_local_put_keeps_overwrite_and_the_earlier_time(node: 
 def test_read_only_or_missing_backend_drops_the_task_with_one_line(
     db: str, reactor: InlineReactor, scratch: str
 ) -> None:
-    only_upstream = tag_backends(scratch, ("upstream/.*", "registry", FakeRegistryBackend()))
+    only_upstream = tag_archive(scratch, ("upstream/.*", "registry", FakeRegistryBackend()))
     node = Node(db, reactor, only_upstream)
     try:
         result_of(node.tags.put_tag("upstream/app", "v1", D1, pending=Pending()))

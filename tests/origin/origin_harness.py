@@ -1,8 +1,9 @@
-"""An in-memory origin for tests: a CAStore over a directory, OriginHTTP behind StubTreq, a Clock."""
+"""An in-memory origin for tests: a CAStore over a directory, an OriginNode and its OriginHTTP behind StubTreq,
+a Clock; and a fixed placement for nodes that are not in a ring."""
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -15,9 +16,11 @@ from twisted.internet.task import Clock, Cooperator
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 
-from kraken.core import PieceLengthRule
+from kraken.core import Digest, PieceLengthRule
 from kraken.core.peer import PeerInfo
+from kraken.origin.cluster import ClusterStats
 from kraken.origin.http import OriginHTTP
+from kraken.origin.node import OriginNode
 from kraken.store import CAStore
 from kraken.workers import InlineWorker
 
@@ -37,9 +40,16 @@ class Origin:
         self.store = CAStore(
             root, worker=self.worker, piece_rule=PieceLengthRule(((0, PIECE),)), now=self.clock.seconds
         )
-        self.http = OriginHTTP(self.store, clock=self.clock, advertise=ADVERTISE, peer=PEER)
         self._stubs: list[StubTreq] = []
+        self.serve(PEER)
+
+    def serve(self, peer: PeerInfo | None = None, advertise: str = ADVERTISE, **node: Any) -> OriginNode:
+        """Answer through a new ``OriginNode(store, advertise=, **node)`` seeding as ``peer``; returns it."""
+        self.node = OriginNode(self.store, advertise=advertise, **node)
+        self.node.seeds_as(peer)
+        self.http = OriginHTTP(self.node)
         self.stub = self.stub_for(self.http.resource())
+        return self.node
 
     def stub_for(self, resource: IResource) -> StubTreq:
         """A StubTreq over ``resource`` that ``run`` flushes.
@@ -79,3 +89,16 @@ class Origin:
             return response.code, response.headers, body
 
         return self.run(go())
+
+
+class FixedPlacement:
+    """An ``OriginNode``'s placement outside a ring: ``locations`` as given, no replicas to copy to."""
+
+    def __init__(self, locations: Callable[[Digest], list[str]]) -> None:
+        self.locations = locations
+
+    async def replicate(self, namespace: str, digest: Digest, size: int) -> None:
+        pass
+
+    def stats(self) -> ClusterStats:
+        return ClusterStats()

@@ -27,6 +27,8 @@ from kraken.origin.client import ClusterClient, OriginClient
 from kraken.origin.cluster import OriginRing, Repair, ReplicaBackend
 from kraken.origin.fetch import BlobFetcher
 from kraken.origin.http import OriginHTTP
+from kraken.origin.node import OriginNode
+from kraken.origin.writeback import WriteBackStats
 from kraken.store import CAStore
 from kraken.workers import ThreadWorker
 
@@ -45,6 +47,13 @@ class Member:
         self.commits: list[tuple[str, Digest, int]] = []
         self.fetcher: BlobFetcher | None = None
         self.stopped = False
+
+    async def add(self, namespace: str, digest: Digest, delay: float = 0.0) -> None:
+        """As the write-back queue: records what it is given, with the replica number ``delay`` stands for."""
+        self.commits.append((namespace, digest, int(delay)))
+
+    def stats(self) -> WriteBackStats:
+        return WriteBackStats()
 
     async def stop(self) -> None:
         """Stop as a killed process would: no new connections, and the open ones (the clients' pools) cut."""
@@ -115,23 +124,14 @@ async def cluster(reactor: Any, http: Any, tmp_path: Path) -> AsyncIterator[Clus
         ring = OriginRing(config, me=name, clock=reactor, client_for=client_for, blob_path=store.blob_path)
         member = Member(name, store, port, ring, conns[i])
 
-        async def on_commit(namespace: str, digest: Digest, replica: int = 0, member: Member = member) -> None:
-            member.commits.append((namespace, digest, replica))
-
         fetcher = BlobFetcher(
             store, Repair(ReplicaBackend(ring, worker=worker, clock=reactor, timeout=10.0), None), worker=worker,
             clock=reactor,
         )  # fmt: skip
         member.fetcher = fetcher
-        app = OriginHTTP(
-            store,
-            clock=reactor,
-            advertise=name,
-            on_commit=on_commit,
-            fetcher=fetcher,
-            locations=ring.locations,
-            replicate=ring.replicate,
-        )
+        # A replica k's write-back waits k seconds: the member records k.
+        node = OriginNode(store, advertise=name, fetcher=fetcher, placement=ring, writeback=member, replica_delay=1.0)
+        app = OriginHTTP(node)
         site.resource = app.resource()
         members.append(member)
     try:

@@ -21,7 +21,6 @@ from kraken.backends import FSBackend, Router, ShardedDockerBlobPather
 from kraken.core import Digest, MetaInfo
 from kraken.origin.client import StillFetching
 from kraken.origin.fetch import BlobFetcher
-from kraken.origin.http import OriginHTTP
 
 NS = "library/ubuntu"
 DATA = b"a layer only the backend holds " * 9
@@ -41,8 +40,7 @@ def registry(tmp_path: Path) -> Path:
 def fetcher(origin: Origin, registry: Path) -> BlobFetcher:
     fs = FSBackend(str(registry), ShardedDockerBlobPather(), worker=ClockWorker(origin.clock, DISK))
     f = BlobFetcher(origin.store, Router([("library/.*", fs)]), worker=origin.worker, clock=origin.clock)
-    origin.http = OriginHTTP(origin.store, clock=origin.clock, advertise="origin.test:15002", peer=PEER, fetcher=f)
-    origin.stub = origin.stub_for(origin.http.resource())
+    origin.serve(PEER, "origin.test:15002", fetcher=f)
     return f
 
 
@@ -112,8 +110,7 @@ def test_a_backend_failing_is_503_for_a_while(origin: Origin) -> None:
     backend.blobs[DIGEST.hex] = DATA
     backend.down = True
     f = BlobFetcher(origin.store, Router([(".*", backend)]), worker=origin.worker, clock=origin.clock, retry_ttl=5.0)
-    origin.http = OriginHTTP(origin.store, clock=origin.clock, advertise="origin.test:15002", fetcher=f)
-    origin.stub = origin.stub_for(origin.http.resource())
+    origin.serve(advertise="origin.test:15002", fetcher=f)
     code, headers, _ = origin.request("GET", BLOB)
     assert code == 503 and headers.getRawHeaders(b"retry-after") == [b"1"]
     assert origin.request("GET", BLOB)[0] == 503

@@ -16,6 +16,7 @@ from kraken.net.server import make_site
 from kraken.origin.client import OriginClient
 from kraken.origin.fetch import BlobFetcher
 from kraken.origin.http import OriginHTTP
+from kraken.origin.node import OriginNode
 from kraken.store import CAStore
 from kraken.workers import ThreadWorker
 
@@ -40,7 +41,7 @@ async def test_a_client_gets_a_blob_the_origin_fetches_meanwhile(reactor: Any, h
         )
         fs = FSBackend(str(registry), ShardedDockerBlobPather(), worker=worker)
         fetcher = BlobFetcher(store, Router([("library/.*", fs)]), worker=worker, clock=reactor)
-        app = OriginHTTP(store, clock=reactor, advertise="127.0.0.1:15002", fetcher=fetcher)
+        app = OriginHTTP(OriginNode(store, advertise="127.0.0.1:15002", fetcher=fetcher))
         site = make_site(app.resource(), reactor=reactor, access_log=False)
         site.timeOut = None  # no idle timers left behind
         port = reactor.listenTCP(0, site, interface="127.0.0.1")

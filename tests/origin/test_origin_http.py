@@ -11,7 +11,6 @@ from twisted.logger import capturedLogs
 
 from kraken.core import Digest, MetaInfo
 from kraken.core.peer import PeerInfo
-from kraken.origin.http import OriginHTTP
 from kraken.p2p.scheduler import Stats
 
 DATA = b"hello, origin! " * 3
@@ -62,10 +61,7 @@ def test_stats_are_the_schedulers_counters(origin: Origin) -> None:
     code, _, body = origin.request("GET", "/stats")
     # No scheduler given: only the blob questions this app answered.
     assert (code, json.loads(body)) == (200, {"stat_batches": 0, "stat_batch_digests": 0, "blob_heads": 0})
-    app = OriginHTTP(
-        origin.store, clock=origin.clock, advertise="o:1", p2p_stats=lambda: Stats(bytes_out=7, pieces_out=1)
-    )
-    origin.stub = origin.stub_for(app.resource())
+    origin.serve(advertise="o:1").seeds_as(None, lambda: Stats(bytes_out=7, pieces_out=1))
     code, _, body = origin.request("GET", "/stats")
     assert code == 200
     assert json.loads(body)["bytes_out"] == 7 and json.loads(body)["pieces_out"] == 1
@@ -152,16 +148,14 @@ def test_peers_is_this_origin_once_it_holds_the_blob(origin: Origin, url: str) -
 
 def test_peers_without_a_p2p_address_is_empty(origin: Origin) -> None:
     upload(origin)
-    plain = OriginHTTP(origin.store, clock=origin.clock, advertise=ADVERTISE)
-    origin.stub = origin.stub_for(plain.resource())
+    origin.serve()
     assert peers_of(origin, f"/blobs/{DIGEST}/peers") == []
 
 
 def test_peers_always_says_complete_origin(origin: Origin) -> None:
     upload(origin)
     agent_like = PeerInfo(PEER.peer_id, "10.0.0.6", 15001)
-    seeding = OriginHTTP(origin.store, clock=origin.clock, advertise=ADVERTISE, peer=agent_like)
-    origin.stub = origin.stub_for(seeding.resource())
+    origin.serve(agent_like)
     [got] = peers_of(origin, f"/blobs/{DIGEST}/peers")
     assert (got.ip, got.complete, got.origin) == ("10.0.0.6", True, True)
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from full_disk import Room, files_under, filling_open, no_space
-from origin_harness import Origin
+from origin_harness import FixedPlacement, Origin
 from results import result_of
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -23,6 +23,7 @@ from kraken.net import HTTPClientConfig, HTTPStatusError
 from kraken.net.server import make_site
 from kraken.origin.client import ClusterClient
 from kraken.origin.http import NO_SPACE_MESSAGE, OriginHTTP
+from kraken.origin.node import OriginNode
 from kraken.store import CAStore
 from kraken.workers import ThreadWorker
 
@@ -120,7 +121,7 @@ async def test_a_push_to_full_origins_is_answered_at_once_and_tried_once_per_loc
     members = [Member(tmp_path / f"origin-{i}", reactor, worker) for i in range(2)]
     names = [m.name for m in members]
     for m in members:
-        app = OriginHTTP(m.store, clock=reactor, advertise=m.name, locations=lambda d: list(names))
+        app = OriginHTTP(OriginNode(m.store, advertise=m.name, placement=FixedPlacement(lambda d: list(names))))
         m.site.resource = app.resource()
         m.site.body_refused = app.body_refused  # type: ignore[attr-defined]
         real = app.resource().render

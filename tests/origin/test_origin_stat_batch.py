@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from http_fakes import Hanging
-from origin_harness import Origin
+from origin_harness import FixedPlacement, Origin
 from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import capturedLogs
@@ -21,6 +21,7 @@ from kraken.core import Digest, PieceLengthRule
 from kraken.net import HTTPClientConfig
 from kraken.origin.client import MAX_STAT_BATCH, ClusterClient
 from kraken.origin.http import OriginHTTP
+from kraken.origin.node import OriginNode
 from kraken.store import CAStore
 from kraken.workers import InlineWorker
 
@@ -49,13 +50,9 @@ class Cluster:
             store = CAStore(
                 str(tmp_path / m), worker=self.worker, piece_rule=PieceLengthRule(((0, 4),)), now=self.clock.seconds
             )
-            app = OriginHTTP(
-                store,
-                clock=self.clock,
-                advertise=m,
-                locations=lambda d: self.ring.locations(d, lambda _: True),
-                fetcher=_NeverFetches() if fetching else None,  # type: ignore[arg-type]
-            )
+            placement = FixedPlacement(lambda d: self.ring.locations(d, lambda _: True))
+            fetcher: Any = _NeverFetches() if fetching else None
+            app = OriginHTTP(OriginNode(store, advertise=m, placement=placement, fetcher=fetcher))
             self.apps[m], self.stores[m] = app, store
             self.stubs[m] = self.harness.stub_for(app.resource())
         self.requests: list[tuple[str, str, str]] = []

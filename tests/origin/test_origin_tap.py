@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 import pytest
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
@@ -15,10 +16,13 @@ from twisted.python.failure import Failure
 
 from kraken.backends import FSBackend
 from kraken.backends.config import BackendConfig, FSBackendConfig
+from kraken.cluster.config import ClusterConfig
 from kraken.net import HTTPClientService
+from kraken.origin import tap
 from kraken.origin.cluster import OriginRing
 from kraken.origin.config import CleanupConfig, OriginConfig, StoreConfig, WriteBackConfig
 from kraken.origin.fetch import BlobFetcher
+from kraken.origin.node import OriginNode
 from kraken.origin.tap import Options, makeService, origin_service
 from kraken.origin.writeback import WriteBackQueue
 from kraken.p2p.config import BandwidthConfig, OriginP2PConfig, P2PConfig
@@ -179,8 +183,10 @@ def test_backends_add_the_fetcher(tmp_path: Path) -> None:
     assert isinstance(fetcher, BlobFetcher)
     [(_, backend)] = fetcher._router.routes
     assert isinstance(backend, FSBackend)
-    # A P2P handshake for a missing blob starts the same fetch.
-    assert top.getServiceNamed("scheduler")._on_missing == fetcher.fetching_for_peer
+    # A P2P handshake for a missing blob starts the same fetch: the scheduler asks the node, which asks the fetcher.
+    on_missing = top.getServiceNamed("scheduler")._on_missing
+    node = on_missing.__self__
+    assert isinstance(node, OriginNode) and on_missing == node.on_missing and node.fetcher is fetcher
 
 
 def test_no_backends_no_fetcher(tmp_path: Path) -> None:
@@ -230,3 +236,71 @@ def test_cleanup_enabled_without_backends_keeps_nothing_and_warns(tmp_path: Path
     cleanup = top.getServiceNamed("cache-cleanup")
     assert cleanup._keep(Digest.from_bytes(b"x")) is False
     assert any("without backends" in e["log_format"] for e in events)
+
+
+def test_no_backends_no_p2p_fetch(tmp_path: Path) -> None:
+    top = origin_service(config(tmp_path), MemoryReactorClock())
+    assert top.getServiceNamed("scheduler")._on_missing is None
+
+
+def dns_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, members: list[str]) -> OriginConfig:
+    """An origin in a DNS-listed cluster whose name resolves to ``members``."""
+
+    def resolver(reactor: Any) -> Any:
+        async def resolve(name: str) -> list[str]:
+            return members
+
+        return resolve
+
+    monkeypatch.setattr(tap, "system_resolver", resolver)
+    return attrs.evolve(config(tmp_path), advertise="10.0.0.1:15999", cluster=ClusterConfig(dns="origins.test:15999"))
+
+
+def test_an_origin_that_cannot_join_its_cluster_stops_only_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in the herd: the origin beside other daemons, under one parent, on one reactor.
+    reactor = MemoryReactorClock()
+    herd = MultiService()
+    origin = origin_service(dns_cluster(tmp_path, monkeypatch, ["10.0.0.2"]), reactor)
+    origin.setServiceParent(herd)
+    other = Service()
+    other.setName("tracker")
+    other.setServiceParent(herd)
+    with capturedLogs() as events:
+        herd.privilegedStartService()
+        herd.startService()
+        assert origin.running  # it stops on the next turn, not while the herd starts its children
+        reactor.advance(0)
+    assert not origin.running and origin.parent is None
+    assert other.running and herd.running and list(herd) == [other]
+    assert not reactor.hasStopped
+    [why] = [e for e in events if e["log_format"].startswith("origin stopping its own service")]
+    assert "do not include this origin (10.0.0.1:15999)" in why["why"]
+    assert [c for c in reactor.getDelayedCalls() if c.active()] == []
+    herd.stopService()
+
+
+def test_a_standalone_origin_that_cannot_join_its_cluster_exits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = Options()
+    options.parseOptions([])
+    options["parsed"] = dns_cluster(tmp_path, monkeypatch, ["10.0.0.2"])
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    top = makeService(options, reactor=reactor)
+    top.privilegedStartService()
+    top.startService()
+    reactor.advance(0)
+    assert not top.running and reactor.hasStopped
+
+
+def test_an_origin_that_finds_itself_runs_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reactor = MemoryReactorClock()
+    top = origin_service(dns_cluster(tmp_path, monkeypatch, ["10.0.0.1", "10.0.0.2"]), reactor)
+    top.privilegedStartService()
+    top.startService()
+    reactor.advance(0)
+    assert top.running
+    top.stopService()

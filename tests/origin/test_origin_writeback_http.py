@@ -14,8 +14,7 @@ from writeback_fakes import InlineReactor, inline_pool
 
 from kraken.backends import FSBackend, Router, ShardedDockerBlobPather
 from kraken.core import Digest
-from kraken.origin.http import OriginHTTP
-from kraken.origin.writeback import WriteBackQueue
+from kraken.origin.writeback import WriteBackQueue, WriteBackStats
 
 NS = "library/ubuntu"
 DATA = b"a layer for the registry " * 5
@@ -51,10 +50,25 @@ def queue(origin: Origin, tmp_path: Path, registry: Path) -> Iterator[WriteBackQ
         clock=origin.clock,
     )
     q.startService()
-    origin.http = OriginHTTP(origin.store, clock=origin.clock, advertise="origin.test:15002", on_commit=q.add)
-    origin.stub = origin.stub_for(origin.http.resource())
+    origin.serve(advertise="origin.test:15002", writeback=q)
     yield q
     result_of(q.stopService())
+
+
+class Recorder:
+    """A write-back queue that records what it is given (``(namespace, digest)``), or fails with ``error``."""
+
+    def __init__(self, calls: list[tuple[str, Digest]], error: Exception | None = None) -> None:
+        self.calls = calls
+        self.error = error
+
+    async def add(self, namespace: str, digest: Digest, delay: float = 0.0) -> None:
+        if self.error is not None:
+            raise self.error
+        self.calls.append((namespace, digest))
+
+    def stats(self) -> WriteBackStats:
+        return WriteBackStats()
 
 
 def blob_file(registry: Path, digest: Digest) -> Path:
@@ -89,12 +103,7 @@ def test_a_namespace_without_backend_queues_nothing_lasting(origin: Origin, queu
 
 def test_every_commit_and_every_already_exists_makes_sure_the_blob_is_queued(origin: Origin, tmp_path: Path) -> None:
     calls: list[tuple[str, Digest]] = []
-
-    async def on_commit(ns: str, digest: Digest) -> None:
-        calls.append((ns, digest))
-
-    origin.http = OriginHTTP(origin.store, clock=origin.clock, advertise="o:1", on_commit=on_commit)
-    origin.stub = origin.stub_for(origin.http.resource())
+    origin.serve(advertise="o:1", writeback=Recorder(calls))
     digest = Digest.from_bytes(DATA)
     # Two uploads of the same blob started before either commits: both commits answer 201, both make sure.
     url = f"/namespace/{NS}/blobs/{digest}/uploads"
@@ -111,9 +120,5 @@ def test_every_commit_and_every_already_exists_makes_sure_the_blob_is_queued(ori
 
 
 def test_a_failing_hook_fails_the_commit(origin: Origin) -> None:
-    async def on_commit(ns: str, digest: Digest) -> None:
-        raise OSError("disk full")
-
-    origin.http = OriginHTTP(origin.store, clock=origin.clock, advertise="o:1", on_commit=on_commit)
-    origin.stub = origin.stub_for(origin.http.resource())
+    origin.serve(advertise="o:1", writeback=Recorder([], OSError("disk full")))
     assert push(origin, DATA) == 500

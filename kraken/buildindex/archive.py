@@ -1,10 +1,14 @@
-"""Tags in storage backends: where the build-index writes tags back and
-where it looks for a tag it does not have.
+"""The tag archive: the build-index's tags kept in storage backends, where
+it writes tags back and where it looks for a tag it does not have.
+
+(Not a storage backend itself: ``kraken.backends.IBackend`` is one. The
+archive is the build-index's use of them for tags: per namespace, which
+backend holds its tags, in which layout, and whether it may be written.)
 
 Built from the ``backends:`` section (the same shape as the origin's,
 ``kraken.backends.config.BackendConfig``); the first entry whose namespace
-regex matches the whole repository name serves that repository. What a tag
-backend can do depends on the entry's kind:
+regex matches the whole repository name serves that repository. What an
+entry can do with tags depends on its backend kind:
 
 - ``fs``, ``s3``, ``hdfs``: read and write. A tag ``repo:tag`` is the file
   ``docker/registry/v2/repositories/<repo>/_manifests/tags/<tag>/current/link``
@@ -57,8 +61,8 @@ def tag_name(repo: str, tag: str) -> str:
 
 
 @attrs.frozen
-class TagBackend:
-    """One entry's tag storage. ``kind`` is the entry's backend kind."""
+class ArchiveEntry:
+    """The tags of one ``backends:`` entry, in its storage backend. ``kind`` is the entry's backend kind."""
 
     kind: str
     namespace: str
@@ -117,17 +121,18 @@ class TagBackend:
             await self._worker.run(remove_quietly, path)
 
 
-class TagBackends:
-    """The ordered (namespace regex, tag backend) list."""
+class TagArchive:
+    """The ordered (namespace regex, archive entry) list: the first entry whose regex matches the whole
+    repository name holds its tags."""
 
-    def __init__(self, routes: Sequence[tuple[str, TagBackend]]) -> None:
+    def __init__(self, routes: Sequence[tuple[str, ArchiveEntry]]) -> None:
         self._routes = [(re.compile(pattern), backend) for pattern, backend in routes]
 
     def __len__(self) -> int:
         return len(self._routes)
 
-    def for_repo(self, repo: str) -> TagBackend | None:
-        """The tag backend of the first entry matching all of ``repo``; None if none matches."""
+    def for_repo(self, repo: str) -> ArchiveEntry | None:
+        """The first entry matching all of ``repo``; None if none matches."""
         for pattern, backend in self._routes:
             if pattern.fullmatch(repo):
                 return backend
@@ -152,22 +157,22 @@ def _tag_entry(entry: BackendConfig) -> tuple[str, Any]:
     return kind, settings
 
 
-def build_tag_backends(
+def build_tag_archive(
     configs: Sequence[BackendConfig],
     *,
     worker: Worker,
     clock: IReactorTime,
     scratch: str,
     http: HTTPClient | None = None,
-) -> TagBackends:
-    """The tag backends ``configs`` describe, in order. ``scratch`` is a
+) -> TagArchive:
+    """The tag archive ``configs`` describe, in order. ``scratch`` is a
     directory for link files in transit (it must exist)."""
     routes = []
     for entry in configs:
         kind, settings = _tag_entry(entry)
         backend = BUILDERS[kind](settings, worker, clock, http)
-        routes.append((entry.namespace, TagBackend(kind, entry.namespace, backend, worker, scratch)))
-    return TagBackends(routes)
+        routes.append((entry.namespace, ArchiveEntry(kind, entry.namespace, backend, worker, scratch)))
+    return TagArchive(routes)
 
 
 def sweep_scratch(scratch: str) -> int:

@@ -1,4 +1,4 @@
-"""Tag backends built from ``backends:`` entries: the docker_tag layout on a
+"""Tag archive built from ``backends:`` entries: the docker_tag layout on a
 real filesystem backend (unit, inline worker) and on a real moto S3 server
 (real reactor)."""
 
@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 from kraken.backends.config import BackendConfig, FSBackendConfig
 from kraken.backends.registry import RegistryConfig
 from kraken.backends.s3 import S3Config
-from kraken.buildindex.backends import TEMP_PREFIX, build_tag_backends, sweep_scratch
+from kraken.buildindex.archive import TEMP_PREFIX, build_tag_archive, sweep_scratch
 from kraken.core import Digest
 from kraken.net import HTTPClientConfig
 from kraken.workers import InlineWorker, ThreadWorker
@@ -39,17 +39,17 @@ def scratch(tmp_path: Any) -> str:
 def test_fs_tags_use_the_docker_tag_layout_whatever_name_path_says(tmp_path: Any, scratch: str, name_path: str) -> None:
     root = tmp_path / "registry"
     entry = BackendConfig(namespace=".*", fs=FSBackendConfig(root=str(root), name_path=name_path))
-    backends = build_tag_backends([entry], worker=InlineWorker(), clock=Clock(), scratch=scratch)
-    assert backends.writable("team/app")
-    backend = backends.for_repo("team/app")
+    archive = build_tag_archive([entry], worker=InlineWorker(), clock=Clock(), scratch=scratch)
+    assert archive.writable("team/app")
+    backend = archive.for_repo("team/app")
     assert backend is not None
-    assert result_of(backends.get("team/app", "v1")) is None
+    assert result_of(archive.get("team/app", "v1")) is None
     result_of(backend.put("team/app", "v1", D1))
     # exactly what docker/distribution's filesystem driver keeps: the digest text, no newline
     assert (root / LINK).read_bytes() == str(D1).encode()
-    assert result_of(backends.get("team/app", "v1")) == D1
+    assert result_of(archive.get("team/app", "v1")) == D1
     (root / LINK).write_bytes(str(D2).encode() + b"\n")  # written by a registry (or by hand)
-    assert result_of(backends.get("team/app", "v1")) == D2
+    assert result_of(archive.get("team/app", "v1")) == D2
     assert os.listdir(scratch) == []  # link files in transit are removed
 
 
@@ -58,12 +58,12 @@ def test_first_matching_namespace_wins_and_kinds_decide_what_is_possible(tmp_pat
         BackendConfig(namespace="library/.*", registry=RegistryConfig(address="registry.example:5000")),
         BackendConfig(namespace=".*", fs=FSBackendConfig(root=str(tmp_path / "fs"), name_path="docker_tag")),
     ]
-    backends = build_tag_backends(entries, worker=InlineWorker(), clock=Clock(), scratch=scratch, http=object())  # type: ignore[arg-type]
-    library, other = backends.for_repo("library/ubuntu"), backends.for_repo("team/app")
+    archive = build_tag_archive(entries, worker=InlineWorker(), clock=Clock(), scratch=scratch, http=object())  # type: ignore[arg-type]
+    library, other = archive.for_repo("library/ubuntu"), archive.for_repo("team/app")
     assert library is not None and other is not None
     assert (library.kind, library.readable, library.writable) == ("registry", True, False)
     assert (other.kind, other.writable) == ("fs", True)
-    assert not backends.writable("library/ubuntu")
+    assert not archive.writable("library/ubuntu")
     with pytest.raises(ValueError, match="does not store tags"):
         result_of(library.put("library/ubuntu", "v1", D1))
 
@@ -104,12 +104,12 @@ async def test_s3_tags_round_trip_in_the_docker_tag_layout(
         ),
     )
     worker = ThreadWorker(reactor, reactor.getThreadPool())
-    backends = build_tag_backends([entry], worker=worker, clock=reactor, scratch=scratch, http=http)
-    backend = backends.for_repo("team/app")
+    archive = build_tag_archive([entry], worker=worker, clock=reactor, scratch=scratch, http=http)
+    backend = archive.for_repo("team/app")
     assert backend is not None
-    assert await backends.get("team/app", "v1") is None
+    assert await archive.get("team/app", "v1") is None
     await backend.put("team/app", "v1", D1)
     assert moto.objects(bucket) == {f"kraken/{LINK}": len(str(D1))}
     assert moto.get(bucket, f"kraken/{LINK}") == str(D1).encode()
-    assert await backends.get("team/app", "v1") == D1
+    assert await archive.get("team/app", "v1") == D1
     assert os.listdir(scratch) == []

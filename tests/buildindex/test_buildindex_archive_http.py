@@ -1,4 +1,4 @@
-"""The build-index with tag backends and neighbours, through StubTreq: write-back
+"""The build-index with a tag archive and neighbours, through StubTreq: write-back
 of accepted tags, reads on a miss, manifest records for backend-only tags, and
 duplicate puts between two real apps."""
 
@@ -16,7 +16,7 @@ from buildindex_fakes import (
     MemoryBackend,
     image_manifest,
     result_of,
-    tag_backends,
+    tag_archive,
 )
 from treq.testing import StubTreq
 from twisted.logger import capturedLogs
@@ -24,7 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from kraken.backends import BackendUnavailable
-from kraken.buildindex.backends import TagBackends
+from kraken.buildindex.archive import TagArchive
 from kraken.buildindex.client import BuildIndexClient
 from kraken.core import Digest
 from kraken.net import HTTPClientConfig
@@ -45,10 +45,10 @@ def upstream() -> FakeRegistryBackend:
 
 
 @pytest.fixture
-def backends(tmp_path: Any, memory: MemoryBackend, upstream: FakeRegistryBackend) -> TagBackends:
+def archive(tmp_path: Any, memory: MemoryBackend, upstream: FakeRegistryBackend) -> TagArchive:
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    return tag_backends(
+    return tag_archive(
         str(scratch),
         ("upstream/.*", "registry", upstream),
         ("static/.*", "http", MemoryBackend()),
@@ -57,8 +57,8 @@ def backends(tmp_path: Any, memory: MemoryBackend, upstream: FakeRegistryBackend
 
 
 @pytest.fixture
-def app(tmp_path: Any, backends: TagBackends) -> Any:
-    a = App(str(tmp_path / "tags.db"), backends=backends)
+def app(tmp_path: Any, archive: TagArchive) -> Any:
+    a = App(str(tmp_path / "tags.db"), archive=archive)
     yield a
     a.close()
 
@@ -245,14 +245,14 @@ class Pair:
     """Node A duplicates to node B (StubTreq over B's real app); both share one
     clock and one backend."""
 
-    def __init__(self, tmp_path: Any, backends: TagBackends, failures: int = 0) -> None:
+    def __init__(self, tmp_path: Any, archive: TagArchive, failures: int = 0) -> None:
         self.reactor = InlineReactor()
-        self.b = App(str(tmp_path / "b.db"), backends=backends, reactor=self.reactor)
+        self.b = App(str(tmp_path / "b.db"), archive=archive, reactor=self.reactor)
         self.b_front = Flaky(self.b.http.resource(), failures)
         self.b_stub = StubTreq(self.b_front)
         client = BuildIndexClient(http=self.b_stub, base=BASE, clock=self.reactor, config=NO_RETRIES)
         self.a = App(
-            str(tmp_path / "a.db"), backends=backends, reactor=self.reactor, neighbours=[(BASE, client)], stagger=100.0
+            str(tmp_path / "a.db"), archive=archive, reactor=self.reactor, neighbours=[(BASE, client)], stagger=100.0
         )
         self.a.pump = self.pump  # type: ignore[method-assign]
 
@@ -266,8 +266,8 @@ class Pair:
         self.b.close()
 
 
-def test_duplicate_put_reaches_the_other_node(tmp_path: Any, backends: TagBackends, memory: MemoryBackend) -> None:
-    pair = Pair(tmp_path, backends)
+def test_duplicate_put_reaches_the_other_node(tmp_path: Any, archive: TagArchive, memory: MemoryBackend) -> None:
+    pair = Pair(tmp_path, archive)
     try:
         digest = pushed(pair.a, "a")
         assert put_tag(pair.a, "r", "v1", digest)[0] == 201
@@ -289,8 +289,8 @@ def test_duplicate_put_reaches_the_other_node(tmp_path: Any, backends: TagBacken
         pair.close()
 
 
-def test_failed_duplicates_are_retried_with_backoff_then_given_up(tmp_path: Any, backends: TagBackends) -> None:
-    pair = Pair(tmp_path, backends, failures=1)
+def test_failed_duplicates_are_retried_with_backoff_then_given_up(tmp_path: Any, archive: TagArchive) -> None:
+    pair = Pair(tmp_path, archive, failures=1)
     try:
         digest = pushed(pair.a, "a")
         with capturedLogs() as events:
