@@ -52,10 +52,10 @@ from kraken.buildindex.tags import Pending
 from kraken.core import Digest
 from kraken.net import ResponseTooLarge
 from kraken.net.bounded import bounded_map, chunks
-from kraken.registry.source import ManifestRecord, Page
 from kraken.registry.errors import RegistryError
 from kraken.registry.manifests import MANIFEST_TYPES, ParsedManifest, parse_manifest
 from kraken.registry.references import DEFAULT_MAX_REFERENCES
+from kraken.registry.source import ManifestRecord, Page
 
 if TYPE_CHECKING:
     from kraken.buildindex.archive import TagArchive
