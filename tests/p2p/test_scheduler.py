@@ -379,7 +379,7 @@ def test_a_peer_that_does_not_answer_in_time_is_tried_again_after_a_short_backof
     from twisted.internet.protocol import Protocol
 
     from kraken.p2p.scheduler import BUSY_BACKOFF
-    from kraken.p2p.session import HANDSHAKE_TIMEOUT
+    from swarm import HANDSHAKE_TIMEOUT
 
     _, info = blob(4)
     swarm.publish(info)
