@@ -36,6 +36,8 @@ from kraken.p2p.session import HANDSHAKE_TIMED_OUT, PeerDisconnected, PeerSessio
 from kraken.p2p.torrent import LOG_NAMESPACE, Torrent
 from kraken.p2p.wire import ErrorCode
 
+log = Logger(namespace=LOG_NAMESPACE)
+
 
 class Announcer(TypingProtocol):
     """``(me, namespace, digest, info_hash, unreachable=[peer ids]) -> (peers, interval)`` (the tracker client's
@@ -60,8 +62,6 @@ def connect_tcp(reactor: Any, peer: PeerInfo, factory: Factory, *, timeout: floa
 
 class Announcing:
     """The announce loops of one agent's downloads and the dials they lead to."""
-
-    log = Logger(namespace=LOG_NAMESPACE)
 
     def __init__(
         self,
@@ -94,7 +94,7 @@ class Announcing:
     def _announce(self, torrent: Torrent) -> None:
         torrent.announce_call = None
         Deferred.fromCoroutine(self._announce_once(torrent)).addErrback(
-            lambda f: self.log.failure("announce loop failed", f)
+            lambda f: log.failure("announce loop failed", f)
         )
 
     async def _announce_once(self, torrent: Torrent) -> None:
@@ -111,7 +111,7 @@ class Announcing:
         except CancelledError:
             raise
         except Exception as e:
-            self.log.warn("announce of {digest} failed: {error}", digest=str(torrent.info.digest), error=str(e))
+            log.warn("announce of {digest} failed: {error}", digest=str(torrent.info.digest), error=str(e))
             peers = []
         if torrent.closed or complete:
             return  # a complete torrent announces once and then stops
@@ -142,7 +142,7 @@ class Announcing:
             dials.started(peer.peer_id, now)
             room -= 1
             Deferred.fromCoroutine(self._dial(torrent, peer)).addErrback(
-                lambda f: self.log.failure("dialling a peer failed", f)
+                lambda f: log.failure("dialling a peer failed", f)
             )
 
     async def _dial(self, torrent: Torrent, peer: PeerInfo) -> None:
@@ -167,7 +167,7 @@ class Announcing:
         wait, unreachable = torrent.dials.failed(peer.peer_id, outcome, self._clock.seconds())
         if unreachable:
             self._counts["peers_unreachable"] += 1
-            self.log.info(
+            log.info(
                 "peer {peer} at {peer_addr} unreachable for {digest}: {error}; not dialled for {seconds:g} s",
                 peer=peer.peer_id[:12], peer_addr=f"{peer.ip}:{peer.port}", digest=str(torrent.info.digest),
                 error=str(e) or type(e).__name__, seconds=wait,

@@ -33,6 +33,8 @@ from kraken.p2p.slots import Slots
 from kraken.p2p.torrent import LOG_NAMESPACE, Conn, Torrent, Torrents
 from kraken.p2p.wire import MAX_ERROR_MESSAGE, Error, ErrorCode, Handshake
 
+log = Logger(namespace=LOG_NAMESPACE)
+
 MissingBlob = Callable[[str, Digest], Awaitable[bool]]
 """``(namespace, digest) -> True`` while the blob is being fetched into the store (an origin's fetch on miss)."""
 
@@ -55,8 +57,6 @@ class Traffic(TypingProtocol):
 
 class Connections:
     """The connections of one scheduler's torrents (see the module docstring)."""
-
-    log = Logger(namespace=LOG_NAMESPACE)
 
     def __init__(
         self,
@@ -143,7 +143,7 @@ class Connections:
             except CancelledError:
                 raise
             except Exception:
-                self.log.failure("asking for missing blob {digest} failed", digest=str(digest))
+                log.failure("asking for missing blob {digest} failed", digest=str(digest))
                 fetching = False
             if fetching:
                 return Error(ErrorCode.BUSY, None, f"fetching {digest} from storage")
@@ -155,7 +155,7 @@ class Connections:
         return torrent
 
     def _log_refused(self, torrent: Torrent, peer_id: str, address: str | None, why: str) -> None:
-        self.log.info(
+        log.info(
             "refusing peer {peer} from {peer_addr} for {digest}: {why}",
             peer=peer_id[:12], peer_addr=address, digest=str(torrent.info.digest), why=why,
         )  # fmt: skip
@@ -241,7 +241,7 @@ class Connections:
         """Close a connection that holds a slot without moving pieces; its peer is not admitted again for a few
         seconds."""
         self._counts["connections_evicted"] += 1
-        self.log.info(
+        log.info(
             "evicting peer {peer} from {digest}: {why}",
             peer=conn.peer_id[:12],
             digest=str(torrent.info.digest),
@@ -256,7 +256,7 @@ class Connections:
         self.log_blacklisted(torrent, peer_id, why)
 
     def log_blacklisted(self, torrent: Torrent, peer_id: str, why: str) -> None:
-        self.log.info(
+        log.info(
             "blacklisting peer {peer} for {digest}: {why}", peer=peer_id[:12], digest=str(torrent.info.digest), why=why
         )
 

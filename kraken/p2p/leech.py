@@ -33,14 +33,14 @@ from kraken.p2p.wire import Chunk, ErrorCode
 from kraken.store import CAStore, PieceCorrupt
 from kraken.throttle import TokenBucket, Unlimited
 
+log = Logger(namespace=LOG_NAMESPACE)
+
 MetaInfoSource = Callable[[str, Digest], Awaitable[MetaInfo | None]]
 """``(namespace, digest) -> MetaInfo`` or None when no origin has the blob (the tracker client's ``metainfo``)."""
 
 
 class Leech:
     """Downloads blobs into the store, piece by piece, from the connections of their torrents."""
-
-    log = Logger(namespace=LOG_NAMESPACE)
 
     def __init__(
         self,
@@ -89,7 +89,7 @@ class Leech:
             rng=self._rng,
         )
         torrent = self._torrents.add(namespace, info, partial, dispatcher)
-        self.log.info(
+        log.info(
             "downloading {digest} ({bytes} bytes, {pieces} pieces, {have} on disk)",
             digest=str(digest),
             bytes=info.length,
@@ -146,7 +146,7 @@ class Leech:
             return
         for index in dispatcher.next_requests(conn.peer_id, self._clock.seconds()):
             Deferred.fromCoroutine(self._fetch(torrent, conn, index)).addErrback(
-                lambda f: self.log.failure("fetching a piece failed", f)
+                lambda f: log.failure("fetching a piece failed", f)
             )
 
     def _request_all(self, torrent: Torrent) -> None:
@@ -212,7 +212,7 @@ class Leech:
         else:
             until = float("inf")
         torrent.dispatcher.piece_failed(conn.peer_id, index, until=until, slow=timed_out)
-        self.log.debug("piece {piece} from {peer}: {error}", piece=index, peer=conn.peer_id[:12], error=str(e))
+        log.debug("piece {piece} from {peer}: {error}", piece=index, peer=conn.peer_id[:12], error=str(e))
         self._request_all(torrent)
 
     async def _write(self, torrent: Torrent, conn: Conn, index: int, sink: _PieceSink) -> bool:
@@ -238,7 +238,7 @@ class Leech:
             if is_out_of_space(e) or torrent.closed:
                 self._torrents.out_of_space(torrent, e)  # a no-op once the torrent is closed
                 return False
-            self.log.failure("writing piece {piece} of {digest} failed", piece=index, digest=str(torrent.info.digest))
+            log.failure("writing piece {piece} of {digest} failed", piece=index, digest=str(torrent.info.digest))
             dispatcher.piece_failed(conn.peer_id, index, until=self._clock.seconds() + self._config.blacklist)
             self._request_all(torrent)
             return False
@@ -270,7 +270,7 @@ class Leech:
                 other.session.send_have(index)
         have, pieces = torrent.bitfield.count(), torrent.info.num_pieces
         if have < pieces and have * 4 // pieces > (have - 1) * 4 // pieces:  # a quarter more is on disk
-            self.log.info(
+            log.info(
                 "download of {digest}: {have} of {pieces} pieces",
                 digest=str(torrent.info.digest),
                 have=have,
@@ -291,7 +291,7 @@ class Leech:
             if is_out_of_space(e):
                 self._torrents.out_of_space(torrent, e)
                 return
-            self.log.failure("installing {digest} failed", digest=str(torrent.info.digest))
+            log.failure("installing {digest} failed", digest=str(torrent.info.digest))
             self._torrents.drop(torrent, DownloadFailed(f"installing {torrent.info.digest} failed: {e}"))
             return
         finally:
@@ -303,7 +303,7 @@ class Leech:
         torrent.dispatcher = None
         torrent.last_active = self._clock.seconds()
         self._counts["downloads_completed"] += 1
-        self.log.info("downloaded {digest}", digest=str(torrent.info.digest))
+        log.info("downloaded {digest}", digest=str(torrent.info.digest))
         for conn in list(torrent.conns.values()):
             for request in list(conn.requests.values()):
                 request.cancel()

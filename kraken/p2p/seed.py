@@ -23,11 +23,11 @@ from kraken.p2p.torrent import LOG_NAMESPACE, Conn, Torrent
 from kraken.store import CAStore
 from kraken.throttle import TokenBucket, Unlimited
 
+log = Logger(namespace=LOG_NAMESPACE)
+
 
 class Seed:
     """Serves the pieces peers ask this daemon for, over all its torrents."""
-
-    log = Logger(namespace=LOG_NAMESPACE)
 
     def __init__(
         self,
@@ -62,7 +62,7 @@ class Seed:
         self._policy.ask(torrent.ledger, conn, conn.peer_id, index)
         if not self._serving:
             self._serving = True
-            Deferred.fromCoroutine(self._serve()).addErrback(lambda f: self.log.failure("serving pieces failed", f))
+            Deferred.fromCoroutine(self._serve()).addErrback(lambda f: log.failure("serving pieces failed", f))
 
     def piece_cancelled(self, torrent: Torrent, session: PeerSession, index: int) -> None:
         conn = torrent.conn_of(session)
@@ -125,7 +125,7 @@ class Seed:
         conn.session.send_piece(index, data)
         token, whole = torrent.ledger.sent(index, conn.peer_id)
         if whole:
-            self.log.info("sent every piece of {digest} once", digest=str(torrent.info.digest))
+            log.info("sent every piece of {digest} once", digest=str(torrent.info.digest))
         # The piece is on its way while it waits in the write buffer (seconds per piece behind a slow link): its
         # time is taken once the buffer has drained.
         conn.protocol.when_writable().addBoth(lambda _: torrent.ledger.left(index, token, self._now()))

@@ -34,6 +34,7 @@ from kraken.store import CAStore, PartialBlob
 
 #: Every part of the P2P service logs under the scheduler's name, as operators and the adversarial suite see it.
 LOG_NAMESPACE = "kraken.p2p.scheduler.Scheduler"
+log = Logger(namespace=LOG_NAMESPACE)
 
 
 class BlobNotFound(Exception):
@@ -114,8 +115,6 @@ class Torrent:
 class Torrents:
     """The torrents of one scheduler, by digest, and the counters of its ``Stats``."""
 
-    log = Logger(namespace=LOG_NAMESPACE)
-
     def __init__(self, config: P2PConfig, *, clock: IReactorTime, store: CAStore) -> None:
         self._config = config
         self._clock = clock
@@ -185,25 +184,25 @@ class Torrents:
         if torrent.closed:
             return  # another piece of it met the full disk first
         digest = torrent.info.digest
-        self.log.warn("no space left to download {digest}: cancelled ({error})", digest=str(digest), error=str(error))
+        log.warn("no space left to download {digest}: cancelled ({error})", digest=str(digest), error=str(error))
         self.drop(torrent, OutOfSpace(f"downloading {digest}", error))
         ensureDeferred(self._store.downloads.discard(digest)).addErrback(
-            lambda f: self.log.failure("discarding {digest} failed", f, digest=str(digest))
+            lambda f: log.failure("discarding {digest} failed", f, digest=str(digest))
         )
 
     def expire(self, torrent: Torrent, now: float) -> None:
         """Drop ``torrent`` if it has been idle past its TTI: a seeder's, or a download's (which fails)."""
         idle = now - torrent.last_active
         if torrent.complete and idle > self._config.seeder_tti and not torrent.installing:
-            self.log.debug("dropping idle seeder torrent {digest}", digest=str(torrent.info.digest))
+            log.debug("dropping idle seeder torrent {digest}", digest=str(torrent.info.digest))
             self.drop(torrent, None)
         elif not torrent.complete and idle > self._config.leecher_tti and not torrent.installing:
-            self.log.warn(
+            log.warn(
                 "download of {digest} stalled for {seconds:.0f} s: cancelled",
                 digest=str(torrent.info.digest),
                 seconds=idle,
             )
             self.drop(torrent, DownloadFailed(f"no piece of {torrent.info.digest} arrived for {idle:.0f} s"))
             ensureDeferred(self._store.downloads.discard(torrent.info.digest)).addErrback(
-                lambda f: self.log.failure("discarding a stalled download failed", f)
+                lambda f: log.failure("discarding a stalled download failed", f)
             )

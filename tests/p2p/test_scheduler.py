@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from swarm import blob, done, outcome, read, resolved
 from twisted.internet.defer import Deferred
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from kraken.p2p.scheduler import BlobNotFound
+
+SCHEDULER = "kraken.p2p.scheduler.Scheduler"
 
 
 def test_one_seeder_many_leechers(swarm):
@@ -67,3 +70,16 @@ def test_a_caller_that_goes_away_leaves_the_others_their_shared_download(swarm):
     swarm.run(lambda: done(second))
     assert read(resolved(second)) == data
     assert swarm.tracker.metainfo_calls == 1
+
+
+def test_every_part_logs_under_the_schedulers_name(swarm):
+    # Operators and the adversarial suite read these lines with their "[kraken.p2p.scheduler.Scheduler#info]" prefix.
+    data, info = blob(4)
+    swarm.origin("origin", (data, info))
+    with capturedLogs() as events:
+        d = swarm.agent("agent").download(info.digest)
+        swarm.run(lambda: done(d))
+    formats = {e["log_format"]: e["log_namespace"] for e in events if "log_format" in e}
+    assert formats["downloading {digest} ({bytes} bytes, {pieces} pieces, {have} on disk)"] == SCHEDULER
+    assert formats["downloaded {digest}"] == SCHEDULER
+    assert formats["sent every piece of {digest} once"] == SCHEDULER

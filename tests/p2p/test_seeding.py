@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -114,6 +117,11 @@ def test_an_origin_sends_no_piece_twice_to_peers_still_connected_until_it_has_se
     for index in (1, 2, 3):
         ledger.sent(index, "a")
     assert not declines(policy, ledger, "b", now)  # a whole copy is out: the window rules
+
+
+def test_the_policy_imports_nothing_of_twisted() -> None:
+    code = "import sys, kraken.p2p.seeding; assert not [m for m in sys.modules if m.startswith('twisted')]"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_validation() -> None:
