@@ -81,6 +81,7 @@ class Scheduler(Service):
         self._config = config
         self._clock: IReactorTime = reactor
         self._store = store
+        self._on_missing = on_missing  # handed to Connections; kept here for the origin's wiring test
         ip, port = advertise if advertise is not None else config.advertised()
         self.peer_id = peer_id or config.the_peer_id()
         self._me = PeerInfo(self.peer_id, ip, port)
