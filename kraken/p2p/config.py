@@ -30,6 +30,14 @@ Defaults and why (Kraken's values unless said otherwise):
   (counted from when the piece left its write buffer) while the first receiver is still connected, and an origin
   declines it whatever the time until it has sent every piece once, so an origin facing many agents spends its
   upload on pieces the swarm lacks.
+- ``busy_backoff`` 5 s: a peer that answered ``BUSY``, whose dial or handshake timed out the first time, or that
+  was evicted for moving no piece, is not dialled (nor admitted) again for this blob for this long.
+- ``announce_interval`` 5 s: how often a download announces when the tracker's answer gives no usable interval
+  (the announce failed, or the interval is not in (0, ``max_announce_interval`` 60 s]). A download with fewer
+  connections than it may have, handed out more peers than it reached, announces again within
+  ``underconnected_announce`` 1 s (or the tracker's interval, if shorter) to find peers with room.
+- ``piece_memory`` 8 MiB: bytes of received pieces held while they are checked and written. Below it, a request
+  slot goes to the next piece as soon as a payload has arrived; above it, only once the piece is written.
 - bandwidth, in bits per second each way, is on by default for agents (Kraken's 200 MiB/s out, 300 MiB/s in)
   and off for origins. Only piece payloads are metered.
 """
@@ -42,7 +50,7 @@ import socket
 
 import attrs
 
-from kraken.config import Duration, positive
+from kraken.config import Duration, Size, positive
 from kraken.net.endpoints import check_listen, host_port
 
 MIB = 1 << 20
@@ -87,6 +95,11 @@ class P2PConfig:
     max_conns_per_address: int = attrs.field(default=3, validator=positive)
     max_conns_per_address_total: int = attrs.field(default=256, validator=positive)
     address_limit_exempt: tuple[str, ...] = ("127.0.0.1", "::1")
+    busy_backoff: Duration = attrs.field(default=Duration(5.0), validator=positive)
+    announce_interval: Duration = attrs.field(default=Duration(5.0), validator=positive)
+    max_announce_interval: Duration = attrs.field(default=Duration(60.0), validator=positive)
+    underconnected_announce: Duration = attrs.field(default=Duration(1.0), validator=positive)
+    piece_memory: Size = attrs.field(default=Size(8 * MIB), validator=positive)
     # How often connection and torrent TTIs are checked.
     preemption_interval: Duration = attrs.field(default=Duration(5.0), validator=positive)
     bandwidth: BandwidthConfig = attrs.field(factory=BandwidthConfig)

@@ -40,23 +40,20 @@ import random
 
 from kraken.core import Bitfield
 
-__all__ = ["PIPELINE_LIMIT", "REQUEST_TIMEOUT", "Dispatcher"]
-
-PIPELINE_LIMIT = 3
-# The same as kraken.p2p.session.REQUEST_TIMEOUT (not imported: this module stays free of Twisted).
-REQUEST_TIMEOUT = 30.0
+__all__ = ["Dispatcher"]
 
 
 class Dispatcher:
-    """Piece-request bookkeeping for one torrent of ``num_pieces`` pieces of which we hold ``have`` (copied)."""
+    """Piece-request bookkeeping for one torrent of ``num_pieces`` pieces of which we hold ``have`` (copied).
+    ``pipeline_limit`` and ``request_timeout`` come from the caller (``P2PConfig``)."""
 
     def __init__(
         self,
         num_pieces: int,
         have: Bitfield,
         *,
-        pipeline_limit: int = PIPELINE_LIMIT,
-        request_timeout: float = REQUEST_TIMEOUT,
+        pipeline_limit: int,
+        request_timeout: float,
         endgame_threshold: int | None = None,  # None: 0
         rng: random.Random,
     ) -> None:

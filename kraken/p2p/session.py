@@ -29,6 +29,7 @@ from zope.interface import Interface
 from kraken.core.bitfield import Bitfield
 from kraken.core.metainfo import MetaInfo
 from kraken.p2p import wire
+from kraken.p2p.pending import PendingRequests
 from kraken.p2p.wire import (
     Cancel,
     Chunk,
@@ -44,11 +45,8 @@ from kraken.p2p.wire import (
     UnsupportedVersion,
 )
 
-HANDSHAKE_TIMEOUT = 5.0
 #: The reason a session gives when the peer's handshake did not come in time.
 HANDSHAKE_TIMED_OUT = "handshake timed out"
-IDLE_TIMEOUT = 60.0
-REQUEST_TIMEOUT = 30.0
 
 # Error codes with which the sender announces that it is closing the connection.
 _CLOSING_CODES = frozenset({ErrorCode.PROTOCOL, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.UNKNOWN_BLOB, ErrorCode.BUSY})
@@ -121,17 +119,32 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-@attrs.define
-class _Request:
-    deferred: Deferred[int]
-    sink: Callable[[Chunk], None]
-    timer: IDelayedCall | None = None
-    received: int = 0
+@attrs.frozen
+class _Identity:
+    """What this side's handshake says, and so what the peer's must say too."""
 
-    def stop_timer(self) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+    peer_id: bytes
+    info_hash: bytes
+    namespace: str
+    digest: bytes
+
+    def problem(self, msg: Handshake, num_pieces: int, expected_peer_id: bytes | None) -> str | None:
+        """What is wrong with the peer's handshake ``msg`` (None: nothing)."""
+        if msg.version != wire.WIRE_VERSION:
+            return f"version {msg.version}"
+        if msg.info_hash != self.info_hash:
+            return "info hash differs"
+        if msg.digest != self.digest:
+            return "digest differs"
+        if msg.namespace != self.namespace:
+            return f"namespace {msg.namespace!r} differs"
+        if len(msg.bitfield) != num_pieces:
+            return f"{len(msg.bitfield)} pieces, expected {num_pieces}"
+        if msg.peer_id == self.peer_id:
+            return "connected to itself"
+        if expected_peer_id is not None and msg.peer_id != expected_peer_id:
+            return "unexpected peer id"
+        return None
 
 
 class PeerSession:
@@ -139,7 +152,8 @@ class PeerSession:
 
     ``initiator``: this side opened the connection and speaks first. ``expected_peer_id``: if given, the peer's
     handshake must carry it (the id the tracker handed out). ``bitfield`` is copied when the handshake is sent.
-    Call ``start()`` once the connection is up.
+    Call ``start()`` once the connection is up. The timeouts come from the caller (``P2PConfig``); the pieces
+    asked of the peer are kept by ``PendingRequests`` (kraken/p2p/pending.py).
     """
 
     log = Logger()
@@ -156,9 +170,9 @@ class PeerSession:
         bitfield: Bitfield,
         initiator: bool,
         expected_peer_id: bytes | None = None,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        idle_timeout: float = IDLE_TIMEOUT,
-        request_timeout: float = REQUEST_TIMEOUT,
+        handshake_timeout: float,
+        idle_timeout: float,
+        request_timeout: float,
     ) -> None:
         if len(bitfield) != metainfo.num_pieces:
             raise ValueError(f"bitfield of {len(bitfield)} pieces for a blob of {metainfo.num_pieces}")
@@ -166,16 +180,12 @@ class PeerSession:
         self._observer = observer
         self._clock = clock
         self._metainfo = metainfo
-        self._namespace = namespace
-        self._peer_id = peer_id
         self._bitfield = bitfield
         self._initiator = initiator
-        self._expected_peer_id = expected_peer_id
         self._handshake_timeout = handshake_timeout
         self._idle_timeout = idle_timeout
-        self._request_timeout = request_timeout
-        self._info_hash = bytes.fromhex(metainfo.info_hash)
-        self._digest = bytes.fromhex(metainfo.digest.hex)
+        self._me = _Identity(peer_id, bytes.fromhex(metainfo.info_hash), namespace, bytes.fromhex(metainfo.digest.hex))
+        self._expected_peer_id = expected_peer_id
 
         self.state = State.AWAITING_HANDSHAKE
         self.remote: Handshake | None = None
@@ -184,10 +194,7 @@ class PeerSession:
         self._started = False
         self._handshake_timer: IDelayedCall | None = None
         self._idle_timer: IDelayedCall | None = None
-        self._pending: dict[int, _Request] = {}
-        self._discard: set[int] = set()  # requests cancelled on our side whose answer may still come
-        self._receiving: int | None = None  # the index whose payload is streaming in
-        self._streaming = False  # a payload is streaming in, wanted or not: the request timers wait
+        self._requests = PendingRequests(clock=clock, timeout=request_timeout, cancel=self._cancel_request)
         self._handshake_waiters: list[Deferred[Handshake]] = []
         self._close_waiters: list[Deferred[Closed]] = []
 
@@ -271,46 +278,23 @@ class PeerSession:
         The Deferred fires with the piece's length when the whole payload has arrived, fails with
         ``PieceRequestFailed`` if the peer answers ``ERROR``, with ``TimeoutError`` if the piece has not started
         to arrive within the request timeout and with ``PeerDisconnected`` if the connection closes. Cancelling
-        it sends ``CANCEL``.
-
-        The request timeout only runs while the connection is quiet: while any payload streams in, the timers of
-        the requests waiting behind it stop, and they start afresh when it ends. A peer that sends one piece
-        after another at the pace of a slow or shared link is busy, not unresponsive, and a pipelined request
-        does not time out merely because it waited its turn. A piece that has started is left to the idle
-        timeout.
+        it sends ``CANCEL``. The request timeout only runs while no payload streams in (``PendingRequests``).
         """
         if self.state is not State.OPEN:
             if self.closed is not None:
                 return fail(PeerDisconnected(self.closed.reason, self.closed.refused))
             return fail(SessionNotOpen("the handshake has not completed"))
         self._metainfo.piece_size(index)  # IndexError outside the blob
-        if index in self._pending:
+        if index in self._requests:
             raise ValueError(f"piece {index} is already requested from this peer")
-        d: Deferred[int] = Deferred(lambda _: self._cancel_request(index))
-        request = self._pending[index] = _Request(d, sink)
-        self._discard.discard(index)
+        d = self._requests.add(index, sink)
         self._connection.send(PieceRequest(index))
-        if not self._streaming:
-            request.timer = self._clock.callLater(self._request_timeout, self._request_timed_out, index)
+        self._requests.arm(index)
         return d
 
-    def _request_timed_out(self, index: int) -> None:
-        request = self._pending.get(index)
-        if request is None:
-            return
-        request.timer = None
-        self._cancel_request(index)
-        request.deferred.errback(TimeoutError(f"piece {index} did not start within {self._request_timeout:g} s"))
-
     def _cancel_request(self, index: int) -> None:
-        request = self._pending.pop(index, None)
-        if request is not None:
-            request.stop_timer()
-        if request is None or self.state is not State.OPEN:
-            return
-        if self._receiving != index:  # an answer already streaming in is simply dropped
-            self._discard.add(index)
-        self._connection.send(Cancel(index))
+        if self._requests.withdraw(index, open=self.state is State.OPEN):
+            self._connection.send(Cancel(index))
 
     # --- things this side sends -----------------------------------------------------------------------------
 
@@ -347,35 +331,12 @@ class PeerSession:
         if self.state is not State.OPEN:
             return
         self._reset_idle()
-        request = self._pending.get(index) if self._receiving == index else None
-        if request is not None:
-            request.received += len(chunk)
-            request.sink(chunk)
+        self._requests.chunk(index, chunk)
 
     def on_payload_end(self, index: int) -> None:
         if self.state is not State.OPEN:
             return
-        self._streaming = False
-        request = None
-        if self._receiving == index:
-            self._receiving = None
-            request = self._pending.pop(index, None)
-        self._restart_timers()
-        if request is not None:
-            request.stop_timer()
-            request.deferred.callback(request.received)
-
-    def _hold_timers(self) -> None:
-        """A payload starts: no request times out while it streams in."""
-        self._streaming = True
-        for request in self._pending.values():
-            request.stop_timer()
-
-    def _restart_timers(self) -> None:
-        """A payload ended: the requests that waited behind it get a whole request timeout from now."""
-        for index, request in self._pending.items():
-            if request.timer is None:
-                request.timer = self._clock.callLater(self._request_timeout, self._request_timed_out, index)
+        self._requests.ended(index)
 
     # --- states ---------------------------------------------------------------------------------------------
 
@@ -386,7 +347,7 @@ class PeerSession:
         if not isinstance(msg, Handshake):
             self._violation(f"{type(msg).__name__} before the handshake")
             return
-        problem = self._check_handshake(msg)
+        problem = self._me.problem(msg, self._metainfo.num_pieces, self._expected_peer_id)
         if problem is not None:
             code = ErrorCode.UNSUPPORTED_VERSION if msg.version != wire.WIRE_VERSION else ErrorCode.UNKNOWN_BLOB
             self._violation(f"bad handshake: {problem}", Error(code, None, problem[: wire.MAX_ERROR_MESSAGE // 4]))
@@ -405,23 +366,6 @@ class PeerSession:
         waiters, self._handshake_waiters = self._handshake_waiters, []
         for d in waiters:
             d.callback(msg)
-
-    def _check_handshake(self, msg: Handshake) -> str | None:
-        if msg.version != wire.WIRE_VERSION:
-            return f"version {msg.version}"
-        if msg.info_hash != self._info_hash:
-            return "info hash differs"
-        if msg.digest != self._digest:
-            return "digest differs"
-        if msg.namespace != self._namespace:
-            return f"namespace {msg.namespace!r} differs"
-        if len(msg.bitfield) != self._metainfo.num_pieces:
-            return f"{len(msg.bitfield)} pieces, expected {self._metainfo.num_pieces}"
-        if msg.peer_id == self._peer_id:
-            return "connected to itself"
-        if self._expected_peer_id is not None and msg.peer_id != self._expected_peer_id:
-            return "unexpected peer id"
-        return None
 
     def _open(self, msg: Message) -> None:
         if isinstance(msg, Handshake):
@@ -451,14 +395,7 @@ class PeerSession:
         expected = self._metainfo.piece_size(msg.index)
         if msg.length != expected:
             self._violation(f"piece {msg.index} of {msg.length} bytes, expected {expected}")
-        elif msg.index in self._pending:
-            self._receiving = msg.index
-            self._hold_timers()  # it is coming: the idle timeout watches it from here
-        elif msg.index in self._discard:
-            self._discard.discard(msg.index)
-            self._receiving = None
-            self._hold_timers()
-        else:
+        elif not self._requests.started(msg.index):
             self._violation(f"piece {msg.index} was not requested")
 
     def _error(self, msg: Error) -> None:
@@ -468,17 +405,14 @@ class PeerSession:
         if msg.index is None:
             self.log.info("peer error {code}: {message}", code=msg.code.name, message=msg.message)
             return
-        self._discard.discard(msg.index)
-        request = self._pending.pop(msg.index, None)
-        if request is not None:
-            request.stop_timer()
-            request.deferred.errback(PieceRequestFailed(msg.index, msg.code, msg.message))
+        self._requests.refused(msg.index, PieceRequestFailed(msg.index, msg.code, msg.message))
 
     # --- helpers --------------------------------------------------------------------------------------------
 
     def _send_handshake(self) -> None:
         bitfield = Bitfield.from_bytes(len(self._bitfield), self._bitfield.to_bytes())
-        self._connection.send(Handshake(self._peer_id, self._info_hash, self._namespace, self._digest, bitfield))
+        me = self._me
+        self._connection.send(Handshake(me.peer_id, me.info_hash, me.namespace, me.digest, bitfield))
 
     def _violation(self, reason: str, error: Error | None = None) -> None:
         if error is None:
@@ -506,12 +440,8 @@ class PeerSession:
         self._handshake_timer = self._idle_timer = None
 
     def _fail_all(self, reason: str) -> None:
-        pending, self._pending = self._pending, {}
-        self._receiving = None
         refused = None if self.closed is None else self.closed.refused
-        for request in pending.values():
-            request.stop_timer()
-            request.deferred.errback(Failure(PeerDisconnected(reason, refused)))
+        self._requests.fail_all(lambda: PeerDisconnected(reason, refused))
         waiters, self._handshake_waiters = self._handshake_waiters, []
         for d in waiters:
             d.errback(Failure(PeerDisconnected(reason, refused)))

@@ -73,7 +73,7 @@ class Slots(Generic[K]):
         per_address_total: int,
         grace: float,
         idle_after: float,
-        exempt: Collection[str] = (),
+        exempt: Collection[str],
     ) -> None:
         if min(max_conns, per_address, per_address_total) < 1:
             raise ValueError("connection limits must be at least 1")

@@ -23,12 +23,14 @@ from kraken.core.peer import PeerInfo
 from kraken.p2p import wire
 from kraken.p2p.config import BandwidthConfig, P2PConfig
 from kraken.p2p.scheduler import Scheduler
-from kraken.p2p.session import HANDSHAKE_TIMEOUT
 from kraken.store import CAStore
 from kraken.workers import InlineWorker
 
 PIECE = 64
 NAMESPACE = "library/test"
+# The defaults the tests reason about: P2PConfig's, the one place they live.
+HANDSHAKE_TIMEOUT = attrs.fields(P2PConfig).handshake_timeout.default
+BUSY_BACKOFF = attrs.fields(P2PConfig).busy_backoff.default
 
 
 def blob(n_pieces: int, seed: int = 0, piece: int = PIECE) -> tuple[bytes, MetaInfo]:
@@ -55,6 +57,15 @@ def outcome(d: Deferred[Any]) -> object:
     out: list[object] = []
     d.addBoth(out.append)
     return out[0] if out else None
+
+
+def done(d: Deferred[Any]) -> bool:
+    return d.called
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def resolved(d: Deferred[Any]) -> Any:
@@ -191,6 +202,20 @@ class Swarm:
         else:
             self.tracker.peers.setdefault(digest, {})[peer.peer_id] = peer
         return peer
+
+    def raw_peers(
+        self, name: str, info: MetaInfo, data: bytes, answer: Callable[[RawPeer, int], None], *, origin: bool
+    ) -> list[RawPeer]:
+        """A ``RawPeer`` named ``name`` that treats requests with ``answer``, handed out by the tracker as a complete
+        peer of ``info``'s blob; returns the list of its connections (one ``RawPeer`` each, in order)."""
+        built: list[RawPeer] = []
+
+        def build() -> RawPeer:
+            built.append(RawPeer(info, data, answer, name))
+            return built[-1]
+
+        self.listen(name, build, origin=origin, digest=info.digest)
+        return built
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -126,7 +126,9 @@ def test_not_endgame_while_a_piece_is_unrequested() -> None:
 
 
 def test_endgame_for_the_last_few_pieces() -> None:
-    d = Dispatcher(8, Bitfield(8, range(5)), pipeline_limit=1, endgame_threshold=3, rng=random.Random(0))
+    d = Dispatcher(
+        8, Bitfield(8, range(5)), pipeline_limit=1, request_timeout=30.0, endgame_threshold=3, rng=random.Random(0)
+    )
     d.peer_joined("a", Bitfield.full(8))
     d.peer_joined("b", Bitfield.full(8))
     d.peer_joined("c", Bitfield(8, range(5)))  # has nothing we lack: not busy, never asked
@@ -212,9 +214,9 @@ def test_failed_piece_is_never_asked_again_and_origins_get_a_longer_pipeline() -
 
 def test_validation() -> None:
     with pytest.raises(ValueError):
-        Dispatcher(3, Bitfield(2), rng=random.Random(0))
+        Dispatcher(3, Bitfield(2), pipeline_limit=3, request_timeout=30.0, rng=random.Random(0))
     with pytest.raises(ValueError):
-        Dispatcher(3, Bitfield(3), pipeline_limit=0, rng=random.Random(0))
+        Dispatcher(3, Bitfield(3), pipeline_limit=0, request_timeout=30.0, rng=random.Random(0))
     d = make(3)
     d.peer_joined("a", Bitfield(3))
     with pytest.raises(ValueError):
@@ -225,7 +227,7 @@ def test_validation() -> None:
 
 def test_have_is_copied() -> None:
     have = Bitfield(2)
-    d = Dispatcher(2, have, rng=random.Random(0))
+    d = Dispatcher(2, have, pipeline_limit=3, request_timeout=30.0, rng=random.Random(0))
     d.peer_joined("a", Bitfield.full(2))
     for i in d.next_requests("a", 0.0):
         d.piece_received("a", i)

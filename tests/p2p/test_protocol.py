@@ -89,6 +89,9 @@ def factory(observer=None, *, clock, peer_id=LOCAL_ID, bitfield=None, initiator=
         peer_id=peer_id,
         bitfield=bitfield if bitfield is not None else Bitfield(3, [0]),
         initiator=initiator,
+        handshake_timeout=5.0,
+        idle_timeout=60.0,
+        request_timeout=30.0,
     )
 
 

@@ -3,13 +3,12 @@ and handshakes for another namespace. Schedulers joined through iosim on one Clo
 
 from __future__ import annotations
 
-from swarm import NAMESPACE, RawClient, Swarm, blob, peer_id, resolved
+from swarm import HANDSHAKE_TIMEOUT, NAMESPACE, RawClient, Swarm, blob, peer_id, resolved
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import capturedLogs
 
 from kraken.p2p import wire
-from kraken.p2p.session import HANDSHAKE_TIMEOUT
 
 
 def read(path: str) -> bytes:

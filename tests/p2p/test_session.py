@@ -12,9 +12,6 @@ from zope.interface.verify import verifyObject
 from kraken.core import Bitfield, MetaInfo
 from kraken.p2p import wire
 from kraken.p2p.session import (
-    HANDSHAKE_TIMEOUT,
-    IDLE_TIMEOUT,
-    REQUEST_TIMEOUT,
     Closed,
     IPeerConnection,
     IPeerSessionObserver,
@@ -43,6 +40,11 @@ INFO_HASH = bytes.fromhex(META.info_hash)
 DIGEST = bytes.fromhex(META.digest.hex)
 LOCAL_ID = b"L" * 20
 REMOTE_ID = b"R" * 20
+# The session takes its timeouts from its caller (P2PConfig in the daemons); these are the tests'.
+HANDSHAKE_TIMEOUT = 5.0
+IDLE_TIMEOUT = 60.0
+REQUEST_TIMEOUT = 30.0
+TIMEOUTS = {"handshake_timeout": HANDSHAKE_TIMEOUT, "idle_timeout": IDLE_TIMEOUT, "request_timeout": REQUEST_TIMEOUT}
 
 
 @implementer(IPeerConnection)
@@ -96,7 +98,7 @@ def make(initiator=True, clock=None, **kwargs):
         peer_id=LOCAL_ID,
         bitfield=kwargs.pop("bitfield", Bitfield(3, [0])),
         initiator=initiator,
-        **kwargs,
+        **{**TIMEOUTS, **kwargs},
     )
     return session, conn, observer, clock
 
@@ -300,6 +302,7 @@ def test_an_empty_piece():
         peer_id=LOCAL_ID,
         bitfield=Bitfield(1),
         initiator=True,
+        **TIMEOUTS,
     )
     session.start()
     session.on_message(
@@ -546,7 +549,7 @@ def test_two_sessions_exchange_a_piece_over_the_codec():
     clock = task.Clock()
     a_wire, b_wire = Wire(), Wire()
     a_obs, b_obs = Observer(), Observer()
-    common = {"clock": clock, "metainfo": META, "namespace": "library"}
+    common = {"clock": clock, "metainfo": META, "namespace": "library", **TIMEOUTS}
     a = PeerSession(a_wire, a_obs, peer_id=LOCAL_ID, bitfield=Bitfield(3), initiator=True, **common)
     b = PeerSession(b_wire, b_obs, peer_id=REMOTE_ID, bitfield=Bitfield.full(3), initiator=False, **common)
     a_wire.decoder = wire.Decoder(b, max_payload=b.max_payload)

@@ -1,0 +1,151 @@
+"""kraken.p2p.leech: requesting, receiving, checking and writing pieces, in swarms joined through iosim on one Clock
+(tests/p2p/swarm.py)."""
+
+from __future__ import annotations
+
+from swarm import PIECE, RawPeer, Swarm, blob, done, outcome, read, resolved, seed_store
+from twisted.python.failure import Failure
+
+from kraken.p2p import wire
+from kraken.p2p.config import BandwidthConfig
+from kraken.p2p.torrent import DownloadFailed
+
+
+def test_peers_holding_different_pieces_complete_each_other(swarm):
+    data, info = blob(30)
+    swarm.publish(info)
+    evens, odds = swarm.agent("evens"), swarm.agent("odds")
+    seed_store(evens.store, data, info, list(range(0, info.num_pieces, 2)))
+    seed_store(odds.store, data, info, list(range(1, info.num_pieces, 2)))
+    third = swarm.agent("third")
+    downloads = [evens.download(info.digest), odds.download(info.digest), third.download(info.digest)]
+    swarm.run(lambda: all(map(done, downloads)))
+    assert all(read(resolved(d)) == data for d in downloads)
+    half = info.num_pieces // 2
+    assert evens.scheduler.stats().pieces_in == half  # only what it lacked
+    assert odds.scheduler.stats().pieces_in == info.num_pieces - half
+    assert third.scheduler.stats().pieces_in_from_origins == 0
+
+
+def test_a_corrupt_piece_is_detected_and_the_peer_blacklisted(swarm):
+    data, info = blob(12)
+
+    def corrupt(peer: RawPeer, index: int) -> None:
+        peer.write(wire.Piece(index, info.piece_size(index)), bytes(info.piece_size(index)))
+
+    swarm.publish(info)
+    liars = swarm.raw_peers("liar", info, data, corrupt, origin=False)
+    agent = swarm.agent("agent")
+    d = agent.download(info.digest)
+    swarm.run(lambda: bool(liars) and liars[0].lost)
+    # Closed after the first bad piece, and not dialled again for the blacklist's 30 s, announce after announce.
+    announces = len(swarm.tracker.announces)
+    swarm.run(lambda: swarm.clock.seconds() > 20.0)
+    assert len(swarm.tracker.announces) > announces + 10
+    # The pipeline of three, and one more asked for when the bad piece had arrived and was being checked.
+    assert len(liars) == 1 and len(liars[0].requests) == 4
+    assert not done(d)
+    swarm.origin("origin", (data, info))
+    swarm.run(lambda: done(d))
+    assert read(resolved(d)) == data
+    stats = agent.scheduler.stats()
+    assert stats.corrupt_pieces == 1
+    assert stats.pieces_in_from_origins == info.num_pieces
+
+
+def test_a_peer_that_disconnects_mid_piece(swarm):
+    data, info = blob(10)
+    swarm.origin("origin", (data, info))
+
+    def half_then_hang_up(peer: RawPeer, index: int) -> None:
+        size = info.piece_size(index)
+        assert peer.transport is not None
+        peer.transport.write(wire.encode_header(wire.Piece(index, size)) + peer.piece(index)[: size // 2])
+        peer.transport.loseConnection()
+
+    # An "origin": asked first, five at a time.
+    quitters = swarm.raw_peers("quitter", info, data, half_then_hang_up, origin=True)
+    agent = swarm.agent("agent")
+    d = agent.download(info.digest)
+    swarm.run(lambda: done(d))
+    assert read(resolved(d)) == data
+    assert quitters and all(q.lost for q in quitters)
+    assert agent.scheduler.stats().pieces_in == info.num_pieces
+
+
+def test_requests_that_time_out_go_to_another_peer(swarm):
+    data, info = blob(6)
+
+    def ignore(peer: RawPeer, index: int) -> None:
+        pass
+
+    swarm.publish(info)
+    silent = swarm.raw_peers("silent", info, data, ignore, origin=False)
+    agent = swarm.agent("agent")
+    d = agent.download(info.digest)
+    swarm.run(lambda: bool(silent and silent[0].requests))
+    assert sorted(silent[0].requests) == sorted(set(silent[0].requests)) and len(silent[0].requests) == 3
+    # After the request timeout (4 s) the first three pieces are given up and others asked for.
+    took = swarm.run(lambda: len(silent[0].requests) > 3)
+    assert 4.0 <= took <= 4.5
+    assert set(silent[0].requests[3:]).isdisjoint(silent[0].requests[:3])
+    assert not done(d)
+    origin = swarm.origin("origin", (data, info))
+    swarm.run(lambda: done(d))
+    assert read(resolved(d)) == data
+    assert origin.scheduler.stats().pieces_out >= info.num_pieces
+
+
+def test_restart_resumes_with_the_missing_pieces_only(swarm, tmp_path):
+    data, info = blob(20)
+    swarm.publish(info)
+
+    def first_eight(peer: RawPeer, index: int) -> None:
+        if len(peer.requests) <= 8:
+            peer.write(wire.Piece(index, info.piece_size(index)), peer.piece(index))
+
+    swarm.raw_peers("stingy", info, data, first_eight, origin=True)
+    before = swarm.agent("before", store_root=str(tmp_path / "agent"))
+    d = before.download(info.digest)
+    swarm.run(lambda: before.scheduler.stats().pieces_in == 8)
+    before.scheduler.stopService()  # the agent goes down mid-download
+    swarm.flush()
+    failure = outcome(d)
+    assert isinstance(failure, Failure) and failure.check(DownloadFailed)
+
+    origin = swarm.origin("origin", (data, info))
+    after = swarm.agent("after", store_root=str(tmp_path / "agent"))
+    d = after.download(info.digest)
+    swarm.run(lambda: done(d))
+    assert read(resolved(d)) == data
+    assert after.scheduler.stats().pieces_in == info.num_pieces - 8
+    assert origin.scheduler.stats().pieces_out <= info.num_pieces - 8
+
+
+def test_ingress_bandwidth_limit(tmp_path):
+    rate = 4 * PIECE  # bytes per second
+    swarm = Swarm(tmp_path)
+    data, info = blob(20)
+    swarm.origin("origin", (data, info))
+    agent = swarm.agent("agent", bandwidth=BandwidthConfig(ingress_bits_per_sec=rate * 8, egress_bits_per_sec=10**9))
+    d = agent.download(info.digest)
+    took = swarm.run(lambda: done(d), step=0.05)
+    assert read(resolved(d)) == data
+    # One second of burst, then the rate.
+    assert (len(data) - rate) / rate <= took <= len(data) / rate + 1.0
+    swarm.stop()
+
+
+def test_endgame_duplicates_are_written_and_counted_once(swarm):
+    data, info = blob(1)  # one piece: the endgame from the first request
+    first = swarm.origin("first", (data, info))
+    second = swarm.origin("second", (data, info))
+    agent = swarm.agent("agent")
+    d = agent.download(info.digest)
+    swarm.run(lambda: done(d))
+    assert read(resolved(d)) == data
+    stats = agent.scheduler.stats()
+    assert (stats.pieces_in, stats.bytes_in) == (1, len(data))
+    # Both origins were asked and both answered; the second copy was dropped.
+    served = first.scheduler.stats().pieces_out + second.scheduler.stats().pieces_out
+    assert served == 2
