@@ -14,6 +14,8 @@ went away) cancels nobody else, and the fetch goes on, its answer remembered for
 - ``wait``: a caller still waiting after that many seconds gets ``on_late(key)`` instead (the fetch goes on, and
   its answer is remembered for the next caller).
 - ``unseen(key, failure)`` is told of a failure that no caller waited for any more.
+- ``abandon``: when the last caller waiting for a fetch cancels, the fetch is cancelled too (work that only a
+  client that went away wanted stops), instead of going on for the next caller.
 - ``put(key, answer)`` remembers an answer learnt some other way, as if fetched.
 """
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -46,6 +48,7 @@ class SingleFlight(Generic[K, V]):
         wait: float = 0.0,
         on_late: Callable[[K], V] | None = None,
         unseen: Callable[[K, Failure], None] | None = None,
+        abandon: bool = False,
     ) -> None:
         if ttl < 0 or stale < 0 or error_ttl < 0 or size <= 0:
             raise ValueError("ttl, stale and error_ttl must not be negative, size must be positive")
@@ -62,6 +65,8 @@ class SingleFlight(Generic[K, V]):
         self._wait = wait
         self._on_late = on_late
         self._unseen = unseen
+        self._abandon = abandon
+        self._inflight: dict[K, Deferred[Any]] = {}
         self._entries: OrderedDict[K, tuple[V, float]] = OrderedDict()
         self._waiting: dict[K, list[Deferred[V]]] = {}
         #: Calls of ``fetch`` so far, and how many of them failed.
@@ -111,20 +116,26 @@ class SingleFlight(Generic[K, V]):
 
     def _fetch(self, key: K) -> None:
         self.fetches += 1
-        # Last: a fetch that answers at once calls _done right here.
-        Deferred.fromCoroutine(_awaited(self._fetch_one(key))).addBoth(self._done, key)
+        fetching: Deferred[Any] = Deferred.fromCoroutine(_awaited(self._fetch_one(key)))
+        self._inflight[key] = fetching
+        fetching.addBoth(self._done, key)  # last: a fetch that answered at once is done right here
+
+    def _forget(self, key: K, d: Deferred[V]) -> None:
+        waiters = self._waiting.get(key)
+        if waiters is not None and d in waiters:
+            waiters.remove(d)
+            if not waiters and self._abandon:
+                fetching = self._inflight.get(key)
+                if fetching is not None:
+                    fetching.cancel()
 
     def _late(self, failure: Failure, key: K) -> V | Failure:
         if failure.check(TimeoutError) and self._on_late is not None:
             return self._on_late(key)
         return failure  # cancelled by its caller
 
-    def _forget(self, key: K, d: Deferred[V]) -> None:
-        waiters = self._waiting.get(key)
-        if waiters is not None and d in waiters:
-            waiters.remove(d)
-
     def _done(self, result: V | Failure, key: K) -> None:
+        self._inflight.pop(key, None)
         waiters = self._waiting.pop(key, [])
         ttl = self._ttl
         if isinstance(result, Failure):

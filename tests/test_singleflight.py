@@ -198,3 +198,17 @@ def test_wait_goes_with_on_late() -> None:
         SingleFlight(Source(), clock=Clock(), ttl=1, wait=1)
     with pytest.raises(ValueError):
         SingleFlight(Source(), clock=Clock(), ttl=1, on_late=lambda key: None)
+
+
+def test_abandon_cancels_a_fetch_once_its_last_caller_went_away() -> None:
+    clock, source = Clock(), Source()
+    cache: SingleFlight[str, int] = SingleFlight(source, clock=clock, ttl=10, abandon=True)
+    a, b = cache.get("k"), cache.get("k")
+    a.cancel()
+    assert outcome(a).check(CancelledError) and not source.calls[0][1].called  # b still waits
+    b.cancel()
+    assert source.calls[0][1].called and outcome(b).check(CancelledError)  # the fetch was cancelled
+    c = cache.get("k")  # a new fetch, not the abandoned one
+    assert len(source.calls) == 2
+    source.answer(2)
+    assert outcome(c) == 2 and outcome(cache.get("k")) == 2

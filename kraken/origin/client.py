@@ -84,8 +84,8 @@ class ClusterClient:
     the ring). For each blob the client asks up to ``ASK`` of them, at random,
     for the blob's locations (``GET /blobs/<digest>/locations``: the healthy
     members of its placement, best first), remembers the answer for
-    ``locations_ttl`` seconds (one lookup in flight per blob,
-    ``kraken.singleflight``), and goes to the first location; a network
+    ``locations_ttl`` seconds (one lookup in flight per blob, cancelled when
+    nobody waits for it any more: ``kraken.singleflight``), and goes to the first location; a network
     error, 429 or any 5xx there moves on to the next (each location gets one
     attempt). When every location failed and one of them could not be
     reached (or answered 429, 502, 504), the locations are asked again and
@@ -126,7 +126,7 @@ class ClusterClient:
         self._once = attrs.evolve(config, retries=0)  # this client fails over instead
         self._clients: dict[str, OriginClient] = {}
         self._locations: SingleFlight[Digest, tuple[str, ...]] = SingleFlight(
-            self._lookup, clock=clock, ttl=locations_ttl, size=locations_cache
+            self._lookup, clock=clock, ttl=locations_ttl, size=locations_cache, abandon=True
         )
         self._failover: Failover[Digest] = Failover(
             clock=clock,
