@@ -30,6 +30,7 @@ from kraken.origin.single import (
     POLL_TIMEOUT,
     REPLICA_HEADER,
     OriginClient,
+    RawHeaders,
     StatAnswer,
     StillFetching,
 )
@@ -232,12 +233,7 @@ class ClusterClient:
         await self._on_location(f"upload {digest}", digest, lambda c: c.upload(namespace, digest, path, size))
 
     async def get(
-        self,
-        namespace: str,
-        digest: Digest,
-        *,
-        method: str = "GET",
-        headers: dict[bytes, list[bytes]] | None = None,
+        self, namespace: str, digest: Digest, *, method: str = "GET", headers: RawHeaders | None = None
     ) -> IResponse:
         """The first location's raw response below 500 (see ``OriginClient.get``)."""
 

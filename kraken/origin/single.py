@@ -29,6 +29,8 @@ from kraken.origin.batch import MAX_STAT_BATCH
 from kraken.workers import Worker
 
 T = TypeVar("T")
+#: Request headers as treq takes them.
+RawHeaders = dict[bytes, list[bytes]]
 log = Logger()
 
 # Polling an origin that answers 202 (it is fetching the blob from its
@@ -215,12 +217,7 @@ class OriginClient(ServiceClient):
         return await self._polling(f"read {digest}", "GET", url, attempt)
 
     async def get(
-        self,
-        namespace: str,
-        digest: Digest,
-        *,
-        method: str = "GET",
-        headers: dict[bytes, list[bytes]] | None = None,
+        self, namespace: str, digest: Digest, *, method: str = "GET", headers: RawHeaders | None = None
     ) -> IResponse:
         """The raw response, body unread, whatever its status (the caller
         streams it and handles 404, 206, 416...) except 202, which is polled

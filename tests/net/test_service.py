@@ -4,29 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from http_fakes import Canned
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.web.resource import Resource
-from twisted.web.server import Request
 
 from kraken.net import HTTPClientConfig, HTTPStatusError
 from kraken.net.service import ERROR_BODY, ServiceClient
-
-
-class Canned(Resource):
-    """Answers every request with ``code`` and ``body``; counts them."""
-
-    isLeaf = True
-
-    def __init__(self, code: int, body: bytes) -> None:
-        super().__init__()
-        self.code, self.body, self.requests = code, body, 0
-
-    def render(self, request: Request) -> bytes:
-        self.requests += 1
-        request.setResponseCode(self.code)
-        return self.body
 
 
 def client(server: Canned, **config: Any) -> tuple[ServiceClient, StubTreq]:
@@ -60,7 +44,7 @@ def test_call_raises_an_unexpected_status_and_retrying_follows_the_config() -> N
     server = Canned(503, b"down")
     svc, stub = client(server, retries=0)
     failure = result(svc._retrying("get", lambda: svc._call("GET", f"{svc._base}/x", frozenset({200}))), stub)
-    assert failure.value.code == 503 and failure.value.body == b"down" and server.requests == 1
+    assert failure.value.code == 503 and failure.value.body == b"down" and server.seen == 1
     server.code = 200
     assert result(svc._call("GET", f"{svc._base}/x", frozenset({200})), stub) == (200, b"down")
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import treq
+from http_fakes import Canned
 from origin_harness import PEER, Origin
 from treq.testing import StubTreq
 from twisted.web.resource import Resource
@@ -207,21 +208,6 @@ def test_upload_timeouts_grow_with_the_blob(origin: Origin, blob_file: str) -> N
     origin.run(client.upload(NS, DIGEST, blob_file, len(DATA)))
     slow = 60.0 + len(DATA) / 100
     assert seen == [("POST", 60.0), ("PATCH", slow), ("PUT", slow)]
-
-
-class Canned(Resource):
-    """Answers every request with ``code`` and ``body``; counts them."""
-
-    isLeaf = True
-
-    def __init__(self, code: int, body: bytes) -> None:
-        super().__init__()
-        self.code, self.body, self.seen = code, body, 0
-
-    def render(self, request: Request) -> bytes:
-        self.seen += 1
-        request.setResponseCode(self.code)
-        return self.body
 
 
 def test_peers(origin: Origin, client: OriginClient, blob_file: str) -> None:

@@ -33,7 +33,7 @@ def test_one_fetch_for_concurrent_callers_remembered_for_ttl() -> None:
 
 def test_absent_blobs_and_failures_are_not_remembered_and_nobody_waiting_is_logged() -> None:
     clock, origin = Clock(), FakeOrigin()
-    digest, info = origin.add("b")
+    digest, _ = origin.add("b")
     cache = MetaInfoCache(origin, clock=clock, ttl=10, size=5)
     origin.infos.clear()
     assert outcome(cache.get(NAMESPACE, digest)) is None and len(cache) == 0
