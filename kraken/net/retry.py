@@ -52,8 +52,13 @@ class RetryPolicy:
         """The policy of an ``http_client`` block: ``retries`` after the first try."""
         return cls(attempts=config.retries + 1, backoff=config.backoff, max_backoff=config.max_backoff)
 
+    def delay(self, retry: int) -> float:
+        """The wait before retry number ``retry`` (0 for the first)."""
+        return min(self.max_backoff, self.backoff * self.factor**retry)
+
     def delays(self) -> list[float]:
-        return [min(self.max_backoff, self.backoff * self.factor**i) for i in range(self.attempts - 1)]
+        """The waits before each retry, in turn."""
+        return [self.delay(i) for i in range(self.attempts - 1)]
 
 
 def is_retryable(exc: BaseException) -> bool:

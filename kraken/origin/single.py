@@ -22,7 +22,7 @@ from twisted.web.iweb import IResponse
 
 from kraken.core import Digest, MetaInfo
 from kraken.core.peer import PeerError, PeerInfo
-from kraken.net import HTTPStatusError
+from kraken.net import HTTPStatusError, RetryPolicy
 from kraken.net.body import ThreadedFileProducer
 from kraken.net.service import ServiceClient, name_path
 from kraken.origin.batch import MAX_STAT_BATCH
@@ -40,6 +40,7 @@ POLL_FIRST = 1.0
 POLL_FACTOR = 1.3
 POLL_MAX = 5.0
 POLL_TIMEOUT = 15 * 60.0
+_POLL = RetryPolicy(backoff=POLL_FIRST, factor=POLL_FACTOR, max_backoff=POLL_MAX)  # bounded by time, not tries
 
 
 class _Pending:
@@ -119,16 +120,16 @@ class OriginClient(ServiceClient):
         by ``POLL_FACTOR`` up to ``POLL_MAX`` on the injected clock; after
         ``poll_timeout`` seconds raises ``StillFetching``."""
         deadline = self._clock.seconds() + self._poll_timeout
-        delay = POLL_FIRST
+        polls = 0
         while True:
             result = await self._retrying(what, attempt)
             if not isinstance(result, _Pending):
                 return result
+            delay, polls = _POLL.delay(polls), polls + 1
             if self._clock.seconds() + delay > deadline:
                 raise StillFetching(method, url, 202, f"still fetching after {self._poll_timeout:.0f}s".encode())
             log.debug("{what}: the origin is fetching the blob; asking again in {delay:.2f}s", what=what, delay=delay)
             await deferLater(self._clock, delay, lambda: None)
-            delay = min(POLL_MAX, delay * POLL_FACTOR)
 
     # -- the API --
 

@@ -104,3 +104,8 @@ def test_cancelling_during_a_wait_stops_the_retries() -> None:
     d.cancel()
     assert out[0].check(CancelledError) and attempt.calls == 1
     assert not clock.getDelayedCalls()
+
+
+def test_one_delay_of_the_schedule() -> None:
+    policy = RetryPolicy(backoff=1.0, factor=1.3, max_backoff=5.0)
+    assert [round(policy.delay(i), 3) for i in range(8)] == [1.0, 1.3, 1.69, 2.197, 2.856, 3.713, 4.827, 5.0]
