@@ -11,15 +11,21 @@ went away) cancels nobody else, and the fetch goes on, its answer remembered for
 - ``stale``: an answer up to that many seconds past its time is still given at once, while one fetch
   refreshes it in the background.
 - At most ``size`` keys are remembered, the least recently used forgotten first.
+- ``wait``: a caller still waiting after that many seconds gets ``on_late(key)`` instead (the fetch goes on, and
+  its answer is remembered for the next caller).
+- ``unseen(key, failure)`` is told of a failure that no caller waited for any more.
+- ``abandon``: when the last caller waiting for a fetch cancels, the fetch is cancelled too (work that only a
+  client that went away wanted stops), instead of going on for the next caller.
+- ``put(key, answer)`` remembers an answer learnt some other way, as if fetched.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -39,9 +45,15 @@ class SingleFlight(Generic[K, V]):
         keep: Callable[[V], bool] = lambda answer: True,
         on_error: Callable[[K, Failure], V] | None = None,
         error_ttl: float = 0.0,
+        wait: float = 0.0,
+        on_late: Callable[[K], V] | None = None,
+        unseen: Callable[[K, Failure], None] | None = None,
+        abandon: bool = False,
     ) -> None:
         if ttl < 0 or stale < 0 or error_ttl < 0 or size <= 0:
             raise ValueError("ttl, stale and error_ttl must not be negative, size must be positive")
+        if wait < 0 or (wait > 0) != (on_late is not None):
+            raise ValueError("wait must not be negative, and goes with on_late")
         self._fetch_one = fetch
         self._clock = clock
         self._ttl = ttl
@@ -50,6 +62,11 @@ class SingleFlight(Generic[K, V]):
         self._keep = keep
         self._on_error = on_error
         self._error_ttl = error_ttl
+        self._wait = wait
+        self._on_late = on_late
+        self._unseen = unseen
+        self._abandon = abandon
+        self._inflight: dict[K, Deferred[Any]] = {}
         self._entries: OrderedDict[K, tuple[V, float]] = OrderedDict()
         self._waiting: dict[K, list[Deferred[V]]] = {}
         #: Calls of ``fetch`` so far, and how many of them failed.
@@ -70,6 +87,9 @@ class SingleFlight(Generic[K, V]):
                 return succeed(self._entries.get(key, hit)[0])
             del self._entries[key]
         mine: Deferred[V] = Deferred(lambda d: self._forget(key, d))
+        if self._wait > 0:
+            mine.addTimeout(self._wait, self._clock)
+            mine.addErrback(self._late, key)
         waiters = self._waiting.get(key)
         if waiters is not None:
             waiters.append(mine)
@@ -77,6 +97,10 @@ class SingleFlight(Generic[K, V]):
         self._waiting[key] = [mine]
         self._fetch(key)
         return mine
+
+    def put(self, key: K, answer: V) -> None:
+        """Remember ``answer`` for ``key`` (``ttl`` seconds from now), as if it had been fetched."""
+        self._remember(key, answer, self._ttl)
 
     def forget(self, key: K) -> None:
         """Drop what is remembered of ``key`` (a fetch in flight goes on)."""
@@ -92,15 +116,26 @@ class SingleFlight(Generic[K, V]):
 
     def _fetch(self, key: K) -> None:
         self.fetches += 1
-        # Last: a fetch that answers at once calls _done right here.
-        Deferred.fromCoroutine(_awaited(self._fetch_one(key))).addBoth(self._done, key)
+        fetching: Deferred[Any] = Deferred.fromCoroutine(_awaited(self._fetch_one(key)))
+        self._inflight[key] = fetching
+        fetching.addBoth(self._done, key)  # last: a fetch that answered at once is done right here
 
     def _forget(self, key: K, d: Deferred[V]) -> None:
         waiters = self._waiting.get(key)
         if waiters is not None and d in waiters:
             waiters.remove(d)
+            if not waiters and self._abandon:
+                fetching = self._inflight.get(key)
+                if fetching is not None:
+                    fetching.cancel()
+
+    def _late(self, failure: Failure, key: K) -> V | Failure:
+        if failure.check(TimeoutError) and self._on_late is not None:
+            return self._on_late(key)
+        return failure  # cancelled by its caller
 
     def _done(self, result: V | Failure, key: K) -> None:
+        self._inflight.pop(key, None)
         waiters = self._waiting.pop(key, [])
         ttl = self._ttl
         if isinstance(result, Failure):
@@ -108,17 +143,23 @@ class SingleFlight(Generic[K, V]):
             if self._on_error is None:
                 for d in waiters:
                     d.errback(result)
-                return  # nobody is left to see it if nobody waited: the caller's on_error logs, if it cares
+                if not waiters and self._unseen is not None:
+                    self._unseen(key, result)
+                return
             result, ttl = self._on_error(key, result), self._error_ttl
         elif not self._keep(result):
             ttl = 0.0
-        if ttl > 0:
-            self._entries[key] = (result, self._clock.seconds() + ttl)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
+        self._remember(key, result, ttl)
         for d in waiters:
             d.callback(result)
+
+    def _remember(self, key: K, answer: V, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        self._entries[key] = (answer, self._clock.seconds() + ttl)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
 
 
 async def _awaited(work: Awaitable[V]) -> V:

@@ -7,6 +7,8 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseNeverReceived
+from twisted.web.resource import Resource
+from twisted.web.server import Request
 
 
 class Hanging:
@@ -31,3 +33,18 @@ class Hanging:
     def _settled(self, result: Any, d: Deferred[Any]) -> Any:
         self.pending.remove(d)
         return result
+
+
+class Canned(Resource):
+    """Answers every request with ``code`` and ``body``; counts them."""
+
+    isLeaf = True
+
+    def __init__(self, code: int, body: bytes) -> None:
+        super().__init__()
+        self.code, self.body, self.seen = code, body, 0
+
+    def render(self, request: Request) -> bytes:
+        self.seen += 1
+        request.setResponseCode(self.code)
+        return self.body

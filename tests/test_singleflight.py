@@ -144,3 +144,71 @@ def test_bad_arguments() -> None:
         SingleFlight(Source(), clock=Clock(), ttl=-1)
     with pytest.raises(ValueError):
         SingleFlight(Source(), clock=Clock(), ttl=1, size=0)
+
+
+def test_a_caller_waiting_past_wait_gets_on_late_and_the_fetch_goes_on() -> None:
+    clock, source = Clock(), Source()
+    cache: SingleFlight[str, list[str]] = SingleFlight(
+        source, clock=clock, ttl=10, wait=2, on_late=lambda key: [f"late {key}"]
+    )
+    a = cache.get("k")
+    clock.advance(1)
+    b = cache.get("k")
+    clock.advance(1)
+    assert outcome(a) == ["late k"] and not b.called
+    source.answer(["x"])
+    assert outcome(b) == ["x"] and outcome(cache.get("k")) == ["x"] and cache.fetches == 1
+    c = cache.get("j")
+    c.cancel()  # cancelled by its caller: not late
+    assert outcome(c).check(CancelledError)
+    source.answer(["y"])
+    assert not clock.getDelayedCalls()
+
+
+def test_unseen_hears_of_a_failure_nobody_waited_for() -> None:
+    clock, source = Clock(), Source()
+    heard: list[tuple[str, str]] = []
+    cache: SingleFlight[str, int] = SingleFlight(
+        source, clock=clock, ttl=10, unseen=lambda key, f: heard.append((key, f.getErrorMessage()))
+    )
+    a = cache.get("k")
+    source.calls[0][1].errback(ValueError("seen"))
+    assert outcome(a).check(ValueError) and heard == []
+    gone = cache.get("k")
+    gone.cancel()
+    outcome(gone)
+    source.calls[1][1].errback(ValueError("unseen"))
+    assert heard == [("k", "unseen")]
+
+
+def test_put_remembers_an_answer_for_ttl() -> None:
+    clock, source = Clock(), Source()
+    cache: SingleFlight[str, int] = SingleFlight(source, clock=clock, ttl=10, size=1)
+    cache.put("k", 4)
+    assert outcome(cache.get("k")) == 4 and cache.fetches == 0
+    cache.put("j", 5)  # size 1: k is forgotten
+    clock.advance(10)
+    cache.get("j")
+    cache.get("k")
+    assert cache.fetches == 2
+
+
+def test_wait_goes_with_on_late() -> None:
+    with pytest.raises(ValueError):
+        SingleFlight(Source(), clock=Clock(), ttl=1, wait=1)
+    with pytest.raises(ValueError):
+        SingleFlight(Source(), clock=Clock(), ttl=1, on_late=lambda key: None)
+
+
+def test_abandon_cancels_a_fetch_once_its_last_caller_went_away() -> None:
+    clock, source = Clock(), Source()
+    cache: SingleFlight[str, int] = SingleFlight(source, clock=clock, ttl=10, abandon=True)
+    a, b = cache.get("k"), cache.get("k")
+    a.cancel()
+    assert outcome(a).check(CancelledError) and not source.calls[0][1].called  # b still waits
+    b.cancel()
+    assert source.calls[0][1].called and outcome(b).check(CancelledError)  # the fetch was cancelled
+    c = cache.get("k")  # a new fetch, not the abandoned one
+    assert len(source.calls) == 2
+    source.answer(2)
+    assert outcome(c) == 2 and outcome(cache.get("k")) == 2

@@ -59,7 +59,6 @@ from urllib.parse import quote, urlencode
 
 import attrs
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IResponse
@@ -75,12 +74,13 @@ from kraken.backends.base import (
     InvalidName,
     ListPage,
 )
-from kraken.backends.http import ERROR_BODY
 from kraken.backends.names import PATHERS, Pather, make_pather
 from kraken.backends.remote import RemoteBackend, stream_to_file
+from kraken.cluster.failover import first_answer
 from kraken.net.body import ThreadedFileProducer
 from kraken.net.client import HTTPClientConfig, HTTPStatusError
 from kraken.net.retry import NETWORK_ERRORS
+from kraken.net.service import ERROR_BODY
 from kraken.workers import Worker
 
 T = TypeVar("T")
@@ -207,22 +207,18 @@ class HDFSBackend(RemoteBackend):
         params: dict[str, str] | None = None,
     ) -> T:
         """``handle(url, response)`` of the first namenode that answers; the
-        next one on a network error, a 5xx or a standby answer."""
-        last: Exception | None = None
-        for namenode in self._hdfs.namenodes:
+        next one on a network error, a 5xx or a standby answer
+        (``kraken.cluster.failover.first_answer``)."""
+
+        async def ask(namenode: str) -> T:
             url = self._url(namenode, path, op, **(params or {}))
-            try:
-                response = await self._request(method, url)
-                return await handle(url, response)
-            except CancelledError:
-                raise
-            except Exception as e:
-                if not _should_fail_over(e):
-                    raise
-                log.debug("namenode {namenode} failed {op}: {error}", namenode=namenode, op=op, error=str(e))
-                last = e
-        assert last is not None
-        raise last
+            response = await self._request(method, url)
+            return await handle(url, response)
+
+        def failed(namenode: str, error: Exception, last: bool) -> None:
+            log.debug("namenode {namenode} failed {op}: {error}", namenode=namenode, op=op, error=str(error))
+
+        return await first_answer(self._hdfs.namenodes, ask, fails_over=_should_fail_over, on_fail=failed)
 
     async def _expect(self, method: str, url: str, response: IResponse, codes: frozenset[int]) -> bytes:
         """The (small) body of an answer whose status is one of ``codes``;
@@ -239,9 +235,6 @@ class HDFSBackend(RemoteBackend):
         if not locations:
             raise BackendError(f"{method} {url}: a 307 without Location")
         return str(locations[0].decode("latin-1"))
-
-    def _slow_timeout(self, size: int) -> float:
-        return self._config.timeout + size / self._config.min_transfer_rate
 
     async def _boolean_op(self, method: str, path: str, op: str, params: dict[str, str] | None = None) -> bool:
         async def handle(url: str, response: IResponse) -> bool:
@@ -283,11 +276,11 @@ class HDFSBackend(RemoteBackend):
         async def handle(url: str, response: IResponse) -> IResponse:
             if response.code == 307:
                 location = self._location("GET", url, response)
-                await self._read(response, ERROR_BODY)
+                await self._drain(response)
                 response = await self._request("GET", location)
                 url = location
             if response.code == 404:
-                await self._read(response, ERROR_BODY)
+                await self._drain(response)
                 raise BlobNotFound(namespace, name)
             if response.code != 200:
                 await self._expect("GET", url, response, frozenset())

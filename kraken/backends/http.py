@@ -45,7 +45,6 @@ T = TypeVar("T")
 log = Logger()
 
 TEMP_PREFIX = ".kraken-http-"
-ERROR_BODY = 64 << 10
 PLACEHOLDERS = ("{digest}", "{hex}")
 
 
@@ -104,19 +103,12 @@ class HTTPBackend(RemoteBackend):
     def create(cls, config: HTTPBackendConfig, *, http: HTTPClient, clock: IReactorTime, worker: Worker) -> HTTPBackend:
         return cls(http, _origin(config.download_url), clock, config.http_client, settings=config, worker=worker)
 
-    async def _unexpected(self, method: str, url: str, response: IResponse) -> HTTPStatusError:
-        try:
-            body = await self._read(response, ERROR_BODY)
-        except Exception:
-            body = b""
-        return HTTPStatusError(method, url, response.code, body)
-
     async def stat(self, namespace: str, name: str) -> BlobInfo:
         url = self._settings.url(name)
 
         async def attempt() -> BlobInfo:
             response = await self._request("HEAD", url)
-            await self._read(response, ERROR_BODY)
+            await self._drain(response)
             if response.code == 404:
                 raise BlobNotFound(namespace, name)
             if response.code != 200:
@@ -131,7 +123,7 @@ class HTTPBackend(RemoteBackend):
         async def attempt() -> int:
             response = await self._request("GET", url)
             if response.code == 404:
-                await self._read(response, ERROR_BODY)
+                await self._drain(response)
                 raise BlobNotFound(namespace, name)
             if response.code != 200:
                 raise await self._unexpected("GET", url, response)

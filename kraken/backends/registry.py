@@ -56,12 +56,12 @@ from kraken.backends.base import (
     IBackend,
     ListPage,
 )
-from kraken.backends.http import ERROR_BODY, content_length, read_only
+from kraken.backends.http import content_length, read_only
 from kraken.backends.names import blob_hex
 from kraken.backends.remote import RemoteBackend, stream_to_file
 from kraken.core import Digest, DigestError
 from kraken.net.client import HTTPClientConfig, HTTPStatusError
-from kraken.net.service import name_path
+from kraken.net.service import ERROR_BODY, name_path
 from kraken.workers import Worker
 
 T = TypeVar("T")
@@ -184,17 +184,17 @@ class RegistryBackend(RemoteBackend):
         response = await self._one(method, url, headers, authorization)
         if response.code == 401:
             challenges = response.headers.getRawHeaders(b"www-authenticate") or []
-            await self._read(response, ERROR_BODY)
+            await self._drain(response)
             authorization = await self._answer(challenges, scope, url)
             response = await self._one(method, url, headers, authorization)
             if response.code == 401:
-                await self._read(response, ERROR_BODY)
+                await self._drain(response)
                 raise BackendError(f"{method} {url}: unauthorized, even with credentials")
         for _ in range(MAX_REDIRECTS):
             if response.code not in _REDIRECTS:
                 return response
             locations = response.headers.getRawHeaders(b"location")
-            await self._read(response, ERROR_BODY)
+            await self._drain(response)
             if not locations:
                 raise BackendError(f"{method} {url}: HTTP {response.code} without a Location")
             url = urljoin(url, locations[0].decode("latin-1"))
@@ -264,7 +264,7 @@ class RegistryBackend(RemoteBackend):
             for kind, headers in (("blobs", {}), ("manifests", {"Accept": ACCEPT})):
                 url = self._url(namespace, kind, digest)
                 response = await self._send("HEAD", url, scope, headers)
-                await self._read(response, ERROR_BODY)
+                await self._drain(response)
                 if response.code == 404:
                     continue
                 if response.code != 200:
@@ -283,7 +283,7 @@ class RegistryBackend(RemoteBackend):
                 url = self._url(namespace, kind, digest)
                 response = await self._send("GET", url, scope, headers)
                 if response.code == 404:
-                    await self._read(response, ERROR_BODY)
+                    await self._drain(response)
                     continue
                 if response.code != 200:
                     body = await self._read(response, ERROR_BODY)

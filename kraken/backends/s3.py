@@ -1,10 +1,9 @@
-"""S3 and S3-compatible stores (MinIO, moto, Ceph RGW) as a backend.
+"""S3 and S3-compatible stores (MinIO, moto, Ceph RGW) as a backend: ``S3Config`` and ``S3Backend``.
 
-treq does the I/O; botocore only computes SigV4 headers (``S3SigV4Auth``,
-the signer boto3 uses for S3: it signs the path as sent, without
-re-normalising it). Bodies of files are streamed both ways and signed as
-``UNSIGNED-PAYLOAD``, so nothing large is hashed; small XML bodies are
-signed with their SHA-256.
+treq does the I/O (through ``kraken.net.service.ServiceClient``); botocore
+only computes SigV4 headers (``kraken.backends.s3_signing``). Bodies of
+files are streamed both ways. The XML is ``kraken.backends.s3_xml``, the
+multipart upload ``kraken.backends.s3_multipart``.
 
 - ``stat``: ``HEAD`` (404 -> ``BlobNotFound``).
 - ``download``: ``HEAD`` for the size and ETag, then one ``GET`` for blobs
@@ -23,20 +22,13 @@ Network errors and 5xx raise ``BackendUnavailable`` (after the retries of
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
-from xml.etree import ElementTree
 
 import attrs
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.config import Config as BotocoreConfig
 from botocore.credentials import Credentials
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IResponse
@@ -54,9 +46,13 @@ from kraken.backends.base import (
 )
 from kraken.backends.names import PATHERS, Pather, make_pather
 from kraken.backends.remote import BodySink, Discard, RemoteBackend, create_temp
+from kraken.backends.s3_multipart import upload_multipart
+from kraken.backends.s3_signing import UNSIGNED_PAYLOAD, query, quote_key, sign
+from kraken.backends.s3_xml import error_code, parse_list
 from kraken.config import Size, positive
 from kraken.files import remove_quietly
 from kraken.net.body import ThreadedFileProducer
+from kraken.net.bounded import bounded_map
 from kraken.net.client import HTTPClientConfig, HTTPStatusError
 from kraken.workers import Worker
 
@@ -65,14 +61,7 @@ log = Logger()
 
 MIN_PART_SIZE = 5 << 20  # S3's minimum for every part but the last
 MAX_PART_SIZE = 5 << 30
-MAX_PARTS = 10_000
-UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-_ERROR_BODY = 64 << 10
 TEMP_PREFIX = ".kraken-s3-"
-# A ranged GET stops reading from its connection while this much is waiting for the disk.
-# botocore's S3 signer hashes the body unless told not to; streamed bodies are never given to it.
-_UNSIGNED = BotocoreConfig(s3={"payload_signing_enabled": False})
 
 
 def _part_size(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -147,113 +136,6 @@ class S3Config:
         return Credentials(self.access_key, self.secret_key, self.session_token or None)
 
 
-# --------------------------------------------------------------------------- signing
-
-
-def sign(
-    method: str,
-    url: str,
-    *,
-    credentials: Credentials | None,
-    region: str,
-    headers: dict[str, str] | None = None,
-    body: bytes | None = None,
-) -> dict[bytes, list[bytes]]:
-    """The request's headers, SigV4-signed by botocore, ready for treq.
-
-    ``body`` None means the body is streamed (or empty for GET/HEAD/DELETE
-    and signed as such when ``headers`` say nothing): streamed bodies are
-    signed as ``UNSIGNED-PAYLOAD``; pass ``headers={"x-amz-content-sha256":
-    UNSIGNED_PAYLOAD}`` for them. ``url`` must be percent-encoded already
-    (``object_url``): it is signed and sent as is. Without credentials the
-    headers are returned unsigned.
-    """
-    all_headers = dict(headers or {})
-    if credentials is None:
-        return {k.encode("ascii"): [v.encode("ascii")] for k, v in all_headers.items()}
-    unsigned = all_headers.pop("x-amz-content-sha256", None) == UNSIGNED_PAYLOAD
-    request = AWSRequest(method=method, url=url, data=body, headers=all_headers)
-    if unsigned:
-        request.context["client_config"] = _UNSIGNED
-    S3SigV4Auth(credentials, "s3", region).add_auth(request)
-    return {k.encode("ascii"): [v.encode("ascii")] for k, v in request.headers.items()}
-
-
-def _quote_key(key: str) -> str:
-    return quote(key, safe="/~")
-
-
-def _query(params: dict[str, str]) -> str:
-    """A query string encoded as SigV4 requires (RFC 3986, ``%20``, sorted)."""
-    return "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items()))
-
-
-# --------------------------------------------------------------------------- XML
-
-
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
-def _child_text(element: ElementTree.Element, name: str) -> str | None:
-    for child in element:
-        if _local(child.tag) == name:
-            return child.text or ""
-    return None
-
-
-def parse_xml(body: bytes) -> ElementTree.Element:
-    try:
-        return ElementTree.fromstring(body)
-    except ElementTree.ParseError as e:
-        raise BackendError(f"S3 answered with malformed XML: {e}") from None
-
-
-def parse_list(body: bytes) -> tuple[list[str], str | None]:
-    """The keys of a ``ListBucketResult`` (ListObjectsV2) and its next
-    continuation token (None when the listing is complete)."""
-    root = parse_xml(body)
-    if _local(root.tag) != "ListBucketResult":
-        raise BackendError(f"expected ListBucketResult, got {_local(root.tag)}")
-    keys = []
-    for element in root:
-        if _local(element.tag) == "Contents":
-            key = _child_text(element, "Key")
-            if key is not None:
-                keys.append(key)
-    truncated = (_child_text(root, "IsTruncated") or "false").strip().lower() == "true"
-    token = _child_text(root, "NextContinuationToken")
-    if truncated and not token:
-        raise BackendError("a truncated listing without NextContinuationToken")
-    return keys, token if truncated else None
-
-
-def parse_upload_id(body: bytes) -> str:
-    root = parse_xml(body)
-    upload_id = _child_text(root, "UploadId") if _local(root.tag) == "InitiateMultipartUploadResult" else None
-    if not upload_id:
-        raise BackendError("CreateMultipartUpload answered without an UploadId")
-    return upload_id
-
-
-def complete_multipart_xml(etags: list[str]) -> bytes:
-    """The ``CompleteMultipartUpload`` body for parts 1..n with these ETags."""
-    root = ElementTree.Element("CompleteMultipartUpload", xmlns="http://s3.amazonaws.com/doc/2006-03-01/")
-    for number, etag in enumerate(etags, 1):
-        part = ElementTree.SubElement(root, "Part")
-        ElementTree.SubElement(part, "PartNumber").text = str(number)
-        ElementTree.SubElement(part, "ETag").text = etag
-    return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
-
-
-def _error_code(body: bytes) -> str:
-    try:
-        root = ElementTree.fromstring(body)
-    except ElementTree.ParseError:
-        return ""
-    return (_child_text(root, "Code") or "") if _local(root.tag) == "Error" else ""
-
-
 # --------------------------------------------------------------------------- the backend
 
 
@@ -268,7 +150,7 @@ class S3Backend(RemoteBackend):
     pather: Pather
 
     def _error_code(self, body: bytes) -> str:
-        return _error_code(body)
+        return error_code(body)
 
     @classmethod
     def create(cls, config: S3Config, *, http: HTTPClient, clock: IReactorTime, worker: Worker) -> S3Backend:
@@ -283,8 +165,8 @@ class S3Backend(RemoteBackend):
     # -- plumbing --
 
     def _object_url(self, key: str, params: dict[str, str] | None = None) -> str:
-        url = f"{self._base}/{_quote_key(key)}"
-        return f"{url}?{_query(params)}" if params else url
+        url = f"{self._base}/{quote_key(key)}"
+        return f"{url}?{query(params)}" if params else url
 
     def _signed(
         self, method: str, url: str, headers: dict[str, str] | None = None, body: bytes | None = None
@@ -318,19 +200,6 @@ class S3Backend(RemoteBackend):
         if timeout is not None:
             kwargs["timeout"] = timeout
         return await self._request(method, url, **kwargs)
-
-    async def _unexpected(self, method: str, url: str, response: IResponse) -> HTTPStatusError:
-        try:
-            body = await self._read(response, _ERROR_BODY)
-        except Exception:
-            body = b""
-        return HTTPStatusError(method, url, response.code, body)
-
-    async def _drain(self, response: IResponse) -> None:
-        await self._read(response, _ERROR_BODY)
-
-    def _slow_timeout(self, size: int) -> float:
-        return self._config.timeout + size / self._config.min_transfer_rate
 
     # -- stat --
 
@@ -368,12 +237,12 @@ class S3Backend(RemoteBackend):
             if size <= part:
                 await self._get_range(namespace, name, key, temp, 0, size, etag, whole=True)
             else:
-                ranges = ((offset, min(part, size - offset)) for offset in range(0, size, part))
+                ranges = [(offset, min(part, size - offset)) for offset in range(0, size, part)]
 
                 async def fetch(r: tuple[int, int]) -> None:
                     await self._get_range(namespace, name, key, temp, r[0], r[1], etag, whole=False)
 
-                await _in_lanes(self._s3.download_concurrency, ranges, fetch)
+                await bounded_map(ranges, self._s3.download_concurrency, fetch)
             await self._worker.run(os.replace, temp, path)
         except BaseException:
             await self._worker.run(remove_quietly, temp)
@@ -419,7 +288,7 @@ class S3Backend(RemoteBackend):
         if size <= self._s3.upload_part_size:
             await self._put(key, path, size)
         else:
-            await self._multipart(key, path, size)
+            await upload_multipart(self, key, path, size, self._s3.upload_part_size, self._s3.upload_concurrency)
         log.debug("uploaded {key} ({bytes} bytes)", key=key, bytes=size, namespace=namespace)
 
     async def _put(self, key: str, path: str, size: int) -> None:
@@ -440,94 +309,13 @@ class S3Backend(RemoteBackend):
 
         await self._op(f"put {key}", attempt)
 
-    async def _multipart(self, key: str, path: str, size: int) -> None:
-        part = self._s3.upload_part_size
-        count = -(-size // part)
-        if count > MAX_PARTS:
-            raise BackendError(f"{size} bytes need {count} parts of {part}; S3 allows {MAX_PARTS}")
-        url = self._object_url(key, {"uploads": ""})
-
-        async def create() -> str:
-            response = await self._send("POST", url, headers={"content-type": "application/octet-stream"}, body=b"")
-            if response.code != 200:
-                raise await self._unexpected("POST", url, response)
-            return parse_upload_id(await self._read(response))
-
-        upload_id = await self._op(f"create multipart upload of {key}", create)
-        try:
-            etags: list[str] = [""] * count
-
-            async def one(number: int) -> None:
-                offset = (number - 1) * part
-                etags[number - 1] = await self._upload_part(
-                    key, upload_id, number, path, offset, min(part, size - offset)
-                )
-
-            await _in_lanes(self._s3.upload_concurrency, iter(range(1, count + 1)), one)
-            await self._complete(key, upload_id, etags, size)
-        except BaseException as e:
-            await self._abort(key, upload_id, e)
-            raise
-
-    async def _upload_part(self, key: str, upload_id: str, number: int, path: str, offset: int, length: int) -> str:
-        url = self._object_url(key, {"partNumber": str(number), "uploadId": upload_id})
-
-        async def attempt() -> str:
-            body = ThreadedFileProducer(path, offset, length, self._worker)
-            response = await self._send("PUT", url, data=body, timeout=self._slow_timeout(length))
-            if response.code != 200:
-                raise await self._unexpected("PUT", url, response)
-            await self._drain(response)
-            etags = response.headers.getRawHeaders(b"etag")
-            if not etags:
-                raise BackendError(f"UploadPart {number} of {key} answered without an ETag")
-            return str(etags[0].decode("latin-1"))
-
-        return await self._op(f"upload part {number} of {key}", attempt)
-
-    async def _complete(self, key: str, upload_id: str, etags: list[str], size: int) -> None:
-        url = self._object_url(key, {"uploadId": upload_id})
-        body = complete_multipart_xml(etags)
-
-        async def attempt() -> None:
-            # S3 may have to assemble for a while; it keeps the connection alive with whitespace.
-            response = await self._send("POST", url, body=body, timeout=self._slow_timeout(size))
-            answer = await self._read(response)
-            if response.code != 200:
-                raise HTTPStatusError("POST", url, response.code, answer)
-            code = _error_code(answer)  # a 200 whose body is an <Error>
-            if code:
-                raise HTTPStatusError("POST", url, 500 if code in ("InternalError", "SlowDown") else 400, answer)
-
-        await self._op(f"complete multipart upload of {key}", attempt)
-
-    async def _abort(self, key: str, upload_id: str, why: BaseException) -> None:
-        url = self._object_url(key, {"uploadId": upload_id})
-
-        async def attempt() -> None:
-            response = await self._send("DELETE", url)
-            await self._drain(response)
-            if response.code not in (204, 200, 404):
-                raise HTTPStatusError("DELETE", url, response.code)
-
-        try:
-            await self._op(f"abort multipart upload of {key}", attempt)
-        except Exception as e:
-            log.warn(
-                "aborting multipart upload {upload_id} of {key} failed ({error}) after: {why}",
-                upload_id=upload_id,
-                key=key,
-                error=str(e),
-                why=str(why),
-            )
-
     # -- list --
 
     async def _list_keys(self, key_prefix: str, token: str | None, max_keys: int) -> tuple[list[str], str | None]:
         params = {"list-type": "2", "prefix": key_prefix, "max-keys": str(max_keys)}
         if token is not None:
             params["continuation-token"] = token
-        url = f"{self._base}?{_query(params)}" if self._s3.path_style else f"{self._base}/?{_query(params)}"
+        url = f"{self._base}?{query(params)}" if self._s3.path_style else f"{self._base}/?{query(params)}"
 
         async def attempt() -> tuple[list[str], str | None]:
             response = await self._send("GET", url)
@@ -558,24 +346,3 @@ class S3Backend(RemoteBackend):
                     names.append(name)
             if token is None or len(names) >= limit:
                 return ListPage(tuple(sorted(names)), token)
-
-
-async def _in_lanes(lanes: int, items: Iterator[T], work: Callable[[T], Awaitable[None]]) -> None:
-    """``work`` on every item, at most ``lanes`` at a time. The first failure
-    cancels the rest and is raised."""
-
-    async def lane() -> None:
-        for item in items:
-            await work(item)
-
-    running = [Deferred.fromCoroutine(lane()) for _ in range(lanes)]
-    try:
-        await gatherResults(running, consumeErrors=True)
-    except FirstError as e:
-        for d in running:
-            d.cancel()
-        e.subFailure.raiseException()
-    except BaseException:
-        for d in running:
-            d.cancel()
-        raise

@@ -10,22 +10,24 @@ and never duplicates it further.
 
 Sends run in the background and never hold up the client's PUT. A failed
 send is logged and tried again after ``backoff`` doubling per try, up to
-``attempts`` tries; then it is given up with an error line (the copy is
-not durable: a restart forgets sends in progress).
+``attempts`` tries (``kraken.net.retry.with_retries``, on the injected
+clock); then it is given up with an error line (the copy is not durable: a
+restart forgets sends in progress).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from kraken.core import Digest
+from kraken.net.retry import RetryPolicy, with_retries
 
 
 class Neighbour(Protocol):
@@ -54,8 +56,7 @@ class Duplicator(Service):
         self._neighbours = list(neighbours)
         self._clock = clock
         self._stagger = stagger
-        self._attempts = attempts
-        self._backoff = backoff
+        self._policy = RetryPolicy(attempts=attempts, backoff=backoff, max_backoff=math.inf)
         self._in_flight: set[Deferred[None]] = set()
         self._idle_waiters: list[Deferred[None]] = []
         self.sent = 0
@@ -98,39 +99,49 @@ class Duplicator(Service):
 
     async def _send(self, url: str, client: Neighbour, repo: str, tag: str, digest: Digest, delay: float) -> None:
         fields: dict[str, Any] = dict(namespace=repo, tag=tag, digest=str(digest), peer=url)
-        for attempt in range(1, self._attempts + 1):
+        tries = 0
+        abandoned = False  # cancelled while sending (not while waiting to try again): logged
+
+        async def attempt() -> None:
+            nonlocal tries, abandoned
+            tries += 1
             try:
                 await client.duplicate_tag(repo, tag, digest, delay=delay)
             except CancelledError:
+                abandoned = True
+                raise
+
+        def again(error: Exception, attempts: int, wait: float) -> None:
+            self.log.warn(
+                "duplicate of {namespace}:{tag} to {peer} failed (try {attempts}), again in {delay}s: {error}",
+                attempts=attempts,
+                delay=wait,
+                error=str(error),
+                **fields,
+            )
+
+        try:
+            await with_retries(self._clock, self._policy, "duplicate", attempt, retryable=_any, on_retry=again)
+        except CancelledError:
+            if abandoned:
                 self.log.info("duplicate of {namespace}:{tag} to {peer} abandoned: stopping", **fields)
-                return
-            except Exception as e:
-                if attempt == self._attempts:
-                    self.given_up += 1
-                    self.log.error(
-                        "duplicate of {namespace}:{tag} -> {digest} to {peer} given up after {attempts} tries: {error}",
-                        attempts=attempt,
-                        error=str(e),
-                        **fields,
-                    )
-                    return
-                wait = self._backoff * 2 ** (attempt - 1)
-                self.log.warn(
-                    "duplicate of {namespace}:{tag} to {peer} failed (try {attempts}), again in {delay}s: {error}",
-                    attempts=attempt,
-                    delay=wait,
-                    error=str(e),
-                    **fields,
-                )
-                try:
-                    await deferLater(self._clock, wait, lambda: None)
-                except CancelledError:
-                    return
-                continue
-            self.sent += 1
-            self.log.debug(
-                "tag {namespace}:{tag} -> {digest} duplicated to {peer} (write-back after {delay}s)",
-                delay=delay,
+            return
+        except Exception as e:
+            self.given_up += 1
+            self.log.error(
+                "duplicate of {namespace}:{tag} -> {digest} to {peer} given up after {attempts} tries: {error}",
+                attempts=tries,
+                error=str(e),
                 **fields,
             )
             return
+        self.sent += 1
+        self.log.debug(
+            "tag {namespace}:{tag} -> {digest} duplicated to {peer} (write-back after {delay}s)",
+            delay=delay,
+            **fields,
+        )
+
+
+def _any(error: Exception) -> bool:
+    return True

@@ -1,4 +1,4 @@
-"""The origin cluster: a rendezvous hash ring, host lists and active health checks.
+"""The origin cluster: a rendezvous hash ring, host lists, active health checks and failover.
 
 Pure building blocks, composed by each daemon's ``tap.py``:
 
@@ -7,6 +7,8 @@ Pure building blocks, composed by each daemon's ``tap.py``:
   a DNS name resolved periodically).
 - ``kraken.cluster.health``: which members answer (``HealthFilter``).
 - ``kraken.cluster.config``: the ``cluster:`` section of a config (``ClusterConfig``).
+- ``kraken.cluster.failover``: moving a call from a member that fails to the next
+  (``first_answer``, ``Failover``: rounds with backoff, forgetting what failed).
 
 Nothing is re-exported here, so importing ``kraken.cluster.ring`` imports no
 Twisted at all.

@@ -1,4 +1,7 @@
-"""Outgoing HTTP: the treq client factory, bounded bodies, retries, TLS."""
+"""HTTP plumbing. Outgoing: the treq client factory and the one place for TLS client options
+(``client.make_http_client``), the one client base (``service.ServiceClient``: timeouts, bounded bodies,
+draining, unexpected statuses), the one retry policy (``retry``), request bodies from files (``body``) and
+bounded concurrency (``bounded``). Incoming: the Site and listeners (``server``, ``endpoints``)."""
 
 from kraken.net.client import (
     HTTPClientConfig,

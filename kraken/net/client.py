@@ -1,4 +1,8 @@
-"""One treq ``HTTPClient`` per service, with a pool the service closes on stop."""
+"""One treq ``HTTPClient`` per service, with a pool the service closes on stop; bounded bodies.
+
+``make_http_client`` is the one place where every outgoing connection is made: TLS client options (a
+``IPolicyForHTTPS``) are given there, and nowhere else.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
 
 from kraken.config import Duration, Size
 
@@ -59,13 +64,19 @@ class HTTPClientService(Service):
         return closed
 
 
-def make_http_client(reactor: Any, config: HTTPClientConfig) -> tuple[HTTPClient, HTTPClientService]:
+def make_http_client(
+    reactor: Any, config: HTTPClientConfig, *, tls: IPolicyForHTTPS | None = None
+) -> tuple[HTTPClient, HTTPClientService]:
     """The client every component's ``client.py`` takes, and the Service that
-    must be added to the daemon so the pool is closed on shutdown."""
+    must be added to the daemon so the pool is closed on shutdown.
+
+    ``tls`` decides how ``https://`` connections are verified (None:
+    Twisted's default, the system's trust roots and the host name)."""
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = config.max_connections_per_host
     pool.retryAutomatically = False
-    agent = Agent(reactor, connectTimeout=config.connect_timeout, pool=pool)
+    extra: dict[str, Any] = {} if tls is None else {"contextFactory": tls}
+    agent = Agent(reactor, connectTimeout=config.connect_timeout, pool=pool, **extra)
     return HTTPClient(agent), HTTPClientService(pool)
 
 

@@ -1,4 +1,11 @@
-"""The common plumbing of every component's treq client (``<component>/client.py``)."""
+"""The one base of every treq client: the components' ``client.py`` and the storage backends that talk HTTP.
+
+``ServiceClient`` owns what each of them would otherwise write again: one request with its timeout on the
+injected clock (``_request``), bounded bodies (``_read``), draining a body nobody wants so the connection goes
+back to the pool (``_drain``), an unexpected status as ``HTTPStatusError`` with the start of its body
+(``_unexpected``, ``_call``) and the retry policy of the ``http_client`` block (``_retrying``). The
+``HTTPClient`` it is given comes from ``kraken.net.client.make_http_client``, where TLS options go.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ from kraken.net.client import HTTPClientConfig, HTTPStatusError, limited_content
 from kraken.net.retry import RetryPolicy, with_retries
 
 T = TypeVar("T")
+#: How much of an unexpected answer's body is read (for the error) or drained (to free the connection).
+ERROR_BODY = 64 << 10
 
 
 def name_path(name: str) -> str:
@@ -72,8 +81,7 @@ class ServiceClient:
     _config: HTTPClientConfig
 
     def _policy(self) -> RetryPolicy:
-        c = self._config
-        return RetryPolicy(attempts=c.retries + 1, backoff=c.backoff, max_backoff=c.max_backoff)
+        return RetryPolicy.from_config(self._config)
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         return await with_retries(self._clock, self._policy(), what, attempt)
@@ -94,10 +102,27 @@ class ServiceClient:
         )
         return response
 
+    def _slow_timeout(self, size: int) -> float:
+        """The timeout of a request that sends (or makes the server process) ``size`` bytes:
+        ``config.timeout`` plus the time they take at ``config.min_transfer_rate``."""
+        return self._config.timeout + size / self._config.min_transfer_rate
+
     async def _read(self, response: IResponse, limit: int | None = None) -> bytes:
         """The body, at most ``limit`` bytes (default ``config.max_body``)."""
         limit = self._config.max_body if limit is None else limit
         return await limited_content(response, self._clock, limit, self._config.timeout)
+
+    async def _drain(self, response: IResponse) -> None:
+        """Consume a small body so the connection can go back to the pool."""
+        await self._read(response, ERROR_BODY)
+
+    async def _unexpected(self, method: str, url: str, response: IResponse) -> HTTPStatusError:
+        """The error for an answer the caller did not expect, with the start of its body (if it can be read)."""
+        try:
+            body = await self._read(response, ERROR_BODY)
+        except Exception:
+            body = b""
+        return HTTPStatusError(method, url, response.code, body)
 
     async def _call(
         self, method: str, url: str, expected: frozenset[int], limit: int | None = None, **kwargs: Any

@@ -82,7 +82,7 @@ async def _stat_chunk(
                 unsure.append(digest)
                 continue
             bases = placements[digest] = tuple(f"{scheme}://{m}" for m in members)
-            cluster._remember(digest, bases)  # the single stats below need not ask again
+            cluster.remember_locations(digest, bases)  # the single stats below need not ask again
             for base in bases:
                 if base != seed:
                     owners.setdefault(base, []).append(digest)
@@ -111,9 +111,7 @@ async def _stat_chunk(
 
 async def _ask_seeds(cluster: ClusterClient, digests: list[Digest]) -> tuple[str, StatAnswer] | None:
     """The first answer of up to ``ASK`` seeds, at random, and who gave it; None if none answered."""
-    seeds = list(cluster._seeds)
-    cluster._rng.shuffle(seeds)
-    for seed in seeds[: cluster.ASK]:
+    for seed in cluster.seeds_to_ask():
         answer = await _ask(cluster, seed, digests)
         if answer is not None:
             return seed, answer

@@ -41,12 +41,11 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -55,12 +54,13 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed
 
-from kraken.core import Digest, DigestError, MetaInfo
+from kraken.core import Digest, DigestError
 from kraken.core.peer import PeerError, PeerInfo, is_peer_id
 from kraken.net.server import HTTPError, json_error, read_body
 from kraken.registry.names import is_valid_name
 from kraken.tracker.fair import source_key
 from kraken.tracker.handout import AnswerEncoder, handout
+from kraken.tracker.metainfo import MetaInfoCache, MetaInfoSource
 from kraken.tracker.origins import OriginPeers
 from kraken.tracker.peers import IPeerStore
 
@@ -72,12 +72,6 @@ _ALLOWED_KEYS = ANNOUNCE_KEYS | OPTIONAL_ANNOUNCE_KEYS
 #: At most this many peers reported unreachable in one announce.
 MAX_UNREACHABLE = 50
 _INFO_HASH = re.compile(r"[0-9a-f]{64}\Z")
-
-
-class MetaInfoSource(Protocol):
-    """What the tracker needs of ``kraken.origin.client.OriginClient``."""
-
-    async def metainfo(self, namespace: str, digest: Digest) -> MetaInfo | None: ...
 
 
 def _parse_digest(text: str) -> Digest:
@@ -143,67 +137,6 @@ def _parse_unreachable(value: object) -> tuple[str, ...]:
                 400, f"unreachable must hold peer ids of 40 or 64 lowercase hex characters, not {item!r:.80}"
             )
     return tuple(dict.fromkeys(value))
-
-
-class MetaInfoCache:
-    """Metainfo by (namespace, digest): fresh for ``ttl`` seconds, at most
-    ``size`` entries (least recently used evicted). Concurrent misses for one
-    blob share one origin fetch; each caller gets its own Deferred, so one
-    client going away cancels nobody else. Absent blobs are not cached."""
-
-    log = Logger()
-
-    def __init__(self, source: MetaInfoSource, *, clock: IReactorTime, ttl: float, size: int) -> None:
-        self._source = source
-        self._clock = clock
-        self._ttl = ttl
-        self._size = size
-        self._entries: OrderedDict[tuple[str, Digest], tuple[MetaInfo, float]] = OrderedDict()
-        self._waiting: dict[tuple[str, Digest], list[Deferred[MetaInfo | None]]] = {}
-        self.fetches = 0
-
-    def get(self, namespace: str, digest: Digest) -> Deferred[MetaInfo | None]:
-        key = (namespace, digest)
-        hit = self._entries.get(key)
-        if hit is not None:
-            info, expires = hit
-            if self._clock.seconds() < expires:
-                self._entries.move_to_end(key)
-                return succeed(info)
-            del self._entries[key]
-        waiters = self._waiting.get(key)
-        mine: Deferred[MetaInfo | None] = Deferred(lambda d: self._forget(key, d))
-        if waiters is not None:
-            waiters.append(mine)
-            return mine
-        self._waiting[key] = [mine]
-        self.fetches += 1
-        Deferred.fromCoroutine(self._source.metainfo(namespace, digest)).addBoth(lambda r: self._done(key, r))
-        return mine
-
-    def _forget(self, key: tuple[str, Digest], d: Deferred[MetaInfo | None]) -> None:
-        waiters = self._waiting.get(key)
-        if waiters is not None and d in waiters:
-            waiters.remove(d)
-
-    def _done(self, key: tuple[str, Digest], result: MetaInfo | Failure | None) -> None:
-        waiters = self._waiting.pop(key, [])
-        if isinstance(result, MetaInfo):
-            self._entries[key] = (result, self._clock.seconds() + self._ttl)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-        for d in waiters:
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(result)
-        if isinstance(result, Failure) and not waiters:
-            # Everyone went away; nobody else will see this failure.
-            self.log.debug("metainfo fetch failed with no one waiting: {error}", error=result.getErrorMessage())
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 class TrackerHTTP:

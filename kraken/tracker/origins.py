@@ -13,17 +13,17 @@ not wait for the origin every ``ttl`` seconds.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Protocol
 
 import attrs
-from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kraken.core import Digest
 from kraken.core.peer import PeerInfo
+from kraken.singleflight import SingleFlight
 
 DEFAULT_TTL = 10.0
 DEFAULT_ERROR_TTL = 1.0
@@ -52,7 +52,7 @@ class OriginPeers:
     An answer up to ``stale`` seconds past its time (``ttl`` by default; 0
     turns this off) is still given at once, while one lookup refreshes it in
     the background; older than that, callers wait for the lookup as for a
-    digest never asked about.
+    digest never asked about. (``kraken.singleflight.SingleFlight``.)
 
     The answers are handed out as origins: ``complete`` and ``origin`` are
     set on them whatever the source said.
@@ -76,86 +76,45 @@ class OriginPeers:
         if stale is not None and stale < 0:
             raise ValueError("stale must not be negative")
         self._source = source
-        self._clock = clock
-        self._ttl = ttl
-        self._error_ttl = error_ttl
-        self._size = size
-        self._wait = wait
-        self._stale = ttl if stale is None else stale
-        self._entries: OrderedDict[Digest, tuple[tuple[PeerInfo, ...], float]] = OrderedDict()
-        self._waiting: dict[Digest, list[Deferred[list[PeerInfo]]]] = {}
-        #: Lookups sent to the source, and how many of them failed.
-        self.fetches = 0
-        self.failures = 0
+        self._flight: SingleFlight[Digest, tuple[PeerInfo, ...]] = SingleFlight(
+            self._fetch,
+            clock=clock,
+            ttl=ttl,
+            size=size,
+            stale=ttl if stale is None else stale,
+            on_error=self._failed,
+            error_ttl=error_ttl,
+            wait=wait,
+            on_late=self._late,
+        )
+
+    @property
+    def fetches(self) -> int:
+        """Lookups sent to the source."""
+        return self._flight.fetches
+
+    @property
+    def failures(self) -> int:
+        """Lookups that failed."""
+        return self._flight.failures
 
     def get(self, digest: Digest) -> Deferred[list[PeerInfo]]:
-        hit = self._entries.get(digest)
-        if hit is not None:
-            peers, expires = hit
-            now = self._clock.seconds()
-            if now < expires:
-                self._entries.move_to_end(digest)
-                return succeed(list(peers))
-            if now < expires + self._stale:
-                # Stale: answer with it, and refresh it in the background. A source that
-                # answers at once has refreshed it by the time _refresh returns.
-                self._refresh(digest)
-                hit = self._entries.get(digest, hit)
-                self._entries.move_to_end(digest)
-                return succeed(list(hit[0]))
-            del self._entries[digest]
-        mine: Deferred[list[PeerInfo]] = Deferred(lambda d: self._forget(digest, d))
-        mine.addTimeout(self._wait, self._clock)
-        mine.addErrback(self._gave_up, digest)
-        waiters = self._waiting.get(digest)
-        if waiters is not None:
-            waiters.append(mine)
-            return mine
-        self._waiting[digest] = [mine]
-        self._fetch(digest)
-        return mine
+        return self._flight.get(digest).addCallback(list)
 
-    def _refresh(self, digest: Digest) -> None:
-        if digest not in self._waiting:
-            self._waiting[digest] = []
-            self._fetch(digest)
+    async def _fetch(self, digest: Digest) -> tuple[PeerInfo, ...]:
+        return tuple(attrs.evolve(p, complete=True, origin=True) for p in await self._source.peers(digest))
 
-    def _fetch(self, digest: Digest) -> None:
-        self.fetches += 1
-        # Last: a source that answers at once calls _done right here.
-        Deferred.fromCoroutine(self._source.peers(digest)).addBoth(lambda r: self._done(digest, r))
+    def _late(self, digest: Digest) -> tuple[PeerInfo, ...]:
+        self.log.debug("origin peers of {digest} are late: answering without", digest=str(digest))
+        return ()
 
-    def _gave_up(self, failure: Failure, digest: Digest) -> list[PeerInfo] | Failure:
-        if failure.check(TimeoutError):
-            self.log.debug("origin peers of {digest} are late: answering without", digest=str(digest))
-            return []
-        return failure  # cancelled by its caller
-
-    def _forget(self, digest: Digest, d: Deferred[list[PeerInfo]]) -> None:
-        waiters = self._waiting.get(digest)
-        if waiters is not None and d in waiters:
-            waiters.remove(d)
-
-    def _done(self, digest: Digest, result: list[PeerInfo] | Failure) -> None:
-        waiters = self._waiting.pop(digest, [])
-        if isinstance(result, Failure):
-            self.failures += 1
-            self.log.warn(
-                "asking the origin which origins hold {digest} failed: {error}",
-                digest=str(digest),
-                error=result.getErrorMessage(),
-            )
-            peers: tuple[PeerInfo, ...] = ()
-            ttl = self._error_ttl
-        else:
-            peers = tuple(attrs.evolve(p, complete=True, origin=True) for p in result)
-            ttl = self._ttl
-        self._entries[digest] = (peers, self._clock.seconds() + ttl)
-        self._entries.move_to_end(digest)
-        while len(self._entries) > self._size:
-            self._entries.popitem(last=False)
-        for d in waiters:
-            d.callback(list(peers))
+    def _failed(self, digest: Digest, failure: Failure) -> tuple[PeerInfo, ...]:
+        self.log.warn(
+            "asking the origin which origins hold {digest} failed: {error}",
+            digest=str(digest),
+            error=failure.getErrorMessage(),
+        )
+        return ()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._flight)

@@ -1,16 +1,14 @@
-"""The S3 backend against a real moto server, plus its signer and error mapping.
+"""The S3 backend against a real moto server, plus its config and error mapping.
 
 The ``moto_server`` fixture starts moto's ``moto_server`` (from this
 interpreter's venv, through ``tests/servers.py``) on a port the OS picks,
 creates a bucket and stops the server at the end of the module. moto does
-not verify signatures, so
-the signer is checked against the worked examples of the AWS S3 SigV4
-documentation instead.
+not verify signatures, so the signer is checked against the worked examples
+of the AWS S3 SigV4 documentation instead (``test_s3_signing.py``).
 """
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import os
 import socket
@@ -21,20 +19,12 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
-from botocore.credentials import Credentials
 from servers import S3_ACCESS_KEY, S3_SECRET_KEY, running_moto
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from kraken.backends.base import BackendError, BackendUnavailable, BlobNotFound, IBackend
-from kraken.backends.s3 import (
-    UNSIGNED_PAYLOAD,
-    S3Backend,
-    S3Config,
-    complete_multipart_xml,
-    parse_list,
-    sign,
-)
+from kraken.backends.s3 import S3Backend, S3Config
 from kraken.net.client import HTTPClientConfig, make_http_client
 from kraken.workers import ThreadWorker
 
@@ -380,78 +370,7 @@ async def test_403_is_a_backend_error_and_404_not_found(make_s3: Any, canned: An
         await s3.backend.stat("ns", "name")
 
 
-# --------------------------------------------------------------------------- the signer and XML
-
-
-@pytest.fixture
-def frozen_2013(monkeypatch: pytest.MonkeyPatch) -> None:
-    import botocore.auth
-
-    when = datetime.datetime(2013, 5, 24, tzinfo=datetime.timezone.utc)
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: when)
-
-
-EXAMPLE_CREDENTIALS = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
-
-
-def test_signature_of_get_object_matches_the_aws_example(frozen_2013: None) -> None:
-    # AWS S3 API reference, "Signature Calculations for the Authorization Header", example GET Object.
-    headers = sign(
-        "GET",
-        "https://examplebucket.s3.amazonaws.com/test.txt",
-        credentials=EXAMPLE_CREDENTIALS,
-        region="us-east-1",
-        headers={"range": "bytes=0-9"},
-    )
-    assert headers[b"X-Amz-Date"] == [b"20130524T000000Z"]
-    assert headers[b"X-Amz-Content-SHA256"] == [hashlib.sha256(b"").hexdigest().encode()]
-    assert headers[b"Authorization"] == [
-        b"AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
-        b"SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, "
-        b"Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
-    ]
-
-
-def test_signature_of_list_matches_the_aws_example(frozen_2013: None) -> None:
-    # The same page, example GET Bucket (List Objects).
-    headers = sign(
-        "GET",
-        "https://examplebucket.s3.amazonaws.com/?max-keys=2&prefix=J",
-        credentials=EXAMPLE_CREDENTIALS,
-        region="us-east-1",
-    )
-    assert headers[b"Authorization"][0].endswith(
-        b"Signature=34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"
-    )
-
-
-def test_streamed_bodies_are_signed_unsigned_payload(frozen_2013: None) -> None:
-    from botocore.auth import S3SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.config import Config
-
-    url = "http://127.0.0.1:9000/bucket/docker/registry/v2/blobs/sha256/ab/abcd/data?partNumber=1&uploadId=x%2By"
-    ours = sign(
-        "PUT", url, credentials=EXAMPLE_CREDENTIALS, region="eu-west-1",
-        headers={"x-amz-content-sha256": UNSIGNED_PAYLOAD},
-    )  # fmt: skip
-    assert ours[b"X-Amz-Content-SHA256"] == [b"UNSIGNED-PAYLOAD"]
-    # What boto3 sends for the same request with payload signing off.
-    request = AWSRequest(method="PUT", url=url, data=b"never hashed")
-    request.context["client_config"] = Config(s3={"payload_signing_enabled": False})
-    S3SigV4Auth(EXAMPLE_CREDENTIALS, "s3", "eu-west-1").add_auth(request)
-    assert ours[b"Authorization"] == [request.headers["Authorization"].encode()]
-
-
-def test_session_token_is_sent_and_signed(frozen_2013: None) -> None:
-    creds = Credentials("AKID", "SECRET", "TOKEN")
-    headers = sign("HEAD", "https://b.s3.amazonaws.com/k", credentials=creds, region="us-east-1")
-    assert headers[b"X-Amz-Security-Token"] == [b"TOKEN"]
-    assert b"x-amz-security-token" in headers[b"Authorization"][0]
-
-
-def test_anonymous_requests_are_not_signed() -> None:
-    assert sign("GET", "http://h/b/k", credentials=None, region="us-east-1") == {}
+# --------------------------------------------------------------------------- the config
 
 
 def test_urls_path_and_virtual_hosted_style() -> None:
@@ -483,25 +402,3 @@ def test_config_from_yaml_sizes() -> None:
     assert config.upload_part_size == 16 * MIB
     assert config.http_client.timeout == 5.0
     assert config.list_max_keys == 250
-
-
-def test_parse_list() -> None:
-    body = (
-        b'<?xml version="1.0" encoding="UTF-8"?>'
-        b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-        b"<Name>b</Name><Prefix>r/</Prefix><KeyCount>2</KeyCount><MaxKeys>2</MaxKeys>"
-        b"<IsTruncated>true</IsTruncated><NextContinuationToken>tok+/=</NextContinuationToken>"
-        b"<Contents><Key>r/a</Key><Size>1</Size></Contents><Contents><Key>r/b &amp; c</Key></Contents>"
-        b"</ListBucketResult>"
-    )
-    assert parse_list(body) == (["r/a", "r/b & c"], "tok+/=")
-    last = body.replace(b"<IsTruncated>true", b"<IsTruncated>false")
-    assert parse_list(last) == (["r/a", "r/b & c"], None)
-    with pytest.raises(BackendError):
-        parse_list(b"<Error><Code>AccessDenied</Code></Error>")
-
-
-def test_complete_multipart_xml() -> None:
-    body = complete_multipart_xml(['"e1"', '"e2"'])
-    assert b'<Part><PartNumber>1</PartNumber><ETag>"e1"</ETag></Part>' in body
-    assert b"<Part><PartNumber>2</PartNumber>" in body

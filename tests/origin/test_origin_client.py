@@ -1,266 +1,141 @@
-"""OriginClient against the real OriginHTTP behind StubTreq."""
+"""ClusterClient without I/O: its locations (one lookup in flight, remembered, abandoned), failover and peers.
+
+The failover itself is tested in tests/cluster/test_cluster_failover.py and against real origins in
+test_origin_cluster_reactor.py; here each member is a fake single-origin client.
+"""
 
 from __future__ import annotations
 
-import os
+import hashlib
+import random
 from typing import Any
 
-import pytest
-import treq
-from origin_harness import PEER, Origin
-from treq.testing import StubTreq
-from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
 
-from kraken.core import Digest, MetaInfo
-from kraken.net import HTTPClientConfig, HTTPStatusError, ResponseTooLarge
-from kraken.net.service import name_path
-from kraken.origin.client import OriginClient
+from kraken.core import Digest
+from kraken.core.peer import PeerInfo
+from kraken.net import HTTPClientConfig, HTTPStatusError
+from kraken.origin.client import ClusterClient, StillFetching
 from kraken.workers import InlineWorker
 
-DATA = b"layer bytes " * 100
-DIGEST = Digest.from_bytes(DATA)
-NS = "library/ubuntu"
+DIGEST = Digest.from_bytes(b"blob")
+NS = "library/alpine"
 
 
-class Scripted(Resource):
-    """Answers the scripted (method, status) pairs in turn, passing everything
-    else to the real origin; records the methods it saw."""
+class Member:
+    """A fake OriginClient: ``locations`` answers ``ring`` (or waits, with ``hold``), ``stat`` raises ``error``."""
 
-    isLeaf = True
+    def __init__(self, name: str, ring: list[str]) -> None:
+        self.name = name
+        self.ring = ring
+        self.hold: list[Deferred[None]] | None = None
+        self.error: Exception | None = None
+        self.asked = 0
 
-    def __init__(self, inner: Resource, script: list[tuple[bytes, int]]) -> None:
-        super().__init__()
-        self._inner = inner
-        self.script = list(script)
-        self.seen: list[bytes] = []
+    async def locations(self, digest: Digest) -> list[str]:
+        self.asked += 1
+        if self.hold is not None:
+            gate: Deferred[None] = Deferred()
+            self.hold.append(gate)
+            await gate
+        return self.ring
 
-    def render(self, request: Request) -> Any:
-        self.seen.append(request.method)
-        if self.script and self.script[0][0] == request.method:
-            _, code = self.script.pop(0)
-            request.setResponseCode(code)
-            return b"scripted\n"
-        return self._inner.render(request)
+    async def stat(self, namespace: str, digest: Digest) -> int | None:
+        if self.error is not None:
+            raise self.error
+        return len(self.name)
 
-
-def client_for(origin: Origin, stub: StubTreq | None = None) -> OriginClient:
-    return OriginClient(
-        http=stub or origin.stub,
-        base="http://origin.test/",
-        clock=origin.clock,
-        config=HTTPClientConfig(),
-        worker=InlineWorker(),
-    )
+    async def peers(self, digest: Digest) -> list[PeerInfo]:
+        if self.error is not None:
+            raise self.error
+        return [PeerInfo(hashlib.sha1(self.name.encode()).hexdigest(), "10.0.0.1", 15001)]
 
 
-@pytest.fixture
-def client(origin: Origin) -> OriginClient:
-    return client_for(origin)
+class Cluster(ClusterClient):
+    def __init__(self, clock: Clock, members: dict[str, Member], **kwargs: Any) -> None:
+        super().__init__(
+            http=None,  # type: ignore[arg-type]  # client() is ours
+            origins=["http://seed"],
+            clock=clock,
+            config=HTTPClientConfig(retries=1, backoff=1),
+            worker=InlineWorker(),
+            rng=random.Random(1),
+            **kwargs,
+        )
+        self.members = members
+
+    def client(self, base: str) -> Any:
+        return self.members[base]
 
 
-@pytest.fixture
-def blob_file(tmp_path: Any) -> str:
-    path = tmp_path / "layer"
-    path.write_bytes(DATA)
-    return str(path)
+def cluster(clock: Clock, **kwargs: Any) -> Cluster:
+    ring = ["o1:1", "o2:2"]
+    members = {base: Member(base, ring) for base in ("http://seed", "http://o1:1", "http://o2:2")}
+    return Cluster(clock, members, **kwargs)
 
 
-def test_upload_then_read(origin: Origin, client: OriginClient, blob_file: str) -> None:
-    assert origin.run(client.stat(NS, DIGEST)) is None
-    origin.run(client.upload(NS, DIGEST, blob_file, len(DATA)))
-    assert origin.run(client.stat(NS, DIGEST)) == len(DATA)
-    assert origin.run(client.read_small(NS, DIGEST, 1 << 20)) == DATA
-    assert origin.run(client.metainfo(NS, DIGEST)) == MetaInfo.from_bytes(DATA, 4)
-    assert not os.listdir(os.path.join(origin.root, "uploads"))
+def outcome(d: Any) -> Any:
+    """What a coroutine or Deferred that has finished gave (a Failure if it failed)."""
+    if not isinstance(d, Deferred):
+        d = Deferred.fromCoroutine(d)
+    out: list[Any] = []
+    d.addBoth(out.append)
+    return out[0]
 
 
-def test_empty_blob(origin: Origin, client: OriginClient, tmp_path: Any) -> None:
-    empty = tmp_path / "empty"
-    empty.write_bytes(b"")
-    digest = Digest.from_bytes(b"")
-    origin.run(client.upload(NS, digest, str(empty), 0))
-    assert origin.run(client.stat(NS, digest)) == 0
-    assert origin.run(client.read_small(NS, digest, 10)) == b""
-    assert origin.run(client.metainfo(NS, digest)).length == 0
+def test_locations_are_asked_once_for_concurrent_callers_and_remembered_for_the_ttl() -> None:
+    clock = Clock()
+    c = cluster(clock, locations_ttl=10)
+    seed = c.members["http://seed"]
+    seed.hold = []
+    first, second = (Deferred.fromCoroutine(c.locations(DIGEST)) for _ in range(2))
+    assert seed.asked == 1
+    seed.hold[0].callback(None)
+    seed.hold = None
+    assert first.result == second.result == ("http://o1:1", "http://o2:2")
+    clock.advance(9)
+    outcome(c.locations(DIGEST))
+    assert seed.asked == 1
+    clock.advance(1)
+    outcome(c.locations(DIGEST))
+    assert seed.asked == 2
 
 
-def test_upload_of_a_stored_blob_succeeds(origin: Origin, client: OriginClient, blob_file: str) -> None:
-    origin.run(client.upload(NS, DIGEST, blob_file, len(DATA)))
-    scripted = Scripted(origin.http.resource(), [])
-    origin.run(client_for(origin, origin.stub_for(scripted)).upload("other/repo", DIGEST, blob_file, len(DATA)))
-    assert scripted.seen == [b"POST"], "409 on start: nothing more to do"
-    assert not os.listdir(os.path.join(origin.root, "uploads"))
+def test_a_lookup_nobody_waits_for_any_more_is_cancelled() -> None:
+    c = cluster(Clock())
+    seed = c.members["http://seed"]
+    seed.hold = []
+    d = Deferred.fromCoroutine(c.locations(DIGEST))
+    d.cancel()
+    assert outcome(d).check(CancelledError) and seed.hold[0].called
 
 
-@pytest.mark.parametrize("method", [b"PATCH", b"PUT"])
-def test_conflict_at_any_step_is_success(origin: Origin, blob_file: str, method: bytes) -> None:
-    scripted = Scripted(origin.http.resource(), [(method, 409)])
-    origin.run(client_for(origin, origin.stub_for(scripted)).upload(NS, DIGEST, blob_file, len(DATA)))
-    assert scripted.seen == [b"POST", b"PATCH", b"PUT"][: [b"POST", b"PATCH", b"PUT"].index(method) + 1]
+def test_remembered_locations_need_no_lookup() -> None:
+    c = cluster(Clock())
+    c.remember_locations(DIGEST, ("http://o2:2",))
+    assert outcome(c.stat(NS, DIGEST)) == len("http://o2:2") and c.members["http://seed"].asked == 0
 
 
-def test_upload_retries_from_the_start(origin: Origin, client: OriginClient, blob_file: str) -> None:
-    scripted = Scripted(origin.http.resource(), [(b"PATCH", 503), (b"PUT", 502)])
-    origin.run(client_for(origin, origin.stub_for(scripted)).upload(NS, DIGEST, blob_file, len(DATA)), step=1.0)
-    assert scripted.seen == [b"POST", b"PATCH", b"POST", b"PATCH", b"PUT", b"POST", b"PATCH", b"PUT"]
-    assert origin.run(client.read_small(NS, DIGEST, 1 << 20)) == DATA
+def test_a_failing_location_is_left_for_the_next_and_still_fetching_is_final() -> None:
+    clock = Clock()
+    c = cluster(clock)
+    c.members["http://o1:1"].error = ConnectionRefusedError()
+    assert outcome(c.stat(NS, DIGEST)) == len("http://o2:2") and c.failovers == 1
+    assert c.members["http://seed"].asked == 1
+    outcome(c.stat(NS, DIGEST))
+    assert c.members["http://seed"].asked == 2  # the failure made it ask again
+    c.members["http://o1:1"].error = StillFetching("HEAD", "u", 202)
+    assert outcome(c.stat(NS, DIGEST)).check(StillFetching) and c.failovers == 2
+    assert c.failed_rounds == 0 and not clock.getDelayedCalls()
 
 
-def test_upload_gives_up_after_the_configured_retries(origin: Origin, blob_file: str) -> None:
-    scripted = Scripted(origin.http.resource(), [(b"POST", 503)] * 10)
-    with pytest.raises(HTTPStatusError) as e:
-        origin.run(client_for(origin, origin.stub_for(scripted)).upload(NS, DIGEST, blob_file, len(DATA)), step=1.0)
-    assert e.value.code == 503
-    assert len(scripted.seen) == HTTPClientConfig().retries + 1
-
-
-def test_upload_of_wrong_content_fails_at_once(origin: Origin, client: OriginClient, blob_file: str) -> None:
-    wrong = Digest.from_bytes(b"not this")
-    with pytest.raises(HTTPStatusError) as e:
-        origin.run(client.upload(NS, wrong, blob_file, len(DATA)))
-    assert e.value.code == 400
-    assert str(DIGEST).encode() in e.value.body
-    assert origin.run(client.stat(NS, wrong)) is None
-    assert origin.run(client.stat(NS, DIGEST)) is None
-
-
-def test_missing_blob(origin: Origin, client: OriginClient) -> None:
-    assert origin.run(client.stat(NS, DIGEST)) is None
-    assert origin.run(client.read_small(NS, DIGEST, 100)) is None
-    assert origin.run(client.metainfo(NS, DIGEST)) is None
-
-
-def test_read_small_refuses_big_blobs(origin: Origin, client: OriginClient, blob_file: str) -> None:
-    origin.run(client.upload(NS, DIGEST, blob_file, len(DATA)))
-    with pytest.raises(ResponseTooLarge):
-        origin.run(client.read_small(NS, DIGEST, 100))
-
-
-def test_get_returns_the_raw_response(origin: Origin, client: OriginClient, blob_file: str) -> None:
-    origin.run(client.upload(NS, DIGEST, blob_file, len(DATA)))
-
-    async def fetch(**kwargs: Any) -> tuple[int, Any, bytes]:
-        response = await client.get(NS, DIGEST, **kwargs)
-        return response.code, response.headers, await treq.content(response)
-
-    assert origin.run(fetch())[::2] == (200, DATA)
-    code, headers, body = origin.run(fetch(headers={b"Range": [b"bytes=10-19"]}))
-    assert (code, body) == (206, DATA[10:20])
-    code, headers, body = origin.run(fetch(method="HEAD"))
-    assert (code, body) == (200, b"")
-    assert headers.getRawHeaders(b"content-length") == [str(len(DATA)).encode()]
-    missing = Digest.from_bytes(b"missing")
-
-    async def fetch_missing() -> int:
-        response = await client.get(NS, missing)
-        await treq.content(response)
-        return response.code
-
-    assert origin.run(fetch_missing()) == 404
-
-
-def test_unexpected_status_raises(origin: Origin) -> None:
-    scripted = Scripted(origin.http.resource(), [(b"HEAD", 500), (b"GET", 403)])
-    client = client_for(origin, origin.stub_for(scripted))
-    with pytest.raises(HTTPStatusError) as e:
-        origin.run(client.stat(NS, DIGEST))
-    assert e.value.code == 500
-    with pytest.raises(HTTPStatusError) as e:
-        origin.run(client.metainfo(NS, DIGEST))
-    assert e.value.code == 403
-
-
-def test_health(origin: Origin, client: OriginClient) -> None:
-    assert origin.run(client.health()) is True
-    broken = client_for(origin, origin.stub_for(Scripted(origin.http.resource(), [(b"GET", 503)])))
-    assert origin.run(broken.health()) is False
-
-
-def test_namespaces_are_quoted_per_segment(origin: Origin, client: OriginClient, blob_file: str) -> None:
-    ns = "team a/ünï/repo%2F"
-    origin.run(client.upload(ns, DIGEST, blob_file, len(DATA)))
-    assert origin.run(client.stat(ns, DIGEST)) == len(DATA)
-    assert name_path("team a/repo%2F") == "team%20a/repo%252F"
-    for bad in ("", "/abs", "a//b", "trailing/"):
-        with pytest.raises(ValueError):
-            name_path(bad)
-
-
-def test_upload_timeouts_grow_with_the_blob(origin: Origin, blob_file: str) -> None:
-    """treq's timeout runs until the response headers arrive, so the PATCH
-    (sending the blob) and the PUT (the origin hashing it) get the base
-    timeout plus the size at min_transfer_rate; the rest get the base."""
-    stub = origin.stub
-    seen: list[tuple[str, float]] = []
-    real = stub.request
-
-    def recording(method: str, url: str, **kwargs: Any) -> Any:
-        seen.append((method, kwargs["timeout"]))
-        return real(method, url, **kwargs)
-
-    stub.request = recording  # type: ignore[method-assign]
-    config = HTTPClientConfig(timeout=60.0, min_transfer_rate=100)
-    client = OriginClient(
-        http=stub, base="http://origin.test", clock=origin.clock, config=config, worker=InlineWorker()
-    )
-    origin.run(client.upload(NS, DIGEST, blob_file, len(DATA)))
-    slow = 60.0 + len(DATA) / 100
-    assert seen == [("POST", 60.0), ("PATCH", slow), ("PUT", slow)]
-
-
-class Canned(Resource):
-    """Answers every request with ``code`` and ``body``; counts them."""
-
-    isLeaf = True
-
-    def __init__(self, code: int, body: bytes) -> None:
-        super().__init__()
-        self.code, self.body, self.seen = code, body, 0
-
-    def render(self, request: Request) -> bytes:
-        self.seen += 1
-        request.setResponseCode(self.code)
-        return self.body
-
-
-def test_peers(origin: Origin, client: OriginClient, blob_file: str) -> None:
-    assert origin.run(client.peers(DIGEST)) == []
-    origin.run(client.upload(NS, DIGEST, blob_file, len(DATA)))
-    assert origin.run(client.peers(DIGEST)) == [PEER]
-
-
-def test_peers_is_retried(origin: Origin, client: OriginClient, blob_file: str) -> None:
-    origin.run(client.upload(NS, DIGEST, blob_file, len(DATA)))
-    scripted = Scripted(origin.http.resource(), [(b"GET", 503), (b"GET", 502)])
-    assert origin.run(client_for(origin, origin.stub_for(scripted)).peers(DIGEST), step=1.0) == [PEER]
-    assert scripted.seen == [b"GET"] * 3
-
-
-def test_peers_unexpected_status_raises_at_once(origin: Origin) -> None:
-    scripted = Scripted(origin.http.resource(), [(b"GET", 404)])
-    with pytest.raises(HTTPStatusError) as e:
-        origin.run(client_for(origin, origin.stub_for(scripted)).peers(DIGEST), step=1.0)
-    assert e.value.code == 404
-    assert scripted.seen == [b"GET"]
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"nope",
-        b"\xff",
-        b"[]",
-        b"{}",
-        b'{"peers": {}}',
-        b'{"peers": "x"}',
-        b'{"peers": [{"peer_id": "zz"}]}',
-        b'{"peers": [1]}',
-    ],
-)
-def test_peers_malformed_answers_raise(origin: Origin, body: bytes) -> None:
-    canned = Canned(200, body)
-    with pytest.raises(HTTPStatusError, match="bad peers answer") as e:
-        origin.run(client_for(origin, origin.stub_for(canned)).peers(DIGEST))
-    assert e.value.code == 200
-    assert canned.seen == 1, "a malformed answer is not retried"
+def test_peers_of_every_location_and_the_last_error_if_all_fail() -> None:
+    c = cluster(Clock())
+    assert len(outcome(c.peers(DIGEST))) == 2
+    for member in c.members.values():
+        member.error = HTTPStatusError("GET", "u", 503)
+    assert outcome(c.peers(DIGEST)).value.code == 503
+    outcome(c.locations(DIGEST))
+    assert c.members["http://seed"].asked == 2  # forgotten after all failed

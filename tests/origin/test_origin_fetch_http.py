@@ -14,7 +14,7 @@ import pytest
 import treq
 from fetch_fakes import ClockWorker, FakeBackend
 from origin_harness import PEER, Origin
-from test_origin_client import Scripted, client_for
+from test_origin_single import Scripted, client_for
 from twisted.internet.defer import Deferred
 
 from kraken.backends import FSBackend, Router, ShardedDockerBlobPather
