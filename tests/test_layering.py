@@ -65,10 +65,11 @@ FLOORS = {
     "core": 0,
     "config": 1,
     **dict.fromkeys(["files", "workers", "sqlite", "taskqueue", "throttle", "singleflight"], 2),
-    **dict.fromkeys(["net", "store", "cluster"], 3),
-    **dict.fromkeys(["backends", "registry", "p2p"], 4),
-    **dict.fromkeys(["origin", "tracker", "buildindex", "agent", "proxy", "cli"], 5),
-    "herd": 6,
+    **dict.fromkeys(["net", "store"], 3),
+    "cluster": 4,
+    **dict.fromkeys(["backends", "registry", "p2p"], 5),
+    **dict.fromkeys(["origin", "tracker", "buildindex", "agent", "proxy", "cli"], 6),
+    "herd": 7,
 }
 COMPONENTS = {"origin", "tracker", "buildindex", "agent", "proxy"}
 #: What the herd, which composes the daemons, may use of each: its composition and its configuration.
