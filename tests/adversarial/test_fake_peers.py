@@ -67,7 +67,7 @@ def test_a_flood_of_fake_complete_peers_does_not_starve_a_blob(fleet: Callable[.
                 reported.add(m.group(1))
     reported.discard(PROBE_ID[:12])  # the probe is unreachable too
     assert reported and all(any(p.startswith(r) for p in fakes) for r in reported)
-    hidden = f["tracker"].wait_for(r"peer ([0-9a-f]+) of \S+ hidden until", WAIT).group(1)
+    hidden = f["tracker"].wait_for(rf"peer (?!{PROBE_ID})([0-9a-f]+) of \S+ hidden until", WAIT).group(1)
     assert hidden in fakes
     assert hidden not in {p["peer_id"] for p in handout(f.tracker_url, info, name)}
     # A tarpit was never dialled over and over: each is given up on after a handshake timeout or two.
