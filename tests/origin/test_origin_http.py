@@ -269,11 +269,37 @@ def test_bad_digest_is_400(origin: Origin, bad: str, method: str, url: str) -> N
         assert b"invalid digest" in body
 
 
-def test_namespaces_with_slashes_and_quoting(origin: Origin) -> None:
-    ns = "team%20a/deep/nested/repo"  # a quoted space in the URL
+def test_namespaces_with_slashes(origin: Origin) -> None:
+    ns = "team-a/deep/nested/repo"
     digest = upload(origin, b"nested", ns=ns)
     assert origin.request("GET", blob_url(digest, ns))[2] == b"nested"
     assert origin.request("GET", blob_url(digest, "other"))[2] == b"nested", "blobs are content-addressed"
+
+
+BAD_NAMESPACES = ["team%20a/repo", "Upper/case", "a//b", "a/", "-a", "a..b", "x" * 256, "a/%2E%2E/b"]
+
+
+@pytest.mark.parametrize("ns", BAD_NAMESPACES)
+@pytest.mark.parametrize(
+    "method,url",
+    [
+        ("GET", "/namespace/{ns}/blobs/{d}/peers"),
+        ("POST", "/namespace/{ns}/blobs/{d}/uploads"),
+        ("PATCH", "/namespace/{ns}/blobs/{d}/uploads/" + "0" * 32),
+        ("PUT", "/namespace/{ns}/blobs/{d}/uploads/" + "0" * 32),
+        ("GET", "/namespace/{ns}/blobs/{d}"),
+        ("HEAD", "/namespace/{ns}/blobs/{d}"),
+        ("GET", "/namespace/{ns}/blobs/{d}/metainfo"),
+    ],
+)
+def test_bad_namespace_is_400_and_stores_nothing(origin: Origin, ns: str, method: str, url: str) -> None:
+    headers = {b"Content-Range": [b"0-1"]} if method == "PATCH" else {}
+    data = b"x" if method == "PATCH" else None
+    code, _, body = origin.request(method, url.format(ns=ns, d=DIGEST), data=data, headers=headers)
+    assert code == 400
+    if method != "HEAD":
+        assert body.startswith(b"invalid namespace ") and b"a namespace is a repository name" in body
+    assert origin.request("HEAD", blob_url())[0] == 404
 
 
 def test_unknown_route_and_method(origin: Origin) -> None:
