@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from swarm import PIECE, RawPeer, Swarm, blob, done, outcome, read, resolved, seed_store
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from kraken.core import MetaInfo
@@ -172,9 +173,12 @@ def test_a_forged_metainfo_is_never_installed(swarm):
     )
     agent = swarm.agent("agent")
     d = agent.download(info.digest)
-    swarm.run(lambda: done(d))
+    with capturedLogs() as events:
+        swarm.run(lambda: done(d))
     failure = outcome(d)
     assert isinstance(failure, Failure) and failure.check(DownloadFailed)
+    [refusal] = [e for e in events if e["log_format"].startswith("refusing to install")]
+    assert refusal["log_level"].name == "error" and refusal["digest"] == str(info.digest)
     assert "forged" in str(failure.value) and info.digest.hex in str(failure.value)
     assert not os.path.exists(agent.store.blob_path(info.digest))
     assert os.listdir(swarm.root / "agent" / "downloads") == []
