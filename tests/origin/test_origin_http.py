@@ -246,24 +246,28 @@ def test_unknown_upload_is_404(origin: Origin, uid: str) -> None:
 BAD_DIGESTS = ["sha256:zz", "md5:" + "0" * 32, "sha256:" + "A" * 64, "0" * 64, "sha256:" + "0" * 63]
 
 
+NAMESPACE_ROUTES = [
+    ("GET", "/namespace/{ns}/blobs/{d}/peers"),
+    ("POST", "/namespace/{ns}/blobs/{d}/uploads"),
+    ("PATCH", "/namespace/{ns}/blobs/{d}/uploads/" + "0" * 32),
+    ("PUT", "/namespace/{ns}/blobs/{d}/uploads/" + "0" * 32),
+    ("GET", "/namespace/{ns}/blobs/{d}"),
+    ("HEAD", "/namespace/{ns}/blobs/{d}"),
+    ("GET", "/namespace/{ns}/blobs/{d}/metainfo"),
+]
+
+
+def call_route(origin: Origin, method: str, url: str, **values: str):
+    headers = {b"Content-Range": [b"0-1"]} if method == "PATCH" else {}
+    return origin.request(method, url.format(**values), data=b"x" if method == "PATCH" else None, headers=headers)
+
+
 @pytest.mark.parametrize("bad", BAD_DIGESTS)
 @pytest.mark.parametrize(
-    "method,url",
-    [
-        ("GET", "/blobs/{d}/locations"),
-        ("GET", "/blobs/{d}/peers"),
-        ("GET", "/namespace/a/b/blobs/{d}/peers"),
-        ("POST", "/namespace/a/b/blobs/{d}/uploads"),
-        ("PATCH", "/namespace/a/b/blobs/{d}/uploads/" + "0" * 32),
-        ("PUT", "/namespace/a/b/blobs/{d}/uploads/" + "0" * 32),
-        ("GET", "/namespace/a/b/blobs/{d}"),
-        ("HEAD", "/namespace/a/b/blobs/{d}"),
-        ("GET", "/namespace/a/b/blobs/{d}/metainfo"),
-    ],
+    "method,url", [("GET", "/blobs/{d}/locations"), ("GET", "/blobs/{d}/peers"), *NAMESPACE_ROUTES]
 )
 def test_bad_digest_is_400(origin: Origin, bad: str, method: str, url: str) -> None:
-    headers = {b"Content-Range": [b"0-1"]} if method == "PATCH" else {}
-    code, _, body = origin.request(method, url.format(d=bad), data=b"x" if method == "PATCH" else None, headers=headers)
+    code, _, body = call_route(origin, method, url, ns="a/b", d=bad)
     assert code == 400
     if method != "HEAD":
         assert b"invalid digest" in body
@@ -280,22 +284,9 @@ BAD_NAMESPACES = ["team%20a/repo", "Upper/case", "a//b", "a/", "-a", "a..b", "x"
 
 
 @pytest.mark.parametrize("ns", BAD_NAMESPACES)
-@pytest.mark.parametrize(
-    "method,url",
-    [
-        ("GET", "/namespace/{ns}/blobs/{d}/peers"),
-        ("POST", "/namespace/{ns}/blobs/{d}/uploads"),
-        ("PATCH", "/namespace/{ns}/blobs/{d}/uploads/" + "0" * 32),
-        ("PUT", "/namespace/{ns}/blobs/{d}/uploads/" + "0" * 32),
-        ("GET", "/namespace/{ns}/blobs/{d}"),
-        ("HEAD", "/namespace/{ns}/blobs/{d}"),
-        ("GET", "/namespace/{ns}/blobs/{d}/metainfo"),
-    ],
-)
+@pytest.mark.parametrize("method,url", NAMESPACE_ROUTES)
 def test_bad_namespace_is_400_and_stores_nothing(origin: Origin, ns: str, method: str, url: str) -> None:
-    headers = {b"Content-Range": [b"0-1"]} if method == "PATCH" else {}
-    data = b"x" if method == "PATCH" else None
-    code, _, body = origin.request(method, url.format(ns=ns, d=DIGEST), data=data, headers=headers)
+    code, _, body = call_route(origin, method, url, ns=ns, d=str(DIGEST))
     assert code == 400
     if method != "HEAD":
         assert body.startswith(b"invalid namespace ") and b"a namespace is a repository name" in body
