@@ -14,6 +14,12 @@ Routes (repository names contain ``/``; tags and digests never do)::
                                                    body {"digest": "sha256:<hex>", "delay": seconds}
                                                    -> 201 / 200 (from another build-index node)
 
+Every write, the internal duplicate route included, goes through the same
+dependency check (``TagIndex``): the manifest and its references must be on
+the origin, else 400 with ``missing``. Seam for mutual TLS: every internal
+route is under ``INTERNAL_PREFIX``; a listener that requires a cluster
+certificate for it wraps ``resource()`` there, before any handler runs.
+
 The rules (which tags are accepted, what a miss asks, what a duplicate
 stores) are ``kraken.buildindex.index.TagIndex``'s; this module validates
 names, digests, pages and bodies, calls the index, and maps its exceptions
@@ -51,6 +57,8 @@ from kraken.registry.source import ManifestRecord
 #: A tag PUT body is one digest; a record is small JSON.
 MAX_TAG_BODY = 1024
 MAX_LAST = 256
+#: Routes only other cluster members call (restricted to cluster certificates by the mutual-TLS listener).
+INTERNAL_PREFIX = "/internal/"
 
 
 def _http_error(e: BaseException | None) -> HTTPError | None:

@@ -16,7 +16,9 @@ exceptions to statuses:
   archive may be written), then duplicated to the other nodes; neither holds
   up the answer.
 - ``duplicate``: what the internal duplicate route stores: a tag from another
-  node, not checked again, never duplicated further, with a write-back due
+  node, checked again with ``put_tag``'s rule (so no write route, internal or
+  not, can point a tag at a digest that is not a manifest or whose references
+  are missing), never duplicated further, with a write-back due
   after ``delay`` seconds that leaves a tag the archive already has alone.
 - ``get_tag``: this node's tag, else (with an archive) the archive's answer,
   not cached (an upstream registry's tag may move; a shared bucket is
@@ -227,6 +229,18 @@ class TagIndex:
     async def put_tag(self, repo: str, tag: str, digest: Digest) -> Digest | None:
         """Point ``repo:tag`` at ``digest`` once its manifest and every reference are on the origin (else
         ``Rejected``); returns the digest it pointed at before (None: a new tag)."""
+        await self._check_closure(repo, tag, digest)
+        previous = await self._store_tag(repo, tag, digest, Pending(overwrite=True))
+        self.log.info(
+            "tag {namespace}:{tag} -> {digest}", namespace=repo, tag=tag, digest=str(digest),
+            previous=None if previous is None else str(previous),
+        )  # fmt: skip
+        if self._duplicator is not None:
+            self._duplicator.duplicate(repo, tag, digest)
+        return previous
+
+    async def _check_closure(self, repo: str, tag: str, digest: Digest) -> None:
+        """``Rejected`` unless ``digest`` is a manifest on the origin whose every reference is there too."""
         check = _ReferenceCheck(self, repo)
         await check.manifest(_Ref(digest), 0)
         if check.missing:
@@ -237,18 +251,12 @@ class TagIndex:
             )  # fmt: skip
             what = "manifest" if digest in check.missing else "references"
             raise Rejected(f"cannot tag {repo}:{tag}: {what} missing on the origin", missing)
-        previous = await self._store_tag(repo, tag, digest, Pending(overwrite=True))
-        self.log.info(
-            "tag {namespace}:{tag} -> {digest}", namespace=repo, tag=tag, digest=str(digest),
-            previous=None if previous is None else str(previous),
-        )  # fmt: skip
-        if self._duplicator is not None:
-            self._duplicator.duplicate(repo, tag, digest)
-        return previous
 
     async def duplicate(self, repo: str, tag: str, digest: Digest, delay: float) -> Digest | None:
-        """Store a tag another node accepted, unchecked; its write-back is due after ``delay`` seconds and
-        leaves a tag the archive has alone. Returns the digest it pointed at before."""
+        """Store a tag another node accepted, checked again here with ``put_tag``'s rule (an internal route is
+        no way around it); its write-back is due after ``delay`` seconds and leaves a tag the archive has alone.
+        Returns the digest it pointed at before."""
+        await self._check_closure(repo, tag, digest)
         previous = await self._store_tag(repo, tag, digest, Pending(overwrite=False, delay=float(delay)))
         self.log.info(
             "tag {namespace}:{tag} -> {digest} (duplicate)", namespace=repo, tag=tag, digest=str(digest),

@@ -1,7 +1,8 @@
 """The origin's blob server (Kraken's ``origin/blobserver``), as a Klein app.
 
-Routes (``<ns>`` is a repository name and may contain slashes; digests are
-``sha256:<64 hex>``, anything else is 400)::
+Routes (``<ns>`` is a repository name and may contain slashes, checked with
+the registry's grammar; digests are ``sha256:<64 hex>``; anything else is
+400)::
 
     GET   /health
     GET   /stats                                         -> the P2P scheduler's counters (JSON)
@@ -89,6 +90,7 @@ from kraken.files import is_out_of_space
 from kraken.net.server import HTTPError, Refusal
 from kraken.origin.client import LOCAL_HEADER, LOCATIONS_HEADER, MAX_STAT_BATCH, REPLICA_HEADER
 from kraken.origin.node import AlreadyStored, NotHeld, OriginNode
+from kraken.registry.names import is_valid_name
 from kraken.store import DigestMismatch, RangeMismatch, UploadTruncated, UploadUnknown
 
 _CONTENT_RANGE = re.compile(r"\s*(\d+)-(\d+)\s*\Z")
@@ -105,6 +107,17 @@ def parse_digest(text: str) -> Digest:
         return Digest.parse(text)
     except DigestError as e:
         raise HTTPError(400, f"invalid digest: {e}") from None
+
+
+def check_namespace(ns: str) -> str:
+    """``ns`` unchanged if it is a repository name (the registry's grammar), else 400."""
+    if not is_valid_name(ns):
+        raise HTTPError(
+            400,
+            f"invalid namespace {ns[:300]!r}: a namespace is a repository name (lowercase components of letters and"
+            " digits joined by '.', '_', '__' or '-', separated by '/', at most 255 characters)",
+        )
+    return ns
 
 
 def parse_content_range(header: bytes | None) -> tuple[int, int]:
@@ -303,10 +316,12 @@ class OriginHTTP:
 
     @app.route("/namespace/<path:ns>/blobs/<d>/peers", methods=["GET"])
     async def namespace_peers(self, request: Request, ns: str, d: str) -> bytes:
+        check_namespace(ns)
         return _peers(request, await self._node.peers(parse_digest(d), ns))
 
     @app.route("/namespace/<path:ns>/blobs/<d>/uploads", methods=["POST"])
     async def start_upload(self, request: Request, ns: str, d: str) -> bytes:
+        check_namespace(ns)
         digest = parse_digest(d)
         uid = await self._node.start_upload(ns, digest, _replica(request))
         request.setHeader(b"location", uid.encode("ascii"))
@@ -314,6 +329,7 @@ class OriginHTTP:
 
     @app.route("/namespace/<path:ns>/blobs/<d>/uploads/<uid>", methods=["PATCH"])
     async def patch_upload(self, request: Request, ns: str, d: str, uid: str) -> bytes:
+        check_namespace(ns)
         digest = parse_digest(d)
         start, end = parse_content_range(request.getHeader(b"content-range"))
         await self._node.refuse_if_stored(ns, digest, _replica(request), upload=uid)
@@ -326,12 +342,14 @@ class OriginHTTP:
 
     @app.route("/namespace/<path:ns>/blobs/<d>/uploads/<uid>", methods=["PUT"])
     async def commit_upload(self, request: Request, ns: str, d: str, uid: str) -> bytes:
+        check_namespace(ns)
         digest = parse_digest(d)
         await self._node.commit(ns, digest, uid, _replica(request))
         return _empty(request, 201)
 
     @app.route("/namespace/<path:ns>/blobs/<d>", methods=["GET", "HEAD"])
     async def get_blob(self, request: Request, ns: str, d: str) -> File | bytes:
+        check_namespace(ns)
         digest = parse_digest(d)
         path = await self._node.blob(ns, digest, local=_local(request), head=request.method == b"HEAD")
         if path is None:
@@ -342,6 +360,7 @@ class OriginHTTP:
 
     @app.route("/namespace/<path:ns>/blobs/<d>/metainfo", methods=["GET"])
     async def get_metainfo(self, request: Request, ns: str, d: str) -> bytes:
+        check_namespace(ns)
         info = await self._node.metainfo(ns, parse_digest(d), local=_local(request))
         if info is None:
             return _pending(request)

@@ -4,7 +4,9 @@ Owns the ingress bucket, the piece buffers and everything between "download this
 creating the download torrent (metainfo from the tracker, the partial blob opened, resuming the pieces a previous
 run left), asking each connection for the pieces the dispatcher names, receiving them, checking each against its
 SHA-256 and writing it (in the store's workers), announcing it (``HAVE``) to the other connections, and, once every
-piece is here, moving the blob atomically into the cache, telling the peers (``COMPLETE``) and waking the callers.
+piece is here, checking the whole blob's SHA-256 (a forged metainfo, its pieces made for other bytes, is refused
+and its partial blob deleted), moving the blob atomically into the cache, telling the peers (``COMPLETE``) and
+waking the callers.
 
 The dispatcher picks pieces rarest first within per-peer pipelines that halve on a timeout and grow back with each
 delivery; a request times out only if no byte of its piece has arrived within the request timeout. A request's slot
@@ -30,7 +32,7 @@ from kraken.p2p.session import PeerDisconnected, PeerSession, PieceRequestFailed
 from kraken.p2p.slots import Slots
 from kraken.p2p.torrent import LOG_NAMESPACE, BlobNotFound, Conn, DownloadFailed, Torrent, Torrents
 from kraken.p2p.wire import Chunk, ErrorCode
-from kraken.store import CAStore, PieceCorrupt
+from kraken.store import BlobCorrupt, CAStore, PieceCorrupt
 from kraken.throttle import TokenBucket, Unlimited
 
 log = Logger(namespace=LOG_NAMESPACE)
@@ -287,6 +289,10 @@ class Leech:
             await self._store.downloads.finish(torrent.partial)
         except CancelledError:
             raise
+        except BlobCorrupt as e:
+            log.error("refusing to install {digest}: {error}", digest=str(torrent.info.digest), error=str(e))
+            self._torrents.drop(torrent, DownloadFailed(str(e)))
+            return
         except Exception as e:
             if is_out_of_space(e):
                 self._torrents.out_of_space(torrent, e)

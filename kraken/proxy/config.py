@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import attrs
 
 from kraken.config import Duration, Size, positive
@@ -15,7 +17,7 @@ from kraken.registry.references import DEFAULT_CHECK_BATCH, DEFAULT_CHECK_CONCUR
 class UploadsConfig:
     # Uploads in progress; the proxy keeps no other blob data.
     root: str = "/var/lib/kraken/proxy/uploads"
-    # An upload untouched this long is deleted.
+    # An upload untouched this long (no chunk appended) is deleted with its file and session: the idle TTL.
     ttl: Duration = attrs.field(default=Duration(3600.0), validator=positive)
 
 
@@ -40,6 +42,31 @@ class RegistryConfig:
     check_concurrency: int = attrs.field(default=DEFAULT_CHECK_CONCURRENCY, validator=positive)
 
 
+_Number = TypeVar("_Number", bound=float)
+
+
+def _not_negative(instance: object, attribute: attrs.Attribute[_Number], value: _Number) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be 0 (no limit) or more, not {value}")
+
+
+@attrs.frozen
+class LimitsConfig:
+    """What one client may ask of the proxy. 0 is "no limit" (the default of each, as before these existed)."""
+
+    # The largest blob a client may push: an upload over it is refused with 413 SIZE_INVALID as soon as its
+    # Content-Length, running size or final size says so, and deleted.
+    max_blob_size: Size = attrs.field(default=Size(0), validator=_not_negative)
+    # Upload sessions open at once, in all and per client address: one more is 429 TOOMANYREQUESTS.
+    max_upload_sessions: int = attrs.field(default=0, validator=_not_negative)
+    max_upload_sessions_per_client: int = attrs.field(default=0, validator=_not_negative)
+    # Requests per second per client address (a token bucket of request_burst requests): over it, 429.
+    requests_per_second: float = attrs.field(default=0.0, validator=_not_negative)
+    request_burst: int = attrs.field(default=100, validator=positive)
+    # Client addresses whose buckets are kept (the least recently seen is forgotten first).
+    max_clients: int = attrs.field(default=10000, validator=positive)
+
+
 @attrs.frozen
 class ProxyConfig:
     listen_http: str = attrs.field(default="tcp:15000:interface=127.0.0.1", validator=check_listen)
@@ -51,3 +78,4 @@ class ProxyConfig:
     registry: RegistryConfig = attrs.field(factory=RegistryConfig)
     io_threads: int = attrs.field(default=4, validator=positive)
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
+    limits: LimitsConfig = attrs.field(factory=LimitsConfig)

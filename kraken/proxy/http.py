@@ -13,18 +13,24 @@ from __future__ import annotations
 
 from twisted.internet.interfaces import IReactorTime
 
-from kraken.proxy.config import RegistryConfig
+from kraken.proxy.config import LimitsConfig, RegistryConfig
 from kraken.registry.http import RegistryAPI
 from kraken.registry.references import ReferencePolicy
+from kraken.registry.sessions import UploadLimits
 from kraken.registry.source import IRegistrySource
 from kraken.store import UploadArea
 
 
 def proxy_api(
-    source: IRegistrySource, uploads: UploadArea, *, clock: IReactorTime, config: RegistryConfig
+    source: IRegistrySource,
+    uploads: UploadArea,
+    *,
+    clock: IReactorTime,
+    config: RegistryConfig,
+    limits: LimitsConfig | None = None,
 ) -> RegistryAPI:
-    """The registry API the proxy serves (normally over a ``ProxySource``)."""
-    return RegistryAPI(
+    """The registry API the proxy serves (normally over a ``ProxySource``), with the upload ``limits``."""
+    api = RegistryAPI(
         source,
         uploads,
         clock=clock,
@@ -36,3 +42,10 @@ def proxy_api(
             concurrency=config.check_concurrency,
         ),
     )
+    if limits is not None:
+        api.sessions.limits = UploadLimits(
+            max_blob_size=limits.max_blob_size,
+            max_sessions=limits.max_upload_sessions,
+            max_sessions_per_client=limits.max_upload_sessions_per_client,
+        )
+    return api

@@ -15,6 +15,7 @@ from kraken.net.server import listen_http, make_site
 from kraken.origin.client import ClusterClient, origin_urls
 from kraken.proxy.config import ProxyConfig
 from kraken.proxy.http import proxy_api
+from kraken.proxy.limits import rate_limited
 from kraken.proxy.source import ProxySource
 from kraken.store import UploadArea, UploadExpiry
 from kraken.workers import ThreadPoolService, ThreadWorker
@@ -37,7 +38,7 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
     http_service.setServiceParent(top)
 
     os.makedirs(cfg.uploads.root, exist_ok=True)
-    uploads = UploadArea(cfg.uploads.root, worker)
+    uploads = UploadArea(cfg.uploads.root, worker, max_body=cfg.limits.max_blob_size or None)
     origin = ClusterClient(
         http=http, origins=origin_urls(cfg.origin), clock=reactor, config=cfg.http_client, worker=worker
     )
@@ -45,12 +46,16 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
     source = ProxySource(
         origin, index, worker=worker, scratch=cfg.uploads.root, check_concurrency=cfg.registry.check_concurrency
     )
-    api = proxy_api(source, uploads, clock=reactor, config=cfg.registry)
+    api = proxy_api(source, uploads, clock=reactor, config=cfg.registry, limits=cfg.limits)
 
     UploadExpiry(api.expire_uploads, clock=reactor, ttl=cfg.uploads.ttl).setServiceParent(top)
 
     site = make_site(
-        api.resource(), reactor=reactor, spool=uploads.spool, body_refused=api.body_refused, not_utf8=api.not_utf8()
+        rate_limited(api.resource(), cfg.limits, clock=reactor),
+        reactor=reactor,
+        spool=uploads.spool,
+        body_refused=api.body_refused,
+        not_utf8=api.not_utf8(),
     )
     listen_http(
         cfg.listen_http, site, reactor=reactor, component="proxy", origin=cfg.origin, build_index=cfg.build_index

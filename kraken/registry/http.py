@@ -47,13 +47,14 @@ from kraken.registry.errors import (
 from kraken.registry.http_blobs import BlobHandlers
 from kraken.registry.http_listings import ListingHandlers
 from kraken.registry.http_manifests import ManifestHandlers
-from kraken.registry.http_uploads import UploadHandlers
+from kraken.registry.http_uploads import UploadHandlers, too_large
 from kraken.registry.messages import json_body, text
 from kraken.registry.names import check_name
 from kraken.registry.references import ReferencePolicy
 from kraken.registry.routing import WRITE_METHODS, match_route
 from kraken.registry.sessions import UploadSessions
 from kraken.registry.source import IRegistrySource
+from kraken.store.spool import BodyTooLarge
 from kraken.store.uploads import UploadArea
 
 API_VERSION = b"registry/2.0"
@@ -199,7 +200,10 @@ class RegistryAPI:
         if route is not None and route.kind == "upload":
             await self.sessions.drop_refused(route.name, route.arg)
         e = failure.value
+        error: RegistryError
         error = _no_space(e) if e is not None and is_out_of_space(e) else Unknown("could not store the request body")
+        if isinstance(e, BodyTooLarge):
+            error = too_large(e.limit, e.received)
         return _refusal(error)
 
     def not_utf8(self) -> Refusal:

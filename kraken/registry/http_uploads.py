@@ -9,6 +9,12 @@ in its worker. A chunk's ``Content-Range`` must start where the upload ends
 digest and hands the file to the source, unless the blob is already stored;
 an upload whose data met a full disk is deleted with its session (the client
 starts again). Sessions are ``kraken.registry.sessions``.
+
+With a blob size limit (``UploadLimits.max_blob_size``), an upload whose
+``Content-Length``, ``Content-Range``, running size or final size goes over
+it is deleted with its session and refused with 413 SIZE_INVALID; a body
+the spool is still receiving is refused as soon as it passes the limit
+(``too_large``, through the site's ``body_refused``).
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ class UploadHandlers:
         digest_arg = arg(request, b"digest")
         if digest_arg is not None:
             return await self._monolithic(request, name, parse_digest(digest_arg))
-        uid, _session = await self._sessions.start(name)
+        uid, _session = await self._sessions.start(name, client=_client(request))
         self.log.info("upload {uid} started for {repo}", uid=uid, repo=name)
         request.setResponseCode(202)
         _upload_headers(request, name, uid, 0)
@@ -131,7 +137,10 @@ class UploadHandlers:
         return digest
 
     async def _monolithic(self, request: IRequest, name: str, expected: Digest) -> bytes:
-        uid, session = await self._sessions.start(name, finishing=True)
+        declared = content_length(request)
+        if declared is not None:
+            self._check_size(declared)
+        uid, session = await self._sessions.start(name, finishing=True, client=_client(request))
         try:
             await self._append_body(request, name, uid, allow_range=False)
             await self._complete(name, uid, session, expected)
@@ -155,6 +164,7 @@ class UploadHandlers:
         offset, length = _chunk(raw_range, declared, content, name, uid, size)
         if content is None or (length == 0 and offset is None):
             return size
+        await self._refuse_if_too_large(uid, size + (length if length is not None else body_length(content)))
         try:
             new_size = await uploads.append(uid, content, offset, length)
         except RangeMismatch as e:
@@ -172,8 +182,23 @@ class UploadHandlers:
             if is_out_of_space(e):
                 self._sessions.forget(uid)  # the upload area deleted the upload
             raise
+        await self._refuse_if_too_large(uid, new_size)
         self.log.debug("upload {uid} now holds {bytes} bytes", uid=uid, bytes=new_size)
         return new_size
+
+    def _check_size(self, size: int) -> None:
+        limit = self._sessions.limits.max_blob_size
+        if limit and size > limit:
+            raise too_large(limit, size)
+
+    async def _refuse_if_too_large(self, uid: str, size: int) -> None:
+        """413 SIZE_INVALID, the upload deleted with its session, if ``size`` is over the blob size limit."""
+        try:
+            self._check_size(size)
+        except SizeInvalid:
+            await self._sessions.discard_if_open(uid)
+            self.log.info("upload {uid} refused: {bytes} bytes is over the limit", uid=uid, bytes=size)
+            raise
 
     async def _complete(self, name: str, uid: str, session: UploadSession, expected: Digest) -> None:
         """Verify upload ``uid`` against ``expected`` and commit it, unless the
@@ -205,6 +230,21 @@ class UploadHandlers:
             existing="" if created else " (already stored)",
             duration=self._clock.seconds() - session.started,
         )
+
+
+def too_large(limit: int, size: int | None = None) -> SizeInvalid:
+    """The answer to a blob over the size limit: 413 SIZE_INVALID."""
+    got = "" if size is None else f" (this one: {size} bytes or more)"
+    return SizeInvalid(
+        f"blob too large: this registry takes blobs of at most {limit} bytes{got}",
+        detail={"limit": limit, "size": size},
+        status=413,
+    )
+
+
+def _client(request: IRequest) -> str:
+    """The client's address (its host), which per-client limits count."""
+    return str(getattr(request.getClientAddress(), "host", "") or "")
 
 
 def _chunk(

@@ -9,6 +9,12 @@ second PUT while a PUT completes it. A session goes with its upload: when
 the area has lost the upload (deleted, expired, full disk), the session is
 forgotten and the client gets BLOB_UPLOAD_UNKNOWN.
 
+Limits (``UploadLimits``, all off by default; the proxy sets them from its
+``limits:`` config): sessions open at once, in all and per client address
+(one more is 429 TOOMANYREQUESTS with ``Retry-After``), and the largest blob
+(``http_uploads`` refuses an upload over it with 413 SIZE_INVALID). Sessions
+untouched for the upload TTL go with their uploads (``expire``).
+
 A read-only registry (the agent) has no upload area; its sessions are always
 empty and ``area()`` refuses with the read-only message (writes are refused
 before a handler runs anyway).
@@ -16,13 +22,27 @@ before a handler runs anyway).
 
 from __future__ import annotations
 
+from collections import Counter
+
 import attrs
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 
-from kraken.registry.errors import BlobUploadInvalid, BlobUploadUnknown, Unsupported
+from kraken.registry.errors import BlobUploadInvalid, BlobUploadUnknown, TooManyRequests, Unsupported
 from kraken.registry.messages import registry_logger
 from kraken.store.uploads import UploadArea, UploadUnknown
+
+#: Seconds a client refused for too many open sessions is told to wait: sessions end as uploads complete.
+SESSIONS_RETRY_AFTER = 5
+
+
+@attrs.frozen
+class UploadLimits:
+    """0 is "no limit" for each."""
+
+    max_blob_size: int = 0
+    max_sessions: int = 0
+    max_sessions_per_client: int = 0
 
 
 @attrs.define
@@ -30,6 +50,7 @@ class UploadSession:
     repo: str
     started: float
     finishing: bool = False
+    client: str = ""
 
 
 class UploadSessions:
@@ -40,6 +61,8 @@ class UploadSessions:
         self._clock = clock
         self._read_only_message = read_only_message
         self._sessions: dict[str, UploadSession] = {}
+        self._per_client: Counter[str] = Counter()
+        self.limits = UploadLimits()
         self.log = registry_logger(self)
 
     def __contains__(self, uid: object) -> bool:
@@ -54,11 +77,35 @@ class UploadSessions:
             raise Unsupported(self._read_only_message)
         return self._uploads
 
-    async def start(self, repo: str, *, finishing: bool = False) -> tuple[str, UploadSession]:
-        """A new upload in ``repo``: its id and session."""
-        uid = await self.area().create()
-        session = self._sessions[uid] = UploadSession(repo, self._clock.seconds(), finishing=finishing)
+    async def start(self, repo: str, *, finishing: bool = False, client: str = "") -> tuple[str, UploadSession]:
+        """A new upload in ``repo`` for ``client`` (its address): its id and session; 429 TOOMANYREQUESTS if
+        the limits of open sessions are reached."""
+        area = self.area()
+        self._check_room(client)
+        uid = await area.create()
+        try:
+            self._check_room(client)  # others may have started meanwhile
+        except TooManyRequests:
+            await area.delete(uid)
+            raise
+        session = self._sessions[uid] = UploadSession(repo, self._clock.seconds(), finishing=finishing, client=client)
+        self._per_client[client] += 1
         return uid, session
+
+    def _check_room(self, client: str) -> None:
+        limits = self.limits
+        if limits.max_sessions and len(self._sessions) >= limits.max_sessions:
+            what, limit = "upload sessions are open", limits.max_sessions
+        elif limits.max_sessions_per_client and self._per_client[client] >= limits.max_sessions_per_client:
+            what, limit = f"upload sessions are open for {client}", limits.max_sessions_per_client
+        else:
+            return
+        self.log.warn("refused a new upload from {client}: {limit} {what}", client=client, limit=limit, what=what)
+        raise TooManyRequests(
+            f"too many upload sessions: {limit} {what}; finish or cancel one, or try again later",
+            detail={"limit": limit},
+            headers={"Retry-After": str(SESSIONS_RETRY_AFTER)},
+        )
 
     def get(self, repo: str, uid: str) -> UploadSession:
         """The session of upload ``uid`` in ``repo`` (BLOB_UPLOAD_UNKNOWN if
@@ -85,7 +132,11 @@ class UploadSessions:
 
     def forget(self, uid: str) -> None:
         """Drop the session (its upload is gone or goes separately)."""
-        self._sessions.pop(uid, None)
+        session = self._sessions.pop(uid, None)
+        if session is not None:
+            self._per_client[session.client] -= 1
+            if self._per_client[session.client] <= 0:
+                del self._per_client[session.client]
 
     async def discard(self, uid: str) -> None:
         """Drop the session and delete its upload."""

@@ -2,10 +2,13 @@
 
 from kraken.store.cas import CAStore, DigestMismatch
 from kraken.store.cleanup import CacheCleanup, Eviction, disk_usage_percent, evict_idle
-from kraken.store.downloads import DownloadArea, PartialBlob, PieceCorrupt
+from kraken.store.downloads import BlobCorrupt, DownloadArea, PartialBlob, PieceCorrupt
+from kraken.store.spool import BodyTooLarge
 from kraken.store.uploads import RangeMismatch, UploadArea, UploadExpiry, UploadTruncated, UploadUnknown
 
 __all__ = [
+    "BlobCorrupt",
+    "BodyTooLarge",
     "CAStore",
     "CacheCleanup",
     "DigestMismatch",

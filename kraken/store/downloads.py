@@ -9,9 +9,11 @@ Layout under the store's root::
 Every piece is checked against its SHA-256 before it is written, and the
 piece status is saved after each write, so a process restarted mid-download
 reopens the partial blob and fetches only the missing pieces. When the last
-piece lands, ``PartialBlob.finish`` moves the blob into the cache with the
-same atomic directory rename as an upload's commit: a reader never sees a
-partial blob in the cache.
+piece lands, ``DownloadArea.finish`` checks the whole blob's SHA-256 (the
+pieces only prove the bytes match the metainfo, which a forger may have made
+for other bytes) and moves it into the cache with the same atomic directory
+rename as an upload's commit: a reader never sees a partial blob, nor a blob
+that is not the digest it asked for, in the cache.
 
 A full disk (``kraken.files``) is not resumable: ``open`` removes what
 it had begun, and the scheduler ``discard``s a partial blob whose piece,
@@ -41,6 +43,16 @@ class PieceCorrupt(ValueError):
         super().__init__(f"piece {index} of {digest} does not match its SHA-256")
         self.digest = digest
         self.index = index
+
+
+class BlobCorrupt(ValueError):
+    """A blob whose every piece matched its metainfo but whose whole SHA-256 is not the digest asked for: the
+    metainfo was forged (or made for other bytes). Nothing was installed and the partial blob is deleted."""
+
+    def __init__(self, digest: Digest, actual: str) -> None:
+        super().__init__(f"the downloaded blob is sha256:{actual}, not {digest}: its metainfo is forged; not installed")
+        self.digest = digest
+        self.actual = actual
 
 
 Install = Callable[[str, MetaInfo], Awaitable[object]]
@@ -155,10 +167,16 @@ class DownloadArea:
         return partial
 
     async def finish(self, partial: PartialBlob) -> None:
-        """Move a complete blob into the cache and forget it here."""
+        """Check the whole blob's SHA-256 (one pass in the hash worker), then move it into the cache and forget it
+        here. ``BlobCorrupt`` if it is not the digest asked for: the partial blob is deleted, nothing installed."""
         if not partial.complete():
             raise ValueError(f"{partial.digest} is missing {partial.metainfo.num_pieces - partial.have.count()} pieces")
-        await self._install(os.path.join(self._root, partial.digest.hex, "data"), partial.metainfo)
+        data = os.path.join(self._root, partial.digest.hex, "data")
+        actual = await self._hash_worker.run(sha256_file, data)
+        if actual != partial.digest.hex:
+            await self.discard(partial.digest)
+            raise BlobCorrupt(partial.digest, actual)
+        await self._install(data, partial.metainfo)
         self._open.pop(partial.digest, None)
         await self._worker.run(shutil.rmtree, os.path.join(self._root, partial.digest.hex), True)
 
@@ -188,6 +206,17 @@ def _prepare(directory: str, info: MetaInfo) -> bytes | None:
     _write_atomically(os.path.join(directory, "metainfo"), info.to_json())
     _write_atomically(os.path.join(directory, "pieces"), Bitfield(info.num_pieces).to_bytes())
     return None
+
+
+def sha256_file(path: str) -> str:
+    """The hex SHA-256 of the file at ``path``, read in large chunks into one reused buffer."""
+    h = hashlib.sha256()
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
 
 
 def _check_and_write(expected: bytes, size: int, data: bytes | bytearray, path: str, offset: int) -> bool:

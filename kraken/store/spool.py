@@ -14,6 +14,9 @@ deleted at once, later chunks are dropped, and ``error`` (when given) is
 called with the failure, so the request can be answered before its body has
 all arrived: nothing else would resume a connection the spool had paused.
 
+With a ``limit``, a body that passes it is refused the same way, as soon as
+the byte past the limit arrives: ``BodyTooLarge``, nothing kept.
+
 Only the reactor thread calls the public methods; the worker touches the
 file and the hasher one batch at a time, never concurrently.
 """
@@ -38,6 +41,15 @@ HIGH_WATER = 8 << 20
 LOW_WATER = 2 << 20
 
 
+class BodyTooLarge(ValueError):
+    """A request body went past the spool's limit (the largest blob the daemon takes)."""
+
+    def __init__(self, limit: int, received: int) -> None:
+        super().__init__(f"request body over the limit of {limit} bytes ({received} bytes received)")
+        self.limit = limit
+        self.received = received
+
+
 class BodySpool:
     log = Logger()
 
@@ -49,8 +61,10 @@ class BodySpool:
         pause: Callable[[], None],
         resume: Callable[[], None],
         error: Callable[[Failure], object] | None = None,
+        limit: int | None = None,
     ) -> None:
-        """``error(failure)`` is called once, when a write fails (the file is gone by then)."""
+        """``error(failure)`` is called once, when a write fails or the body passes ``limit`` bytes (the file is
+        gone by then)."""
         fd, self.path = tempfile.mkstemp(dir=directory, prefix=SPOOL_PREFIX)
         os.fchmod(fd, 0o644)  # it may become a blob, readable like any other
         self._file = os.fdopen(fd, "w+b")
@@ -59,6 +73,7 @@ class BodySpool:
         self._pause = pause
         self._resume = resume
         self._on_error = error
+        self._limit = limit
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._received = 0
@@ -73,6 +88,9 @@ class BodySpool:
 
     def write(self, data: bytes) -> None:
         if self._error is not None:
+            return
+        if self._limit is not None and self._received + len(data) > self._limit:
+            self._stop(Failure(BodyTooLarge(self._limit, self._received + len(data))))
             return
         self._pending.append(data)
         self._pending_bytes += len(data)
@@ -154,6 +172,9 @@ class BodySpool:
 
     def _written(self, _: object) -> None:
         self._busy = False
+        if self._error is not None:
+            self.close()  # refused while this batch was being written
+            return
         if self._paused and self._pending_bytes < LOW_WATER and not self._done_receiving:
             self._paused = False
             self._resume()
@@ -161,9 +182,18 @@ class BodySpool:
 
     def _failed(self, failure: Failure) -> None:
         self._busy = False
+        if self._error is not None:
+            self.close()  # refused already; this batch failed after
+            return
+        self._stop(failure)
+
+    def _stop(self, failure: Failure) -> None:
+        """Drop the body for good: the file deleted (once no batch is being written), ``error`` called."""
         self._error = failure
         self._pending, self._pending_bytes = [], 0
-        if is_out_of_space(failure.value):
+        if isinstance(failure.value, BodyTooLarge):
+            self.log.info("request body refused: {error}", error=str(failure.value), path=self.path)
+        elif is_out_of_space(failure.value):
             self.log.warn(
                 "no space left for a request body: dropped it after {bytes} bytes ({error})",
                 bytes=self._received,
@@ -173,7 +203,8 @@ class BodySpool:
         else:
             self.log.failure("writing a request body to {path} failed", failure, path=self.path)
         # Free the space now, not when the request ends: that may take a while.
-        self.close()
+        if not self._busy:
+            self.close()
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(failure)

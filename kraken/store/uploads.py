@@ -69,8 +69,10 @@ class _Upload:
 class UploadArea:
     log = Logger()
 
-    def __init__(self, root: str, worker: Worker) -> None:
+    def __init__(self, root: str, worker: Worker, *, max_body: int | None = None) -> None:
+        """``max_body``: the largest request body ``spool`` takes (None: no limit)."""
         self._root = root
+        self._max_body = max_body
         self._worker = worker
         self._live: dict[str, _Upload] = {}
         os.makedirs(root, exist_ok=True)
@@ -88,7 +90,7 @@ class UploadArea:
     ) -> BodySpool:
         """A sink for a request body, on the upload area's filesystem, so
         ``append`` can take it by renaming (``make_site(spool=...)``)."""
-        return BodySpool(self._root, self._worker, pause=pause, resume=resume, error=error)
+        return BodySpool(self._root, self._worker, pause=pause, resume=resume, error=error, limit=self._max_body)
 
     def path(self, uid: str) -> str:
         if not _UID.match(uid):

@@ -192,17 +192,33 @@ def duplicate(app: App, repo: str, tag: str, body: Any) -> tuple[int, bytes]:
     return app.request("PUT", f"/internal/duplicate/repositories/{repo}/tags/{tag}", data=data)
 
 
-def test_duplicate_is_stored_unchecked_with_a_delayed_gentle_write_back(app: App, memory: MemoryBackend) -> None:
-    # nothing is on the origin: a duplicate is not checked again
-    assert duplicate(app, "r", "v1", {"digest": str(D1), "delay": 600}) == (201, str(D1).encode())
-    assert app.request("GET", "/repositories/r/tags/v1") == (200, str(D1).encode())
+def test_duplicate_is_checked_and_stored_with_a_delayed_gentle_write_back(app: App, memory: MemoryBackend) -> None:
+    d1 = pushed(app, "one")
+    assert duplicate(app, "r", "v1", {"digest": str(d1), "delay": 600}) == (201, str(d1).encode())
+    assert app.request("GET", "/repositories/r/tags/v1") == (200, str(d1).encode())
     [(repo, tag, overwrite, attempts, due, _)] = pending(app)
     assert (repo, tag, overwrite, attempts, due) == ("r", "v1", False, 0, 600.0)
-    assert app.origin.calls == [] and memory.calls == []
+    assert memory.calls == []
     memory.blobs["r:v1"] = str(D2).encode()  # the accepting node wrote a newer value meanwhile
     app.reactor.advance(600.0)
     assert memory.blobs["r:v1"] == str(D2).encode()
     assert pending(app) == []
+
+
+def test_a_duplicate_cannot_repoint_a_tag_to_a_missing_or_incomplete_image(app: App) -> None:
+    good = pushed(app, "good")
+    assert put_tag(app, "r", "v1", good)[0] == 201
+    layer = b"layer missing"
+    app.origin.add(b"config missing")
+    incomplete = app.origin.add(image_manifest(b"config missing", [layer]))
+    status, body = duplicate(app, "r", "v1", {"digest": str(incomplete), "delay": 0})
+    assert status == 400 and json.loads(body)["missing"] == [str(Digest.from_bytes(layer))]
+    status, body = duplicate(app, "r", "v1", {"digest": str(D1), "delay": 0})
+    assert status == 400 and json.loads(body) == {
+        "error": "cannot tag r:v1: manifest missing on the origin",
+        "missing": [str(D1)],
+    }
+    assert app.request("GET", "/repositories/r/tags/v1") == (200, str(good).encode())
 
 
 @pytest.mark.parametrize(
@@ -243,7 +259,7 @@ class Flaky(Resource):
 
 class Pair:
     """Node A duplicates to node B (StubTreq over B's real app); both share one
-    clock and one backend."""
+    clock, one backend and one origin."""
 
     def __init__(self, tmp_path: Any, archive: TagArchive, failures: int = 0) -> None:
         self.reactor = InlineReactor()
@@ -255,6 +271,7 @@ class Pair:
             str(tmp_path / "a.db"), archive=archive, reactor=self.reactor, neighbours=[(BASE, client)], stagger=100.0
         )
         self.a.pump = self.pump  # type: ignore[method-assign]
+        self.b.origin = self.b.index.origin = self.a.origin  # one origin cluster behind both nodes
 
     def pump(self) -> None:
         self.reactor.advance(0)
@@ -274,7 +291,7 @@ def test_duplicate_put_reaches_the_other_node(tmp_path: Any, archive: TagArchive
         pair.pump()
         result_of(pair.a.duplicator.when_idle(), pair.pump)  # type: ignore[union-attr]
         assert result_of(pair.b.tags.get_tag("r", "v1")) == digest
-        assert pair.b.origin.calls == []  # not checked again on B
+        assert pair.b.index.origin is pair.a.origin  # checked again on B, against the same origin cluster
         # A wrote it back at once; B's own write-back waits 100 s (1 x stagger) and then finds it there
         assert memory.blobs == {"r:v1": str(digest).encode()}
         assert [p[:3] for p in pending(pair.b)] == [("r", "v1", False)]

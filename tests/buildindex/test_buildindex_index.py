@@ -136,11 +136,27 @@ def test_origin_failures_and_lies(index: TagIndex, origin: FakeOrigin) -> None:
         result_of(index.put_tag(REPO, "v1", liar))
 
 
-def test_a_duplicate_is_stored_unchecked_and_not_sent_on(index: TagIndex, duplicates: Duplicates) -> None:
-    unknown = Digest.from_bytes(b"not on the origin")
-    assert result_of(index.duplicate(REPO, "v1", unknown, 30.0)) is None
-    assert result_of(index.get_tag(REPO, "v1")) == unknown
+def test_a_duplicate_is_checked_like_a_tag_put_and_not_sent_on(
+    index: TagIndex, origin: FakeOrigin, duplicates: Duplicates
+) -> None:
+    manifest, _ = image(origin, "dup")
+    assert result_of(index.duplicate(REPO, "v1", manifest, 30.0)) is None
+    assert result_of(index.get_tag(REPO, "v1")) == manifest
     assert duplicates.sent == []
+
+
+def test_a_duplicate_cannot_repoint_a_tag_to_anything_put_tag_refuses(index: TagIndex, origin: FakeOrigin) -> None:
+    good, _ = image(origin, "good")
+    result_of(index.put_tag(REPO, "v1", good))
+    unknown = Digest.from_bytes(b"not on the origin")
+    incomplete, refs = image(origin, "incomplete", missing=1)
+    not_a_manifest = origin.add(b"just a layer")
+    for digest, missing in ((unknown, [unknown]), (incomplete, [refs[-1]]), (not_a_manifest, None)):
+        with pytest.raises(Rejected) as e:
+            result_of(index.duplicate(REPO, "v1", digest, 0))
+        if missing is not None:
+            assert e.value.missing == missing
+    assert result_of(index.get_tag(REPO, "v1")) == good
 
 
 def test_a_miss_asks_the_archive_and_a_failure_there_is_a_miss(
@@ -159,8 +175,9 @@ def test_a_miss_asks_the_archive_and_a_failure_there_is_a_miss(
 
 
 def test_listings_are_capped_at_the_page_size(index: TagIndex, origin: FakeOrigin) -> None:
+    manifest, _ = image(origin, "listed")
     for k in range(5):
-        result_of(index.duplicate(REPO, f"v{k}", Digest.from_bytes(b"x"), 0))
+        result_of(index.duplicate(REPO, f"v{k}", manifest, 0))
     assert result_of(index.list_tags(REPO, None, None)) == Page(("v0", "v1", "v2"), True)
     assert result_of(index.list_tags(REPO, 100, "v2")) == Page(("v3", "v4"), False)
     assert result_of(index.list_tags("nobody/here", None, None)) is None

@@ -246,34 +246,51 @@ def test_unknown_upload_is_404(origin: Origin, uid: str) -> None:
 BAD_DIGESTS = ["sha256:zz", "md5:" + "0" * 32, "sha256:" + "A" * 64, "0" * 64, "sha256:" + "0" * 63]
 
 
+NAMESPACE_ROUTES = [
+    ("GET", "/namespace/{ns}/blobs/{d}/peers"),
+    ("POST", "/namespace/{ns}/blobs/{d}/uploads"),
+    ("PATCH", "/namespace/{ns}/blobs/{d}/uploads/" + "0" * 32),
+    ("PUT", "/namespace/{ns}/blobs/{d}/uploads/" + "0" * 32),
+    ("GET", "/namespace/{ns}/blobs/{d}"),
+    ("HEAD", "/namespace/{ns}/blobs/{d}"),
+    ("GET", "/namespace/{ns}/blobs/{d}/metainfo"),
+]
+
+
+def call_route(origin: Origin, method: str, url: str, **values: str):
+    headers = {b"Content-Range": [b"0-1"]} if method == "PATCH" else {}
+    return origin.request(method, url.format(**values), data=b"x" if method == "PATCH" else None, headers=headers)
+
+
 @pytest.mark.parametrize("bad", BAD_DIGESTS)
 @pytest.mark.parametrize(
-    "method,url",
-    [
-        ("GET", "/blobs/{d}/locations"),
-        ("GET", "/blobs/{d}/peers"),
-        ("GET", "/namespace/a/b/blobs/{d}/peers"),
-        ("POST", "/namespace/a/b/blobs/{d}/uploads"),
-        ("PATCH", "/namespace/a/b/blobs/{d}/uploads/" + "0" * 32),
-        ("PUT", "/namespace/a/b/blobs/{d}/uploads/" + "0" * 32),
-        ("GET", "/namespace/a/b/blobs/{d}"),
-        ("HEAD", "/namespace/a/b/blobs/{d}"),
-        ("GET", "/namespace/a/b/blobs/{d}/metainfo"),
-    ],
+    "method,url", [("GET", "/blobs/{d}/locations"), ("GET", "/blobs/{d}/peers"), *NAMESPACE_ROUTES]
 )
 def test_bad_digest_is_400(origin: Origin, bad: str, method: str, url: str) -> None:
-    headers = {b"Content-Range": [b"0-1"]} if method == "PATCH" else {}
-    code, _, body = origin.request(method, url.format(d=bad), data=b"x" if method == "PATCH" else None, headers=headers)
+    code, _, body = call_route(origin, method, url, ns="a/b", d=bad)
     assert code == 400
     if method != "HEAD":
         assert b"invalid digest" in body
 
 
-def test_namespaces_with_slashes_and_quoting(origin: Origin) -> None:
-    ns = "team%20a/deep/nested/repo"  # a quoted space in the URL
+def test_namespaces_with_slashes(origin: Origin) -> None:
+    ns = "team-a/deep/nested/repo"
     digest = upload(origin, b"nested", ns=ns)
     assert origin.request("GET", blob_url(digest, ns))[2] == b"nested"
     assert origin.request("GET", blob_url(digest, "other"))[2] == b"nested", "blobs are content-addressed"
+
+
+BAD_NAMESPACES = ["team%20a/repo", "Upper/case", "a//b", "a/", "-a", "a..b", "x" * 256, "a/%2E%2E/b"]
+
+
+@pytest.mark.parametrize("ns", BAD_NAMESPACES)
+@pytest.mark.parametrize("method,url", NAMESPACE_ROUTES)
+def test_bad_namespace_is_400_and_stores_nothing(origin: Origin, ns: str, method: str, url: str) -> None:
+    code, _, body = call_route(origin, method, url, ns=ns, d=str(DIGEST))
+    assert code == 400
+    if method != "HEAD":
+        assert body.startswith(b"invalid namespace ") and b"a namespace is a repository name" in body
+    assert origin.request("HEAD", blob_url())[0] == 404
 
 
 def test_unknown_route_and_method(origin: Origin) -> None:

@@ -179,9 +179,12 @@ def test_health(origin: Origin, client: OriginClient) -> None:
 
 
 def test_namespaces_are_quoted_per_segment(origin: Origin, client: OriginClient, blob_file: str) -> None:
-    ns = "team a/ünï/repo%2F"
+    ns = "team-a/deep/repo"
     origin.run(client.upload(ns, DIGEST, blob_file, len(DATA)))
     assert origin.run(client.stat(ns, DIGEST)) == len(DATA)
+    # quoted per segment, and a name outside the registry's grammar is refused by the origin
+    with pytest.raises(HTTPStatusError, match="400: b\"invalid namespace 'team a/"):
+        origin.run(client.upload("team a/ü/repo%2F", DIGEST, blob_file, len(DATA)))
     assert name_path("team a/repo%2F") == "team%20a/repo%252F"
     for bad in ("", "/abs", "a//b", "trailing/"):
         with pytest.raises(ValueError):

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import os
+
 from swarm import PIECE, RawPeer, Swarm, blob, done, outcome, read, resolved, seed_store
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
+from kraken.core import MetaInfo
 from kraken.p2p import wire
 from kraken.p2p.config import BandwidthConfig
 from kraken.p2p.torrent import DownloadFailed
@@ -149,3 +153,33 @@ def test_endgame_duplicates_are_written_and_counted_once(swarm):
     # Both origins were asked and both answered; the second copy was dropped.
     served = first.scheduler.stats().pieces_out + second.scheduler.stats().pieces_out
     assert served == 2
+
+
+def test_a_forged_metainfo_is_never_installed(swarm):
+    """Pieces that match a forged metainfo (made for other bytes, under the digest asked for) all arrive and are
+    written, but the whole blob's SHA-256 is not that digest: the download fails, nothing is installed, the partial
+    blob is deleted."""
+    _, info = blob(8)
+    evil, _ = blob(8, seed=666)
+    forged = MetaInfo.from_bytes(evil, PIECE)
+    forged = MetaInfo(digest=info.digest, length=forged.length, piece_length=PIECE, piece_sums=forged.piece_sums)
+    swarm.publish(forged)
+    swarm.raw_peers(
+        "forger",
+        forged,
+        evil,
+        lambda peer, i: peer.write(wire.Piece(i, len(peer.piece(i))), peer.piece(i)),
+        origin=True,
+    )
+    agent = swarm.agent("agent")
+    d = agent.download(info.digest)
+    with capturedLogs() as events:
+        swarm.run(lambda: done(d))
+    failure = outcome(d)
+    assert isinstance(failure, Failure) and failure.check(DownloadFailed)
+    [refusal] = [e for e in events if e["log_format"].startswith("refusing to install")]
+    assert refusal["log_level"].name == "error" and refusal["digest"] == str(info.digest)
+    assert "forged" in str(failure.value) and info.digest.hex in str(failure.value)
+    assert not os.path.exists(agent.store.blob_path(info.digest))
+    assert os.listdir(swarm.root / "agent" / "downloads") == []
+    assert agent.scheduler.stats().pieces_in == info.num_pieces  # every piece matched the forgery

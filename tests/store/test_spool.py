@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, fail
 
 from kraken.core import Digest
 from kraken.store import UploadArea
-from kraken.store.spool import HIGH_WATER, BodySpool
+from kraken.store.spool import HIGH_WATER, BodySpool, BodyTooLarge
 from kraken.workers import InlineWorker
 
 
@@ -160,4 +160,31 @@ def test_ordinary_append_still_works_with_a_plain_file(tmp_path):
 def test_spooled_files_are_readable_like_other_blobs(tmp_path):
     s, _ = spool(tmp_path)
     assert os.stat(s.path).st_mode & 0o777 == 0o644
+    s.close()
+
+
+def test_a_body_past_the_limit_is_refused_at_once_and_deleted(tmp_path):
+    """The byte past ``limit`` stops the body, even while a batch is still being written: ``error`` is called once
+    with ``BodyTooLarge``, later chunks are dropped, and the file is gone once the batch in flight is done."""
+    worker = ManualWorker()
+    errors = []
+    s = BodySpool(str(tmp_path), worker, pause=lambda: None, resume=lambda: None, error=errors.append, limit=100)
+    s.write(b"a" * 60)  # a batch in flight
+    s.write(b"b" * 41)
+    assert [f.check(BodyTooLarge) for f in errors] == [BodyTooLarge]
+    assert "over the limit of 100 bytes (101 bytes received)" in str(errors[0].value)
+    s.write(b"c")
+    assert len(errors) == 1
+    assert os.path.exists(s.path)  # the worker still writes to it
+    while worker.jobs:
+        worker.step()
+    assert not os.path.exists(s.path)
+    assert result(s.done_receiving()).check(BodyTooLarge)
+
+
+def test_a_body_at_the_limit_is_taken(tmp_path):
+    errors = []
+    s = BodySpool(str(tmp_path), InlineWorker(), pause=lambda: None, resume=lambda: None, error=errors.append, limit=10)
+    s.write(b"0123456789")
+    assert result(s.done_receiving()) is None and errors == []
     s.close()
