@@ -240,7 +240,9 @@ class Cluster:
                 work,
                 f"agent-{k}",
                 f"listen_registry: '{a.listen(registry)}'\n"
-                f"listen_api: '{a.listen(api)}'\n"
+                # On a namespace host of its own the agent listens on every interface, its loopback included.
+                + ("allow_remote_registry: true\n" if a.own_host else "")
+                + f"listen_api: '{a.listen(api)}'\n"
                 f"tracker: 'http://{t.ip}:{self.tracker_http}'\n"
                 f"build_index: 'http://127.0.0.1:{free_port()}'\n"  # unused: blobs by digest only
                 f"store: {{root: {work}/agent-{k}}}\n"

@@ -12,15 +12,21 @@ Defaults and why:
   cuts blobs into pieces itself (metainfo comes from the origins), so it has
   no piece-length rule.
 - ``max_manifest_size`` 4 MiB, as the proxy: a larger "manifest" is not one.
+- ``listen_registry`` must be a loopback address (or a ``unix:`` socket) unless
+  ``allow_remote_registry: true``: the agent's registry asks for no
+  credentials, so it must not serve other hosts by accident. ``systemd:``
+  (an address only the socket unit knows) needs the flag too.
 """
 
 from __future__ import annotations
+
+import ipaddress
 
 import attrs
 
 from kraken.config import Size, positive
 from kraken.net import HTTPClientConfig
-from kraken.net.endpoints import check_listen
+from kraken.net.endpoints import check_listen, host_port
 from kraken.p2p.config import P2PConfig
 
 DEFAULT_LISTEN_REGISTRY = "tcp:16000:interface=127.0.0.1"
@@ -44,8 +50,10 @@ class ThreadsConfig:
 
 @attrs.frozen
 class AgentConfig:
-    # The read-only Docker registry that this host's container runtime pulls from.
+    # The read-only Docker registry that this host's container runtime pulls from (loopback only, see below).
     listen_registry: str = attrs.field(default=DEFAULT_LISTEN_REGISTRY, validator=check_listen)
+    # Let listen_registry be a non-loopback address: any host that reaches it may pull, without credentials.
+    allow_remote_registry: bool = False
     # The agent API: /namespace/<ns>/blobs/<digest>, /health, /readiness, /stats.
     listen_api: str = attrs.field(default=DEFAULT_LISTEN_API, validator=check_listen)
     # Base URLs of the tracker (announces, metainfo) and the build-index (tags).
@@ -56,3 +64,27 @@ class AgentConfig:
     threads: ThreadsConfig = attrs.field(factory=ThreadsConfig)
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
     p2p: P2PConfig = attrs.field(factory=P2PConfig)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.allow_remote_registry and not is_local_listener(self.listen_registry):
+            raise ValueError(
+                f"listen_registry {self.listen_registry!r} is not a loopback address: the agent's registry asks "
+                "for no credentials and serves this host only (interface=127.0.0.1 or ::1, or unix:); "
+                "set allow_remote_registry: true to expose it anyway"
+            )
+
+
+def is_local_listener(description: str) -> bool:
+    """Whether a server endpoint description listens on loopback only (or on a unix socket)."""
+    if description.startswith("unix:"):
+        return True
+    address = host_port(description, "")
+    if address is None:
+        return False
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

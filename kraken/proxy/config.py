@@ -10,7 +10,9 @@ from kraken.config import Duration, Size, positive
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen
 from kraken.origin.client import MAX_STAT_BATCH, check_origins
+from kraken.registry.htpasswd import read_htpasswd
 from kraken.registry.references import DEFAULT_CHECK_BATCH, DEFAULT_CHECK_CONCURRENCY, DEFAULT_MAX_REFERENCES
+from kraken.registry.tokens import load_public_keys
 
 
 @attrs.frozen
@@ -68,6 +70,69 @@ class LimitsConfig:
 
 
 @attrs.frozen
+class TokenAuthConfig:
+    """Docker bearer tokens from an external token service (``auth.token``)."""
+
+    # The token service's URL, sent to clients in the Bearer challenge.
+    realm: str
+    # This registry's name at the token service (the challenge's service=).
+    service: str
+    # The tokens' iss claim.
+    issuer: str
+    # PEM files of the token service's certificates or public keys (RSA or EC).
+    certificates: str | tuple[str, ...]
+    # The tokens' aud claim; the service when empty.
+    audience: str = ""
+    # Clock skew tolerated on exp and nbf.
+    leeway: Duration = Duration(60.0)
+
+    def __attrs_post_init__(self) -> None:
+        for key in ("realm", "service", "issuer"):
+            if not getattr(self, key):
+                raise ValueError(f"token.{key} must not be empty")
+        if not self.certificate_files:
+            raise ValueError("token.certificates: name at least one PEM file")
+        for path in self.certificate_files:
+            try:
+                load_public_keys(path)
+            except ValueError as e:
+                raise ValueError(f"token.certificates: {e}") from None
+
+    @property
+    def certificate_files(self) -> tuple[str, ...]:
+        return (self.certificates,) if isinstance(self.certificates, str) else self.certificates
+
+
+@attrs.frozen
+class AuthConfig:
+    """Who may push and pull (``auth:``): off by default (anyone who reaches the listener may)."""
+
+    # An htpasswd file with bcrypt entries (htpasswd -B): HTTP Basic auth. Re-read when it changes.
+    htpasswd: str = ""
+    # The Basic challenge's realm.
+    realm: str = "Kraken registry"
+    # Bearer tokens instead of htpasswd (see TokenAuthConfig).
+    token: TokenAuthConfig | None = None
+    # Requests without credentials may pull (GET/HEAD in a repository); pushes still need them.
+    anonymous_pull: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.htpasswd and self.token is not None:
+            raise ValueError("htpasswd and token: choose one way of authenticating")
+        if self.anonymous_pull and not self.enabled:
+            raise ValueError("anonymous_pull needs htpasswd or token (without them anyone may pull already)")
+        if self.htpasswd:
+            try:
+                read_htpasswd(self.htpasswd)
+            except ValueError as e:
+                raise ValueError(f"htpasswd: {e}") from None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.htpasswd) or self.token is not None
+
+
+@attrs.frozen
 class ProxyConfig:
     listen_http: str = attrs.field(default="tcp:15000:interface=127.0.0.1", validator=check_listen)
     # Base URL of an origin, or a list of them: the origin cluster that takes blobs
@@ -79,3 +144,5 @@ class ProxyConfig:
     io_threads: int = attrs.field(default=4, validator=positive)
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
     limits: LimitsConfig = attrs.field(factory=LimitsConfig)
+    # Authentication of pushes and pulls (HTTP Basic or Docker bearer tokens); off by default.
+    auth: AuthConfig = attrs.field(factory=AuthConfig)

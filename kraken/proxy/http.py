@@ -1,24 +1,33 @@
 """The proxy's HTTP app: the read-write registry API (``RegistryAPI``) over
-``ProxySource``, with the limits of the ``registry:`` section of its config.
+``ProxySource``, with the limits of the ``registry:`` section of its config
+and the authentication of its ``auth:`` section.
 
 Everything the proxy's listener serves is put together here, so this is
 where the proxy's next routes and policies go: authentication (Basic or
-Bearer) is handed to the registry API here and wraps its one ``/v2`` route
-(``RegistryAPI._root``), and a notifications route will be served beside
-the registry API from here. ``kraken.proxy.tap`` builds the site and the
-listener around what this returns.
+Bearer, ``kraken.registry.auth``) is handed to the registry API here and
+wraps its one ``/v2`` route (``RegistryAPI._root``), and a notifications
+route will be served beside the registry API from here.
+``kraken.proxy.tap`` builds the site and the listener around what this
+returns.
 """
 
 from __future__ import annotations
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
-from kraken.proxy.config import LimitsConfig, RegistryConfig
+from kraken.proxy.config import AuthConfig, LimitsConfig, RegistryConfig
+from kraken.registry.auth import BasicCredentials, BearerCredentials, Credentials, RegistryAuth
+from kraken.registry.htpasswd import HtpasswdFile
 from kraken.registry.http import RegistryAPI
 from kraken.registry.references import ReferencePolicy
 from kraken.registry.sessions import UploadLimits
 from kraken.registry.source import IRegistrySource
+from kraken.registry.tokens import TokenVerifier, all_keys
 from kraken.store import UploadArea
+from kraken.workers import InlineWorker, Worker
+
+log = Logger(namespace="kraken.proxy")
 
 
 def proxy_api(
@@ -28,8 +37,11 @@ def proxy_api(
     clock: IReactorTime,
     config: RegistryConfig,
     limits: LimitsConfig | None = None,
+    auth: AuthConfig | None = None,
+    worker: Worker | None = None,
 ) -> RegistryAPI:
-    """The registry API the proxy serves (normally over a ``ProxySource``), with the upload ``limits``."""
+    """The registry API the proxy serves (normally over a ``ProxySource``), with the upload ``limits``;
+    ``worker`` runs the bcrypt checks of Basic auth."""
     api = RegistryAPI(
         source,
         uploads,
@@ -41,6 +53,7 @@ def proxy_api(
             batch=config.check_batch,
             concurrency=config.check_concurrency,
         ),
+        auth=registry_auth(auth, clock=clock, worker=worker or InlineWorker()) if auth is not None else None,
     )
     if limits is not None:
         api.sessions.limits = UploadLimits(
@@ -49,3 +62,26 @@ def proxy_api(
             max_sessions_per_client=limits.max_upload_sessions_per_client,
         )
     return api
+
+
+def registry_auth(config: AuthConfig, *, clock: IReactorTime, worker: Worker) -> RegistryAuth | None:
+    """The gate ``config`` describes, or None when authentication is off."""
+    credentials: Credentials
+    if config.token is not None:
+        token = config.token
+        verifier = TokenVerifier(
+            all_keys(token.certificate_files),
+            issuer=token.issuer,
+            audience=token.audience or token.service,
+            leeway=token.leeway,
+        )
+        credentials = BearerCredentials(verifier, realm=token.realm, service=token.service, clock=clock)
+        log.info(
+            "registry auth: bearer tokens from {realm} (service {service})", realm=token.realm, service=token.service
+        )
+    elif config.htpasswd:
+        credentials = BasicCredentials(HtpasswdFile(config.htpasswd), config.realm, worker)
+        log.info("registry auth: HTTP Basic, users from {path}", path=config.htpasswd)
+    else:
+        return None
+    return RegistryAuth(credentials, anonymous_pull=config.anonymous_pull)

@@ -46,7 +46,9 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
     source = ProxySource(
         origin, index, worker=worker, scratch=cfg.uploads.root, check_concurrency=cfg.registry.check_concurrency
     )
-    api = proxy_api(source, uploads, clock=reactor, config=cfg.registry, limits=cfg.limits)
+    api = proxy_api(
+        source, uploads, clock=reactor, config=cfg.registry, limits=cfg.limits, auth=cfg.auth, worker=worker
+    )
 
     UploadExpiry(api.expire_uploads, clock=reactor, ttl=cfg.uploads.ttl).setServiceParent(top)
 

@@ -9,7 +9,7 @@ by resource: ``http_blobs``, ``http_uploads`` (with the upload sessions of
 ``kraken.registry.sessions``), ``http_manifests`` and ``http_listings``.
 
 ``_root`` is the one place every API request passes through: what concerns
-every endpoint (authentication next, metrics later) wraps the dispatch
+every endpoint (authentication, metrics later) wraps the dispatch
 there. ``/health`` is outside ``/v2`` and outside that wrapper.
 
 Every protocol failure is a ``RegistryError`` rendered by the single
@@ -36,6 +36,7 @@ from twisted.web.resource import IResource
 
 from kraken.files import errno_name, is_out_of_space
 from kraken.net.server import Refusal
+from kraken.registry.auth import RegistryAuth
 from kraken.registry.errors import (
     JSON_CONTENT_TYPE,
     InsufficientStorage,
@@ -71,7 +72,8 @@ class RegistryAPI:
 
     ``uploads`` holds blob uploads in progress; it may be None only when
     ``read_only`` (the agent), where every write answers 405 UNSUPPORTED
-    with ``read_only_message``.
+    with ``read_only_message``. ``auth`` (``kraken.registry.auth``), when
+    given, checks every request to an endpoint before its handler runs.
     """
 
     app = Klein()
@@ -88,12 +90,14 @@ class RegistryAPI:
         read_only_message: str = DEFAULT_READ_ONLY_MESSAGE,
         max_page_size: int = DEFAULT_MAX_PAGE_SIZE,
         references: ReferencePolicy | None = None,
+        auth: RegistryAuth | None = None,
     ) -> None:
         if uploads is None and not read_only:
             raise ValueError("a writable registry needs an UploadArea")
         if max_page_size < 1:
             raise ValueError("max_page_size must be at least 1")
         self._read_only = read_only
+        self._auth = auth
         self._read_only_message = read_only_message
         self.sessions = UploadSessions(uploads, clock=clock, read_only_message=read_only_message)
         blobs = BlobHandlers(source)
@@ -161,6 +165,9 @@ class RegistryAPI:
         concerns every endpoint (auth, metrics) wraps the dispatch."""
         request.setHeader(b"docker-distribution-api-version", API_VERSION)
         try:
+            route = match_route(request.path) if self._auth is not None else None
+            if self._auth is not None and route is not None:
+                await self._auth.check(request, route)
             return await self._dispatch(request)
         except (RegistryError, CancelledError):
             raise
