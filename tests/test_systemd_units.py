@@ -199,3 +199,171 @@ def test_sysusers_creates_the_kraken_user_and_group(tmp_path):
     assert kraken[3] == kraken_group[2]
     assert int(kraken[2]) < 1000  # a system account
     assert kraken[5:] == ["/var/lib/kraken", "/usr/sbin/nologin"]
+
+
+# What the units' seccomp filters allow, rebuilt outside systemd with
+# libseccomp (a dependency of Debian's systemd) and loaded before a real
+# mutual-TLS handshake through Twisted and pyOpenSSL: the filters must not
+# break the daemons' TLS. (A running systemd is not needed, nor available in
+# containers.)
+CONFINE = """
+import ctypes, os, sys
+allowed, families, errno_ = sys.argv[1].split(), [int(f) for f in sys.argv[2].split()], int(sys.argv[3])
+lib = ctypes.CDLL("libseccomp.so.2")
+lib.seccomp_init.restype = ctypes.c_void_p
+lib.seccomp_init.argtypes = [ctypes.c_uint32]
+lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+
+class Cmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("a", ctypes.c_uint64), ("b", ctypes.c_uint64)]
+
+lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                       ctypes.POINTER(Cmp)]
+lib.seccomp_load.argtypes = [ctypes.c_void_p]
+ALLOW, ERRNO, CMP_EQ = 0x7FFF0000, 0x00050000, 4
+ctx = lib.seccomp_init(ERRNO | errno_)
+socket_nr = lib.seccomp_syscall_resolve_name(b"socket")
+for name in allowed:
+    nr = lib.seccomp_syscall_resolve_name(name.encode())
+    if nr >= 0 and nr != socket_nr:
+        assert lib.seccomp_rule_add_array(ctx, ALLOW, nr, 0, None) == 0, name
+for family in families:
+    assert lib.seccomp_rule_add_array(ctx, ALLOW, socket_nr, 1, ctypes.pointer(Cmp(0, CMP_EQ, family, 0))) == 0
+assert ctypes.CDLL(None).prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert lib.seccomp_load(ctx) == 0
+os.execv(sys.executable, [sys.executable, *sys.argv[4:]])
+"""
+
+HANDSHAKE = """
+import json, os, socket, sys
+from twisted.internet import defer, endpoints, protocol, reactor, ssl
+
+def refused(call):
+    try:
+        call()
+    except OSError:
+        return True
+    return False
+
+folder = sys.argv[1]
+ca = ssl.Certificate.loadPEM(open(os.path.join(folder, "ca.pem")).read())
+leaf = ssl.PrivateCertificate.loadPEM(open(os.path.join(folder, "leaf.pem")).read())
+server = ssl.CertificateOptions(privateKey=leaf.privateKey.original, certificate=leaf.original,
+                                verify=True, caCerts=[ca.original], requireCertificate=True)
+client = ssl.optionsForClientTLS("localhost", trustRoot=ca, clientCertificate=leaf)
+
+class Echo(protocol.Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+class Ping(protocol.Protocol):
+    def connectionMade(self):
+        self.transport.write(b"ping")
+    def dataReceived(self, data):
+        self.factory.answer.callback(data)
+        self.transport.loseConnection()
+
+async def main():
+    listening = await endpoints.SSL4ServerEndpoint(reactor, 0, server, interface="127.0.0.1").listen(
+        protocol.Factory.forProtocol(Echo))
+    factory = protocol.ClientFactory.forProtocol(Ping)
+    factory.answer = defer.Deferred()
+    port = listening.getHost().port
+    await endpoints.SSL4ClientEndpoint(reactor, "127.0.0.1", port, client).connect(factory)
+    answer = await factory.answer
+    await listening.stopListening()
+    return answer
+
+result = {}
+def run():
+    done = defer.ensureDeferred(main())
+    done.addCallback(lambda answer: result.update(echo=answer.decode()))
+    done.addErrback(lambda failure: result.update(error=failure.getTraceback()))
+    done.addBoth(lambda _: reactor.stop())
+
+reactor.callWhenRunning(run)
+reactor.run()
+result["netlink_refused"] = refused(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW))
+result["setuid_refused"] = refused(lambda: os.setuid(os.getuid()))
+print(json.dumps(result))
+"""
+
+
+def write_certificates(folder):
+    """A CA and a leaf for localhost/127.0.0.1 (server and client use), as PEM."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def certificate(subject, issuer, key, signer, extensions):
+        builder = x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+        builder = builder.serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(1))
+        builder = builder.not_valid_after(now + datetime.timedelta(1))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical)
+        return builder.sign(signer, hashes.SHA256())
+
+    def pem(value):
+        if isinstance(value, x509.Certificate):
+            return value.public_bytes(serialization.Encoding.PEM)
+        return value.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kraken test CA")])
+    ca = certificate(ca_name, ca_name, ca_key, ca_key, [(x509.BasicConstraints(ca=True, path_length=None), True)])
+    names = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    usage = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+    leaf_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    leaf = certificate(leaf_name, ca_name, leaf_key, ca_key, [(names, False), (usage, False)])
+    (folder / "ca.pem").write_bytes(pem(ca))
+    (folder / "leaf.pem").write_bytes(pem(leaf) + pem(leaf_key))
+
+
+def allowed_system_calls(lines):
+    """The system calls the unit's SystemCallFilter= lines allow, as systemd expands them."""
+
+    def expand(group):
+        listing = subprocess.run(
+            [tool("systemd-analyze"), "syscall-filter", group], capture_output=True, text=True, check=True, timeout=60
+        ).stdout.splitlines()[1:]
+        names = set()
+        for line in (line.strip() for line in listing):
+            if line.startswith("@"):
+                names |= expand(line)
+            elif line and not line.startswith("#"):
+                names.add(line)
+        return names
+
+    allowed = set()
+    for value in lines[("Service", "SystemCallFilter")]:
+        deny = value.startswith("~")
+        names = set().union(*(expand(item) if item.startswith("@") else {item} for item in value.lstrip("~").split()))
+        allowed = allowed - names if deny else allowed | names
+    return allowed
+
+
+def test_units_system_call_and_address_filters_let_mutual_tls_through(tmp_path):
+    import errno
+    import json
+    import socket
+
+    lines = parse_unit(unit_path("origin"))
+    families = [str(int(getattr(socket, name))) for name in lines[("Service", "RestrictAddressFamilies")][0].split()]
+    error = str(getattr(errno, lines[("Service", "SystemCallErrorNumber")][0]))
+    write_certificates(tmp_path)
+    (tmp_path / "confine.py").write_text(CONFINE)
+    (tmp_path / "handshake.py").write_text(HANDSHAKE)
+    command = [sys.executable, str(tmp_path / "confine.py"), " ".join(sorted(allowed_system_calls(lines)))]
+    command += [" ".join(families), error, str(tmp_path / "handshake.py"), str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result == {"echo": "ping", "netlink_refused": True, "setuid_refused": True}, result.get("error")
