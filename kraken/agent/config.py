@@ -20,6 +20,7 @@ import attrs
 
 from kraken.config import Size, positive
 from kraken.net import HTTPClientConfig
+from kraken.net.tls import TLSConfig, check_p2p_tls
 from kraken.net.endpoints import check_listen
 from kraken.p2p.config import P2PConfig
 
@@ -55,4 +56,9 @@ class AgentConfig:
     max_manifest_size: Size = attrs.field(default=Size(4 << 20), validator=positive)
     threads: ThreadsConfig = attrs.field(factory=ThreadsConfig)
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
+    # TLS for this daemon's listeners and clients (kraken.net.tls; absent: plain).
+    tls: TLSConfig = attrs.field(factory=TLSConfig)
     p2p: P2PConfig = attrs.field(factory=P2PConfig)
+
+    def __attrs_post_init__(self) -> None:
+        check_p2p_tls(self.tls, self.p2p.tls)

@@ -6,6 +6,7 @@ import attrs
 
 from kraken.config import Duration, Size, positive
 from kraken.net import HTTPClientConfig
+from kraken.net.tls import TLSConfig
 from kraken.net.endpoints import check_listen
 from kraken.origin.client import MAX_STAT_BATCH, check_origins
 from kraken.registry.references import DEFAULT_CHECK_BATCH, DEFAULT_CHECK_CONCURRENCY, DEFAULT_MAX_REFERENCES
@@ -51,3 +52,5 @@ class ProxyConfig:
     registry: RegistryConfig = attrs.field(factory=RegistryConfig)
     io_threads: int = attrs.field(default=4, validator=positive)
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
+    # TLS for this daemon's listeners and clients (kraken.net.tls; absent: plain).
+    tls: TLSConfig = attrs.field(factory=TLSConfig)
