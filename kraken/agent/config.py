@@ -20,8 +20,8 @@ import attrs
 
 from kraken.config import Size, positive
 from kraken.net import HTTPClientConfig
-from kraken.net.tls import TLSConfig, check_p2p_tls
 from kraken.net.endpoints import check_listen
+from kraken.net.tls import TLSConfig, check_p2p_tls
 from kraken.p2p.config import P2PConfig
 
 DEFAULT_LISTEN_REGISTRY = "tcp:16000:interface=127.0.0.1"

@@ -14,8 +14,8 @@ import attrs
 from kraken.backends.config import BackendConfig
 from kraken.config import Duration, Size, positive
 from kraken.net import HTTPClientConfig
-from kraken.net.tls import TLSConfig
 from kraken.net.endpoints import check_listen, host_port
+from kraken.net.tls import TLSConfig
 from kraken.origin.client import check_origins
 from kraken.registry.references import DEFAULT_MAX_REFERENCES
 from kraken.taskqueue import TaskQueueConfig

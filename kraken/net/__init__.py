@@ -1,7 +1,7 @@
 """HTTP plumbing. Outgoing: the treq client factory and the one place for TLS client options
 (``client.make_http_client``), the one client base (``service.ServiceClient``: timeouts, bounded bodies,
 draining, unexpected statuses), the one retry policy (``retry``), request bodies from files (``body``) and
-bounded concurrency (``bounded``). TLS for both directions: ``tls``. Incoming: the Site and listeners (``server``, ``endpoints``)."""
+bounded concurrency (``bounded``), TLS both ways (``tls``). Incoming: the Site and listeners (``server``)."""
 
 from kraken.net.client import (
     HTTPClientConfig,
@@ -18,8 +18,8 @@ __all__ = [
     "HTTPClientConfig",
     "HTTPClientService",
     "HTTPStatusError",
-    "ResponseTooLarge",
     "ReloadOnSIGHUP",
+    "ResponseTooLarge",
     "RetryPolicy",
     "TLSConfig",
     "TLSContexts",

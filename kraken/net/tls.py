@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from cryptography import x509
@@ -288,24 +288,19 @@ class TLSContexts:
 class _RefusalLoggingTLS(TLSMemoryBIOProtocol):
     """Logs, once, a connection whose TLS handshake failed (no client certificate, another CA, ...)."""
 
-    _handshook = False
-
-    def handshakeCompleted(self) -> None:
-        self._handshook = True
-        super().handshakeCompleted()
-
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # Twisted is unannotated
         cause = getattr(self, "_reason", None) or reason
-        if not self._handshook and cause.check(SSL.Error):
+        # Twisted's own flags (private): the handshake never finished, and why the TLS layer ended.
+        if not getattr(self, "_handshakeDone", True) and cause.check(SSL.Error):
             peer = self.transport.getPeer() if self.transport is not None else None
             address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
             log.warn(
                 "TLS handshake with {peer} refused on {listener}: {error}",
                 peer=address,
                 listener=getattr(self.factory, "name", "?"),
-                error=describe(cause.value),
+                error=describe(cast(BaseException, cause.value)),
             )
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]  # Twisted's tls is unannotated
 
 
 def describe(error: BaseException) -> str:
@@ -357,3 +352,17 @@ class ReloadOnSIGHUP(Service):
     def stopService(self) -> None:
         super().stopService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         signal.signal(signal.SIGHUP, self._previous if self._previous is not None else signal.SIG_DFL)
+
+
+def wire(config: TLSConfig, reactor: Any, parent: Any) -> TLSContexts | None:
+    """A tap's one call: the daemon's contexts (None without a ``tls`` block), reloaded on SIGHUP by a
+    service added to ``parent``."""
+    contexts = TLSContexts.from_config(config)
+    if contexts is not None:
+        ReloadOnSIGHUP(contexts, reactor).setServiceParent(parent)  # type: ignore[no-untyped-call]
+    return contexts
+
+
+def server_side(contexts: TLSContexts | None) -> IOpenSSLServerConnectionCreator | None:
+    """The listeners' TLS, or None (plain)."""
+    return None if contexts is None else contexts.http_server()

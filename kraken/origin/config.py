@@ -16,8 +16,8 @@ from kraken.cluster.config import ClusterConfig
 from kraken.config import Duration, Size, positive
 from kraken.core import PieceLengthRule
 from kraken.net import HTTPClientConfig
-from kraken.net.tls import TLSConfig, check_p2p_tls
 from kraken.net.endpoints import check_listen, host_port
+from kraken.net.tls import TLSConfig, check_p2p_tls
 from kraken.p2p.config import OriginP2PConfig
 from kraken.taskqueue import TaskQueueConfig
 

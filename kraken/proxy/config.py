@@ -6,8 +6,8 @@ import attrs
 
 from kraken.config import Duration, Size, positive
 from kraken.net import HTTPClientConfig
-from kraken.net.tls import TLSConfig
 from kraken.net.endpoints import check_listen
+from kraken.net.tls import TLSConfig
 from kraken.origin.client import MAX_STAT_BATCH, check_origins
 from kraken.registry.references import DEFAULT_CHECK_BATCH, DEFAULT_CHECK_CONCURRENCY, DEFAULT_MAX_REFERENCES
 

@@ -42,8 +42,8 @@ import attrs
 
 from kraken.config import Duration, positive
 from kraken.net import HTTPClientConfig
-from kraken.net.tls import TLSConfig
 from kraken.net.endpoints import check_listen
+from kraken.net.tls import TLSConfig
 from kraken.origin.client import check_origins
 
 DEFAULT_LISTEN_HTTP = "tcp:15003:interface=127.0.0.1"

@@ -102,7 +102,7 @@ def test_a_daemon_config_names_the_file_and_key(tmp_path, ca):
 def test_p2p_tls_needs_the_cluster_certificate(tmp_path):
     path = tmp_path / "agent.yaml"
     path.write_text("p2p: {tls: true}\n")
-    with pytest.raises(usage.UsageError, match="p2p.tls needs tls.cert, tls.key and tls.ca"):
+    with pytest.raises(usage.UsageError, match=r"p2p\.tls needs tls\.cert, tls\.key and tls\.ca"):
         load_or_usage_error(AgentConfig, str(path))
 
 
@@ -222,7 +222,7 @@ async def test_a_client_without_a_certificate_is_refused_in_the_handshake_and_lo
         assert "certificate required" in error
         assert await server.refused == "peer did not return a certificate"
         assert len(server.refusals()) == 1
-        event = [e for e in server.events if "peer" in e and "error" in e][0]
+        event = next(e for e in server.events if "peer" in e and "error" in e)
         assert event["peer"].startswith("127.0.0.1:")
     finally:
         await server.stop()
