@@ -29,7 +29,12 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.application.service import Service
 from twisted.internet import ssl
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+    IStreamClientEndpoint,
+)
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
@@ -285,13 +290,32 @@ class TLSContexts:
         return _Policy(self)
 
 
-class _RefusalLoggingTLS(TLSMemoryBIOProtocol):
-    """Logs, once, a connection whose TLS handshake failed (no client certificate, another CA, ...)."""
+class _KrakenTLS(TLSMemoryBIOProtocol):
+    """Twisted's TLS layer, closing as TCP does, and logging (once) a server connection whose TLS handshake
+    failed (no client certificate, another CA, ...)."""
+
+    def loseConnection(self) -> None:
+        """Send close_notify and close the TCP connection once it is written, like a plain TCP transport:
+        without waiting for the peer's close_notify (a peer whose reading is paused may never send it) nor for
+        a registered producer to go away (a P2P connection keeps one for its lifetime). Uses Twisted's private
+        flags of the TLS layer."""
+        if self.disconnecting or not self.connected:
+            return
+        buffered = bool(getattr(self, "_appSendBuffer", None))
+        if getattr(self, "_producer", None) is not None and not buffered:
+            self.unregisterProducer()  # type: ignore[no-untyped-call]  # Twisted's tls is unannotated
+        super().loseConnection()  # type: ignore[no-untyped-call]  # as above
+        if self.connected and getattr(self, "_handshakeDone", False) and not buffered and self.transport is not None:
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # Twisted is unannotated
         cause = getattr(self, "_reason", None) or reason
         # Twisted's own flags (private): the handshake never finished, and why the TLS layer ended.
-        if not getattr(self, "_handshakeDone", True) and cause.check(SSL.Error):
+        if (
+            isinstance(self.factory, TLSServerFactory)
+            and not getattr(self, "_handshakeDone", True)
+            and cause.check(SSL.Error)
+        ):
             peer = self.transport.getPeer() if self.transport is not None else None
             address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
             log.warn(
@@ -317,11 +341,29 @@ def describe(error: BaseException) -> str:
 class TLSServerFactory(TLSMemoryBIOFactory):
     """Wraps a listener's factory in TLS, logging refused handshakes with the peer's address."""
 
-    protocol = _RefusalLoggingTLS
+    protocol = _KrakenTLS
 
     def __init__(self, creator: IOpenSSLServerConnectionCreator, wrapped: Any, name: str) -> None:
         super().__init__(creator, False, wrapped)
         self.name = name
+
+
+class _TLSClientFactory(TLSMemoryBIOFactory):
+    protocol = _KrakenTLS
+
+
+@implementer(IStreamClientEndpoint)
+class TLSClientEndpoint:
+    """``wrapClientTLS`` with the TLS layer above (closing as TCP does): the P2P dialer's."""
+
+    def __init__(self, creator: IOpenSSLClientConnectionCreator, inner: IStreamClientEndpoint) -> None:
+        self._creator = creator
+        self._inner = inner
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        wrapper = _TLSClientFactory(self._creator, True, factory)
+        connected: Deferred[Any] = self._inner.connect(wrapper)
+        return connected.addCallback(lambda protocol: protocol.wrappedProtocol)
 
 
 class ReloadOnSIGHUP(Service):

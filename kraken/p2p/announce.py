@@ -19,7 +19,7 @@ from typing import Protocol as TypingProtocol
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectError, NoRouteError
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IReactorTime
@@ -28,7 +28,7 @@ from twisted.logger import Logger
 
 from kraken.core import Digest
 from kraken.core.peer import PeerInfo
-from kraken.net.tls import TLSContexts
+from kraken.net.tls import TLSClientEndpoint, TLSContexts
 from kraken.p2p.config import P2PConfig
 from kraken.p2p.connections import Connections
 from kraken.p2p.dials import Outcome
@@ -62,7 +62,7 @@ def connect_tcp(
     endpoint_class = TCP6ClientEndpoint if ":" in peer.ip else TCP4ClientEndpoint
     endpoint: Any = endpoint_class(reactor, peer.ip, peer.port, timeout=timeout)
     if tls is not None:
-        endpoint = wrapClientTLS(tls.client_creator(peer.ip), endpoint)
+        endpoint = TLSClientEndpoint(tls.client_creator(peer.ip), endpoint)
     return cast("Deferred[Protocol]", endpoint.connect(factory))
 
 
