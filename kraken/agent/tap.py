@@ -79,7 +79,7 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
         config,
         AgentSource(scheduler, index, worker=io_worker, max_manifest_size=config.max_manifest_size),
         reactor,
-        server_side(tls),
+        None if tls is None else tls.public_server(),  # the host's runtime: TLS, no client certificate
     ).setServiceParent(top)
 
     api = AgentHTTP(scheduler, tracker_health=tracker.health, build_index_health=index.health, clock=reactor)

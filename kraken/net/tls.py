@@ -234,6 +234,7 @@ class TLSContexts:
         self._material = material
         serves = material.chain is not None
         self._http = _server_options(material, material.client_ca, self.config.require_client_cert) if serves else None
+        self._public = _server_options(material, None, False) if serves else None
         peers = material.client_ca or material.ca
         self._p2p = _server_options(material, peers, True) if serves and peers is not None else None
         self._trust = (
@@ -267,6 +268,11 @@ class TLSContexts:
     def http_server(self) -> IOpenSSLServerConnectionCreator | None:
         """The listeners' TLS (None: this daemon has no certificate, its listeners stay plain)."""
         return _ServerCreator(lambda: self._http) if self.serves else None
+
+    def public_server(self) -> IOpenSSLServerConnectionCreator | None:
+        """TLS that asks for no client certificate, whatever ``client_ca`` says: the agent's registry, which
+        serves this host's container runtime (loopback, no client auth)."""
+        return _ServerCreator(lambda: self._public) if self.serves else None
 
     def p2p_server(self) -> IOpenSSLServerConnectionCreator:
         """The P2P listener's TLS: always mutual, peers verified against ``client_ca`` (or ``ca``)."""

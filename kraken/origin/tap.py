@@ -73,6 +73,7 @@ def origin_service(
     peers = client
     if tls is not None:
         peers, peers_service = make_http_client(reactor, config.http_client, tls=tls)
+        peers_service.setName("http-client-cluster")
         peers_service.setServiceParent(top)
     ring = _ring(config, reactor, peers, io_worker, store, lost=partial(_give_up, top, reactor, on_given_up))
     ring.setServiceParent(top)
