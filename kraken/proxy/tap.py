@@ -54,15 +54,11 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
     site = make_site(
         api.resource(), reactor=reactor, spool=uploads.spool, body_refused=api.body_refused, not_utf8=api.not_utf8()
     )
-    listen_http(
-        cfg.listen_http,
-        site,
-        reactor=reactor,
-        component="proxy",
-        tls=server_side(tls),
-        origin=cfg.origin,
-        build_index=cfg.build_index,
-    ).setServiceParent(top)
+    fields = {"origin": cfg.origin, "build_index": cfg.build_index}
+    tls_server = server_side(tls)
+    listen_http(cfg.listen_http, site, reactor=reactor, component="proxy", tls=tls_server, **fields).setServiceParent(
+        top
+    )
     return top
 
 

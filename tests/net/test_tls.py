@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -162,6 +164,16 @@ def client_contexts(tmp_path, trusted, *, signer=None) -> TLSContexts:
     return TLSContexts(TLSConfig(ca=str(bundle), cert=cert, key=key))
 
 
+@contextlib.asynccontextmanager
+async def serving(reactor: Any, contexts: TLSContexts) -> AsyncIterator[tuple[Server, str]]:
+    server = Server(reactor, contexts)
+    url = await server.start()
+    try:
+        yield server, url
+    finally:
+        await server.stop()
+
+
 async def get(reactor, contexts, url):
     client, pool = make_http_client(reactor, HTTPClientConfig(), tls=contexts)
     try:
@@ -179,75 +191,54 @@ async def refused(reactor, contexts, url) -> str:
 
 @pytest_twisted.ensureDeferred
 async def test_a_trusted_client_with_a_cluster_certificate_gets_through(reactor, tmp_path, ca):
-    server = Server(reactor, server_contexts(tmp_path, ca))
-    url = await server.start()
-    try:
+    async with serving(reactor, server_contexts(tmp_path, ca)) as (server, url):
         # The client trusts only the server's CA and presents a certificate from it.
         contexts = TLSContexts(TLSConfig(ca=write_ca(tmp_path, ca), cert=server.contexts.config.cert,
                                          key=server.contexts.config.key))  # fmt: skip
         assert await get(reactor, contexts, url) == (200, b"hi")
         assert server.refusals() == []
-    finally:
-        await server.stop()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_server_from_an_untrusted_ca_is_refused_by_the_client(reactor, tmp_path, ca):
-    server = Server(reactor, server_contexts(tmp_path, ca, require=False))
-    url = await server.start()
-    try:
+    async with serving(reactor, server_contexts(tmp_path, ca, require=False)) as (_server, url):
         error = await refused(reactor, client_contexts(tmp_path, trustme.CA()), url)
         assert "certificate verify failed" in error
-    finally:
-        await server.stop()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_server_certificate_for_another_host_is_refused(reactor, tmp_path, ca):
-    server = Server(reactor, server_contexts(tmp_path, ca, require=False, hosts=("other.example",)))
-    url = await server.start()
-    try:
+    async with serving(reactor, server_contexts(tmp_path, ca, require=False, hosts=("other.example",))) as (
+        _server,
+        url,
+    ):
         error = await refused(reactor, client_contexts(tmp_path, ca), url)
         assert "127.0.0.1" in error
-    finally:
-        await server.stop()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_client_without_a_certificate_is_refused_in_the_handshake_and_logged(reactor, tmp_path, ca):
-    server = Server(reactor, server_contexts(tmp_path, ca))
-    url = await server.start()
-    try:
+    async with serving(reactor, server_contexts(tmp_path, ca)) as (server, url):
         error = await refused(reactor, client_contexts(tmp_path, ca), url)
         assert "certificate required" in error
         assert await server.refused == "peer did not return a certificate"
         assert len(server.refusals()) == 1
         event = next(e for e in server.events if "peer" in e and "error" in e)
         assert event["peer"].startswith("127.0.0.1:")
-    finally:
-        await server.stop()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_client_certificate_from_another_ca_is_refused(reactor, tmp_path, ca):
-    server = Server(reactor, server_contexts(tmp_path, ca))
-    url = await server.start()
-    try:
+    async with serving(reactor, server_contexts(tmp_path, ca)) as (server, url):
         await refused(reactor, client_contexts(tmp_path, ca, signer=trustme.CA()), url)
         assert await server.refused == "certificate verify failed"
         assert len(server.refusals()) == 1
-    finally:
-        await server.stop()
 
 
 @pytest_twisted.ensureDeferred
 async def test_without_require_a_client_without_certificate_gets_through(reactor, tmp_path, ca):
-    server = Server(reactor, server_contexts(tmp_path, ca, require=False))
-    url = await server.start()
-    try:
+    async with serving(reactor, server_contexts(tmp_path, ca, require=False)) as (_server, url):
         assert await get(reactor, client_contexts(tmp_path, ca), url) == (200, b"hi")
-    finally:
-        await server.stop()
 
 
 @implementer(IHandshakeListener)
