@@ -24,7 +24,7 @@ from kraken.cluster.hosts import system_resolver
 from kraken.core import Digest
 from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
-from kraken.net.tls import server_side, wire
+from kraken.net.tls import TLSContexts, server_side, wire
 from kraken.origin.client import OriginClient
 from kraken.origin.cluster import OriginRing, Repair, ReplicaBackend
 from kraken.origin.config import OriginConfig
@@ -67,14 +67,7 @@ def origin_service(
     top.setName("origin")
     tls = wire(config.tls, reactor, top)
     store, io_worker = _store(config, reactor, top)
-    # Backends keep the system's trust roots; the other origins are reached with the cluster's TLS.
-    client, client_service = make_http_client(reactor, config.http_client)
-    client_service.setServiceParent(top)
-    peers = client
-    if tls is not None:
-        peers, peers_service = make_http_client(reactor, config.http_client, tls=tls)
-        peers_service.setName("http-client-cluster")
-        peers_service.setServiceParent(top)
+    client, peers = _clients(config, reactor, tls, top)
     ring = _ring(config, reactor, peers, io_worker, store, lost=partial(_give_up, top, reactor, on_given_up))
     ring.setServiceParent(top)
     router = None if not config.backends else build_router(config.backends, io_worker, reactor, http=client)
@@ -110,6 +103,21 @@ def origin_service(
     ).setServiceParent(top)
     scheduler.listener(reactor, "origin P2P").setServiceParent(top)
     return top
+
+
+def _clients(
+    config: OriginConfig, reactor: Any, tls: TLSContexts | None, top: MultiService
+) -> tuple[HTTPClient, HTTPClient]:
+    """The HTTP clients: for the backends (the system's trust roots) and for the other origins (the cluster's
+    TLS: the same client without a ``tls`` block)."""
+    client, client_service = make_http_client(reactor, config.http_client)
+    client_service.setServiceParent(top)
+    if tls is None:
+        return client, client
+    peers, peers_service = make_http_client(reactor, config.http_client, tls=tls)
+    peers_service.setName("http-client-cluster")
+    peers_service.setServiceParent(top)
+    return client, peers
 
 
 def _store(config: OriginConfig, reactor: Any, top: MultiService) -> tuple[CAStore, ThreadWorker]:
