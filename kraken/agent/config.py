@@ -27,6 +27,7 @@ import attrs
 from kraken.config import Size, positive
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen, host_port
+from kraken.net.tls import TLSConfig, check_p2p_tls
 from kraken.p2p.config import P2PConfig
 
 DEFAULT_LISTEN_REGISTRY = "tcp:16000:interface=127.0.0.1"
@@ -63,6 +64,8 @@ class AgentConfig:
     max_manifest_size: Size = attrs.field(default=Size(4 << 20), validator=positive)
     threads: ThreadsConfig = attrs.field(factory=ThreadsConfig)
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
+    # TLS for this daemon's listeners and clients (kraken.net.tls; absent: plain).
+    tls: TLSConfig = attrs.field(factory=TLSConfig)
     p2p: P2PConfig = attrs.field(factory=P2PConfig)
 
     def __attrs_post_init__(self) -> None:
@@ -72,6 +75,7 @@ class AgentConfig:
                 "for no credentials and serves this host only (interface=127.0.0.1 or ::1, or unix:); "
                 "set allow_remote_registry: true to expose it anyway"
             )
+        check_p2p_tls(self.tls, self.p2p.tls)
 
 
 def is_local_listener(description: str) -> bool:

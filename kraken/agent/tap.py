@@ -10,6 +10,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 
 from kraken import config as kconfig
@@ -20,6 +21,7 @@ from kraken.buildindex.client import BuildIndexClient
 from kraken.core import PieceLengthRule
 from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
+from kraken.net.tls import server_side, wire
 from kraken.p2p.scheduler import Scheduler
 from kraken.registry.http import RegistryAPI
 from kraken.store import CAStore
@@ -45,6 +47,7 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
     """
     top = MultiService()
     top.setName("agent")
+    tls = wire(config.tls, reactor, top)
 
     cpu = ThreadPoolService("cpu", 1, config.threads.cpu)  # piece hashing
     io = ThreadPoolService("io", 1, config.threads.io)
@@ -61,24 +64,31 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
         now=reactor.seconds,
     )
 
-    http, client_service = make_http_client(reactor, config.http_client)
+    http, client_service = make_http_client(reactor, config.http_client, tls=tls)
     client_service.setServiceParent(top)
     tracker = TrackerClient(http=http, base=config.tracker, clock=reactor, config=config.http_client)
     index = BuildIndexClient(http=http, base=config.build_index, clock=reactor, config=config.http_client)
 
     scheduler = Scheduler(
-        config.p2p, reactor=reactor, store=store, metainfo=tracker.metainfo, announcer=tracker.announce
+        config.p2p, reactor=reactor, store=store, metainfo=tracker.metainfo, announcer=tracker.announce, tls=tls
     )
     scheduler.setName("scheduler")
     scheduler.setServiceParent(top)
 
     _registry_listener(
-        config, AgentSource(scheduler, index, worker=io_worker, max_manifest_size=config.max_manifest_size), reactor
+        config,
+        AgentSource(scheduler, index, worker=io_worker, max_manifest_size=config.max_manifest_size),
+        reactor,
+        None if tls is None else tls.public_server(),  # the host's runtime: TLS, no client certificate
     ).setServiceParent(top)
 
     api = AgentHTTP(scheduler, tracker_health=tracker.health, build_index_health=index.health, clock=reactor)
     api_listener = listen_http(
-        config.listen_api, make_site(api.resource(), reactor=reactor), reactor=reactor, component="agent API"
+        config.listen_api,
+        make_site(api.resource(), reactor=reactor),
+        reactor=reactor,
+        component="agent API",
+        tls=server_side(tls),
     )
     api_listener.setName("api")
     api_listener.setServiceParent(top)
@@ -87,7 +97,9 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
     return top
 
 
-def _registry_listener(config: AgentConfig, source: AgentSource, reactor: Any) -> StreamServerEndpointService:
+def _registry_listener(
+    config: AgentConfig, source: AgentSource, reactor: Any, tls: IOpenSSLServerConnectionCreator | None
+) -> StreamServerEndpointService:
     """The agent's read-only registry API over ``source``, on ``listen_registry`` (named ``registry``)."""
     registry = RegistryAPI(
         source,
@@ -102,6 +114,7 @@ def _registry_listener(config: AgentConfig, source: AgentSource, reactor: Any) -
         make_site(registry.resource(), reactor=reactor, not_utf8=registry.not_utf8()),
         reactor=reactor,
         component="agent registry",
+        tls=tls,
         tracker=config.tracker,
         build_index=config.build_index,
     )

@@ -15,6 +15,7 @@ from kraken.backends.config import BackendConfig
 from kraken.config import Duration, Size, positive
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen, host_port
+from kraken.net.tls import TLSConfig
 from kraken.origin.client import check_origins
 from kraken.registry.references import DEFAULT_MAX_REFERENCES
 from kraken.taskqueue import TaskQueueConfig
@@ -122,6 +123,8 @@ class BuildIndexConfig:
     # The SQLite database of tags, manifest records and pending tag write-backs; its directory is created.
     database: str = "/var/lib/kraken/build-index/tags.db"
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
+    # TLS for this daemon's listeners and clients (kraken.net.tls; absent: plain).
+    tls: TLSConfig = attrs.field(factory=TLSConfig)
     # Largest manifest read from the origin when checking a tag.
     max_manifest_size: Size = attrs.field(default=Size(4 << 20), validator=positive)
     # Largest page a listing returns, whatever ``n`` asks for.

@@ -26,6 +26,7 @@ from kraken.buildindex.tags import TagStore, open_pool
 from kraken.buildindex.writeback import TagWriteBack
 from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
+from kraken.net.tls import server_side, wire
 from kraken.origin.client import ClusterClient, origin_urls
 from kraken.workers import ThreadPoolService, ThreadWorker
 
@@ -56,6 +57,7 @@ def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
     """
     top = MultiService()
     top.setName("build-index")
+    tls = wire(config.tls, reactor, top)
     directory = os.path.dirname(os.path.abspath(config.database))
     os.makedirs(directory, exist_ok=True)
     tags = TagStore(open_pool(config.database, reactor), clock=reactor, max_page=config.max_page)
@@ -64,7 +66,7 @@ def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
     if config.backends:
         threads = ThreadPoolService("io", 1, 4)
         threads.setServiceParent(top)
-    http, client_service = make_http_client(reactor, config.http_client)
+    http, client_service = make_http_client(reactor, config.http_client, tls=tls)
     client_service.setServiceParent(top)
     origin = ClusterClient(
         http=http, origins=origin_urls(config.origin), clock=reactor, config=config.http_client, worker=_NoFileWorker()
@@ -85,7 +87,9 @@ def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
     )  # fmt: skip
     site = make_site(BuildIndexHTTP(index).resource(), reactor=reactor)
     fields = {"origin": config.origin, "database": config.database}
-    listen_http(config.listen_http, site, reactor=reactor, component="build-index", **fields).setServiceParent(top)
+    listen_http(
+        config.listen_http, site, reactor=reactor, component="build-index", tls=server_side(tls), **fields
+    ).setServiceParent(top)
     return top
 
 

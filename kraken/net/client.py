@@ -18,6 +18,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 
 from kraken.config import Duration, Size
+from kraken.net.tls import TLSContexts
 
 
 @attrs.frozen
@@ -65,17 +66,20 @@ class HTTPClientService(Service):
 
 
 def make_http_client(
-    reactor: Any, config: HTTPClientConfig, *, tls: IPolicyForHTTPS | None = None
+    reactor: Any, config: HTTPClientConfig, *, tls: TLSContexts | IPolicyForHTTPS | None = None
 ) -> tuple[HTTPClient, HTTPClientService]:
     """The client every component's ``client.py`` takes, and the Service that
     must be added to the daemon so the pool is closed on shutdown.
 
-    ``tls`` decides how ``https://`` connections are verified (None:
-    Twisted's default, the system's trust roots and the host name)."""
+    ``tls`` decides how ``https://`` connections are verified: the daemon's
+    ``TLSContexts`` (trusts ``tls.ca``, presents ``tls.cert``; host names
+    always checked), or None: Twisted's default, the system's trust roots
+    and the host name."""
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = config.max_connections_per_host
     pool.retryAutomatically = False
-    extra: dict[str, Any] = {} if tls is None else {"contextFactory": tls}
+    policy = tls.policy() if isinstance(tls, TLSContexts) else tls
+    extra: dict[str, Any] = {} if policy is None else {"contextFactory": policy}
     agent = Agent(reactor, connectTimeout=config.connect_timeout, pool=pool, **extra)
     return HTTPClient(agent), HTTPClientService(pool)
 

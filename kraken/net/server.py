@@ -12,6 +12,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
+    IOpenSSLServerConnectionCreator,
     IProtocolFactory,
     IPushProducer,
     IStreamServerEndpoint,
@@ -25,6 +26,8 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 from zope.interface import implementer
+
+from kraken.net.tls import TLSServerFactory
 
 log = Logger()
 READ_SIZE = 1 << 20
@@ -327,27 +330,46 @@ class _Announcing:
 
 
 def listen_http(
-    description: str, site: Site, *, reactor: Any, component: str, **fields: object
+    description: str,
+    site: Site,
+    *,
+    reactor: Any,
+    component: str,
+    tls: IOpenSSLServerConnectionCreator | None = None,
+    **fields: object,
 ) -> StreamServerEndpointService:
     """The daemon's HTTP listener, named ``http`` (see ``listen``)."""
-    return listen(description, site, reactor=reactor, component=component, name="http", **fields)
+    return listen(description, site, reactor=reactor, component=component, name="http", tls=tls, **fields)
 
 
 def listen(
-    description: str, factory: IProtocolFactory, *, reactor: Any, component: str, name: str, **fields: object
+    description: str,
+    factory: IProtocolFactory,
+    *,
+    reactor: Any,
+    component: str,
+    name: str,
+    tls: IOpenSSLServerConnectionCreator | None = None,
+    **fields: object,
 ) -> StreamServerEndpointService:
     """A listener, as ``strports.service`` builds it (a bind failure aborts
     startup), named ``name``. Once the port is bound it logs "<component>
-    listening on <address> (<endpoint>)", with ``fields`` as extra event keys."""
+    listening on <address> (<endpoint>)", with ``fields`` as extra event keys.
+    With ``tls`` (``kraken.net.tls.TLSContexts``), every connection speaks
+    TLS over the endpoint; a refused handshake is logged with the peer."""
 
     def announce(port: IListeningPort) -> None:
         log.info(
-            "{component} listening on {address} ({endpoint})",
+            "{component} listening on {address} ({endpoint}{tls})",
             component=component,
             address=port_address(port),
             endpoint=description,
+            tls=", TLS" if tls is not None else "",
             **fields,
         )
+
+    if tls is not None:
+        factory = TLSServerFactory(tls, factory, component)
 
     endpoint = _Announcing(serverFromString(reactor, description), announce)
     service = StreamServerEndpointService(endpoint, factory)

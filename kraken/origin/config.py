@@ -17,6 +17,7 @@ from kraken.config import Duration, Size, positive
 from kraken.core import PieceLengthRule
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen, host_port
+from kraken.net.tls import TLSConfig, check_p2p_tls
 from kraken.p2p.config import OriginP2PConfig
 from kraken.taskqueue import TaskQueueConfig
 
@@ -113,6 +114,8 @@ class OriginConfig:
     upload_ttl: Duration = attrs.field(default=Duration(3600.0), validator=positive)
     threads: ThreadsConfig = attrs.field(factory=ThreadsConfig)
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
+    # TLS for this daemon's listeners and clients (kraken.net.tls; absent: plain).
+    tls: TLSConfig = attrs.field(factory=TLSConfig)
     # The P2P listener that seeds this origin's blobs to agents (no bandwidth limit unless set).
     p2p: OriginP2PConfig = attrs.field(factory=OriginP2PConfig)
     # Durable storage behind this origin, tried in order (first matching namespace wins);
@@ -138,6 +141,7 @@ class OriginConfig:
         return os.path.join(self.store.root, "writeback.db")
 
     def __attrs_post_init__(self) -> None:
+        check_p2p_tls(self.tls, self.p2p.tls)
         me = self.advertised()  # fail at load time, not at the first locations request
         if self.cluster is not None and self.cluster.hosts is not None and me not in self.cluster.hosts:
             raise ValueError(

@@ -24,6 +24,7 @@ from kraken.cluster.hosts import system_resolver
 from kraken.core import Digest
 from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
+from kraken.net.tls import TLSContexts, server_side, wire
 from kraken.origin.client import OriginClient
 from kraken.origin.cluster import OriginRing, Repair, ReplicaBackend
 from kraken.origin.config import OriginConfig
@@ -64,10 +65,10 @@ def origin_service(
     """
     top = MultiService()
     top.setName("origin")
+    tls = wire(config.tls, reactor, top)
     store, io_worker = _store(config, reactor, top)
-    client, client_service = make_http_client(reactor, config.http_client)  # backends and the other origins
-    client_service.setServiceParent(top)
-    ring = _ring(config, reactor, client, io_worker, store, lost=partial(_give_up, top, reactor, on_given_up))
+    client, peers = _clients(config, reactor, tls, top)
+    ring = _ring(config, reactor, peers, io_worker, store, lost=partial(_give_up, top, reactor, on_given_up))
     ring.setServiceParent(top)
     router = None if not config.backends else build_router(config.backends, io_worker, reactor, http=client)
     writeback = None if router is None else _writeback(config, reactor, router, ring, io_worker, store)
@@ -88,7 +89,7 @@ def origin_service(
     )
     # Seeds only: no announcer, no downloads. A handshake for a blob that is not here starts a fetch on miss.
     scheduler = Scheduler(
-        config.p2p, reactor=reactor, store=store, on_missing=None if fetcher is None else node.on_missing
+        config.p2p, reactor=reactor, store=store, on_missing=None if fetcher is None else node.on_missing, tls=tls
     )
     scheduler.setName("scheduler")
     scheduler.setServiceParent(top)
@@ -97,9 +98,26 @@ def origin_service(
     app = OriginHTTP(node)
     site = make_site(app.resource(), reactor=reactor, spool=store.uploads.spool, body_refused=app.body_refused)
     fields = {"advertise": config.advertised(), "root": config.store.root}
-    listen_http(config.listen_http, site, reactor=reactor, component="origin", **fields).setServiceParent(top)
+    listen_http(
+        config.listen_http, site, reactor=reactor, component="origin", tls=server_side(tls), **fields
+    ).setServiceParent(top)
     scheduler.listener(reactor, "origin P2P").setServiceParent(top)
     return top
+
+
+def _clients(
+    config: OriginConfig, reactor: Any, tls: TLSContexts | None, top: MultiService
+) -> tuple[HTTPClient, HTTPClient]:
+    """The HTTP clients: for the backends (the system's trust roots) and for the other origins (the cluster's
+    TLS: the same client without a ``tls`` block)."""
+    client, client_service = make_http_client(reactor, config.http_client)
+    client_service.setServiceParent(top)
+    if tls is None:
+        return client, client
+    peers, peers_service = make_http_client(reactor, config.http_client, tls=tls)
+    peers_service.setName("http-client-cluster")
+    peers_service.setServiceParent(top)
+    return client, peers
 
 
 def _store(config: OriginConfig, reactor: Any, top: MultiService) -> tuple[CAStore, ThreadWorker]:

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from kraken.core import Digest
 from kraken.core.peer import PeerInfo
+from kraken.net.tls import TLSClientEndpoint, TLSContexts
 from kraken.p2p.config import P2PConfig
 from kraken.p2p.connections import Connections
 from kraken.p2p.dials import Outcome
@@ -52,11 +53,16 @@ Connector = Callable[[PeerInfo, Factory], "Deferred[Protocol]"]
 """Dials a peer with a factory (tests join schedulers in memory)."""
 
 
-def connect_tcp(reactor: Any, peer: PeerInfo, factory: Factory, *, timeout: float) -> Deferred[Protocol]:
+def connect_tcp(
+    reactor: Any, peer: PeerInfo, factory: Factory, *, timeout: float, tls: TLSContexts | None = None
+) -> Deferred[Protocol]:
     """Open a P2P connection to ``peer`` (IPv4 or IPv6), giving up after ``timeout`` seconds: the one place where
-    this daemon makes client connections to peers (TLS goes here)."""
+    this daemon makes client connections to peers. With ``tls`` (``p2p.tls: true``) the connection is mutual
+    TLS: this side presents its certificate and checks the peer's against ``tls.ca`` and the peer's IP."""
     endpoint_class = TCP6ClientEndpoint if ":" in peer.ip else TCP4ClientEndpoint
-    endpoint = endpoint_class(reactor, peer.ip, peer.port, timeout=timeout)
+    endpoint: Any = endpoint_class(reactor, peer.ip, peer.port, timeout=timeout)
+    if tls is not None:
+        endpoint = TLSClientEndpoint(tls.client_creator(peer.ip), endpoint)
     return cast("Deferred[Protocol]", endpoint.connect(factory))
 
 

@@ -78,6 +78,9 @@ class P2PConfig:
     # 40 or 64 hex characters; default: SHA-1 of the advertised ip:port, stable across restarts.
     peer_id: str | None = None
     max_conns_per_torrent: int = attrs.field(default=10, validator=positive)
+    # P2P connections over mutual TLS with the daemon's ``tls`` certificate (needs tls.cert, tls.key, tls.ca);
+    # peers are verified against tls.client_ca (or tls.ca) and their advertised IP. Pieces are checked anyway.
+    tls: bool = False
     pipeline_limit: int = attrs.field(default=3, validator=positive)
     origin_pipeline_limit: int = attrs.field(default=5, validator=positive)
     request_timeout_min: Duration = attrs.field(default=Duration(4.0), validator=positive)

@@ -38,6 +38,7 @@ from zope.interface import implementer
 from kraken.core import Digest
 from kraken.core.peer import PeerInfo
 from kraken.net.server import listen
+from kraken.net.tls import TLSContexts
 from kraken.p2p.announce import Announcer, Announcing, Connector, connect_tcp
 from kraken.p2p.config import P2PConfig
 from kraken.p2p.connections import Connections, MissingBlob
@@ -73,6 +74,7 @@ class Scheduler(Service):
         connect: Connector | None = None,
         rng: random.Random | None = None,
         on_missing: MissingBlob | None = None,
+        tls: TLSContexts | None = None,
     ) -> None:
         """``reactor`` gives the clock (and dials peers unless ``connect`` is given). Without ``announcer`` and
         ``metainfo`` this is an origin's scheduler: it only serves the blobs of ``store``. ``on_missing`` is told
@@ -81,6 +83,7 @@ class Scheduler(Service):
         self._config = config
         self._clock: IReactorTime = reactor
         self._store = store
+        self._tls = tls if config.tls else None
         self._on_missing = on_missing  # handed to Connections; kept here for the origin's wiring test
         ip, port = advertise if advertise is not None else config.advertised()
         self.peer_id = peer_id or config.the_peer_id()
@@ -100,7 +103,7 @@ class Scheduler(Service):
             clock=reactor,
             me=self._me,
             announcer=announcer,
-            connect=connect or functools.partial(connect_tcp, reactor, timeout=config.handshake_timeout),
+            connect=connect or functools.partial(connect_tcp, reactor, timeout=config.handshake_timeout, tls=self._tls),
             connections=self._connections,
             counts=self._torrents.counts,
         )
@@ -160,6 +163,7 @@ class Scheduler(Service):
             reactor=reactor,
             component=component,
             name="p2p",
+            tls=None if self._tls is None else self._tls.p2p_server(),
             peer_id=self.peer_id,
             advertise=f"{self._me.ip}:{self._me.port}",
         )

@@ -9,6 +9,7 @@ import attrs
 from kraken.config import Duration, Size, positive
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen
+from kraken.net.tls import TLSConfig
 from kraken.origin.client import MAX_STAT_BATCH, check_origins
 from kraken.registry.htpasswd import read_htpasswd
 from kraken.registry.references import DEFAULT_CHECK_BATCH, DEFAULT_CHECK_CONCURRENCY, DEFAULT_MAX_REFERENCES
@@ -146,3 +147,5 @@ class ProxyConfig:
     limits: LimitsConfig = attrs.field(factory=LimitsConfig)
     # Authentication of pushes and pulls (HTTP Basic or Docker bearer tokens); off by default.
     auth: AuthConfig = attrs.field(factory=AuthConfig)
+    # TLS for this daemon's listeners and clients (kraken.net.tls; absent: plain).
+    tls: TLSConfig = attrs.field(factory=TLSConfig)

@@ -12,6 +12,7 @@ from kraken import config
 from kraken.buildindex.client import BuildIndexClient
 from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
+from kraken.net.tls import server_side, wire
 from kraken.origin.client import ClusterClient, origin_urls
 from kraken.proxy.config import ProxyConfig
 from kraken.proxy.http import proxy_api
@@ -31,10 +32,11 @@ class Options(config.DaemonOptions):
 
 def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
     top = MultiService()
+    tls = wire(cfg.tls, reactor, top)
     io = ThreadPoolService("proxy-io", 1, cfg.io_threads)
     io.setServiceParent(top)
     worker = ThreadWorker(reactor, io.pool)
-    http, http_service = make_http_client(reactor, cfg.http_client)
+    http, http_service = make_http_client(reactor, cfg.http_client, tls=tls)
     http_service.setServiceParent(top)
 
     os.makedirs(cfg.uploads.root, exist_ok=True)
@@ -59,9 +61,11 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
         body_refused=api.body_refused,
         not_utf8=api.not_utf8(),
     )
-    listen_http(
-        cfg.listen_http, site, reactor=reactor, component="proxy", origin=cfg.origin, build_index=cfg.build_index
-    ).setServiceParent(top)
+    fields = {"origin": cfg.origin, "build_index": cfg.build_index}
+    tls_server = server_side(tls)
+    listen_http(cfg.listen_http, site, reactor=reactor, component="proxy", tls=tls_server, **fields).setServiceParent(
+        top
+    )
     return top
 
 

@@ -43,6 +43,7 @@ import attrs
 from kraken.config import Duration, positive
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen
+from kraken.net.tls import TLSConfig
 from kraken.origin.client import check_origins
 
 DEFAULT_LISTEN_HTTP = "tcp:15003:interface=127.0.0.1"
@@ -80,3 +81,5 @@ class TrackerConfig:
     # lines cost about a fifth of the tracker's CPU (bench/tracker_load.py).
     access_log: bool = False
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
+    # TLS for this daemon's listeners and clients (kraken.net.tls; absent: plain).
+    tls: TLSConfig = attrs.field(factory=TLSConfig)

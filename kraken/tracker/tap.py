@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from kraken import config as kconfig
 from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
+from kraken.net.tls import server_side, wire
 from kraken.origin.client import ClusterClient, origin_urls
 from kraken.tracker.config import TrackerConfig
 from kraken.tracker.http import TrackerHTTP
@@ -48,6 +49,7 @@ def tracker_service(config: TrackerConfig, reactor: Any) -> MultiService:
     """
     top = MultiService()
     top.setName("tracker")
+    tls = wire(config.tls, reactor, top)
 
     store = MemoryPeerStore(
         config.peer_ttl,
@@ -59,7 +61,7 @@ def tracker_service(config: TrackerConfig, reactor: Any) -> MultiService:
     )
     store.setServiceParent(top)
 
-    http, client_service = make_http_client(reactor, config.http_client)
+    http, client_service = make_http_client(reactor, config.http_client, tls=tls)
     client_service.setServiceParent(top)
     origin = ClusterClient(
         http=http, origins=origin_urls(config.origin), clock=reactor, config=config.http_client, worker=_NoFileWorker()
@@ -84,6 +86,7 @@ def tracker_service(config: TrackerConfig, reactor: Any) -> MultiService:
         site,
         reactor=reactor,
         component="tracker",
+        tls=server_side(tls),
         origin=config.origin,
     ).setServiceParent(top)
     return top
