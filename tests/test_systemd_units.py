@@ -45,6 +45,8 @@ SERVICE_LINES = {
     "Type": "simple",
     "Restart": "on-failure",
     "RestartSec": "5",
+    # systemctl reload: certificates and keys are read again, open connections kept (no tls block: logged only).
+    "ExecReload": "/bin/kill -HUP $MAINPID",
     "User": "kraken",
     "Group": "kraken",
     "UMask": "0027",

@@ -374,9 +374,12 @@ class TLSClientEndpoint:
 
 class ReloadOnSIGHUP(Service):
     """Reloads ``contexts`` when the process gets SIGHUP (the reload runs in the reactor thread); the
-    previous handler, if any, still runs (the herd has several daemons in one process)."""
+    previous handler, if any, still runs (the herd has several daemons in one process). Without
+    ``contexts`` (no ``tls`` block) a SIGHUP is only logged: ``systemctl reload`` never stops a daemon."""
 
-    def __init__(self, contexts: TLSContexts, reactor: Any, after: Callable[[bool], object] | None = None) -> None:
+    def __init__(
+        self, contexts: TLSContexts | None, reactor: Any, after: Callable[[bool], object] | None = None
+    ) -> None:
         self.setName("tls-reload")  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self._contexts = contexts
         self._reactor = reactor
@@ -384,7 +387,11 @@ class ReloadOnSIGHUP(Service):
         self._previous: Any = None
 
     def _reload(self) -> None:
-        done = self._contexts.reload()
+        if self._contexts is None:
+            log.info("SIGHUP: nothing to reload (no tls block)")
+            done = True
+        else:
+            done = self._contexts.reload()
         if self._after is not None:
             self._after(done)
 
@@ -406,8 +413,7 @@ def wire(config: TLSConfig, reactor: Any, parent: Any) -> TLSContexts | None:
     """A tap's one call: the daemon's contexts (None without a ``tls`` block), reloaded on SIGHUP by a
     service added to ``parent``."""
     contexts = TLSContexts.from_config(config)
-    if contexts is not None:
-        ReloadOnSIGHUP(contexts, reactor).setServiceParent(parent)  # type: ignore[no-untyped-call]
+    ReloadOnSIGHUP(contexts, reactor).setServiceParent(parent)  # type: ignore[no-untyped-call]
     return contexts
 
 

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import globalLogPublisher
+from twisted.logger import capturedLogs, globalLogPublisher
 from twisted.python import usage
 from twisted.web.client import ResponseNeverReceived
 from twisted.web.resource import Resource
@@ -309,3 +309,18 @@ def test_a_broken_reload_keeps_the_previous_pair(tmp_path, ca):
     os.replace(other_key, contexts.config.key)
     assert contexts.reload() is False
     assert contexts.serves and before is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_sighup_without_a_tls_block_is_logged_and_stops_nothing(reactor):
+    # The units' ExecReload sends SIGHUP to every daemon, with TLS or without: it must never stop one.
+    reloaded: Deferred[bool] = Deferred()
+    reloader = ReloadOnSIGHUP(None, reactor, after=reloaded.callback)
+    reloader.startService()
+    try:
+        with capturedLogs() as events:
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert await reloaded is True
+        assert any(e.get("log_format") == "SIGHUP: nothing to reload (no tls block)" for e in events)
+    finally:
+        reloader.stopService()
