@@ -411,6 +411,11 @@ class HerdLauncher:
     def stop(self, herd: Herd) -> int:
         return stop_herd(herd)
 
+    @staticmethod
+    def free_ports(agents: int) -> HerdPorts:
+        """Ports for a herd of ``agents`` agents, to write its configuration before ``start``."""
+        return HerdPorts.free(agents)
+
     def restart(self, herd: Herd) -> Herd:
         """Stop ``herd`` if it runs, then start a new one on its ports, state directory and configuration."""
         self.stop(herd)

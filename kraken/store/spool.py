@@ -173,7 +173,7 @@ class BodySpool:
     def _written(self, _: object) -> None:
         self._busy = False
         if self._error is not None:
-            self.close()  # refused while this batch was being written
+            self._close_and_tell()  # refused while this batch was being written
             return
         if self._paused and self._pending_bytes < LOW_WATER and not self._done_receiving:
             self._paused = False
@@ -183,7 +183,7 @@ class BodySpool:
     def _failed(self, failure: Failure) -> None:
         self._busy = False
         if self._error is not None:
-            self.close()  # refused already; this batch failed after
+            self._close_and_tell()  # refused already; this batch failed after
             return
         self._stop(failure)
 
@@ -202,14 +202,20 @@ class BodySpool:
             )
         else:
             self.log.failure("writing a request body to {path} failed", failure, path=self.path)
-        # Free the space now, not when the request ends: that may take a while.
-        if not self._busy:
-            self.close()
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(failure)
-        if self._on_error is not None:
-            self._on_error(failure)
+        # Free the space now, not when the request ends: that may take a while. The request is answered once
+        # the file is gone (after the batch being written, if any), so a client never sees its error while
+        # any of the body is still on disk.
+        if not self._busy:
+            self._close_and_tell()
+
+    def _close_and_tell(self) -> None:
+        self.close()
+        if self._on_error is not None and self._error is not None:
+            on_error, self._on_error = self._on_error, None
+            on_error(self._error)
 
 
 def _write(f: Any, hasher: Any, batch: list[bytes]) -> None:

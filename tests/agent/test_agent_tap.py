@@ -95,7 +95,9 @@ def config(tmp_path: Path) -> AgentConfig:
 def test_service_wiring(tmp_path: Path) -> None:
     reactor = MemoryReactorClock()
     top = agent_service(config(tmp_path), reactor)
-    children = list(top)
+    everything = list(top)
+    assert everything[0].name == "tls-reload"  # SIGHUP reloads certificates, or is logged: never a stop
+    children = everything[1:]
     assert [c.name for c in children] == [
         "threads-cpu", "threads-io", "http-client", "scheduler", "registry", "api", "p2p",
     ]  # fmt: skip

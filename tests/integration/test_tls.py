@@ -49,9 +49,7 @@ def tls_extra(tmp_path: Any, ports: Any) -> tuple[dict[str, Any], str]:
 
 
 def test_push_and_pull_over_tls_with_mutual_tls_inside(herd_launcher: Any, tmp_path: Any) -> None:
-    from conftest import HerdPorts
-
-    ports = HerdPorts.free(1)
+    ports = herd_launcher.free_ports(1)
     extra, trust = tls_extra(tmp_path, ports)
     herd = herd_launcher.start(str(tmp_path / "herd"), ports, agents=1, extra=extra)
     layout = write_layout(str(tmp_path / "layout"), layers=1, random_layer_size="2MiB", seed=f"tls-{uuid.uuid4()}")

@@ -82,7 +82,9 @@ def config(tmp_path: Path) -> OriginConfig:
 def test_service_wiring(tmp_path: Path) -> None:
     reactor = MemoryReactorClock()
     top = origin_service(config(tmp_path), reactor)
-    children = list(top)
+    everything = list(top)
+    assert everything[0].name == "tls-reload"  # SIGHUP reloads certificates, or is logged: never a stop
+    children = everything[1:]
     assert [type(c) for c in children[:6]] == [
         ThreadPoolService, ThreadPoolService, HTTPClientService, OriginRing, UploadExpiry, Scheduler,
     ]  # fmt: skip

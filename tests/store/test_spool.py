@@ -164,21 +164,22 @@ def test_spooled_files_are_readable_like_other_blobs(tmp_path):
 
 
 def test_a_body_past_the_limit_is_refused_at_once_and_deleted(tmp_path):
-    """The byte past ``limit`` stops the body, even while a batch is still being written: ``error`` is called once
-    with ``BodyTooLarge``, later chunks are dropped, and the file is gone once the batch in flight is done."""
+    """The byte past ``limit`` stops the body, even while a batch is still being written: later chunks are
+    dropped, the file is gone once the batch in flight is done, and only then is ``error`` called, once, with
+    ``BodyTooLarge`` (so the client's answer never comes while any of the body is on disk)."""
     worker = ManualWorker()
     errors = []
     s = BodySpool(str(tmp_path), worker, pause=lambda: None, resume=lambda: None, error=errors.append, limit=100)
     s.write(b"a" * 60)  # a batch in flight
     s.write(b"b" * 41)
-    assert [f.check(BodyTooLarge) for f in errors] == [BodyTooLarge]
-    assert "over the limit of 100 bytes (101 bytes received)" in str(errors[0].value)
     s.write(b"c")
-    assert len(errors) == 1
+    assert errors == []
     assert os.path.exists(s.path)  # the worker still writes to it
     while worker.jobs:
         worker.step()
     assert not os.path.exists(s.path)
+    assert [f.check(BodyTooLarge) for f in errors] == [BodyTooLarge]
+    assert "over the limit of 100 bytes (101 bytes received)" in str(errors[0].value)
     assert result(s.done_receiving()).check(BodyTooLarge)
 
 

@@ -84,7 +84,9 @@ def test_defaults() -> None:
 def test_service_wiring() -> None:
     reactor = MemoryReactorClock()
     top = tracker_service(TrackerConfig(peer_ttl=60.0), reactor)
-    children = list(top)
+    everything = list(top)
+    assert everything[0].name == "tls-reload"  # SIGHUP reloads certificates, or is logged: never a stop
+    children = everything[1:]
     assert [type(c) for c in children[:2]] == [MemoryPeerStore, HTTPClientService]
     assert [c.name for c in children] == ["peer-store", "http-client", "http"]
     store = top.getServiceNamed("peer-store")
