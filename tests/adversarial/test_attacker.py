@@ -5,7 +5,8 @@ Every attack fails closed with the right error, and nothing stored changes: inte
 certificate (none, another CA's, an expired one of the cluster's CA) are refused in the TLS handshake and the
 daemon logs the refusal with the peer; a tag repoint is refused on every write route and the tag still gives the
 original image; a blob pushed straight to an origin is not stored; fake announces never reach a handout; a push
-over the proxy's size limit is 413 SIZE_INVALID with nothing kept.
+over the proxy's size limit is 413 SIZE_INVALID with nothing kept; without credentials the proxy reads nothing
+and cannot write into, finish or cancel another client's upload session.
 """
 
 from __future__ import annotations
@@ -270,3 +271,29 @@ def test_a_push_over_the_size_limit_is_refused_and_not_kept(secured: Any) -> Non
     assert upload_sessions(f) == []
     assert store_files(f, "origin-0") == before
     assert hashlib.sha256(big).hexdigest() not in "".join(store_files(f, "origin-0"))
+
+
+def test_without_credentials_the_proxy_gives_nothing_and_takes_over_no_upload(secured: Any) -> None:
+    f, image, before = secured
+    proxy, context = f"https://{f.proxy}", f.client_context(cert=False)
+    for method, path in [("GET", f"/v2/{image.repo}/manifests/{image.tag}"), ("GET", "/v2/_catalog"),
+                         ("GET", f"/v2/{image.repo}/tags/list"), ("GET", f"/v2/{image.repo}/blobs/{image.digest}"),
+                         ("DELETE", f"/v2/{image.repo}/manifests/{image.tag}")]:  # fmt: skip
+        status, _, body = ask(proxy, method, path, context=context)
+        assert (status, codes(body)) == (401, ["UNAUTHORIZED"]), (method, path)
+    # A session started by the legitimate user cannot be written, finished or cancelled by the attacker.
+    status, headers, _ = ask(proxy, "POST", f"/v2/{image.repo}/blobs/uploads/", context=context,
+                             headers={"Authorization": basic(*f.credentials)})  # fmt: skip
+    assert status == 202
+    session = headers["Location"]
+    evil = os.urandom(4096)
+    for method, path, data in [("PATCH", session, evil), ("PUT", f"{session}?digest={Digest.from_bytes(evil)}", evil),
+                               ("DELETE", session, b"")]:  # fmt: skip
+        status, _, body = ask(proxy, method, path, context=context, body=data)
+        assert (status, codes(body)) == (401, ["UNAUTHORIZED"]), method
+    status, headers, _ = ask(proxy, "GET", session, context=context, headers={"Authorization": basic(*f.credentials)})
+    assert status == 204 and headers["Range"] == "0-0"
+    assert held(f, str(Digest.from_bytes(evil))) == {}
+    status, _, _ = ask(proxy, "DELETE", session, context=context, headers={"Authorization": basic(*f.credentials)})
+    assert status == 204 and upload_sessions(f) == []
+    assert store_files(f, "origin-0") == before
