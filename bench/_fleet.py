@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -21,7 +22,8 @@ from typing import Any
 import yaml
 from _daemons import ROOT, end, free_port, memory, twistd
 
-READY_TIMEOUT = 60.0  # seconds; a backstop, each daemon is awaited by its ready line
+READY_TIMEOUT = 60.0
+CLIENT_TIMEOUT = 300.0  # seconds; a backstop, each daemon is awaited by its ready line
 BUSY_EXIT = re.compile(r"Unhandled|Traceback")
 
 
@@ -123,6 +125,11 @@ class Fleet:
     ``origin`` / ``agent`` for all of them) to config keys merged over the defaults. ``agent_rate``: every
     agent's P2P ingress limit in bits per second (None: none), which makes a pull last long enough to act
     during it.
+
+    ``secure=True``: TLS on every link with a trustme CA (files in ``<work>/certs``): mutual TLS between the
+    daemons, on P2P and on the agent API (``require_client_cert``), TLS without client certificates on the
+    registries (proxy, agents' registry), and HTTP Basic auth on the proxy (an htpasswd file with one bcrypt
+    user, ``credentials``). The fleet's URLs are then https; ``client_context`` and ``dxf`` are its clients.
     """
 
     def __init__(
@@ -135,19 +142,22 @@ class Fleet:
         agent_rate: int | None = None,
         overrides: dict[str, dict[str, Any]] | None = None,
         tmpfs: dict[str, str] | None = None,
+        secure: bool = False,
     ) -> None:
         self.work = work
         os.makedirs(work, exist_ok=True)
+        self.secure = secure
+        self.scheme = "https" if secure else "http"
         self.mounts: list[str] = []
         self.daemons: dict[str, Daemon] = {}
         for name, size in (tmpfs or {}).items():
             os.makedirs(self.root(name), exist_ok=True)
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", self.root(name)], check=True)
             self.mounts.append(self.root(name))
-        self._overrides = overrides or {}
+        self._overrides = _merge(self._secured(), overrides or {}) if secure else overrides or {}
         self.origin_http = [free_port() for _ in range(origins)]
         self.members = [f"127.0.0.1:{p}" for p in self.origin_http]
-        self.origin_urls = [f"http://{m}" for m in self.members]
+        self.origin_urls = [f"{self.scheme}://{m}" for m in self.members]
         self.origin_p2p = [free_port() for _ in range(origins)]
         self.tracker_port, self.build_index_port, self.proxy_port = free_port(), free_port(), free_port()
         self.agent_ports = [(free_port(), free_port(), free_port()) for _ in range(agents)]  # registry, p2p, api
@@ -199,6 +209,63 @@ class Fleet:
             self.stop()
             raise
 
+    def _secured(self) -> dict[str, dict[str, Any]]:
+        """Writes a CA, a certificate for 127.0.0.1 and an htpasswd file; the config keys that use them."""
+        import bcrypt
+        import trustme
+
+        certs = os.path.join(self.work, "certs")
+        os.makedirs(certs, exist_ok=True)
+        self.ca = trustme.CA()
+        self.ca_path = os.path.join(certs, "ca.crt")
+        self.ca.cert_pem.write_to_path(self.ca_path)
+        self.cert_pair = self.issue("node")
+        cert, key = self.cert_pair
+        self.credentials = ("pusher", os.urandom(12).hex())
+        htpasswd = os.path.join(self.work, "htpasswd")
+        with open(htpasswd, "w") as f:
+            user, password = self.credentials
+            f.write(f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()}\n")
+        cluster = {"ca": self.ca_path, "cert": cert, "key": key, "client_ca": self.ca_path,
+                   "require_client_cert": True}  # fmt: skip
+        return {
+            "origin": {"tls": cluster, "p2p": {"tls": True}, "cluster": {"scheme": "https"}},
+            "tracker": {"tls": cluster},
+            "build-index": {"tls": cluster},
+            "proxy": {"tls": {"ca": self.ca_path, "cert": cert, "key": key}, "auth": {"htpasswd": htpasswd}},
+            "agent": {"tls": cluster, "p2p": {"tls": True}},
+        }
+
+    def issue(self, name: str, ca: Any = None, **issue: Any) -> tuple[str, str]:
+        """A certificate for 127.0.0.1 signed by ``ca`` (default: the fleet's CA) written under ``<work>/certs``
+        (``issue``: ``trustme.CA.issue_cert`` keywords, e.g. ``not_after``); (cert path, key path)."""
+        leaf = (ca or self.ca).issue_cert("127.0.0.1", "localhost", **issue)
+        cert, key = (os.path.join(self.work, "certs", f"{name}.{ext}") for ext in ("crt", "key"))
+        leaf.cert_chain_pems[0].write_to_path(cert)
+        leaf.private_key_pem.write_to_path(key)
+        return cert, key
+
+    def client_context(self, pair: tuple[str, str] | None = None, *, cert: bool = True) -> ssl.SSLContext:
+        """A client TLS context trusting the fleet's CA, presenting ``pair`` (default: the fleet's own
+        certificate; ``cert=False``: none)."""
+        context = ssl.create_default_context(cafile=self.ca_path)
+        if cert:
+            context.load_cert_chain(*(pair or self.cert_pair))
+        return context
+
+    def dxf(self, registry: str, name: str, *, auth: bool = True) -> Any:
+        """A python-dxf client of ``registry`` (``host:port``) for repository ``name``: https trusting the CA and
+        the proxy's credentials when the fleet is secure (``auth=False``: none), plain http otherwise."""
+        from dxf import DXF
+
+        if not self.secure:
+            return DXF(registry, name, insecure=True, timeout=CLIENT_TIMEOUT)
+
+        def login(client: Any, response: Any) -> None:
+            client.authenticate(*self.credentials, response=response)
+
+        return DXF(registry, name, auth=login if auth else None, tlsverify=self.ca_path, timeout=CLIENT_TIMEOUT)
+
     def _config(self, name: str, plugin: str, ready: str, config: dict[str, Any]) -> None:
         kind = name.split("-")[0] if name.startswith(("origin-", "agent-")) else name
         for key in (kind, name):
@@ -218,11 +285,11 @@ class Fleet:
 
     @property
     def tracker_url(self) -> str:
-        return f"http://127.0.0.1:{self.tracker_port}"
+        return f"{self.scheme}://127.0.0.1:{self.tracker_port}"
 
     @property
     def build_index_url(self) -> str:
-        return f"http://127.0.0.1:{self.build_index_port}"
+        return f"{self.scheme}://127.0.0.1:{self.build_index_port}"
 
     @property
     def proxy(self) -> str:
@@ -237,7 +304,7 @@ class Fleet:
         return self.agent_ports[k][1]
 
     def agent_api(self, k: int) -> str:
-        return f"http://127.0.0.1:{self.agent_ports[k][2]}"
+        return f"{self.scheme}://127.0.0.1:{self.agent_ports[k][2]}"
 
     def __getitem__(self, name: str) -> Daemon:
         return self.daemons[name]
