@@ -18,8 +18,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import HERD_READY, REPO_ROOT, Herd, HerdPorts, LineWatch, herd_env, stop_herd, twistd_command
-from conftest import write_herd_config as write_config
 from processes import OutputReader
 
 from kraken.cli.image import write_layout
@@ -30,7 +28,11 @@ START_TIMEOUT = 120.0  # seconds; a backstop
 
 
 @pytest.fixture
-def secure_herd(tmp_path: Any) -> Iterator[Herd]:
+def secure_herd(tmp_path: Any) -> Iterator[Any]:
+    # Imported here: under a whole-tree run, ``conftest`` may name another directory's (as in test_tls.py).
+    from conftest import HERD_READY, REPO_ROOT, Herd, HerdPorts, LineWatch, herd_env, stop_herd, twistd_command
+    from conftest import write_herd_config as write_config
+
     ports = HerdPorts.free(1)
     state, config_path = str(tmp_path / "state"), str(tmp_path / "herd.yaml")
     write_config(config_path, state, ports)
@@ -49,7 +51,7 @@ def secure_herd(tmp_path: Any) -> Iterator[Herd]:
         stop_herd(herd)
 
 
-def test_one_command_gives_a_herd_with_tls_everywhere_and_a_user(secure_herd: Herd, tmp_path: Any) -> None:
+def test_one_command_gives_a_herd_with_tls_everywhere_and_a_user(secure_herd: Any, tmp_path: Any) -> None:
     herd = secure_herd
     secure = os.path.join(herd.state_dir, "secure")
     trust = os.path.join(secure, "trust")
