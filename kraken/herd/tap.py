@@ -11,6 +11,10 @@ Agent k (k = 0, 1, ...) listens on 127.0.0.1: registry ``base+1000k``, P2P
 ``base+1+1000k`` (advertised as ``127.0.0.1:<port>``), agent API
 ``base+2+1000k``; its state is ``state_dir/agent-k``. Those keys differ per
 agent, so ``agent`` may not set them.
+
+``--secure`` turns on TLS, mutual TLS between the daemons and Basic auth on the
+proxy, with a development CA and a generated user under ``state_dir/secure``
+(see ``kraken.herd.secure``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from kraken.agent.config import AgentConfig
 from kraken.agent.tap import agent_service
 from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.tap import build_index_service
+from kraken.herd.secure import SecureHerd, add_secure_defaults, ensure_secure, https
 from kraken.net.endpoints import endpoint_url, host_port
 from kraken.origin.config import OriginConfig
 from kraken.origin.tap import origin_service
@@ -53,6 +58,7 @@ class HerdConfig:
     build_index: BuildIndexConfig
     proxy: ProxyConfig
     agents: tuple[AgentConfig, ...] = ()
+    secure: SecureHerd | None = None
 
 
 def agent_ports(base: int, k: int) -> tuple[int, int, int]:
@@ -61,8 +67,10 @@ def agent_ports(base: int, k: int) -> tuple[int, int, int]:
     return first, first + 1, first + 2
 
 
-def herd_config(loaded: config.Loaded, state_dir: str | None = None, agents: int | None = None) -> HerdConfig:
-    """Fill in the herd's defaults around ``loaded`` and build every section."""
+def herd_config(
+    loaded: config.Loaded, state_dir: str | None = None, agents: int | None = None, secure: bool = False
+) -> HerdConfig:
+    """Fill in the herd's defaults around ``loaded`` and build every section (``secure``: see the module)."""
     data = loaded.data
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
@@ -86,6 +94,9 @@ def herd_config(loaded: config.Loaded, state_dir: str | None = None, agents: int
         origin_url, tracker_url, index_url = map(endpoint_url, (origin_listen, tracker_listen, index_listen))
     except ValueError as e:
         raise config.ConfigError(str(e), file=loaded.file) from None
+    sec = _secure(loaded, state, count) if secure else None
+    if sec is not None:
+        origin_url, tracker_url, index_url = map(https, (origin_url, tracker_url, index_url))
 
     defaults: dict[str, Any] = {
         "tracker": {"listen_http": tracker_listen, "origin": origin_url},
@@ -101,15 +112,27 @@ def herd_config(loaded: config.Loaded, state_dir: str | None = None, agents: int
             "uploads": {"root": os.path.join(state, "proxy", "uploads")},
         },
     }
+    if sec is not None:
+        for section in ("tracker", "build_index", "proxy"):
+            add_secure_defaults(defaults[section], sec, section)
     merged = loaded.over(defaults, "<herd defaults>")
     return HerdConfig(
         state_dir=state,
-        origin=_origin_config(loaded, state, origin_listen),
+        origin=_origin_config(loaded, state, origin_listen, sec),
         tracker=config.build(TrackerConfig, merged, ("tracker",)),
         build_index=config.build(BuildIndexConfig, merged, ("build_index",)),
         proxy=config.build(ProxyConfig, merged, ("proxy",)),
-        agents=tuple(_agent_config(loaded, k, state, base_port, tracker_url, index_url) for k in range(count)),
+        agents=tuple(_agent_config(loaded, k, state, base_port, tracker_url, index_url, sec) for k in range(count)),
+        secure=sec,
     )
+
+
+def _secure(loaded: config.Loaded, state: str, count: int) -> SecureHerd:
+    try:
+        return ensure_secure(state, count)
+    except OSError as e:
+        where = e.filename or os.path.join(state, "secure")
+        raise config.ConfigError(f"--secure: cannot write {where}: {e.strerror}", file=loaded.file) from None
 
 
 def _state_dir(loaded: config.Loaded, override: str | None) -> str:
@@ -128,7 +151,7 @@ def _listen(data: dict[str, Any], section: str, default: str, key: str = "listen
     return value if isinstance(value, str) else default
 
 
-def _origin_config(loaded: config.Loaded, state: str, listen_http: str) -> OriginConfig:
+def _origin_config(loaded: config.Loaded, state: str, listen_http: str, sec: SecureHerd | None) -> OriginConfig:
     origin_defaults: dict[str, Any] = {"listen_http": listen_http, "store": {"root": os.path.join(state, "origin")}}
     # The origin seeds over P2P on 127.0.0.1:15001, advertised as such (the tracker learns it from the origin).
     p2p_listen = _listen(loaded.data, "origin", "tcp:15001:interface=127.0.0.1", "p2p.listen")
@@ -136,6 +159,8 @@ def _origin_config(loaded: config.Loaded, state: str, listen_http: str) -> Origi
     advertise = host_port(p2p_listen, "127.0.0.1")
     if advertise is not None:
         origin_defaults["p2p"]["advertise"] = advertise
+    if sec is not None:
+        add_secure_defaults(origin_defaults, sec, "origin")
     return config.build(OriginConfig, loaded.over({"origin": origin_defaults}, "<herd defaults>"), ("origin",))
 
 
@@ -149,7 +174,7 @@ def _count(loaded: config.Loaded, key: str, default: int, minimum: int) -> int:
 
 
 def _agent_config(
-    loaded: config.Loaded, k: int, state: str, base_port: int, tracker_url: str, index_url: str
+    loaded: config.Loaded, k: int, state: str, base_port: int, tracker_url: str, index_url: str, sec: SecureHerd | None
 ) -> AgentConfig:
     shared = loaded.section("agent")
     for dotted in PER_AGENT_KEYS:
@@ -165,7 +190,7 @@ def _agent_config(
                 key=where,
             )
     registry, p2p, api = agent_ports(base_port, k)
-    defaults = {
+    defaults: dict[str, Any] = {
         "agent": {
             "listen_registry": f"tcp:{registry}:interface=127.0.0.1",
             "listen_api": f"tcp:{api}:interface=127.0.0.1",
@@ -175,10 +200,15 @@ def _agent_config(
             "p2p": {"listen": f"tcp:{p2p}:interface=127.0.0.1", "advertise": f"127.0.0.1:{p2p}"},
         }
     }
+    if sec is not None:
+        add_secure_defaults(defaults["agent"], sec, "agent", k)
     return config.build(AgentConfig, loaded.over(defaults, "<herd defaults>"), ("agent",))
 
 
 class Options(usage.Options):
+    optFlags = [
+        ["secure", "s", "TLS and mutual TLS everywhere, Basic auth on the proxy (CA and user in state_dir/secure)"]
+    ]
     optParameters = [
         ["config", "c", None, "YAML config file (supports extends:); every key has a default"],
         ["state-dir", "d", None, "Directory for all state (overrides state_dir)"],
@@ -193,7 +223,7 @@ class Options(usage.Options):
             agents = int(self["agents"])
         try:
             loaded = config.load(self["config"]) if self["config"] else config.from_mapping({}, "<command line>")
-            self["parsed"] = herd_config(loaded, self["state-dir"], agents)
+            self["parsed"] = herd_config(loaded, self["state-dir"], agents, bool(self["secure"]))
         except config.ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -207,6 +237,8 @@ class Herd(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        if self.config.secure is not None:
+            self._log_secure(self.config.secure)
         agents = [host_port(a.listen_registry, "127.0.0.1") or a.listen_registry for a in self.config.agents]
         self.log.info(
             "kraken-herd ready: push to the registry on {registry}, pull from the agents' registries on {agents}; "
@@ -218,6 +250,20 @@ class Herd(MultiService):
             origin=self.config.build_index.origin,
             build_index=self.config.proxy.build_index,
             state_dir=self.config.state_dir,
+        )
+
+    def _log_secure(self, sec: SecureHerd) -> None:
+        password = f"password {sec.password}" if sec.new_password else "password"
+        self.log.info(
+            "kraken-herd --secure: TLS on every link, mutual TLS inside, with the development CA {ca} (clients: "
+            "skopeo --dest-cert-dir/--src-cert-dir {trust_dir}); the registry asks for Basic auth: user {user}, "
+            "{password} in {credentials} (readable by its owner only){made}",
+            ca=sec.ca.ca,
+            trust_dir=sec.ca.trust_dir,
+            user=sec.user,
+            password=password,
+            credentials=sec.credentials,
+            made=f"; made this start: {', '.join(sec.ca.made)}" if sec.ca.made else "",
         )
 
 
