@@ -10,6 +10,7 @@ import selectors
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -156,6 +157,52 @@ def emit(text: str, out: str | None) -> None:
     if out:
         with open(out, "a") as f:
             f.write("\n" + text)
+
+
+@dataclass(frozen=True)
+class BenchTLS:
+    """TLS material for a secure benchmark run: kraken/cli/certs.py's development CA under ``<work>/certs`` and
+    one certificate (``node``, SANs 127.0.0.1, ::1, localhost) that every daemon and the bench's own clients use;
+    ``credentials`` (user, password) are in the htpasswd file ``htpasswd`` (bcrypt), for a proxy's Basic auth."""
+
+    ca: str
+    trust_dir: str
+    cert: str
+    key: str
+    htpasswd: str
+    credentials: tuple[str, str]
+
+    @classmethod
+    def make(cls, work: str) -> BenchTLS:
+        import bcrypt
+
+        from kraken.cli.certs import ensure_dev_ca  # bench scripts put the repository on sys.path first
+
+        dev = ensure_dev_ca(os.path.join(work, "certs"), ["node"])
+        cert, key = dev.pairs["node"]
+        user, password = "pusher", os.urandom(12).hex()
+        htpasswd = os.path.join(work, "htpasswd")
+        with open(htpasswd, "w") as f:
+            f.write(f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()}\n")
+        return cls(dev.ca, dev.trust_dir, cert, key, htpasswd, (user, password))
+
+    def block(self, *, mutual: bool = True) -> str:
+        """A daemon's ``tls:`` block (YAML flow mapping): its certificate, the CA it trusts and, ``mutual``,
+        client certificates required on its listeners."""
+        block = f"{{ca: '{self.ca}', cert: '{self.cert}', key: '{self.key}'"
+        if mutual:
+            block += f", client_ca: '{self.ca}', require_client_cert: true"
+        return block + "}"
+
+    def context(self) -> ssl.SSLContext:
+        """A client context for the bench's own requests: trusts the CA, presents the node certificate."""
+        context = ssl.create_default_context(cafile=self.ca)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+    def curl(self) -> list[str]:
+        """curl's options for the same."""
+        return ["--cacert", self.ca, "--cert", self.cert, "--key", self.key]
 
 
 @dataclass(frozen=True)
