@@ -225,9 +225,9 @@ class Place:
     def listen(self, port: int) -> str:
         return f"tcp:{port}" if self.own_host else f"tcp:{port}:interface={self.ip}"
 
-    def local_url(self, port: int) -> str:
+    def local_url(self, port: int, scheme: str = "http") -> str:
         """A URL of this host's port, for a command started with ``prefix``."""
-        return f"http://127.0.0.1:{port}"
+        return f"{scheme}://127.0.0.1:{port}"
 
 
 @dataclass
@@ -241,12 +241,24 @@ class Cluster:
     """An origin, a tracker and ``agents`` agents, each its own ``twistd`` process (started together, then
     waited for): all on loopback, or each at the ``places`` given (origin, tracker, then one per agent).
     ``rate``: every daemon's P2P bandwidth limit each way, in bits per second (None: no limits); ``piece``: the
-    origin's piece length for every blob (None: its default piece lengths)."""
+    origin's piece length for every blob (None: its default piece lengths). ``tls``: every daemon gets its
+    ``tls`` block (mutual TLS on every HTTP listener) and P2P runs over TLS (``p2p: {tls: true}``); loopback only
+    (the certificate's SANs are the loopback addresses)."""
 
     def __init__(
-        self, work: str, agents: int, rate: int | None, piece: int | None, places: list[Place] | None = None
+        self,
+        work: str,
+        agents: int,
+        rate: int | None,
+        piece: int | None,
+        places: list[Place] | None = None,
+        tls: BenchTLS | None = None,
     ) -> None:
         self.work = work
+        self.tls = tls
+        self.scheme = scheme = "https" if tls else "http"
+        secure = f"tls: {tls.block()}\n" if tls else ""
+        p2p_tls = ", tls: true" if tls else ""
         os.makedirs(work, exist_ok=True)
         places = places or [Place()] * (agents + 2)
         if len(places) < agents + 2:
@@ -265,12 +277,13 @@ class Cluster:
             "origin",
             f"listen_http: '{o.listen(self.origin_http)}'\nadvertise: '{o.ip}:{self.origin_http}'\n"
             f"store: {{root: {work}/origin{pieces}}}\n"
-            f"p2p: {{listen: '{o.listen(origin_p2p)}', advertise: '{o.ip}:{origin_p2p}', {bandwidth}}}\n",
+            f"p2p: {{listen: '{o.listen(origin_p2p)}', advertise: '{o.ip}:{origin_p2p}', {bandwidth}{p2p_tls}}}\n"
+            + secure,
         )
         tracker = write_config(
             work,
             "tracker",
-            f"listen_http: '{t.listen(self.tracker_http)}'\norigin: 'http://{o.ip}:{self.origin_http}'\n",
+            f"listen_http: '{t.listen(self.tracker_http)}'\norigin: '{scheme}://{o.ip}:{self.origin_http}'\n" + secure,
         )
         self.origin_daemon = Daemon("origin", [*o.prefix, *twistd("kraken-origin", origin)], f"{work}/origin.log",
                                     "origin P2P listening", wait=False)  # fmt: skip
@@ -290,10 +303,10 @@ class Cluster:
                 # On a namespace host of its own the agent listens on every interface, its loopback included.
                 + ("allow_remote_registry: true\n" if a.own_host else "")
                 + f"listen_api: '{a.listen(api)}'\n"
-                f"tracker: 'http://{t.ip}:{self.tracker_http}'\n"
+                f"tracker: '{scheme}://{t.ip}:{self.tracker_http}'\n"
                 f"build_index: 'http://127.0.0.1:{free_port()}'\n"  # unused: blobs by digest only
                 f"store: {{root: {work}/agent-{k}}}\n"
-                f"p2p: {{listen: '{a.listen(p2p)}', advertise: '{a.ip}:{p2p}', {bandwidth}}}\n",
+                f"p2p: {{listen: '{a.listen(p2p)}', advertise: '{a.ip}:{p2p}', {bandwidth}{p2p_tls}}}\n" + secure,
             )
             daemon = Daemon(f"agent-{k}", [*a.prefix, *twistd("kraken-agent", config)], f"{work}/agent-{k}.log",
                             "agent P2P listening", wait=False)  # fmt: skip
