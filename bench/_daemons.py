@@ -10,6 +10,7 @@ import selectors
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -159,6 +160,52 @@ def emit(text: str, out: str | None) -> None:
 
 
 @dataclass(frozen=True)
+class BenchTLS:
+    """TLS material for a secure benchmark run: kraken/cli/certs.py's development CA under ``<work>/certs`` and
+    one certificate (``node``, SANs 127.0.0.1, ::1, localhost) that every daemon and the bench's own clients use;
+    ``credentials`` (user, password) are in the htpasswd file ``htpasswd`` (bcrypt), for a proxy's Basic auth."""
+
+    ca: str
+    trust_dir: str
+    cert: str
+    key: str
+    htpasswd: str
+    credentials: tuple[str, str]
+
+    @classmethod
+    def make(cls, work: str) -> BenchTLS:
+        import bcrypt
+
+        from kraken.cli.certs import ensure_dev_ca  # bench scripts put the repository on sys.path first
+
+        dev = ensure_dev_ca(os.path.join(work, "certs"), ["node"])
+        cert, key = dev.pairs["node"]
+        user, password = "pusher", os.urandom(12).hex()
+        htpasswd = os.path.join(work, "htpasswd")
+        with open(htpasswd, "w") as f:
+            f.write(f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()}\n")
+        return cls(dev.ca, dev.trust_dir, cert, key, htpasswd, (user, password))
+
+    def block(self, *, mutual: bool = True) -> str:
+        """A daemon's ``tls:`` block (YAML flow mapping): its certificate, the CA it trusts and, ``mutual``,
+        client certificates required on its listeners."""
+        block = f"{{ca: '{self.ca}', cert: '{self.cert}', key: '{self.key}'"
+        if mutual:
+            block += f", client_ca: '{self.ca}', require_client_cert: true"
+        return block + "}"
+
+    def context(self) -> ssl.SSLContext:
+        """A client context for the bench's own requests: trusts the CA, presents the node certificate."""
+        context = ssl.create_default_context(cafile=self.ca)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+    def curl(self) -> list[str]:
+        """curl's options for the same."""
+        return ["--cacert", self.ca, "--cert", self.cert, "--key", self.key]
+
+
+@dataclass(frozen=True)
 class Place:
     """Where a daemon runs: its address, and the argv prefix that starts a command there. On loopback (the
     default) every daemon shares 127.0.0.1 and takes free ports; on a host of its own (a network namespace,
@@ -178,9 +225,9 @@ class Place:
     def listen(self, port: int) -> str:
         return f"tcp:{port}" if self.own_host else f"tcp:{port}:interface={self.ip}"
 
-    def local_url(self, port: int) -> str:
+    def local_url(self, port: int, scheme: str = "http") -> str:
         """A URL of this host's port, for a command started with ``prefix``."""
-        return f"http://127.0.0.1:{port}"
+        return f"{scheme}://127.0.0.1:{port}"
 
 
 @dataclass
@@ -194,12 +241,24 @@ class Cluster:
     """An origin, a tracker and ``agents`` agents, each its own ``twistd`` process (started together, then
     waited for): all on loopback, or each at the ``places`` given (origin, tracker, then one per agent).
     ``rate``: every daemon's P2P bandwidth limit each way, in bits per second (None: no limits); ``piece``: the
-    origin's piece length for every blob (None: its default piece lengths)."""
+    origin's piece length for every blob (None: its default piece lengths). ``tls``: every daemon gets its
+    ``tls`` block (mutual TLS on every HTTP listener) and P2P runs over TLS (``p2p: {tls: true}``); loopback only
+    (the certificate's SANs are the loopback addresses)."""
 
     def __init__(
-        self, work: str, agents: int, rate: int | None, piece: int | None, places: list[Place] | None = None
+        self,
+        work: str,
+        agents: int,
+        rate: int | None,
+        piece: int | None,
+        places: list[Place] | None = None,
+        tls: BenchTLS | None = None,
     ) -> None:
         self.work = work
+        self.tls = tls
+        self.scheme = scheme = "https" if tls else "http"
+        secure = f"tls: {tls.block()}\n" if tls else ""
+        p2p_tls = ", tls: true" if tls else ""
         os.makedirs(work, exist_ok=True)
         places = places or [Place()] * (agents + 2)
         if len(places) < agents + 2:
@@ -218,12 +277,13 @@ class Cluster:
             "origin",
             f"listen_http: '{o.listen(self.origin_http)}'\nadvertise: '{o.ip}:{self.origin_http}'\n"
             f"store: {{root: {work}/origin{pieces}}}\n"
-            f"p2p: {{listen: '{o.listen(origin_p2p)}', advertise: '{o.ip}:{origin_p2p}', {bandwidth}}}\n",
+            f"p2p: {{listen: '{o.listen(origin_p2p)}', advertise: '{o.ip}:{origin_p2p}', {bandwidth}{p2p_tls}}}\n"
+            + secure,
         )
         tracker = write_config(
             work,
             "tracker",
-            f"listen_http: '{t.listen(self.tracker_http)}'\norigin: 'http://{o.ip}:{self.origin_http}'\n",
+            f"listen_http: '{t.listen(self.tracker_http)}'\norigin: '{scheme}://{o.ip}:{self.origin_http}'\n" + secure,
         )
         self.origin_daemon = Daemon("origin", [*o.prefix, *twistd("kraken-origin", origin)], f"{work}/origin.log",
                                     "origin P2P listening", wait=False)  # fmt: skip
@@ -243,10 +303,10 @@ class Cluster:
                 # On a namespace host of its own the agent listens on every interface, its loopback included.
                 + ("allow_remote_registry: true\n" if a.own_host else "")
                 + f"listen_api: '{a.listen(api)}'\n"
-                f"tracker: 'http://{t.ip}:{self.tracker_http}'\n"
+                f"tracker: '{scheme}://{t.ip}:{self.tracker_http}'\n"
                 f"build_index: 'http://127.0.0.1:{free_port()}'\n"  # unused: blobs by digest only
                 f"store: {{root: {work}/agent-{k}}}\n"
-                f"p2p: {{listen: '{a.listen(p2p)}', advertise: '{a.ip}:{p2p}', {bandwidth}}}\n",
+                f"p2p: {{listen: '{a.listen(p2p)}', advertise: '{a.ip}:{p2p}', {bandwidth}{p2p_tls}}}\n" + secure,
             )
             daemon = Daemon(f"agent-{k}", [*a.prefix, *twistd("kraken-agent", config)], f"{work}/agent-{k}.log",
                             "agent P2P listening", wait=False)  # fmt: skip

@@ -2,7 +2,7 @@
 
     python bench/tracker_load.py [--peers 10000] [--blobs 100] [--connections 10,100] [--duration 20] [--runs 3]
                                  [--generator wrk|python] [--profile SECONDS] [--tracker-twistd PATH]
-                                 [--work DIR] [--out FILE]
+                                 [--tls off|on|both] [--work DIR] [--out FILE]
 
 A real kraken-origin holds ``--blobs`` small blobs (64 KiB of random bytes each, uploaded over its HTTP API),
 so the tracker's announce path is the real one: it asks the origin which origins seed each blob (cached for
@@ -26,6 +26,12 @@ where its time goes (own time by package, and the time of some functions with th
 ``--tracker-twistd PATH`` runs the tracker with another twistd executable, e.g. a wrapper that patches a
 change in, to measure it against the committed tracker.
 
+``--tls on``: the tracker and the origin with mutual TLS (kraken/cli/certs.py's development CA: each presents
+its certificate and requires one), the tracker reaching the origin over https, and the generator presenting a
+client certificate. wrk cannot present one, so ``--tls`` takes the Python generator, for the plain runs too
+(``--tls both``: a plain bench, then a TLS one, the same runs on each, and their ratio), so the comparison is
+fair; each connection does one TLS handshake, then keeps it alive.
+
 Prints Markdown; ``--out FILE`` also appends it to FILE.
 """
 
@@ -39,6 +45,7 @@ import json
 import os
 import platform
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -50,7 +57,7 @@ from typing import BinaryIO
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from _daemons import Daemon, cpu_seconds, emit, free_port, twistd, write_blob, write_config  # noqa: E402
+from _daemons import BenchTLS, Daemon, cpu_seconds, emit, free_port, twistd, write_blob, write_config  # noqa: E402
 
 from kraken.core import MetaInfo  # noqa: E402
 
@@ -62,10 +69,20 @@ PEER_PORT = 16001
 
 
 def request(
-    port: int, method: str, path: str, body: BinaryIO | bytes | None = None, headers: dict[str, str] | None = None
+    port: int,
+    method: str,
+    path: str,
+    body: BinaryIO | bytes | None = None,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> bytes:
-    """One HTTP request to 127.0.0.1:``port``: the body (for a POST, its Location header); raises unless 2xx."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
+    """One HTTP request to 127.0.0.1:``port`` (HTTPS with ``context``): the body (for a POST, its Location
+    header); raises unless 2xx."""
+    conn = (
+        http.client.HTTPSConnection("127.0.0.1", port, timeout=3600, context=context)
+        if context
+        else http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
+    )
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
@@ -78,15 +95,15 @@ def request(
         conn.close()
 
 
-def upload(origin_port: int, namespace: str, path: str, digest: str) -> None:
+def upload(origin_port: int, namespace: str, path: str, digest: str, context: ssl.SSLContext | None = None) -> None:
     """Start, PATCH the whole file, commit: the origin's upload protocol (kraken/origin/http.py)."""
     base = f"/namespace/{namespace}/blobs/{digest}/uploads"
-    uid = request(origin_port, "POST", base).decode()
+    uid = request(origin_port, "POST", base, context=context).decode()
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         headers = {"Content-Range": f"0-{size}", "Content-Length": str(size)}
-        request(origin_port, "PATCH", f"{base}/{uid}", body=f, headers=headers)
-    request(origin_port, "PUT", f"{base}/{uid}")
+        request(origin_port, "PATCH", f"{base}/{uid}", body=f, headers=headers, context=context)
+    request(origin_port, "PUT", f"{base}/{uid}", context=context)
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -263,13 +280,17 @@ class Load:
             self.all_closed.set_result(None)
 
 
-async def generate(port: int, requests: list[bytes], *, connections: int, duration: float, once: bool) -> Result:
+async def generate(port: int, requests: list[bytes], *, connections: int, duration: float, once: bool,
+                   context: ssl.SSLContext | None = None) -> Result:  # fmt: skip
+    """The closed loop over ``connections`` keep-alive connections (TLS with ``context``, each presenting its
+    certificate once, in its handshake)."""
     start = time.perf_counter()
     load = Load(requests, once=once, deadline=start + duration)
     loop = asyncio.get_running_loop()
     load.open = connections
+    tls = {"ssl": context, "server_hostname": "127.0.0.1"} if context else {}
     for _ in range(connections):
-        await loop.create_connection(lambda: _Connection(load), "127.0.0.1", port)
+        await loop.create_connection(lambda: _Connection(load), "127.0.0.1", port, **tls)  # type: ignore[arg-type]
     await load.all_closed
     took = time.perf_counter() - start
     lat = sorted(load.latencies)
@@ -286,9 +307,12 @@ def generate_main(spec_path: str) -> None:
         spec = json.load(f)
     with open(spec["bodies"], "rb") as f:
         requests = [announce_request(spec["port"], line.rstrip(b"\n")) for line in f]
+    tls = spec.get("tls")
+    context = BenchTLS(**{**tls, "credentials": tuple(tls["credentials"])}).context() if tls else None
     result = asyncio.run(
-        generate(spec["port"], requests, connections=spec["connections"], duration=spec["duration"], once=spec["once"])
-    )
+        generate(spec["port"], requests, connections=spec["connections"], duration=spec["duration"], once=spec["once"],
+                 context=context)
+    )  # fmt: skip
     print(json.dumps(asdict(result)))
 
 
@@ -337,26 +361,41 @@ def parse_wrk(output: str) -> Result:
 # -- the benchmark --
 
 
-class Bench:
-    """An origin holding the blobs and a tracker pinned to one core."""
+def bench_configs(work: str, origin_http: int, origin_p2p: int, tracker_port: int, tls: BenchTLS | None
+                  ) -> tuple[str, str]:  # fmt: skip
+    """The origin's and the tracker's config files (with ``tls``: mutual TLS on both, the tracker reaching the
+    origin over https); their paths."""
+    secure = f"tls: {tls.block()}\n" if tls else ""
+    origin = write_config(
+        work,
+        "origin",
+        f"listen_http: 'tcp:{origin_http}:interface=127.0.0.1'\n"
+        f"store: {{root: {work}/origin}}\n"
+        f"p2p: {{listen: 'tcp:{origin_p2p}:interface=127.0.0.1', advertise: '127.0.0.1:{origin_p2p}'}}\n" + secure,
+    )
+    scheme = "https" if tls else "http"
+    tracker = write_config(
+        work,
+        "tracker",
+        f"listen_http: 'tcp:{tracker_port}:interface=127.0.0.1'\norigin: '{scheme}://127.0.0.1:{origin_http}'\n"
+        + secure,
+    )
+    return origin, tracker
 
-    def __init__(self, work: str, blobs: int, peers: int, tracker_twistd: str | None = None) -> None:
+
+class Bench:
+    """An origin holding the blobs and a tracker pinned to one core; ``tls``: both with mutual TLS."""
+
+    def __init__(
+        self, work: str, blobs: int, peers: int, tracker_twistd: str | None = None, *, tls: bool = False
+    ) -> None:
         self.work = work
         os.makedirs(work, exist_ok=True)
         self.peers = peers
+        self.tls = BenchTLS.make(work) if tls else None
+        self.context = self.tls.context() if self.tls else None
         origin_http, origin_p2p, self.tracker_port = free_port(), free_port(), free_port()
-        origin = write_config(
-            work,
-            "origin",
-            f"listen_http: 'tcp:{origin_http}:interface=127.0.0.1'\n"
-            f"store: {{root: {work}/origin}}\n"
-            f"p2p: {{listen: 'tcp:{origin_p2p}:interface=127.0.0.1', advertise: '127.0.0.1:{origin_p2p}'}}\n",
-        )
-        tracker = write_config(
-            work,
-            "tracker",
-            f"listen_http: 'tcp:{self.tracker_port}:interface=127.0.0.1'\norigin: 'http://127.0.0.1:{origin_http}'\n",
-        )
+        origin, tracker = bench_configs(work, origin_http, origin_p2p, self.tracker_port, self.tls)
         pin = ["taskset", "-c", GENERATOR_CORE]
         argv = pin + twistd("kraken-origin", origin)
         self.origin = Daemon("origin", argv, f"{work}/origin.log", "origin P2P listening")
@@ -379,9 +418,10 @@ class Bench:
         """A fresh blob on the origin: (digest, info hash of its metainfo, as the origin made it)."""
         path = os.path.join(self.work, f"blob-{i}")
         digest = write_blob(path, BLOB_SIZE)
-        upload(origin_http, NAMESPACE, path, digest)
+        upload(origin_http, NAMESPACE, path, digest, self.context)
         os.unlink(path)
-        info = MetaInfo.from_json(request(origin_http, "GET", f"/namespace/{NAMESPACE}/blobs/{digest}/metainfo"))
+        metainfo = request(origin_http, "GET", f"/namespace/{NAMESPACE}/blobs/{digest}/metainfo", context=self.context)
+        info = MetaInfo.from_json(metainfo)
         return digest, info.info_hash
 
     def generator(self, kind: str, connections: int, duration: float, *, once: bool = False) -> subprocess.Popen[str]:
@@ -396,7 +436,8 @@ class Bench:
             spec = os.path.join(self.work, "generate.json")
             with open(spec, "w") as f:
                 json.dump({"port": self.tracker_port, "bodies": self.bodies, "connections": connections,
-                           "duration": duration, "once": once}, f)  # fmt: skip
+                           "duration": duration, "once": once, "tls": asdict(self.tls) if self.tls else None},
+                          f)  # fmt: skip
             argv = [*pin, sys.executable, os.path.abspath(__file__), "--generate", spec]
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -517,6 +558,12 @@ def main() -> int:
     parser.add_argument(
         "--tracker-twistd", default=None, help="run the tracker with this twistd (to measure a patched tracker)"
     )
+    parser.add_argument(
+        "--tls",
+        choices=tuple(TLS_MODES),
+        default="off",
+        help="mutual TLS (on), or plain and TLS (both); Python generator",
+    )
     parser.add_argument("--work", default=None)
     parser.add_argument("--out", default=None)
     parser.add_argument("--generate", default=None, help=argparse.SUPPRESS)
@@ -534,8 +581,36 @@ def main() -> int:
         parser.error("need at least one blob and at least as many peers as blobs")
     if os.cpu_count() is None or os.cpu_count() < 2:  # type: ignore[operator]
         parser.error("needs two cores: the tracker on one, the generator on the other")
+    if args.tls != "off":
+        args.generator = "python"  # wrk cannot present a client certificate: the Python generator for both
     work = args.work or tempfile.mkdtemp(prefix="kraken-tracker-load-")
-    bench = Bench(work, args.blobs, args.peers, args.tracker_twistd)
+    results: dict[bool, dict[int, list[Result]]] = {}
+    profile_rows: list[str] = []
+    try:
+        for tls in TLS_MODES[args.tls]:
+            results[tls], rows = measure(args, os.path.join(work, "tls" if tls else "plain"), counts, tls)
+            profile_rows += rows
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    lines: list[str] = []
+    for tls, runs in results.items():
+        lines += [*table(args, runs, tls), ""]
+    if args.tls == "both":
+        lines += [*tls_ratio(results[False], results[True]), ""]
+    lines += profile_rows
+    emit("\n".join(lines).rstrip("\n") + "\n", args.out)
+    return 0
+
+
+TLS_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
+
+
+def measure(args: argparse.Namespace, work: str, counts: list[int], tls: bool) -> tuple[dict[int, list[Result]],
+                                                                                        list[str]]:  # fmt: skip
+    """One bench (plain, or mutual TLS with ``tls``): the prefill, then ``--runs`` runs per connection count;
+    the results and the profile's rows."""
+    bench = Bench(work, args.blobs, args.peers, args.tracker_twistd, tls=tls)
     runs: dict[int, list[Result]] = {}
     try:
         # Every peer announces once: the store holds them all, the origin lookups are cached.
@@ -546,22 +621,31 @@ def main() -> int:
             runs[count] = []
             for i in range(args.runs):
                 result = bench.run(args.generator, count, args.duration)
-                print(f"  {count} connections, run {i + 1}: {json.dumps(asdict(result))}", file=sys.stderr, flush=True)
+                print(f"  {'TLS ' if tls else ''}{count} connections, run {i + 1}: {json.dumps(asdict(result))}",
+                      file=sys.stderr, flush=True)  # fmt: skip
                 runs[count].append(result)
         profile_rows = profile(bench, args.generator, counts[-1], args.profile) if args.profile else []
     finally:
         bench.stop()
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
-    lines = table(args, runs) + (["", *profile_rows] if profile_rows else [])
-    emit("\n".join(lines) + "\n", args.out)
-    return 0
+    return runs, profile_rows
 
 
-def table(args: argparse.Namespace, runs: dict[int, list[Result]]) -> list[str]:
+def tls_ratio(plain: dict[int, list[Result]], secure: dict[int, list[Result]]) -> list[str]:
+    """``--tls both``: announces/s without and with mutual TLS, and the ratio."""
+    rows = ["Announces/s without and with mutual TLS (same generator, same runs):", "",
+            "| connections | plain | mutual TLS | TLS / plain |", "|---|---|---|---|"]  # fmt: skip
+    for count in plain:
+        a, b = (statistics.median(r.rate for r in runs[count]) for runs in (plain, secure))
+        rows.append(f"| {count} | {a:,.0f} | {b:,.0f} | {b / a:.2f}x |")
+    return rows
+
+
+def table(args: argparse.Namespace, runs: dict[int, list[Result]], tls: bool = False) -> list[str]:
+    tls_flag = f" --tls {args.tls}" if args.tls != "off" else ""
     rows = [
-        f"Tracker load: `python bench/tracker_load.py --peers {args.peers} --blobs {args.blobs} --connections "
-        f"{args.connections} --duration {args.duration:g} --runs {args.runs} --generator {args.generator}`, on "
+        f"Tracker load{' with mutual TLS' if tls else ''}: `python bench/tracker_load.py --peers {args.peers} "
+        f"--blobs {args.blobs} --connections {args.connections} "
+        f"--duration {args.duration:g} --runs {args.runs} --generator {args.generator}{tls_flag}`, on "
         f"{platform.node()} ({os.cpu_count()} CPUs), Python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d')}. Medians of {args.runs} runs of {args.duration:g} s (each run's rate in "
         f"brackets); tracker on core {TRACKER_CORE}, generator ({args.generator}) and origin on core "
