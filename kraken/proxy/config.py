@@ -112,7 +112,7 @@ class AccessRuleConfig:
 
     # A glob ("team-a/*", "*": every repository) or, starting with ^, a regular expression on the whole name.
     repositories: str
-    # Some of pull, push, delete (pushing needs pull and push).
+    # Some of pull, push, delete (pushing needs pull and push); [] denies (an exception before a broader rule).
     actions: tuple[str, ...]
     # htpasswd users ("*": every user) and groups of auth.groups.
     users: tuple[str, ...] = ()

@@ -2,7 +2,8 @@
 
 A rule names ``users`` and/or ``groups`` (``"*"`` among the users: every
 authenticated user), the ``repositories`` it covers and the ``actions`` it
-grants (``pull``, ``push``, ``delete``). For a user and a repository the
+grants (``pull``, ``push``, ``delete``; none, ``[]``, denies: a rule before a
+broader one makes an exception). For a user and a repository the
 first rule that names the user (or one of their groups) and whose pattern
 matches the repository decides: its actions are what the user may do there,
 and nothing else. No rule matching: nothing (default deny). Pushing needs
@@ -65,8 +66,6 @@ class Rule:
         unknown = sorted(set(actions) - set(ACTIONS))
         if unknown:
             raise ValueError(f"actions: unknown action {unknown[0]!r} (known: {', '.join(ACTIONS)})")
-        if not actions:
-            raise ValueError(f"actions: name at least one of {', '.join(ACTIONS)}")
         return cls(users, groups, repositories, frozenset(actions), repository_pattern(repositories))
 
     def names(self, user: str, groups: frozenset[str]) -> bool:
