@@ -52,17 +52,17 @@ def load_public_keys(path: str) -> list[PublicKey]:
     except OSError as e:
         raise ValueError(f"{path}: cannot read: {e.strerror}") from None
     keys = []
-    for block in _PEM_BLOCK.finditer(data):
+    for number, block in enumerate(_PEM_BLOCK.finditer(data), 1):
         kind = block.group(1).decode()
+        if kind not in ("CERTIFICATE", "PUBLIC KEY"):
+            raise ValueError(f"{path}: a {kind} block (only CERTIFICATE and PUBLIC KEY are used; never a private key)")
         try:
             if kind == "CERTIFICATE":
                 key: Any = x509.load_pem_x509_certificate(block.group(0)).public_key()
-            elif kind == "PUBLIC KEY":
-                key = load_pem_public_key(block.group(0))
             else:
-                raise ValueError(f"a {kind} block (only CERTIFICATE and PUBLIC KEY are used; never a private key)")
-        except (ValueError, UnsupportedAlgorithm) as e:
-            raise ValueError(f"{path}: {e}") from None
+                key = load_pem_public_key(block.group(0))
+        except (ValueError, UnsupportedAlgorithm):
+            raise ValueError(f"{path}: PEM block {number} is not a readable {kind}") from None
         if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
             raise ValueError(f"{path}: a {type(key).__name__}: only RSA and EC keys sign registry tokens")
         keys.append(key)

@@ -132,7 +132,9 @@ def test_sighup_reloads_the_token_keys(herd_launcher: Any, tmp_path: Any) -> Non
     assert (base_status(herd.registry, old), base_status(herd.registry, new)) == (401, 200)
 
     keys.write_text("-----BEGIN PUBLIC KEY-----\nbroken\n-----END PUBLIC KEY-----\n")
-    logged = sighup(herd, "token keys not reloaded, keeping the previous 1")
+    logged = sighup(
+        herd, f"token keys not reloaded, keeping the previous 1: {keys}: PEM block 1 is not a readable PUBLIC KEY"
+    )
     assert any(str(keys) in line for line in logged if "not reloaded" in line), logged
     assert not any("Traceback" in line for line in logged), logged
     assert base_status(herd.registry, new) == 200

@@ -62,7 +62,10 @@ def test_a_broken_key_file_keeps_the_previous_keys(tmp_path: Path) -> None:
     registry, auth = token_registry(tmp_path, keys)
     for broken, why in [
         (b"not a key", f"{keys}: no PEM certificate or public key found"),
-        (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", f"{keys}: "),
+        (
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            f"{keys}: PEM block 1 is not a readable CERTIFICATE",
+        ),
         (None, f"{keys}: cannot read: No such file or directory"),
     ]:
         if broken is None:
