@@ -76,13 +76,7 @@ def herd_config(
 ) -> HerdConfig:
     """Fill in the herd's defaults around ``loaded`` and build every section (``secure``: see the module;
     ``secure_hosts``: names and addresses its certificates carry besides loopback)."""
-    data = loaded.data
-    unknown = sorted(set(data) - set(KEYS))
-    if unknown:
-        known = ", ".join(sorted(KEYS))
-        raise config.ConfigError(
-            f"unknown key (known keys here: {known})", file=loaded.source((unknown[0],)), key=(unknown[0],)
-        )
+    data = _known_keys(loaded)
     state = _state_dir(loaded, state_dir)
     count = _count(loaded, "agents", DEFAULT_AGENTS, 0) if agents is None else agents
     base_port = _count(loaded, "agent_base_port", DEFAULT_AGENT_BASE_PORT, 1)
@@ -130,6 +124,17 @@ def herd_config(
         agents=tuple(_agent_config(loaded, k, state, base_port, tracker_url, index_url, sec) for k in range(count)),
         secure=sec,
     )
+
+
+def _known_keys(loaded: config.Loaded) -> dict[str, Any]:
+    """The herd file's data, once every top-level key is known."""
+    unknown = sorted(set(loaded.data) - set(KEYS))
+    if unknown:
+        known = ", ".join(sorted(KEYS))
+        raise config.ConfigError(
+            f"unknown key (known keys here: {known})", file=loaded.source((unknown[0],)), key=(unknown[0],)
+        )
+    return loaded.data
 
 
 def _secure(loaded: config.Loaded, state: str, count: int, hosts: tuple[str, ...]) -> SecureHerd:
