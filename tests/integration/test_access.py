@@ -76,7 +76,7 @@ def test_alice_pushes_team_a_bob_only_pulls(herd_launcher: Any, tmp_path: Any) -
     )
     err = pushed.stderr.decode(errors="replace")
     assert pushed.returncode != 0, err
-    assert "denied" in err.lower(), err
+    assert "requested access to the resource is denied" in err, err
 
     r = requests.post(f"{url}/blobs/uploads/", headers=basic("bob"), timeout=30)
     assert r.status_code == 403, (r.status_code, r.text)
