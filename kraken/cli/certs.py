@@ -5,12 +5,13 @@ key sits beside the certificates). ``ensure_dev_ca(directory, names)`` writes::
 
     directory/trust/ca.crt        the CA certificate: what clients trust (skopeo --*-cert-dir takes this directory)
     directory/ca.key              the CA's private key (mode 0600)
-    directory/certs/NAME.crt      one certificate per name, for 127.0.0.1, ::1 and localhost,
-    directory/certs/NAME.key      usable by servers and clients (mutual TLS); keys mode 0600
+    directory/certs/NAME.crt      one certificate per name, for 127.0.0.1, ::1 and localhost (and the
+    directory/certs/NAME.key      ``hosts`` asked for), usable by servers and clients (mutual TLS); keys mode 0600
 
 and reuses what is there while it is valid: the CA is made again when a file is missing, unreadable, expired
 (or expires within ``RENEW_BEFORE``) or its key does not match, and then every certificate with it; a
-certificate is made again on the same grounds, or when the current CA did not sign it.
+certificate is made again on the same grounds, when the current CA did not sign it, or when its names (SANs)
+are not the ones wanted (``hosts`` changed).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
+from collections.abc import Iterable, Sequence
 
 import attrs
 from cryptography import x509
@@ -34,6 +37,34 @@ RENEW_BEFORE = datetime.timedelta(days=1)
 BACKDATE = datetime.timedelta(hours=1)
 HOSTS = ("localhost",)
 ADDRESSES = ("127.0.0.1", "::1")
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def host_name(value: str) -> x509.GeneralName:
+    """A SAN for ``value``: an IP address (v4 or v6) or a DNS name (``*.`` allowed as its first label);
+    ValueError saying which it is not."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    name = value.lower().removesuffix(".")
+    labels = name.split(".")
+    if labels[0] == "*" and len(labels) > 2:
+        labels = labels[1:]
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"{value!r} is not a host name or IP address")
+    return x509.DNSName(name)
+
+
+def wanted_names(hosts: Iterable[str] = ()) -> list[x509.GeneralName]:
+    """The SANs of every leaf: the loopback names, then ``hosts`` (see ``host_name``), without repeats."""
+    names: list[x509.GeneralName] = [x509.DNSName(h) for h in HOSTS]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ADDRESSES]
+    for host in hosts:
+        name = host_name(host)
+        if name not in names:
+            names.append(name)
+    return names
 
 
 @attrs.frozen
@@ -122,12 +153,17 @@ def make_ca(now: datetime.datetime, days: int = CA_DAYS) -> tuple[x509.Certifica
 
 
 def make_leaf(
-    name: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, now: datetime.datetime, days: int = LEAF_DAYS
+    name: str,
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    now: datetime.datetime,
+    days: int = LEAF_DAYS,
+    sans: Sequence[x509.GeneralName] | None = None,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A certificate for ``name`` (its common name) with the loopback SANs, for servers and clients."""
+    """A certificate for ``name`` (its common name) with ``sans`` (default: the loopback ones), for servers
+    and clients."""
     key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = [x509.DNSName(h) for h in HOSTS]
-    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ADDRESSES]
+    sans = wanted_names() if sans is None else list(sans)
     eku = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     cert = (
         _builder(f"kraken {name}", ca.subject, key.public_key(), now, days)
@@ -151,9 +187,23 @@ def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
-def ensure_dev_ca(directory: str, names: list[str] | tuple[str, ...], now: datetime.datetime | None = None) -> DevCA:
-    """The CA and one certificate per name under ``directory``: reused while valid, else made (see the module)."""
+def _names_of(cert: x509.Certificate) -> set[x509.GeneralName]:
+    try:
+        return set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return set()
+
+
+def ensure_dev_ca(
+    directory: str,
+    names: list[str] | tuple[str, ...],
+    now: datetime.datetime | None = None,
+    hosts: Sequence[str] = (),
+) -> DevCA:
+    """The CA and one certificate per name under ``directory``, each for the loopback names and ``hosts``:
+    reused while valid, else made (see the module). ValueError for a host that is not a name or address."""
     at = _now(now)
+    sans = wanted_names(hosts)
     trust_dir = os.path.join(directory, "trust")
     certs_dir = os.path.join(directory, "certs")
     for d in (directory, trust_dir, certs_dir):
@@ -172,8 +222,8 @@ def ensure_dev_ca(directory: str, names: list[str] | tuple[str, ...], now: datet
     for name in names:
         cert_path, key_path = os.path.join(certs_dir, f"{name}.crt"), os.path.join(certs_dir, f"{name}.key")
         leaf = _load(cert_path, key_path)
-        if leaf is None or not _fresh(leaf[0], at) or not _signed_by(leaf[0], ca):
-            cert, key = make_leaf(name, ca, ca_key, at)
+        if leaf is None or not _fresh(leaf[0], at) or not _signed_by(leaf[0], ca) or _names_of(leaf[0]) != set(sans):
+            cert, key = make_leaf(name, ca, ca_key, at, sans=sans)
             _write(key_path, _key_pem(key), 0o600)
             _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
             made.append(name)

@@ -32,7 +32,7 @@ from kraken.agent.config import AgentConfig
 from kraken.agent.tap import agent_service
 from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.tap import build_index_service
-from kraken.herd.secure import SecureHerd, add_secure_defaults, ensure_secure, https
+from kraken.herd.secure import SecureHerd, add_secure_defaults, ensure_secure, https, parse_hosts
 from kraken.net.endpoints import endpoint_url, host_port
 from kraken.origin.config import OriginConfig
 from kraken.origin.tap import origin_service
@@ -68,16 +68,15 @@ def agent_ports(base: int, k: int) -> tuple[int, int, int]:
 
 
 def herd_config(
-    loaded: config.Loaded, state_dir: str | None = None, agents: int | None = None, secure: bool = False
+    loaded: config.Loaded,
+    state_dir: str | None = None,
+    agents: int | None = None,
+    secure: bool = False,
+    secure_hosts: tuple[str, ...] = (),
 ) -> HerdConfig:
-    """Fill in the herd's defaults around ``loaded`` and build every section (``secure``: see the module)."""
-    data = loaded.data
-    unknown = sorted(set(data) - set(KEYS))
-    if unknown:
-        known = ", ".join(sorted(KEYS))
-        raise config.ConfigError(
-            f"unknown key (known keys here: {known})", file=loaded.source((unknown[0],)), key=(unknown[0],)
-        )
+    """Fill in the herd's defaults around ``loaded`` and build every section (``secure``: see the module;
+    ``secure_hosts``: names and addresses its certificates carry besides loopback)."""
+    data = _known_keys(loaded)
     state = _state_dir(loaded, state_dir)
     count = _count(loaded, "agents", DEFAULT_AGENTS, 0) if agents is None else agents
     base_port = _count(loaded, "agent_base_port", DEFAULT_AGENT_BASE_PORT, 1)
@@ -94,7 +93,7 @@ def herd_config(
         origin_url, tracker_url, index_url = map(endpoint_url, (origin_listen, tracker_listen, index_listen))
     except ValueError as e:
         raise config.ConfigError(str(e), file=loaded.file) from None
-    sec = _secure(loaded, state, count) if secure else None
+    sec = _secure(loaded, state, count, secure_hosts) if secure else None
     if sec is not None:
         origin_url, tracker_url, index_url = map(https, (origin_url, tracker_url, index_url))
 
@@ -127,9 +126,20 @@ def herd_config(
     )
 
 
-def _secure(loaded: config.Loaded, state: str, count: int) -> SecureHerd:
+def _known_keys(loaded: config.Loaded) -> dict[str, Any]:
+    """The herd file's data, once every top-level key is known."""
+    unknown = sorted(set(loaded.data) - set(KEYS))
+    if unknown:
+        known = ", ".join(sorted(KEYS))
+        raise config.ConfigError(
+            f"unknown key (known keys here: {known})", file=loaded.source((unknown[0],)), key=(unknown[0],)
+        )
+    return loaded.data
+
+
+def _secure(loaded: config.Loaded, state: str, count: int, hosts: tuple[str, ...]) -> SecureHerd:
     try:
-        return ensure_secure(state, count)
+        return ensure_secure(state, count, hosts)
     except OSError as e:
         where = e.filename or os.path.join(state, "secure")
         raise config.ConfigError(f"--secure: cannot write {where}: {e.strerror}", file=loaded.file) from None
@@ -213,7 +223,9 @@ class Options(usage.Options):
         ["config", "c", None, "YAML config file (supports extends:); every key has a default"],
         ["state-dir", "d", None, "Directory for all state (overrides state_dir)"],
         ["agents", "a", None, f"Number of agents (overrides agents; default {DEFAULT_AGENTS})"],
-    ]
+        ["secure-hosts", None, None, "With --secure: host names and IP addresses, comma-separated, that the "
+         "certificates name besides loopback (a herd reached over the LAN)"],
+    ]  # fmt: skip
 
     def postOptions(self) -> None:
         agents: int | None = None
@@ -222,8 +234,12 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--agents must be a number of agents (0 or more), not {self['agents']!r}")
             agents = int(self["agents"])
         try:
+            hosts = parse_hosts(self["secure-hosts"], bool(self["secure"]))
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        try:
             loaded = config.load(self["config"]) if self["config"] else config.from_mapping({}, "<command line>")
-            self["parsed"] = herd_config(loaded, self["state-dir"], agents, bool(self["secure"]))
+            self["parsed"] = herd_config(loaded, self["state-dir"], agents, bool(self["secure"]), hosts)
         except config.ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -257,13 +273,14 @@ class Herd(MultiService):
         self.log.info(
             "kraken-herd --secure: TLS on every link, mutual TLS inside, with the development CA {ca} (clients: "
             "skopeo --dest-cert-dir/--src-cert-dir {trust_dir}); the registry asks for Basic auth: user {user}, "
-            "{password} in {credentials} (readable by its owner only){made}",
+            "{password} in {credentials} (readable by its owner only); certificates for loopback{hosts}{made}",
             ca=sec.ca.ca,
             trust_dir=sec.ca.trust_dir,
             user=sec.user,
             password=password,
             credentials=sec.credentials,
             made=f"; made this start: {', '.join(sec.ca.made)}" if sec.ca.made else "",
+            hosts="".join(f", {h}" for h in sec.hosts),
         )
 
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import datetime
 import signal
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, cast
 
 import attrs
 from cryptography import x509
@@ -372,26 +372,39 @@ class TLSClientEndpoint:
         return connected.addCallback(lambda protocol: protocol.wrappedProtocol)
 
 
+class Reloadable(Protocol):
+    def reload(self) -> bool:
+        """Read its files again; False (and a log line naming the file) when that failed and the old stay."""
+
+
 class ReloadOnSIGHUP(Service):
-    """Reloads ``contexts`` when the process gets SIGHUP (the reload runs in the reactor thread); the
-    previous handler, if any, still runs (the herd has several daemons in one process). Without
-    ``contexts`` (no ``tls`` block) a SIGHUP is only logged: ``systemctl reload`` never stops a daemon."""
+    """Reloads ``contexts``, then each of ``also`` (e.g. the proxy's htpasswd file or token keys), when the
+    process gets SIGHUP (the reload runs in the reactor thread); the previous handler, if any, still runs
+    (the herd has several daemons in one process). With nothing to reload (no ``tls`` block) a SIGHUP is
+    only logged: ``systemctl reload`` never stops a daemon. ``after`` gets whether everything reloaded."""
 
     def __init__(
-        self, contexts: TLSContexts | None, reactor: Any, after: Callable[[bool], object] | None = None
+        self,
+        contexts: TLSContexts | None,
+        reactor: Any,
+        after: Callable[[bool], object] | None = None,
+        also: Sequence[Reloadable] = (),
     ) -> None:
         self.setName("tls-reload")  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self._contexts = contexts
         self._reactor = reactor
         self._after = after
+        self._also = tuple(also)
         self._previous: Any = None
 
     def _reload(self) -> None:
-        if self._contexts is None:
-            log.info("SIGHUP: nothing to reload (no tls block)")
-            done = True
-        else:
+        done = True
+        if self._contexts is not None:
             done = self._contexts.reload()
+        elif not self._also:
+            log.info("SIGHUP: nothing to reload (no tls block)")
+        for other in self._also:
+            done = other.reload() and done
         if self._after is not None:
             self._after(done)
 

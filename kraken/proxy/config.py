@@ -11,6 +11,7 @@ from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen
 from kraken.net.tls import TLSConfig
 from kraken.origin.client import MAX_STAT_BATCH, check_origins
+from kraken.registry.access import AccessRules, Rule
 from kraken.registry.htpasswd import read_htpasswd
 from kraken.registry.references import DEFAULT_CHECK_BATCH, DEFAULT_CHECK_CONCURRENCY, DEFAULT_MAX_REFERENCES
 from kraken.registry.tokens import load_public_keys
@@ -105,6 +106,26 @@ class TokenAuthConfig:
 
 
 @attrs.frozen
+class AccessRuleConfig:
+    """One rule of ``auth.access`` (``kraken.registry.access``): the first rule naming the user (or one of
+    their groups) whose pattern matches the repository decides what they may do there."""
+
+    # A glob ("team-a/*", "*": every repository) or, starting with ^, a regular expression on the whole name.
+    repositories: str
+    # Some of pull, push, delete (pushing needs pull and push); [] denies (an exception before a broader rule).
+    actions: tuple[str, ...]
+    # htpasswd users ("*": every user) and groups of auth.groups.
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        self.rule()
+
+    def rule(self) -> Rule:
+        return Rule.make(self.users, self.groups, self.repositories, self.actions)
+
+
+@attrs.frozen
 class AuthConfig:
     """Who may push and pull (``auth:``): off by default (anyone who reaches the listener may)."""
 
@@ -116,10 +137,21 @@ class AuthConfig:
     token: TokenAuthConfig | None = None
     # Requests without credentials may pull (GET/HEAD in a repository); pushes still need them.
     anonymous_pull: bool = False
+    # Who may pull and push what (htpasswd users): rules, first match wins; none (the default): every user
+    # may do everything. With rules, what no rule grants is 403 DENIED.
+    access: tuple[AccessRuleConfig, ...] = ()
+    # Groups the rules may name: {group: [users]}.
+    groups: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         if self.htpasswd and self.token is not None:
             raise ValueError("htpasswd and token: choose one way of authenticating")
+        if (self.access or self.groups) and not self.htpasswd:
+            raise ValueError("access and groups need htpasswd (with tokens, the token service decides)")
+        for number, rule in enumerate(self.access):
+            unknown = sorted(set(rule.groups) - set(self.groups))
+            if unknown:
+                raise ValueError(f"access.{number}.groups: no group {unknown[0]!r} in auth.groups")
         if self.anonymous_pull and not self.enabled:
             raise ValueError("anonymous_pull needs htpasswd or token (without them anyone may pull already)")
         if self.htpasswd:
@@ -131,6 +163,12 @@ class AuthConfig:
     @property
     def enabled(self) -> bool:
         return bool(self.htpasswd) or self.token is not None
+
+    def rules(self) -> AccessRules | None:
+        """The access rules, or None when there are none (every user may do everything)."""
+        if not self.access:
+            return None
+        return AccessRules([r.rule() for r in self.access], self.groups)
 
 
 @attrs.frozen

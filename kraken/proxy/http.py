@@ -23,9 +23,9 @@ from kraken.registry.http import RegistryAPI
 from kraken.registry.references import ReferencePolicy
 from kraken.registry.sessions import UploadLimits
 from kraken.registry.source import IRegistrySource
-from kraken.registry.tokens import TokenVerifier, all_keys
+from kraken.registry.tokens import TokenKeys, TokenVerifier
 from kraken.store import UploadArea
-from kraken.workers import InlineWorker, Worker
+from kraken.workers import Worker
 
 log = Logger(namespace="kraken.proxy")
 
@@ -37,11 +37,10 @@ def proxy_api(
     clock: IReactorTime,
     config: RegistryConfig,
     limits: LimitsConfig | None = None,
-    auth: AuthConfig | None = None,
-    worker: Worker | None = None,
+    auth: RegistryAuth | None = None,
 ) -> RegistryAPI:
-    """The registry API the proxy serves (normally over a ``ProxySource``), with the upload ``limits``;
-    ``worker`` runs the bcrypt checks of Basic auth."""
+    """The registry API the proxy serves (normally over a ``ProxySource``), with the upload ``limits`` and
+    the gate ``auth`` (``registry_auth``; None: no authentication)."""
     api = RegistryAPI(
         source,
         uploads,
@@ -53,7 +52,7 @@ def proxy_api(
             batch=config.check_batch,
             concurrency=config.check_concurrency,
         ),
-        auth=registry_auth(auth, clock=clock, worker=worker or InlineWorker()) if auth is not None else None,
+        auth=auth,
     )
     if limits is not None:
         api.sessions.limits = UploadLimits(
@@ -65,23 +64,27 @@ def proxy_api(
 
 
 def registry_auth(config: AuthConfig, *, clock: IReactorTime, worker: Worker) -> RegistryAuth | None:
-    """The gate ``config`` describes, or None when authentication is off."""
+    """The gate ``config`` describes, or None when authentication is off; ``worker`` runs the bcrypt
+    checks of Basic auth. ``RegistryAuth.reload`` reads its files again (the tap calls it on SIGHUP)."""
     credentials: Credentials
     if config.token is not None:
         token = config.token
+        keys = TokenKeys(token.certificate_files)
         verifier = TokenVerifier(
-            all_keys(token.certificate_files),
-            issuer=token.issuer,
-            audience=token.audience or token.service,
-            leeway=token.leeway,
+            keys.keys, issuer=token.issuer, audience=token.audience or token.service, leeway=token.leeway
         )
-        credentials = BearerCredentials(verifier, realm=token.realm, service=token.service, clock=clock)
+        credentials = BearerCredentials(verifier, realm=token.realm, service=token.service, clock=clock, keys=keys)
         log.info(
             "registry auth: bearer tokens from {realm} (service {service})", realm=token.realm, service=token.service
         )
     elif config.htpasswd:
-        credentials = BasicCredentials(HtpasswdFile(config.htpasswd), config.realm, worker)
-        log.info("registry auth: HTTP Basic, users from {path}", path=config.htpasswd)
+        rules = config.rules()
+        credentials = BasicCredentials(HtpasswdFile(config.htpasswd), config.realm, worker, rules)
+        log.info(
+            "registry auth: HTTP Basic, users from {path}, {access}",
+            path=config.htpasswd,
+            access=f"{len(rules.rules)} access rules" if rules else "every user may pull and push everything",
+        )
     else:
         return None
     return RegistryAuth(credentials, anonymous_pull=config.anonymous_pull)

@@ -12,10 +12,10 @@ from kraken import config
 from kraken.buildindex.client import BuildIndexClient
 from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
-from kraken.net.tls import server_side, wire
+from kraken.net.tls import ReloadOnSIGHUP, TLSContexts, server_side
 from kraken.origin.client import ClusterClient, origin_urls
 from kraken.proxy.config import ProxyConfig
-from kraken.proxy.http import proxy_api
+from kraken.proxy.http import proxy_api, registry_auth
 from kraken.proxy.limits import rate_limited
 from kraken.proxy.source import ProxySource
 from kraken.store import UploadArea, UploadExpiry
@@ -32,7 +32,7 @@ class Options(config.DaemonOptions):
 
 def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
     top = MultiService()
-    tls = wire(cfg.tls, reactor, top)
+    tls = TLSContexts.from_config(cfg.tls)
     io = ThreadPoolService("proxy-io", 1, cfg.io_threads)
     io.setServiceParent(top)
     worker = ThreadWorker(reactor, io.pool)
@@ -48,9 +48,11 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
     source = ProxySource(
         origin, index, worker=worker, scratch=cfg.uploads.root, check_concurrency=cfg.registry.check_concurrency
     )
-    api = proxy_api(
-        source, uploads, clock=reactor, config=cfg.registry, limits=cfg.limits, auth=cfg.auth, worker=worker
-    )
+    gate = registry_auth(cfg.auth, clock=reactor, worker=worker)
+    api = proxy_api(source, uploads, clock=reactor, config=cfg.registry, limits=cfg.limits, auth=gate)
+    # SIGHUP reloads the TLS pair and the htpasswd file or token keys.
+    reload = ReloadOnSIGHUP(tls, reactor, also=[gate] if gate is not None else [])
+    reload.setServiceParent(top)
 
     UploadExpiry(api.expire_uploads, clock=reactor, ttl=cfg.uploads.ttl).setServiceParent(top)
 

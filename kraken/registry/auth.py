@@ -27,6 +27,16 @@ needed accesses: ``{"errors":[{"code":"UNAUTHORIZED","message":...,
 ``anonymous_pull`` lets requests without credentials pull (not ``/v2/``
 itself, which still challenges so that clients learn how to log in, nor the
 catalog).
+
+Basic users may be limited by access rules (``kraken.registry.access``):
+without rules an authenticated user may do everything; with them, what no
+rule grants is 403 ``DENIED`` (the credentials are right, the answer will not
+change by asking again), with the refused accesses in ``detail``; a mount
+from a repository the user may not pull becomes a plain upload, as above.
+
+``RegistryAuth.reload`` (on SIGHUP, through ``kraken.net.tls.ReloadOnSIGHUP``)
+reads the htpasswd file or the token service's keys again; when that fails it
+keeps what it had and logs why, naming the file.
 """
 
 from __future__ import annotations
@@ -40,12 +50,13 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
-from kraken.registry.errors import Unauthorized
+from kraken.registry.access import AccessRules, UserGrants
+from kraken.registry.errors import Denied, Unauthorized
 from kraken.registry.htpasswd import HtpasswdFile
 from kraken.registry.messages import arg, registry_logger, text
 from kraken.registry.names import check_name, is_valid_name
 from kraken.registry.routing import Route
-from kraken.registry.tokens import Grants, InvalidToken, TokenVerifier
+from kraken.registry.tokens import Grants, InvalidToken, TokenKeys, TokenVerifier
 from kraken.workers import Worker
 
 
@@ -114,6 +125,9 @@ class Credentials(Protocol):
     def challenge(self, needed: Sequence[Access], error: str | None) -> str:
         """The ``WWW-Authenticate`` value asking for ``needed``."""
 
+    def reload(self) -> bool:
+        """Read the credentials' files again (False, logged, when that failed: the previous ones stay)."""
+
 
 def _authorization(request: IRequest, scheme: bytes) -> bytes | None:
     """The credentials after ``scheme`` in the Authorization header, or None."""
@@ -129,12 +143,13 @@ def _quoted(value: str) -> str:
 
 
 class BasicCredentials:
-    """HTTP Basic against an htpasswd file (bcrypt checks in ``worker``)."""
+    """HTTP Basic against an htpasswd file (bcrypt checks in ``worker``), limited by ``rules`` when given."""
 
-    def __init__(self, users: HtpasswdFile, realm: str, worker: Worker) -> None:
+    def __init__(self, users: HtpasswdFile, realm: str, worker: Worker, rules: AccessRules | None = None) -> None:
         self._users = users
         self._realm = realm
         self._worker = worker
+        self._rules = rules
 
     async def grants(self, request: IRequest) -> Granted | None:
         raw = _authorization(request, b"basic")
@@ -146,20 +161,32 @@ class BasicCredentials:
             raise Refused("malformed Basic credentials") from None
         if not sep or not await self._worker.run(self._users.check, user, password):
             raise Refused(f"invalid username or password (user {user!r})")
-        return _Everything()
+        return _Everything() if self._rules is None else self._rules.grants(user)
 
     def challenge(self, needed: Sequence[Access], error: str | None) -> str:
         return f"Basic realm={_quoted(self._realm)}"
+
+    def reload(self) -> bool:
+        return self._users.reload()
 
 
 class BearerCredentials:
     """Docker bearer tokens (JWT) from the token service at ``realm``."""
 
-    def __init__(self, verifier: TokenVerifier, *, realm: str, service: str, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        *,
+        realm: str,
+        service: str,
+        clock: IReactorTime,
+        keys: TokenKeys | None = None,
+    ) -> None:
         self._verifier = verifier
         self._realm = realm
         self._service = service
         self._clock = clock
+        self._keys = keys
 
     async def grants(self, request: IRequest) -> Granted | None:
         raw = _authorization(request, b"bearer")
@@ -178,6 +205,13 @@ class BearerCredentials:
         if error is not None:
             parts.append(f"error={_quoted(error)}")
         return ",".join(parts)
+
+    def reload(self) -> bool:
+        """Read the verification keys again (``keys``: their files); new requests use them."""
+        if self._keys is None or not self._keys.reload():
+            return False
+        self._verifier = attrs.evolve(self._verifier, keys=self._keys.keys)
+        return True
 
 
 class RegistryAuth:
@@ -203,11 +237,18 @@ class RegistryAuth:
                 return
             raise self._unauthorized((*needed, *mount_from), None, "authentication required")
         missing = [a for a in needed if not granted.allows(a.type, a.name, a.action)]
+        if missing and isinstance(granted, UserGrants):
+            self._log_refusal(request, f"user {granted.user!r} has no {scope_param(missing)} access (access rules)")
+            raise Denied(detail=[a.detail() for a in missing])
         if missing:
             self._log_refusal(request, f"no {scope_param(missing)} access")
             raise self._unauthorized((*needed, *mount_from), "insufficient_scope", "insufficient scope")
         if route.kind == "upload_start" and arg(request, b"mount") is not None:
             self._check_mount(request, granted, mount_from, name)
+
+    def reload(self) -> bool:
+        """Read the htpasswd file or the token keys again (see the module); what ``ReloadOnSIGHUP`` calls."""
+        return self._credentials.reload()
 
     def _mount_source(self, request: IRequest, route: Route) -> tuple[Access, ...]:
         source = arg(request, b"from")

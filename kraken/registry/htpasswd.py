@@ -7,9 +7,9 @@ skipped; every hash must be bcrypt (``$2y$``, ``$2b$`` or ``$2a$``, what
 
 ``HtpasswdFile.check`` is blocking (it may stat and re-read the file, and
 bcrypt is slow on purpose), so the registry runs it in a ``Worker``. The file
-is re-read when its modification time, size or inode change; a file that has
-become unreadable or malformed keeps the previous entries and says so in the
-log, once per change. A successful check is remembered (by a SHA-256 of the
+is re-read when its modification time, size or inode change, and on SIGHUP
+(``reload``); a file that has become unreadable or malformed keeps the
+previous entries and says so in the log, once per change. A successful check is remembered (by a SHA-256 of the
 password, for as long as the user's entry is unchanged) so that a client
 sending its credentials on every request costs one bcrypt, not one each.
 """
@@ -108,15 +108,26 @@ class HtpasswdFile:
             if signature == self._signature:
                 return
             self._signature = signature
-            try:
-                entries = read_htpasswd(self.path)
-            except ValueError as e:
-                log.error(
-                    "htpasswd file not reloaded, keeping its {count} previous users: {why}",
-                    count=len(self._entries),
-                    why=str(e),
-                )
-                return
-            self._entries = entries
-            self._remembered = {}
-            log.info("htpasswd file {path} reloaded: {count} users", path=self.path, count=len(entries))
+            self._read()
+
+    def reload(self) -> bool:
+        """Read the file again whether or not it looks changed (SIGHUP); False when it failed (logged,
+        the previous users kept)."""
+        with self._lock:
+            self._signature = _signature(self.path)
+            return self._read()
+
+    def _read(self) -> bool:
+        try:
+            entries = read_htpasswd(self.path)
+        except ValueError as e:
+            log.error(
+                "htpasswd file not reloaded, keeping its {count} previous users: {why}",
+                count=len(self._entries),
+                why=str(e),
+            )
+            return False
+        self._entries = entries
+        self._remembered = {}
+        log.info("htpasswd file {path} reloaded: {count} users", path=self.path, count=len(entries))
+        return True

@@ -9,6 +9,10 @@ grants: ``[{"type": "repository", "name": "a/b", "actions": ["pull",
 "push"]}, {"type": "registry", "name": "catalog", "actions": ["*"]}]``
 (distribution's ``auth/token.md``); ``*`` grants every action.
 
+``TokenKeys`` holds the keys of the configured files and reads them again on
+``reload`` (SIGHUP): a file that cannot be read or holds no usable key keeps
+the previous keys, and the log says why, naming the file.
+
 Pure apart from reading key files: no reactor, times come from the caller.
 """
 
@@ -21,13 +25,17 @@ from typing import Any
 import attrs
 import jwt
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from twisted.logger import Logger
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 _RSA_ALGORITHMS = ["RS256", "RS384", "RS512"]
 _EC_ALGORITHMS = ["ES256", "ES384", "ES512"]
+log = Logger(namespace="kraken.registry.auth")
+
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)
 
 
@@ -44,17 +52,17 @@ def load_public_keys(path: str) -> list[PublicKey]:
     except OSError as e:
         raise ValueError(f"{path}: cannot read: {e.strerror}") from None
     keys = []
-    for block in _PEM_BLOCK.finditer(data):
+    for number, block in enumerate(_PEM_BLOCK.finditer(data), 1):
         kind = block.group(1).decode()
+        if kind not in ("CERTIFICATE", "PUBLIC KEY"):
+            raise ValueError(f"{path}: a {kind} block (only CERTIFICATE and PUBLIC KEY are used; never a private key)")
         try:
             if kind == "CERTIFICATE":
                 key: Any = x509.load_pem_x509_certificate(block.group(0)).public_key()
-            elif kind == "PUBLIC KEY":
-                key = load_pem_public_key(block.group(0))
             else:
-                raise ValueError(f"a {kind} block (only CERTIFICATE and PUBLIC KEY are used; never a private key)")
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+                key = load_pem_public_key(block.group(0))
+        except (ValueError, UnsupportedAlgorithm):
+            raise ValueError(f"{path}: PEM block {number} is not a readable {kind}") from None
         if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
             raise ValueError(f"{path}: a {type(key).__name__}: only RSA and EC keys sign registry tokens")
         keys.append(key)
@@ -145,3 +153,22 @@ def _is_number(value: Any) -> bool:
 def all_keys(paths: Iterable[str]) -> tuple[PublicKey, ...]:
     """The keys of every file in ``paths``."""
     return tuple(k for path in paths for k in load_public_keys(path))
+
+
+class TokenKeys:
+    """The public keys of the token service's PEM files (``paths``), read at start and on ``reload``."""
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        self.paths = tuple(paths)
+        self.keys = all_keys(self.paths)
+
+    def reload(self) -> bool:
+        """Read the files again; on any problem log it (naming the file) and keep the previous keys."""
+        try:
+            keys = all_keys(self.paths)
+        except ValueError as e:
+            log.error("token keys not reloaded, keeping the previous {count}: {why}", count=len(self.keys), why=str(e))
+            return False
+        self.keys = keys
+        log.info("token keys reloaded from {paths}: {count} keys", paths=", ".join(self.paths), count=len(keys))
+        return True

@@ -5,8 +5,11 @@ import ipaddress
 import os
 import stat
 
+import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from service_identity import VerificationError
+from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 
 from kraken.cli.certs import CA_DAYS, LEAF_DAYS, ensure_dev_ca
 from kraken.net.tls import TLSConfig, check
@@ -114,3 +117,42 @@ def test_missing_or_mismatched_files_are_made_again(tmp_path):
     ca = ensure_dev_ca(str(tmp_path), NAMES)
     assert ca.made == ("ca", *NAMES)
     check(TLSConfig(ca=ca.ca, cert=ca.pairs["agent-0"][0], key=ca.pairs["agent-0"][1]))
+
+
+def _sans(ca, name):
+    leaf = _cert(ca.pairs[name][0])
+    return leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+
+
+def test_extra_hosts_are_named_and_a_change_makes_the_certificates_again(tmp_path):
+    directory = str(tmp_path / "secure")
+    first = ensure_dev_ca(directory, NAMES)
+    hosts = ["herd.lan", "10.0.0.5", "fd00::5", "*.kraken.example"]
+    ca = ensure_dev_ca(directory, NAMES, hosts=hosts)
+    assert ca.made == NAMES, "the CA stays; the certificates are made again for the new names"
+    for name in NAMES:
+        sans = _sans(ca, name)
+        assert sans.get_values_for_type(x509.DNSName) == ["localhost", "herd.lan", "*.kraken.example"]
+        assert sans.get_values_for_type(x509.IPAddress) == [
+            ipaddress.ip_address(a) for a in ("127.0.0.1", "::1", "10.0.0.5", "fd00::5")
+        ]
+        assert _valid_at(ca, name, datetime.datetime.now(datetime.timezone.utc))
+    assert ensure_dev_ca(directory, NAMES, hosts=list(reversed(hosts))).made == (), "the same names: reused"
+    assert ensure_dev_ca(directory, NAMES, hosts=["HERD.lan", "10.0.0.5"]).made == NAMES
+    assert ensure_dev_ca(directory, NAMES).made == NAMES, "back to loopback only"
+    assert _sans(first, "origin").get_values_for_type(x509.DNSName) == ["localhost"]
+
+
+def test_a_leaf_for_a_lan_name_passes_the_hostname_check(tmp_path):
+    ca = ensure_dev_ca(str(tmp_path / "secure"), ["proxy"], hosts=["herd.lan", "10.0.0.5"])
+    leaf = _cert(ca.pairs["proxy"][0])
+    verify_certificate_hostname(leaf, "herd.lan")
+    verify_certificate_ip_address(leaf, "10.0.0.5")
+    with pytest.raises(VerificationError):
+        verify_certificate_hostname(leaf, "other.lan")
+
+
+@pytest.mark.parametrize("host", ["bad_host", "-a.lan", "a..lan", "", "*", "a.*.lan", "x" * 64 + ".lan"])
+def test_a_bad_host_is_refused(tmp_path, host):
+    with pytest.raises(ValueError, match="is not a host name or IP address"):
+        ensure_dev_ca(str(tmp_path / "secure"), NAMES, hosts=[host])

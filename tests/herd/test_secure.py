@@ -5,6 +5,7 @@ import stat
 
 import bcrypt
 import pytest
+from cryptography import x509
 from twisted.logger import capturedLogs
 from twisted.python import usage
 
@@ -88,3 +89,29 @@ def test_an_unwritable_state_dir_is_a_usage_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(usage.UsageError, match=r"--secure: cannot write .*file/state"):
         options("--secure", "-d", str(tmp_path / "file" / "state"))
+
+
+def test_secure_hosts_are_named_by_every_certificate(tmp_path):
+    cfg = options("--secure", "--secure-hosts", "herd.lan, 10.0.0.5", "-d", str(tmp_path), "--agents", "1")["parsed"]
+    assert cfg.secure.hosts == ("herd.lan", "10.0.0.5")
+    for c in (cfg.proxy, cfg.origin, *cfg.agents):
+        with open(c.tls.cert, "rb") as f:
+            sans = x509.load_pem_x509_certificate(f.read()).extensions.get_extension_for_class(
+                x509.SubjectAlternativeName
+            )
+        assert "herd.lan" in sans.value.get_values_for_type(x509.DNSName)
+    with capturedLogs() as events:
+        Herd(cfg)._log_secure(cfg.secure)
+    assert events[0]["hosts"] == ", herd.lan, 10.0.0.5"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--secure-hosts", "herd.lan"], "--secure-hosts needs --secure"),
+        (["--secure", "--secure-hosts", "herd.lan,bad_name"], "--secure-hosts: 'bad_name' is not a host name"),
+    ],
+)
+def test_secure_hosts_errors(tmp_path, argv, message):
+    with pytest.raises(usage.UsageError, match=message):
+        options(*argv, "-d", str(tmp_path))
