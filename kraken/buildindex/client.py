@@ -13,7 +13,7 @@ from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from kraken.cluster.services import ServiceHosts
+from kraken.cluster.services import MemberClients, ServiceHosts
 from kraken.core import Digest, DigestError
 from kraken.net import HTTPClientConfig, HTTPStatusError
 from kraken.net.service import ServiceClient, name_path
@@ -212,11 +212,11 @@ class BuildIndexClient(ServiceClient):
             raise HTTPStatusError("GET", url, 200, f"bad manifest record: {e}".encode()) from None
 
 
-class BuildIndexes:
+class BuildIndexes(MemberClients[BuildIndexClient]):
     """Talks to several build-index nodes (one ``ServiceHosts``), failing over between them.
 
     The calls of ``BuildIndexClient`` (but ``duplicate_tag``, which is meant
-    for one node). Every call about a repository goes to the first node for
+    for one node); ``health`` is true if any node answers. Every call about a repository goes to the first node for
     its name (every proxy and agent picks the same one, so a tag read right
     after its push asks the node that took it); a node that fails
     (unreachable, 429 or 5xx) is left for the next and tried after the others
@@ -231,28 +231,11 @@ class BuildIndexes:
     """
 
     def __init__(self, hosts: ServiceHosts, *, http: HTTPClient, clock: IReactorTime, config: HTTPClientConfig) -> None:
-        self.hosts = hosts
-        self._once = attrs.evolve(config, retries=0)  # this client fails over instead
-        self._http = http
-        self._clock = clock
-        self._clients: dict[str, BuildIndexClient] = {}
-
-    def client(self, base: str) -> BuildIndexClient:
-        found = self._clients.get(base)
-        if found is None:
-            found = BuildIndexClient(http=self._http, base=base, clock=self._clock, config=self._once)
-            self._clients[base] = found
-        return found
+        once = attrs.evolve(config, retries=0)
+        super().__init__(hosts, lambda base: BuildIndexClient(http=http, base=base, clock=clock, config=once))
 
     def _on(self, what: str, repo: str, call: Callable[[BuildIndexClient], Awaitable[T]]) -> Awaitable[T]:
         return self.hosts.call(what, repo.encode("utf-8"), lambda base: call(self.client(base)), repository=repo)
-
-    async def health(self) -> bool:
-        """True if any node answers ``GET /health`` with 200."""
-        for base in await self.hosts.locations(b""):
-            if await self.client(base).health():
-                return True
-        return False
 
     async def put_tag(self, repo: str, tag: str, digest: Digest) -> None:
         await self._on(f"put tag {repo}:{tag}", repo, lambda c: c.put_tag(repo, tag, digest))

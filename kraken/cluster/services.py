@@ -26,7 +26,7 @@ address, for members found by DNS, as for origins found by DNS).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -43,6 +43,13 @@ from kraken.net.client import HTTPClientConfig
 from kraken.net.retry import RetryPolicy, is_retryable
 
 T = TypeVar("T")
+
+
+class _Checked(Protocol):
+    async def health(self) -> bool: ...
+
+
+C = TypeVar("C", bound=_Checked)
 
 DEFAULT_DOWN_FOR = 30.0
 
@@ -268,3 +275,26 @@ class ServiceHosts:
             return result
 
         return await self._failover.call(what, key, tracked, **fields)
+
+
+class MemberClients(Generic[C]):
+    """The base of a component's client of several members: one single-member client per member
+    (``make(base)``, with no retries of its own: ``ServiceHosts`` fails over and repeats rounds instead)."""
+
+    def __init__(self, hosts: ServiceHosts, make: Callable[[str], C]) -> None:
+        self.hosts = hosts
+        self._make = make
+        self._clients: dict[str, C] = {}
+
+    def client(self, base: str) -> C:
+        found = self._clients.get(base)
+        if found is None:
+            found = self._clients[base] = self._make(base)
+        return found
+
+    async def health(self) -> bool:
+        """True if any member answers its health check."""
+        for base in await self.hosts.locations(b""):
+            if await self.client(base).health():
+                return True
+        return False

@@ -13,7 +13,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from kraken.cluster.services import ServiceHosts
+from kraken.cluster.services import MemberClients, ServiceHosts
 from kraken.core import Digest, MetaInfo, MetaInfoError
 from kraken.core.peer import PeerError, PeerInfo
 from kraken.net import HTTPClientConfig, HTTPStatusError
@@ -101,37 +101,21 @@ class TrackerClient(ServiceClient):
         return info
 
 
-class Trackers:
+class Trackers(MemberClients[TrackerClient]):
     """Talks to several trackers (one ``ServiceHosts``), failing over between them.
 
-    The calls of ``TrackerClient``. Announces and metainfo of one blob go to
-    the first tracker for its digest (every agent picks the same one, so a
-    swarm meets on one tracker); one that fails (unreachable, 429 or 5xx) is
-    left for the next and tried after the others for ``down_for`` seconds.
-    Each tracker gets one attempt per round; rounds repeat with the
-    ``http_client`` backoff, as a single client's retries do.
+    The calls of ``TrackerClient``; ``health`` is true if any tracker
+    answers. Announces and metainfo of one blob go to the first tracker for
+    its digest (every agent picks the same one, so a swarm meets on one
+    tracker); one that fails (unreachable, 429 or 5xx) is left for the next
+    and tried after the others for ``down_for`` seconds. Each tracker gets
+    one attempt per round; rounds repeat with the ``http_client`` backoff,
+    as a single client's retries do.
     """
 
     def __init__(self, hosts: ServiceHosts, *, http: HTTPClient, clock: IReactorTime, config: HTTPClientConfig) -> None:
-        self.hosts = hosts
-        self._once = attrs.evolve(config, retries=0)  # this client fails over instead
-        self._http = http
-        self._clock = clock
-        self._clients: dict[str, TrackerClient] = {}
-
-    def client(self, base: str) -> TrackerClient:
-        found = self._clients.get(base)
-        if found is None:
-            found = TrackerClient(http=self._http, base=base, clock=self._clock, config=self._once)
-            self._clients[base] = found
-        return found
-
-    async def health(self) -> bool:
-        """True if any tracker answers ``GET /health`` with 200."""
-        for base in await self.hosts.locations(b""):
-            if await self.client(base).health():
-                return True
-        return False
+        once = attrs.evolve(config, retries=0)
+        super().__init__(hosts, lambda base: TrackerClient(http=http, base=base, clock=clock, config=once))
 
     async def announce(
         self,

@@ -58,18 +58,18 @@ class Daemons:
         for d in self.started.values():
             d.wait_for(re.escape(d.ready), READY)
 
-    def stop_all(self) -> None:
+    def __enter__(self) -> Daemons:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         for d in reversed(list(self.started.values())):
             d.stop()
 
 
 @pytest.fixture
 def daemons(tmp_path: Any) -> Iterator[Daemons]:
-    running = Daemons(str(tmp_path))
-    try:
+    with Daemons(str(tmp_path)) as running:
         yield running
-    finally:
-        running.stop_all()
 
 
 def first_for(key: bytes, urls: list[str]) -> list[str]:
@@ -151,13 +151,8 @@ def test_a_pull_survives_the_loss_of_a_tracker_and_a_build_index(daemons: Daemon
 
     layout = write_layout(str(tmp_path / "layout"), layers=2, random_layer_size="64MiB", seed=uuid.uuid4().hex)
     repo = f"ha/app-{uuid.uuid4().hex[:8]}"
-    skopeo(
-        "copy",
-        "--dest-tls-verify=false",
-        "--preserve-digests",
-        f"oci:{layout.path}:v1",
-        f"docker://127.0.0.1:{proxy}/{repo}:v1",
-    )
+    pushed = f"docker://127.0.0.1:{proxy}/{repo}:v1"
+    skopeo("copy", "--dest-tls-verify=false", "--preserve-digests", f"oci:{layout.path}:v1", pushed)
 
     # The tag went to the repository's first node, which copied it to the other; the first is killed.
     first_index, second_index = first_for(repo.encode(), indexes)
