@@ -31,7 +31,8 @@ from urllib.parse import urlsplit
 
 import attrs
 from twisted.application.service import MultiService
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -254,7 +255,10 @@ class ServiceHosts:
             assert self.host_list is not None
             waiting: Deferred[tuple[str, ...]] = self.host_list.when_members()
             waiting.addTimeout(self._timeout, self._clock)
-            await waiting
+            try:
+                await waiting
+            except TimeoutError:  # a network error to Failover: the round is repeated after its backoff
+                raise DNSLookupError(f"{self._config.dns} has no address yet") from None
             members = self.members()
         ranked = sorted(members, key=lambda m: (-score(key, m), m))
         return self.health.order(ranked)

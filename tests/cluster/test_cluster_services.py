@@ -10,7 +10,7 @@ from cluster_fakes import FakeResolver
 from results import outcome_of, result_of
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionRefusedError, DNSLookupError
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -176,6 +176,15 @@ def test_dns_members_are_its_addresses_on_the_port() -> None:
     finally:
         parent.stopService()
     assert describe(config) == "https://trackers.test:15003 (DNS)"
+
+
+def test_a_dns_name_without_addresses_is_a_network_error_after_the_timeout() -> None:
+    clock = Clock()
+    config = ServiceHostsConfig(dns="trackers.test:15003")
+    service = ServiceHosts(config, clock=clock, policy=POLICY, kind="tracker", resolve=FakeResolver(), timeout=5.0)
+    failure = outcome_of(service.locations(KEY), lambda: clock.advance(1.0))
+    assert isinstance(failure, Failure) and failure.check(DNSLookupError)
+    assert "trackers.test:15003 has no address yet" in str(failure.value)
 
 
 def test_the_three_forms_of_the_key() -> None:
