@@ -24,6 +24,7 @@ import ipaddress
 
 import attrs
 
+from kraken.cluster.services import ServiceAddress, check_service
 from kraken.config import Size, positive
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen, host_port
@@ -57,9 +58,10 @@ class AgentConfig:
     allow_remote_registry: bool = False
     # The agent API: /namespace/<ns>/blobs/<digest>, /health, /readiness, /stats.
     listen_api: str = attrs.field(default=DEFAULT_LISTEN_API, validator=check_listen)
-    # Base URLs of the tracker (announces, metainfo) and the build-index (tags).
-    tracker: str = "http://127.0.0.1:15003"
-    build_index: str = "http://127.0.0.1:15004"
+    # The tracker (announces, metainfo) and the build-index (tags): a base URL, a list of them, or a map
+    # with hosts (a list) or dns (name:port), scheme, refresh_interval, down_for (kraken.cluster.services).
+    tracker: ServiceAddress = attrs.field(default="http://127.0.0.1:15003", validator=check_service)
+    build_index: ServiceAddress = attrs.field(default="http://127.0.0.1:15004", validator=check_service)
     store: StoreConfig = attrs.field(factory=StoreConfig)
     max_manifest_size: Size = attrs.field(default=Size(4 << 20), validator=positive)
     threads: ThreadsConfig = attrs.field(factory=ThreadsConfig)

@@ -17,7 +17,8 @@ from kraken import config as kconfig
 from kraken.agent.config import AgentConfig
 from kraken.agent.http import AgentHTTP
 from kraken.agent.source import AgentSource
-from kraken.buildindex.client import BuildIndexClient
+from kraken.buildindex.client import BuildIndexes
+from kraken.cluster.services import ServiceAddress, ServiceHosts, describe
 from kraken.core import PieceLengthRule
 from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
@@ -25,7 +26,7 @@ from kraken.net.tls import server_side, wire
 from kraken.p2p.scheduler import Scheduler
 from kraken.registry.http import RegistryAPI
 from kraken.store import CAStore
-from kraken.tracker.client import TrackerClient
+from kraken.tracker.client import Trackers
 from kraken.workers import ThreadPoolService, ThreadWorker
 
 log = Logger(namespace="kraken.agent")
@@ -65,9 +66,12 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
     )
 
     http, client_service = make_http_client(reactor, config.http_client, tls=tls)
+    c = config.http_client
     client_service.setServiceParent(top)
-    tracker = TrackerClient(http=http, base=config.tracker, clock=reactor, config=config.http_client)
-    index = BuildIndexClient(http=http, base=config.build_index, clock=reactor, config=config.http_client)
+    tracker = Trackers(_hosts(config.tracker, "tracker", config, reactor, top), http=http, clock=reactor, config=c)
+    index = BuildIndexes(
+        _hosts(config.build_index, "build-index", config, reactor, top), http=http, clock=reactor, config=c
+    )
 
     scheduler = Scheduler(
         config.p2p, reactor=reactor, store=store, metainfo=tracker.metainfo, announcer=tracker.announce, tls=tls
@@ -97,6 +101,13 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
     return top
 
 
+def _hosts(value: ServiceAddress, kind: str, config: AgentConfig, reactor: Any, top: MultiService) -> ServiceHosts:
+    """The trackers or build-index nodes ``value`` names, resolved (for DNS) by a child of ``top``."""
+    hosts = ServiceHosts.from_config(value, reactor=reactor, http=config.http_client, kind=kind)
+    hosts.attach(top)
+    return hosts
+
+
 def _registry_listener(
     config: AgentConfig, source: AgentSource, reactor: Any, tls: IOpenSSLServerConnectionCreator | None
 ) -> StreamServerEndpointService:
@@ -115,8 +126,8 @@ def _registry_listener(
         reactor=reactor,
         component="agent registry",
         tls=tls,
-        tracker=config.tracker,
-        build_index=config.build_index,
+        tracker=describe(config.tracker),
+        build_index=describe(config.build_index),
     )
     listener.setName("registry")
     return listener

@@ -1,16 +1,21 @@
-"""The treq client of the build-index API (``kraken.buildindex.http``)."""
+"""The treq client of the build-index API (``kraken.buildindex.http``): one node (``BuildIndexClient``) or several
+(``BuildIndexes``, failing over between them through ``kraken.cluster.services``)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import attrs
+from treq.client import HTTPClient
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from kraken.cluster.services import MemberClients, ServiceHosts
 from kraken.core import Digest, DigestError
-from kraken.net import HTTPStatusError
+from kraken.net import HTTPClientConfig, HTTPStatusError
 from kraken.net.service import ServiceClient, name_path
 from kraken.registry.source import ManifestRecord, Page
 
@@ -205,3 +210,50 @@ class BuildIndexClient(ServiceClient):
             return ManifestRecord.from_json(doc)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise HTTPStatusError("GET", url, 200, f"bad manifest record: {e}".encode()) from None
+
+
+class BuildIndexes(MemberClients[BuildIndexClient]):
+    """Talks to several build-index nodes (one ``ServiceHosts``), failing over between them.
+
+    The calls of ``BuildIndexClient`` (but ``duplicate_tag``, which is meant
+    for one node); ``health`` is true if any node answers. Every call about a repository goes to the first node for
+    its name (every proxy and agent picks the same one, so a tag read right
+    after its push asks the node that took it); a node that fails
+    (unreachable, 429 or 5xx) is left for the next and tried after the others
+    for ``down_for`` seconds.
+
+    Writes fail over too: a tag PUT or manifest PUT carries the whole new
+    state (``repo:tag`` -> this digest; this record), so sending it again,
+    to the same node or another, leaves the same state, even when the first
+    node stored it before it died. The nodes copy accepted tags to each other
+    (``cluster.nodes``), which is what makes a tag taken by one node readable
+    on the next.
+    """
+
+    def __init__(self, hosts: ServiceHosts, *, http: HTTPClient, clock: IReactorTime, config: HTTPClientConfig) -> None:
+        once = attrs.evolve(config, retries=0)
+        super().__init__(hosts, lambda base: BuildIndexClient(http=http, base=base, clock=clock, config=once))
+
+    def _on(self, what: str, repo: str, call: Callable[[BuildIndexClient], Awaitable[T]]) -> Awaitable[T]:
+        return self.hosts.call(what, repo.encode("utf-8"), lambda base: call(self.client(base)), repository=repo)
+
+    async def put_tag(self, repo: str, tag: str, digest: Digest) -> None:
+        await self._on(f"put tag {repo}:{tag}", repo, lambda c: c.put_tag(repo, tag, digest))
+
+    async def get_tag(self, repo: str, tag: str) -> Digest | None:
+        return await self._on(f"get tag {repo}:{tag}", repo, lambda c: c.get_tag(repo, tag))
+
+    async def list_tags(self, repo: str, n: int | None, last: str | None) -> Page | None:
+        return await self._on(f"list tags of {repo}", repo, lambda c: c.list_tags(repo, n, last))
+
+    async def list_repositories(self, n: int | None, last: str | None) -> Page:
+        return await self._on("list repositories", "", lambda c: c.list_repositories(n, last))
+
+    async def put_manifest(self, repo: str, record: ManifestRecord) -> None:
+        await self._on(f"put manifest {record.digest}", repo, lambda c: c.put_manifest(repo, record))
+
+    async def get_manifest(self, repo: str, digest: Digest) -> ManifestRecord | None:
+        return await self._on(f"get manifest {digest}", repo, lambda c: c.get_manifest(repo, digest))
+
+    async def referrers(self, repo: str, subject: Digest) -> list[ManifestRecord]:
+        return await self._on(f"referrers of {subject}", repo, lambda c: c.referrers(repo, subject))

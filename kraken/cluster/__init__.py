@@ -9,6 +9,9 @@ Pure building blocks, composed by each daemon's ``tap.py``:
 - ``kraken.cluster.config``: the ``cluster:`` section of a config (``ClusterConfig``).
 - ``kraken.cluster.failover``: moving a call from a member that fails to the next
   (``first_answer``, ``Failover``: rounds with backoff, forgetting what failed).
+- ``kraken.cluster.services``: several trackers or build-indexes as a client sees
+  them (``ServiceHostsConfig``: one URL, a list or a DNS name; ``ServiceHosts``:
+  rendezvous order per key, passive health, failover; ``MemberClients``).
 
 Nothing is re-exported here, so importing ``kraken.cluster.ring`` imports no
 Twisted at all.

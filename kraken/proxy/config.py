@@ -6,6 +6,7 @@ from typing import TypeVar
 
 import attrs
 
+from kraken.cluster.services import ServiceAddress, check_service
 from kraken.config import Duration, Size, positive
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen
@@ -177,7 +178,9 @@ class ProxyConfig:
     # Base URL of an origin, or a list of them: the origin cluster that takes blobs
     # (any member knows where each blob lives; the others are asked when one does not answer).
     origin: str | tuple[str, ...] = attrs.field(default="http://127.0.0.1:15002", validator=check_origins)
-    build_index: str = "http://127.0.0.1:15004"
+    # The build-index: a base URL, a list of them, or a map with hosts (a list) or dns (name:port),
+    # scheme, refresh_interval, down_for (kraken.cluster.services).
+    build_index: ServiceAddress = attrs.field(default="http://127.0.0.1:15004", validator=check_service)
     uploads: UploadsConfig = attrs.field(factory=UploadsConfig)
     registry: RegistryConfig = attrs.field(factory=RegistryConfig)
     io_threads: int = attrs.field(default=4, validator=positive)

@@ -25,7 +25,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IRequest
 from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
-from kraken.buildindex.client import BuildIndexClient, TagRefused
+from kraken.buildindex.client import BuildIndexClient, BuildIndexes, TagRefused
 from kraken.core import Digest
 from kraken.files import remove_quietly
 from kraken.net import HTTPStatusError
@@ -52,7 +52,7 @@ class ProxySource:
     def __init__(
         self,
         origin: ClusterClient,
-        build_index: BuildIndexClient,
+        build_index: BuildIndexClient | BuildIndexes,
         *,
         worker: Worker,
         scratch: str,

@@ -9,7 +9,8 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from kraken import config
-from kraken.buildindex.client import BuildIndexClient
+from kraken.buildindex.client import BuildIndexes
+from kraken.cluster.services import ServiceHosts, describe
 from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
 from kraken.net.tls import ReloadOnSIGHUP, TLSContexts, server_side
@@ -44,7 +45,9 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
     origin = ClusterClient(
         http=http, origins=origin_urls(cfg.origin), clock=reactor, config=cfg.http_client, worker=worker
     )
-    index = BuildIndexClient(http=http, base=cfg.build_index, clock=reactor, config=cfg.http_client)
+    index_hosts = ServiceHosts.from_config(cfg.build_index, reactor=reactor, http=cfg.http_client, kind="build-index")
+    index_hosts.attach(top)
+    index = BuildIndexes(index_hosts, http=http, clock=reactor, config=cfg.http_client)
     source = ProxySource(
         origin, index, worker=worker, scratch=cfg.uploads.root, check_concurrency=cfg.registry.check_concurrency
     )
@@ -63,7 +66,7 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
         body_refused=api.body_refused,
         not_utf8=api.not_utf8(),
     )
-    fields = {"origin": cfg.origin, "build_index": cfg.build_index}
+    fields = {"origin": cfg.origin, "build_index": describe(cfg.build_index)}
     tls_server = server_side(tls)
     listen_http(cfg.listen_http, site, reactor=reactor, component="proxy", tls=tls_server, **fields).setServiceParent(
         top

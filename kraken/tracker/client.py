@@ -1,4 +1,5 @@
-"""The treq client of the tracker API (``kraken.tracker.http``)."""
+"""The treq client of the tracker API (``kraken.tracker.http``): one tracker (``TrackerClient``) or several
+(``Trackers``, failing over between them through ``kraken.cluster.services``)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 import attrs
+from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from kraken.cluster.services import MemberClients, ServiceHosts
 from kraken.core import Digest, MetaInfo, MetaInfoError
 from kraken.core.peer import PeerError, PeerInfo
-from kraken.net import HTTPStatusError
+from kraken.net import HTTPClientConfig, HTTPStatusError
 from kraken.net.service import ServiceClient, name_path
 
 T = TypeVar("T")
@@ -95,3 +99,47 @@ class TrackerClient(ServiceClient):
         if info.digest != digest:
             raise HTTPStatusError("GET", url, 200, f"metainfo is for {info.digest}".encode())
         return info
+
+
+class Trackers(MemberClients[TrackerClient]):
+    """Talks to several trackers (one ``ServiceHosts``), failing over between them.
+
+    The calls of ``TrackerClient``; ``health`` is true if any tracker
+    answers. Announces and metainfo of one blob go to the first tracker for
+    its digest (every agent picks the same one, so a swarm meets on one
+    tracker); one that fails (unreachable, 429 or 5xx) is left for the next
+    and tried after the others for ``down_for`` seconds. Each tracker gets
+    one attempt per round; rounds repeat with the ``http_client`` backoff,
+    as a single client's retries do.
+    """
+
+    def __init__(self, hosts: ServiceHosts, *, http: HTTPClient, clock: IReactorTime, config: HTTPClientConfig) -> None:
+        once = attrs.evolve(config, retries=0)
+        super().__init__(hosts, lambda base: TrackerClient(http=http, base=base, clock=clock, config=once))
+
+    async def announce(
+        self,
+        peer: PeerInfo,
+        namespace: str,
+        digest: Digest,
+        info_hash: str,
+        /,
+        *,
+        unreachable: Sequence[str] = (),
+    ) -> tuple[list[PeerInfo], float]:
+        """``TrackerClient.announce`` on the first tracker for the blob that answers."""
+        return await self.hosts.call(
+            f"announce {info_hash}",
+            digest.hex.encode("ascii"),
+            lambda base: self.client(base).announce(peer, namespace, digest, info_hash, unreachable=unreachable),
+            digest=str(digest),
+        )
+
+    async def metainfo(self, namespace: str, digest: Digest) -> MetaInfo | None:
+        """``TrackerClient.metainfo`` on the first tracker for the blob that answers."""
+        return await self.hosts.call(
+            f"metainfo {digest}",
+            digest.hex.encode("ascii"),
+            lambda base: self.client(base).metainfo(namespace, digest),
+            digest=str(digest),
+        )
