@@ -83,10 +83,12 @@ class ClusterConfig:
     # The k-th other node (1-based, in list order) writes a duplicated tag back after k x this,
     # and only if the backend still lacks the tag: the accepting node usually wins.
     duplicate_stagger: Duration = attrs.field(default=Duration(1200.0), validator=positive)
-    # Tries per node and tag before giving up (each try is itself retried per http_client).
+    # Tries per node and tag while the node refuses the tag (400) before giving up; a node that
+    # is down or failing is tried for as long as it takes (the copies are queued in the database).
     duplicate_attempts: int = attrs.field(default=5, validator=_check_attempts)
-    # Wait before the second try, doubling per try.
+    # Wait before the second try, doubling per try up to duplicate_backoff_max.
     duplicate_backoff: Duration = attrs.field(default=Duration(10.0), validator=positive)
+    duplicate_backoff_max: Duration = attrs.field(default=Duration(300.0), validator=positive)
 
     def __attrs_post_init__(self) -> None:
         if self.duplicate_stagger * len(self.nodes) > MAX_DUPLICATE_DELAY:

@@ -13,8 +13,9 @@ exceptions to statuses:
   (``ClusterClient.stat_many``), never one request each at once
   (``_ReferenceCheck``). An accepted tag is queued for write-back to its
   namespace's tag archive in the same transaction that stores it (when the
-  archive may be written), then duplicated to the other nodes; neither holds
-  up the answer.
+  archive may be written) and, in that same transaction, its copies for the
+  other nodes are queued in the outbox (``kraken.buildindex.duplicate``);
+  neither the write-back nor the copies hold up the answer.
 - ``duplicate``: what the internal duplicate route stores: a tag from another
   node, checked again with ``put_tag``'s rule (so no write route, internal or
   not, can point a tag at a digest that is not a manifest or whose references
@@ -42,7 +43,7 @@ that sends it. Readiness reads ``healthy()``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
@@ -50,6 +51,7 @@ import attrs
 from twisted.internet.defer import CancelledError, DeferredSemaphore
 from twisted.logger import Logger
 
+from kraken.buildindex.outbox import Copy
 from kraken.buildindex.tags import Pending
 from kraken.core import Digest
 from kraken.net import ResponseTooLarge
@@ -230,13 +232,14 @@ class TagIndex:
         """Point ``repo:tag`` at ``digest`` once its manifest and every reference are on the origin (else
         ``Rejected``); returns the digest it pointed at before (None: a new tag)."""
         await self._check_closure(repo, tag, digest)
-        previous = await self._store_tag(repo, tag, digest, Pending(overwrite=True))
+        copies = [] if self._duplicator is None else self._duplicator.copies()
+        previous = await self._store_tag(repo, tag, digest, Pending(overwrite=True), copies)
         self.log.info(
             "tag {namespace}:{tag} -> {digest}", namespace=repo, tag=tag, digest=str(digest),
             previous=None if previous is None else str(previous),
         )  # fmt: skip
         if self._duplicator is not None:
-            self._duplicator.duplicate(repo, tag, digest)
+            self._duplicator.kick()
         return previous
 
     async def _check_closure(self, repo: str, tag: str, digest: Digest) -> None:
@@ -264,10 +267,13 @@ class TagIndex:
         )  # fmt: skip
         return previous
 
-    async def _store_tag(self, repo: str, tag: str, digest: Digest, pending: Pending) -> Digest | None:
-        """Store the tag, queued for write-back if its namespace's archive entry may be written."""
+    async def _store_tag(
+        self, repo: str, tag: str, digest: Digest, pending: Pending, copies: Sequence[Copy] = ()
+    ) -> Digest | None:
+        """Store the tag, queued for write-back if its namespace's archive entry may be written, with
+        its ``copies`` queued in the outbox, all in one transaction."""
         writable = self._archive is not None and self._archive.writable(repo)
-        previous = await self._tags.put_tag(repo, tag, digest, pending=pending if writable else None)
+        previous = await self._tags.put_tag(repo, tag, digest, pending=pending if writable else None, copies=copies)
         if writable and self._writeback is not None:
             self._writeback.kick()
         return previous

@@ -22,6 +22,7 @@ from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.duplicate import Duplicator
 from kraken.buildindex.http import BuildIndexHTTP
 from kraken.buildindex.index import TagIndex
+from kraken.buildindex.outbox import NODE
 from kraken.buildindex.tags import TagStore, open_pool
 from kraken.buildindex.writeback import TagWriteBack
 from kraken.net import make_http_client
@@ -75,7 +76,7 @@ def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
         None if threads is None else _archive(config, reactor, directory, ThreadWorker(reactor, threads.pool), http)
     )
     writeback = None if archive is None else _writeback(config, reactor, tags, archive)
-    duplicator = _duplicator(config, reactor, http)
+    duplicator = _duplicator(config, reactor, http, tags)
     for service in (writeback, duplicator):
         if service is not None:
             service.setServiceParent(top)
@@ -114,7 +115,7 @@ def _writeback(config: BuildIndexConfig, reactor: Any, tags: TagStore, archive: 
     )
 
 
-def _duplicator(config: BuildIndexConfig, reactor: Any, http: HTTPClient) -> Duplicator | None:
+def _duplicator(config: BuildIndexConfig, reactor: Any, http: HTTPClient, tags: TagStore) -> Duplicator | None:
     """With ``cluster.nodes``: the duplicator to the other nodes (None when this node is alone)."""
     neighbours = config.cluster.neighbours(config.listen_http)
     duplicator = None
@@ -124,10 +125,12 @@ def _duplicator(config: BuildIndexConfig, reactor: Any, http: HTTPClient) -> Dup
         ]
         duplicator = Duplicator(
             clients,
+            tags.outbox(NODE),
             clock=reactor,
             stagger=config.cluster.duplicate_stagger,
             attempts=config.cluster.duplicate_attempts,
             backoff=config.cluster.duplicate_backoff,
+            backoff_max=config.cluster.duplicate_backoff_max,
         )
     if config.cluster.nodes:
         log.info(
