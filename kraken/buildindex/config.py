@@ -6,7 +6,9 @@ build-index keeps its tags only in its own database, as before.
 
 from __future__ import annotations
 
+import re
 import socket
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -116,6 +118,71 @@ class ClusterConfig:
 
 
 @attrs.frozen
+class ReplicationConfig(TaskQueueConfig):
+    """The durable queue that replicates tags to remote clusters (``remotes``): ``concurrency`` (tags
+    replicated at once), ``backoff_min`` and ``backoff_max`` (a failed try is repeated after backoff_min,
+    doubling per failure up to backoff_max, for as long as it takes) come from ``TaskQueueConfig``."""
+
+
+_REMOTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _check_remote_name(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not _REMOTE_NAME.fullmatch(value):
+        raise ValueError(f"name: {value!r} is not a remote name (letters, digits, '.', '_', '-'; at most 64)")
+
+
+def _check_regex(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f"{attribute.name}: {value!r} is not a valid regular expression ({e})") from None
+
+
+def _check_build_indexes(instance: object, attribute: attrs.Attribute[Any], value: str | tuple[str, ...]) -> None:
+    urls = (value,) if isinstance(value, str) else value
+    if not urls:
+        raise ValueError("build_index must name at least one build-index")
+    for url in urls:
+        try:
+            normalize_url(url)
+        except ValueError as e:
+            raise ValueError(f"build_index: {e}") from None
+
+
+@attrs.frozen
+class RemoteConfig:
+    """Another cluster that receives the tags of matching repositories (Kraken's "remotes"): its
+    build-index (one base URL or a list, tried in order) and its origins (any member will do), and
+    the TLS this daemon uses to reach them (the remote is another trust domain: its own CA, and a
+    client certificate it accepts)."""
+
+    # How log lines, /stats and the queue name this remote.
+    name: str = attrs.field(validator=_check_remote_name)
+    # A regular expression matching whole repository names whose tags go to this remote.
+    repositories: str = attrs.field(validator=_check_regex)
+    build_index: str | tuple[str, ...] = attrs.field(validator=_check_build_indexes)
+    origins: str | tuple[str, ...] = attrs.field(validator=check_origins)
+    tls: TLSConfig = attrs.field(factory=TLSConfig)
+
+    def matches(self, repo: str) -> bool:
+        return re.fullmatch(self.repositories, repo) is not None
+
+    @property
+    def build_indexes(self) -> tuple[str, ...]:
+        urls = (self.build_index,) if isinstance(self.build_index, str) else self.build_index
+        return tuple(normalize_url(u) for u in urls)
+
+
+def _check_remotes(instance: object, attribute: attrs.Attribute[Any], value: tuple[RemoteConfig, ...]) -> None:
+    seen: set[str] = set()
+    for i, remote in enumerate(value):
+        if remote.name in seen:
+            raise ValueError(f"remotes.{i}.name: remote {remote.name!r} is named twice")
+        seen.add(remote.name)
+
+
+@attrs.frozen
 class BuildIndexConfig:
     # Endpoint description of the HTTP API (tcp:, ssl:, unix:, systemd: ...).
     listen_http: str = attrs.field(default="tcp:15004:interface=127.0.0.1", validator=check_listen)
@@ -141,3 +208,7 @@ class BuildIndexConfig:
     writeback: WriteBackConfig = attrs.field(factory=WriteBackConfig)
     # The other build-index nodes, which get a copy of every accepted tag.
     cluster: ClusterConfig = attrs.field(factory=ClusterConfig)
+    # Other clusters that receive the tags (and every blob of their images) of matching
+    # repositories; none by default.
+    remotes: tuple[RemoteConfig, ...] = attrs.field(default=(), validator=_check_remotes)
+    replication: ReplicationConfig = attrs.field(factory=ReplicationConfig)

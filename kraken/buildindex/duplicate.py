@@ -29,7 +29,7 @@ one log line. Nothing here runs during a client's PUT.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 from twisted.internet.defer import CancelledError
@@ -37,10 +37,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from kraken.buildindex.client import TagRefused
-from kraken.buildindex.outbox import NODE, Copy, Outbox, OutboxTask
+from kraken.buildindex.outbox import NODE, Copy, Outbox, OutboxQueue, OutboxTask
 from kraken.core import Digest
 from kraken.net import HTTPStatusError
-from kraken.taskqueue import TaskQueue
 
 
 class Neighbour(Protocol):
@@ -59,11 +58,13 @@ class DuplicateStats:
     dropped: int = 0  # copies for nodes no longer configured
 
 
-class Duplicator(TaskQueue[OutboxTask, tuple[str, str, str]]):
+class Duplicator(OutboxQueue):
     """Sends the queued copies to ``neighbours`` (pairs of base URL and client). Start it after the
     tag store; ``kick()`` after a tag was stored with ``copies()``."""
 
     what = "duplicate"
+    task_name = "duplicate of {namespace}:{tag} to {peer}"
+    dest_field = "peer"
     expected_errors = (TagRefused, HTTPStatusError, ConnectionError, TimeoutError)
     max_error = 500
 
@@ -82,10 +83,9 @@ class Duplicator(TaskQueue[OutboxTask, tuple[str, str, str]]):
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, not {attempts}")
         self.stats = DuplicateStats()
-        super().__init__(clock, self.stats, concurrency, backoff, max(backoff, backoff_max))
+        super().__init__(outbox, clock, self.stats, concurrency, backoff, max(backoff, backoff_max))
         self.setName("duplicate")
         self._neighbours = dict(neighbours)
-        self._outbox = outbox
         self._stagger = stagger
         self._attempts = attempts
 
@@ -98,32 +98,13 @@ class Duplicator(TaskQueue[OutboxTask, tuple[str, str, str]]):
         write back after k x stagger."""
         return [Copy(NODE, url, k * self._stagger) for k, url in enumerate(self._neighbours, start=1)]
 
-    async def pending(self) -> list[OutboxTask]:
-        return await self._outbox.pending()
-
-    # -- TaskQueue ---------------------------------------------------------
-
-    async def _due(self, now: float, limit: int) -> tuple[list[OutboxTask], float | None]:
-        return await self._outbox.due(now, limit)
-
-    def _key(self, task: OutboxTask) -> tuple[str, str, str]:
-        return (task.dest, task.repo, task.tag)
-
-    def _describe(self, task: OutboxTask) -> tuple[str, dict[str, Any]]:
-        return "duplicate of {namespace}:{tag} to {peer}", dict(
-            namespace=task.repo, tag=task.tag, peer=task.dest, digest=str(task.digest)
-        )
-
-    async def _record_failure(self, task: OutboxTask, attempts: int, next_attempt: float, error: str) -> None:
-        await self._outbox.failed(task, attempts, next_attempt, error)
+    # -- OutboxQueue -------------------------------------------------------
 
     async def _run(self, task: OutboxTask) -> None:
         name, fields = self._describe(task)
         client = self._neighbours.get(task.dest)
         if client is None:
-            self.log.info(name + " dropped: the node is no longer in cluster.nodes", **fields)
-            self.stats.dropped += 1
-            await self._outbox.done(task)
+            await self._drop(task, "the node is no longer in cluster.nodes")
             return
         try:
             await client.duplicate_tag(task.repo, task.tag, task.digest, delay=task.delay)

@@ -18,17 +18,24 @@ Schema (part of the tag database's version 3)::
     tag_outbox(kind, dest, repo, tag, digest, delay, created, attempts, next_attempt,
                last_error, seq, PRIMARY KEY (kind, dest, repo, tag))
     INDEX tag_outbox_due ON tag_outbox(kind, next_attempt)
+    tag_sources(repo, tag, source, received, PRIMARY KEY (repo, tag))
+
+``tag_sources`` marks the tags whose current value came from a remote cluster (``source`` names it):
+written with the tag by ``TagStore.put_tag(..., source=name)``, deleted when a client puts the tag
+here (``source=""``); a duplicate from another node leaves it as it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import attrs
 from twisted.enterprise import adbapi
+from twisted.internet.interfaces import IReactorTime
 
 from kraken.core import Digest
+from kraken.taskqueue import TaskQueue
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tag_outbox (
@@ -46,6 +53,13 @@ CREATE TABLE IF NOT EXISTS tag_outbox (
     PRIMARY KEY (kind, dest, repo, tag)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tag_outbox_due ON tag_outbox (kind, next_attempt);
+CREATE TABLE IF NOT EXISTS tag_sources (
+    repo TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    source TEXT NOT NULL,
+    received REAL NOT NULL,
+    PRIMARY KEY (repo, tag)
+) WITHOUT ROWID;
 """
 
 NODE = "node"
@@ -95,6 +109,21 @@ def queue_copies(
             " seq = seq + 1",
             (c.kind, c.dest, repo, tag, str(digest), c.delay, now, now),
         )
+
+
+def mark_source(txn: adbapi.Transaction, repo: str, tag: str, source: str | None, now: float) -> None:
+    """In the caller's transaction: ``source`` None leaves the mark alone, "" removes it (a client's put),
+    a name marks the tag as received from that remote."""
+    if source is None:
+        return
+    if source == "":
+        txn.execute("DELETE FROM tag_sources WHERE repo = ? AND tag = ?", (repo, tag))
+        return
+    txn.execute(
+        "INSERT INTO tag_sources (repo, tag, source, received) VALUES (?, ?, ?, ?) ON CONFLICT (repo, tag)"
+        " DO UPDATE SET source = excluded.source, received = excluded.received",
+        (repo, tag, source, now),
+    )
 
 
 def _task(row: Sequence[Any]) -> OutboxTask:
@@ -178,6 +207,71 @@ class Outbox:
         )
         return [_task(r) for r in rows]
 
+    async def source_of(self, repo: str, tag: str) -> str | None:
+        """The remote the tag's current value came from (None: put here, or copied from a node)."""
+        rows = await self._pool.runQuery("SELECT source FROM tag_sources WHERE repo = ? AND tag = ?", (repo, tag))
+        return str(rows[0][0]) if rows else None
+
     async def depth(self) -> int:
         rows = await self._pool.runQuery("SELECT COUNT(*) FROM tag_outbox WHERE kind = ?", (self.kind,))
         return int(rows[0][0])
+
+
+class OutboxCounts(Protocol):
+    """The counters an outbox loop adds to."""
+
+    failures: int
+    dropped: int
+
+
+class OutboxQueue(TaskQueue[OutboxTask, tuple[str, str, str]]):
+    """What the loops over one kind of copy share (``Duplicator``, ``Replicator``): where the tasks
+    live, one running per (dest, repo, tag), the log names, failures recorded in the row, operator
+    listing and re-trigger. A subclass sets ``task_name`` (a format naming ``{namespace}``, ``{tag}``
+    and the destination as ``dest_field``) and implements ``_run``."""
+
+    task_name: ClassVar[str] = "copy of {namespace}:{tag} to {dest}"
+    dest_field: ClassVar[str] = "dest"
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        clock: IReactorTime,
+        counts: OutboxCounts,
+        concurrency: int,
+        backoff_min: float,
+        backoff_max: float,
+    ) -> None:
+        super().__init__(clock, counts, concurrency, backoff_min, backoff_max)
+        self._outbox = outbox
+        self._outbox_counts = counts
+
+    async def pending(self) -> list[OutboxTask]:
+        """Every queued copy of this loop's kind (the operator's listing)."""
+        return await self._outbox.pending()
+
+    async def retrigger(self, repo: str, tag: str) -> int:
+        """Make every queued copy of ``repo:tag`` due now; how many there were."""
+        n = await self._outbox.retry_now(repo, tag, self._clock.seconds())
+        self.kick()
+        return n
+
+    async def _drop(self, task: OutboxTask, reason: str) -> None:
+        """Forget a copy that can never be sent, with one log line."""
+        name, fields = self._describe(task)
+        self.log.info(name + " dropped: {reason}", reason=reason, **fields)
+        self._outbox_counts.dropped += 1
+        await self._outbox.done(task)
+
+    async def _due(self, now: float, limit: int) -> tuple[list[OutboxTask], float | None]:
+        return await self._outbox.due(now, limit)
+
+    def _key(self, task: OutboxTask) -> tuple[str, str, str]:
+        return (task.dest, task.repo, task.tag)
+
+    def _describe(self, task: OutboxTask) -> tuple[str, dict[str, Any]]:
+        fields = {"namespace": task.repo, "tag": task.tag, self.dest_field: task.dest, "digest": str(task.digest)}
+        return self.task_name, fields
+
+    async def _record_failure(self, task: OutboxTask, attempts: int, next_attempt: float, error: str) -> None:
+        await self._outbox.failed(task, attempts, next_attempt, error)

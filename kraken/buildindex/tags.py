@@ -166,14 +166,22 @@ class TagStore(Service):
     # -- tags --------------------------------------------------------------
 
     async def put_tag(
-        self, repo: str, tag: str, digest: Digest, *, pending: Pending | None = None, copies: Sequence[Copy] = ()
+        self,
+        repo: str,
+        tag: str,
+        digest: Digest,
+        *,
+        pending: Pending | None = None,
+        copies: Sequence[Copy] = (),
+        source: str | None = None,
     ) -> Digest | None:
         """Point ``repo:tag`` at ``digest``; returns the digest it pointed at
         before (None if the tag is new). With ``pending``, the tag is queued
         for write-back in the same transaction: a new task, or the existing
         one updated (overwrite if either asks for it, due at the earlier time,
         its failures forgotten). ``copies`` are queued in the outbox in the
-        same transaction too (``outbox.queue_copies``: the latest digest wins)."""
+        same transaction too (``outbox.queue_copies``: the latest digest wins),
+        and its ``source`` marked (``outbox.mark_source``)."""
         now = self._clock.seconds()
 
         def put(txn: adbapi.Transaction) -> str | None:
@@ -194,6 +202,7 @@ class TagStore(Service):
                     (repo, tag, int(pending.overwrite), now, now + pending.delay),
                 )
             outbox.queue_copies(txn, repo, tag, digest, copies, now)
+            outbox.mark_source(txn, repo, tag, source, now)
             return None if row is None else row[0]
 
         previous = await self._pool.runInteraction(put)

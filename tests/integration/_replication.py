@@ -7,11 +7,24 @@ import hashlib
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from kraken.registry.manifests import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST
 
+from .test_origin_cluster import Daemons
+
 TIMEOUT = 30.0
+
+
+@pytest.fixture(name="daemons")
+def running_daemons(tmp_path: Any) -> Iterator[Daemons]:
+    """Daemons started by the test, stopped at its end (pass or fail: teardown resumes here)."""
+    running = Daemons(str(tmp_path))
+    yield running
+    running.stop_all()
 
 
 def digest_of(data: bytes) -> str:

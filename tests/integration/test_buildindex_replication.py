@@ -7,12 +7,14 @@ import os
 import re
 import signal
 import sqlite3
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
-from ._replication import get_tag, image, put_tag
+from ._replication import (
+    get_tag,
+    image,
+    put_tag,
+    running_daemons,  # noqa: F401  (the daemons fixture)
+)
 from .test_origin_cluster import Daemons, free_ports
 
 REPO = "team/app"
@@ -20,15 +22,6 @@ TAGS = [f"t{i:02d}" for i in range(20)]
 FAST = {"retries": 1, "backoff": "100ms", "max_backoff": "100ms", "timeout": "5s"}
 RECEIVED = re.compile(r"tag team/app:(t\d\d) -> (sha256:[0-9a-f]{64}) \(duplicate\)")
 SENT = re.compile(r"duplicate of team/app:(t\d\d) to \S+ -> sha256:[0-9a-f]{64} sent")
-
-
-@pytest.fixture
-def daemons(tmp_path: Any) -> Iterator[Daemons]:
-    running = Daemons(str(tmp_path))
-    try:
-        yield running
-    finally:
-        running.stop_all()
 
 
 def queued(db: str) -> int:
