@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 
 #: Child manifests are followed this many levels below the tagged manifest.
 MAX_DEPTH = 4
+#: Requests one question about a remote's blobs may have in flight.
+STAT_CONCURRENCY = 8
 #: The longest error text recorded with a queued copy.
 MAX_ERROR = 500
 
@@ -221,7 +223,7 @@ class Replicator(OutboxQueue):
             self._origin, self._records, task.repo, task.digest, max_manifest_size=self._max_manifest_size
         )
         digests = closure.all()
-        sizes = await remote.origin.stat_many(task.repo, digests)
+        sizes = await remote.origin.stat_many(task.repo, digests, concurrency=STAT_CONCURRENCY)
         missing = [d for d in digests if sizes.get(d) is None]
         for d in missing:
             await self._copy_blob(remote, task.repo, d)
