@@ -262,3 +262,26 @@ def test_bad_replicated_tags_are_refused(app: App, body: bytes) -> None:
 def test_the_listing_without_remotes_is_empty(app: App) -> None:
     assert app.json("GET", "/internal/replication") == (200, {"remotes": [], "pending": [], "stats": {}})
     assert app.json("POST", f"/internal/replication/repositories/{REPO}/tags/v1") == (200, {"retriggered": 0})
+
+
+def test_service_wiring_with_remotes(tmp_path: Any) -> None:
+    from test_buildindex_tap import ThreadReactor
+
+    path = tmp_path / "bi.yaml"
+    path.write_text(f"database: {tmp_path / 'state' / 'tags.db'}\nremotes: [{REMOTE_OK}]\n")
+    options = tap.Options()
+    options.parseOptions(["--config", str(path)])
+    reactor = ThreadReactor()
+    service = tap.makeService(options, reactor=reactor)
+    names = [s.name for s in service]
+    assert names[1:] == ["tags", "threads-io", "http-client", "http-client-remote-dc2", "replication", "http"]
+    assert service.getServiceNamed("replication").remotes == ["dc2"]
+    assert (tmp_path / "state" / "remote-scratch").is_dir()
+    stopped: list[Any] = []
+    try:
+        service.privilegedStartService()
+        service.startService()
+    finally:
+        service.stopService().addBoth(stopped.append)
+    assert len(stopped) == 1 and all(ok for ok, _ in stopped[0]), stopped
+    reactor.run_thread_calls()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -90,3 +91,16 @@ def get_tag(build_index: str, repo: str, tag: str) -> str | None:
         if e.code == 404:
             return None
         raise
+
+
+class Every:
+    """A line consumer: True once ``pattern``'s first group has matched each of ``wanted``."""
+
+    def __init__(self, pattern: re.Pattern[str], wanted: set[str]) -> None:
+        self.pattern, self.missing = pattern, set(wanted)
+
+    def __call__(self, line: str) -> bool:
+        m = self.pattern.search(line)
+        if m:
+            self.missing.discard(m.group(1))
+        return not self.missing

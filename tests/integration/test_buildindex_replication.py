@@ -10,6 +10,7 @@ import sqlite3
 from typing import Any
 
 from ._replication import (
+    Every,
     get_tag,
     image,
     put_tag,
@@ -28,19 +29,6 @@ def queued(db: str) -> int:
     with sqlite3.connect(db) as conn:
         (n,) = conn.execute("SELECT COUNT(*) FROM tag_outbox").fetchone()
     return int(n)
-
-
-class Every:
-    """A line consumer: True once ``pattern``'s first group has matched each of ``wanted``."""
-
-    def __init__(self, pattern: re.Pattern[str], wanted: set[str]) -> None:
-        self.pattern, self.missing = pattern, set(wanted)
-
-    def __call__(self, line: str) -> bool:
-        m = self.pattern.search(line)
-        if m:
-            self.missing.discard(m.group(1))
-        return not self.missing
 
 
 def test_queued_copies_survive_a_sigkill_of_the_sender(daemons: Daemons, tmp_path: Any) -> None:
