@@ -265,7 +265,7 @@ def test_the_listing_without_remotes_is_empty(app: App) -> None:
 
 
 def test_service_wiring_with_remotes(tmp_path: Any) -> None:
-    from test_buildindex_tap import ThreadReactor
+    from test_buildindex_tap import ThreadReactor, start_and_stop
 
     path = tmp_path / "bi.yaml"
     path.write_text(f"database: {tmp_path / 'state' / 'tags.db'}\nremotes: [{REMOTE_OK}]\n")
@@ -277,11 +277,4 @@ def test_service_wiring_with_remotes(tmp_path: Any) -> None:
     assert names[1:] == ["tags", "threads-io", "http-client", "http-client-remote-dc2", "replication", "http"]
     assert service.getServiceNamed("replication").remotes == ["dc2"]
     assert (tmp_path / "state" / "remote-scratch").is_dir()
-    stopped: list[Any] = []
-    try:
-        service.privilegedStartService()
-        service.startService()
-    finally:
-        service.stopService().addBoth(stopped.append)
-    assert len(stopped) == 1 and all(ok for ok, _ in stopped[0]), stopped
-    reactor.run_thread_calls()
+    start_and_stop(service, reactor)

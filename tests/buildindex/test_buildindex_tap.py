@@ -214,6 +214,11 @@ def test_service_wiring_with_backends_and_cluster(tmp_path: Any) -> None:
     assert service.getServiceNamed("duplicate").neighbours == ["http://bi-2:15004"]
     [cluster] = [e for e in events if "cluster" in e["log_format"]]
     assert cluster["me"] == "http://127.0.0.1:15004" and cluster["neighbours"] == ["http://bi-2:15004"]
+    start_and_stop(service, reactor)
+
+
+def start_and_stop(service: Any, reactor: ThreadReactor) -> None:
+    """Start ``service`` and stop it: every child stops cleanly and leaves no timer behind."""
     stopped: list[Any] = []
     try:
         service.privilegedStartService()
