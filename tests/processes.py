@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -19,7 +21,7 @@ class OutputReader:
         self._stream = stream
         self._log_path = log_path
         self._ready = ready
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self.lines: list[str] = []
         self.match: re.Match[str] | None = None
         self.ready = threading.Event()
@@ -44,18 +46,37 @@ class OutputReader:
                     log.flush()
                 with self._lock:
                     self.lines.append(line)
+                    self._lock.notify_all()
                 if not self.ready.is_set() and self._is_ready(line):
                     self.ready.set()
                     self.settled.set()
         finally:
             if log is not None:
                 log.close()
-        self.ended.set()
+        with self._lock:
+            self.ended.set()
+            self._lock.notify_all()
         self.settled.set()
 
     def snapshot(self, start: int = 0) -> list[str]:
         with self._lock:
             return self.lines[start:]
+
+    def wait_for(self, done: Callable[[str], bool], start: int = 0, timeout: float = 60.0) -> bool:
+        """Feed the lines from index ``start`` on, in order, to ``done`` (waiting for new ones) until it returns
+        True; False when the output ends or after ``timeout`` seconds (a backstop)."""
+        deadline = time.monotonic() + timeout
+        position = start
+        with self._lock:
+            while True:
+                while position < len(self.lines):
+                    if done(self.lines[position]):
+                        return True
+                    position += 1
+                remaining = deadline - time.monotonic()
+                if self.ended.is_set() or remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
 
     def count(self) -> int:
         with self._lock:

@@ -114,10 +114,20 @@ class BuildIndexClient(ServiceClient):
         duplicate: it stores the tag without checking it and queues its own
         write-back after ``delay`` seconds (a write-back that leaves a tag
         the backend already has alone)."""
-        url = "/".join([f"{self._base}/internal/duplicate/repositories/{name_path(repo)}", "tags", _segment(tag)])
-        body = json.dumps({"digest": str(digest), "delay": delay}, separators=(",", ":")).encode("utf-8")
+        await self._internal_tag_put("duplicate", repo, tag, {"digest": str(digest), "delay": delay})
+
+    async def replicate_tag(self, repo: str, tag: str, digest: Digest, *, source: str) -> None:
+        """Give ``repo:tag`` -> ``digest`` to this build-index of another cluster as a replicated tag
+        from ``source``: it checks it against its own origins, stores it marked as received, copies it
+        to its nodes and never sends it to remotes. Raises ``TagRefused`` when it refuses."""
+        await self._internal_tag_put("remote", repo, tag, {"digest": str(digest), "source": source})
+
+    async def _internal_tag_put(self, route: str, repo: str, tag: str, doc: dict[str, Any]) -> None:
+        """PUT ``doc`` to ``/internal/<route>/repositories/<repo>/tags/<tag>``; ``TagRefused`` on 400."""
+        url = "/".join([f"{self._base}/internal/{route}/repositories/{name_path(repo)}", "tags", _segment(tag)])
+        body = json.dumps(doc, separators=(",", ":")).encode("utf-8")
         code, answer = await self._retrying(
-            f"duplicate tag {repo}:{tag}",
+            f"{route} tag {repo}:{tag}",
             lambda: self._call(
                 "PUT", url, frozenset({200, 201, 400}), data=body, headers={b"Content-Type": [b"application/json"]}
             ),

@@ -6,7 +6,9 @@ build-index keeps its tags only in its own database, as before.
 
 from __future__ import annotations
 
+import re
 import socket
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -83,10 +85,12 @@ class ClusterConfig:
     # The k-th other node (1-based, in list order) writes a duplicated tag back after k x this,
     # and only if the backend still lacks the tag: the accepting node usually wins.
     duplicate_stagger: Duration = attrs.field(default=Duration(1200.0), validator=positive)
-    # Tries per node and tag before giving up (each try is itself retried per http_client).
+    # Tries per node and tag while the node refuses the tag (400) before giving up; a node that
+    # is down or failing is tried for as long as it takes (the copies are queued in the database).
     duplicate_attempts: int = attrs.field(default=5, validator=_check_attempts)
-    # Wait before the second try, doubling per try.
+    # Wait before the second try, doubling per try up to duplicate_backoff_max.
     duplicate_backoff: Duration = attrs.field(default=Duration(10.0), validator=positive)
+    duplicate_backoff_max: Duration = attrs.field(default=Duration(300.0), validator=positive)
 
     def __attrs_post_init__(self) -> None:
         if self.duplicate_stagger * len(self.nodes) > MAX_DUPLICATE_DELAY:
@@ -111,6 +115,71 @@ class ClusterConfig:
             if n != me and n not in out:
                 out.append(n)
         return out
+
+
+@attrs.frozen
+class ReplicationConfig(TaskQueueConfig):
+    """The durable queue that replicates tags to remote clusters (``remotes``): ``concurrency`` (tags
+    replicated at once), ``backoff_min`` and ``backoff_max`` (a failed try is repeated after backoff_min,
+    doubling per failure up to backoff_max, for as long as it takes) come from ``TaskQueueConfig``."""
+
+
+_REMOTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _check_remote_name(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not _REMOTE_NAME.fullmatch(value):
+        raise ValueError(f"name: {value!r} is not a remote name (letters, digits, '.', '_', '-'; at most 64)")
+
+
+def _check_regex(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f"{attribute.name}: {value!r} is not a valid regular expression ({e})") from None
+
+
+def _check_build_indexes(instance: object, attribute: attrs.Attribute[Any], value: str | tuple[str, ...]) -> None:
+    urls = (value,) if isinstance(value, str) else value
+    if not urls:
+        raise ValueError("build_index must name at least one build-index")
+    for url in urls:
+        try:
+            normalize_url(url)
+        except ValueError as e:
+            raise ValueError(f"build_index: {e}") from None
+
+
+@attrs.frozen
+class RemoteConfig:
+    """Another cluster that receives the tags of matching repositories (Kraken's "remotes"): its
+    build-index (one base URL or a list, tried in order) and its origins (any member will do), and
+    the TLS this daemon uses to reach them (the remote is another trust domain: its own CA, and a
+    client certificate it accepts)."""
+
+    # How log lines, /stats and the queue name this remote.
+    name: str = attrs.field(validator=_check_remote_name)
+    # A regular expression matching whole repository names whose tags go to this remote.
+    repositories: str = attrs.field(validator=_check_regex)
+    build_index: str | tuple[str, ...] = attrs.field(validator=_check_build_indexes)
+    origins: str | tuple[str, ...] = attrs.field(validator=check_origins)
+    tls: TLSConfig = attrs.field(factory=TLSConfig)
+
+    def matches(self, repo: str) -> bool:
+        return re.fullmatch(self.repositories, repo) is not None
+
+    @property
+    def build_indexes(self) -> tuple[str, ...]:
+        urls = (self.build_index,) if isinstance(self.build_index, str) else self.build_index
+        return tuple(normalize_url(u) for u in urls)
+
+
+def _check_remotes(instance: object, attribute: attrs.Attribute[Any], value: tuple[RemoteConfig, ...]) -> None:
+    seen: set[str] = set()
+    for i, remote in enumerate(value):
+        if remote.name in seen:
+            raise ValueError(f"remotes.{i}.name: remote {remote.name!r} is named twice")
+        seen.add(remote.name)
 
 
 @attrs.frozen
@@ -139,3 +208,7 @@ class BuildIndexConfig:
     writeback: WriteBackConfig = attrs.field(factory=WriteBackConfig)
     # The other build-index nodes, which get a copy of every accepted tag.
     cluster: ClusterConfig = attrs.field(factory=ClusterConfig)
+    # Other clusters that receive the tags (and every blob of their images) of matching
+    # repositories; none by default.
+    remotes: tuple[RemoteConfig, ...] = attrs.field(default=(), validator=_check_remotes)
+    replication: ReplicationConfig = attrs.field(factory=ReplicationConfig)

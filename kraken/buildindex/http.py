@@ -13,6 +13,12 @@ Routes (repository names contain ``/``; tags and digests never do)::
     PUT  /internal/duplicate/repositories/<repo>/tags/<tag>
                                                    body {"digest": "sha256:<hex>", "delay": seconds}
                                                    -> 201 / 200 (from another build-index node)
+    PUT  /internal/remote/repositories/<repo>/tags/<tag>
+                                                   body {"digest": "sha256:<hex>", "source": "<cluster>"}
+                                                   -> 201 / 200 (from another cluster's build-index)
+    GET  /internal/replication                     -> {"pending": [...], "stats": {...}} (remotes)
+    POST /internal/replication/repositories/<repo>/tags/<tag>
+                                                   -> {"retriggered": n}: its queued replications due now
 
 Every write, the internal duplicate route included, goes through the same
 dependency check (``TagIndex``): the manifest and its references must be on
@@ -42,6 +48,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -49,6 +56,7 @@ from twisted.web.iweb import IRequest
 
 from kraken.buildindex.config import MAX_DUPLICATE_DELAY
 from kraken.buildindex.index import InvalidRecord, OriginCorrupt, OriginUnavailable, Rejected, TagIndex
+from kraken.buildindex.remotes import Replicator
 from kraken.core import Digest, DigestError
 from kraken.net.server import HTTPError, json_error, json_response, read_body
 from kraken.registry.names import is_valid_name, is_valid_tag
@@ -57,6 +65,8 @@ from kraken.registry.source import ManifestRecord
 #: A tag PUT body is one digest; a record is small JSON.
 MAX_TAG_BODY = 1024
 MAX_LAST = 256
+#: The longest cluster name a replicated tag may carry.
+MAX_SOURCE = 200
 #: Routes only other cluster members call (restricted to cluster certificates by the mutual-TLS listener).
 INTERNAL_PREFIX = "/internal/"
 
@@ -127,6 +137,19 @@ def _pagination(request: IRequest, valid_last: Callable[[str], bool]) -> tuple[i
     return n, last
 
 
+def _internal_doc(request: IRequest, repo: str, tag: str, shape: str) -> dict[str, Any]:
+    """An internal tag route's checked names and JSON body (an object with a ``digest`` string)."""
+    _check_repo(repo)
+    _check_tag(tag)
+    try:
+        doc = json.loads(read_body(request, MAX_TAG_BODY))
+    except ValueError:
+        raise HTTPError(400, shape) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("digest"), str):
+        raise HTTPError(400, shape)
+    return doc
+
+
 def _record_from_body(body: bytes) -> ManifestRecord:
     try:
         doc = json.loads(body)
@@ -167,8 +190,9 @@ class BuildIndexHTTP:
     app = Klein()
     log = Logger()
 
-    def __init__(self, index: TagIndex) -> None:
+    def __init__(self, index: TagIndex, replicator: Replicator | None = None) -> None:
         self._index = index
+        self._replicator = replicator
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -203,20 +227,41 @@ class BuildIndexHTTP:
 
     @app.route("/internal/duplicate/repositories/<path:repo>/tags/<tag>", methods=["PUT"])
     async def duplicate_tag(self, request: IRequest, repo: str, tag: str) -> bytes:
-        _check_repo(repo)
-        _check_tag(tag)
-        try:
-            doc = json.loads(read_body(request, MAX_TAG_BODY))
-        except ValueError:
-            raise HTTPError(400, "a duplicate is JSON {digest, delay}") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("digest"), str):
-            raise HTTPError(400, "a duplicate is JSON {digest, delay}")
+        doc = _internal_doc(request, repo, tag, "a duplicate is JSON {digest, delay}")
         delay = doc.get("delay", 0)
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= MAX_DUPLICATE_DELAY:
             raise HTTPError(400, f"delay must be a number of seconds from 0 to {MAX_DUPLICATE_DELAY:.0f}")
         digest = _parse_digest(doc["digest"])
         previous = await self._index.duplicate(repo, tag, digest, delay)
         return _text(request, 201 if previous is None else 200, str(digest))
+
+    @app.route("/internal/remote/repositories/<path:repo>/tags/<tag>", methods=["PUT"])
+    async def remote_tag(self, request: IRequest, repo: str, tag: str) -> bytes:
+        doc = _internal_doc(request, repo, tag, "a replicated tag is JSON {digest, source}")
+        source = doc.get("source")
+        if not isinstance(source, str) or not 0 < len(source) <= MAX_SOURCE or not source.isprintable():
+            raise HTTPError(400, f"source must be a printable cluster name of 1 to {MAX_SOURCE} characters")
+        previous = await self._index.replicate(repo, tag, _parse_digest(doc["digest"]), source)
+        return _text(request, 201 if previous is None else 200, doc["digest"])
+
+    @app.route("/internal/replication", methods=["GET"])
+    async def replication(self, request: IRequest) -> bytes:
+        if self._replicator is None:
+            return json_response(request, 200, {"remotes": [], "pending": [], "stats": {}})
+        pending = [
+            {"remote": t.dest, "repository": t.repo, "tag": t.tag, "digest": str(t.digest), "attempts": t.attempts,
+             "next_attempt": t.next_attempt, "last_error": t.last_error}
+            for t in await self._replicator.pending()
+        ]  # fmt: skip
+        stats = attrs.asdict(self._replicator.stats)
+        return json_response(request, 200, {"remotes": self._replicator.remotes, "pending": pending, "stats": stats})
+
+    @app.route("/internal/replication/repositories/<path:repo>/tags/<tag>", methods=["POST"])
+    async def retrigger(self, request: IRequest, repo: str, tag: str) -> bytes:
+        _check_repo(repo)
+        _check_tag(tag)
+        n = 0 if self._replicator is None else await self._replicator.retrigger(repo, tag)
+        return json_response(request, 200, {"retriggered": n})
 
     @app.route("/repositories/<path:repo>/tags/<tag>", methods=["GET"])
     async def get_tag(self, request: IRequest, repo: str, tag: str) -> bytes:

@@ -13,8 +13,9 @@ exceptions to statuses:
   (``ClusterClient.stat_many``), never one request each at once
   (``_ReferenceCheck``). An accepted tag is queued for write-back to its
   namespace's tag archive in the same transaction that stores it (when the
-  archive may be written), then duplicated to the other nodes; neither holds
-  up the answer.
+  archive may be written) and, in that same transaction, its copies for the
+  other nodes are queued in the outbox (``kraken.buildindex.duplicate``);
+  neither the write-back nor the copies hold up the answer.
 - ``duplicate``: what the internal duplicate route stores: a tag from another
   node, checked again with ``put_tag``'s rule (so no write route, internal or
   not, can point a tag at a digest that is not a manifest or whose references
@@ -34,15 +35,19 @@ exceptions to statuses:
 The origin's failures raise ``OriginUnavailable`` (the client may retry), a
 manifest whose content does not hash to its digest ``OriginCorrupt``.
 
-Seams: replication to remote clusters (next issue) starts in ``put_tag``,
-beside the write-back and the duplicates: a durable task queued with the tag
-(as ``TagStore.put_tag``'s ``pending``) and a loop beside ``TagWriteBack``
-that sends it. Readiness reads ``healthy()``.
+- ``replicate``: what the internal remote route stores: a tag another
+  cluster replicated here (``kraken.buildindex.remotes``), checked with
+  ``put_tag``'s rule, marked with its source, copied to the other nodes and
+  never queued to a remote (no loops between clusters).
+
+A tag put by a client is queued, in the transaction that stores it, for
+every remote whose ``repositories`` regex matches (``Replicator.copies``).
+Readiness reads ``healthy()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
@@ -50,6 +55,7 @@ import attrs
 from twisted.internet.defer import CancelledError, DeferredSemaphore
 from twisted.logger import Logger
 
+from kraken.buildindex.outbox import Copy
 from kraken.buildindex.tags import Pending
 from kraken.core import Digest
 from kraken.net import ResponseTooLarge
@@ -62,6 +68,7 @@ from kraken.registry.source import ManifestRecord, Page
 if TYPE_CHECKING:
     from kraken.buildindex.archive import TagArchive
     from kraken.buildindex.duplicate import Duplicator
+    from kraken.buildindex.remotes import Replicator
     from kraken.buildindex.tags import TagStore
     from kraken.buildindex.writeback import TagWriteBack
     from kraken.origin.client import ClusterClient
@@ -199,6 +206,7 @@ class TagIndex:
         archive: TagArchive | None = None,
         writeback: TagWriteBack | None = None,
         duplicator: Duplicator | None = None,
+        replicator: Replicator | None = None,
     ) -> None:
         self.origin = origin
         self.max_manifest_size = max_manifest_size
@@ -207,6 +215,7 @@ class TagIndex:
         self._archive = archive
         self._writeback = writeback
         self._duplicator = duplicator
+        self._replicator = replicator
         self._max_page = max_page
 
     async def ask_origin(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -230,13 +239,27 @@ class TagIndex:
         """Point ``repo:tag`` at ``digest`` once its manifest and every reference are on the origin (else
         ``Rejected``); returns the digest it pointed at before (None: a new tag)."""
         await self._check_closure(repo, tag, digest)
-        previous = await self._store_tag(repo, tag, digest, Pending(overwrite=True))
+        copies = [] if self._replicator is None else self._replicator.copies(repo)
+        previous = await self._store_tag(repo, tag, digest, Pending(overwrite=True), copies, source="")
         self.log.info(
             "tag {namespace}:{tag} -> {digest}", namespace=repo, tag=tag, digest=str(digest),
-            previous=None if previous is None else str(previous),
+            previous=None if previous is None else str(previous), remotes=[c.dest for c in copies],
         )  # fmt: skip
-        if self._duplicator is not None:
-            self._duplicator.duplicate(repo, tag, digest)
+        if copies and self._replicator is not None:
+            self._replicator.kick()
+        return previous
+
+    async def replicate(self, repo: str, tag: str, digest: Digest, source: str) -> Digest | None:
+        """Store a tag replicated from the remote cluster ``source``, checked with ``put_tag``'s rule
+        against this cluster's origin, marked as received from ``source``, written back and copied to
+        this cluster's other nodes like a client's tag, but never queued to a remote (so no tag can
+        loop between clusters). Returns the digest it pointed at before."""
+        await self._check_closure(repo, tag, digest)
+        previous = await self._store_tag(repo, tag, digest, Pending(overwrite=True), source=source)
+        self.log.info(
+            "tag {namespace}:{tag} -> {digest} (replicated from {source})", namespace=repo, tag=tag,
+            digest=str(digest), source=source, previous=None if previous is None else str(previous),
+        )  # fmt: skip
         return previous
 
     async def _check_closure(self, repo: str, tag: str, digest: Digest) -> None:
@@ -264,12 +287,30 @@ class TagIndex:
         )  # fmt: skip
         return previous
 
-    async def _store_tag(self, repo: str, tag: str, digest: Digest, pending: Pending) -> Digest | None:
-        """Store the tag, queued for write-back if its namespace's archive entry may be written."""
+    async def _store_tag(
+        self,
+        repo: str,
+        tag: str,
+        digest: Digest,
+        pending: Pending,
+        remotes: Sequence[Copy] = (),
+        *,
+        source: str | None = None,
+    ) -> Digest | None:
+        """Store the tag, queued for write-back if its namespace's archive entry may be written, with
+        its copies for the remotes and (unless it is itself a duplicate: ``source`` None) for the other
+        nodes queued in the outbox, all in one transaction."""
         writable = self._archive is not None and self._archive.writable(repo)
-        previous = await self._tags.put_tag(repo, tag, digest, pending=pending if writable else None)
+        copies = list(remotes)
+        if source is not None and self._duplicator is not None:
+            copies += self._duplicator.copies()
+        previous = await self._tags.put_tag(
+            repo, tag, digest, pending=pending if writable else None, copies=copies, source=source
+        )
         if writable and self._writeback is not None:
             self._writeback.kick()
+        if source is not None and self._duplicator is not None:
+            self._duplicator.kick()
         return previous
 
     async def get_tag(self, repo: str, tag: str) -> Digest | None:

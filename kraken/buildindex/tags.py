@@ -11,7 +11,7 @@ so a read-modify-write is atomic, and ``BEGIN`` for reads that take more than
 one statement, so they see one snapshot. ``adbapi`` commits when the
 interaction returns and rolls back when it raises.
 
-Schema (version 2, kept in ``PRAGMA user_version``)::
+Schema (version 3, kept in ``PRAGMA user_version``)::
 
     tags(repo, tag, digest, updated, PRIMARY KEY (repo, tag))
     manifests(repo, digest, record, subject, artifact_type, PRIMARY KEY (repo, digest))
@@ -19,9 +19,10 @@ Schema (version 2, kept in ``PRAGMA user_version``)::
     tag_writeback(repo, tag, overwrite, created, attempts, next_attempt, last_error, seq,
                   PRIMARY KEY (repo, tag))
     INDEX tag_writeback_due ON tag_writeback(next_attempt)
+    tag_outbox(...)      copies of tags for other nodes and clusters (kraken.buildindex.outbox)
 
-Version 2 added ``tag_writeback``: a version-1 database is upgraded in place
-when opened. A row there is a tag waiting to be written to its backend
+Version 2 added ``tag_writeback``, version 3 ``tag_outbox``: an older
+database is upgraded in place when opened. A row there is a tag waiting to be written to its backend
 (``kraken.buildindex.writeback``); it is inserted in the same transaction as
 the tag itself, so an accepted tag is never lost to a crash before its
 write-back. The task names no digest: the write-back stores whatever the
@@ -40,6 +41,7 @@ exclusive, and ``more`` is found by asking for one row beyond the page.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -49,12 +51,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from kraken import sqlite
+from kraken.buildindex import outbox
+from kraken.buildindex.outbox import Copy, Outbox
 from kraken.core import Digest
 from kraken.registry.source import ManifestRecord, Page
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-_SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS tags (
     repo TEXT NOT NULL,
     tag TEXT NOT NULL,
@@ -84,6 +88,7 @@ CREATE TABLE IF NOT EXISTS tag_writeback (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tag_writeback_due ON tag_writeback (next_attempt);
 """
+_SCHEMA = _TABLES + outbox.SCHEMA
 
 # Longest error text kept in tag_writeback.last_error.
 _MAX_ERROR = 500
@@ -160,12 +165,23 @@ class TagStore(Service):
 
     # -- tags --------------------------------------------------------------
 
-    async def put_tag(self, repo: str, tag: str, digest: Digest, *, pending: Pending | None = None) -> Digest | None:
+    async def put_tag(
+        self,
+        repo: str,
+        tag: str,
+        digest: Digest,
+        *,
+        pending: Pending | None = None,
+        copies: Sequence[Copy] = (),
+        source: str | None = None,
+    ) -> Digest | None:
         """Point ``repo:tag`` at ``digest``; returns the digest it pointed at
         before (None if the tag is new). With ``pending``, the tag is queued
         for write-back in the same transaction: a new task, or the existing
         one updated (overwrite if either asks for it, due at the earlier time,
-        its failures forgotten)."""
+        its failures forgotten). ``copies`` are queued in the outbox in the
+        same transaction too (``outbox.queue_copies``: the latest digest wins),
+        and its ``source`` marked (``outbox.mark_source``)."""
         now = self._clock.seconds()
 
         def put(txn: adbapi.Transaction) -> str | None:
@@ -185,10 +201,16 @@ class TagStore(Service):
                     " next_attempt = MIN(next_attempt, excluded.next_attempt), seq = seq + 1",
                     (repo, tag, int(pending.overwrite), now, now + pending.delay),
                 )
+            outbox.queue_copies(txn, repo, tag, digest, copies, now)
+            outbox.mark_source(txn, repo, tag, source, now)
             return None if row is None else row[0]
 
         previous = await self._pool.runInteraction(put)
         return None if previous is None else Digest.parse(previous)
+
+    def outbox(self, kind: str) -> Outbox:
+        """The queued copies of one kind (``outbox.NODE``, ``outbox.REMOTE``)."""
+        return Outbox(self._pool, kind)
 
     async def healthy(self) -> bool:
         """Whether the database answers a query."""

@@ -22,7 +22,9 @@ from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.duplicate import Duplicator
 from kraken.buildindex.http import BuildIndexHTTP
 from kraken.buildindex.index import TagIndex
+from kraken.buildindex.outbox import NODE
 from kraken.buildindex.tags import TagStore, open_pool
+from kraken.buildindex.wiring import build_replicator
 from kraken.buildindex.writeback import TagWriteBack
 from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
@@ -53,7 +55,8 @@ def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
     Children start in this order and stop in reverse: the tag store (its
     SQLite pool), with ``backends`` an I/O thread pool, the HTTP client
     pool, with ``backends`` the write-back loop, with ``cluster.nodes`` the
-    duplicator, then the HTTP listener.
+    duplicator, with ``remotes`` their HTTP client pools and the replicator,
+    then the HTTP listener.
     """
     top = MultiService()
     top.setName("build-index")
@@ -63,7 +66,7 @@ def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
     tags = TagStore(open_pool(config.database, reactor), clock=reactor, max_page=config.max_page)
     tags.setServiceParent(top)
     threads = None
-    if config.backends:
+    if config.backends or config.remotes:
         threads = ThreadPoolService("io", 1, 4)
         threads.setServiceParent(top)
     http, client_service = make_http_client(reactor, config.http_client, tls=tls)
@@ -71,21 +74,23 @@ def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
     origin = ClusterClient(
         http=http, origins=origin_urls(config.origin), clock=reactor, config=config.http_client, worker=_NoFileWorker()
     )
-    archive = (
-        None if threads is None else _archive(config, reactor, directory, ThreadWorker(reactor, threads.pool), http)
-    )
+    worker = None if threads is None else ThreadWorker(reactor, threads.pool)
+    archive = None if worker is None or not config.backends else _archive(config, reactor, directory, worker, http)
     writeback = None if archive is None else _writeback(config, reactor, tags, archive)
-    duplicator = _duplicator(config, reactor, http)
-    for service in (writeback, duplicator):
+    duplicator = _duplicator(config, reactor, http, tags)
+    replicator = None
+    if worker is not None and config.remotes:
+        replicator = build_replicator(config, reactor, top, tags, origin, worker=worker, directory=directory, tls=tls)
+    for service in (writeback, duplicator, replicator):
         if service is not None:
             service.setServiceParent(top)
 
     limits = {"max_manifest_size": config.max_manifest_size, "max_page": config.max_page}
     index = TagIndex(
         tags, origin, **limits, max_references=config.max_references, archive=archive, writeback=writeback,
-        duplicator=duplicator,
+        duplicator=duplicator, replicator=replicator,
     )  # fmt: skip
-    site = make_site(BuildIndexHTTP(index).resource(), reactor=reactor)
+    site = make_site(BuildIndexHTTP(index, replicator).resource(), reactor=reactor)
     fields = {"origin": config.origin, "database": config.database}
     listen_http(
         config.listen_http, site, reactor=reactor, component="build-index", tls=server_side(tls), **fields
@@ -114,7 +119,7 @@ def _writeback(config: BuildIndexConfig, reactor: Any, tags: TagStore, archive: 
     )
 
 
-def _duplicator(config: BuildIndexConfig, reactor: Any, http: HTTPClient) -> Duplicator | None:
+def _duplicator(config: BuildIndexConfig, reactor: Any, http: HTTPClient, tags: TagStore) -> Duplicator | None:
     """With ``cluster.nodes``: the duplicator to the other nodes (None when this node is alone)."""
     neighbours = config.cluster.neighbours(config.listen_http)
     duplicator = None
@@ -124,10 +129,12 @@ def _duplicator(config: BuildIndexConfig, reactor: Any, http: HTTPClient) -> Dup
         ]
         duplicator = Duplicator(
             clients,
+            tags.outbox(NODE),
             clock=reactor,
             stagger=config.cluster.duplicate_stagger,
             attempts=config.cluster.duplicate_attempts,
             backoff=config.cluster.duplicate_backoff,
+            backoff_max=config.cluster.duplicate_backoff_max,
         )
     if config.cluster.nodes:
         log.info(

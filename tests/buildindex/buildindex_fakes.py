@@ -20,6 +20,7 @@ from kraken.buildindex.archive import ArchiveEntry, TagArchive
 from kraken.buildindex.duplicate import Duplicator
 from kraken.buildindex.http import BuildIndexHTTP
 from kraken.buildindex.index import TagIndex
+from kraken.buildindex.outbox import NODE
 from kraken.buildindex.tags import TagStore, open_pool
 from kraken.buildindex.writeback import TagWriteBack
 from kraken.core import Digest
@@ -207,7 +208,10 @@ class App:
             self.writeback.startService()
         self.duplicator: Duplicator | None = None
         if neighbours is not None:
-            self.duplicator = Duplicator(neighbours, clock=self.reactor, stagger=stagger, attempts=3, backoff=10.0)
+            self.duplicator = Duplicator(
+                neighbours, self.tags.outbox(NODE), clock=self.reactor, stagger=stagger, attempts=3, backoff=10.0,
+                backoff_max=40.0,
+            )  # fmt: skip
             self.duplicator.startService()
         self.index = TagIndex(
             self.tags,

@@ -11,6 +11,7 @@ import pytest
 from buildindex_fakes import (
     BASE,
     App,
+    FakeOrigin,
     FakeRegistryBackend,
     InlineReactor,
     MemoryBackend,
@@ -301,12 +302,12 @@ def test_duplicate_put_reaches_the_other_node(tmp_path: Any, archive: TagArchive
         assert pair.b.writeback.stats.existed == 1  # type: ignore[union-attr]
         assert [c for c in memory.calls if c[0] == "upload"] == [("upload", "r:v1")]
         # B never duplicates further and A got nothing back
-        assert pair.b.duplicator is None and pair.a.duplicator.sent == 1  # type: ignore[union-attr]
+        assert pair.b.duplicator is None and pair.a.duplicator.stats.sent == 1  # type: ignore[union-attr]
     finally:
         pair.close()
 
 
-def test_failed_duplicates_are_retried_with_backoff_then_given_up(tmp_path: Any, archive: TagArchive) -> None:
+def test_failed_duplicates_are_retried_with_backoff_for_as_long_as_it_takes(tmp_path: Any, archive: TagArchive) -> None:
     pair = Pair(tmp_path, archive, failures=1)
     try:
         digest = pushed(pair.a, "a")
@@ -314,22 +315,46 @@ def test_failed_duplicates_are_retried_with_backoff_then_given_up(tmp_path: Any,
             assert put_tag(pair.a, "r", "v1", digest)[0] == 201  # the client's PUT does not wait
             pair.pump()
         assert result_of(pair.b.tags.get_tag("r", "v1")) is None
-        [warning] = [e for e in events if "failed (try" in e["log_format"]]
+        [warning] = [e for e in events if "failed (attempt" in e["log_format"]]
         assert (warning["peer"], warning["delay"], warning["attempts"]) == (BASE, 10.0, 1)
         pair.reactor.advance(10.0)
         pair.pump()
         assert result_of(pair.b.tags.get_tag("r", "v1")) == digest
+        assert result_of(pair.a.duplicator.pending()) == []  # type: ignore[union-attr]
 
-        pair.b_front.failures = 10**6  # B is down for good: 3 tries (10 s, 20 s apart), then an error line
+        pair.b_front.failures = 10**6  # B is down: tried 10, 20, 40, 40... s apart, never given up
         other = pushed(pair.a, "b")
+        put_tag(pair.a, "r", "v2", other)
+        for wait in (10.0, 20.0, 40.0, 40.0, 40.0):
+            pair.reactor.advance(wait)
+            pair.pump()
+        [queued] = result_of(pair.a.duplicator.pending())  # type: ignore[union-attr]
+        assert (queued.tag, queued.digest, queued.attempts) == ("v2", other, 6)
+        assert "503" in (queued.last_error or "")
+        pair.b_front.failures = 0  # B is back
+        pair.reactor.advance(40.0)
+        pair.pump()
+        assert result_of(pair.b.tags.get_tag("r", "v2")) == other
+        assert result_of(pair.a.duplicator.pending()) == []  # type: ignore[union-attr]
+        assert pair.a.duplicator.stats.given_up == 0  # type: ignore[union-attr]
+    finally:
+        pair.close()
+
+
+def test_a_refused_duplicate_is_given_up_after_its_attempts(tmp_path: Any, archive: TagArchive) -> None:
+    pair = Pair(tmp_path, archive)
+    try:
+        digest = pushed(pair.a, "a")
+        pair.b.origin = pair.b.index.origin = FakeOrigin()  # B's origin lacks the image: B answers 400
         with capturedLogs() as events:
-            put_tag(pair.a, "r", "v2", other)
+            put_tag(pair.a, "r", "v1", digest)
+            pair.pump()
             pair.reactor.advance(10.0)
             pair.pump()
             pair.reactor.advance(20.0)
             pair.pump()
-        assert pair.a.duplicator.given_up == 1  # type: ignore[union-attr]
+        assert pair.a.duplicator.stats.given_up == 1  # type: ignore[union-attr]
         assert [e["attempts"] for e in events if "given up" in e["log_format"]] == [3]
-        assert result_of(pair.a.duplicator.when_idle()) is None  # type: ignore[union-attr]
+        assert result_of(pair.a.duplicator.pending()) == []  # type: ignore[union-attr]
     finally:
         pair.close()

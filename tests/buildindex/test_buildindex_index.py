@@ -22,6 +22,7 @@ from twisted.logger import capturedLogs
 
 from kraken.backends import BackendUnavailable
 from kraken.buildindex.index import CHECK_BATCH, InvalidRecord, OriginCorrupt, OriginUnavailable, Rejected, TagIndex
+from kraken.buildindex.outbox import NODE, Copy
 from kraken.buildindex.tags import TagStore
 from kraken.core import Digest
 from kraken.registry.source import ManifestRecord, Page
@@ -30,13 +31,16 @@ REPO = "team/app"
 
 
 class Duplicates:
-    """A duplicator that records what it is asked to send."""
+    """A duplicator with one neighbour, whose queued copies ``sent`` reads from the outbox."""
 
     def __init__(self) -> None:
-        self.sent: list[tuple[str, str, Digest]] = []
+        self.kicks = 0
 
-    def duplicate(self, repo: str, tag: str, digest: Digest) -> None:
-        self.sent.append((repo, tag, digest))
+    def copies(self) -> list[Copy]:
+        return [Copy(NODE, "http://other:15004", 30.0)]
+
+    def kick(self) -> None:
+        self.kicks += 1
 
 
 @pytest.fixture
@@ -69,19 +73,24 @@ def image(origin: FakeOrigin, seed: str, layers: int = 2, *, missing: int = 0) -
     return origin.add(image_manifest(bodies[0], bodies[1:])), refs
 
 
+def queued(tags: TagStore) -> list[tuple[str, str, Digest]]:
+    return [(t.repo, t.tag, t.digest) for t in result_of(tags.outbox(NODE).pending())]
+
+
 def test_a_tag_whose_references_are_all_there_is_accepted_and_duplicated(
-    index: TagIndex, origin: FakeOrigin, duplicates: Duplicates
+    index: TagIndex, origin: FakeOrigin, duplicates: Duplicates, tags: TagStore
 ) -> None:
     first, _ = image(origin, "1")
     second, _ = image(origin, "2")
     assert result_of(index.put_tag(REPO, "v1", first)) is None
     assert result_of(index.put_tag(REPO, "v1", second)) == first
     assert result_of(index.get_tag(REPO, "v1")) == second
-    assert duplicates.sent == [(REPO, "v1", first), (REPO, "v1", second)]
+    # one copy queued per neighbour, holding the latest digest; the loop was woken each time
+    assert queued(tags) == [(REPO, "v1", second)] and duplicates.kicks == 2
 
 
 def test_a_tag_is_rejected_with_its_missing_references(
-    index: TagIndex, origin: FakeOrigin, duplicates: Duplicates
+    index: TagIndex, origin: FakeOrigin, duplicates: Duplicates, tags: TagStore
 ) -> None:
     manifest, refs = image(origin, "x", missing=2)
     with capturedLogs() as events, pytest.raises(Rejected) as info:
@@ -90,7 +99,7 @@ def test_a_tag_is_rejected_with_its_missing_references(
     assert info.value.missing == sorted(refs[-2:])
     [refused] = [e for e in events if "refused" in e["log_format"]]
     assert refused["count"] == 2
-    assert result_of(index.get_tag(REPO, "v1")) is None and duplicates.sent == []
+    assert result_of(index.get_tag(REPO, "v1")) is None and queued(tags) == [] and duplicates.kicks == 0
 
 
 def test_a_missing_manifest_is_named(index: TagIndex) -> None:
@@ -137,12 +146,12 @@ def test_origin_failures_and_lies(index: TagIndex, origin: FakeOrigin) -> None:
 
 
 def test_a_duplicate_is_checked_like_a_tag_put_and_not_sent_on(
-    index: TagIndex, origin: FakeOrigin, duplicates: Duplicates
+    index: TagIndex, origin: FakeOrigin, duplicates: Duplicates, tags: TagStore
 ) -> None:
     manifest, _ = image(origin, "dup")
     assert result_of(index.duplicate(REPO, "v1", manifest, 30.0)) is None
     assert result_of(index.get_tag(REPO, "v1")) == manifest
-    assert duplicates.sent == []
+    assert queued(tags) == []
 
 
 def test_a_duplicate_cannot_repoint_a_tag_to_anything_put_tag_refuses(index: TagIndex, origin: FakeOrigin) -> None:

@@ -155,12 +155,13 @@ def test_backends_writeback_and_cluster_keys(tmp_path: Any) -> None:
         "writeback: {concurrency: 2, backoff_min: 2s, backoff_max: 1m}\n"
         "cluster:\n"
         "  nodes: ['http://10.0.0.1:15004', 'HTTP://10.0.0.2:15004/', 'http://10.0.0.3:15004']\n"
-        "  duplicate_stagger: 5m\n",
+        "  duplicate_stagger: 5m\n"
+        "  duplicate_backoff_max: 2m\n",
     )
     cfg = parse("--config", path)["parsed"]
     assert [b.kind()[0] for b in cfg.backends] == ["registry", "fs"]
     assert (cfg.writeback.concurrency, cfg.writeback.backoff_min, cfg.writeback.backoff_max) == (2, 2.0, 60.0)
-    assert cfg.cluster.duplicate_stagger == 300.0
+    assert (cfg.cluster.duplicate_stagger, cfg.cluster.duplicate_backoff_max) == (300.0, 120.0)
     # this node (advertise derived from listen_http) is skipped; URLs are normalized
     assert cfg.cluster.self_url(cfg.listen_http) == "http://10.0.0.1:15004"
     assert cfg.cluster.neighbours(cfg.listen_http) == ["http://10.0.0.2:15004", "http://10.0.0.3:15004"]
@@ -180,6 +181,7 @@ def test_backends_writeback_and_cluster_keys(tmp_path: Any) -> None:
         ("cluster: {nodes: [http://a:1], advertise: 'ftp://x'}\n", "cluster", "advertise"),
         ("cluster: {duplicate_attempts: 0}\n", "cluster", "duplicate_attempts"),
         ("cluster: {duplicate_stagger: soon}\n", "cluster.duplicate_stagger", "duration"),
+        ("cluster: {duplicate_backoff_max: 0s}\n", "cluster", "duplicate_backoff_max"),
     ],
 )
 def test_bad_backend_and_cluster_keys_name_file_and_key(tmp_path: Any, text: str, key: str, message: str) -> None:
@@ -212,6 +214,11 @@ def test_service_wiring_with_backends_and_cluster(tmp_path: Any) -> None:
     assert service.getServiceNamed("duplicate").neighbours == ["http://bi-2:15004"]
     [cluster] = [e for e in events if "cluster" in e["log_format"]]
     assert cluster["me"] == "http://127.0.0.1:15004" and cluster["neighbours"] == ["http://bi-2:15004"]
+    start_and_stop(service, reactor)
+
+
+def start_and_stop(service: Any, reactor: ThreadReactor) -> None:
+    """Start ``service`` and stop it: every child stops cleanly and leaves no timer behind."""
     stopped: list[Any] = []
     try:
         service.privilegedStartService()

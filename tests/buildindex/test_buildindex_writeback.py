@@ -223,4 +223,4 @@ def test_version_1_database_is_upgraded_in_place(db: str, reactor: InlineReactor
     finally:
         store.stopService()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (3,)

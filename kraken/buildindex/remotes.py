@@ -1,0 +1,274 @@
+"""Cross-cluster replication (Kraken's "remotes"): tags of matching repositories, with every blob of
+their images, copied to other clusters through a durable queue.
+
+A tag a client puts on this build-index whose repository matches a remote's ``repositories`` regex is
+queued for that remote in the tag database's outbox (``kraken.buildindex.outbox``, kind ``remote``,
+``dest`` the remote's name) in the same transaction that stores the tag; the queue holds the latest
+digest per (remote, repo, tag), so a tag moved while its replication waits is replicated once, with its
+latest value. This loop (``kraken.taskqueue.TaskQueue``) replicates each queued tag:
+
+1. the manifest closure is read from this cluster's origin: the tagged manifest, its child manifests
+   (an index's), their configs and layers (foreign layers with ``urls`` excluded), and the referrers
+   this build-index recorded for any of those manifests, with their own closures; a manifest whose
+   content does not hash to its digest fails the try;
+2. the remote's origins are asked which of those blobs they hold (``POST /blobs/stat``, batched); each
+   missing one is read from this cluster's origin into a scratch file and uploaded to the remote's
+   origin cluster (which checks its SHA-256 before storing it, and places it on its replicas); a blob
+   the remote has is never sent again;
+3. the manifest records this build-index holds for those manifests are put on the remote's build-index
+   (so its referrers listing answers as here);
+4. the tag is put on the remote's build-index through its internal remote route, which checks the
+   closure against the remote's own origins again: a remote never serves a tag whose blobs are missing.
+
+A try that fails anywhere (either cluster down, a refusal, garbage) is repeated after ``backoff_min``
+doubling up to ``backoff_max``, for as long as it takes; the queue survives restarts. A copy for a
+remote no longer configured is dropped with one log line.
+
+Loops are impossible by construction: only a tag a client put here is ever queued to remotes. A tag
+received from a remote (the internal remote route, ``TagIndex.replicate``) is stored with its source
+marked and copied to this cluster's other nodes, but never queued to a remote; a duplicate from another
+node is never queued to anything. So every replicated write is exactly one hop from the cluster where
+a client pushed it, whatever the remotes of each cluster say.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from kraken.backends.remote import Discard, stream_to_file
+from kraken.buildindex.config import RemoteConfig
+from kraken.buildindex.outbox import REMOTE, Copy, Outbox, OutboxQueue, OutboxTask
+from kraken.core import Digest
+from kraken.files import remove_quietly
+from kraken.net import HTTPStatusError
+from kraken.registry.errors import RegistryError
+from kraken.registry.manifests import parse_manifest
+from kraken.registry.source import ManifestRecord
+from kraken.workers import Worker
+
+if TYPE_CHECKING:
+    from kraken.buildindex.client import BuildIndexClient
+    from kraken.buildindex.tags import TagStore
+    from kraken.origin.client import ClusterClient
+
+#: Child manifests are followed this many levels below the tagged manifest.
+MAX_DEPTH = 4
+#: Requests one question about a remote's blobs may have in flight.
+STAT_CONCURRENCY = 8
+#: The longest error text recorded with a queued copy.
+MAX_ERROR = 500
+
+
+class ReplicationError(Exception):
+    """A try that cannot complete now (retried later): a blob missing here, garbage from an origin."""
+
+
+class Records(Protocol):
+    """What replication reads of the tag store: referrers and manifest records."""
+
+    async def referrers(self, repo: str, subject: Digest) -> list[ManifestRecord]: ...
+
+    async def get_manifest(self, repo: str, digest: Digest) -> ManifestRecord | None: ...
+
+
+@attrs.frozen
+class Remote:
+    """A configured remote and the clients that reach it."""
+
+    config: RemoteConfig
+    build_indexes: Sequence[BuildIndexClient]
+    origin: ClusterClient
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@attrs.define
+class ReplicationStats:
+    """Counters since the loop started."""
+
+    replicated: int = 0  # tags put on a remote
+    blobs_sent: int = 0  # blobs uploaded to a remote's origins
+    bytes_sent: int = 0
+    blobs_present: int = 0  # blobs a remote already had (not sent)
+    failures: int = 0  # failed tries (each tried again later)
+    dropped: int = 0  # copies for remotes no longer configured
+
+
+@attrs.define
+class Closure:
+    """What a tag needs: its manifests (the tagged one first) and blobs, each once."""
+
+    manifests: list[Digest] = attrs.field(factory=list)
+    blobs: list[Digest] = attrs.field(factory=list)
+
+    def all(self) -> list[Digest]:
+        return list(dict.fromkeys([*self.manifests, *self.blobs]))
+
+
+async def read_closure(
+    origin: ClusterClient, records: Records, repo: str, digest: Digest, *, max_manifest_size: int
+) -> Closure:
+    """The closure of ``digest`` in ``repo`` as this cluster's origin and tag store know it."""
+    closure = Closure()
+    todo: list[tuple[Digest, int]] = [(digest, 0)]
+    seen: set[Digest] = set()
+    while todo:
+        d, depth = todo.pop(0)
+        if d in seen:
+            continue
+        seen.add(d)
+        closure.manifests.append(d)
+        body = await origin.read_small(repo, d, max_manifest_size)
+        if body is None:
+            raise ReplicationError(f"manifest {d} of {repo} is missing on this cluster's origin")
+        try:
+            parsed = parse_manifest(body, None)
+        except RegistryError as e:
+            raise ReplicationError(f"manifest {d} of {repo} is invalid: {e.message}") from None
+        if parsed.digest != d:
+            raise ReplicationError(f"this cluster's origin answered {parsed.digest} for {d}")
+        closure.blobs.extend(b for b in parsed.required_blobs() if b not in closure.blobs)
+        children = [c.digest for c in parsed.manifests]
+        children += [r.digest for r in await records.referrers(repo, d)]
+        if depth < MAX_DEPTH:
+            todo.extend((c, depth + 1) for c in children)
+    return closure
+
+
+class Replicator(OutboxQueue):
+    """Replicates the queued tags to ``remotes`` (see the module docstring). ``source`` names this
+    cluster on the remotes; ``scratch`` is a directory for blobs in transit; ``worker`` does its file
+    I/O. Start it after the tag store; ``kick()`` after a tag was stored with ``copies(repo)``."""
+
+    what = "replication"
+    task_name = "replication of {namespace}:{tag} to {remote}"
+    dest_field = "remote"
+    expected_errors = (ReplicationError, HTTPStatusError, ConnectionError, TimeoutError, RegistryError)
+    max_error = MAX_ERROR
+
+    def __init__(
+        self,
+        remotes: Sequence[Remote],
+        outbox: Outbox,
+        tags: TagStore | Records,
+        origin: ClusterClient,
+        *,
+        source: str,
+        scratch: str,
+        worker: Worker,
+        clock: IReactorTime,
+        max_manifest_size: int,
+        concurrency: int = 4,
+        backoff_min: float = 1.0,
+        backoff_max: float = 300.0,
+        body_timeout: float = 60.0,
+    ) -> None:
+        self.stats = ReplicationStats()
+        super().__init__(outbox, clock, self.stats, concurrency, backoff_min, backoff_max)
+        self.setName("replication")
+        self._remotes = {r.name: r for r in remotes}
+        self._records = tags
+        self._origin = origin
+        self._source = source
+        self._scratch = scratch
+        self._worker = worker
+        self._max_manifest_size = max_manifest_size
+        self._body_timeout = body_timeout
+
+    @property
+    def remotes(self) -> list[str]:
+        return list(self._remotes)
+
+    def copies(self, repo: str) -> list[Copy]:
+        """The outbox rows a tag of ``repo`` accepted from a client gets: one per matching remote."""
+        return [Copy(REMOTE, name) for name, r in self._remotes.items() if r.config.matches(repo)]
+
+    # -- OutboxQueue -------------------------------------------------------
+
+    async def _run(self, task: OutboxTask) -> None:
+        name, fields = self._describe(task)
+        remote = self._remotes.get(task.dest)
+        if remote is None:
+            await self._drop(task, "no such remote is configured")
+            return
+        started = self._clock.seconds()
+        try:
+            sent, present = await self._replicate(remote, task)
+        except CancelledError:
+            raise  # stopping: the copy stays queued and runs at the next start
+        except Exception as e:
+            await self._failed(task, e, Failure())
+            return
+        self.stats.replicated += 1
+        self.log.info(
+            name + " -> {digest} done: {sent} blobs sent, {present} there already ({duration:.3f}s)",
+            sent=sent, present=present, duration=self._clock.seconds() - started, **fields,
+        )  # fmt: skip
+        await self._outbox.done(task)
+
+    # -- one replication ----------------------------------------------------
+
+    async def _replicate(self, remote: Remote, task: OutboxTask) -> tuple[int, int]:
+        """Blobs first, then records, then the tag; (blobs sent, blobs the remote had)."""
+        closure = await read_closure(
+            self._origin, self._records, task.repo, task.digest, max_manifest_size=self._max_manifest_size
+        )
+        digests = closure.all()
+        sizes = await remote.origin.stat_many(task.repo, digests, concurrency=STAT_CONCURRENCY)
+        missing = [d for d in digests if sizes.get(d) is None]
+        for d in missing:
+            await self._copy_blob(remote, task.repo, d)
+        self.stats.blobs_present += len(digests) - len(missing)
+        records = [await self._records.get_manifest(task.repo, m) for m in closure.manifests]
+        await self._on_build_index(remote, lambda c: self._put(c, task, [r for r in records if r is not None]))
+        return len(missing), len(digests) - len(missing)
+
+    async def _put(self, client: BuildIndexClient, task: OutboxTask, records: list[ManifestRecord]) -> None:
+        for record in reversed(records):  # children and referrers before the tagged manifest
+            await client.put_manifest(task.repo, record)
+        await client.replicate_tag(task.repo, task.tag, task.digest, source=self._source)
+
+    async def _on_build_index(self, remote: Remote, call: Any) -> None:
+        """``call(client)`` on the remote's build-indexes in order, until one succeeds."""
+        last: Exception | None = None
+        for client in remote.build_indexes:
+            try:
+                await call(client)
+                return
+            except CancelledError:
+                raise
+            except Exception as e:
+                last = e
+        assert last is not None
+        raise last
+
+    async def _copy_blob(self, remote: Remote, repo: str, digest: Digest) -> None:
+        """This cluster's origin -> a scratch file -> the remote's origins (which check the digest)."""
+        path = os.path.join(self._scratch, f"{remote.name}-{digest.hex}")
+        response = await self._origin.get(repo, digest)
+        if response.code != 200:
+            response.deliverBody(Discard())
+            raise ReplicationError(f"this cluster's origin answered {response.code} for blob {digest}")
+        try:
+            size = await stream_to_file(
+                response, path, worker=self._worker, clock=self._clock, timeout=self._body_timeout,
+                prefix=".kraken-remote-",
+            )  # fmt: skip
+            await remote.origin.upload(repo, digest, path, size)
+        finally:
+            await self._worker.run(remove_quietly, path)
+        self.stats.blobs_sent += 1
+        self.stats.bytes_sent += size
+        self.log.debug(
+            "blob {digest} of {namespace} sent to {remote} ({bytes} bytes)",
+            digest=str(digest), namespace=repo, remote=remote.name, bytes=size,
+        )  # fmt: skip
