@@ -273,17 +273,16 @@ class RingRepair(Service):
         self._stats.walks += 1
         self._stats.running = False
         sent, failures = self._stats.copies - before.copies, self._stats.failures - before.failures
-        if sent or failures or self._stats.outside:
-            self.log.info(
-                "repair: walk done in {seconds:.1f}s: {checked} blobs, {copies} copies sent ({mib:.0f} MiB),"
-                " {failures} failed, {outside} held outside their placement (kept)",
-                seconds=self._clock.seconds() - started,
-                checked=len(digests),
-                copies=sent,
-                mib=(self._stats.copied_bytes - before.copied_bytes) / MIB,
-                failures=failures,
-                outside=self._stats.outside,
-            )
+        self.log.info(
+            "repair: walk done in {seconds:.1f}s: {checked} blobs, {copies} copies sent ({mib:.0f} MiB),"
+            " {failures} failed, {outside} held outside their placement (kept)",
+            seconds=self._clock.seconds() - started,
+            checked=len(digests),
+            copies=sent,
+            mib=(self._stats.copied_bytes - before.copied_bytes) / MIB,
+            failures=failures,
+            outside=self._stats.outside,
+        )
 
     async def _plan_chunk(self, chunk: list[Digest]) -> list[Copy]:
         sizes = await self._store.stat_many(chunk)  # a blob evicted since the listing is skipped
