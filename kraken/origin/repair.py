@@ -86,6 +86,19 @@ class Member(Protocol):
 
 
 @attrs.frozen
+class RingView:
+    """What repair sees of the cluster: this origin (``me``, "host:port"), a blob's ``placement``, a member's
+    health (``healthy``), another origin's client (``client_for``), and the namespaces a blob waits for
+    write-back to here (``namespaces``; empty: none, or no backends)."""
+
+    me: str
+    placement: Callable[[Digest], list[str]]
+    healthy: Callable[[str], bool]
+    client_for: Callable[[str], Member]
+    namespaces: Callable[[Digest], list[str]] = lambda digest: []
+
+
+@attrs.frozen
 class Copy:
     """One copy to send: ``digest`` (``size`` bytes) to ``member``, as its ``replica`` k."""
 
@@ -136,38 +149,26 @@ class RepairStats:
 
 
 class RingRepair(Service):
-    """See the module docstring. ``placement(digest)`` is the blob's placement,
-    ``healthy(member)`` the health filter's view, ``client_for(member)`` the
-    client of another origin, ``namespaces(digest)`` those it waits for
-    write-back to; ``root`` is the store's directory (``store.root``)."""
+    """See the module docstring. ``ring`` is the cluster as repair sees it;
+    ``root`` is the store's directory (``store.root``)."""
 
     log = Logger()
 
     def __init__(
         self,
         config: RepairConfig,
+        ring: RingView,
         *,
-        me: str,
         store: CAStore,
         root: str,
         worker: Worker,
         clock: IReactorTime,
-        placement: Callable[[Digest], list[str]],
-        healthy: Callable[[str], bool],
-        client_for: Callable[[str], Member],
-        namespaces: Callable[[Digest], list[str]] = lambda digest: [],
     ) -> None:
         self.setName("repair")
         self._config = config
-        self._me = me
-        self._store = store
-        self._root = root
-        self._worker = worker
-        self._clock = clock
-        self._placement = placement
-        self._healthy = healthy
-        self._client_for = client_for
-        self._namespaces = namespaces
+        self._ring = ring
+        self._me = ring.me
+        self._store, self._root, self._worker, self._clock = store, root, worker, clock
         self._stats = RepairStats()
         self._timer: IDelayedCall | None = None
         self._walking: Deferred[None] | None = None
@@ -286,13 +287,13 @@ class RingRepair(Service):
 
     async def _plan_chunk(self, chunk: list[Digest]) -> list[Copy]:
         sizes = await self._store.stat_many(chunk)  # a blob evicted since the listing is skipped
-        placements = {d: self._placement(d) for d in sizes}
+        placements = {d: self._ring.placement(d) for d in sizes}
         asks: dict[str, list[Digest]] = {}
         for digest, members in placements.items():
             if self._me not in members:
                 self._stats.outside += 1
             for m in members:
-                if m != self._me and self._healthy(m):
+                if m != self._me and self._ring.healthy(m):
                     asks.setdefault(m, []).append(digest)
         groups = list(asks.items())
         answers = await bounded_map(groups, self._config.concurrency, self._ask)
@@ -307,19 +308,17 @@ class RingRepair(Service):
     async def _ask(self, group: tuple[str, list[Digest]]) -> set[Digest] | None:
         member, digests = group
         try:
-            answer = await self._client_for(member).stat_batch(digests)
+            answer = await self._ring.client_for(member).stat_batch(digests)
         except CancelledError:
             raise
         except Exception as e:
-            self._stats.failures += 1
-            self.log.warn(
-                "repair: asking {member} about {count} blobs failed: {error}",
-                member=member,
-                count=len(digests),
-                error=str(e) or type(e).__name__,
-            )
+            self._failed(e, "asking {member} about {count} blobs", member=member, count=len(digests))
             return None
         return set(answer.held)
+
+    def _failed(self, error: Exception, what: str, **fields: object) -> None:
+        self._stats.failures += 1
+        self.log.warn(f"repair: {what} failed: {{error}}", error=str(error) or type(error).__name__, **fields)
 
     async def _send(self, copy: Copy) -> None:
         try:
@@ -328,13 +327,7 @@ class RingRepair(Service):
         except CancelledError:
             raise
         except Exception as e:
-            self._stats.failures += 1
-            self.log.warn(
-                "repair: copying {digest} to {member} failed: {error}",
-                digest=str(copy.digest),
-                member=copy.member,
-                error=str(e) or type(e).__name__,
-            )
+            self._failed(e, "copying {digest} to {member}", digest=str(copy.digest), member=copy.member)
         else:
             self._stats.copies += 1
             self._stats.copied_bytes += copy.size
@@ -343,9 +336,9 @@ class RingRepair(Service):
         self._progress()
 
     async def _upload(self, copy: Copy) -> None:
-        client = self._client_for(copy.member)
+        client = self._ring.client_for(copy.member)
         path = self._store.blob_path(copy.digest)
-        namespaces = self._namespaces(copy.digest)
+        namespaces = self._ring.namespaces(copy.digest)
         for namespace in namespaces:
             await client.upload(namespace, copy.digest, path, copy.size, replica=copy.replica)
         if not namespaces:

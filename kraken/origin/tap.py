@@ -31,7 +31,7 @@ from kraken.origin.config import OriginConfig
 from kraken.origin.fetch import BlobFetcher
 from kraken.origin.http import OriginHTTP
 from kraken.origin.node import OriginNode
-from kraken.origin.repair import RingRepair
+from kraken.origin.repair import RingRepair, RingView
 from kraken.origin.writeback import WriteBackQueue, open_pool
 from kraken.p2p.scheduler import Scheduler
 from kraken.store import CacheCleanup, CAStore, UploadExpiry
@@ -210,18 +210,14 @@ def _repair(
     """Background repair of the ring (``kraken.origin.repair``): only in a cluster, unless switched off."""
     if config.cluster is None or not config.repair.enabled:
         return None
-    repair = RingRepair(
-        config.repair,
+    view = RingView(
         me=config.advertised(),
-        store=store,
-        root=config.store.root,
-        worker=worker,
-        clock=reactor,
         placement=lambda digest: ring.ring.placement(digest),
         healthy=ring.health.healthy,
         client_for=ring.client_for,
         namespaces=(lambda digest: []) if writeback is None else writeback.namespaces,
     )
+    repair = RingRepair(config.repair, view, store=store, root=config.store.root, worker=worker, clock=reactor)
     ring.hosts.on_change(repair.members_changed)
     ring.health.on_change(repair.health_changed)
     return repair
