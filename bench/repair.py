@@ -20,7 +20,9 @@ then checked on disk on both members of its placement (size and SHA-256).
 
 Baseline: the blob directories the replacement received (data and sidecars), copied with one ``cp -r`` from
 the survivors' stores into an empty directory on the same disk, after an
-``os.sync``; timed alone and with a ``sync`` after it (the origin's commit
+``os.sync`` and one untimed read of them (the survivors read them from the page cache too, having just
+written and checked them); timed alone and with a ``sync`` after it, the median of three runs of each
+(alternating: the disk of a shared machine makes single ``cp`` runs vary several-fold) (the origin's commit
 renames a file it has written and hashed; whether its bytes reached the disk
 by the end is up to the kernel, as for ``cp``). Prints a Markdown block;
 ``--out FILE`` appends it to FILE.
@@ -35,6 +37,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -116,20 +119,24 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def cp_time(files: list[str], work: str) -> tuple[float, float]:
-    """Seconds of one ``cp -r`` of ``files`` (blob directories) into an empty directory, and of ``cp`` then
-    ``sync``."""
-    times = []
-    for then_sync in (False, True):
-        dest = tempfile.mkdtemp(prefix="cp-", dir=work)
-        os.sync()
-        t0 = time.monotonic()
-        subprocess.run(["cp", "-r", *files, dest], check=True)
-        if then_sync:
+def cp_time(files: list[str], work: str, runs: int = 3) -> tuple[float, float]:
+    """Median seconds of one ``cp -r`` of ``files`` (blob directories) into an empty directory, and of ``cp``
+    then ``sync`` (``runs`` of each, alternating; the copy is removed and ``os.sync`` called before each)."""
+    for name in files:  # read once, untimed: the origins read them from the page cache too
+        for path in os.listdir(name):
+            sha256_of(os.path.join(name, path))
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(runs):
+        for then_sync in (False, True):
+            dest = tempfile.mkdtemp(prefix="cp-", dir=work)
             os.sync()
-        times.append(time.monotonic() - t0)
-        shutil.rmtree(dest)
-    return times[0], times[1]
+            t0 = time.monotonic()
+            subprocess.run(["cp", "-r", *files, dest], check=True)
+            if then_sync:
+                os.sync()
+            times[then_sync].append(time.monotonic() - t0)
+            shutil.rmtree(dest)
+    return statistics.median(times[False]), statistics.median(times[True])
 
 
 def run(args: argparse.Namespace, work: str) -> str:
@@ -207,8 +214,9 @@ def run(args: argparse.Namespace, work: str) -> str:
         f"| of which detection (until the first walk starts) | {detect:.2f} | | |",
         f"| of which the walks (first start -> last end) | {walks:.2f} | {total / MIB / walks:.0f}"
         f" | {walks / cp_alone:.2f} |",
-        f"| cp of the same files | {cp_alone:.2f} | {total / MIB / cp_alone:.0f} | 1.00 |",
-        f"| cp of the same files, then sync | {cp_sync:.2f} | {total / MIB / cp_sync:.0f} | {cp_sync / cp_alone:.2f} |",
+        f"| cp -r of the same blobs (median of 3) | {cp_alone:.2f} | {total / MIB / cp_alone:.0f} | 1.00 |",
+        f"| cp -r of the same blobs, then sync (median of 3) | {cp_sync:.2f} | {total / MIB / cp_sync:.0f}"
+        f" | {cp_sync / cp_alone:.2f} |",
         "",
         "Survivors' summaries: " + "; ".join(line.split("] ", 1)[-1] for _, line in dones),
     ]
