@@ -70,6 +70,25 @@ class WriteBackConfig(TaskQueueConfig):
     replica_delay: Duration = attrs.field(default=Duration(1800.0))
 
 
+@attrs.frozen
+class RepairConfig:
+    """Background repair of the origin ring (``kraken.origin.repair``; only with a ``cluster``): this origin
+    walks its store and copies each blob it holds to the members of the blob's placement that lack it."""
+
+    enabled: bool = True
+    # How often the store is walked when nothing happens (a walk also follows every change of the members).
+    interval: Duration = attrs.field(default=Duration(3600.0), validator=positive)
+    # A member marked unhealthy for at least this long is repaired when it is healthy again (it may be a new,
+    # empty one); one back sooner is left to the next walk and to fetch on miss, so a flapping member is not flooded.
+    grace: Duration = attrs.field(default=Duration(300.0), validator=attrs.validators.ge(Duration(0.0)))
+    # Copies sent at once.
+    concurrency: int = attrs.field(default=2, validator=positive)
+    # Bytes per second all copies share (0: unlimited).
+    rate: Size = attrs.field(default=Size(0), validator=attrs.validators.ge(Size(0)))
+    # A progress line in the log at most this often during a walk.
+    progress: Duration = attrs.field(default=Duration(10.0), validator=positive)
+
+
 def _check_percent(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if not 0 < value <= 100:
         raise ValueError(f"{attribute.name} must be a percentage between 1 and 100, not {value}")
@@ -127,6 +146,8 @@ class OriginConfig:
     # The origin cluster (hash ring) this origin belongs to; none: it is alone. See kraken.cluster.config.
     # Its members are the origins' advertise addresses, this one's included.
     cluster: ClusterConfig | None = None
+    # Background repair of the ring (only with a cluster). See RepairConfig.
+    repair: RepairConfig = attrs.field(factory=RepairConfig)
 
     def cleanup_enabled(self) -> bool:
         """Whether idle blobs are evicted: ``cleanup.enabled``, else only with backends."""

@@ -88,7 +88,7 @@ from kraken.core import Digest, DigestError
 from kraken.core.peer import PeerInfo
 from kraken.files import is_out_of_space
 from kraken.net.server import HTTPError, Refusal
-from kraken.origin.client import LOCAL_HEADER, LOCATIONS_HEADER, MAX_STAT_BATCH, REPLICA_HEADER
+from kraken.origin.client import LOCAL_HEADER, LOCATIONS_HEADER, MAX_STAT_BATCH, REPAIR_HEADER, REPLICA_HEADER
 from kraken.origin.node import AlreadyStored, NotHeld, OriginNode
 from kraken.registry.names import is_valid_name
 from kraken.store import DigestMismatch, RangeMismatch, UploadTruncated, UploadUnknown
@@ -142,6 +142,11 @@ def _replica(request: Request) -> int:
     if not text.isdigit() or not 0 < int(text) < 1000:
         raise HTTPError(400, f"malformed Kraken-Replica header {text!r} (want a replica number from 1)")
     return int(text)
+
+
+def _repair(request: Request) -> bool:
+    """``Kraken-Repair``: another origin's repair copy, which nobody writes back (``kraken.origin.repair``)."""
+    return request.getHeader(REPAIR_HEADER) is not None
 
 
 def _empty(request: Request, code: int = 200) -> bytes:
@@ -323,7 +328,7 @@ class OriginHTTP:
     async def start_upload(self, request: Request, ns: str, d: str) -> bytes:
         check_namespace(ns)
         digest = parse_digest(d)
-        uid = await self._node.start_upload(ns, digest, _replica(request))
+        uid = await self._node.start_upload(ns, digest, _replica(request), repair=_repair(request))
         request.setHeader(b"location", uid.encode("ascii"))
         return _empty(request)
 
@@ -332,7 +337,7 @@ class OriginHTTP:
         check_namespace(ns)
         digest = parse_digest(d)
         start, end = parse_content_range(request.getHeader(b"content-range"))
-        await self._node.refuse_if_stored(ns, digest, _replica(request), upload=uid)
+        await self._node.refuse_if_stored(ns, digest, _replica(request), upload=uid, repair=_repair(request))
         assert request.content is not None
         extra = _remaining(request.content) - (end - start)
         if extra > 0:
@@ -344,7 +349,7 @@ class OriginHTTP:
     async def commit_upload(self, request: Request, ns: str, d: str, uid: str) -> bytes:
         check_namespace(ns)
         digest = parse_digest(d)
-        await self._node.commit(ns, digest, uid, _replica(request))
+        await self._node.commit(ns, digest, uid, _replica(request), repair=_repair(request))
         return _empty(request, 201)
 
     @app.route("/namespace/<path:ns>/blobs/<d>", methods=["GET", "HEAD"])

@@ -25,10 +25,10 @@ it; it knows nothing of requests, headers or status codes:
 - **placement** (``locations``, ``stat_many``), **peers** (this origin's own
   P2P address once it holds a blob) and **stats**.
 
-Seams: background ring repair (walking the store against the ring, fetching
-what this origin should hold and copying what others lack) belongs here,
-beside ``held`` and ``commit``, as a Service the tap adds; readiness and
-metrics read ``stats()`` (and ``counters``), never the HTTP app.
+Background ring repair (walking the store against the ring, copying what
+the others lack) is ``kraken.origin.repair.RingRepair``, a Service the tap
+adds; its counters are the ``repair`` section of ``stats()``. Seams:
+readiness and metrics read ``stats()`` (and ``counters``), never the HTTP app.
 """
 
 from __future__ import annotations
@@ -85,6 +85,14 @@ class WriteBack(Protocol):
         ...
 
 
+class HasStats(Protocol):
+    """A part of the origin with counters (``kraken.origin.repair.RingRepair``)."""
+
+    def stats(self) -> AttrsInstance:
+        """Counters (an attrs instance), a section of ``stats()``."""
+        ...
+
+
 @attrs.define
 class Counters:
     """Questions this origin answered since it started (in ``stats()``)."""
@@ -122,6 +130,7 @@ class OriginNode:
         placement: Placement | None = None,
         writeback: WriteBack | None = None,
         replica_delay: float = 0.0,
+        repair: HasStats | None = None,
     ) -> None:
         self.store = store
         self.advertise = advertise
@@ -129,6 +138,7 @@ class OriginNode:
         self._placement = placement
         self._writeback = writeback
         self._replica_delay = replica_delay
+        self._repair = repair
         self._peer: PeerInfo | None = None
         self._p2p_stats: Callable[[], Stats] | None = None
         self.counters = Counters()
@@ -162,13 +172,15 @@ class OriginNode:
         return StatAnswer(held, locations, may_fetch)
 
     def stats(self) -> dict[str, object]:
-        """The P2P side's counters, this node's, then the ``cluster`` and ``writeback`` sections."""
+        """The P2P side's counters, this node's, then the ``cluster``, ``writeback`` and ``repair`` sections."""
         stats: dict[str, object] = {} if self._p2p_stats is None else attrs.asdict(self._p2p_stats())
         stats.update(attrs.asdict(self.counters))
         if self._placement is not None:
             stats["cluster"] = attrs.asdict(self._placement.stats())
         if self._writeback is not None:
             stats["writeback"] = attrs.asdict(self._writeback.stats())
+        if self._repair is not None:
+            stats["repair"] = attrs.asdict(self._repair.stats())
         return stats
 
     # -- fetch on miss --
@@ -231,19 +243,23 @@ class OriginNode:
 
     # -- uploads: commit, write-back, replicate --
 
-    async def refuse_if_stored(self, namespace: str, digest: Digest, replica: int = 0, *, upload: str = "") -> None:
+    async def refuse_if_stored(
+        self, namespace: str, digest: Digest, replica: int = 0, *, upload: str = "", repair: bool = False
+    ) -> None:
         """``AlreadyStored`` if the store holds the blob, once it is sure to
-        be written back and ``upload`` (one that has become useless) is gone."""
+        be written back and ``upload`` (one that has become useless) is gone.
+        ``repair``: another origin's repair copy, which nobody writes back
+        (see ``kraken.origin.repair``)."""
         if await self.store.stat(digest) is None:
             return
         if upload:
             await self.drop_upload(upload)
-        await self._written_back(namespace, digest, replica)
+        await self._written_back(namespace, digest, replica, repair)
         raise AlreadyStored(digest)
 
-    async def start_upload(self, namespace: str, digest: Digest, replica: int = 0) -> str:
+    async def start_upload(self, namespace: str, digest: Digest, replica: int = 0, *, repair: bool = False) -> str:
         """A new upload's id; ``AlreadyStored`` if the blob is here (see ``refuse_if_stored``)."""
-        await self.refuse_if_stored(namespace, digest, replica)
+        await self.refuse_if_stored(namespace, digest, replica, repair=repair)
         uid = await self.store.uploads.create()
         self.log.debug("upload {uid} of {digest} started", uid=uid, digest=str(digest), namespace=namespace)
         return uid
@@ -258,10 +274,13 @@ class OriginNode:
         )
         return size
 
-    async def commit(self, namespace: str, digest: Digest, uid: str, replica: int = 0) -> CommitResult:
+    async def commit(
+        self, namespace: str, digest: Digest, uid: str, replica: int = 0, *, repair: bool = False
+    ) -> CommitResult:
         """Store the upload as ``digest`` (``DigestMismatch`` deletes it), make
-        sure it is written back, and for a client's upload (``replica`` 0)
-        copy it to the other replicas; returns once all that is done."""
+        sure it is written back (unless it is a ``repair`` copy), and for a
+        client's upload (``replica`` 0) copy it to the other replicas; returns
+        once all that is done."""
         try:
             result = await self.store.commit(uid, digest)
         except DigestMismatch as e:
@@ -277,13 +296,13 @@ class OriginNode:
             replica=replica,
             namespace=namespace,
         )
-        await self._written_back(namespace, digest, replica)
+        await self._written_back(namespace, digest, replica, repair)
         if replica == 0 and self._placement is not None:
             await self._placement.replicate(namespace, digest, result.metainfo.length)
         return result
 
-    async def _written_back(self, namespace: str, digest: Digest, replica: int) -> None:
-        if self._writeback is not None:
+    async def _written_back(self, namespace: str, digest: Digest, replica: int, repair: bool = False) -> None:
+        if self._writeback is not None and not repair:
             await self._writeback.add(namespace, digest, delay=replica * self._replica_delay)
 
     async def drop_upload(self, uid: str) -> None:

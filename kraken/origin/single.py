@@ -54,6 +54,9 @@ PENDING = _Pending()
 REPLICA_HEADER = b"Kraken-Replica"
 #: Asks an origin to answer from its own store only: no fetch on miss (one origin repairing from another).
 LOCAL_HEADER = b"Kraken-Local"
+#: On an origin's repair copy (``kraken.origin.repair``): the sender waits for no write-back of the blob (it is
+#: written back already, or has no backend), so neither does the receiver.
+REPAIR_HEADER = b"Kraken-Repair"
 #: The answer of ``GET /blobs/<digest>/locations``: the blob's origins, "host:port" comma-separated, best first.
 LOCATIONS_HEADER = b"Origin-Locations"
 
@@ -268,15 +271,20 @@ class OriginClient(ServiceClient):
         except (ValueError, PeerError) as e:
             raise HTTPStatusError("GET", url, 200, f"bad peers answer: {e}".encode()) from None
 
-    async def upload(self, namespace: str, digest: Digest, path: str, size: int, *, replica: int = 0) -> None:
+    async def upload(
+        self, namespace: str, digest: Digest, path: str, size: int, *, replica: int = 0, repair: bool = False
+    ) -> None:
         """Upload ``size`` bytes of ``path`` as blob ``digest``: start, one
         PATCH of the whole file, commit. A 409 at any step means the origin
         already holds the blob: success. Retries start again from the POST.
 
         ``replica`` k > 0 marks an origin's copy to the k-th other member of
         the blob's placement (header ``Kraken-Replica: k``): the receiver
-        delays its write-back and does not replicate further."""
+        delays its write-back and does not replicate further. ``repair``:
+        a repair copy whose write-back is nobody's job (``REPAIR_HEADER``)."""
         extra = {} if replica <= 0 else {REPLICA_HEADER: [str(replica).encode()]}
+        if repair:
+            extra[REPAIR_HEADER] = [b"1"]
         await self._retrying(f"upload {digest}", lambda: self._upload_once(namespace, digest, path, size, extra))
 
     async def _upload_once(

@@ -31,6 +31,7 @@ from kraken.origin.config import OriginConfig
 from kraken.origin.fetch import BlobFetcher
 from kraken.origin.http import OriginHTTP
 from kraken.origin.node import OriginNode
+from kraken.origin.repair import RingRepair, RingView
 from kraken.origin.writeback import WriteBackQueue, open_pool
 from kraken.p2p.scheduler import Scheduler
 from kraken.store import CacheCleanup, CAStore, UploadExpiry
@@ -59,7 +60,7 @@ def origin_service(
     write-back queue (only with ``backends``), the fetcher (with
     ``backends`` or a ``cluster``: missing blobs come from the other origins,
     then the backend), upload expiry, the cache cleanup (when
-    ``config.cleanup_enabled()``), the P2P scheduler, then the HTTP and P2P
+    ``config.cleanup_enabled()``), the ring repair (in a cluster), the P2P scheduler, then the HTTP and P2P
     listeners. An origin that cannot join its cluster stops this service,
     and only this one (``_give_up``), then calls ``on_given_up``.
     """
@@ -78,6 +79,9 @@ def origin_service(
             service.setServiceParent(top)
     if config.cleanup_enabled():
         _cleanup(config, reactor, io_worker, writeback).setServiceParent(top)
+    repair = _repair(config, reactor, ring, io_worker, store, writeback)
+    if repair is not None:
+        repair.setServiceParent(top)
 
     node = OriginNode(
         store,
@@ -86,6 +90,7 @@ def origin_service(
         placement=ring,
         writeback=writeback,
         replica_delay=config.writeback.replica_delay,
+        repair=repair,
     )
     # Seeds only: no announcer, no downloads. A handshake for a blob that is not here starts a fetch on miss.
     scheduler = Scheduler(
@@ -192,6 +197,30 @@ def _fetcher(
         replicas = ReplicaBackend(ring, worker=worker, clock=reactor, timeout=config.http_client.timeout)
         sources = Repair(replicas, router)
     return None if sources is None else BlobFetcher(store, sources, worker=worker, clock=reactor)
+
+
+def _repair(
+    config: OriginConfig,
+    reactor: Any,
+    ring: OriginRing,
+    worker: ThreadWorker,
+    store: CAStore,
+    writeback: WriteBackQueue | None,
+) -> RingRepair | None:
+    """Background repair of the ring (``kraken.origin.repair``): only in a cluster, unless switched off."""
+    if config.cluster is None or not config.repair.enabled:
+        return None
+    view = RingView(
+        me=config.advertised(),
+        placement=lambda digest: ring.ring.placement(digest),
+        healthy=ring.health.healthy,
+        client_for=ring.client_for,
+        namespaces=(lambda digest: []) if writeback is None else writeback.namespaces,
+    )
+    repair = RingRepair(config.repair, view, store=store, root=config.store.root, worker=worker, clock=reactor)
+    ring.hosts.on_change(repair.members_changed)
+    ring.health.on_change(repair.health_changed)
+    return repair
 
 
 def _cleanup(

@@ -200,6 +200,10 @@ class WriteBackQueue(TaskQueue[_Task, tuple[str, Digest]]):
         backend): such a blob must not be evicted."""
         return digest in self._tasks
 
+    def namespaces(self, digest: Digest) -> list[str]:
+        """The namespaces ``digest`` waits for write-back to, sorted (empty: none)."""
+        return sorted(self._tasks.get(digest, ()))
+
     def stats(self) -> WriteBackStats:
         return attrs.evolve(self._stats, pending=sum(len(ns) for ns in self._tasks.values()))
 

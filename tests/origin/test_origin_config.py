@@ -91,6 +91,11 @@ http_client: {timeout: 5s}
         ("cleanup: {aggressive_threshold: 101}", "cleanup"),
         ("cleanup: {aggressive_threshold: 80%}", "cleanup.aggressive_threshold"),
         ("cleanup: {tti: 1h, aggressive_tti: 2h}", "cleanup"),
+        ("repair: {interval: 0s}", "repair"),
+        ("repair: {grace: -1}", "repair"),
+        ("repair: {concurrency: 0}", "repair"),
+        ("repair: {rate: fast}", "repair.rate"),
+        ("repair: {every: 1h}", "repair.every"),
     ],
 )
 def test_bad_values_name_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
