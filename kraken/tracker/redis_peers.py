@@ -19,14 +19,18 @@ choice, caps and unreachable reports as the memory store): peers read from
 Redis are merged into it, this tracker's own announces are recorded in it
 as they arrive. Reports of unreachable peers stay per tracker.
 
-While Redis is unreachable (a call failed or took longer than ``timeout``)
-the tracker answers from that local copy: the peers announced to it, and
-those it had read back, until they expire; the origins never come from
-Redis anyway. It logs ``redis unreachable`` once, tries again every
-``retry_interval`` without touching Redis per announce, and once Redis
-answers writes its whole local copy back (so seeders, which announce only
-once, survive a Redis restart) and logs ``redis back`` once. Times are the
-trackers' clocks: trackers sharing a Redis need clocks in step (NTP).
+Every ``check_interval`` the tracker asks Redis for its run id (``INFO
+server``). While Redis is unreachable (a call failed or took longer than
+``timeout``) the tracker answers from that local copy: the peers announced
+to it, and those it had read back, until they expire; the origins never
+come from Redis anyway. It logs ``redis unreachable`` once and touches
+Redis only for that check, not per announce. When the check succeeds again,
+or finds another run id (Redis restarted empty between two checks, or
+Sentinel failed over to a replica), the tracker writes its whole local copy
+back (so seeders, which announce only once, survive a Redis restart) and
+logs ``redis back`` (or ``redis restarted or failed over``) once. Times
+are the trackers' clocks: trackers sharing a Redis need clocks in step (NTP).
+Needs Redis >= 6.2 (``ZADD GT``).
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kraken.core.peer import PeerInfo
@@ -93,7 +99,8 @@ class Redis(Protocol):
 
     def eval(self, script: str, keys: list[str], args: list[Any]) -> Deferred[Any]: ...
 
-    def ping(self) -> Deferred[Any]: ...
+    def run_id(self) -> Deferred[str]:
+        """The server's ``run_id`` (``INFO server``): another one after a restart or a failover."""
 
     def disconnect(self) -> Deferred[Any]: ...
 
@@ -149,7 +156,7 @@ class RedisPeerStore(MultiService):
         key_prefix: str = "kraken:tracker:",
         timeout: float = 1.0,
         sync_interval: float = 1.0,
-        retry_interval: float = 1.0,
+        check_interval: float = 1.0,
     ) -> None:
         super().__init__()
         self.setName("peer-store")
@@ -163,9 +170,11 @@ class RedisPeerStore(MultiService):
         self._prefix = key_prefix
         self._timeout = timeout
         self._sync_interval = sync_interval
-        self._retry_interval = retry_interval
+        self._check_interval = check_interval
+        self._checks = LoopingCall(self._check_now)
+        self._checks.clock = clock
+        self._run_id: str | None = None
         self._synced: dict[str, float] = {}
-        self._probe: IDelayedCall | None = None
         self._down_since: float | None = None
         #: How often Redis became unreachable, and entries read back from Redis that were not understood.
         self.outages = 0
@@ -229,36 +238,45 @@ class RedisPeerStore(MultiService):
         self.outages += 1
         self.log.warn(
             "redis unreachable ({error}): answering from this tracker's memory (its own announces and the peers"
-            " read before) until it is back; trying again every {retry}s (outage {count})",
-            error=failure.getErrorMessage() or failure.type.__name__, retry=self._retry_interval, count=self.outages,
+            " read before) until it is back; trying again every {every}s (outage {count})",
+            error=failure.getErrorMessage() or failure.type.__name__, every=self._check_interval, count=self.outages,
         )  # fmt: skip
-        self._schedule_probe()
 
-    def _schedule_probe(self) -> None:
-        self._probe = self._clock.callLater(self._retry_interval, self._try_again)
+    def _check_now(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._check())
 
-    def _try_again(self) -> None:
-        self._probe = None
-        ensureDeferred(self._back()).addErrback(lambda f: self.log.failure("redis retry failed", f))
-
-    async def _back(self) -> None:
+    async def _check(self) -> None:
+        """Is Redis there, and is it the one it was (its run id)? Back or replaced: write the local copy to it."""
         try:
-            d = self._redis.ping()
+            d = self._redis.run_id()
             d.addTimeout(self._timeout, self._clock)
-            await d
+            run_id = await d
+        except Exception:
+            self._unreachable(Failure())
+            return
+        replaced = self._run_id is not None and run_id != self._run_id
+        self._run_id = run_id
+        if self._down_since is None and not replaced:
+            return
+        try:
             written = await self._republish()
         except Exception:
-            if self.running:
-                self._schedule_probe()
+            self._unreachable(Failure())
             return
         if not self.running:
             return
         since, self._down_since = self._down_since, None
         self._synced.clear()
-        self.log.info(
-            "redis back after {seconds:.1f}s: wrote back {count} peers from this tracker's memory",
-            seconds=self._clock.seconds() - (since or 0.0), count=written,
-        )  # fmt: skip
+        if since is None:
+            self.log.warn(
+                "redis restarted or failed over (run id {run_id}): wrote back {count} peers from this tracker's"
+                " memory", run_id=run_id, count=written,
+            )  # fmt: skip
+        else:
+            self.log.info(
+                "redis back after {seconds:.1f}s: wrote back {count} peers from this tracker's memory",
+                seconds=self._clock.seconds() - since, count=written,
+            )  # fmt: skip
 
     async def _republish(self) -> int:
         """Write the whole local copy to Redis (``ZADD GT``: newer entries there win); how many peers."""
@@ -281,19 +299,32 @@ class RedisPeerStore(MultiService):
         await _all(batch)
         return written
 
+    def startService(self) -> None:
+        super().startService()
+        self._checks.start(self._check_interval, now=True).addErrback(
+            lambda f: self.log.failure("redis checks stopped", f)
+        )
+
     def stopService(self) -> Deferred[None]:
-        if self._probe is not None and self._probe.active():
-            self._probe.cancel()
-        self._probe = None
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self._checks.running:
+            self._checks.stop()
         await super().stopService()
         await self._redis.disconnect()
 
 
 async def _all(batch: list[Deferred[Any]]) -> None:
     await gatherResults(batch, consumeErrors=True)
+
+
+def _run_id(info: Any) -> str:
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line.split(":", 1)[1].strip()
+    raise ValueError("INFO server has no run_id")
 
 
 class _Connection:
@@ -306,8 +337,8 @@ class _Connection:
     def eval(self, script: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
         return self._handler.eval(script, keys, args)
 
-    def ping(self) -> Deferred[Any]:
-        return self._handler.ping()
+    def run_id(self) -> Deferred[str]:
+        return self._handler.execute_command("INFO", "server").addCallback(_run_id)
 
     async def _disconnect(self) -> None:
         await self._handler.disconnect()
@@ -330,7 +361,7 @@ def connect(config: RedisConfig) -> Redis:
     if config.password_file is not None:
         with open(config.password_file, encoding="utf-8") as f:
             password = f.read().strip() or None
-    options = {"dbid": config.db, "password": password, "replyTimeout": config.timeout}
+    options = {"dbid": config.db, "password": password, "replyTimeout": config.timeout, "convertNumbers": False}
     if config.sentinel is not None:
         addresses = [host_port(a) for a in config.sentinel.addresses]
         sentinel = txredisapi.Sentinel(addresses, connectTimeout=config.timeout, replyTimeout=config.timeout)
@@ -361,5 +392,5 @@ def peer_store(config: TrackerConfig, clock: IReactorTime) -> MemoryPeerStore | 
         key_prefix=redis.key_prefix,
         timeout=redis.timeout,
         sync_interval=redis.sync_interval,
-        retry_interval=redis.retry_interval,
+        check_interval=redis.check_interval,
     )

@@ -57,8 +57,9 @@ class RedisConfig:
     # How often a blob's peers are read back from Redis (peers announced to
     # other trackers show up within this); in between, answers come from memory.
     sync_interval: Duration = attrs.field(default=Duration(1.0), validator=positive)
-    # While Redis is unreachable, how often it is tried again.
-    retry_interval: Duration = attrs.field(default=Duration(1.0), validator=positive)
+    # How often Redis is checked (its run id): one found restarted or failed over gets this
+    # tracker's peers written back; an unreachable one is tried again this often.
+    check_interval: Duration = attrs.field(default=Duration(1.0), validator=positive)
 
     def __attrs_post_init__(self) -> None:
         if (self.address is None) == (self.sentinel is None):

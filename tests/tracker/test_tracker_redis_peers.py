@@ -30,6 +30,7 @@ class ScriptedRedis:
         self.mode = "up"
         self.calls: list[tuple[str, list[str], list[Any]]] = []
         self.rows: list[Any] = []
+        self.run = "run-1"
         self.disconnected = False
 
     def _answer(self, value: Any) -> Deferred[Any]:
@@ -43,9 +44,12 @@ class ScriptedRedis:
         self.calls.append(("WRITE" if script == WRITE else "READ" if script == READ else "?", keys, args))
         return self._answer(self.rows if script == READ else 1)
 
-    def ping(self) -> Deferred[Any]:
-        self.calls.append(("PING", [], []))
-        return self._answer("PONG")
+    def run_id(self) -> Deferred[str]:
+        self.calls.append(("RUNID", [], []))
+        return self._answer(self.run)
+
+    def sent(self, what: str) -> list[tuple[str, list[str], list[Any]]]:
+        return [c for c in self.calls if c[0] == what]
 
     def disconnect(self) -> Deferred[Any]:
         self.disconnected = True
@@ -56,7 +60,7 @@ def make(**kwargs: Any) -> tuple[RedisPeerStore, ScriptedRedis, Clock]:
     clock = Clock()
     redis = ScriptedRedis()
     local = LocalCopy(TTL, clock, rng=random.Random(1))
-    options: dict[str, Any] = {"timeout": 1.0, "sync_interval": 1.0, "retry_interval": 5.0, **kwargs}
+    options: dict[str, Any] = {"timeout": 1.0, "sync_interval": 1.0, "check_interval": 5.0, **kwargs}
     store = RedisPeerStore(redis, local, clock=clock, ttl=TTL, max_peers=1000, key_prefix="k:", **options)
     store.startService()
     return store, redis, clock
@@ -76,14 +80,14 @@ def test_provides_the_interface() -> None:
 def test_an_announce_is_one_write_and_a_read_at_most_every_sync_interval() -> None:
     store, redis, _ = make()
     result_of(store.update(H1, peer(1), 10.0, A))
-    assert redis.calls == [
+    assert redis.calls[1:] == [
         ("WRITE", ["k:peers:" + H1, "k:exp:" + H1], [30, 1000, peer(1).peer_id, repr(40.0), entry(1, A, 0)[0]])
     ]
     assert result_of(store.peers(H1, 10, 10.0)) == [peer(1)]
     result_of(store.peers(H1, 10, 10.5))  # within sync_interval: from memory
     result_of(store.peers(H1, 10, 11.0))
-    assert [c[0] for c in redis.calls] == ["WRITE", "READ", "READ"]
-    assert redis.calls[1][2] == [repr(10.0), 1000]
+    assert [c[0] for c in redis.calls] == ["RUNID", "WRITE", "READ", "READ"]
+    assert redis.calls[2][2] == [repr(10.0), 1000]
     result_of(store.stopService())
     assert redis.disconnected
 
@@ -116,20 +120,34 @@ def test_an_outage_answers_from_memory_and_logs_once_each_way() -> None:
             result_of(store.update(H1, peer(n), 1.0, B))
             assert len(result_of(store.peers(H1, 100, 1.0))) == n
         assert len(redis.calls) == calls  # no Redis call per announce while down
-        clock.advance(5.0)  # a retry: still hanging
+        clock.advance(4.0)  # t=5: a check, hanging
         clock.advance(1.0)  # ... times out
         redis.mode = "up"
-        clock.advance(5.0)  # the next retry: back, and the local copy is written back
+        clock.advance(4.0)  # t=10: the next check: back, and the local copy is written back
     texts = [e["log_format"] for e in events if "redis" in e["log_format"]]
     assert sum("redis unreachable" in t for t in texts) == 1
     assert sum("redis back" in t for t in texts) == 1
     assert store.reachable and store.outages == 1
-    pings = [c for c in redis.calls if c[0] == "PING"]
-    writes = [c for c in redis.calls[calls:] if c[0] == "WRITE"]
-    assert len(pings) == 2
-    assert len(writes) == 1 and len(writes[0][2]) == 2 + 3 * 49  # one round trip per blob, every live peer
+    assert len(redis.calls) == calls + 3
+    (writes,) = [c for c in redis.calls[calls:] if c[0] == "WRITE"]
+    assert len(writes[2]) == 2 + 3 * 49  # one round trip per blob, with every live peer
     result_of(store.update(H1, peer(1), 12.0, A))
     assert redis.calls[-1][0] == "WRITE"  # announces reach Redis again
+    result_of(store.stopService())
+
+
+def test_a_restarted_redis_gets_the_peers_written_back() -> None:
+    store, redis, clock = make()
+    result_of(store.update(H1, peer(1, complete=True), 0.0, A))  # a seeder: it announces once
+    clock.advance(5.0)
+    assert len(redis.sent("WRITE")) == 1
+    redis.run = "run-2"  # restarted empty (or failed over) between two checks
+    with capturedLogs() as events:
+        clock.advance(5.0)
+    (restarted,) = [e for e in events if "redis restarted or failed over" in e["log_format"]]
+    assert restarted["count"] == 1
+    assert redis.sent("WRITE")[-1][2][2] == peer(1).peer_id
+    assert store.reachable and store.outages == 0
     result_of(store.stopService())
 
 
