@@ -41,7 +41,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -88,6 +88,8 @@ end
 return out
 """
 
+#: The longest pause between attempts to reconnect to Redis (or to a Sentinel).
+RECONNECT_MAX_DELAY = 2.0
 #: Blobs whose last read is remembered (beyond it, all are read again at their next announce).
 MAX_SYNCED = 200_000
 #: Blobs written back per batch when Redis is back (each blob is one round trip, a batch runs concurrently).
@@ -239,7 +241,7 @@ class RedisPeerStore(MultiService):
         self.log.warn(
             "redis unreachable ({error}): answering from this tracker's memory (its own announces and the peers"
             " read before) until it is back; trying again every {every}s (outage {count})",
-            error=failure.getErrorMessage() or failure.type.__name__, every=self._check_interval, count=self.outages,
+            error=_why(failure, self._timeout), every=self._check_interval, count=self.outages,
         )  # fmt: skip
 
     def _check_now(self) -> Deferred[None]:
@@ -315,6 +317,12 @@ class RedisPeerStore(MultiService):
         await self._redis.disconnect()
 
 
+def _why(failure: Failure, timeout: float) -> str:
+    if failure.check(TimeoutError, CancelledError):
+        return f"no answer within {timeout}s"
+    return failure.getErrorMessage() or failure.type.__name__  # type: ignore[union-attr]
+
+
 async def _all(batch: list[Deferred[Any]]) -> None:
     await gatherResults(batch, consumeErrors=True)
 
@@ -365,10 +373,22 @@ def connect(config: RedisConfig) -> Redis:
     if config.sentinel is not None:
         addresses = [host_port(a) for a in config.sentinel.addresses]
         sentinel = txredisapi.Sentinel(addresses, connectTimeout=config.timeout, replyTimeout=config.timeout)
-        return _Connection(sentinel.master_for(config.sentinel.master_name, **options), sentinel)
+        # Ask the Sentinels no longer than a Redis call may take (txredisapi waits 10 s for a primary).
+        sentinel.discovery_timeout = config.timeout
+        for each in sentinel.sentinels:
+            _reconnect_within(each, RECONNECT_MAX_DELAY)
+        handler = sentinel.master_for(config.sentinel.master_name, **options)
+        return _Connection(_reconnect_within(handler, RECONNECT_MAX_DELAY), sentinel)
     assert config.address is not None
     host, port = host_port(config.address)
-    return _Connection(txredisapi.lazyConnection(host, port, connectTimeout=config.timeout, **options))
+    handler = txredisapi.lazyConnection(host, port, connectTimeout=config.timeout, **options)
+    return _Connection(_reconnect_within(handler, RECONNECT_MAX_DELAY))
+
+
+def _reconnect_within(handler: Any, seconds: float) -> Any:
+    """Cap txredisapi's reconnection backoff (10 s by default) so a returning Redis is used within ``seconds``."""
+    handler._factory.maxDelay = seconds
+    return handler
 
 
 def peer_store(config: TrackerConfig, clock: IReactorTime) -> MemoryPeerStore | RedisPeerStore:

@@ -8,6 +8,8 @@ through Redis Sentinel (``sentinel``), exactly one of the two.
 
 from __future__ import annotations
 
+import os
+
 import attrs
 
 from kraken.config import Duration, positive
@@ -25,6 +27,11 @@ def host_port(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{address!r} is not host:port")
     return host, int(port)
+
+
+def _check_readable(instance: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and not os.access(value, os.R_OK):
+        raise ValueError(f"password_file {value!r} cannot be read")
 
 
 def _check_addresses(instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
@@ -49,7 +56,7 @@ class RedisConfig:
     sentinel: SentinelConfig | None = None
     db: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     # A file holding the Redis password (AUTH), read at start; absent: no AUTH.
-    password_file: str | None = None
+    password_file: str | None = attrs.field(default=None, validator=_check_readable)
     # Prepended to every key, so several clusters can share one Redis.
     key_prefix: str = "kraken:tracker:"
     # A Redis call slower than this counts as Redis unreachable.
