@@ -37,11 +37,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -149,7 +149,7 @@ class RedisPeerStore(MultiService):
 
     def __init__(
         self,
-        redis: Redis,
+        connect: Callable[[], Redis],
         local: LocalCopy,
         *,
         clock: IReactorTime,
@@ -164,7 +164,8 @@ class RedisPeerStore(MultiService):
         self.setName("peer-store")
         local.setServiceParent(self)
         self.local = local
-        self._redis = redis
+        self._connect = connect
+        self._redis: Redis = _NotConnected()
         self._clock = clock
         self._ttl = ttl
         self._key_ttl = max(1, math.ceil(ttl))
@@ -302,6 +303,7 @@ class RedisPeerStore(MultiService):
         return written
 
     def startService(self) -> None:
+        self._redis = self._connect()
         super().startService()
         self._checks.start(self._check_interval, now=True).addErrback(
             lambda f: self.log.failure("redis checks stopped", f)
@@ -325,6 +327,19 @@ def _why(failure: Failure, timeout: float) -> str:
 
 async def _all(batch: list[Deferred[Any]]) -> None:
     await gatherResults(batch, consumeErrors=True)
+
+
+class _NotConnected:
+    """The store's Redis before it starts (the listener starts after it: nothing calls this)."""
+
+    def eval(self, script: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
+        return fail(ConnectionError("the peer store has not started"))
+
+    def run_id(self) -> Deferred[str]:
+        return fail(ConnectionError("the peer store has not started"))
+
+    def disconnect(self) -> Deferred[Any]:
+        return succeed(None)
 
 
 def _run_id(info: Any) -> str:
@@ -404,7 +419,7 @@ def peer_store(config: TrackerConfig, clock: IReactorTime) -> MemoryPeerStore | 
     if config.peer_store.kind == "memory" or redis is None:
         return MemoryPeerStore(*args, **kwargs)
     return RedisPeerStore(
-        connect(redis),
+        lambda: connect(redis),
         LocalCopy(*args, **kwargs),
         clock=clock,
         ttl=config.peer_ttl,

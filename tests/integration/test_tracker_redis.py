@@ -38,7 +38,7 @@ def tracker(server: RedisServer, ttl: float, **kwargs: Any) -> RedisPeerStore:
     config = RedisConfig(address=server.address, key_prefix="t:")
     local = LocalCopy(ttl, clock, rng=random.Random(1))
     options = {"max_peers": 1000, "key_prefix": "t:", **kwargs}
-    store = RedisPeerStore(connect(config), local, clock=clock, ttl=ttl, **options)
+    store = RedisPeerStore(lambda: connect(config), local, clock=clock, ttl=ttl, **options)
     store.startService()
     return store
 

@@ -61,7 +61,7 @@ def make(**kwargs: Any) -> tuple[RedisPeerStore, ScriptedRedis, Clock]:
     redis = ScriptedRedis()
     local = LocalCopy(TTL, clock, rng=random.Random(1))
     options: dict[str, Any] = {"timeout": 1.0, "sync_interval": 1.0, "check_interval": 5.0, **kwargs}
-    store = RedisPeerStore(redis, local, clock=clock, ttl=TTL, max_peers=1000, key_prefix="k:", **options)
+    store = RedisPeerStore(lambda: redis, local, clock=clock, ttl=TTL, max_peers=1000, key_prefix="k:", **options)
     store.startService()
     return store, redis, clock
 
