@@ -73,13 +73,14 @@ class Sentinel(ServerProcess):
         self.address = f"127.0.0.1:{self.port}"
         os.makedirs(work_dir, exist_ok=True)
         conf = os.path.join(work_dir, f"sentinel-{self.port}.conf")
+        settings = [
+            f"port {self.port}", "bind 127.0.0.1", f"dir {work_dir}",
+            f"sentinel monitor {master_name} 127.0.0.1 {primary_port} 1",
+            f"sentinel down-after-milliseconds {master_name} 1000",
+            f"sentinel failover-timeout {master_name} 5000",
+        ]  # fmt: skip
         with open(conf, "w") as f:
-            f.write(
-                f"port {self.port}\nbind 127.0.0.1\ndir {work_dir}\n"
-                f"sentinel monitor {master_name} 127.0.0.1 {primary_port} 1\n"
-                f"sentinel down-after-milliseconds {master_name} 1000\n"
-                f"sentinel failover-timeout {master_name} 5000\n"
-            )
+            f.write("\n".join(settings) + "\n")
         super().__init__(f"sentinel-{self.port}", [_program("redis-sentinel"), conf], SENTINEL_READY)
 
 

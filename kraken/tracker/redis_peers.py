@@ -155,10 +155,7 @@ class RedisPeerStore(MultiService):
         clock: IReactorTime,
         ttl: float,
         max_peers: int,
-        key_prefix: str = "kraken:tracker:",
-        timeout: float = 1.0,
-        sync_interval: float = 1.0,
-        check_interval: float = 1.0,
+        options: RedisConfig,
     ) -> None:
         super().__init__()
         self.setName("peer-store")
@@ -170,10 +167,10 @@ class RedisPeerStore(MultiService):
         self._ttl = ttl
         self._key_ttl = max(1, math.ceil(ttl))
         self._max_peers = max_peers
-        self._prefix = key_prefix
-        self._timeout = timeout
-        self._sync_interval = sync_interval
-        self._check_interval = check_interval
+        self._prefix = options.key_prefix
+        self._timeout = options.timeout
+        self._sync_interval = options.sync_interval
+        self._check_interval = options.check_interval
         self._checks = LoopingCall(self._check_now)
         self._checks.clock = clock
         self._run_id: str | None = None
@@ -418,14 +415,6 @@ def peer_store(config: TrackerConfig, clock: IReactorTime) -> MemoryPeerStore | 
     redis = config.peer_store.redis
     if config.peer_store.kind == "memory" or redis is None:
         return MemoryPeerStore(*args, **kwargs)
-    return RedisPeerStore(
-        lambda: connect(redis),
-        LocalCopy(*args, **kwargs),
-        clock=clock,
-        ttl=config.peer_ttl,
-        max_peers=config.max_peers_per_blob,
-        key_prefix=redis.key_prefix,
-        timeout=redis.timeout,
-        sync_interval=redis.sync_interval,
-        check_interval=redis.check_interval,
-    )
+    local = LocalCopy(*args, **kwargs)
+    ttl, max_peers = config.peer_ttl, config.max_peers_per_blob
+    return RedisPeerStore(lambda: connect(redis), local, clock=clock, ttl=ttl, max_peers=max_peers, options=redis)

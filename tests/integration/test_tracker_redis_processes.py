@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import re
 import subprocess
 import sys
 import urllib.request
@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 import yaml
-from processes import LineWatch, OutputReader
 from redis_server import RedisServer, Sentinel, free_port, start_redis, start_sentinel
+from servers import ServerProcess
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WAIT = 60.0  # seconds; a backstop, every wait is for a log line or an answer
@@ -30,12 +30,11 @@ INFO_HASH = "ab" * 32
 DIGEST = "sha256:" + "cd" * 32
 
 
-class Tracker:
+class Tracker(ServerProcess):
     """``twistd -n kraken-tracker`` with a config; ``announce`` POSTs, ``wait_for`` waits for a log line."""
 
     def __init__(self, base: str, name: str, peer_store: dict[str, Any]) -> None:
         self.port = free_port()
-        self.name = name
         config = {
             "listen_http": f"tcp:{self.port}:interface=127.0.0.1",
             "origin": f"http://127.0.0.1:{free_port()}",  # none: answers hold agents only
@@ -48,46 +47,25 @@ class Tracker:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH", "")) if p)
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        self.process = subprocess.Popen(
-            [twistd, "-n", "--pidfile=", "kraken-tracker", "--config", path],
-            cwd=base, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self.watch = LineWatch(self.process.stdout)
-        self.output = OutputReader(self.watch, os.path.join(base, f"{name}.log"), "tracker listening", name=name)
-        if not self.output.settled.wait(WAIT) or not self.output.ready.is_set():
-            self.stop()
-            raise RuntimeError(f"{name} did not start:\n" + "\n".join(self.output.snapshot()))
+        argv = [twistd, "-n", "--pidfile=", "kraken-tracker", "--config", path]
+        super().__init__(name, argv, re.compile("tracker listening"), env)
 
     def announce(self, n: int, *, complete: bool = False) -> set[str]:
         """Peer ``n`` announces the blob; the peer ids of the answer."""
         body = {
-            "peer_id": f"{n:040x}", "ip": f"10.0.0.{n}", "port": 16001, "namespace": "library/test",
+            "peer_id": pid(n), "ip": f"10.0.0.{n}", "port": 16001, "namespace": "library/test",
             "digest": DIGEST, "info_hash": INFO_HASH, "complete": complete,
         }  # fmt: skip
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/announce", data=json.dumps(body).encode(), method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=WAIT) as response:
-            assert response.status == 200
-            return {p["peer_id"] for p in json.load(response)["peers"]}
+        url = f"http://127.0.0.1:{self.port}/announce"
+        with urllib.request.urlopen(urllib.request.Request(url, json.dumps(body).encode()), timeout=WAIT) as answer:
+            assert answer.status == 200
+            return {p["peer_id"] for p in json.load(answer)["peers"]}
 
     def wait_for(self, text: str, start: int = 0) -> None:
         assert self.watch.wait(lambda line: text in line, start, WAIT), f"{self.name}: no {text!r} in its log"
 
     def count(self, text: str) -> int:
         return sum(text in line for line in self.output.snapshot())
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.output.join(10)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
 
 
 def pid(n: int) -> str:

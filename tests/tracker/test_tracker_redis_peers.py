@@ -15,8 +15,10 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from zope.interface.verify import verifyObject
 
+from kraken.config import Duration
 from kraken.tracker.peers import IPeerStore
 from kraken.tracker.redis_peers import READ, WRITE, LocalCopy, RedisPeerStore
+from kraken.tracker.store_config import RedisConfig
 
 H1 = "11" * 32
 A, B = "10.0.0.1", "10.0.0.2"
@@ -56,12 +58,12 @@ class ScriptedRedis:
         return succeed(None)
 
 
-def make(**kwargs: Any) -> tuple[RedisPeerStore, ScriptedRedis, Clock]:
+def make() -> tuple[RedisPeerStore, ScriptedRedis, Clock]:
     clock = Clock()
     redis = ScriptedRedis()
     local = LocalCopy(TTL, clock, rng=random.Random(1))
-    options: dict[str, Any] = {"timeout": 1.0, "sync_interval": 1.0, "check_interval": 5.0, **kwargs}
-    store = RedisPeerStore(lambda: redis, local, clock=clock, ttl=TTL, max_peers=1000, key_prefix="k:", **options)
+    options = RedisConfig(address="redis.test:6379", key_prefix="k:", check_interval=Duration(5.0))
+    store = RedisPeerStore(lambda: redis, local, clock=clock, ttl=TTL, max_peers=1000, options=options)
     store.startService()
     return store, redis, clock
 

@@ -3,6 +3,7 @@ start naming file and key; the tap builds the store the config names."""
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
@@ -17,20 +18,17 @@ from kraken.tracker.tap import Options, tracker_service
 
 
 def parsed(tmp_path: Path, text: str) -> TrackerConfig:
-    path = tmp_path / "tracker.yaml"
-    path.write_text(text)
+    """``text`` as tracker.yaml, through the tap's Options (a bad value is a ``UsageError``)."""
+    (tmp_path / "tracker.yaml").write_text(text)
     options = Options()
-    options.parseOptions(["--config", str(path)])
-    config: TrackerConfig = options["parsed"]
-    return config
+    options.parseOptions(["--config", str(tmp_path / "tracker.yaml")])
+    return typing.cast(TrackerConfig, options["parsed"])
 
 
 def refused(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "tracker.yaml"
-    path.write_text(text)
     with pytest.raises(usage.UsageError) as e:
-        Options().parseOptions(["--config", str(path)])
-    assert str(path) in str(e.value)
+        parsed(tmp_path, text)
+    assert str(tmp_path / "tracker.yaml") in str(e.value)
     return str(e.value)
 
 
