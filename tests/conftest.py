@@ -29,8 +29,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +36,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import yaml
-from processes import OutputReader
+from processes import LineWatch, OutputReader
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERD_READY = "kraken-herd ready"
@@ -152,50 +150,6 @@ class HerdPorts:
         """(registry, P2P, API) ports of agent ``k``."""
         first = self.agent_base + 1000 * k
         return first, first + 1, first + 2
-
-
-class LineWatch:
-    """A child's stdout as ``OutputReader`` reads it, offering every line to threads waiting for one.
-
-    ``OutputReader`` reads through ``readline``; each line is kept here too (same indexes as the reader's
-    ``snapshot``) and waiters are woken, so a test waits for a log line instead of polling for it.
-    """
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self._changed = threading.Condition()
-        self._lines: list[str] = []
-        self._ended = False
-
-    def readline(self) -> bytes:
-        raw: bytes = self._stream.readline()
-        with self._changed:
-            if raw:
-                self._lines.append(raw.decode("utf-8", errors="replace").rstrip("\n"))
-            else:
-                self._ended = True
-            self._changed.notify_all()
-        return raw
-
-    def count(self) -> int:
-        with self._changed:
-            return len(self._lines)
-
-    def wait(self, done: Callable[[str], bool], start: int, timeout: float) -> bool:
-        """Feed the lines from index ``start`` on, in order, to ``done`` (waiting for new ones) until it
-        returns True; False when the output ends or after ``timeout`` seconds (a backstop)."""
-        deadline = time.monotonic() + timeout
-        position = start
-        with self._changed:
-            while True:
-                while position < len(self._lines):
-                    if done(self._lines[position]):
-                        return True
-                    position += 1
-                remaining = deadline - time.monotonic()
-                if self._ended or remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
 
 
 @dataclass

@@ -36,6 +36,8 @@ import pytest
         "kraken.throttle",
         "kraken.tracker.peers",
         "kraken.tracker.handout",
+        "kraken.tracker.redis_peers",  # txredisapi imports the reactor: it is imported only by connect()
+        "kraken.tracker.store_config",
         "kraken.cluster.ring",
         "kraken.cluster.hosts",
         "kraken.cluster.health",

@@ -45,6 +45,7 @@ from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen
 from kraken.net.tls import TLSConfig
 from kraken.origin.client import check_origins
+from kraken.tracker.store_config import PeerStoreConfig
 
 DEFAULT_LISTEN_HTTP = "tcp:15003:interface=127.0.0.1"
 
@@ -83,3 +84,6 @@ class TrackerConfig:
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
     # TLS for this daemon's listeners and clients (kraken.net.tls; absent: plain).
     tls: TLSConfig = attrs.field(factory=TLSConfig)
+    # Where peers live: this tracker's memory (the default) or Redis shared by several trackers
+    # (kraken.tracker.store_config, kraken.tracker.redis_peers).
+    peer_store: PeerStoreConfig = attrs.field(factory=PeerStoreConfig)

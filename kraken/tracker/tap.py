@@ -21,8 +21,7 @@ from kraken.origin.client import ClusterClient, origin_urls
 from kraken.tracker.config import TrackerConfig
 from kraken.tracker.http import TrackerHTTP
 from kraken.tracker.origins import OriginPeers
-from kraken.tracker.peers import MemoryPeerStore
-from kraken.tracker.unreachable import UnreachablePolicy
+from kraken.tracker.redis_peers import peer_store
 
 log = Logger(namespace="kraken.tracker")
 
@@ -51,14 +50,7 @@ def tracker_service(config: TrackerConfig, reactor: Any) -> MultiService:
     top.setName("tracker")
     tls = wire(config.tls, reactor, top)
 
-    store = MemoryPeerStore(
-        config.peer_ttl,
-        reactor,
-        max_peers=config.max_peers_per_blob,
-        max_per_source=config.max_peers_per_source,
-        max_blobs=config.max_blobs,
-        policy=UnreachablePolicy(config.unreachable_hold, config.unreachable_quorum),
-    )
+    store = peer_store(config, reactor)
     store.setServiceParent(top)
 
     http, client_service = make_http_client(reactor, config.http_client, tls=tls)
