@@ -6,7 +6,10 @@ import hashlib
 import json
 import os
 import re
+import socket
+import ssl
 import subprocess
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +42,50 @@ def skopeo(*args: str, timeout: float = SKOPEO_TIMEOUT) -> subprocess.CompletedP
     return proc
 
 
-def skopeo_inspect_raw(ref: str) -> bytes:
-    return skopeo("inspect", "--raw", "--tls-verify=false", ref).stdout
+@dataclass(frozen=True)
+class Access:
+    """How a client reaches one registry: plain HTTP (no ``cert_dir``), or TLS trusting the CA in ``cert_dir`` (a
+    directory holding ``ca.crt``, what skopeo's ``--*-cert-dir`` takes), with Basic auth ``creds`` (user:password)
+    when given."""
+
+    cert_dir: str | None = None
+    creds: str | None = None
+
+    def flags(self, role: str = "") -> list[str]:
+        """skopeo's flags for this registry as the ``src`` or ``dest`` of a copy; no role: for inspect, list-tags."""
+        prefix = f"--{role}-" if role else "--"
+        if self.cert_dir is None:
+            return [f"{prefix}tls-verify=false"]
+        return [f"{prefix}cert-dir={self.cert_dir}", *([f"{prefix}creds={self.creds}"] if self.creds else [])]
 
 
-def skopeo_inspect(ref: str) -> dict[str, Any]:
-    return json.loads(skopeo("inspect", "--tls-verify=false", ref).stdout)
+PLAIN = Access()
+
+
+def skopeo_inspect_raw(ref: str, access: Access = PLAIN) -> bytes:
+    return skopeo("inspect", "--raw", *access.flags(), ref).stdout
+
+
+def skopeo_inspect(ref: str, access: Access = PLAIN) -> dict[str, Any]:
+    return json.loads(skopeo("inspect", *access.flags(), ref).stdout)
+
+
+def get_json(url: str, context: ssl.SSLContext | None = None) -> Any:
+    """GET ``url`` (over TLS with ``context``, e.g. one presenting a cluster certificate) and parse its JSON."""
+    with urllib.request.urlopen(url, timeout=10, context=context) as response:
+        return json.loads(response.read())
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1 (bound together, then released)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def check_dir_copy(path: str) -> tuple[bytes, set[str]]:
@@ -197,3 +238,59 @@ class CountingRelayFactory(portforward.ProxyFactory):
     def __init__(self, host: str, port: int) -> None:
         super().__init__(host, port)
         self.traffic = Traffic()
+
+
+def _bindable(ports: list[int]) -> bool:
+    """Whether every one of ``ports`` can be bound on 127.0.0.1 at once (released on return)."""
+    socks: list[socket.socket] = []
+    try:
+        for port in ports:
+            socks.append(socket.socket())
+            socks[-1].bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
+    return True
+
+
+def free_agent_base(agents: int, avoid: set[int]) -> int:
+    """A port p with p+1000k, p+1000k+1 and p+1000k+2 free for every agent k (the herd's layout), none in ``avoid``
+    (ports handed out already, free only until their daemon binds them)."""
+    for _ in range(200):
+        [base] = free_ports(1)
+        wanted = [base + 1000 * k + i for k in range(agents) for i in range(3)]
+        if wanted[-1] < 65536 and avoid.isdisjoint(wanted) and _bindable(wanted):
+            return base
+    raise RuntimeError(f"no free block of ports for {agents} agents")
+
+
+# ---- the herd a test runs against, plain or secure
+
+
+@dataclass(frozen=True)
+class Target:
+    """The herd a test runs against, ``plain`` or ``secure``, as clients reach it: ``herd`` has ``registry`` (the
+    proxy's host:port), ``origin_url``, ``agent_registry(k)`` and ``agent_api(k)``; ``proxy`` and ``agents`` say
+    how skopeo reaches the proxy's and the agents' registries; ``context`` (secure: TLS presenting a certificate of
+    the cluster's CA) is how the tests read the internal APIs."""
+
+    name: str
+    herd: Any
+    proxy: Access = PLAIN
+    agents: Access = PLAIN
+    context: ssl.SSLContext | None = None
+
+    def ref(self, repo: str, tag_or_digest: str | None = None) -> str:
+        """``docker://<proxy>/repo``, with ``:tag`` or ``@digest`` when given."""
+        base = f"docker://{self.herd.registry}/{repo}"
+        if tag_or_digest is None:
+            return base
+        sep = "@" if tag_or_digest.startswith("sha256:") else ":"
+        return f"{base}{sep}{tag_or_digest}"
+
+    def stats(self, url: str) -> dict[str, Any]:
+        """The ``/stats`` counters of the daemon at ``url`` (an origin or an agent API)."""
+        found: dict[str, Any] = get_json(f"{url}/stats", self.context)
+        return found

@@ -2,7 +2,9 @@
 
 skopeo is a real client (containers/image, as podman and CRI-O use). These
 tests are synchronous: skopeo and the herd are separate processes, so
-blocking this thread on ``subprocess.run`` is fine.
+blocking this thread on ``subprocess.run`` is fine. The round trips of an
+image and of an index run twice (``target``): against the plain herd, and
+against ``kraken-herd --secure`` (TLS with the herd's CA, Basic auth).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from kraken.cli.image import MEDIA_TYPE_LAYER, Layout, write_layout
 
 from ._tools import (
+    Target,
     check_dir_copy,
     check_oci_copy,
     oci_index_entries,
@@ -31,26 +34,26 @@ def unique(name: str) -> str:
     return f"integration/{name}-{uuid.uuid4().hex[:8]}"
 
 
-def test_push_with_preserved_digests_and_pull_back(big_image: Layout, registry_ref: Any, tmp_path: Any) -> None:
+def test_push_with_preserved_digests_and_pull_back(big_image: Layout, target: Target, tmp_path: Any) -> None:
     repo = unique("skopeo")
     manifest = big_image.read_blob(big_image.manifest.digest)
     skopeo(
-        "copy", "--dest-tls-verify=false", "--preserve-digests",
-        f"oci:{big_image.path}:v1", registry_ref(repo, "v1"),
+        "copy", *target.proxy.flags("dest"), "--preserve-digests",
+        f"oci:{big_image.path}:v1", target.ref(repo, "v1"),
     )  # fmt: skip
 
-    raw = skopeo_inspect_raw(registry_ref(repo, "v1"))
+    raw = skopeo_inspect_raw(target.ref(repo, "v1"), target.proxy)
     assert raw == manifest, "the registry changed the manifest bytes"
     assert sha256_bytes(raw) == big_image.manifest.digest
 
-    info = skopeo_inspect(registry_ref(repo, "v1"))
+    info = skopeo_inspect(target.ref(repo, "v1"), target.proxy)
     assert info["Digest"] == big_image.manifest.digest
     assert info["Layers"] == [layer.digest for layer in big_image.layers]
     assert info["Architecture"] == "amd64" and info["Os"] == "linux"
     assert "v1" in info["RepoTags"]
 
     # Back to dir: every blob file is named by its sha256 and they are exactly ours.
-    skopeo("copy", "--src-tls-verify=false", registry_ref(repo, "v1"), f"dir:{tmp_path / 'dir'}")
+    skopeo("copy", *target.proxy.flags("src"), target.ref(repo, "v1"), f"dir:{tmp_path / 'dir'}")
     pulled_manifest, blobs = check_dir_copy(str(tmp_path / "dir"))
     assert pulled_manifest == manifest
     assert blobs == {big_image.config.digest, *(layer.digest for layer in big_image.layers)}
@@ -59,7 +62,7 @@ def test_push_with_preserved_digests_and_pull_back(big_image: Layout, registry_r
 
     # And to an OCI layout (which would gzip the layers without --preserve-digests).
     skopeo(
-        "copy", "--src-tls-verify=false", "--preserve-digests", registry_ref(repo, "v1"), f"oci:{tmp_path / 'oci'}:v1"
+        "copy", *target.proxy.flags("src"), "--preserve-digests", target.ref(repo, "v1"), f"oci:{tmp_path / 'oci'}:v1"
     )  # fmt: skip
     found = check_oci_copy(str(tmp_path / "oci"))
     assert set(found) == {big_image.manifest.digest, big_image.config.digest, *(b.digest for b in big_image.layers)}
@@ -69,31 +72,31 @@ def test_push_with_preserved_digests_and_pull_back(big_image: Layout, registry_r
     assert entry["digest"] == big_image.manifest.digest
 
 
-def test_copy_all_of_an_index_and_list_tags(big_image: Layout, registry_ref: Any, tmp_path: Any) -> None:
+def test_copy_all_of_an_index_and_list_tags(big_image: Layout, target: Target, tmp_path: Any) -> None:
     assert big_image.index is not None and big_image.index_tag == "v1-index"
     repo = unique("skopeo-index")
     skopeo(
-        "copy", "--all", "--dest-tls-verify=false", "--preserve-digests",
-        f"oci:{big_image.path}:v1-index", registry_ref(repo, "v1-index"),
+        "copy", "--all", *target.proxy.flags("dest"), "--preserve-digests",
+        f"oci:{big_image.path}:v1-index", target.ref(repo, "v1-index"),
     )  # fmt: skip
     index = big_image.read_blob(big_image.index.digest)
-    raw = skopeo_inspect_raw(registry_ref(repo, "v1-index"))
+    raw = skopeo_inspect_raw(target.ref(repo, "v1-index"), target.proxy)
     assert raw == index
     assert sha256_bytes(raw) == big_image.index.digest
     for platform_manifest in big_image.platform_manifests:
-        assert skopeo_inspect_raw(registry_ref(repo, platform_manifest.digest)) == big_image.read_blob(
+        assert skopeo_inspect_raw(target.ref(repo, platform_manifest.digest), target.proxy) == big_image.read_blob(
             platform_manifest.digest
         )
     arm = json.loads(
-        skopeo("inspect", "--tls-verify=false", "--override-arch=arm64", registry_ref(repo, "v1-index")).stdout
+        skopeo("inspect", *target.proxy.flags(), "--override-arch=arm64", target.ref(repo, "v1-index")).stdout
     )
     assert arm["Architecture"] == "arm64"
     assert arm["Layers"] == [layer.digest for layer in big_image.layers]
 
     # Everything comes back with --all.
     skopeo(
-        "copy", "--all", "--src-tls-verify=false", "--preserve-digests",
-        registry_ref(repo, "v1-index"), f"oci:{tmp_path / 'all'}:x",
+        "copy", "--all", *target.proxy.flags("src"), "--preserve-digests",
+        target.ref(repo, "v1-index"), f"oci:{tmp_path / 'all'}:x",
     )  # fmt: skip
     found = check_oci_copy(str(tmp_path / "all"))
     expected = {
@@ -107,13 +110,13 @@ def test_copy_all_of_an_index_and_list_tags(big_image: Layout, registry_ref: Any
     assert entry["digest"] == big_image.index.digest
 
     # Tags, as skopeo lists them.
-    listed = json.loads(skopeo("list-tags", "--tls-verify=false", registry_ref(repo)).stdout)
+    listed = json.loads(skopeo("list-tags", *target.proxy.flags(), target.ref(repo)).stdout)
     assert listed["Tags"] == ["v1-index"]
     skopeo(
-        "copy", "--dest-tls-verify=false", "--preserve-digests",
-        f"oci:{big_image.path}:v1", registry_ref(repo, "v1"),
+        "copy", *target.proxy.flags("dest"), "--preserve-digests",
+        f"oci:{big_image.path}:v1", target.ref(repo, "v1"),
     )  # fmt: skip
-    listed = json.loads(skopeo("list-tags", "--tls-verify=false", registry_ref(repo)).stdout)
+    listed = json.loads(skopeo("list-tags", *target.proxy.flags(), target.ref(repo)).stdout)
     assert listed["Tags"] == ["v1", "v1-index"]
     assert listed["Repository"].endswith(repo)
 
