@@ -163,6 +163,9 @@ class OriginConfig:
 
     def __attrs_post_init__(self) -> None:
         check_p2p_tls(self.tls, self.p2p.tls)
+        if self.cluster is not None and self.tls.cert is not None and self.cluster.scheme == "http":
+            # Every member listens with TLS (one config for the ring): plain calls would all be refused.
+            raise ValueError("cluster.scheme is http, but tls.cert makes every member listen with TLS: set https")
         me = self.advertised()  # fail at load time, not at the first locations request
         if self.cluster is not None and self.cluster.hosts is not None and me not in self.cluster.hosts:
             raise ValueError(

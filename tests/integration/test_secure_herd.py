@@ -24,7 +24,7 @@ from processes import OutputReader
 
 from kraken.cli.image import write_layout
 
-from ._tools import check_dir_copy, skopeo
+from ._tools import check_dir_copy, free_agent_base, free_ports, skopeo
 
 START_TIMEOUT = 120.0  # seconds; backstops
 STOP_TIMEOUT = 60.0
@@ -39,31 +39,12 @@ class SecureHerd:
     output: OutputReader
 
 
-def _loopback_ports(count: int, consecutive: int = 1) -> list[int]:
-    """``count`` ports free on 127.0.0.1 (each the first of ``consecutive`` free ones), released on return."""
-    found: list[int] = []
-    while len(found) < count:
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            others = [socket.socket() for _ in range(consecutive - 1)]
-            try:
-                for k, s in enumerate(others, 1):
-                    s.bind(("127.0.0.1", port + k))
-                found.append(port)
-            except OSError:
-                pass
-            finally:
-                for s in others:
-                    s.close()
-    return found
-
-
 @pytest.fixture
 def secure_herd(tmp_path: Any, twistd: Any) -> Iterator[SecureHerd]:
     """``twistd -n kraken-herd --secure`` with one agent, on free loopback ports, stopped after the test."""
-    proxy, origin, origin_p2p, tracker, index = _loopback_ports(5)
-    [agent_base] = _loopback_ports(1, consecutive=3)
+    ports = free_ports(5)
+    proxy, origin, origin_p2p, tracker, index = ports
+    agent_base = free_agent_base(1, set(ports))  # not overlapping the five above
     state = str(tmp_path / "state")
     listen = "tcp:{}:interface=127.0.0.1".format
     config = {

@@ -168,3 +168,18 @@ def test_cleanup_yaml_values(tmp_path: Path) -> None:
         enabled=True, interval=300.0, tti=7200.0, aggressive_threshold=90, aggressive_tti=600.0
     )
     assert cfg.cleanup_enabled()
+
+
+def test_a_tls_ring_must_call_its_members_over_https(tmp_path: Path) -> None:
+    import trustme
+
+    from tls_files import write_ca, write_pair
+
+    ca = trustme.CA()
+    cert, key = write_pair(tmp_path / "tls", ca, "origin")
+    ring = f"tls: {{ca: {write_ca(tmp_path / 'tls', ca)}, cert: {cert}, key: {key}}}\n"
+    ring += "listen_http: tcp:15002:interface=127.0.0.1\n"
+    with pytest.raises(kconfig.ConfigError) as e:
+        build(tmp_path, ring + "cluster: {hosts: ['127.0.0.1:15002']}")
+    assert "origin.yaml" in str(e.value) and "cluster.scheme" in str(e.value)
+    assert build(tmp_path, ring + "cluster: {hosts: ['127.0.0.1:15002'], scheme: https}").cluster is not None
