@@ -48,6 +48,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
+from twisted.web._newclient import RequestGenerationFailed, ResponseFailed
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from kraken.backends.remote import Discard
@@ -56,6 +57,7 @@ from kraken.buildindex.outbox import REMOTE, Copy, Outbox, OutboxQueue, OutboxTa
 from kraken.buildindex.pipe import BodyPipe, PipeBroken
 from kraken.core import Digest
 from kraken.net import HTTPStatusError
+from kraken.net.retry import NETWORK_ERRORS
 from kraken.registry.errors import RegistryError
 from kraken.registry.manifests import parse_manifest
 from kraken.registry.source import ManifestRecord
@@ -187,7 +189,10 @@ class Replicator(OutboxQueue):
     what = "replication"
     task_name = "replication of {namespace}:{tag} to {remote}"
     dest_field = "remote"
-    expected_errors = (ReplicationError, HTTPStatusError, ConnectionError, TimeoutError, RegistryError, PipeBroken)
+    expected_errors = (
+        ReplicationError, HTTPStatusError, RegistryError, PipeBroken, ConnectionError, TimeoutError, *NETWORK_ERRORS,
+        RequestGenerationFailed, ResponseFailed,
+    )  # fmt: skip
     max_error = MAX_ERROR
 
     def __init__(
@@ -347,7 +352,7 @@ class Replicator(OutboxQueue):
             return
         sent = pipes[-1].sent
         self.stats.add(remote.name, blobs_sent=1, bytes_sent=sent)
-        self.log.debug(
+        self.log.info(
             "blob {digest} of {namespace} sent to {remote} ({bytes} bytes)",
             digest=str(digest), namespace=repo, remote=remote.name, bytes=sent,
         )  # fmt: skip
@@ -365,4 +370,9 @@ class Replicator(OutboxQueue):
             response.deliverBody(Discard())
             what = response.code if response.code != 200 else "200 without a length"
             raise ReplicationError(f"this cluster's origin answered {what} for blob {digest}")
-        return BodyPipe(response, remote.bucket, self._clock, self._body_timeout)
+        pipe = BodyPipe(response, remote.bucket, self._clock, self._body_timeout)
+        self.log.info(
+            "sending blob {digest} of {namespace} to {remote} ({bytes} bytes)",
+            digest=str(digest), namespace=repo, remote=remote.name, bytes=pipe.length,
+        )  # fmt: skip
+        return pipe
