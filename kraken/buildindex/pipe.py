@@ -139,10 +139,9 @@ class BodyPipe(Protocol):
             self._source.resumeProducing()
 
     def _arm(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self._timeout)
-        else:
-            self._timer = self._clock.callLater(self._timeout, self._stalled)
+        """(Re)start the stall timer: ``timeout`` seconds from now."""
+        self._disarm()
+        self._timer = self._clock.callLater(self._timeout, self._stalled)
 
     def _disarm(self) -> None:
         if self._timer is not None and self._timer.active():

@@ -67,12 +67,9 @@ def origin_has(origin: str, namespace: str, digest: str) -> bool:
         raise
 
 
-def image(origin: str, namespace: str, seed: str, *, layer: bytes | None = None) -> tuple[str, list[str]]:
-    """A config, one layer (``layer``, or a small one from ``seed``) and their manifest uploaded to the
-    origin: the manifest's digest, and every digest."""
-    config = json.dumps({"seed": seed}).encode()
-    layer = f"layer of {seed}".encode() * 64 if layer is None else layer
-    manifest = json.dumps(
+def manifest_of(config: bytes, layer: bytes) -> bytes:
+    """A Docker image manifest naming ``config`` and the one ``layer``."""
+    return json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": DOCKER_MANIFEST,
@@ -80,7 +77,14 @@ def image(origin: str, namespace: str, seed: str, *, layer: bytes | None = None)
             "layers": [{"mediaType": DOCKER_LAYER, "digest": digest_of(layer), "size": len(layer)}],
         }
     ).encode()
-    blobs = [upload_blob(origin, namespace, b) for b in (config, layer, manifest)]
+
+
+def image(origin: str, namespace: str, seed: str, *, layer: bytes | None = None) -> tuple[str, list[str]]:
+    """A config, one layer (``layer``, or a small one from ``seed``) and their manifest uploaded to the
+    origin: the manifest's digest, and every digest."""
+    config = json.dumps({"seed": seed}).encode()
+    layer = f"layer of {seed}".encode() * 64 if layer is None else layer
+    blobs = [upload_blob(origin, namespace, b) for b in (config, layer, manifest_of(config, layer))]
     return blobs[-1], blobs
 
 

@@ -24,16 +24,15 @@ from ._replication import (
     digest_of,
     get_tag,
     image,
+    manifest_of,
     origin_has,
     put_tag,
     running_daemons,  # noqa: F401  (the daemons fixture)
     upload_blob,
 )
 from .test_origin_cluster import Daemon, Daemons, cached, free_ports
+from .test_remotes import DONE, FAST, REPO
 
-REPO = "team/app"
-FAST = {"retries": 1, "backoff": "100ms", "max_backoff": "100ms", "timeout": "10s"}
-DONE = re.compile(r"replication of team/app:(\S+) to (\S+) -> \S+ done: (\d+) blobs sent, (\d+) there already")
 FAILED = re.compile(r"replication of team/app:\S+ to \S+ failed \(attempt (\d+)\)")
 COMMITTED = re.compile(r"blob (sha256:[0-9a-f]{64}) committed")
 
@@ -238,18 +237,8 @@ def test_replication_over_mutual_tls_with_the_remotes_own_ca(daemons: Daemons, t
 
 def image_bodies() -> list[bytes]:
     """A config, a layer and the manifest naming them (the manifest last)."""
-    from kraken.registry.manifests import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST
-
     config, layer = b'{"tls": true}', b"layer over mutual TLS" * 512
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": DOCKER_MANIFEST,
-            "config": {"mediaType": DOCKER_CONFIG, "digest": digest_of(config), "size": len(config)},
-            "layers": [{"mediaType": DOCKER_LAYER, "digest": digest_of(layer), "size": len(layer)}],
-        }
-    ).encode()
-    return [config, layer, manifest]
+    return [config, layer, manifest_of(config, layer)]
 
 
 def _opener(cert: str, key: str, ca: str) -> urllib.request.OpenerDirector:

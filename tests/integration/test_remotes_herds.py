@@ -41,12 +41,8 @@ def test_an_image_pushed_to_a_is_pulled_by_tag_from_an_agent_of_b(herd_launcher:
     assert skopeo_inspect_raw(agent) == layout.read_blob(layout.index.digest)
     skopeo("copy", "--all", "--src-tls-verify=false", "--preserve-digests", agent, f"oci:{tmp_path / 'pulled'}:v1")
     found = check_oci_copy(str(tmp_path / "pulled"))
-    expected = {
-        layout.index.digest,
-        *(m.digest for m in layout.platform_manifests),
-        *(c.digest for c in layout.platform_configs),
-        *(layer.digest for layer in layout.layers),
-    }
+    under = (*layout.platform_manifests, *layout.platform_configs, *layout.layers)
+    expected = {layout.index.digest, *(blob.digest for blob in under)}
     assert set(found) == expected
     [entry] = oci_index_entries(str(tmp_path / "pulled"))
     assert entry["digest"] == layout.index.digest
