@@ -20,7 +20,8 @@ deleted, so that every byte crosses again):
 
 The two alternate within a run (which goes first alternates too). Dirty pages are flushed
 (``os.sync``) before every measurement. Prints a Markdown block (per-run seconds, medians, MiB/s,
-the ratio replication / skopeo: the goal is at most 1.0x); ``--out FILE`` appends it to FILE.
+the ratio replication / skopeo: the goal is at most 1.0x; the peak RSS of A's build-index, through
+which every replicated byte streams); ``--out FILE`` appends it to FILE.
 ``--rate`` sets the remote's bandwidth limit (``remotes[].rate``) to show it holds.
 """
 
@@ -41,6 +42,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from _daemons import memory  # noqa: E402
 from _fleet import Fleet  # noqa: E402
 
 from kraken.cli.image import write_layout  # noqa: E402
@@ -140,10 +142,11 @@ def main() -> int:
                 results[what].append(seconds)
                 print(f"run {run + 1}: {what} {seconds:.2f} s", file=sys.stderr, flush=True)
         errors = {**a.errors(), **{f"b/{k}": v for k, v in b.errors().items()}}
+        peak = memory(a["build-index"].proc.pid, "VmHWM")
     finally:
         b.stop()
         a.stop()
-    report = render(args, size, results, errors)
+    report = render(args, size, results, errors, peak)
     print(report)
     if args.out:
         with open(args.out, "a") as f:
@@ -151,7 +154,9 @@ def main() -> int:
     return 0
 
 
-def render(args: argparse.Namespace, size: int, results: dict[str, list[float]], errors: dict[str, list[str]]) -> str:
+def render(
+    args: argparse.Namespace, size: int, results: dict[str, list[float]], errors: dict[str, list[str]], peak: int
+) -> str:
     mib = size / (1 << 20)
     med = {k: statistics.median(v) for k, v in results.items()}
     lines = [
@@ -166,6 +171,7 @@ def render(args: argparse.Namespace, size: int, results: dict[str, list[float]],
         lines.append(f"| {label} | {runs} | {med[what]:.2f} s | {mib / med[what]:.0f} |")
     ratio = med["replication"] / med["skopeo"]
     lines += ["", f"Ratio replication / skopeo (medians): **{ratio:.2f}x** (goal <= 1.0x)."]
+    lines.append(f"Peak RSS of A's build-index (which streams every byte): {peak / (1 << 20):.0f} MiB.")
     lines.append("Unhandled errors or tracebacks in the daemons: " + (", ".join(errors) if errors else "none") + ".")
     return "\n".join(lines)
 
