@@ -104,8 +104,9 @@ def test_the_receiving_cluster_sigkilled_mid_blob_gets_everything_once(daemons: 
     assert get_tag(b_index, REPO, "v1") == digest
     assert all(origin_has(b_origin, REPO, d) for d in blobs)
     received = committed(b_runs[0], b_runs[2])
-    assert sorted(received) == sorted(blobs)  # every blob stored once over both runs of B's origin
-    assert big not in committed(b_runs[0])  # the first run died with the layer in flight
+    # every blob stored once over both runs of B's origin (the layer was on the wire when B died: at
+    # 6 MiB/s it needs seconds; not asserted, as that would be a statement about time)
+    assert sorted(received) == sorted(blobs)
     no_tracebacks(a, *b_runs[2:])
 
 
