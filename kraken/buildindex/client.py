@@ -134,6 +134,8 @@ class BuildIndexClient(ServiceClient):
         )
         if code == 400:
             raise TagRefused(*_refusal(answer))
+        if answer.strip() != doc["digest"].encode("ascii"):  # a build-index stored it and says so
+            raise HTTPStatusError("PUT", url, code, b"the answer is not the tag's digest: " + answer[:100])
 
     async def get_tag(self, repo: str, tag: str) -> Digest | None:
         url = self._repo_url(repo, "tags", _segment(tag))

@@ -123,6 +123,9 @@ class ReplicationConfig(TaskQueueConfig):
     replicated at once), ``backoff_min`` and ``backoff_max`` (a failed try is repeated after backoff_min,
     doubling per failure up to backoff_max, for as long as it takes) come from ``TaskQueueConfig``."""
 
+    # Every this often, a log line per remote with copies pending (depth, lag, failed tries).
+    report_interval: Duration = attrs.field(default=Duration(60.0), validator=positive)
+
 
 _REMOTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -150,6 +153,11 @@ def _check_build_indexes(instance: object, attribute: attrs.Attribute[Any], valu
             raise ValueError(f"build_index: {e}") from None
 
 
+def _check_rate(instance: object, attribute: attrs.Attribute[Size | None], value: Size | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"rate must be positive (bytes per second), not {value}")
+
+
 @attrs.frozen
 class RemoteConfig:
     """Another cluster that receives the tags of matching repositories (Kraken's "remotes"): its
@@ -164,6 +172,8 @@ class RemoteConfig:
     build_index: str | tuple[str, ...] = attrs.field(validator=_check_build_indexes)
     origins: str | tuple[str, ...] = attrs.field(validator=check_origins)
     tls: TLSConfig = attrs.field(factory=TLSConfig)
+    # Bytes per second sent to this remote's origins, all copies together (e.g. 100MiB); none: unlimited.
+    rate: Size | None = attrs.field(default=None, validator=_check_rate)
 
     def matches(self, repo: str) -> bool:
         return re.fullmatch(self.repositories, repo) is not None

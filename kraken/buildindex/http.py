@@ -16,7 +16,8 @@ Routes (repository names contain ``/``; tags and digests never do)::
     PUT  /internal/remote/repositories/<repo>/tags/<tag>
                                                    body {"digest": "sha256:<hex>", "source": "<cluster>"}
                                                    -> 201 / 200 (from another cluster's build-index)
-    GET  /internal/replication                     -> {"pending": [...], "stats": {...}} (remotes)
+    GET  /internal/replication                     -> {"pending": [...], "stats": {..., "remotes": {name:
+                                                   {pending, lag, failures, bytes_sent, ...}}}} (remotes)
     POST /internal/replication/repositories/<repo>/tags/<tag>
                                                    -> {"retriggered": n}: its queued replications due now
 
@@ -254,6 +255,7 @@ class BuildIndexHTTP:
             for t in await self._replicator.pending()
         ]  # fmt: skip
         stats = attrs.asdict(self._replicator.stats)
+        stats["remotes"] = await self._replicator.report()
         return json_response(request, 200, {"remotes": self._replicator.remotes, "pending": pending, "stats": stats})
 
     @app.route("/internal/replication/repositories/<path:repo>/tags/<tag>", methods=["POST"])

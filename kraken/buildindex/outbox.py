@@ -212,6 +212,13 @@ class Outbox:
         rows = await self._pool.runQuery("SELECT source FROM tag_sources WHERE repo = ? AND tag = ?", (repo, tag))
         return str(rows[0][0]) if rows else None
 
+    async def summary(self) -> dict[str, tuple[int, float]]:
+        """Per destination: copies queued, and when the oldest was first queued (clock seconds)."""
+        rows = await self._pool.runQuery(
+            "SELECT dest, COUNT(*), MIN(created) FROM tag_outbox WHERE kind = ? GROUP BY dest", (self.kind,)
+        )
+        return {str(r[0]): (int(r[1]), float(r[2])) for r in rows}
+
     async def depth(self) -> int:
         rows = await self._pool.runQuery("SELECT COUNT(*) FROM tag_outbox WHERE kind = ?", (self.kind,))
         return int(rows[0][0])

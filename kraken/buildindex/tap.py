@@ -80,7 +80,7 @@ def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
     duplicator = _duplicator(config, reactor, http, tags)
     replicator = None
     if worker is not None and config.remotes:
-        replicator = build_replicator(config, reactor, top, tags, origin, worker=worker, directory=directory, tls=tls)
+        replicator = build_replicator(config, reactor, top, tags, origin, worker=worker, tls=tls)
     for service in (writeback, duplicator, replicator):
         if service is not None:
             service.setServiceParent(top)

@@ -4,7 +4,6 @@ of its own, the daemon's), its origins and build-indexes, and the ``Replicator``
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -17,7 +16,11 @@ from kraken.buildindex.tags import TagStore
 from kraken.net import make_http_client
 from kraken.net.tls import TLSContexts
 from kraken.origin.client import ClusterClient, origin_urls
+from kraken.throttle import TokenBucket, Unlimited
 from kraken.workers import Worker
+
+#: The smallest burst of a remote's ``rate`` (a second's worth when larger).
+BURST = 1 << 20
 
 
 def _remote(config: BuildIndexConfig, remote: RemoteConfig, reactor: Any, parent: MultiService, **kw: Any) -> Remote:
@@ -31,7 +34,8 @@ def _remote(config: BuildIndexConfig, remote: RemoteConfig, reactor: Any, parent
     origin = ClusterClient(
         http=http, origins=origin_urls(remote.origins), clock=reactor, config=config.http_client, worker=kw["worker"]
     )
-    return Remote(remote, clients, origin)
+    bucket = Unlimited() if remote.rate is None else TokenBucket(remote.rate, max(remote.rate, BURST), clock=reactor)
+    return Remote(remote, clients, origin, bucket)
 
 
 def build_replicator(
@@ -42,18 +46,14 @@ def build_replicator(
     origin: ClusterClient,
     *,
     worker: Worker,
-    directory: str,
     tls: TLSContexts | None,
 ) -> Replicator:
-    """The replicator of ``config.remotes`` (their client pools added to ``parent``), its blobs in
-    transit under ``<database directory>/remote-scratch``."""
-    scratch = os.path.join(directory, "remote-scratch")
-    os.makedirs(scratch, exist_ok=True)
+    """The replicator of ``config.remotes`` (their client pools added to ``parent``)."""
     remotes = [_remote(config, r, reactor, parent, tls=tls, worker=worker) for r in config.remotes]
     source = config.cluster.self_url(config.listen_http) or "unknown"
     return Replicator(
-        remotes, tags.outbox(REMOTE), tags, origin, source=source, scratch=scratch, worker=worker, clock=reactor,
+        remotes, tags.outbox(REMOTE), tags, origin, source=source, clock=reactor,
         max_manifest_size=config.max_manifest_size, concurrency=config.replication.concurrency,
         backoff_min=config.replication.backoff_min, backoff_max=config.replication.backoff_max,
-        body_timeout=config.http_client.timeout,
+        body_timeout=config.http_client.timeout, report_interval=config.replication.report_interval,
     )  # fmt: skip

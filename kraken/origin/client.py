@@ -17,7 +17,7 @@ from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import IBodyProducer, IResponse
 
 from kraken.cluster.failover import Failover, fails_over, first_answer
 from kraken.core import Digest, MetaInfo
@@ -233,6 +233,13 @@ class ClusterClient:
 
     async def upload(self, namespace: str, digest: Digest, path: str, size: int) -> None:
         await self._on_location(f"upload {digest}", digest, lambda c: c.upload(namespace, digest, path, size))
+
+    async def upload_from(
+        self, namespace: str, digest: Digest, body: Callable[[], Awaitable[IBodyProducer]], *, rate: float | None = None
+    ) -> None:
+        """``OriginClient.upload_from`` on the blob's first location that takes it."""
+        call = lambda c: c.upload_from(namespace, digest, body, rate=rate)  # noqa: E731
+        await self._on_location(f"upload {digest}", digest, call)
 
     async def get(
         self, namespace: str, digest: Digest, *, method: str = "GET", headers: RawHeaders | None = None

@@ -18,7 +18,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import IBodyProducer, IResponse
 
 from kraken.core import Digest, MetaInfo
 from kraken.core.peer import PeerError, PeerInfo
@@ -285,10 +285,27 @@ class OriginClient(ServiceClient):
         extra = {} if replica <= 0 else {REPLICA_HEADER: [str(replica).encode()]}
         if repair:
             extra[REPAIR_HEADER] = [b"1"]
-        await self._retrying(f"upload {digest}", lambda: self._upload_once(namespace, digest, path, size, extra))
+
+        async def body() -> IBodyProducer:
+            return ThreadedFileProducer(path, 0, size, self._worker)
+
+        await self._retrying(f"upload {digest}", lambda: self._upload_once(namespace, digest, body, extra, None))
+
+    async def upload_from(
+        self, namespace: str, digest: Digest, body: Callable[[], Awaitable[IBodyProducer]], *, rate: float | None = None
+    ) -> None:
+        """Upload as blob ``digest`` what ``body()`` produces (a producer of known ``length``, made
+        anew for each try once the origin started the upload), as ``upload`` does; ``rate``: the body
+        comes no faster than this many bytes/s, which the request's timeout allows for."""
+        await self._retrying(f"upload {digest}", lambda: self._upload_once(namespace, digest, body, {}, rate))
 
     async def _upload_once(
-        self, namespace: str, digest: Digest, path: str, size: int, extra: dict[bytes, list[bytes]]
+        self,
+        namespace: str,
+        digest: Digest,
+        body: Callable[[], Awaitable[IBodyProducer]],
+        extra: dict[bytes, list[bytes]],
+        rate: float | None,
     ) -> None:
         url = self._uploads_url(namespace, digest)
         response = await self._request("POST", url, headers=extra)
@@ -304,12 +321,13 @@ class OriginClient(ServiceClient):
             raise HTTPStatusError("POST", url, response.code, b"no Location header")
         url = self._uploads_url(namespace, digest, locations[0].decode("ascii").strip())
 
-        body = ThreadedFileProducer(path, 0, size, self._worker)
+        producer = await body()
+        size = int(producer.length)
         # The timeout runs until the response headers: sending the body (and,
         # for the PUT, the origin hashing it) must fit, so it grows with size.
-        slow = self._slow_timeout(size)
+        slow = self._slow_timeout(size) + (0.0 if rate is None else size / rate)
         response = await self._request(
-            "PATCH", url, data=body, headers={b"Content-Range": [f"0-{size}".encode()], **extra}, timeout=slow
+            "PATCH", url, data=producer, headers={b"Content-Range": [f"0-{size}".encode()], **extra}, timeout=slow
         )
         if await self._held("PATCH", url, response):
             return

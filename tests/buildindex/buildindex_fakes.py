@@ -11,6 +11,7 @@ from typing import Any
 import treq
 from inline_pool import InlineReactor, inline
 from results import result_of
+from stream_fakes import Collector, FakeResponse, produce
 from treq.testing import StubTreq
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
@@ -24,6 +25,7 @@ from kraken.buildindex.outbox import NODE
 from kraken.buildindex.tags import TagStore, open_pool
 from kraken.buildindex.writeback import TagWriteBack
 from kraken.core import Digest
+from kraken.net import HTTPStatusError
 from kraken.registry.manifests import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from kraken.workers import InlineWorker
 
@@ -51,6 +53,7 @@ class FakeOrigin:
         self.calls: list[tuple[str, str, Digest]] = []
         self.batches: list[list[Digest]] = []
         self.error: Exception | None = None
+        self.uploads: list[Digest] = []  # blobs stored by upload_from, in order
 
     def add(self, data: bytes) -> Digest:
         d = Digest.from_bytes(data)
@@ -78,6 +81,24 @@ class FakeOrigin:
 
             raise ResponseTooLarge(f"over {limit}")
         return data
+
+    async def get(self, namespace: str, digest: Digest) -> FakeResponse:
+        """The blob as a response whose body is delivered at once (404 when absent)."""
+        self.calls.append(("get", namespace, digest))
+        data = self.blobs.get(digest)
+        return FakeResponse(data or b"", code=404 if data is None else 200, auto=True)
+
+    async def upload_from(self, namespace: str, digest: Digest, body: Any, *, rate: float | None = None) -> None:
+        """Take what ``body()`` produces and store it, unless it does not hash to ``digest`` (400, as
+        an origin checks an upload)."""
+        if self.error is not None:
+            raise self.error
+        consumer = Collector()
+        await produce(await body(), consumer)
+        if Digest.from_bytes(consumer.data) != digest:
+            raise HTTPStatusError("PUT", f"upload {digest}", 400, b"digest mismatch")
+        self.blobs[digest] = consumer.data
+        self.uploads.append(digest)
 
 
 def blob(seed: str) -> tuple[Digest, bytes]:

@@ -21,7 +21,6 @@ from kraken.buildindex.tags import TagStore
 from kraken.core import Digest
 from kraken.registry.manifests import OCI_MANIFEST
 from kraken.registry.source import ManifestRecord
-from kraken.workers import InlineWorker
 
 REPO = "team/app"
 
@@ -78,8 +77,8 @@ class World:
         remote = Remote(config, [self.remote_index], fake)  # type: ignore[list-item]
         origin: Any = here
         self.replicator = Replicator(
-            [remote], tags.outbox(REMOTE), tags, origin, source="dc1", scratch=str(tmp_path), worker=InlineWorker(),
-            clock=reactor, max_manifest_size=1 << 20, backoff_min=1.0, backoff_max=4.0,
+            [remote], tags.outbox(REMOTE), tags, origin, source="dc1", clock=reactor,
+            max_manifest_size=1 << 20, backoff_min=1.0, backoff_max=4.0,
         )  # fmt: skip
         nodes: Any = Nodes()
         self.index = TagIndex(
@@ -204,6 +203,8 @@ REMOTE_OK = "{name: dc2, repositories: 'team/.*', build_index: 'http://bi:1', or
         ("remotes: [{name: 'a b', repositories: x, build_index: 'http://b:1', origins: 'http://o:1'}]\n",
          "remotes.0", "not a remote name"),
         ("replication: {backoff_min: 10s, backoff_max: 1s}\n", "replication", "backoff_max"),
+        (f"remotes: [{REMOTE_OK[:-1]}, rate: 0}}]\n", "remotes.0", "rate must be positive"),
+        (f"remotes: [{REMOTE_OK[:-1]}, rate: fast}}]\n", "remotes.0.rate", ""),
     ],
 )  # fmt: skip
 def test_bad_remotes_name_file_and_key(tmp_path: Any, text: str, key: str, message: str) -> None:
@@ -276,5 +277,72 @@ def test_service_wiring_with_remotes(tmp_path: Any) -> None:
     names = [s.name for s in service]
     assert names[1:] == ["tags", "threads-io", "http-client", "http-client-remote-dc2", "replication", "http"]
     assert service.getServiceNamed("replication").remotes == ["dc2"]
-    assert (tmp_path / "state" / "remote-scratch").is_dir()
+    assert not (tmp_path / "state" / "remote-scratch").exists()  # blobs stream through, never to disk
     start_and_stop(service, reactor)
+
+
+def test_missing_blobs_stream_to_the_remote_once(world: World) -> None:
+    d = world.image("a", there=False)
+    world.replicator.startService()
+    try:
+        result_of(world.index.put_tag(REPO, "v1", d))
+        result_of(world.index.put_tag(REPO, "v2", d))  # the same image again: nothing to send
+        assert result_of(world.replicator.when_idle()) is None
+        assert sorted(world.there.uploads) == sorted(set(world.here.blobs))  # each once
+        assert world.there.blobs == world.here.blobs
+        mine = world.replicator.stats.remotes["dc2"]
+        assert (mine.replicated, mine.blobs_sent, mine.blobs_present, mine.failures) == (2, 3, 3, 0)
+        assert mine.bytes_sent == sum(len(b) for b in world.here.blobs.values())
+    finally:
+        world.replicator.stopService()
+
+
+def test_a_blob_that_does_not_hash_to_its_digest_is_retried_and_never_stored(world: World) -> None:
+    d = world.image("a", there=False)
+    layer = Digest.from_bytes(b"layer a")
+    world.here.blobs[layer] = b"garbage"  # this cluster's origin serves the wrong bytes
+    world.replicator.startService()
+    try:
+        result_of(world.index.put_tag(REPO, "v1", d))
+        assert layer not in world.there.blobs and world.remote_index.calls == []
+        [task] = result_of(world.replicator.pending())
+        assert task.attempts == 1 and "digest mismatch" in (task.last_error or "")
+        world.reactor.advance(1.0)
+        assert result_of(world.replicator.pending())[0].attempts == 2  # retried, refused again
+        assert layer not in world.there.blobs and world.remote_index.calls == []
+        world.here.blobs[layer] = b"layer a"
+        world.reactor.advance(2.0)
+        assert result_of(world.replicator.when_idle()) is None
+        assert world.there.blobs[layer] == b"layer a" and world.remote_index.calls[-1][0] == "tag"
+        assert world.replicator.stats.remotes["dc2"].failures == 2
+    finally:
+        world.replicator.stopService()
+
+
+def test_depth_lag_and_failures_per_remote_in_the_listing_and_the_log(world: World) -> None:
+    from twisted.logger import capturedLogs
+
+    world.there.error = ConnectionRefusedError("dc2 is down")
+    d = world.image("a", there=False)
+    world.replicator.startService()
+    try:
+        result_of(world.index.put_tag(REPO, "v1", d))
+        world.reactor.advance(30.0)
+        report = result_of(world.replicator.report())
+        assert report["dc2"]["pending"] == 1 and report["dc2"]["lag"] == 30.0
+        assert report["dc2"]["failures"] == world.replicator.stats.failures >= 2
+        with capturedLogs() as events:
+            world.reactor.advance(30.0)  # the report interval (60 s) since the start
+        lines = [e["log_format"].format(**e) for e in events if "pending" in e.get("log_format", "")]
+        assert lines and lines[0].startswith("replication to dc2: 1 pending, the oldest for 60s")
+    finally:
+        world.replicator.stopService()
+
+
+def test_a_remotes_rate_is_a_size_per_second(tmp_path: Any) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text(f"remotes: [{REMOTE_OK[:-1]}, rate: 100MiB}}]\nreplication: {{report_interval: 5s}}\n")
+    options = tap.Options()
+    options.parseOptions(["--config", str(path)])
+    assert options["parsed"].remotes[0].rate == 100 << 20
+    assert options["parsed"].replication.report_interval == 5.0

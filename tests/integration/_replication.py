@@ -32,20 +32,27 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _request(method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+def _request(
+    method: str,
+    url: str,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    opener: urllib.request.OpenerDirector | None = None,
+) -> Any:
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    return urllib.request.urlopen(req, timeout=TIMEOUT)
+    return (opener or urllib.request.build_opener()).open(req, timeout=TIMEOUT)
 
 
-def upload_blob(origin: str, namespace: str, data: bytes) -> str:
-    """Upload ``data`` to the origin at ``origin`` (its upload API: start, one chunk, commit); its digest."""
+def upload_blob(origin: str, namespace: str, data: bytes, opener: urllib.request.OpenerDirector | None = None) -> str:
+    """Upload ``data`` to the origin at ``origin`` (its upload API: start, one chunk, commit); its digest.
+    ``opener``: how to reach it (an HTTPS one with a client certificate)."""
     d = digest_of(data)
     base = f"{origin}/namespace/{namespace}/blobs/{d}/uploads"
-    with _request("POST", base) as r:
+    with _request("POST", base, opener=opener) as r:
         uid = r.headers["Location"]
-    with _request("PATCH", f"{base}/{uid}", data, {"Content-Range": f"0-{len(data)}"}):
+    with _request("PATCH", f"{base}/{uid}", data, {"Content-Range": f"0-{len(data)}"}, opener):
         pass
-    with _request("PUT", f"{base}/{uid}", b""):
+    with _request("PUT", f"{base}/{uid}", b"", opener=opener):
         pass
     return d
 
@@ -60,11 +67,9 @@ def origin_has(origin: str, namespace: str, digest: str) -> bool:
         raise
 
 
-def image(origin: str, namespace: str, seed: str) -> tuple[str, list[str]]:
-    """A config, one layer and their manifest uploaded to the origin: the manifest's digest, and every digest."""
-    config = json.dumps({"seed": seed}).encode()
-    layer = f"layer of {seed}".encode() * 64
-    manifest = json.dumps(
+def manifest_of(config: bytes, layer: bytes) -> bytes:
+    """A Docker image manifest naming ``config`` and the one ``layer``."""
+    return json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": DOCKER_MANIFEST,
@@ -72,14 +77,22 @@ def image(origin: str, namespace: str, seed: str) -> tuple[str, list[str]]:
             "layers": [{"mediaType": DOCKER_LAYER, "digest": digest_of(layer), "size": len(layer)}],
         }
     ).encode()
-    blobs = [upload_blob(origin, namespace, b) for b in (config, layer, manifest)]
+
+
+def image(origin: str, namespace: str, seed: str, *, layer: bytes | None = None) -> tuple[str, list[str]]:
+    """A config, one layer (``layer``, or a small one from ``seed``) and their manifest uploaded to the
+    origin: the manifest's digest, and every digest."""
+    config = json.dumps({"seed": seed}).encode()
+    layer = f"layer of {seed}".encode() * 64 if layer is None else layer
+    blobs = [upload_blob(origin, namespace, b) for b in (config, layer, manifest_of(config, layer))]
     return blobs[-1], blobs
 
 
-def put_tag(build_index: str, repo: str, tag: str, digest: str) -> int:
-    with _request(
-        "PUT", f"{build_index}/repositories/{repo}/tags/{tag}", digest.encode(), {"Content-Type": "text/plain"}
-    ) as r:
+def put_tag(
+    build_index: str, repo: str, tag: str, digest: str, opener: urllib.request.OpenerDirector | None = None
+) -> int:
+    url, headers = f"{build_index}/repositories/{repo}/tags/{tag}", {"Content-Type": "text/plain"}
+    with _request("PUT", url, digest.encode(), headers, opener) as r:
         return int(r.status)
 
 
