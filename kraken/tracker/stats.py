@@ -63,13 +63,11 @@ class WithStats(Resource):
 
     def __init__(self, stats: IResource, rest: IResource) -> None:
         super().__init__()
-        self._stats = stats
+        self._mine: dict[tuple[bytes, ...], IResource] = {(b"stats",): stats}
         self._rest = rest
 
     def render(self, request: IRequest) -> Any:
-        if request.postpath == [b"stats"]:
-            return self._stats.render(request)
-        return self._rest.render(request)
+        return self._mine.get(tuple(request.postpath), self._rest).render(request)
 
 
 def with_stats(rest: IResource, store: MemoryPeerStore | RedisPeerStore) -> IResource:
