@@ -36,7 +36,7 @@ from _fleet import Daemon, Fleet, run_all  # noqa: E402
 
 AGENTS = 6
 BLOB = 32 * MIB
-ORIGIN_RATE = 32 << 20  # bits per second out of the origin: each piece leaves it at least once, so >= 8 s
+ORIGIN_RATE = 24 << 20  # bits per second out of the origin: each piece leaves it at least once, so >= 11 s
 WAIT = 120.0  # seconds; a backstop for log lines, far above the undisturbed pull
 SLOW = "2s"  # a Redis call slower than this is an outage: above a loaded machine's stalls (a killed Redis refuses)
 RECOVERED = re.compile(r"redis (back after|restarted or failed over)")
