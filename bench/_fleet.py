@@ -121,10 +121,14 @@ class Fleet:
     (``"64m"``): each is mounted before the daemons start and unmounted by ``stop`` (root only), a real disk
     that fills up.
 
-    ``overrides`` maps a daemon's name (``origin-0``, ``tracker``, ``build-index``, ``proxy``, ``agent-0``, or
-    ``origin`` / ``agent`` for all of them) to config keys merged over the defaults. ``agent_rate``: every
-    agent's P2P ingress limit in bits per second (None: none), which makes a pull last long enough to act
-    during it.
+    ``trackers``: how many trackers (named ``tracker``, or ``tracker-0``, ``tracker-1``... when more than one),
+    each given every origin; ``agent_trackers(k, urls)``: the tracker URLs agent ``k`` is given, from the
+    fleet's (default: all of them).
+
+    ``overrides`` maps a daemon's name (``origin-0``, ``tracker``, ``tracker-1``, ``build-index``, ``proxy``,
+    ``agent-0``, or ``origin`` / ``tracker`` / ``agent`` for all of them) to config keys merged over the defaults.
+    ``agent_rate``: every agent's P2P ingress limit in bits per second (None: none), which makes a pull last
+    long enough to act during it.
 
     ``secure=True``: TLS on every link with a trustme CA (files in ``<work>/certs``): mutual TLS between the
     daemons, on P2P and on the agent API (``require_client_cert``), TLS without client certificates on the
@@ -139,6 +143,8 @@ class Fleet:
         origins: int = 3,
         replicas: int = 2,
         agents: int = 6,
+        trackers: int = 1,
+        agent_trackers: Callable[[int, list[str]], list[str]] | None = None,
         agent_rate: int | None = None,
         overrides: dict[str, dict[str, Any]] | None = None,
         tmpfs: dict[str, str] | None = None,
@@ -159,7 +165,11 @@ class Fleet:
         self.members = [f"127.0.0.1:{p}" for p in self.origin_http]
         self.origin_urls = [f"{self.scheme}://{m}" for m in self.members]
         self.origin_p2p = [free_port() for _ in range(origins)]
-        self.tracker_port, self.build_index_port, self.proxy_port = free_port(), free_port(), free_port()
+        self.tracker_names = ["tracker"] if trackers == 1 else [f"tracker-{i}" for i in range(trackers)]
+        self.tracker_ports = [free_port() for _ in range(trackers)]
+        self.tracker_urls = [f"{self.scheme}://127.0.0.1:{p}" for p in self.tracker_ports]
+        self.tracker_port = self.tracker_ports[0]
+        self.build_index_port, self.proxy_port = free_port(), free_port()
         self.agent_ports = [(free_port(), free_port(), free_port()) for _ in range(agents)]  # registry, p2p, api
         fast = {"retries": 1, "backoff": "100ms", "max_backoff": "100ms"}
         self.configs: dict[str, tuple[str, dict[str, Any], str]] = {}
@@ -174,10 +184,10 @@ class Fleet:
                             "health": {"fails": 2, "passes": 1, "timeout": "1s"}},
                 "http_client": fast,
             })  # fmt: skip
-        self._config("tracker", "kraken-tracker", "tracker listening", {
-            "listen_http": f"tcp:{self.tracker_port}:interface=127.0.0.1", "origin": self.origin_urls,
-            "http_client": fast,
-        })  # fmt: skip
+        for name, port in zip(self.tracker_names, self.tracker_ports, strict=True):
+            self._config(name, "kraken-tracker", "tracker listening", {
+                "listen_http": f"tcp:{port}:interface=127.0.0.1", "origin": self.origin_urls, "http_client": fast,
+            })  # fmt: skip
         self._config("build-index", "kraken-build-index", "build-index listening", {
             "listen_http": f"tcp:{self.build_index_port}:interface=127.0.0.1", "origin": self.origin_urls,
             "database": os.path.join(work, "tags.db"), "http_client": fast,
@@ -191,10 +201,11 @@ class Fleet:
         if agent_rate:
             bandwidth = {"enabled": True, "ingress_bits_per_sec": agent_rate, "egress_bits_per_sec": 100 * agent_rate}
         for k, (registry, p2p, api) in enumerate(self.agent_ports):
+            known = agent_trackers(k, list(self.tracker_urls)) if agent_trackers else self.tracker_urls
             self._config(f"agent-{k}", "kraken-agent", "agent P2P listening", {
                 "listen_registry": f"tcp:{registry}:interface=127.0.0.1",
                 "listen_api": f"tcp:{api}:interface=127.0.0.1",
-                "tracker": self.tracker_url, "build_index": self.build_index_url,
+                "tracker": known[0] if len(known) == 1 else list(known), "build_index": self.build_index_url,
                 "store": {"root": self.root(f"agent-{k}")},
                 "p2p": {"listen": f"tcp:{p2p}:interface=127.0.0.1", "advertise": f"127.0.0.1:{p2p}",
                         "bandwidth": bandwidth},
@@ -267,7 +278,7 @@ class Fleet:
         return DXF(registry, name, auth=login if auth else None, tlsverify=self.ca_path, timeout=CLIENT_TIMEOUT)
 
     def _config(self, name: str, plugin: str, ready: str, config: dict[str, Any]) -> None:
-        kind = name.split("-")[0] if name.startswith(("origin-", "agent-")) else name
+        kind = name.split("-")[0] if name.startswith(("origin-", "tracker-", "agent-")) else name
         for key in (kind, name):
             config = _merge(config, self._overrides.get(key, {}))
         path = os.path.join(self.work, f"{name}.yaml")

@@ -4,7 +4,9 @@
 it again where it listened), with no persistence and its files in ``work_dir``, and returns once it says it
 is ready (a timeout is only the backstop). ``running_redis(work_dir)`` is the same as a context manager that
 always stops it. ``start_sentinel(work_dir, primary_port, master_name)`` starts a Sentinel watching that
-primary. A missing program fails the test with a message naming ``.ci/install``: these tests never skip.
+primary. ``RedisServer.cli(...)`` runs a ``redis-cli`` command against it; ``peer_store(**redis)`` is a
+tracker's ``peer_store`` block with short timeouts and intervals (so that tests wait little for each log line).
+A missing program fails the test with a message naming ``.ci/install``: these tests never skip.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from servers import ServerProcess
@@ -49,6 +53,11 @@ class RedisServer(ServerProcess):
         if replica_of is not None:
             argv += ["--replicaof", "127.0.0.1", str(replica_of)]
         super().__init__(f"redis-{self.port}", argv, READY)
+
+    def cli(self, *command: str) -> str:
+        """``redis-cli`` against this server: its output, stripped."""
+        argv = [_program("redis-cli"), "-p", str(self.port), *command]
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def start_redis(work_dir: str, port: int = 0, replica_of: int | None = None) -> RedisServer:
@@ -86,3 +95,12 @@ class Sentinel(ServerProcess):
 
 def start_sentinel(work_dir: str, primary_port: int, master_name: str) -> Sentinel:
     return Sentinel(work_dir, primary_port, master_name)
+
+
+def peer_store(**redis: Any) -> dict[str, Any]:
+    """A tracker's ``peer_store`` block for Redis (``address=`` or ``sentinel=``), with a 500 ms timeout and
+    checks every 200 ms."""
+    return {
+        "kind": "redis",
+        "redis": {"timeout": "500ms", "sync_interval": "100ms", "check_interval": "200ms", **redis},
+    }

@@ -184,6 +184,10 @@ class MemoryPeerStore(TimerService):
         """How many (blob, peer) entries are held, stale ones included."""
         return sum(len(swarm.entries) for swarm in self._blobs.values())
 
+    def blob_count(self) -> int:
+        """How many blobs have entries held (``/stats``)."""
+        return len(self._blobs)
+
     def _drop_stale(self, info_hash: str, swarm: Swarm, now: float) -> int:
         dropped = 0
         entries = swarm.entries

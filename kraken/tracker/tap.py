@@ -22,6 +22,7 @@ from kraken.tracker.config import TrackerConfig
 from kraken.tracker.http import TrackerHTTP
 from kraken.tracker.origins import OriginPeers
 from kraken.tracker.redis_peers import peer_store
+from kraken.tracker.stats import with_stats
 
 log = Logger(namespace="kraken.tracker")
 
@@ -72,7 +73,7 @@ def tracker_service(config: TrackerConfig, reactor: Any) -> MultiService:
         metainfo_cache_size=config.metainfo_cache_size,
     )
 
-    site = make_site(app.resource(), reactor=reactor, access_log=config.access_log)
+    site = make_site(with_stats(app.resource(), store), reactor=reactor, access_log=config.access_log)
     listen_http(
         config.listen_http,
         site,
