@@ -189,8 +189,12 @@ class RedisPeerStore(MultiService):
     async def update(self, info_hash: str, peer: PeerInfo, now: float, source: str) -> None:
         self.local.record(info_hash, peer, now, source)
         if self._down_since is None:
-            # Not awaited: the answer does not depend on it, and a failure marks Redis down.
-            self._call(WRITE, info_hash, [self._key_ttl, self._max_peers, *self._row(peer, now, source)])
+            # A downloading peer's write is not awaited: the answer does not depend on it, and a failure marks
+            # Redis down. A complete peer (a seeder, which announces rarely) is awaited, so that once its
+            # announce is answered every tracker can hand it out.
+            written = self._call(WRITE, info_hash, [self._key_ttl, self._max_peers, *self._row(peer, now, source)])
+            if peer.complete:
+                await written
 
     async def peers(self, info_hash: str, limit: int, now: float) -> list[PeerInfo]:
         if self._down_since is None and now - self._synced.get(info_hash, -math.inf) >= self._sync_interval:

@@ -94,6 +94,21 @@ def test_an_announce_is_one_write_and_a_read_at_most_every_sync_interval() -> No
     assert redis.disconnected
 
 
+def test_a_seeders_announce_is_answered_once_redis_holds_it() -> None:
+    store, redis, _ = make()
+    redis.mode = "hang"
+    leecher = Deferred.fromCoroutine(store.update(H1, peer(1), 10.0, A))
+    assert leecher.called  # a downloading peer's write is not waited for
+    slow = Deferred[Any]()
+    redis.eval = lambda script, keys, args: slow  # type: ignore[method-assign]
+    seeder = Deferred.fromCoroutine(store.update(H1, peer(2, complete=True), 10.0, A))
+    assert not seeder.called
+    slow.callback(1)
+    assert seeder.called
+    redis.mode = "up"
+    result_of(store.stopService())
+
+
 def test_peers_read_back_are_merged_where_newer() -> None:
     store, redis, _ = make()
     store.local.record(H1, peer(1, complete=True), 12.0, A)  # newer here than in Redis
