@@ -69,19 +69,37 @@ class AnswerEncoder:
             raise ValueError("size must be positive")
         self._size = size
         self._memo: dict[str, tuple[PeerInfo, bytes]] = {}
+        # id(peer) -> its JSON; ``_alive`` holds every such peer, so an id stays its object's.
+        self._by_id: dict[int, bytes] = {}
+        self._alive: list[PeerInfo] = []
         self._tail = b'],"interval":' + json.dumps(interval).encode() + b"}\n"
 
     def encode(self, peers: Sequence[PeerInfo]) -> bytes:
-        memo = self._memo
-        parts = []
-        for peer in peers:
-            hit = memo.get(peer.peer_id)
-            if hit is None or (hit[0] is not peer and hit[0] != peer):
-                if len(memo) >= self._size:
-                    memo.clear()
-                hit = memo[peer.peer_id] = (peer, json.dumps(peer.to_json(), separators=(",", ":")).encode())
-            parts.append(hit[1])
+        by_id = self._by_id
+        try:
+            parts = [by_id[id(peer)] for peer in peers]
+        except KeyError:
+            parts = [self._miss(peer) for peer in peers]
         return b'{"peers":[' + b",".join(parts) + self._tail
+
+    def _miss(self, peer: PeerInfo) -> bytes:
+        """``peer``'s JSON, when it may not be in the identity memo."""
+        by_id = self._by_id
+        known = by_id.get(id(peer))
+        if known is not None:
+            return known
+        memo = self._memo
+        hit = memo.get(peer.peer_id)
+        if hit is None or (hit[0] is not peer and hit[0] != peer):
+            if len(memo) >= self._size:
+                memo.clear()
+            hit = memo[peer.peer_id] = (peer, json.dumps(peer.to_json(), separators=(",", ":")).encode())
+        if len(by_id) >= self._size:
+            by_id.clear()
+            self._alive.clear()
+        by_id[id(peer)] = hit[1]
+        self._alive.append(peer)
+        return hit[1]
 
     def __len__(self) -> int:
         return len(self._memo)
