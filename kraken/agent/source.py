@@ -29,6 +29,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -70,6 +71,17 @@ class TagSource(Protocol):
 MetaInfoSource = Callable[[str, Digest], Awaitable[MetaInfo | None]]
 
 
+@attrs.frozen
+class Mirror:
+    """What makes the source a containerd mirror that never strands a pull: blob ``sizes`` without a
+    download, and every question to the tracker or build-index answered within ``answer_timeout`` seconds
+    of ``clock``."""
+
+    sizes: BlobSizes
+    clock: IReactorTime
+    answer_timeout: float
+
+
 class Unavailable(Exception):
     """The scheduler could not get the blob (``DownloadFailed``)."""
 
@@ -99,30 +111,25 @@ class AgentSource:
         *,
         worker: Worker,
         max_manifest_size: int,
-        sizes: BlobSizes | None = None,
-        clock: IReactorTime | None = None,
-        answer_timeout: float | None = None,
+        mirror: Mirror | None = None,
     ) -> None:
-        if answer_timeout is not None and clock is None:
-            raise ValueError("answer_timeout needs a clock")
         self._scheduler = scheduler
         self._tags = tags
         self._worker = worker
         self._max_manifest_size = max_manifest_size
-        self._sizes = sizes
-        self._clock = clock
-        self._answer_timeout = answer_timeout
+        self._sizes = None if mirror is None else mirror.sizes
+        self._mirror = mirror
 
     async def _bounded(self, what: str, repo: str, work: Callable[[], Awaitable[T]]) -> T:
         """``work()`` within ``answer_timeout``; late, or failing upstream (tracker, build-index), it is
         503 UNKNOWN, a status containerd answers by trying its next host."""
         d: Deferred[T] = Deferred.fromCoroutine(_awaited(work))
-        if self._answer_timeout is not None and self._clock is not None:
-            d.addTimeout(self._answer_timeout, self._clock)
+        if self._mirror is not None:
+            d.addTimeout(self._mirror.answer_timeout, self._mirror.clock)
         try:
             return await d
         except defer.TimeoutError:
-            reason = f"no answer within {self._answer_timeout}s"
+            reason = f"no answer within {self._mirror.answer_timeout if self._mirror else '?'}s"
         except (HTTPStatusError, *NETWORK_ERRORS) as e:
             reason = f"upstream failed: {e}"
         self.log.warn(

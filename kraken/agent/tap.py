@@ -17,7 +17,7 @@ from kraken import config as kconfig
 from kraken.agent.config import AgentConfig
 from kraken.agent.http import AgentHTTP
 from kraken.agent.mirror import Namespaced
-from kraken.agent.source import AgentSource, LocalOrTracker
+from kraken.agent.source import AgentSource, LocalOrTracker, Mirror
 from kraken.buildindex.client import BuildIndexes
 from kraken.cluster.services import ServiceAddress, ServiceHosts, describe
 from kraken.core import PieceLengthRule
@@ -119,9 +119,7 @@ def _source(
         index,
         worker=worker,
         max_manifest_size=config.max_manifest_size,
-        sizes=LocalOrTracker(store.stat, tracker.metainfo),
-        clock=reactor,
-        answer_timeout=config.answer_timeout,
+        mirror=Mirror(LocalOrTracker(store.stat, tracker.metainfo), reactor, config.answer_timeout),
     )
 
 

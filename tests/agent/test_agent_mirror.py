@@ -23,6 +23,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from kraken.agent.mirror import Namespaced, valid_namespace
 from kraken.agent.source import AgentSource, LocalOrTracker
+from kraken.agent.source import Mirror as MirrorRules
 from kraken.agent.tap import READ_ONLY_MESSAGE
 from kraken.core import Digest, MetaInfo
 from kraken.net import HTTPStatusError
@@ -88,9 +89,7 @@ class Mirror:
             self.tags,
             worker=InlineWorker(),
             max_manifest_size=4 << 20,
-            sizes=self.sizes,
-            clock=clock,
-            answer_timeout=TIMEOUT,
+            mirror=MirrorRules(self.sizes, clock, TIMEOUT),
         )
         api = RegistryAPI(source, None, clock=clock, read_only=True, read_only_message=READ_ONLY_MESSAGE)
         self.events: list[dict[str, Any]] = []
@@ -99,13 +98,12 @@ class Mirror:
         self.client = TickingClient(self.resource, clock)
 
     def tag(self, repo: str, tag: str, manifest: bytes) -> Digest:
-        digest = self.scheduler.add(manifest)
-        self.tags.tags[(repo, tag)] = digest
+        self.tags.tags[(repo, tag)] = digest = self.scheduler.add(manifest)
         return digest
 
 
-@pytest.fixture
-def mirror(tmp_path: Path, clock: task.Clock) -> Mirror:
+@pytest.fixture(name="mirror")
+def _mirror(tmp_path: Path, clock: task.Clock) -> Mirror:
     return Mirror(tmp_path, clock)
 
 
@@ -169,14 +167,10 @@ def test_head_of_a_manifest_by_tag_and_by_digest(mirror: Mirror) -> None:
 
 
 def test_head_of_a_blob_is_answered_from_metadata_without_a_download(mirror: Mirror) -> None:
-    data = layer("head", 5000)
-    digest = mirror.scheduler.add(data)
+    digest = mirror.scheduler.add(layer("metadata", 7000))
     r = mirror.client.head(f"/v2/{REPO}/blobs/{digest}?ns=docker.io")
-    assert r.code == 200
-    assert r.body == b""
-    assert r.header("Content-Length") == "5000"
-    assert r.header("Docker-Content-Digest") == str(digest)
-    assert r.header("Content-Type") == "application/octet-stream"
+    headers = [r.header(h) for h in ("Content-Length", "Docker-Content-Digest", "Content-Type")]
+    assert (r.code, r.body, headers) == (200, b"", ["7000", str(digest), "application/octet-stream"])
     assert mirror.sizes.calls == [digest]
     assert mirror.scheduler.downloads == []
 
@@ -191,12 +185,11 @@ def test_a_blob_no_origin_has_is_a_fast_404_without_a_download(mirror: Mirror) -
 
 
 def test_range_from_an_offset_is_206_with_content_range(mirror: Mirror) -> None:
-    data = layer("range", 5000)
-    digest = mirror.scheduler.add(data)
-    r = mirror.client.get(f"/v2/{REPO}/blobs/{digest}?ns=docker.io", headers={"Range": "bytes=1200-"})
-    assert r.code == 206
-    assert r.body == data[1200:]
-    assert r.header("Content-Range") == "bytes 1200-4999/5000"
+    data = layer("offset", 5000)
+    r = mirror.client.get(
+        f"/v2/{REPO}/blobs/{mirror.scheduler.add(data)}?ns=docker.io", headers={"Range": "bytes=1200-"}
+    )
+    assert (r.code, r.header("Content-Range"), r.body) == (206, "bytes 1200-4999/5000", data[1200:])
 
 
 # -- never strand a pull ------------------------------------------------------------------------------------------

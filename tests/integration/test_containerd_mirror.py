@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,8 +19,9 @@ import pytest_twisted
 from servers import DockerRegistry, running_docker_registry
 from twisted.internet.protocol import Factory, Protocol
 
-from kraken.cli.image import Layout, write_layout
+from kraken.cli.image import Layout
 
+from . import test_containerd
 from ._tools import run_process
 from .containerd import Containerd, MirrorHost, containerd_fixture, write_hosts  # noqa: F401 (a fixture)
 
@@ -41,16 +41,8 @@ async def _skopeo_copy(reactor: Any, layout: Layout, destination: str) -> None:
     assert code == 0, f"{' '.join(argv)} exited {code}:\n{err.decode(errors='replace')[-4000:]}"
 
 
-def _layout(tmp_path: Any, name: str) -> tuple[Layout, str]:
-    layout = write_layout(str(tmp_path / "layout"), layers=2, random_layer_size="1MiB", seed=f"{name}-{uuid.uuid4()}")
-    return layout, f"mirror/{name}-{uuid.uuid4().hex[:8]}"
-
-
-async def _pulled(daemon: Containerd, hosts_dir: str, image: str, layout: Layout) -> None:
-    (await daemon.ctr("images", "pull", "--hosts-dir", hosts_dir, image)).check()
-    assert await daemon.image_digest(image) == layout.manifest.digest
-    blobs = {layout.manifest.digest, layout.config.digest, *(layer.digest for layer in layout.layers)}
-    assert blobs <= await daemon.content_digests()
+_layout = test_containerd._layout  # an OCI layout of 2 random 1 MiB layers, and a fresh repository name
+_pulled = test_containerd._pulled  # ctr images pull succeeds and containerd holds every blob of the layout
 
 
 @pytest_twisted.ensureDeferred
