@@ -16,6 +16,11 @@ Defaults and why:
   ``allow_remote_registry: true``: the agent's registry asks for no
   credentials, so it must not serve other hosts by accident. ``systemd:``
   (an address only the socket unit knows) needs the flag too.
+- ``answer_timeout`` 3 s: how long the registry waits for the tracker or the
+  build-index (a tag, a blob's size, a manifest) before it answers 503, so
+  that containerd tries its next host instead of waiting on a mirror that
+  stalls (Spegel bounds its manifest answers at about 3 s too). Downloads of
+  layers, once their size is known, are not bounded by it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import ipaddress
 import attrs
 
 from kraken.cluster.services import ServiceAddress, check_service
-from kraken.config import Size, positive
+from kraken.config import Duration, Size, positive
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen, host_port
 from kraken.net.tls import TLSConfig, check_p2p_tls
@@ -64,6 +69,9 @@ class AgentConfig:
     build_index: ServiceAddress = attrs.field(default="http://127.0.0.1:15004", validator=check_service)
     store: StoreConfig = attrs.field(factory=StoreConfig)
     max_manifest_size: Size = attrs.field(default=Size(4 << 20), validator=positive)
+    # The registry answers 503 (containerd tries its next host) when the tracker or the build-index has not
+    # answered within this (a tag, a blob's size, a manifest's bytes).
+    answer_timeout: Duration = attrs.field(default=Duration(3.0), validator=positive)
     threads: ThreadsConfig = attrs.field(factory=ThreadsConfig)
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
     # TLS for this daemon's listeners and clients (kraken.net.tls; absent: plain).

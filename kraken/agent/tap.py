@@ -16,7 +16,8 @@ from twisted.logger import Logger
 from kraken import config as kconfig
 from kraken.agent.config import AgentConfig
 from kraken.agent.http import AgentHTTP
-from kraken.agent.source import AgentSource
+from kraken.agent.mirror import Namespaced
+from kraken.agent.source import AgentSource, LocalOrTracker, Mirror
 from kraken.buildindex.client import BuildIndexes
 from kraken.cluster.services import ServiceAddress, ServiceHosts, describe
 from kraken.core import PieceLengthRule
@@ -81,7 +82,7 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
 
     _registry_listener(
         config,
-        AgentSource(scheduler, index, worker=io_worker, max_manifest_size=config.max_manifest_size),
+        _source(config, scheduler, index, io_worker, store, tracker, reactor),
         reactor,
         None if tls is None else tls.public_server(),  # the host's runtime: TLS, no client certificate
     ).setServiceParent(top)
@@ -99,6 +100,27 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
 
     scheduler.listener(reactor, "agent P2P").setServiceParent(top)
     return top
+
+
+def _source(
+    config: AgentConfig,
+    scheduler: Scheduler,
+    index: BuildIndexes,
+    worker: ThreadWorker,
+    store: CAStore,
+    tracker: Trackers,
+    reactor: Any,
+) -> AgentSource:
+    """The registry's source, a containerd mirror that never strands a pull: blob sizes from the cache or the
+    tracker (a HEAD downloads nothing), every question to the tracker or build-index bounded by
+    ``answer_timeout``."""
+    return AgentSource(
+        scheduler,
+        index,
+        worker=worker,
+        max_manifest_size=config.max_manifest_size,
+        mirror=Mirror(LocalOrTracker(store.stat, tracker.metainfo), reactor, config.answer_timeout),
+    )
 
 
 def _hosts(value: ServiceAddress, kind: str, config: AgentConfig, reactor: Any, top: MultiService) -> ServiceHosts:
@@ -122,7 +144,7 @@ def _registry_listener(
     )
     listener = listen_http(
         config.listen_registry,
-        make_site(registry.resource(), reactor=reactor, not_utf8=registry.not_utf8()),
+        make_site(Namespaced(registry.resource()), reactor=reactor, not_utf8=registry.not_utf8()),
         reactor=reactor,
         component="agent registry",
         tls=tls,

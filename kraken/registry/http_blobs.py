@@ -3,7 +3,10 @@
 The source returns a resource that serves the bytes (a ``static.File`` on
 the agent, a relay of the origin's answer on the proxy) and handles
 ``Range`` itself; this handler only refuses what that resource would get
-wrong and adds ``Docker-Content-Digest``. Blob deletion is not supported.
+wrong and adds ``Docker-Content-Digest``. A HEAD is answered from the
+source's ``stat_blob`` alone (size, digest, type): no byte is read, which on
+the agent means the blob is not downloaded (containerd HEADs every blob
+before it GETs it). Blob deletion is not supported.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
+from kraken.core import Digest
 from kraken.registry.errors import BlobUnknown, RangeInvalid
 from kraken.registry.messages import backwards_range, text
 from kraken.registry.names import parse_digest
@@ -26,6 +30,8 @@ class BlobHandlers:
 
     async def get(self, request: IRequest, name: str, digest_text: str) -> Any:
         digest = parse_digest(digest_text)
+        if request.method == b"HEAD":
+            return await self._head(request, name, digest)
         resource = await self._source.blob_resource(name, digest)
         if resource is None:
             raise BlobUnknown(detail={"digest": str(digest)})
@@ -45,3 +51,14 @@ class BlobHandlers:
         request.prepath.extend(request.postpath)
         request.postpath = []
         return resource
+
+    async def _head(self, request: IRequest, name: str, digest: Digest) -> bytes:
+        size = await self._source.stat_blob(name, digest)
+        if size is None:
+            raise BlobUnknown(detail={"digest": str(digest)})
+        request.setHeader(b"docker-content-digest", str(digest).encode())
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"etag", f'"{digest}"'.encode())
+        request.setHeader(b"content-length", b"%d" % size)
+        return b""

@@ -41,6 +41,7 @@ def test_defaults_without_a_file() -> None:
     assert not cfg.p2p.super_seed  # a finished agent serves whatever it is asked
     assert (cfg.tracker, cfg.build_index) == ("http://127.0.0.1:15003", "http://127.0.0.1:15004")
     assert cfg.store.root == "/var/lib/kraken/agent"
+    assert cfg.answer_timeout == 3.0  # containerd tries its next host after at most this
 
 
 def test_example_config_loads_with_the_defaults() -> None:
@@ -75,6 +76,8 @@ def test_values_are_read(tmp_path: Path) -> None:
         ("p2p: {bandwidth: {egress_bits_per_sec: lots}}\n", ": p2p.bandwidth.egress_bits_per_sec: must be an integer"),
         ("p2p: {advertise: nowhere}\n", ": p2p: address must be ip:port"),
         ("max_manifest_size: huge\n", ": max_manifest_size: not a size"),
+        ("answer_timeout: soon\n", ": answer_timeout: not a duration"),
+        ("answer_timeout: 0\n", ": answer_timeout must be positive"),
     ],
 )
 def test_bad_values_are_usage_errors_naming_file_and_key(tmp_path: Path, text: str, where: str) -> None:
