@@ -172,7 +172,6 @@ def test_cleanup_yaml_values(tmp_path: Path) -> None:
 
 def test_a_tls_ring_must_call_its_members_over_https(tmp_path: Path) -> None:
     import trustme
-
     from tls_files import write_ca, write_pair
 
     ca = trustme.CA()
