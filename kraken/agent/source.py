@@ -17,10 +17,12 @@ bounded, and one that is not answered in time, or fails, is 503 UNKNOWN so
 that containerd tries its next host (a status the agent chose, never one
 relayed from upstream: no 401 reaches the client).
 
-Listings (tags, catalog, referrers) are not served by an agent: it holds no
-index of repositories, only the blobs this host pulled. Tags and catalog
-answer 405 UNSUPPORTED; referrers answer 404 UNSUPPORTED, the status with
-which the OCI spec tells clients to fall back to the referrers tag schema.
+Listings (tags, catalog, referrers) are the build-index's, as on the proxy:
+the agent holds no index of repositories, so it asks the build-index (its
+``BuildIndexes`` client) and the shared ``kraken.registry.http_listings``
+handlers page, link and filter them exactly as the proxy's do. Those
+questions are bounded by ``answer_timeout`` like a tag's: late or failing,
+they are 503 UNKNOWN.
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ from kraken.registry.manifests import parse_manifest
 from kraken.registry.source import IRegistrySource, ManifestRecord, Page
 from kraken.workers import Worker
 
-LISTINGS_UNSUPPORTED = "the Kraken agent does not list {what}: ask the Kraken proxy"
 FALL_BACK = "the client should try its next registry host"
 
 T = TypeVar("T")
@@ -63,9 +64,15 @@ class Downloader(Protocol):
 
 
 class TagSource(Protocol):
-    """What the source needs of ``kraken.buildindex.client.BuildIndexClient``."""
+    """What the source needs of ``kraken.buildindex.client.BuildIndexes``: tags, and the listings."""
 
     async def get_tag(self, repo: str, tag: str) -> Digest | None: ...
+
+    async def list_tags(self, repo: str, n: int | None, last: str | None) -> Page | None: ...
+
+    async def list_repositories(self, n: int | None, last: str | None) -> Page: ...
+
+    async def referrers(self, repo: str, subject: Digest) -> list[ManifestRecord]: ...
 
 
 MetaInfoSource = Callable[[str, Digest], Awaitable[MetaInfo | None]]
@@ -208,16 +215,16 @@ class AgentSource:
     async def resolve_tag(self, repo: str, tag: str) -> Digest | None:
         return await self._bounded(f"tag {tag}", repo, lambda: self._tags.get_tag(repo, tag))
 
-    # -- listings: not on an agent --
+    # -- listings: the build-index's, bounded like a tag --
 
     async def list_tags(self, repo: str, n: int | None, last: str | None) -> Page | None:
-        raise Unsupported(LISTINGS_UNSUPPORTED.format(what="tags"))
+        return await self._bounded("the tags", repo, lambda: self._tags.list_tags(repo, n, last))
 
     async def list_repositories(self, n: int | None, last: str | None) -> Page:
-        raise Unsupported(LISTINGS_UNSUPPORTED.format(what="repositories"))
+        return await self._bounded("the repositories", "_catalog", lambda: self._tags.list_repositories(n, last))
 
     async def referrers(self, repo: str, subject: Digest) -> list[ManifestRecord]:
-        raise Unsupported(LISTINGS_UNSUPPORTED.format(what="referrers"), status=404)
+        return await self._bounded(f"the referrers of {subject}", repo, lambda: self._tags.referrers(repo, subject))
 
 
 async def _awaited(work: Callable[[], Awaitable[T]]) -> T:

@@ -5,7 +5,9 @@ the daemon that serves it (``IRegistrySource``), and the values it passes
 "Source", not "backend": a backend is a storage backend (``kraken.backends``).
 The proxy implements this over the origin and build-index clients
 (``kraken.proxy.source.ProxySource``); the agent, read-only, over its
-scheduler (``kraken.agent.source.AgentSource``). The HTTP layer
+scheduler (``kraken.agent.source.AgentSource``). Both list tags,
+repositories and referrers through the build-index client, so the same
+handlers (``kraken.registry.http_listings``) answer them alike. The HTTP layer
 (``kraken.registry.http`` and its handlers) owns every protocol rule
 (validation, upload sessions, digests, error JSON); a source only stores and
 fetches.

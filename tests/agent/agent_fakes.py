@@ -125,6 +125,14 @@ class Client:
         return self.request("HEAD", path, **kw)
 
 
+class TickingClient(Client):
+    """Each pump moves the clock one second: a bounded wait ends."""
+
+    def pump(self) -> None:
+        self.clock.advance(1)
+        self.stub.flush()
+
+
 def layer(seed: str, size: int = 3000) -> bytes:
     return (hashlib.sha256(seed.encode()).digest() * (size // 32 + 1))[:size]
 

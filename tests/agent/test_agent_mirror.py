@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_fakes import Client, FakeScheduler, FakeTags, image, layer
+from agent_fakes import FakeScheduler, FakeTags, TickingClient, image, layer
 from results import result_of
 from twisted.internet import task
 from twisted.internet.defer import Deferred
@@ -69,14 +69,6 @@ class StallingTags(FakeTags):
         if self.failing is not None:
             raise self.failing
         return await super().get_tag(repo, tag)
-
-
-class TickingClient(Client):
-    """Each pump moves the clock one second: a bounded wait ends."""
-
-    def pump(self) -> None:
-        self.clock.advance(1)
-        self.stub.flush()
 
 
 class Mirror:

@@ -209,21 +209,6 @@ def test_pushes_are_unsupported_and_name_the_proxy(agent: Agent, method: str, pa
     assert agent.scheduler.downloads == []
 
 
-@pytest.mark.parametrize(
-    "path,status",
-    [
-        (f"/v2/{REPO}/tags/list", 405),
-        ("/v2/_catalog", 405),
-        (f"/v2/{REPO}/referrers/sha256:{'0' * 64}", 404),  # 404: OCI clients fall back to the tag schema
-    ],
-)
-def test_listings_are_unsupported(agent: Agent, path: str, status: int) -> None:
-    r = agent.client.get(path)
-    assert r.code == status
-    assert r.error_code == "UNSUPPORTED"
-    assert "Kraken proxy" in r.json()["errors"][0]["message"]
-
-
 def test_bad_names_and_digests_are_refused_before_any_download(agent: Agent) -> None:
     assert agent.client.get("/v2/UPPER/manifests/v1").error_code == "NAME_INVALID"
     assert agent.client.get(f"/v2/{REPO}/blobs/sha256:nothex").error_code == "DIGEST_INVALID"
