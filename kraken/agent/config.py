@@ -21,6 +21,12 @@ Defaults and why:
   that containerd tries its next host instead of waiting on a mirror that
   stalls (Spegel bounds its manifest answers at about 3 s too). Downloads of
   layers, once their size is known, are not bounded by it.
+- ``cleanup`` (``kraken.store.config.CleanupConfig``, the origin's keys) is
+  off unless ``enabled: true`` (as before it existed; the shipped agent.yaml
+  shows it on): a blob nobody read for 6 h (1 h once the disk is 80 % full)
+  leaves the cache, checked every 30 min; blobs being downloaded, seeded or
+  served stay. Partial downloads a crashed agent left are collected at start
+  unless resumable and written within the TTI.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen, host_port
 from kraken.net.tls import TLSConfig, check_p2p_tls
 from kraken.p2p.config import P2PConfig
+from kraken.store.config import CleanupConfig
 
 DEFAULT_LISTEN_REGISTRY = "tcp:16000:interface=127.0.0.1"
 DEFAULT_LISTEN_API = "tcp:16002:interface=127.0.0.1"
@@ -77,6 +84,8 @@ class AgentConfig:
     # TLS for this daemon's listeners and clients (kraken.net.tls; absent: plain).
     tls: TLSConfig = attrs.field(factory=TLSConfig)
     p2p: P2PConfig = attrs.field(factory=P2PConfig)
+    # Eviction of idle blobs from store.root (with enabled: true). See kraken.store.config.CleanupConfig.
+    cleanup: CleanupConfig = attrs.field(factory=CleanupConfig)
 
     def __attrs_post_init__(self) -> None:
         if not self.allow_remote_registry and not is_local_listener(self.listen_registry):

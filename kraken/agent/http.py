@@ -27,6 +27,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.static import File
 
+from kraken.agent.cleanup import Pins
 from kraken.agent.source import Downloader, Unavailable, fetch
 from kraken.core import Digest, DigestError
 from kraken.net.server import HTTPError, json_error, json_response
@@ -61,8 +62,14 @@ class AgentHTTP:
         build_index_health: HealthCheck,
         clock: IReactorTime,
         readiness_timeout: float = READINESS_TIMEOUT,
+        pins: Pins | None = None,
+        cleanup: Callable[[], dict[str, int]] | None = None,
     ) -> None:
+        """``pins``: the readers the cache cleanup respects; ``cleanup()``: its counters, under ``cleanup`` in
+        ``/stats`` (absent without one)."""
         self._scheduler = scheduler
+        self._pins = pins if pins is not None else Pins()
+        self._cleanup = cleanup
         self._checks: dict[str, HealthCheck] = {"tracker": tracker_health, "build-index": build_index_health}
         self._clock = clock
         self._readiness_timeout = readiness_timeout
@@ -108,10 +115,13 @@ class AgentHTTP:
 
     @app.route("/stats", methods=["GET"])
     def stats(self, request: IRequest) -> bytes:
-        return json_response(request, 200, attrs.asdict(self._scheduler.stats()))
+        stats = attrs.asdict(self._scheduler.stats())
+        if self._cleanup is not None:
+            stats["cleanup"] = self._cleanup()
+        return json_response(request, 200, stats)
 
     @app.route("/namespace/<path:ns>/blobs/<d>", methods=["GET", "HEAD"])
-    async def get_blob(self, request: IRequest, ns: str, d: str) -> File:
+    async def get_blob(self, request: IRequest, ns: str, d: str) -> IResource:
         if not is_valid_name(ns):
             raise HTTPError(400, f"invalid namespace {ns!r}")
         try:
@@ -129,7 +139,7 @@ class AgentHTTP:
             raise HTTPError(404, f"blob {digest} not found")
         # Klein counts <path:...> as one segment: nothing must be left for File to traverse.
         request.postpath = []
-        return File(path, defaultType="application/octet-stream")
+        return self._pins.resource(digest, File(path, defaultType="application/octet-stream"))
 
 
 async def _awaited(check: HealthCheck) -> bool:

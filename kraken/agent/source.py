@@ -40,6 +40,7 @@ from twisted.web.resource import IResource
 from twisted.web.static import File
 from zope.interface import implementer
 
+from kraken.agent.cleanup import Pins
 from kraken.core import Digest, MetaInfo
 from kraken.net import HTTPStatusError
 from kraken.net.retry import NETWORK_ERRORS
@@ -119,8 +120,10 @@ class AgentSource:
         worker: Worker,
         max_manifest_size: int,
         mirror: Mirror | None = None,
+        pins: Pins | None = None,
     ) -> None:
         self._scheduler = scheduler
+        self._pins = pins if pins is not None else Pins()  # readers: the cache cleanup leaves their blobs alone
         self._tags = tags
         self._worker = worker
         self._max_manifest_size = max_manifest_size
@@ -173,7 +176,7 @@ class AgentSource:
         if self._sizes is not None and await self.stat_blob(repo, digest) is None:
             return None
         path = await self._path(repo, digest)
-        return None if path is None else File(path, defaultType="application/octet-stream")
+        return None if path is None else self._pins.resource(digest, File(path, defaultType="application/octet-stream"))
 
     async def read_blob(self, repo: str, digest: Digest, limit: int) -> bytes | None:
         return await self._bounded(f"blob {digest}", repo, lambda: self._read_blob(repo, digest, limit))
@@ -182,7 +185,11 @@ class AgentSource:
         path = await self._path(repo, digest)
         if path is None:
             return None
-        data = await self._worker.run(_read_at_most, path, limit + 1)
+        release = self._pins.pin(digest)
+        try:
+            data = await self._worker.run(_read_at_most, path, limit + 1)
+        finally:
+            release()
         return None if data is None or len(data) > limit else data
 
     async def stat_blobs(self, repo: str, digests: list[Digest]) -> dict[Digest, int | None]:

@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 
 from kraken import config as kconfig
+from kraken.agent.cleanup import Pins, agent_cleanup
 from kraken.agent.config import AgentConfig
 from kraken.agent.http import AgentHTTP
 from kraken.agent.mirror import Namespaced
@@ -23,10 +24,10 @@ from kraken.cluster.services import ServiceAddress, ServiceHosts, describe
 from kraken.core import PieceLengthRule
 from kraken.net import make_http_client
 from kraken.net.server import listen_http, make_site
-from kraken.net.tls import server_side, wire
+from kraken.net.tls import TLSContexts, server_side, wire
 from kraken.p2p.scheduler import Scheduler
 from kraken.registry.http import RegistryAPI
-from kraken.store import CAStore
+from kraken.store import CacheCleanup, CAStore
 from kraken.tracker.client import Trackers
 from kraken.workers import ThreadPoolService, ThreadWorker
 
@@ -45,7 +46,8 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
     """Everything one agent needs, as a MultiService (the herd composes several).
 
     Children start in this order and stop in reverse: thread pools, the HTTP
-    client pool, the scheduler, then the listeners (registry, agent API, P2P).
+    client pool, the scheduler, the cache cleanup (unless disabled), then the
+    listeners (registry, agent API, P2P).
     """
     top = MultiService()
     top.setName("agent")
@@ -80,26 +82,41 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
     scheduler.setName("scheduler")
     scheduler.setServiceParent(top)
 
+    pins = Pins(store.touch)
+    cleanup = _cleanup(config, scheduler, pins, io_worker, reactor)
+    if cleanup is not None:
+        cleanup.setServiceParent(top)
+
     _registry_listener(
         config,
-        _source(config, scheduler, index, io_worker, store, tracker, reactor),
+        _source(config, scheduler, index, io_worker, store, tracker, reactor, pins),
         reactor,
         None if tls is None else tls.public_server(),  # the host's runtime: TLS, no client certificate
     ).setServiceParent(top)
 
-    api = AgentHTTP(scheduler, tracker_health=tracker.health, build_index_health=index.health, clock=reactor)
-    api_listener = listen_http(
+    api = AgentHTTP(
+        scheduler, tracker_health=tracker.health, build_index_health=index.health, clock=reactor, pins=pins,
+        cleanup=None if cleanup is None else lambda: dict(cleanup.counts),
+    )  # fmt: skip
+    _api_listener(config, api, reactor, tls).setServiceParent(top)
+
+    scheduler.listener(reactor, "agent P2P").setServiceParent(top)
+    return top
+
+
+def _api_listener(
+    config: AgentConfig, api: AgentHTTP, reactor: Any, tls: TLSContexts | None
+) -> StreamServerEndpointService:
+    """The agent API on ``listen_api`` (named ``api``)."""
+    listener = listen_http(
         config.listen_api,
         make_site(api.resource(), reactor=reactor),
         reactor=reactor,
         component="agent API",
         tls=server_side(tls),
     )
-    api_listener.setName("api")
-    api_listener.setServiceParent(top)
-
-    scheduler.listener(reactor, "agent P2P").setServiceParent(top)
-    return top
+    listener.setName("api")
+    return listener
 
 
 def _source(
@@ -110,6 +127,7 @@ def _source(
     store: CAStore,
     tracker: Trackers,
     reactor: Any,
+    pins: Pins,
 ) -> AgentSource:
     """The registry's source, a containerd mirror that never strands a pull: blob sizes from the cache or the
     tracker (a HEAD downloads nothing), every question to the tracker or build-index bounded by
@@ -120,7 +138,18 @@ def _source(
         worker=worker,
         max_manifest_size=config.max_manifest_size,
         mirror=Mirror(LocalOrTracker(store.stat, tracker.metainfo), reactor, config.answer_timeout),
+        pins=pins,
     )
+
+
+def _cleanup(
+    config: AgentConfig, scheduler: Scheduler, pins: Pins, worker: ThreadWorker, reactor: Any
+) -> CacheCleanup | None:
+    """The cache cleanup (on unless ``cleanup.enabled: false``), after collecting stale partial downloads."""
+    if config.cleanup.enabled is False:
+        return None
+    c = config.cleanup
+    return agent_cleanup(c, config.store.root, scheduler=scheduler, pins=pins, worker=worker, clock=reactor)
 
 
 def _hosts(value: ServiceAddress, kind: str, config: AgentConfig, reactor: Any, top: MultiService) -> ServiceHosts:

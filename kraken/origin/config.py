@@ -19,6 +19,7 @@ from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen, host_port
 from kraken.net.tls import TLSConfig, check_p2p_tls
 from kraken.p2p.config import OriginP2PConfig
+from kraken.store.config import CleanupConfig
 from kraken.taskqueue import TaskQueueConfig
 
 DEFAULT_LISTEN_HTTP = "tcp:15002:interface=127.0.0.1"
@@ -87,38 +88,6 @@ class RepairConfig:
     rate: Size = attrs.field(default=Size(0), validator=attrs.validators.ge(Size(0)))
     # A progress line in the log at most this often during a walk.
     progress: Duration = attrs.field(default=Duration(10.0), validator=positive)
-
-
-def _check_percent(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if not 0 < value <= 100:
-        raise ValueError(f"{attribute.name} must be a percentage between 1 and 100, not {value}")
-
-
-def _check_aggressive_tti(instance: CleanupConfig, attribute: object, value: float) -> None:
-    if value > instance.tti:
-        raise ValueError(f"aggressive_tti ({value}s) must not be above tti ({instance.tti}s)")
-
-
-@attrs.frozen
-class CleanupConfig:
-    """Eviction of idle blobs from the cache (never from a backend).
-
-    ``enabled`` defaults to on when ``backends`` are set and OFF without
-    them: there the cache holds the only copy of every blob, and evicting it
-    loses it. Set ``enabled: true`` to evict anyway (a pure cache, e.g. in
-    front of blobs that are pushed again). Blobs waiting for write-back are
-    never evicted.
-    """
-
-    # None: on with backends, off without (see above).
-    enabled: bool | None = None
-    # How often the cache is walked.
-    interval: Duration = attrs.field(default=Duration(1800.0), validator=positive)
-    # A blob not read for this long is evicted.
-    tti: Duration = attrs.field(default=Duration(21600.0), validator=positive)
-    # When the store's filesystem is at least this full (percent), aggressive_tti applies instead.
-    aggressive_threshold: int = attrs.field(default=80, validator=_check_percent)
-    aggressive_tti: Duration = attrs.field(default=Duration(3600.0), validator=[positive, _check_aggressive_tti])
 
 
 @attrs.frozen

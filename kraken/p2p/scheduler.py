@@ -171,6 +171,19 @@ class Scheduler(Service):
     def stats(self) -> Stats:
         return self._torrents.stats()
 
+    def holds(self, digest: Digest) -> bool:
+        """Whether ``digest`` has a torrent here: being downloaded, or seeded (until ``seeder_tti`` after its last
+        use). The agent's cache cleanup never evicts such a blob."""
+        return self._torrents.get(digest) is not None
+
+    def forget(self, digest: Digest) -> None:
+        """The blob left the cache (evicted): drop its finished torrent, if one was opened meanwhile, so that it is
+        no longer seeded nor announced (the tracker forgets this peer after its announce TTL). A download is left
+        alone."""
+        torrent = self._torrents.get(digest)
+        if torrent is not None and torrent.complete and not torrent.installing:
+            self._torrents.drop(torrent, None)
+
     async def download(self, namespace: str, digest: Digest) -> str:
         """The path of the blob in the cache, downloading it first unless already there.
 

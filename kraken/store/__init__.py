@@ -1,7 +1,7 @@
 """The content-addressed store: upload area, verified atomic commit, sidecars."""
 
 from kraken.store.cas import CAStore, DigestMismatch
-from kraken.store.cleanup import CacheCleanup, Eviction, disk_usage_percent, evict_idle
+from kraken.store.cleanup import CacheCleanup, Eviction, collect_partials, disk_usage_percent, evict_idle
 from kraken.store.downloads import BlobCorrupt, DownloadArea, PartialBlob, PieceCorrupt
 from kraken.store.spool import BodyTooLarge
 from kraken.store.uploads import RangeMismatch, UploadArea, UploadExpiry, UploadTruncated, UploadUnknown
@@ -21,6 +21,7 @@ __all__ = [
     "UploadExpiry",
     "UploadTruncated",
     "UploadUnknown",
+    "collect_partials",
     "disk_usage_percent",
     "evict_idle",
 ]

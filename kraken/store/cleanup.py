@@ -11,6 +11,12 @@ never evicted) runs on the calling (reactor) thread. A blob directory is
 deleted by renaming it into ``tmp/`` first, in one atomic rename, then
 removing it there: a reader finds either the complete blob or nothing, and a
 crash part-way leaves only ``tmp/`` debris, which ``CAStore`` clears at startup.
+
+``collect_partials`` (run once at an agent's start) deletes the partial
+downloads (``downloads/<hex>/``) a crashed agent left that cannot be resumed
+(no valid metainfo, piece status or data file) or that nobody wrote to for
+longer than the TTI; a fresh, resumable one is kept: ``DownloadArea.open``
+resumes it with the pieces it has.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from kraken.core import Digest
+from kraken.core import Bitfield, Digest, MetaInfo
 from kraken.core.digest import DigestError
 from kraken.workers import Worker
 
@@ -148,12 +154,46 @@ def _evict(cache: str, tmp: str, digests: list[Digest], cutoff: float) -> list[D
     return evicted
 
 
+def collect_partials(root: str, *, now: float, tti: float) -> list[str]:
+    """Delete the partial downloads under ``root``/downloads that cannot be
+    resumed or were last written before ``now - tti``; returns the names
+    deleted. Blocking; for startup only (before any download opens one)."""
+    downloads = os.path.join(root, "downloads")
+    collected = []
+    for entry in _subdirs(downloads):
+        if not _resumable(entry, now - tti):
+            shutil.rmtree(entry, ignore_errors=True)
+            collected.append(os.path.basename(entry))
+    return collected
+
+
+def _resumable(directory: str, cutoff: float) -> bool:
+    try:
+        Digest(os.path.basename(directory))
+        status = os.path.join(directory, "pieces")
+        if os.stat(status).st_mtime < cutoff:
+            return False
+        with open(os.path.join(directory, "metainfo"), "rb") as f:
+            info = MetaInfo.from_json(f.read())
+        with open(status, "rb") as f:
+            Bitfield.from_bytes(info.num_pieces, f.read())
+        return info.digest.hex == os.path.basename(directory) and (
+            os.path.getsize(os.path.join(directory, "data")) == info.length
+        )
+    except (OSError, ValueError):  # MetaInfoError and DigestError are ValueErrors
+        return False
+
+
+COUNTERS = ("sweeps", "sweep_failures", "aggressive_sweeps", "blobs_evicted", "blobs_kept", "partials_collected")
+
+
 class CacheCleanup(TimerService):
     """Runs ``evict_idle`` every ``interval`` seconds on ``clock``.
 
     Failures are logged, never raised, so the timer keeps running. The first
     sweep runs one interval after startup, so starting a daemon does no disk
-    work.
+    work. ``on_evicted(digests)`` (on the reactor thread) hears of each
+    sweep's evictions; ``counts`` (``COUNTERS``) count since start.
     """
 
     log = Logger()
@@ -170,8 +210,13 @@ class CacheCleanup(TimerService):
         aggressive_threshold: float | None = None,
         aggressive_tti: float | None = None,
         usage: Callable[[str], float] = disk_usage_percent,
+        on_evicted: Callable[[list[Digest]], object] | None = None,
+        kept_why: str = "for write-back",
     ) -> None:
         super().__init__(interval, self._tick)
+        self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._on_evicted = on_evicted
+        self._kept_why = kept_why  # what ``keep`` stands for, in the log line
         self.clock = clock
         self._clock = clock  # TimerService.clock is Optional; this one is not
         self.setName("cache-cleanup")
@@ -204,18 +249,30 @@ class CacheCleanup(TimerService):
                 usage=self._usage,
             )
         except Exception:
+            self.counts["sweep_failures"] += 1
             self.log.failure("cache cleanup failed")
             return None
+        self._count(result)
+        if self._on_evicted is not None and result.evicted:
+            self._on_evicted(result.evicted)
         for digest in result.evicted:
             self.log.debug("evicted idle blob {digest}", digest=str(digest))
         if result.evicted or result.kept or result.aggressive:
             self.log.info(
                 "cache cleanup evicted {count} idle blobs (tti {tti}s, disk {usage}% used, aggressive {aggressive});"
-                " {kept} kept for write-back",
+                " {kept} kept {why}",
                 count=len(result.evicted),
                 tti=result.tti,
                 usage=None if result.usage is None else round(result.usage, 1),
                 aggressive=result.aggressive,
                 kept=len(result.kept),
+                why=self._kept_why,
             )
         return result
+
+    def _count(self, result: Eviction) -> None:
+        c = self.counts
+        c["sweeps"] += 1
+        c["aggressive_sweeps"] += result.aggressive
+        c["blobs_evicted"] += len(result.evicted)
+        c["blobs_kept"] += len(result.kept)

@@ -102,7 +102,7 @@ def test_service_wiring(tmp_path: Path) -> None:
     assert everything[0].name == "tls-reload"  # SIGHUP reloads certificates, or is logged: never a stop
     children = everything[1:]
     assert [c.name for c in children] == [
-        "threads-cpu", "threads-io", "http-client", "scheduler", "registry", "api", "p2p",
+        "threads-cpu", "threads-io", "http-client", "scheduler", "cache-cleanup", "registry", "api", "p2p",
     ]  # fmt: skip
     assert [type(c) for c in children[:4]] == [ThreadPoolService, ThreadPoolService, HTTPClientService, Scheduler]
     assert (tmp_path / "state" / "cache").is_dir()
