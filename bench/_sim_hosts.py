@@ -5,6 +5,7 @@ connections, and the project's policy objects each of them holds (``Dispatcher``
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
 
@@ -33,7 +34,7 @@ class Blob:
         self.size = size
         self.piece_length = piece_length or PieceLengthRule.default().piece_length(size)
         self.num_pieces = max(1, -(-size // self.piece_length))
-        self.info_hash = f"{abs(hash(name)):040x}"[:40]
+        self.info_hash = hashlib.sha1(name.encode()).hexdigest()
         self.info: MetaInfo | None = None
         self.data = data
         if data is not None:

@@ -72,10 +72,19 @@ class World:
         self.hosts: list[Host] = []
         self.origins: list[Host] = []
         self.pulling: set[int] = set()
+        self.broken: list[Failure] = []
         self.egress: list[tuple[float, int]] = [(0.0, 0)]  # (time, bytes the origins have sent so far)
         self._origin_bytes = 0
         self.counts: dict[str, int] = dict.fromkeys(
-            ("requests_timed_out", "requests_declined", "duplicate_pieces", "dials_refused", "evicted"), 0
+            (
+                "requests_timed_out",
+                "requests_declined",
+                "duplicate_pieces",
+                "corrupt_pieces",
+                "dials_refused",
+                "evicted",
+            ),
+            0,
         )
 
     # -- building -----------------------------------------------------------------------------------------------
@@ -109,7 +118,13 @@ class World:
 
     def run(self, until: float = float("inf")) -> None:
         """Run until every pull is complete (or ``until``)."""
-        self.loop.run(until, done=lambda: not self.pulling)
+        self.loop.run(until, done=lambda: not self.pulling or bool(self.broken))
+        if self.broken:
+            self.broken[0].raiseException()
+
+    def _broke(self, failure: Failure) -> None:
+        """An exception in a request's callbacks is a bug of the simulator: it stops the run."""
+        self.broken.append(failure)
 
     # -- the tracker ----------------------------------------------------------------------------------------------
 
@@ -263,6 +278,7 @@ class World:
             d = conn.pending.add(index, _ignore)
             conn.requests[index] = d
             d.addCallbacks(self._answered_piece, self._request_failed, (conn, index), None, (conn, index))
+            d.addErrback(self._broke)
             self.net.send(self._requested, conn.other, index)
             conn.pending.arm(index)
 
@@ -312,7 +328,10 @@ class World:
             self.counts["duplicate_pieces"] += 1
             return
         if torrent.blob.info is not None and not torrent.blob.info.piece_ok(index, conn.payloads[index] or b""):
-            raise AssertionError(f"piece {index} of {torrent.blob.name} is corrupt")
+            self.counts["corrupt_pieces"] += 1  # leech._write: never asked of that peer again, and it is closed
+            dispatcher.piece_failed(pid, index)
+            self._close(conn)
+            return
         dispatcher.piece_arrived(pid, index)
         for other in dispatcher.piece_received(pid, index):
             oc = torrent.conns.get(other)
