@@ -155,29 +155,32 @@ def ten_k(agents: int = 10_000, **kw: Any) -> Setup:
 # -- output -------------------------------------------------------------------------------------------------------
 
 
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def table(results: list[Result]) -> str:
-    lines = [
-        "| scenario | agents | blobs | cap each way | ideal | median / ideal | p99 | p99.9 | slowest | origin egress"
-        " (copies) | events | wall |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = "scenario,agents,blobs,cap each way,ideal,median / ideal,p99,p99.9,slowest,origin egress (copies),events"
+    header += ",wall"
+    rows = []
     for r in results:
         s = r.setup
-        blobs = " + ".join(f"{b / MIB:.0f} MiB" for b in s.blobs)
-        lines.append(
-            f"| {s.name} | {s.agents} | {blobs} | {s.rate * 8 / 1e6:g} Mbit/s | {s.ideal:.1f} s | {r.ratio(0.5):.2f}x"
-            f" | {r.ratio(0.99):.2f}x | {r.ratio(0.999):.2f}x | {r.ratio(1.0):.2f}x ({r.seconds(1.0):.1f} s)"
-            f" | {r.egress_copies():.2f} | {r.events:,} | {r.wall:.1f} s |"
-        )
-    return "\n".join(lines)
+        rows.append([
+            s.name, str(s.agents), " + ".join(f"{b / MIB:.0f} MiB" for b in s.blobs), f"{s.rate * 8 / 1e6:g} Mbit/s",
+            f"{s.ideal:.1f} s", f"{r.ratio(0.5):.2f}x", f"{r.ratio(0.99):.2f}x", f"{r.ratio(0.999):.2f}x",
+            f"{r.ratio(1.0):.2f}x ({r.seconds(1.0):.1f} s)", f"{r.egress_copies():.2f}", f"{r.events:,}",
+            f"{r.wall:.1f} s",
+        ])  # fmt: skip
+    return _markdown(header.split(","), rows)
 
 
 def validation_table(results: list[Result]) -> str:
-    lines = [
-        "| blob | N | median: simulated / measured | slowest: simulated / measured | origin copies: simulated /"
-        " measured | off by > 10 % |",
-        "|---|---|---|---|---|---|",
-    ]
+    header = [
+        "blob", "N", "median: simulated / measured", "slowest: simulated / measured",
+        "origin copies: simulated / measured", "off by > 10 %",
+    ]  # fmt: skip
+    rows = []
     for r in results:
         mib, n = r.setup.blobs[0] >> 20, r.setup.agents
         median, slowest, copies = MEASURED.get((mib, n), ("", "", ""))
@@ -186,11 +189,11 @@ def validation_table(results: list[Result]) -> str:
             for what, sim, measured in (("median", r.ratio(0.5), median), ("slowest", r.ratio(1.0), slowest))
             if measured and _off(sim, measured)
         ]
-        lines.append(
-            f"| {mib} MiB | {n} | {r.ratio(0.5):.2f} / {median or '-'} | {r.ratio(1.0):.2f} / {slowest or '-'}"
-            f" | {r.egress_copies():.2f} / {copies or '-'} | {', '.join(off) or 'no'} |"
-        )
-    return "\n".join(lines)
+        rows.append([
+            f"{mib} MiB", str(n), f"{r.ratio(0.5):.2f} / {median or '-'}", f"{r.ratio(1.0):.2f} / {slowest or '-'}",
+            f"{r.egress_copies():.2f} / {copies or '-'}", ", ".join(off) or "no",
+        ])  # fmt: skip
+    return _markdown(header, rows)
 
 
 def _off(simulated: float, measured: str) -> bool:
@@ -201,17 +204,15 @@ def _off(simulated: float, measured: str) -> bool:
 
 
 def kraken_table(r: Result) -> str:
-    rows = ["| | p50 | p99 | p99.9 |", "|---|---|---|---|"]
-    rows.append("| Kraken, published | 10 s | 18 s | 22 s |")
-    rows.append(
-        f"| simulated ({r.setup.agents} agents) | {r.seconds(0.5):.1f} s | {r.seconds(0.99):.1f} s"
-        f" | {r.seconds(0.999):.1f} s |"
+    quantiles = (0.5, 0.99, 0.999)
+    return _markdown(
+        ["", "p50", "p99", "p99.9"],
+        [
+            ["Kraken, published (2,600 agents)"] + [f"{KRAKEN_PUBLISHED[k]:g} s" for k in ("p50", "p99", "p99.9")],
+            [f"simulated ({r.setup.agents} agents)"] + [f"{r.seconds(q):.1f} s" for q in quantiles],
+            [f"simulated / ideal ({r.setup.ideal:.0f} s)"] + [f"{r.ratio(q):.2f}x" for q in quantiles],
+        ],
     )
-    rows.append(
-        f"| simulated / ideal ({r.setup.ideal:.0f} s) | {r.ratio(0.5):.2f}x | {r.ratio(0.99):.2f}x"
-        f" | {r.ratio(0.999):.2f}x |"
-    )
-    return "\n".join(rows)
 
 
 def plot(results: list[Result], directory: str, prefix: str) -> list[str]:
@@ -221,33 +222,37 @@ def plot(results: list[Result], directory: str, prefix: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     os.makedirs(directory, exist_ok=True)
-    paths = []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
+
+    def figure(name: str, draw: Callable[[Any, Result], None], labels: tuple[str, str, str]) -> str:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in results:
+            draw(ax, r)
+        ax.set_xlabel(labels[0])
+        ax.set_ylabel(labels[1])
+        ax.set_title(labels[2])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        path = os.path.join(directory, f"{prefix}-{name}.png")
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return path
+
+    def cdf(ax: Any, r: Result) -> None:
         ordered = sorted(t / r.setup.ideal for t in r.times if math.isfinite(t))
         ax.step(ordered, [(i + 1) / len(r.times) for i in range(len(ordered))], where="post", label=r.setup.name)
-    ax.set_xlabel("completion time / ideal")
-    ax.set_ylabel("fraction of agents done")
-    ax.set_title("Simulated completion CDF")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    paths.append(os.path.join(directory, f"{prefix}-cdf.png"))
-    fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
-        series = _thin(r.egress)
-        total = sum(r.setup.blobs)
+
+    def egress(ax: Any, r: Result) -> None:
+        series, total = _thin(r.egress), sum(r.setup.blobs)
         ax.plot([t for t, _ in series], [b / total for _, b in series], label=r.setup.name)
-    ax.set_xlabel("simulated seconds")
-    ax.set_ylabel("origin egress (copies of the image)")
-    ax.set_title("Simulated origin egress over time")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    paths.append(os.path.join(directory, f"{prefix}-egress.png"))
-    fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return paths
+
+    return [
+        figure("cdf", cdf, ("completion time / ideal", "fraction of agents done", "Simulated completion CDF")),
+        figure(
+            "egress",
+            egress,
+            ("simulated seconds", "origin egress (copies of the image)", "Simulated origin egress over time"),
+        ),
+    ]
 
 
 def _thin(series: list[tuple[float, int]], points: int = 1000) -> list[tuple[float, int]]:
@@ -313,7 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     for setup in setups(args):
         result = simulate(setup)
         results.append(result)
-        print(f"{setup.name}: {result.events:,} events in {result.wall:.1f} s", file=sys.stderr, flush=True)
+        print(
+            f"{setup.name}: median {result.ratio(0.5):.2f}x, p99 {result.ratio(0.99):.2f}x, p99.9"
+            f" {result.ratio(0.999):.2f}x, slowest {result.ratio(1.0):.2f}x of {setup.ideal:.1f} s, origin egress"
+            f" {result.egress_copies():.2f} copies; {result.events:,} events in {result.wall:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     print(table(results))
     if args.scenario == "validate":
         print()
