@@ -62,13 +62,14 @@ class BodySpool:
         resume: Callable[[], None],
         error: Callable[[Failure], object] | None = None,
         limit: int | None = None,
+        hashing: bool = True,
     ) -> None:
         """``error(failure)`` is called once, when a write fails or the body passes ``limit`` bytes (the file is
-        gone by then)."""
+        gone by then). Without ``hashing`` the body is only written (``hasher`` is None)."""
         fd, self.path = tempfile.mkstemp(dir=directory, prefix=SPOOL_PREFIX)
         os.fchmod(fd, 0o644)  # it may become a blob, readable like any other
         self._file = os.fdopen(fd, "w+b")
-        self.hasher: Any = hashlib.sha256()
+        self.hasher: Any = hashlib.sha256() if hashing else None
         self._worker = worker
         self._pause = pause
         self._resume = resume
@@ -223,7 +224,8 @@ def _write(f: Any, hasher: Any, batch: list[bytes]) -> None:
     # batch is joined first: one write and one hash call instead of hundreds.
     data = batch[0] if len(batch) == 1 else b"".join(batch)
     f.write(data)
-    hasher.update(data)
+    if hasher is not None:
+        hasher.update(data)
     f.flush()
 
 

@@ -69,8 +69,11 @@ class _Upload:
 class UploadArea:
     log = Logger()
 
-    def __init__(self, root: str, worker: Worker, *, max_body: int | None = None) -> None:
-        """``max_body``: the largest request body ``spool`` takes (None: no limit)."""
+    def __init__(self, root: str, worker: Worker, *, max_body: int | None = None, hashing: bool = True) -> None:
+        """``max_body``: the largest request body ``spool`` takes (None: no limit). Without ``hashing`` no
+        running hash follows the appends (whoever the upload is handed to checks its digest), and ``digest``
+        reads the file."""
+        self.hashing = hashing
         self._root = root
         self._max_body = max_body
         self._worker = worker
@@ -90,7 +93,15 @@ class UploadArea:
     ) -> BodySpool:
         """A sink for a request body, on the upload area's filesystem, so
         ``append`` can take it by renaming (``make_site(spool=...)``)."""
-        return BodySpool(self._root, self._worker, pause=pause, resume=resume, error=error, limit=self._max_body)
+        return BodySpool(
+            self._root,
+            self._worker,
+            pause=pause,
+            resume=resume,
+            error=error,
+            limit=self._max_body,
+            hashing=self.hashing,
+        )
 
     def path(self, uid: str) -> str:
         if not _UID.match(uid):
@@ -113,7 +124,7 @@ class UploadArea:
     async def create(self) -> str:
         uid = uuid.uuid4().hex
         await self._worker.run(_create_file, self.path(uid))
-        self._live[uid] = _Upload(0, hashlib.sha256())
+        self._live[uid] = _Upload(0, hashlib.sha256() if self.hashing else None)
         return uid
 
     def size(self, uid: str) -> int:
@@ -137,7 +148,7 @@ class UploadArea:
             if (
                 isinstance(source, BodySpool)
                 and up.size == 0
-                and up.hasher is not None
+                and (up.hasher is not None or not self.hashing)
                 and length in (None, source.size)
             ):
                 # The whole upload in one body, already on disk and hashed:
