@@ -9,6 +9,12 @@ cores) and the body is never read back just to be hashed. When the backlog
 grows past ``HIGH_WATER`` it pauses the connection, so a fast client cannot
 fill memory. ``UploadArea.append`` can then adopt the file by renaming it.
 
+Given a ``hash_worker`` and a piece length (the origin's), the hashing leaves
+the writing thread: each batch is written in the worker while the hash
+worker runs the SHA-256 of the whole and the SHA-256 of every piece
+(``PieceHasher``) over the same bytes, so a commit needs no second read for
+the piece sums.
+
 A write that fails (a full disk, above all) is final: the file is closed and
 deleted at once, later chunks are dropped, and ``error`` (when given) is
 called with the failure, so the request can be answered before its body has
@@ -29,7 +35,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -63,6 +69,8 @@ class BodySpool:
         error: Callable[[Failure], object] | None = None,
         limit: int | None = None,
         hashing: bool = True,
+        hash_worker: Worker | None = None,
+        piece_length: int | None = None,
     ) -> None:
         """``error(failure)`` is called once, when a write fails or the body passes ``limit`` bytes (the file is
         gone by then). Without ``hashing`` the body is only written (``hasher`` is None)."""
@@ -70,6 +78,8 @@ class BodySpool:
         os.fchmod(fd, 0o644)  # it may become a blob, readable like any other
         self._file = os.fdopen(fd, "w+b")
         self.hasher: Any = hashlib.sha256() if hashing else None
+        self.pieces = PieceHasher(piece_length) if hashing and piece_length and hash_worker is not None else None
+        self._hash_worker = hash_worker
         self._worker = worker
         self._pause = pause
         self._resume = resume
@@ -169,7 +179,13 @@ class BodySpool:
         batch, self._pending = self._pending, []
         self._pending_bytes = 0
         self._busy = True
-        self._worker.run(_write, self._file, self.hasher, batch).addCallbacks(self._written, self._failed)
+        if self.pieces is None or self._hash_worker is None:
+            self._worker.run(_write, self._file, self.hasher, batch).addCallbacks(self._written, self._failed)
+            return
+        writing = self._worker.run(_write, self._file, None, batch)
+        hashing = self._hash_worker.run(_hash, self.hasher, self.pieces, batch)
+        both = gatherResults([writing, hashing], consumeErrors=True)
+        both.addErrback(_first_error).addCallbacks(self._written, self._failed)
 
     def _written(self, _: object) -> None:
         self._busy = False
@@ -227,6 +243,47 @@ def _write(f: Any, hasher: Any, batch: list[bytes]) -> None:
     if hasher is not None:
         hasher.update(data)
     f.flush()
+
+
+def _hash(hasher: Any, pieces: PieceHasher, batch: list[bytes]) -> None:
+    for data in batch:
+        hasher.update(data)
+        pieces.update(data)
+
+
+def _first_error(failure: Failure) -> Failure:
+    """The failure of whichever job failed, not gatherResults' wrapper."""
+    return failure.value.subFailure if isinstance(failure.value, FirstError) else failure
+
+
+class PieceHasher:
+    """The SHA-256 of every ``piece_length`` bytes of a blob, fed in order (its metainfo's piece sums)."""
+
+    def __init__(self, piece_length: int) -> None:
+        self.piece_length = piece_length
+        self.size = 0
+        self._sums: list[bytes] = []
+        self._piece = hashlib.sha256()
+        self._filled = 0
+
+    def update(self, data: bytes) -> None:
+        view = memoryview(data)
+        self.size += len(view)
+        while view:
+            take = min(self.piece_length - self._filled, len(view))
+            self._piece.update(view[:take])
+            self._filled += take
+            view = view[take:]
+            if self._filled == self.piece_length:
+                self._sums.append(self._piece.digest())
+                self._piece = hashlib.sha256()
+                self._filled = 0
+
+    def sums(self) -> tuple[bytes, ...]:
+        """The piece sums so far, the last piece being the bytes since the last whole one (if any)."""
+        if self._filled or not self._sums:
+            return (*self._sums, self._piece.copy().digest())
+        return tuple(self._sums)
 
 
 def _move(f: Any, src: str, dest: str) -> None:

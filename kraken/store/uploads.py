@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 
 from kraken.core import Digest
 from kraken.files import is_out_of_space, remove_quietly
-from kraken.store.spool import SPOOL_PREFIX, BodySpool
+from kraken.store.spool import SPOOL_PREFIX, BodySpool, PieceHasher
 from kraken.workers import Worker
 
 COPY_CHUNK = 1 << 20
@@ -57,9 +57,10 @@ class UploadTruncated(ValueError):
 
 
 class _Upload:
-    __slots__ = ("hashed", "hasher", "lock", "size")
+    __slots__ = ("hashed", "hasher", "lock", "pieces", "size")
 
     def __init__(self, size: int, hasher: Any) -> None:
+        self.pieces: PieceHasher | None = None  # piece sums, when the spool made them (the whole in one body)
         self.size = size
         self.hasher = hasher  # None when the running hash is lost (restart)
         self.hashed = size if hasher is not None else -1
@@ -69,11 +70,23 @@ class _Upload:
 class UploadArea:
     log = Logger()
 
-    def __init__(self, root: str, worker: Worker, *, max_body: int | None = None, hashing: bool = True) -> None:
+    def __init__(
+        self,
+        root: str,
+        worker: Worker,
+        *,
+        max_body: int | None = None,
+        hashing: bool = True,
+        hash_worker: Worker | None = None,
+        piece_length: int | None = None,
+    ) -> None:
         """``max_body``: the largest request body ``spool`` takes (None: no limit). Without ``hashing`` no
         running hash follows the appends (whoever the upload is handed to checks its digest), and ``digest``
-        reads the file."""
+        reads the file. With a ``hash_worker`` and a ``piece_length``, a spooled body is hashed there, its
+        piece sums too (``piece_sums``)."""
         self.hashing = hashing
+        self._hash_worker = hash_worker
+        self._piece_length = piece_length
         self._root = root
         self._max_body = max_body
         self._worker = worker
@@ -101,6 +114,8 @@ class UploadArea:
             error=error,
             limit=self._max_body,
             hashing=self.hashing,
+            hash_worker=self._hash_worker,
+            piece_length=self._piece_length,
         )
 
     def path(self, uid: str) -> str:
@@ -156,7 +171,9 @@ class UploadArea:
                 await source.adopt(self.path(uid))
                 up.size = up.hashed = source.size
                 up.hasher = source.hasher
+                up.pieces = source.pieces
                 return up.size
+            up.pieces = None
             hasher = up.hasher.copy() if up.hasher is not None and up.hashed == up.size else None
             try:
                 written = await self._worker.run(_append, self.path(uid), up.size, source, length, hasher)
@@ -187,6 +204,14 @@ class UploadArea:
             return Digest(await self._worker.run(_hash_file, self.path(uid)))
         finally:
             up.lock.release()
+
+    def piece_sums(self, uid: str, piece_length: int) -> tuple[bytes, ...] | None:
+        """The upload's piece sums for ``piece_length``, if its spool computed them as it arrived (None: read
+        the file for them)."""
+        pieces = self._get(uid).pieces
+        if pieces is None or pieces.piece_length != piece_length or pieces.size != self._get(uid).size:
+            return None
+        return pieces.sums()
 
     async def delete(self, uid: str) -> None:
         path = self.path(uid)
