@@ -12,7 +12,7 @@ fill memory. ``UploadArea.append`` can then adopt the file by renaming it.
 Given a ``hash_worker`` and a piece length (the origin's), the hashing leaves
 the writing thread: each batch is written in the worker while the hash
 worker runs the SHA-256 of the whole and the SHA-256 of every piece
-(``PieceHasher``) over the same bytes, so a commit needs no second read for
+(``kraken.core.PieceHasher``) over the same bytes, so a commit needs no second read for
 the piece sums.
 
 A write that fails (a full disk, above all) is final: the file is closed and
@@ -39,6 +39,7 @@ from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, su
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from kraken.core import PieceHasher
 from kraken.files import is_out_of_space
 from kraken.workers import Worker
 
@@ -77,8 +78,8 @@ class BodySpool:
         fd, self.path = tempfile.mkstemp(dir=directory, prefix=SPOOL_PREFIX)
         os.fchmod(fd, 0o644)  # it may become a blob, readable like any other
         self._file = os.fdopen(fd, "w+b")
-        self.hasher: Any = hashlib.sha256() if hashing else None
         self.pieces = PieceHasher(piece_length) if hashing and piece_length and hash_worker is not None else None
+        self.hasher: Any = hashlib.sha256() if hashing and self.pieces is None else None
         self._hash_worker = hash_worker
         self._worker = worker
         self._pause = pause
@@ -139,6 +140,10 @@ class BodySpool:
     def size(self) -> int:
         return self._received
 
+    def running_hash(self) -> Any:
+        """The SHA-256 of the body so far (a ``hashlib`` object; None without ``hashing``)."""
+        return self.pieces.sha256() if self.pieces is not None else self.hasher
+
     def done_receiving(self) -> Deferred[None]:
         """The body is complete: never pause the connection again (twisted.web
         owns it from now on). Fires once every byte is on disk."""
@@ -183,7 +188,7 @@ class BodySpool:
             self._worker.run(_write, self._file, self.hasher, batch).addCallbacks(self._written, self._failed)
             return
         writing = self._worker.run(_write, self._file, None, batch)
-        hashing = self._hash_worker.run(_hash, self.hasher, self.pieces, batch)
+        hashing = self._hash_worker.run(_hash, self.pieces, batch)
         both = gatherResults([writing, hashing], consumeErrors=True)
         both.addErrback(_first_error).addCallbacks(self._written, self._failed)
 
@@ -245,45 +250,14 @@ def _write(f: Any, hasher: Any, batch: list[bytes]) -> None:
     f.flush()
 
 
-def _hash(hasher: Any, pieces: PieceHasher, batch: list[bytes]) -> None:
+def _hash(pieces: PieceHasher, batch: list[bytes]) -> None:
     for data in batch:
-        hasher.update(data)
         pieces.update(data)
 
 
 def _first_error(failure: Failure) -> Failure:
     """The failure of whichever job failed, not gatherResults' wrapper."""
     return failure.value.subFailure if isinstance(failure.value, FirstError) else failure
-
-
-class PieceHasher:
-    """The SHA-256 of every ``piece_length`` bytes of a blob, fed in order (its metainfo's piece sums)."""
-
-    def __init__(self, piece_length: int) -> None:
-        self.piece_length = piece_length
-        self.size = 0
-        self._sums: list[bytes] = []
-        self._piece = hashlib.sha256()
-        self._filled = 0
-
-    def update(self, data: bytes) -> None:
-        view = memoryview(data)
-        self.size += len(view)
-        while view:
-            take = min(self.piece_length - self._filled, len(view))
-            self._piece.update(view[:take])
-            self._filled += take
-            view = view[take:]
-            if self._filled == self.piece_length:
-                self._sums.append(self._piece.digest())
-                self._piece = hashlib.sha256()
-                self._filled = 0
-
-    def sums(self) -> tuple[bytes, ...]:
-        """The piece sums so far, the last piece being the bytes since the last whole one (if any)."""
-        if self._filled or not self._sums:
-            return (*self._sums, self._piece.copy().digest())
-        return tuple(self._sums)
 
 
 def _move(f: Any, src: str, dest: str) -> None:

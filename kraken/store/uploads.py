@@ -17,6 +17,7 @@ expiry.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -30,9 +31,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kraken.core import Digest
+from kraken.core import Digest, PieceHasher
 from kraken.files import is_out_of_space, remove_quietly
-from kraken.store.spool import SPOOL_PREFIX, BodySpool, PieceHasher
+from kraken.store.spool import SPOOL_PREFIX, BodySpool
 from kraken.workers import Worker
 
 COPY_CHUNK = 1 << 20
@@ -85,10 +86,10 @@ class UploadArea:
         reads the file. With a ``hash_worker`` and a ``piece_length``, a spooled body is hashed there, its
         piece sums too (``piece_sums``)."""
         self.hashing = hashing
-        self._hash_worker = hash_worker
-        self._piece_length = piece_length
+        self._new_spool = functools.partial(
+            BodySpool, root, worker, limit=max_body, hashing=hashing, hash_worker=hash_worker, piece_length=piece_length
+        )
         self._root = root
-        self._max_body = max_body
         self._worker = worker
         self._live: dict[str, _Upload] = {}
         os.makedirs(root, exist_ok=True)
@@ -106,17 +107,7 @@ class UploadArea:
     ) -> BodySpool:
         """A sink for a request body, on the upload area's filesystem, so
         ``append`` can take it by renaming (``make_site(spool=...)``)."""
-        return BodySpool(
-            self._root,
-            self._worker,
-            pause=pause,
-            resume=resume,
-            error=error,
-            limit=self._max_body,
-            hashing=self.hashing,
-            hash_worker=self._hash_worker,
-            piece_length=self._piece_length,
-        )
+        return self._new_spool(pause=pause, resume=resume, error=error)
 
     def path(self, uid: str) -> str:
         if not _UID.match(uid):
@@ -170,7 +161,7 @@ class UploadArea:
                 # take the file as it is.
                 await source.adopt(self.path(uid))
                 up.size = up.hashed = source.size
-                up.hasher = source.hasher
+                up.hasher = source.running_hash()
                 up.pieces = source.pieces
                 return up.size
             up.pieces = None
@@ -208,10 +199,11 @@ class UploadArea:
     def piece_sums(self, uid: str, piece_length: int) -> tuple[bytes, ...] | None:
         """The upload's piece sums for ``piece_length``, if its spool computed them as it arrived (None: read
         the file for them)."""
-        pieces = self._get(uid).pieces
-        if pieces is None or pieces.piece_length != piece_length or pieces.size != self._get(uid).size:
+        up = self._get(uid)
+        info = None if up.pieces is None else up.pieces.finish()
+        if info is None or info.piece_length != piece_length or info.length != up.size:
             return None
-        return pieces.sums()
+        return info.piece_sums
 
     async def delete(self, uid: str) -> None:
         path = self.path(uid)

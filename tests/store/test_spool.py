@@ -128,8 +128,8 @@ def test_with_a_hash_worker_the_whole_and_its_pieces_are_hashed(tmp_path):
     for chunk in (b"abc", b"defgh", b"ij"):
         s.write(chunk)
     result(s.done_receiving())
-    assert s.hasher.hexdigest() == hashlib.sha256(b"abcdefghij").hexdigest()
-    assert s.pieces.sums() == tuple(hashlib.sha256(p).digest() for p in (b"abcd", b"efgh", b"ij"))
+    assert s.running_hash().hexdigest() == hashlib.sha256(b"abcdefghij").hexdigest()
+    assert s.pieces.finish().piece_sums == tuple(hashlib.sha256(p).digest() for p in (b"abcd", b"efgh", b"ij"))
     s.seek(0)
     assert s.read() == b"abcdefghij"
     s.close()
