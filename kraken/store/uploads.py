@@ -86,6 +86,7 @@ class UploadArea:
         reads the file. With a ``hash_worker`` and a ``piece_length``, a spooled body is hashed there, its
         piece sums too (``piece_sums``)."""
         self.hashing = hashing
+        self._max_body = max_body
         self._new_spool = functools.partial(
             BodySpool, root, worker, limit=max_body, hashing=hashing, hash_worker=hash_worker, piece_length=piece_length
         )
