@@ -98,6 +98,10 @@ class PieceHasher:
                 self._piece = hashlib.sha256()
                 self._in_piece = 0
 
+    def sha256(self) -> Any:
+        """A copy of the running SHA-256 of the whole, fed so far (a ``hashlib`` object, to go on with)."""
+        return self._whole.copy()
+
     def finish(self) -> MetaInfo:
         sums = list(self._sums)
         if self._in_piece or not sums:

@@ -77,6 +77,11 @@ class StillFetching(HTTPStatusError):
     """The origin still answered 202 when the polling's time was up."""
 
 
+class DigestRefused(HTTPStatusError):
+    """The origin refused to commit an upload (400 to its ``PUT``): the bytes are not the blob they were
+    named for. The origin deleted the upload; nothing was stored."""
+
+
 @attrs.frozen
 class OriginClient(ServiceClient):
     """Talks to one origin. ``base`` is like ``http://127.0.0.1:15002``.
@@ -332,6 +337,9 @@ class OriginClient(ServiceClient):
         if await self._held("PATCH", url, response):
             return
         response = await self._request("PUT", url, headers=extra, timeout=slow)
+        if response.code == 400:
+            refused = await self._unexpected("PUT", url, response)
+            raise DigestRefused("PUT", url, 400, refused.body)
         if await self._held("PUT", url, response):
             return
         log.info("uploaded {digest} ({bytes} bytes)", digest=str(digest), bytes=size, namespace=namespace)

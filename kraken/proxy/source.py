@@ -29,8 +29,8 @@ from kraken.buildindex.client import BuildIndexClient, BuildIndexes, TagRefused
 from kraken.core import Digest
 from kraken.files import remove_quietly
 from kraken.net import HTTPStatusError
-from kraken.origin.client import ClusterClient
-from kraken.registry.errors import InsufficientStorage, ManifestBlobUnknown, ManifestInvalid, Unknown
+from kraken.origin.client import ClusterClient, DigestRefused
+from kraken.registry.errors import DigestInvalid, InsufficientStorage, ManifestBlobUnknown, ManifestInvalid, Unknown
 from kraken.registry.source import IRegistrySource, ManifestRecord, Page
 from kraken.store.spool import SPOOL_PREFIX
 from kraken.workers import Worker
@@ -97,7 +97,15 @@ class ProxySource:
         return await _space_relayed(self._origin.read_small(repo, digest, limit), digest)
 
     async def commit_blob(self, repo: str, digest: Digest, path: str, size: int) -> None:
-        await _space_relayed(self._origin.upload(repo, digest, path, size), digest)
+        """Upload the blob to its origin, which checks its digest before storing it: DIGEST_INVALID when the
+        bytes are not ``digest`` (the origin keeps nothing), so the proxy need not hash uploads itself."""
+        try:
+            await _space_relayed(self._origin.upload(repo, digest, path, size), digest)
+        except DigestRefused as e:
+            self.log.info("the origin refused blob {digest}: {error}", digest=str(digest), error=str(e))
+            raise DigestInvalid(
+                "the uploaded content does not match the digest", detail={"expected": str(digest)}
+            ) from None
         self.log.info("blob {digest} ({bytes} bytes) handed to the origin", digest=str(digest), bytes=size)
 
     async def get_manifest(self, repo: str, digest: Digest) -> ManifestRecord | None:

@@ -41,7 +41,8 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
     http_service.setServiceParent(top)
 
     os.makedirs(cfg.uploads.root, exist_ok=True)
-    uploads = UploadArea(cfg.uploads.root, worker, max_body=cfg.limits.max_blob_size or None)
+    # No running hash: the origin checks every blob's digest before it stores it (ProxySource.commit_blob).
+    uploads = UploadArea(cfg.uploads.root, worker, max_body=cfg.limits.max_blob_size or None, hashing=False)
     origin = ClusterClient(
         http=http, origins=origin_urls(cfg.origin), clock=reactor, config=cfg.http_client, worker=worker
     )

@@ -202,23 +202,25 @@ class UploadHandlers:
 
     async def _complete(self, name: str, uid: str, session: UploadSession, expected: Digest) -> None:
         """Verify upload ``uid`` against ``expected`` and commit it, unless the
-        blob is already stored. A mismatch deletes the upload."""
+        blob is already stored. A mismatch deletes the upload.
+
+        An upload area without running hashes (the proxy's) leaves the check to
+        the source's commit, which verifies the digest before anything is
+        visible (the origin's) and refuses a mismatch with ``DigestInvalid``; a
+        blob already stored is checked here, by reading the upload."""
         uploads = self._sessions.area()
-        try:
-            actual = await uploads.digest(uid)
-            size = uploads.size(uid)
-        except UploadUnknown:
-            self._sessions.forget(uid)
-            raise BlobUploadUnknown(detail={"uuid": uid}) from None
-        if actual != expected:
-            await self._sessions.discard(uid)
-            raise DigestInvalid(detail={"expected": str(expected), "actual": str(actual)})
+        size = self._sessions.size(uid)
+        if uploads.hashing:
+            await self._verify(uid, expected)
         created = await self._source.stat_blob(name, expected) is None
+        if not created and not uploads.hashing:
+            await self._verify(uid, expected)
         if created:
             try:
                 await self._source.commit_blob(name, expected, uploads.path(uid), size)
-            except InsufficientStorage:
-                # Where the blob goes is full: the client must push it again later, all of it.
+            except (InsufficientStorage, DigestInvalid):
+                # Where the blob goes is full (the client must push it again later, all of it), or the bytes
+                # are not the blob: the upload is useless.
                 await self._sessions.discard(uid)
                 raise
         await self._sessions.discard(uid)
@@ -230,6 +232,17 @@ class UploadHandlers:
             existing="" if created else " (already stored)",
             duration=self._clock.seconds() - session.started,
         )
+
+    async def _verify(self, uid: str, expected: Digest) -> None:
+        """DIGEST_INVALID, the upload deleted with its session, unless upload ``uid`` hashes to ``expected``."""
+        try:
+            actual = await self._sessions.area().digest(uid)
+        except UploadUnknown:
+            self._sessions.forget(uid)
+            raise BlobUploadUnknown(detail={"uuid": uid}) from None
+        if actual != expected:
+            await self._sessions.discard(uid)
+            raise DigestInvalid(detail={"expected": str(expected), "actual": str(actual)})
 
 
 def too_large(limit: int, size: int | None = None) -> SizeInvalid:

@@ -75,7 +75,14 @@ class CAStore:
         # Anything left in tmp/ is from a commit that crashed: never visible.
         for entry in os.listdir(self._tmp):
             shutil.rmtree(os.path.join(self._tmp, entry), ignore_errors=True)
-        self.uploads = UploadArea(os.path.join(root, "uploads"), worker)
+        # Bodies are hashed in the hash worker as they arrive, with the piece sums of a blob of any size
+        # below the rule's first step; a commit of such an upload needs no second read.
+        self.uploads = UploadArea(
+            os.path.join(root, "uploads"),
+            worker,
+            hash_worker=self._hash_worker,
+            piece_length=piece_rule.piece_length(0),
+        )
         self.downloads = DownloadArea(
             os.path.join(root, "downloads"), worker=worker, hash_worker=self._hash_worker, install=self.install
         )
@@ -115,8 +122,10 @@ class CAStore:
                 raise
             self.log.warn("no space left to record an access to {digest} ({error})", digest=str(digest), error=str(e))
 
-    async def _piece_sums(self, src: str, digest: Digest, size: int) -> MetaInfo:
+    async def _piece_sums(self, src: str, digest: Digest, size: int, known: tuple[bytes, ...] | None) -> MetaInfo:
         piece_length = self._piece_rule.piece_length(size)
+        if known is not None:
+            return MetaInfo(digest=digest, length=size, piece_length=piece_length, piece_sums=known)
         count = max(1, -(-size // piece_length))
         middle = count // 2
         ranges = [(0, middle), (middle, count)] if middle else [(0, count)]
@@ -147,7 +156,9 @@ class CAStore:
         try:
             existing = await self.metainfo(expected)
             if existing is None:
-                info = await self._piece_sums(src, expected, self.uploads.size(uid))
+                size = self.uploads.size(uid)
+                known = self.uploads.piece_sums(uid, self._piece_rule.piece_length(size))
+                info = await self._piece_sums(src, expected, size, known)
                 result = await self._worker.run(_install, src, info, self._tmp, final, self._now())
             else:
                 await self._worker.run(remove_quietly, src)

@@ -9,6 +9,12 @@ cores) and the body is never read back just to be hashed. When the backlog
 grows past ``HIGH_WATER`` it pauses the connection, so a fast client cannot
 fill memory. ``UploadArea.append`` can then adopt the file by renaming it.
 
+Given a ``hash_worker`` and a piece length (the origin's), the hashing leaves
+the writing thread: each batch is written in the worker while the hash
+worker runs the SHA-256 of the whole and the SHA-256 of every piece
+(``kraken.core.PieceHasher``) over the same bytes, so a commit needs no second read for
+the piece sums.
+
 A write that fails (a full disk, above all) is final: the file is closed and
 deleted at once, later chunks are dropped, and ``error`` (when given) is
 called with the failure, so the request can be answered before its body has
@@ -29,10 +35,11 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from kraken.core import PieceHasher
 from kraken.files import is_out_of_space
 from kraken.workers import Worker
 
@@ -62,13 +69,18 @@ class BodySpool:
         resume: Callable[[], None],
         error: Callable[[Failure], object] | None = None,
         limit: int | None = None,
+        hashing: bool = True,
+        hash_worker: Worker | None = None,
+        piece_length: int | None = None,
     ) -> None:
         """``error(failure)`` is called once, when a write fails or the body passes ``limit`` bytes (the file is
-        gone by then)."""
+        gone by then). Without ``hashing`` the body is only written (``hasher`` is None)."""
         fd, self.path = tempfile.mkstemp(dir=directory, prefix=SPOOL_PREFIX)
         os.fchmod(fd, 0o644)  # it may become a blob, readable like any other
         self._file = os.fdopen(fd, "w+b")
-        self.hasher: Any = hashlib.sha256()
+        self.pieces = PieceHasher(piece_length) if hashing and piece_length and hash_worker is not None else None
+        self.hasher: Any = hashlib.sha256() if hashing and self.pieces is None else None
+        self._hash_worker = hash_worker
         self._worker = worker
         self._pause = pause
         self._resume = resume
@@ -128,6 +140,10 @@ class BodySpool:
     def size(self) -> int:
         return self._received
 
+    def running_hash(self) -> Any:
+        """The SHA-256 of the body so far (a ``hashlib`` object; None without ``hashing``)."""
+        return self.pieces.sha256() if self.pieces is not None else self.hasher
+
     def done_receiving(self) -> Deferred[None]:
         """The body is complete: never pause the connection again (twisted.web
         owns it from now on). Fires once every byte is on disk."""
@@ -168,7 +184,13 @@ class BodySpool:
         batch, self._pending = self._pending, []
         self._pending_bytes = 0
         self._busy = True
-        self._worker.run(_write, self._file, self.hasher, batch).addCallbacks(self._written, self._failed)
+        if self.pieces is None or self._hash_worker is None:
+            self._worker.run(_write, self._file, self.hasher, batch).addCallbacks(self._written, self._failed)
+            return
+        writing = self._worker.run(_write, self._file, None, batch)
+        hashing = self._hash_worker.run(_hash, self.pieces, batch)
+        both = gatherResults([writing, hashing], consumeErrors=True)
+        both.addErrback(_first_error).addCallbacks(self._written, self._failed)
 
     def _written(self, _: object) -> None:
         self._busy = False
@@ -223,8 +245,19 @@ def _write(f: Any, hasher: Any, batch: list[bytes]) -> None:
     # batch is joined first: one write and one hash call instead of hundreds.
     data = batch[0] if len(batch) == 1 else b"".join(batch)
     f.write(data)
-    hasher.update(data)
+    if hasher is not None:
+        hasher.update(data)
     f.flush()
+
+
+def _hash(pieces: PieceHasher, batch: list[bytes]) -> None:
+    for data in batch:
+        pieces.update(data)
+
+
+def _first_error(failure: Failure) -> Failure:
+    """The failure of whichever job failed, not gatherResults' wrapper."""
+    return failure.value.subFailure if isinstance(failure.value, FirstError) else failure
 
 
 def _move(f: Any, src: str, dest: str) -> None:

@@ -17,6 +17,7 @@ expiry.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -30,7 +31,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kraken.core import Digest
+from kraken.core import Digest, PieceHasher
 from kraken.files import is_out_of_space, remove_quietly
 from kraken.store.spool import SPOOL_PREFIX, BodySpool
 from kraken.workers import Worker
@@ -57,9 +58,10 @@ class UploadTruncated(ValueError):
 
 
 class _Upload:
-    __slots__ = ("hashed", "hasher", "lock", "size")
+    __slots__ = ("hashed", "hasher", "lock", "pieces", "size")
 
     def __init__(self, size: int, hasher: Any) -> None:
+        self.pieces: PieceHasher | None = None  # piece sums, when the spool made them (the whole in one body)
         self.size = size
         self.hasher = hasher  # None when the running hash is lost (restart)
         self.hashed = size if hasher is not None else -1
@@ -69,10 +71,26 @@ class _Upload:
 class UploadArea:
     log = Logger()
 
-    def __init__(self, root: str, worker: Worker, *, max_body: int | None = None) -> None:
-        """``max_body``: the largest request body ``spool`` takes (None: no limit)."""
-        self._root = root
+    def __init__(
+        self,
+        root: str,
+        worker: Worker,
+        *,
+        max_body: int | None = None,
+        hashing: bool = True,
+        hash_worker: Worker | None = None,
+        piece_length: int | None = None,
+    ) -> None:
+        """``max_body``: the largest request body ``spool`` takes (None: no limit). Without ``hashing`` no
+        running hash follows the appends (whoever the upload is handed to checks its digest), and ``digest``
+        reads the file. With a ``hash_worker`` and a ``piece_length``, a spooled body is hashed there, its
+        piece sums too (``piece_sums``)."""
+        self.hashing = hashing
         self._max_body = max_body
+        self._new_spool = functools.partial(
+            BodySpool, root, worker, limit=max_body, hashing=hashing, hash_worker=hash_worker, piece_length=piece_length
+        )
+        self._root = root
         self._worker = worker
         self._live: dict[str, _Upload] = {}
         os.makedirs(root, exist_ok=True)
@@ -90,7 +108,7 @@ class UploadArea:
     ) -> BodySpool:
         """A sink for a request body, on the upload area's filesystem, so
         ``append`` can take it by renaming (``make_site(spool=...)``)."""
-        return BodySpool(self._root, self._worker, pause=pause, resume=resume, error=error, limit=self._max_body)
+        return self._new_spool(pause=pause, resume=resume, error=error)
 
     def path(self, uid: str) -> str:
         if not _UID.match(uid):
@@ -113,7 +131,7 @@ class UploadArea:
     async def create(self) -> str:
         uid = uuid.uuid4().hex
         await self._worker.run(_create_file, self.path(uid))
-        self._live[uid] = _Upload(0, hashlib.sha256())
+        self._live[uid] = _Upload(0, hashlib.sha256() if self.hashing else None)
         return uid
 
     def size(self, uid: str) -> int:
@@ -137,15 +155,17 @@ class UploadArea:
             if (
                 isinstance(source, BodySpool)
                 and up.size == 0
-                and up.hasher is not None
+                and (up.hasher is not None or not self.hashing)
                 and length in (None, source.size)
             ):
                 # The whole upload in one body, already on disk and hashed:
                 # take the file as it is.
                 await source.adopt(self.path(uid))
                 up.size = up.hashed = source.size
-                up.hasher = source.hasher
+                up.hasher = source.running_hash()
+                up.pieces = source.pieces
                 return up.size
+            up.pieces = None
             hasher = up.hasher.copy() if up.hasher is not None and up.hashed == up.size else None
             try:
                 written = await self._worker.run(_append, self.path(uid), up.size, source, length, hasher)
@@ -176,6 +196,15 @@ class UploadArea:
             return Digest(await self._worker.run(_hash_file, self.path(uid)))
         finally:
             up.lock.release()
+
+    def piece_sums(self, uid: str, piece_length: int) -> tuple[bytes, ...] | None:
+        """The upload's piece sums for ``piece_length``, if its spool computed them as it arrived (None: read
+        the file for them)."""
+        up = self._get(uid)
+        info = None if up.pieces is None else up.pieces.finish()
+        if info is None or info.piece_length != piece_length or info.length != up.size:
+            return None
+        return info.piece_sums
 
     async def delete(self, uid: str) -> None:
         path = self.path(uid)

@@ -99,6 +99,42 @@ def test_write_failure_fails_the_flush_and_reads(tmp_path):
     assert not os.path.exists(s.path)
 
 
+def test_with_a_hash_worker_a_write_failure_is_the_write_s_own(tmp_path):
+    errors = []
+    s = BodySpool(
+        str(tmp_path),
+        FailingWorker(),
+        pause=lambda: None,
+        resume=lambda: None,
+        error=errors.append,
+        hash_worker=InlineWorker(),
+        piece_length=4,
+    )
+    s.write(b"data")
+    failure = result(s.done_receiving())
+    assert failure.check(OSError) and [e.value for e in errors] == [failure.value]
+    assert not os.path.exists(s.path)
+
+
+def test_with_a_hash_worker_the_whole_and_its_pieces_are_hashed(tmp_path):
+    s = BodySpool(
+        str(tmp_path),
+        InlineWorker(),
+        pause=lambda: None,
+        resume=lambda: None,
+        hash_worker=InlineWorker(),
+        piece_length=4,
+    )
+    for chunk in (b"abc", b"defgh", b"ij"):
+        s.write(chunk)
+    result(s.done_receiving())
+    assert s.running_hash().hexdigest() == hashlib.sha256(b"abcdefghij").hexdigest()
+    assert s.pieces.finish().piece_sums == tuple(hashlib.sha256(p).digest() for p in (b"abcd", b"efgh", b"ij"))
+    s.seek(0)
+    assert s.read() == b"abcdefghij"
+    s.close()
+
+
 def make_area(tmp_path):
     return UploadArea(str(tmp_path / "uploads"), InlineWorker())
 

@@ -176,3 +176,40 @@ def test_piece_sums_match_the_reference_for_any_size(store: CAStore, size: int) 
     committed = result(store.commit(staged(store, data), Digest.from_bytes(data)))
     assert committed.metainfo == MetaInfo.from_bytes(data, RULE.piece_length(size))
     assert result(store.metainfo(Digest.from_bytes(data))) == committed.metainfo
+
+
+def spooled(store: CAStore, chunks: list[bytes]) -> str:
+    """An upload whose whole body came through the upload area's spool (as an origin's PATCH does)."""
+    uid = result(store.uploads.create())
+    body = store.uploads.spool(pause=lambda: None, resume=lambda: None)
+    for chunk in chunks:
+        body.write(chunk)
+    result(body.done_receiving())
+    size = sum(map(len, chunks))
+    assert result(store.uploads.append(uid, body, offset=0, length=size)) == size
+    body.close()
+    return uid
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 39])
+def test_a_spooled_upload_is_committed_with_the_piece_sums_made_as_it_arrived(
+    store: CAStore, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    data = bytes(range(size))
+    monkeypatch.setattr(cas_module, "_hash_pieces", None)  # no second read of the data
+    uid = spooled(store, [data[:3], data[3:5], data[5:]])
+    committed = result(store.commit(uid, Digest.from_bytes(data)))
+    assert committed.metainfo == MetaInfo.from_bytes(data, 8)
+
+
+def test_piece_sums_of_another_piece_length_are_made_at_commit(store: CAStore) -> None:
+    data = b"x" * 45  # the rule picks 16 from 40 bytes on: the spool hashed 8-byte pieces
+    uid = spooled(store, [data[:20], data[20:]])
+    assert result(store.commit(uid, Digest.from_bytes(data))).metainfo == MetaInfo.from_bytes(data, 16)
+
+
+def test_a_later_chunk_drops_the_piece_sums_made_by_the_spool(store: CAStore) -> None:
+    uid = spooled(store, [b"a" * 10])
+    result(store.uploads.append(uid, io.BytesIO(b"b" * 5), offset=10, length=5))
+    data = b"a" * 10 + b"b" * 5
+    assert result(store.commit(uid, Digest.from_bytes(data))).metainfo == MetaInfo.from_bytes(data, 8)
