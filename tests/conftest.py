@@ -36,7 +36,13 @@ from typing import Any
 import pytest
 import pytest_twisted
 import yaml
+from hypothesis import HealthCheck, settings
 from processes import LineWatch, OutputReader
+
+# Property tests check behaviour, not speed: on a busy 2-core CI machine Hypothesis's own timing checks
+# (the per-example deadline, "too slow" data generation) would fail them for reasons outside the code.
+settings.register_profile("kraken", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("kraken")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERD_READY = "kraken-herd ready"
