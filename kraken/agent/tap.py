@@ -22,10 +22,13 @@ from kraken.buildindex.client import BuildIndexes
 from kraken.cluster.services import ServiceAddress, ServiceHosts, describe
 from kraken.core import PieceLengthRule
 from kraken.net import make_http_client
+from kraken.net.metrics import Observation, counted, new_registry, observed
 from kraken.net.server import listen_http, make_site
 from kraken.net.tls import server_side, wire
+from kraken.p2p.metrics import scheduler_collector
 from kraken.p2p.scheduler import Scheduler
 from kraken.registry.http import RegistryAPI
+from kraken.registry.routing import route_template
 from kraken.store import CAStore
 from kraken.tracker.client import Trackers
 from kraken.workers import ThreadPoolService, ThreadWorker
@@ -79,18 +82,19 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
     )
     scheduler.setName("scheduler")
     scheduler.setServiceParent(top)
-
+    observation = _observation(scheduler, tracker, index, reactor)
     _registry_listener(
         config,
         _source(config, scheduler, index, io_worker, store, tracker, reactor),
         reactor,
         None if tls is None else tls.public_server(),  # the host's runtime: TLS, no client certificate
+        observation,
     ).setServiceParent(top)
 
     api = AgentHTTP(scheduler, tracker_health=tracker.health, build_index_health=index.health, clock=reactor)
     api_listener = listen_http(
         config.listen_api,
-        make_site(api.resource(), reactor=reactor),
+        make_site(observed(api.resource(), observation), reactor=reactor),
         reactor=reactor,
         component="agent API",
         tls=server_side(tls),
@@ -100,6 +104,15 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
 
     scheduler.listener(reactor, "agent P2P").setServiceParent(top)
     return top
+
+
+def _observation(scheduler: Scheduler, tracker: Trackers, index: BuildIndexes, reactor: Any) -> Observation:
+    """``/metrics`` (the scheduler's series, both listeners' requests) and ``/readiness`` (tracker and
+    build-index answer)."""
+    registry = new_registry()
+    registry.register(scheduler_collector(scheduler.stats))
+    checks = {"tracker": tracker.health, "build-index": index.health}
+    return Observation(registry, checks, clock=reactor, route=route_template)
 
 
 def _source(
@@ -131,9 +144,14 @@ def _hosts(value: ServiceAddress, kind: str, config: AgentConfig, reactor: Any, 
 
 
 def _registry_listener(
-    config: AgentConfig, source: AgentSource, reactor: Any, tls: IOpenSSLServerConnectionCreator | None
+    config: AgentConfig,
+    source: AgentSource,
+    reactor: Any,
+    tls: IOpenSSLServerConnectionCreator | None,
+    observation: Observation,
 ) -> StreamServerEndpointService:
-    """The agent's read-only registry API over ``source``, on ``listen_registry`` (named ``registry``)."""
+    """The agent's read-only registry API over ``source``, on ``listen_registry`` (named ``registry``), its
+    requests counted in ``observation`` (``/metrics`` is the agent API's)."""
     registry = RegistryAPI(
         source,
         None,
@@ -144,7 +162,7 @@ def _registry_listener(
     )
     listener = listen_http(
         config.listen_registry,
-        make_site(Namespaced(registry.resource()), reactor=reactor, not_utf8=registry.not_utf8()),
+        make_site(counted(Namespaced(registry.resource()), observation), reactor=reactor, not_utf8=registry.not_utf8()),
         reactor=reactor,
         component="agent registry",
         tls=tls,
