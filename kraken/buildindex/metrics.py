@@ -9,60 +9,53 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from kraken.buildindex.duplicate import Duplicator
-from kraken.buildindex.remotes import Backlog, Replicator
+from kraken.buildindex.remotes import Backlog, ReplicationStats, Replicator
 from kraken.buildindex.writeback import TagWriteBack
-from kraken.net.metrics import Series, StatsCollector, counter
+from kraken.net.metrics import StatsCollector, table
 
-WRITEBACK = (
-    counter("kraken_buildindex_writeback_uploaded_tags", "Tags written to a storage backend.", "uploaded"),
-    counter("kraken_buildindex_writeback_existed_tags", "Tags the backend already had.", "existed"),
-    counter("kraken_buildindex_writeback_failures", "Failed tag write-back tries (each retried).", "failures"),
-    counter("kraken_buildindex_writeback_dropped", "Tag write-back tasks dropped.", "dropped"),
-)
-DUPLICATES = (
-    counter("kraken_buildindex_duplicate_sent", "Tag copies another build-index node accepted.", "sent"),
-    counter("kraken_buildindex_duplicate_failures", "Failed tries to copy a tag to a node.", "failures"),
-    counter("kraken_buildindex_duplicate_given_up", "Tag copies a node refused every attempt.", "given_up"),
-    counter("kraken_buildindex_duplicate_dropped", "Tag copies for nodes no longer configured.", "dropped"),
-)
+WRITEBACK = table("""
+counter kraken_buildindex_writeback_uploaded_tags  uploaded  Tags written to a storage backend.
+counter kraken_buildindex_writeback_existed_tags   existed   Tags the backend already had.
+counter kraken_buildindex_writeback_failures       failures  Failed tag write-back tries (each retried).
+counter kraken_buildindex_writeback_dropped        dropped   Tag write-back tasks dropped.
+""")
+DUPLICATES = table("""
+counter kraken_buildindex_duplicate_sent      sent      Tag copies another build-index node accepted.
+counter kraken_buildindex_duplicate_failures  failures  Failed tries to copy a tag to a node.
+counter kraken_buildindex_duplicate_given_up  given_up  Tag copies a node refused every attempt.
+counter kraken_buildindex_duplicate_dropped   dropped   Tag copies for nodes no longer configured.
+""")
 
 
 def _per_remote(field: str) -> Callable[[Any], dict[tuple[str, ...], float]]:
-    def read(stats: Any) -> dict[tuple[str, ...], float]:
-        return {(name,): getattr(r, field) for name, r in stats.remotes.items()}
+    """Read ``field`` of each remote's counters (``ReplicationStats.remotes``) or backlog (``Backlog``)."""
+
+    def read(found: Any) -> dict[tuple[str, ...], float]:
+        by_remote = found.remotes if isinstance(found, ReplicationStats) else found
+        return {(name,): getattr(r, field) for name, r in by_remote.items()}
 
     return read
 
 
-REPLICATION = tuple(
-    Series(name, doc, "counter", _per_remote(field), ("remote",))
-    for name, doc, field in (
-        ("kraken_buildindex_replication_tags", "Tags put on a remote cluster.", "replicated"),
-        ("kraken_buildindex_replication_sent_blobs", "Blobs uploaded to a remote's origins.", "blobs_sent"),
-        ("kraken_buildindex_replication_sent_bytes", "Bytes uploaded to a remote's origins.", "bytes_sent"),
-        ("kraken_buildindex_replication_present_blobs", "Blobs a remote already had (not sent).", "blobs_present"),
-        ("kraken_buildindex_replication_failures", "Failed replication tries (each tried again later).", "failures"),
-    )
+REPLICATION = table(
+    """
+counter kraken_buildindex_replication_tags           replicated     Tags put on a remote cluster.
+counter kraken_buildindex_replication_sent_blobs     blobs_sent     Blobs uploaded to a remote's origins.
+counter kraken_buildindex_replication_sent_bytes     bytes_sent     Bytes uploaded to a remote's origins.
+counter kraken_buildindex_replication_present_blobs  blobs_present  Blobs a remote already had (not sent).
+counter kraken_buildindex_replication_failures       failures       Failed replication tries (each tried again later).
+""",
+    _per_remote,
+    ("remote",),
 )
-
-
-def _backlog(field: str) -> Callable[[dict[str, Backlog]], dict[tuple[str, ...], float]]:
-    def read(backlog: dict[str, Backlog]) -> dict[tuple[str, ...], float]:
-        return {(name,): getattr(b, field) for name, b in backlog.items()}
-
-    return read
-
-
-BACKLOG = (
-    Series(
-        "kraken_buildindex_replication_pending", "Replication copies queued, per remote.", "gauge",
-        _backlog("pending"), ("remote",),
-    ),
-    Series(
-        "kraken_buildindex_replication_lag_seconds", "Age of the oldest queued copy, per remote (0: none).", "gauge",
-        _backlog("lag"), ("remote",),
-    ),
-)  # fmt: skip
+BACKLOG = table(
+    """
+gauge kraken_buildindex_replication_pending      pending  Replication copies queued, per remote.
+gauge kraken_buildindex_replication_lag_seconds  lag      Age of the oldest queued copy, per remote (0 when none).
+""",
+    _per_remote,
+    ("remote",),
+)
 
 
 class BacklogCollector(StatsCollector):

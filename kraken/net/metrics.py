@@ -190,7 +190,7 @@ async def _awaited(call: Callable[[], Awaitable[object]]) -> object:
 def route_of(request: IRequest, exact: frozenset[str] = frozenset()) -> str:
     """The Klein route template ``request`` matched, its path if one of ``exact``, or ``unmatched``."""
     if exact:
-        path = request.path.decode("latin-1")
+        path: str = request.path.decode("latin-1")
         if path in exact:
             return path
     klein = request.getComponent(IKleinRequest)  # type: ignore[attr-defined]  # Request is Componentized
@@ -303,12 +303,33 @@ def _family(s: Series) -> CounterMetricFamily | GaugeMetricFamily:
 
 def counter(name: str, doc: str, field: str) -> Series:
     """A counter read from the attribute (or key) ``field`` of the stats."""
-    return Series(name, doc, "counter", lambda st: _field(st, field))
+    return Series(name, doc, "counter", _reader(field))
 
 
 def gauge(name: str, doc: str, field: str) -> Series:
     """A gauge read from the attribute (or key) ``field`` of the stats."""
-    return Series(name, doc, "gauge", lambda st: _field(st, field))
+    return Series(name, doc, "gauge", _reader(field))
+
+
+def table(
+    text: str,
+    read: Callable[[str], Callable[[Any], float | Mapping[tuple[str, ...], float]]] | None = None,
+    labels: tuple[str, ...] = (),
+) -> tuple[Series, ...]:
+    """Series from a table, one a line: ``counter|gauge  <name>  <field>  <help text>`` (``name`` without
+    ``_total``). Each reads the attribute (or key) ``field`` of the stats, or what ``read(field)`` reads
+    (then labelled ``labels``)."""
+    found = []
+    for line in text.strip().splitlines():
+        kind, name, field, doc = line.split(None, 3)
+        if kind not in ("counter", "gauge"):
+            raise ValueError(f"a series is a counter or a gauge, not {kind!r}: {line!r}")
+        found.append(Series(name, doc, kind, (read or _reader)(field), labels))
+    return tuple(found)
+
+
+def _reader(field: str) -> Callable[[Any], float]:
+    return lambda stats: _field(stats, field)
 
 
 def _field(stats: Any, path: str) -> float:

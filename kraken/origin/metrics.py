@@ -13,42 +13,40 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from kraken.net.metrics import Check, StatsCollector, counter, gauge
+from kraken.net.metrics import Check, StatsCollector, table
 from kraken.workers import Worker
 
-NODE = (
-    counter("kraken_origin_stat_batches", "Batched stat questions answered.", "stat_batches"),
-    counter(
-        "kraken_origin_stat_batch_digests", "Digests the batched stat questions asked about.", "stat_batch_digests"
-    ),
-    counter("kraken_origin_blob_heads", "Questions about one blob's size (HEAD) answered.", "blob_heads"),
-)
-CLUSTER = (
-    gauge("kraken_origin_ring_members", "Members of the origin ring now.", "members"),
-    gauge("kraken_origin_ring_unhealthy_members", "Ring members marked unhealthy now.", "unhealthy"),
-    counter("kraken_origin_replicated_blobs", "Copies sent to (or already held by) a replica.", "replicated"),
-    counter("kraken_origin_replica_failures", "Copies to a replica that failed.", "replica_failures"),
-)
-WRITEBACK = (
-    counter("kraken_origin_writeback_queued", "Write-back tasks added.", "queued"),
-    counter("kraken_origin_writeback_uploaded_blobs", "Blobs written back to a storage backend.", "uploaded"),
-    counter("kraken_origin_writeback_existed_blobs", "Blobs the backend already had.", "existed"),
-    counter("kraken_origin_writeback_failures", "Failed write-back attempts (each retried later).", "failures"),
-    counter("kraken_origin_writeback_dropped", "Write-back tasks dropped: no backend for the namespace.", "dropped"),
-    counter("kraken_origin_writeback_missing", "Write-back tasks dropped: the cached blob is gone.", "missing"),
-    gauge("kraken_origin_writeback_pending", "Write-back tasks waiting now (queue depth).", "pending"),
-)
-REPAIR = (
-    counter("kraken_origin_repair_walks", "Ring repair walks finished.", "walks"),
-    gauge("kraken_origin_repair_running", "1 while a repair walk runs.", "running"),
-    counter("kraken_origin_repair_checked_blobs", "Blobs the repair walks looked at.", "checked"),
-    counter("kraken_origin_repair_copies", "Copies the repair sent (or found held meanwhile).", "copies"),
-    counter("kraken_origin_repair_copied_bytes", "Bytes the repair copied.", "copied_bytes"),
-    counter("kraken_origin_repair_failures", "Repair copies, or questions to a member, that failed.", "failures"),
-    gauge("kraken_origin_repair_outside_blobs", "Blobs held outside their placement, at the last walk.", "outside"),
-    gauge("kraken_origin_repair_planned_copies", "Copies planned by the walk under way.", "planned"),
-    gauge("kraken_origin_repair_done_copies", "Of the planned copies, those sent or failed.", "done"),
-)  # fmt: skip
+NODE = table("""
+counter kraken_origin_stat_batches        stat_batches        Batched stat questions answered.
+counter kraken_origin_stat_batch_digests  stat_batch_digests  Digests the batched stat questions asked about.
+counter kraken_origin_blob_heads          blob_heads          Questions about one blob's size (HEAD) answered.
+""")
+CLUSTER = table("""
+gauge   kraken_origin_ring_members            members           Members of the origin ring now.
+gauge   kraken_origin_ring_unhealthy_members  unhealthy         Ring members marked unhealthy now.
+counter kraken_origin_replicated_blobs        replicated        Copies sent to (or already held by) a replica.
+counter kraken_origin_replica_failures        replica_failures  Copies to a replica that failed.
+""")
+WRITEBACK = table("""
+counter kraken_origin_writeback_queued          queued    Write-back tasks added.
+counter kraken_origin_writeback_uploaded_blobs  uploaded  Blobs written back to a storage backend.
+counter kraken_origin_writeback_existed_blobs   existed   Blobs the backend already had.
+counter kraken_origin_writeback_failures        failures  Failed write-back attempts (each retried later).
+counter kraken_origin_writeback_dropped         dropped   Write-back tasks dropped: no backend for the namespace.
+counter kraken_origin_writeback_missing         missing   Write-back tasks dropped: the cached blob is gone.
+gauge   kraken_origin_writeback_pending         pending   Write-back tasks waiting now (queue depth).
+""")
+REPAIR = table("""
+counter kraken_origin_repair_walks           walks         Ring repair walks finished.
+gauge   kraken_origin_repair_running         running       1 while a repair walk runs.
+counter kraken_origin_repair_checked_blobs   checked       Blobs the repair walks looked at.
+counter kraken_origin_repair_copies          copies        Copies the repair sent (or found held meanwhile).
+counter kraken_origin_repair_copied_bytes    copied_bytes  Bytes the repair copied.
+counter kraken_origin_repair_failures        failures      Repair copies, or questions to a member, that failed.
+gauge   kraken_origin_repair_outside_blobs   outside       Blobs held outside their placement, at the last walk.
+gauge   kraken_origin_repair_planned_copies  planned       Copies planned by the walk under way.
+gauge   kraken_origin_repair_done_copies     done          Of the planned copies, those sent or failed.
+""")
 
 
 def register_origin(registry: CollectorRegistry, stats: Callable[[], dict[str, Any]]) -> None:

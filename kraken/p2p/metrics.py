@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kraken.net.metrics import Series, StatsCollector, counter, gauge
+from kraken.net.metrics import Series, StatsCollector, table
 from kraken.p2p.torrent import Stats
 
 
@@ -30,18 +30,20 @@ SERIES = (
         "kraken_p2p_received_bytes", "Bytes of verified pieces received, by source (origin, agent).", "counter",
         _by_source("bytes"), ("source",),
     ),
-    counter("kraken_p2p_sent_pieces", "Pieces sent to peers.", "pieces_out"),
-    counter("kraken_p2p_sent_bytes", "Bytes of pieces sent to peers.", "bytes_out"),
-    counter("kraken_p2p_corrupt_pieces", "Pieces received that failed their hash check.", "corrupt_pieces"),
-    counter("kraken_p2p_duplicate_pieces", "Endgame copies that arrived after the first.", "duplicate_pieces"),
-    counter("kraken_p2p_request_timeouts", "Piece requests that timed out.", "requests_timed_out"),
-    counter("kraken_p2p_requests_refused", "Piece requests a peer answered with an error.", "requests_refused"),
-    counter("kraken_p2p_requests_declined", "Pieces declined to send again (super-seeding).", "requests_declined"),
-    counter("kraken_p2p_blacklisted_peers", "Dialled peers blacklisted for being unreachable.", "peers_unreachable"),
-    counter("kraken_p2p_evicted_connections", "Connections closed for moving no piece.", "connections_evicted"),
-    counter("kraken_p2p_downloads_completed", "Blob downloads completed.", "downloads_completed"),
-    gauge("kraken_p2p_torrents", "Torrents open now.", "torrents"),
-    gauge("kraken_p2p_connections", "Peer connections open now.", "connections"),
+    *table("""
+counter kraken_p2p_sent_pieces          pieces_out           Pieces sent to peers.
+counter kraken_p2p_sent_bytes           bytes_out            Bytes of pieces sent to peers.
+counter kraken_p2p_corrupt_pieces       corrupt_pieces       Pieces received that failed their hash check.
+counter kraken_p2p_duplicate_pieces     duplicate_pieces     Endgame copies that arrived after the first.
+counter kraken_p2p_request_timeouts     requests_timed_out   Piece requests that timed out.
+counter kraken_p2p_requests_refused     requests_refused     Piece requests a peer answered with an error.
+counter kraken_p2p_requests_declined    requests_declined    Pieces declined to send again (super-seeding).
+counter kraken_p2p_blacklisted_peers    peers_unreachable    Dialled peers blacklisted for being unreachable.
+counter kraken_p2p_evicted_connections  connections_evicted  Connections closed for moving no piece.
+counter kraken_p2p_downloads_completed  downloads_completed  Blob downloads completed.
+gauge   kraken_p2p_torrents             torrents             Torrents open now.
+gauge   kraken_p2p_connections          connections          Peer connections open now.
+"""),
 )  # fmt: skip
 
 

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
-from kraken.net.metrics import StatsCollector, counter, gauge
+from kraken.net.metrics import StatsCollector, table
 from kraken.net.server import json_response
 from kraken.tracker.peers import MemoryPeerStore
 from kraken.tracker.redis_peers import RedisPeerStore
@@ -79,23 +79,17 @@ def with_stats(rest: IResource, store: MemoryPeerStore | RedisPeerStore) -> IRes
 
 #: The tracker's series: its peer store's state (as ``/stats``) and the handouts of its announces. Announces
 #: themselves are ``kraken_http_requests_total{route="/announce"}``.
-PEER_STORE = (
-    gauge(
-        "kraken_tracker_peer_store_reachable",
-        "1 if the peer store answered its last call (Redis), else 0.",
-        "reachable",
-    ),
-    counter("kraken_tracker_peer_store_outages", "Times Redis became unreachable.", "outages"),
-    counter(
-        "kraken_tracker_peer_store_bad_entries", "Entries read back from Redis that could not be parsed.", "bad_entries"
-    ),
-    gauge("kraken_tracker_blobs", "Blobs with peers this tracker holds in memory.", "blobs"),
-    gauge("kraken_tracker_peers", "Peers this tracker holds in memory (all blobs).", "peers"),
-)
-HANDOUTS = (
-    counter("kraken_tracker_handouts", "Announces answered with a list of peers.", "handouts"),
-    counter("kraken_tracker_handout_peers", "Peers handed out (sum of the handout sizes).", "handed_out_peers"),
-)  # fmt: skip
+PEER_STORE = table("""
+gauge   kraken_tracker_peer_store_reachable    reachable    1 if the peer store answered its last call (Redis), else 0.
+counter kraken_tracker_peer_store_outages      outages      Times Redis became unreachable.
+counter kraken_tracker_peer_store_bad_entries  bad_entries  Entries read back from Redis that could not be parsed.
+gauge   kraken_tracker_blobs                   blobs        Blobs with peers this tracker holds in memory.
+gauge   kraken_tracker_peers                   peers        Peers this tracker holds in memory (all blobs).
+""")
+HANDOUTS = table("""
+counter kraken_tracker_handouts       handouts          Announces answered with a list of peers.
+counter kraken_tracker_handout_peers  handed_out_peers  Peers handed out (sum of the handout sizes).
+""")
 
 
 def register_tracker(registry: CollectorRegistry, store: MemoryPeerStore | RedisPeerStore, app: object) -> None:

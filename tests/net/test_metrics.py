@@ -9,8 +9,8 @@ from typing import Any
 import attrs
 import treq
 from klein import Klein
+from metrics_samples import Samples, requests, scrape
 from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
 from results import result_of
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
@@ -74,19 +74,8 @@ class Daemon:
             self.stub.flush()
         return result_of(d, self.stub.flush)
 
-    def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        code, body, headers = self.request("GET", "/metrics")
-        assert code == 200
-        assert headers.getRawHeaders("content-type") == ["text/plain; version=0.0.4; charset=utf-8"]
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body.decode())
-            for s in family.samples
-        }
-
-
-def requests(samples: dict[Any, float], route: str, method: str, code: str) -> float:
-    return samples.get(("kraken_http_requests_total", (("code", code), ("method", method), ("route", route))), 0.0)
+    def samples(self) -> Samples:
+        return scrape(self.stub, BASE)
 
 
 def test_requests_are_counted_by_route_template_method_and_status_class() -> None:
