@@ -22,7 +22,7 @@ from kraken.buildindex.client import BuildIndexes
 from kraken.cluster.services import ServiceAddress, ServiceHosts, describe
 from kraken.core import PieceLengthRule
 from kraken.net import make_http_client
-from kraken.net.metrics import Observation, counted, new_registry, observed
+from kraken.net.metrics import DiskCollector, Observation, counted, new_registry, observed
 from kraken.net.server import listen_http, make_site
 from kraken.net.tls import server_side, wire
 from kraken.p2p.metrics import scheduler_collector
@@ -82,7 +82,7 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
     )
     scheduler.setName("scheduler")
     scheduler.setServiceParent(top)
-    observation = _observation(scheduler, tracker, index, reactor)
+    observation = _observation(scheduler, tracker, index, reactor, config.store.root)
     _registry_listener(
         config,
         _source(config, scheduler, index, io_worker, store, tracker, reactor),
@@ -106,11 +106,12 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
     return top
 
 
-def _observation(scheduler: Scheduler, tracker: Trackers, index: BuildIndexes, reactor: Any) -> Observation:
-    """``/metrics`` (the scheduler's series, both listeners' requests) and ``/readiness`` (tracker and
-    build-index answer)."""
+def _observation(scheduler: Scheduler, tracker: Trackers, index: BuildIndexes, reactor: Any, root: str) -> Observation:
+    """``/metrics`` (the scheduler's series, both listeners' requests, the store's disk) and ``/readiness``
+    (tracker and build-index answer)."""
     registry = new_registry()
     registry.register(scheduler_collector(scheduler.stats))
+    registry.register(DiskCollector(root))
     checks = {"tracker": tracker.health, "build-index": index.health}
     return Observation(registry, checks, clock=reactor, route=route_template)
 

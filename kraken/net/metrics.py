@@ -20,6 +20,7 @@ Each daemon wraps its HTTP resource once, in its ``tap.py``::
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -337,3 +338,25 @@ def _field(stats: Any, path: str) -> float:
     for part in path.split("."):
         value = value[part] if isinstance(value, Mapping) else getattr(value, part)
     return float(value)
+
+
+class DiskCollector(Collector):
+    """The file system holding ``path`` (a store's root), at scrape time: its size and the bytes free."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(0, 0)
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            usage = shutil.disk_usage(self._path)
+        except OSError as e:
+            log.info("metrics: the disk usage of {path} is unknown: {error}", path=self._path, error=str(e))
+            return iter(())
+        return self._families(usage.total, usage.free)
+
+    def _families(self, size: int, free: int) -> Iterator[Metric]:
+        yield GaugeMetricFamily("kraken_store_filesystem_size_bytes", "Size of the store's file system.", size)
+        yield GaugeMetricFamily("kraken_store_filesystem_free_bytes", "Bytes free on the store's file system.", free)

@@ -23,7 +23,7 @@ from kraken.backends.config import build_router
 from kraken.cluster.hosts import system_resolver
 from kraken.core import Digest
 from kraken.net import make_http_client
-from kraken.net.metrics import Observation, new_registry, observed
+from kraken.net.metrics import DiskCollector, Observation, new_registry, observed
 from kraken.net.server import listen_http, make_site
 from kraken.net.tls import TLSContexts, server_side, wire
 from kraken.origin.client import OriginClient
@@ -121,6 +121,7 @@ def _observation(
     registry = new_registry()
     registry.register(scheduler_collector(scheduler.stats))
     register_origin(registry, node.stats)
+    registry.register(DiskCollector(config.store.root))
     checks = {"store": store_writable(config.store.root, worker), "ring": found_itself(ring.me, ring.hosts.members)}
     return Observation(registry, checks, clock=reactor)
 

@@ -3,7 +3,9 @@ timeout), and every other request counted by route template, method and status c
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -19,6 +21,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from kraken.net.metrics import (
+    DiskCollector,
     Observation,
     Series,
     StatsCollector,
@@ -214,3 +217,15 @@ def test_a_plain_resource_behind_it_is_counted_unmatched() -> None:
     daemon.stub = StubTreq(observed(Plain(), daemon.observation))
     assert daemon.request("GET", "/x/y")[:2] == (200, b"plain")
     assert requests(daemon.samples(), "unmatched", "GET", "2xx") == 1.0
+
+
+def test_the_disk_collector_reads_the_file_system(tmp_path: Path) -> None:
+    daemon = Daemon()
+    daemon.registry.register(DiskCollector(str(tmp_path)))
+    samples = daemon.samples()
+    usage = shutil.disk_usage(tmp_path)
+    assert samples[("kraken_store_filesystem_size_bytes", ())] == usage.total
+    assert 0 < samples[("kraken_store_filesystem_free_bytes", ())] <= usage.total
+    gone = Daemon()
+    gone.registry.register(DiskCollector(str(tmp_path / "gone")))  # unknown: no series, logged
+    assert ("kraken_store_filesystem_size_bytes", ()) not in gone.samples()

@@ -39,6 +39,11 @@ def test_the_origin_service_serves_its_series(tmp_path: Path) -> None:
     assert value(samples, "kraken_origin_blob_heads_total") == 0.0
     assert value(samples, "kraken_p2p_sent_bytes_total") == 0.0
     assert value(samples, "kraken_origin_writeback_pending") is None  # no backends: no write-back series
+    assert (
+        (value(samples, "kraken_store_filesystem_size_bytes") or 0)
+        >= (value(samples, "kraken_store_filesystem_free_bytes") or -1)
+        > 0
+    )
 
 
 def test_every_section_present_gives_its_series() -> None:
