@@ -26,7 +26,7 @@ from typing import Any
 
 import attrs
 from klein.interfaces import IKleinRequest
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.internet import defer
@@ -44,7 +44,8 @@ log = Logger()
 
 #: A readiness probe gives each dependency this long to answer.
 READINESS_TIMEOUT = 5.0
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: The methods counted by name; any other is counted as ``other``.
+METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
 
 #: The text format ``generate_latest`` writes, as Prometheus 2 (Debian's) asks for it; newer clients call it 1.0.0,
 #: which Prometheus 2 does not know.
@@ -67,15 +68,37 @@ class Observation:
     refresh: Sequence[Callable[[], Awaitable[None]]] = ()
     #: The route template of a raw request path, tried before Klein's (the registry's own router).
     route: Callable[[bytes], str | None] | None = None
-    requests: Counter = attrs.field(init=False)
+    requests: RequestCounts = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.requests = Counter(
-            "kraken_http_requests",
-            "HTTP requests answered, by route template, method and status class.",
-            ["route", "method", "code"],
-            registry=self.registry,
-        )
+        self.requests = RequestCounts()
+        self.registry.register(self.requests)
+
+
+class RequestCounts(Collector):
+    """``kraken_http_requests_total``, kept in a dict a scrape reads: a request costs a dictionary update,
+    less than a prometheus_client ``Counter``'s labels and lock (the tracker answers thousands a second)."""
+
+    NAME = "kraken_http_requests"
+    HELP = "HTTP requests answered, by route template, method and status class."
+    LABELS = ("route", "method", "code")
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, bytes, int], int] = {}
+
+    def add(self, route: str, method: bytes, code: int) -> None:
+        """One request answered ``code``; ``method`` one of ``METHODS`` or ``b"other"``."""
+        key = (route, method, code // 100)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.NAME, self.HELP, labels=self.LABELS)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.NAME, self.HELP, labels=self.LABELS)
+        for (route, method, status), n in sorted(self.counts.items()):
+            family.add_metric([route, method.decode("ascii"), f"{status}xx"], n)
+        yield family
 
 
 def new_registry() -> CollectorRegistry:
@@ -230,21 +253,20 @@ class Observed(Resource):
         mine = self._mine.get(tuple(request.postpath))
         if mine is not None:
             return mine.render(request)
-        request.notifyFinish().addBoth(lambda _: self._count(request))  # type: ignore[attr-defined]  # as above
-        return getChildForRequest(self._rest, request).render(request)
+        result = getChildForRequest(self._rest, request).render(request)
+        if result is not NOT_DONE_YET or getattr(request, "finished", False):
+            self._count(request)  # answered already (the tracker's announces): no Deferred to wait on
+        else:
+            request.notifyFinish().addBoth(lambda _: self._count(request))  # type: ignore[attr-defined]  # as above
+        return result
 
     def _route_of(self, request: IRequest) -> str:
         found = None if self._route is None else self._route(request.path)
         return found if found is not None else route_of(request, self._exact)
 
     def _count(self, request: IRequest) -> None:
-        method = request.method.decode("ascii", "replace")
-        code = getattr(request, "code", 200)
-        self._requests.labels(
-            route=self._route_of(request),
-            method=method if method in _METHODS else "other",
-            code=f"{code // 100}xx",
-        ).inc()
+        method = request.method
+        self._requests.add(self._route_of(request), method if method in METHODS else b"other", request.code)  # type: ignore[attr-defined]  # Request has it
 
 
 def observed(rest: IResource, observation: Observation) -> IResource:
