@@ -23,10 +23,13 @@ from kraken.buildindex.client import BuildIndexes
 from kraken.cluster.services import ServiceAddress, ServiceHosts, describe
 from kraken.core import PieceLengthRule
 from kraken.net import make_http_client
+from kraken.net.metrics import DiskCollector, Observation, counted, new_registry, observed
 from kraken.net.server import listen_http, make_site
 from kraken.net.tls import TLSContexts, server_side, wire
+from kraken.p2p.metrics import scheduler_collector
 from kraken.p2p.scheduler import Scheduler
 from kraken.registry.http import RegistryAPI
+from kraken.registry.routing import route_template
 from kraken.store import CacheCleanup, CAStore
 from kraken.tracker.client import Trackers
 from kraken.workers import ThreadPoolService, ThreadWorker
@@ -87,36 +90,48 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
     if cleanup is not None:
         cleanup.setServiceParent(top)
 
+    observation = _observation(scheduler, tracker, index, reactor, config.store.root)
     _registry_listener(
         config,
         _source(config, scheduler, index, io_worker, store, tracker, reactor, pins),
         reactor,
         None if tls is None else tls.public_server(),  # the host's runtime: TLS, no client certificate
+        observation,
     ).setServiceParent(top)
 
     api = AgentHTTP(
         scheduler, tracker_health=tracker.health, build_index_health=index.health, clock=reactor, pins=pins,
         cleanup=None if cleanup is None else lambda: dict(cleanup.counts),
     )  # fmt: skip
-    _api_listener(config, api, reactor, tls).setServiceParent(top)
+    _api_listener(config, api, reactor, tls, observation).setServiceParent(top)
 
     scheduler.listener(reactor, "agent P2P").setServiceParent(top)
     return top
 
 
 def _api_listener(
-    config: AgentConfig, api: AgentHTTP, reactor: Any, tls: TLSContexts | None
+    config: AgentConfig, api: AgentHTTP, reactor: Any, tls: TLSContexts | None, observation: Observation
 ) -> StreamServerEndpointService:
     """The agent API on ``listen_api`` (named ``api``)."""
     listener = listen_http(
         config.listen_api,
-        make_site(api.resource(), reactor=reactor),
+        make_site(observed(api.resource(), observation), reactor=reactor),
         reactor=reactor,
         component="agent API",
         tls=server_side(tls),
     )
     listener.setName("api")
     return listener
+
+
+def _observation(scheduler: Scheduler, tracker: Trackers, index: BuildIndexes, reactor: Any, root: str) -> Observation:
+    """``/metrics`` (the scheduler's series, both listeners' requests, the store's disk) and ``/readiness``
+    (tracker and build-index answer)."""
+    registry = new_registry()
+    registry.register(scheduler_collector(scheduler.stats))
+    registry.register(DiskCollector(root))
+    checks = {"tracker": tracker.health, "build-index": index.health}
+    return Observation(registry, checks, clock=reactor, route=route_template)
 
 
 def _source(
@@ -160,9 +175,14 @@ def _hosts(value: ServiceAddress, kind: str, config: AgentConfig, reactor: Any, 
 
 
 def _registry_listener(
-    config: AgentConfig, source: AgentSource, reactor: Any, tls: IOpenSSLServerConnectionCreator | None
+    config: AgentConfig,
+    source: AgentSource,
+    reactor: Any,
+    tls: IOpenSSLServerConnectionCreator | None,
+    observation: Observation,
 ) -> StreamServerEndpointService:
-    """The agent's read-only registry API over ``source``, on ``listen_registry`` (named ``registry``)."""
+    """The agent's read-only registry API over ``source``, on ``listen_registry`` (named ``registry``), its
+    requests counted in ``observation`` (``/metrics`` is the agent API's)."""
     registry = RegistryAPI(
         source,
         None,
@@ -173,7 +193,7 @@ def _registry_listener(
     )
     listener = listen_http(
         config.listen_registry,
-        make_site(Namespaced(registry.resource()), reactor=reactor, not_utf8=registry.not_utf8()),
+        make_site(counted(Namespaced(registry.resource()), observation), reactor=reactor, not_utf8=registry.not_utf8()),
         reactor=reactor,
         component="agent registry",
         tls=tls,

@@ -22,11 +22,13 @@ from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.duplicate import Duplicator
 from kraken.buildindex.http import BuildIndexHTTP
 from kraken.buildindex.index import TagIndex
+from kraken.buildindex.metrics import register_build_index
 from kraken.buildindex.outbox import NODE
 from kraken.buildindex.tags import TagStore, open_pool
 from kraken.buildindex.wiring import build_replicator
 from kraken.buildindex.writeback import TagWriteBack
 from kraken.net import make_http_client
+from kraken.net.metrics import Observation, new_registry, observed
 from kraken.net.server import listen_http, make_site
 from kraken.net.tls import server_side, wire
 from kraken.origin.client import ClusterClient, origin_urls
@@ -90,7 +92,11 @@ def build_index_service(config: BuildIndexConfig, reactor: Any) -> MultiService:
         tags, origin, **limits, max_references=config.max_references, archive=archive, writeback=writeback,
         duplicator=duplicator, replicator=replicator,
     )  # fmt: skip
-    site = make_site(BuildIndexHTTP(index, replicator).resource(), reactor=reactor)
+    registry = new_registry()
+    refresh = register_build_index(registry, writeback, duplicator, replicator)
+    checks = {"database": index.healthy, "origin": origin.health}
+    observation = Observation(registry, checks, clock=reactor, refresh=refresh)
+    site = make_site(observed(BuildIndexHTTP(index, replicator).resource(), observation), reactor=reactor)
     fields = {"origin": config.origin, "database": config.database}
     listen_http(
         config.listen_http, site, reactor=reactor, component="build-index", tls=server_side(tls), **fields

@@ -170,6 +170,13 @@ class ClusterClient:
             self._clients[base] = found
         return found
 
+    async def health(self) -> bool:
+        """True if any of the origins this client was given answers its health check (readiness)."""
+        for base in self.seeds_to_ask():
+            if await self.client(base).health():
+                return True
+        return False
+
     # -- locations --
 
     def seeds_to_ask(self) -> list[str]:

@@ -23,6 +23,7 @@ from kraken.backends.config import build_router
 from kraken.cluster.hosts import system_resolver
 from kraken.core import Digest
 from kraken.net import make_http_client
+from kraken.net.metrics import DiskCollector, Observation, new_registry, observed
 from kraken.net.server import listen_http, make_site
 from kraken.net.tls import TLSContexts, server_side, wire
 from kraken.origin.client import OriginClient
@@ -30,9 +31,11 @@ from kraken.origin.cluster import OriginRing, Repair, ReplicaBackend
 from kraken.origin.config import OriginConfig
 from kraken.origin.fetch import BlobFetcher
 from kraken.origin.http import OriginHTTP
+from kraken.origin.metrics import found_itself, register_origin, store_writable
 from kraken.origin.node import OriginNode
 from kraken.origin.repair import RingRepair, RingView
 from kraken.origin.writeback import WriteBackQueue, open_pool
+from kraken.p2p.metrics import scheduler_collector
 from kraken.p2p.scheduler import Scheduler
 from kraken.store import CacheCleanup, CAStore, UploadExpiry
 from kraken.workers import ThreadPoolService, ThreadWorker
@@ -101,13 +104,26 @@ def origin_service(
     node.seeds_as(scheduler.me, scheduler.stats)
 
     app = OriginHTTP(node)
-    site = make_site(app.resource(), reactor=reactor, spool=store.uploads.spool, body_refused=app.body_refused)
+    resource = observed(app.resource(), _observation(config, reactor, node, scheduler, ring, io_worker))
+    site = make_site(resource, reactor=reactor, spool=store.uploads.spool, body_refused=app.body_refused)
     fields = {"advertise": config.advertised(), "root": config.store.root}
     listen_http(
         config.listen_http, site, reactor=reactor, component="origin", tls=server_side(tls), **fields
     ).setServiceParent(top)
     scheduler.listener(reactor, "origin P2P").setServiceParent(top)
     return top
+
+
+def _observation(
+    config: OriginConfig, reactor: Any, node: OriginNode, scheduler: Scheduler, ring: OriginRing, worker: ThreadWorker
+) -> Observation:
+    """``/metrics`` (the P2P side's series and the node's) and ``/readiness`` (store writable, ring found itself)."""
+    registry = new_registry()
+    registry.register(scheduler_collector(scheduler.stats))
+    register_origin(registry, node.stats)
+    registry.register(DiskCollector(config.store.root))
+    checks = {"store": store_writable(config.store.root, worker), "ring": found_itself(ring.me, ring.hosts.members)}
+    return Observation(registry, checks, clock=reactor)
 
 
 def _clients(

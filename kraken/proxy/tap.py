@@ -12,6 +12,7 @@ from kraken import config
 from kraken.buildindex.client import BuildIndexes
 from kraken.cluster.services import ServiceHosts, describe
 from kraken.net import make_http_client
+from kraken.net.metrics import Observation, new_registry, observed
 from kraken.net.server import listen_http, make_site
 from kraken.net.tls import ReloadOnSIGHUP, TLSContexts, server_side
 from kraken.origin.client import ClusterClient, origin_urls
@@ -19,6 +20,7 @@ from kraken.proxy.config import ProxyConfig
 from kraken.proxy.http import proxy_api, registry_auth
 from kraken.proxy.limits import rate_limited
 from kraken.proxy.source import ProxySource
+from kraken.registry.routing import route_template
 from kraken.store import UploadArea, UploadExpiry
 from kraken.workers import ThreadPoolService, ThreadWorker
 
@@ -60,8 +62,11 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
 
     UploadExpiry(api.expire_uploads, clock=reactor, ttl=cfg.uploads.ttl).setServiceParent(top)
 
+    observation = Observation(
+        new_registry(), {"build-index": index.health, "origin": origin.health}, clock=reactor, route=route_template
+    )
     site = make_site(
-        rate_limited(api.resource(), cfg.limits, clock=reactor),
+        observed(rate_limited(api.resource(), cfg.limits, clock=reactor), observation),
         reactor=reactor,
         spool=uploads.spool,
         body_refused=api.body_refused,

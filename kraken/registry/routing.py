@@ -102,3 +102,22 @@ def _repository_route(segs: list[str]) -> Route | None:
     if n >= 3 and segs[-2] == "referrers":
         return Route("referrers", name(2), segs[-1])
     return None
+
+
+#: Each kind of route as a template: the bounded ``route`` label of the HTTP metrics.
+TEMPLATES: dict[str, str] = {
+    "base": "/v2/",
+    "catalog": "/v2/_catalog",
+    "tags": "/v2/<name>/tags/list",
+    "referrers": "/v2/<name>/referrers/<digest>",
+    "manifest": "/v2/<name>/manifests/<reference>",
+    "blob": "/v2/<name>/blobs/<digest>",
+    "upload_start": "/v2/<name>/blobs/uploads/",
+    "upload": "/v2/<name>/blobs/uploads/<uuid>",
+}
+
+
+def route_template(path: bytes) -> str | None:
+    """The template of the route ``path`` names (``/v2/<name>/blobs/<digest>``...), or None."""
+    route = match_route(path)
+    return None if route is None else TEMPLATES[route.kind]

@@ -188,6 +188,9 @@ class TrackerHTTP:
         self._encoder = AnswerEncoder(announce_interval)
         self._no_peers = self._encoder.encode([])
         self.announce_resource = AnnounceResource(self)
+        #: Announces answered with peers (not those of complete peers), and the peers they were given (metrics).
+        self.handouts = 0
+        self.handed_out_peers = 0
 
     def resource(self) -> IResource:
         """The whole API: ``POST /announce`` on its fast path, the rest through Klein."""
@@ -226,7 +229,10 @@ class TrackerHTTP:
         # One more than needed: the requester itself may be among them.
         known = await self._store.peers(info_hash, self._max_peers + 1, now)
         origins = [] if self.origin_peers is None else await self.origin_peers.get(digest)
-        return self._encoder.encode(handout(known, origins, peer.peer_id, self._max_peers, self._rng))
+        peers = handout(known, origins, peer.peer_id, self._max_peers, self._rng)
+        self.handouts += 1
+        self.handed_out_peers += len(peers)
+        return self._encoder.encode(peers)
 
     @app.route("/namespace/<path:ns>/blobs/<d>/metainfo", methods=["GET"])
     async def metainfo(self, request: IRequest, ns: str, d: str) -> bytes:

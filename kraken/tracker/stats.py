@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
+from kraken.net.metrics import StatsCollector, table
 from kraken.net.server import json_response
 from kraken.tracker.peers import MemoryPeerStore
 from kraken.tracker.redis_peers import RedisPeerStore
@@ -73,3 +75,24 @@ class WithStats(Resource):
 def with_stats(rest: IResource, store: MemoryPeerStore | RedisPeerStore) -> IResource:
     """The tracker's resource ``rest`` with ``GET /stats`` of ``store`` in front of it."""
     return WithStats(StatsResource(store), rest)
+
+
+#: The tracker's series: its peer store's state (as ``/stats``) and the handouts of its announces. Announces
+#: themselves are ``kraken_http_requests_total{route="/announce"}``.
+PEER_STORE = table("""
+gauge   kraken_tracker_peer_store_reachable    reachable    1 if the peer store answered its last call (Redis), else 0.
+counter kraken_tracker_peer_store_outages      outages      Times Redis became unreachable.
+counter kraken_tracker_peer_store_bad_entries  bad_entries  Entries read back from Redis that could not be parsed.
+gauge   kraken_tracker_blobs                   blobs        Blobs with peers this tracker holds in memory.
+gauge   kraken_tracker_peers                   peers        Peers this tracker holds in memory (all blobs).
+""")
+HANDOUTS = table("""
+counter kraken_tracker_handouts       handouts          Announces answered with a list of peers.
+counter kraken_tracker_handout_peers  handed_out_peers  Peers handed out (sum of the handout sizes).
+""")
+
+
+def register_tracker(registry: CollectorRegistry, store: MemoryPeerStore | RedisPeerStore, app: object) -> None:
+    """The tracker's series on ``registry``: ``store``'s state and ``app``'s (``TrackerHTTP``) handout counters."""
+    registry.register(StatsCollector(lambda: peer_store_stats(store), PEER_STORE))
+    registry.register(StatsCollector(lambda: app, HANDOUTS))

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from kraken import config as kconfig
 from kraken.net import make_http_client
+from kraken.net.metrics import Observation, new_registry, observed
 from kraken.net.server import listen_http, make_site
 from kraken.net.tls import server_side, wire
 from kraken.origin.client import ClusterClient, origin_urls
@@ -22,7 +23,7 @@ from kraken.tracker.config import TrackerConfig
 from kraken.tracker.http import TrackerHTTP
 from kraken.tracker.origins import OriginPeers
 from kraken.tracker.redis_peers import peer_store
-from kraken.tracker.stats import with_stats
+from kraken.tracker.stats import register_tracker, with_stats
 
 log = Logger(namespace="kraken.tracker")
 
@@ -73,7 +74,13 @@ def tracker_service(config: TrackerConfig, reactor: Any) -> MultiService:
         metainfo_cache_size=config.metainfo_cache_size,
     )
 
-    site = make_site(with_stats(app.resource(), store), reactor=reactor, access_log=config.access_log)
+    registry = new_registry()
+    register_tracker(registry, store, app)
+    # Ready when an origin answers. A Redis outage leaves it ready: it serves from its local copy (degraded).
+    observation = Observation(registry, {"origin": origin.health}, clock=reactor, exact=frozenset({"/announce"}))
+    site = make_site(
+        observed(with_stats(app.resource(), store), observation), reactor=reactor, access_log=config.access_log
+    )
     listen_http(
         config.listen_http,
         site,
