@@ -62,14 +62,7 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
     io.setServiceParent(top)
     io_worker = ThreadWorker(reactor, io.pool)
 
-    store = CAStore(
-        config.store.root,
-        worker=io_worker,
-        hash_worker=ThreadWorker(reactor, cpu.pool),
-        # The agent never cuts blobs into pieces (metainfo comes from the origins); CAStore wants a rule anyway.
-        piece_rule=PieceLengthRule.default(),
-        now=reactor.seconds,
-    )
+    store = _store(config, reactor, io_worker, ThreadWorker(reactor, cpu.pool))
 
     http, client_service = make_http_client(reactor, config.http_client, tls=tls)
     c = config.http_client
@@ -107,6 +100,17 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
 
     scheduler.listener(reactor, "agent P2P").setServiceParent(top)
     return top
+
+
+def _store(config: AgentConfig, reactor: Any, io_worker: ThreadWorker, hash_worker: ThreadWorker) -> CAStore:
+    return CAStore(
+        config.store.root,
+        worker=io_worker,
+        hash_worker=hash_worker,
+        # The agent never cuts blobs into pieces (metainfo comes from the origins); CAStore wants a rule anyway.
+        piece_rule=PieceLengthRule.default(),
+        now=reactor.seconds,
+    )
 
 
 def _api_listener(
