@@ -254,9 +254,21 @@ class BuildIndexHTTP:
              "next_attempt": t.next_attempt, "last_error": t.last_error}
             for t in await self._replicator.pending()
         ]  # fmt: skip
+        stats = await self._replication_stats()
+        return json_response(request, 200, {"remotes": self._replicator.remotes, "pending": pending, "stats": stats})
+
+    @app.route("/stats", methods=["GET"])
+    async def stats(self, request: IRequest) -> bytes:
+        """Counters for operators: replication to remote clusters (totals, and per remote its counters, queue
+        depth ``pending`` and ``lag`` in seconds), as in ``GET /internal/replication``."""
+        return json_response(request, 200, {"replication": await self._replication_stats()})
+
+    async def _replication_stats(self) -> dict[str, Any]:
+        if self._replicator is None:
+            return {}
         stats = attrs.asdict(self._replicator.stats)
         stats["remotes"] = await self._replicator.report()
-        return json_response(request, 200, {"remotes": self._replicator.remotes, "pending": pending, "stats": stats})
+        return stats
 
     @app.route("/internal/replication/repositories/<path:repo>/tags/<tag>", methods=["POST"])
     async def retrigger(self, request: IRequest, repo: str, tag: str) -> bytes:

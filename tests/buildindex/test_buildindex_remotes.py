@@ -263,6 +263,7 @@ def test_bad_replicated_tags_are_refused(app: App, body: bytes) -> None:
 def test_the_listing_without_remotes_is_empty(app: App) -> None:
     assert app.json("GET", "/internal/replication") == (200, {"remotes": [], "pending": [], "stats": {}})
     assert app.json("POST", f"/internal/replication/repositories/{REPO}/tags/v1") == (200, {"retriggered": 0})
+    assert app.json("GET", "/stats") == (200, {"replication": {}})
 
 
 def test_service_wiring_with_remotes(tmp_path: Any) -> None:

@@ -165,6 +165,9 @@ def test_a_remote_answering_garbage_is_retried_and_never_done(
     assert pending["tag"] == "v1" and pending["attempts"] >= 3 and pending["last_error"]
     assert doc["stats"]["remotes"]["b"]["pending"] == 1 and doc["stats"]["remotes"]["b"]["failures"] >= 3
     assert doc["stats"]["replicated"] == 0
+    with urllib.request.urlopen(f"{a_index}/stats", timeout=10) as r:
+        stats = json.load(r)["replication"]  # the same counters for operators (retries go on meanwhile)
+    assert stats["remotes"]["b"]["pending"] == 1 and stats["remotes"]["b"]["failures"] >= 3
     assert not any(DONE.search(line) for line in a.output.snapshot())
     if real_origin:
         assert "the answer is not the tag" in pending["last_error"]
