@@ -260,7 +260,8 @@ def http_client(reactor: Any, tls: Mapping[str, str]) -> tuple[Any, Any]:
     from kraken.net.client import HTTPClientConfig, make_http_client
     from kraken.net.tls import TLSConfig, TLSContexts
 
-    contexts = TLSContexts.from_config(TLSConfig(ca=tls.get("ca"), cert=tls.get("cert"), key=tls.get("key"))) if tls else None
+    config = TLSConfig(ca=tls.get("ca"), cert=tls.get("cert"), key=tls.get("key"))
+    contexts = TLSContexts.from_config(config) if tls else None
     client, service = make_http_client(reactor, HTTPClientConfig(), tls=contexts)
     return client, service.pool
 
