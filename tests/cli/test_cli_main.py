@@ -95,3 +95,15 @@ def test_image_is_the_layout_writer(tmp_path, capsys):
     assert doc["tag"] == "v2" and os.path.exists(tmp_path / "img" / "index.json")
     assert cli.main(["image", str(tmp_path / "bad"), "--random-layer-size", "lots"]) == 2
     assert capsys.readouterr().err.startswith("kraken image: error: ")
+
+
+def test_the_console_script_is_main():
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(os.path.join(os.path.dirname(__file__), "..", "..", "setup.cfg"))
+    scripts = dict(
+        line.split(" = ") for line in setup["options.entry_points"]["console_scripts"].strip().splitlines()
+    )
+    assert scripts == {"kraken": "kraken.cli.main:main"}
+    assert "rich >= 13.0" in setup["options"]["install_requires"]
