@@ -102,8 +102,6 @@ def test_the_console_script_is_main():
 
     setup = configparser.ConfigParser()
     setup.read(os.path.join(os.path.dirname(__file__), "..", "..", "setup.cfg"))
-    scripts = dict(
-        line.split(" = ") for line in setup["options.entry_points"]["console_scripts"].strip().splitlines()
-    )
+    scripts = dict(line.split(" = ") for line in setup["options.entry_points"]["console_scripts"].strip().splitlines())
     assert scripts == {"kraken": "kraken.cli.main:main"}
     assert "rich >= 13.0" in setup["options"]["install_requires"]
