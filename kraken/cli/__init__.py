@@ -1,2 +1,3 @@
-"""The `kraken` command's tools: for now the OCI image writer (``kraken.cli.image``), used by the demo, the
-tests and the benchmarks to make images to push."""
+"""The ``kraken`` command (``kraken.cli.main``, console script ``kraken``): ``status`` (``kraken.cli.status``),
+``image`` (``kraken.cli.image``, the OCI image writer the demo, the tests and the benchmarks make images with) and
+``certs`` (``kraken.cli.certs``, the development CA)."""

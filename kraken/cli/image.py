@@ -332,9 +332,9 @@ def write_layout(
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m kraken.cli.image") -> int:
     p = argparse.ArgumentParser(
-        prog="python -m kraken.cli.image",
+        prog=prog,
         description="Write an OCI image layout (uncompressed, reproducible tar layers) and print its digests.",
     )
     p.add_argument("dir", help="layout directory (created if missing)")

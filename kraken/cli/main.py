@@ -1,0 +1,97 @@
+"""The ``kraken`` command (console script; also ``python -m kraken.cli``): one command, subcommands.
+
+- ``kraken status``: every daemon of a cluster, alive, ready, its ring and queues (``kraken.cli.status``);
+- ``kraken image DIR``: an OCI image layout to push (``kraken.cli.image``, also ``python -m kraken.cli.image``);
+- ``kraken certs DIR [NAME...]``: a development CA and certificates (``kraken.cli.certs``).
+
+Exit status: 0 success (``status``: every daemon healthy), 1 something unhealthy or failed, 2 a usage or
+configuration error (argparse's own code), with a one-line message on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from kraken.cli import certs, image, status
+
+PROG = "kraken"
+#: certificate names ``kraken certs`` makes when given none: one per kind of daemon.
+DEFAULT_NAMES = ("origin", "tracker", "build-index", "proxy", "agent")
+
+
+def _status_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "status",
+        help="ask every daemon of a cluster /health, /readiness and /metrics",
+        description="Ask every daemon of a cluster /health, /readiness and /metrics, and show them in a table. "
+        "Exit status: 0 every daemon alive and ready, 1 any not, 2 a usage or configuration error.",
+    )
+    p.add_argument("--config", help="a cluster file: origin, tracker, build_index, proxy, agent (URLs) and tls")
+    for kind in status.KINDS:
+        flag = "--" + kind.replace("_", "-")
+        p.add_argument(flag, dest=kind, action="append", metavar="URL", help=f"a {flag[2:]}'s address (repeatable)")
+    p.add_argument("--ca", help="CA certificate (PEM) trusted for https:// daemons (default: the system's)")
+    p.add_argument("--cert", help="client certificate (PEM), for daemons asking for one (mutual TLS)")
+    p.add_argument("--key", help="the client certificate's key (PEM)")
+    p.add_argument("--timeout", type=float, default=status.TIMEOUT, help="seconds per request (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Operate a Kraken cluster.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _status_parser(sub)
+    sub.add_parser("image", help="write an OCI image layout (see kraken image --help)", add_help=False)
+    p = sub.add_parser("certs", help="make (or reuse) a development CA and certificates")
+    p.add_argument("dir", help="directory of the CA (created if missing)")
+    p.add_argument("names", nargs="*", help=f"certificate names (default: {' '.join(DEFAULT_NAMES)})")
+    p.add_argument("--host", action="append", default=[], help="a name or address the certificates carry too")
+    return parser
+
+
+def run_certs(args: argparse.Namespace) -> int:
+    try:
+        ca = certs.ensure_dev_ca(args.dir, args.names or list(DEFAULT_NAMES), hosts=args.host)
+    except (ValueError, OSError) as e:
+        print(f"{PROG} certs: error: {e}", file=sys.stderr)
+        return 2
+    doc = {"ca": ca.ca, "trust_dir": ca.trust_dir, "certificates": ca.pairs, "made": list(ca.made)}
+    json.dump(doc, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def status_inputs(args: argparse.Namespace) -> tuple[list[status.Target], dict[str, str]]:
+    """The daemons and TLS paths asked for: the cluster file's, then the flags' (flags win for TLS).
+    ClusterFileError for a bad file, ValueError when no daemon is named."""
+    targets, tls = status.load_cluster(args.config) if args.config else ([], {})
+    targets += status.targets_from(vars(args))
+    for key in status.TLS_KEYS:
+        if getattr(args, key):
+            tls[key] = getattr(args, key)
+    if not targets:
+        raise ValueError("no daemon to ask: give --config FILE or --origin/--tracker/--build-index/--proxy/--agent URL")
+    return targets, tls
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["image"]:
+        return image.main(argv[1:], prog=f"{PROG} image")
+    args = build_parser().parse_args(argv)
+    if args.command == "certs":
+        return run_certs(args)
+    try:
+        targets, tls = status_inputs(args)
+    except ValueError as e:
+        print(f"{PROG} status: error: {e}", file=sys.stderr)
+        return 2
+    return status.run(targets, tls, args.timeout, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
