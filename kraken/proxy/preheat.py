@@ -17,11 +17,14 @@ there). At most ``concurrency`` blobs are asked for at once, over every preheat 
 through the proxy but the manifests.
 
 With an ``auth:`` block, both routes need credentials with push access to every repository named (the
-registry's own Basic or Bearer credentials, which is what Harbor's provider sends); ``/health`` stays open.
+registry's own Basic or Bearer credentials, which is what Harbor's provider sends). With ``preheat.token_file``,
+``Authorization: Bearer <that secret>`` is enough (Harbor's provider with an OAuth credential), and without
+``auth:`` it is required. ``/health`` stays open.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -36,7 +39,7 @@ from twisted.web.resource import IResource
 
 from kraken.core import Digest, DigestError
 from kraken.registry.auth import RegistryAuth
-from kraken.registry.errors import JSON_CONTENT_TYPE, ManifestInvalid, RegistryError
+from kraken.registry.errors import JSON_CONTENT_TYPE, ManifestInvalid, RegistryError, Unauthorized
 from kraken.registry.manifests import LEGACY_TYPES, MANIFEST_TYPES, bare_media_type, parse_manifest
 from kraken.registry.names import is_valid_name
 from kraken.registry.routing import Route
@@ -252,9 +255,10 @@ class PreheatAPI:
 
     app = Klein()
 
-    def __init__(self, preheater: Preheater, *, auth: RegistryAuth | None = None) -> None:
+    def __init__(self, preheater: Preheater, *, auth: RegistryAuth | None = None, token: bytes | None = None) -> None:
         self.preheater = preheater
         self._auth = auth
+        self._token = token
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -272,6 +276,17 @@ class PreheatAPI:
         return err.body()
 
     async def _check(self, request: IRequest, targets: Iterable[Target]) -> None:
+        """Return when the caller may preheat ``targets``: the shared secret, or registry credentials with push
+        access to each; else raise 401."""
+        if self._token is not None:
+            sent = request.getHeader(b"authorization") or b""
+            if hmac.compare_digest(sent.encode("latin-1") if isinstance(sent, str) else sent, b"Bearer " + self._token):
+                return
+            if self._auth is None:
+                log.info("refused {path}: no preheat token", path=request.path.decode("latin-1"))
+                raise Unauthorized(
+                    "the preheat token is required", headers={"WWW-Authenticate": 'Bearer realm="kraken preheat"'}
+                )
         if self._auth is None:
             return
         for target in targets:

@@ -57,7 +57,8 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
     )
     gate = registry_auth(cfg.auth, clock=reactor, worker=worker)
     api = proxy_api(source, uploads, clock=reactor, config=cfg.registry, limits=cfg.limits, auth=gate)
-    preheat = PreheatAPI(Preheater(origin, index, concurrency=cfg.registry.check_concurrency), auth=gate)
+    preheater = Preheater(origin, index, concurrency=cfg.preheat.concurrency)
+    preheat = PreheatAPI(preheater, auth=gate, token=cfg.preheat.token())
     # SIGHUP reloads the TLS pair and the htpasswd file or token keys.
     reload = ReloadOnSIGHUP(tls, reactor, also=[gate] if gate is not None else [])
     reload.setServiceParent(top)

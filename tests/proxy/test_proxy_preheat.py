@@ -15,11 +15,13 @@ from results import result_of
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python import usage
 
 from kraken.core import Digest
-from kraken.proxy.config import RegistryConfig
+from kraken.proxy.config import PreheatConfig, RegistryConfig
 from kraken.proxy.http import beside, proxy_api
 from kraken.proxy.preheat import NotificationInvalid, PreheatAPI, Preheater, Target, parse_envelope
+from kraken.proxy.tap import Options
 from kraken.registry.auth import BasicCredentials, RegistryAuth
 from kraken.registry.htpasswd import HtpasswdFile
 from kraken.registry.manifests import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
@@ -182,14 +184,16 @@ def index(origins: FakeOrigins, children: list[Digest]) -> Digest:
 
 
 class Proxy:
-    def __init__(self, tmp_path: Path, auth: RegistryAuth | None = None, concurrency: int = 8) -> None:
+    def __init__(
+        self, tmp_path: Path, auth: RegistryAuth | None = None, concurrency: int = 8, token: bytes | None = None
+    ) -> None:
         self.origins, self.tags = FakeOrigins(), FakeTags()
         self.preheater = Preheater(self.origins, self.tags, concurrency=concurrency)
         source = MemorySource(str(tmp_path / "blobs"))
         api = proxy_api(
             source, UploadArea(str(tmp_path / "up"), InlineWorker()), clock=Clock(), config=RegistryConfig()
         )
-        self.stub = StubTreq(beside(api.resource(), PreheatAPI(self.preheater, auth=auth).resource()))
+        self.stub = StubTreq(beside(api.resource(), PreheatAPI(self.preheater, auth=auth, token=token).resource()))
 
     def call(self, method: str, path: str, body: bytes = b"", **headers: str) -> tuple[int, Any]:
         resp = result_of(self.stub.request(method, BASE + path, data=body, headers=headers), self.stub.flush)
@@ -323,15 +327,76 @@ def test_harbor_health_check_and_the_registry_api_are_beside(tmp_path: Path) -> 
     assert proxy.call("GET", "/registry/notifications")[0] == 405
 
 
-def test_with_auth_push_credentials_are_needed(tmp_path: Path) -> None:
+HARBOR_BASIC = "Basic " + base64.b64encode(b"harbor:s3cret").decode()
+
+
+def htpasswd_auth(tmp_path: Path) -> RegistryAuth:
     path = tmp_path / "htpasswd"
     path.write_text(f"harbor:{bcrypt.hashpw(b's3cret', bcrypt.gensalt(4)).decode()}\n")
-    auth = RegistryAuth(BasicCredentials(HtpasswdFile(str(path)), "kraken", InlineWorker()))
-    proxy = Proxy(tmp_path, auth=auth)
+    return RegistryAuth(BasicCredentials(HtpasswdFile(str(path)), "kraken", InlineWorker()))
+
+
+def test_with_auth_push_credentials_are_needed(tmp_path: Path) -> None:
+    proxy = Proxy(tmp_path, auth=htpasswd_auth(tmp_path))
     digest, _ = image(proxy.origins, "s")
     body = harbor_envelope("a", "v1", str(digest))
     code, answer = proxy.call("POST", "/registry/notifications", body)
     assert (code, answer["errors"][0]["code"]) == (401, "UNAUTHORIZED") and proxy.origins.fetched == []
-    good = "Basic " + base64.b64encode(b"harbor:s3cret").decode()
-    assert proxy.call("POST", "/registry/notifications", body, Authorization=good)[0] == 200
+    assert proxy.call("POST", "/registry/notifications", body, Authorization=HARBOR_BASIC)[0] == 200
     assert proxy.preheater.done == 1
+
+
+# -- the shared secret (preheat.token_file) and the config -------------------
+
+SECRET = b"harbor-preheat-0123456789"
+
+
+def test_the_preheat_token_alone_lets_harbor_in(tmp_path: Path) -> None:
+    proxy = Proxy(tmp_path, token=SECRET)
+    digest, _ = image(proxy.origins, "k")
+    body = harbor_envelope("a", "v1", str(digest))
+    for wrong in ({}, {"Authorization": "Bearer not-the-secret"}, {"Authorization": "Basic aGFyYm9yOnMzY3JldA=="}):
+        code, answer = proxy.call("POST", "/registry/notifications", body, **wrong)
+        assert (code, answer["errors"][0]["code"]) == (401, "UNAUTHORIZED")
+    assert proxy.origins.fetched == []
+    assert proxy.call("POST", "/registry/notifications", body, Authorization="Bearer " + SECRET.decode())[0] == 200
+    assert proxy.preheater.done == 1
+
+
+def test_with_auth_the_token_or_credentials(tmp_path: Path) -> None:
+    proxy = Proxy(tmp_path, auth=htpasswd_auth(tmp_path), token=SECRET)
+    digest, _ = image(proxy.origins, "m")
+    body = json.dumps({"repository": "a", "digest": str(digest)}).encode()
+    assert proxy.call("POST", "/registry/preheat", body)[0] == 401
+    assert proxy.call("POST", "/registry/preheat", body, Authorization="Bearer " + SECRET.decode())[0] == 202
+    assert proxy.call("POST", "/registry/preheat", body, Authorization=HARBOR_BASIC)[0] == 202
+
+
+def parse_config(tmp_path: Path, text: str) -> Any:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(text)
+    options = Options()
+    options.parseOptions(["--config", str(path)])
+    return options["parsed"]
+
+
+def test_preheat_config(tmp_path: Path) -> None:
+    assert parse_config(tmp_path, "").preheat == PreheatConfig()
+    (tmp_path / "secret").write_bytes(SECRET + b"\n")
+    preheat = parse_config(tmp_path, f"preheat: {{concurrency: 3, token_file: {tmp_path / 'secret'}}}\n").preheat
+    assert (preheat.concurrency, preheat.token()) == (3, SECRET)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("preheat: {concurrency: 0}\n", ": preheat: concurrency must be positive"),
+        ("preheat: {token_file: /nonexistent/secret}\n", ": preheat: token_file: cannot read /nonexistent/secret"),
+        ("preheat: {token_file: SHORT}\n", ": preheat: token_file: "),
+    ],
+)
+def test_bad_preheat_config_names_file_and_key(tmp_path: Path, text: str, where: str) -> None:
+    (tmp_path / "short").write_bytes(b"short\n")
+    with pytest.raises(usage.UsageError) as e:
+        parse_config(tmp_path, text.replace("SHORT", str(tmp_path / "short")))
+    assert str(e.value).startswith(str(tmp_path / "proxy.yaml") + where)
