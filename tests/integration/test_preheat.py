@@ -19,11 +19,10 @@ from typing import Any
 import pytest
 from servers import DockerRegistry, running_docker_registry
 
-from kraken.cli.image import write_layout
 from kraken.core import Digest
 
 from ._tools import check_dir_copy, skopeo
-from .test_pull_through import upstream_backends
+from .test_pull_through import upstream_image
 
 
 @pytest.fixture
@@ -69,23 +68,7 @@ def test_a_harbor_preheat_puts_every_blob_on_the_origin_before_the_first_pull(
     docker_registry: DockerRegistry,
     tmp_path: Any,
 ) -> None:
-    layout = write_layout(
-        str(tmp_path / "layout"), layers=3, random_layer_size="512KiB", seed=f"preheat-{uuid.uuid4()}"
-    )
-    repo = f"upstream/preheat-{uuid.uuid4().hex[:8]}"
-    skopeo(
-        "copy",
-        "--dest-tls-verify=false",
-        "--preserve-digests",
-        f"oci:{layout.path}:v1",
-        f"docker://{docker_registry.address}/{repo}:v1",
-    )
-    backends = upstream_backends(docker_registry)
-    herd = herd_launcher.start(
-        str(tmp_path / "herd"),
-        agents=1,
-        extra={"origin": {"backends": backends}, "build_index": {"backends": backends}},
-    )
+    layout, repo, herd = upstream_image(herd_launcher, docker_registry, tmp_path, "preheat", 3, "512KiB")
     blobs = [layout.manifest.digest, layout.config.digest, *(layer.digest for layer in layout.layers)]
     assert not any(stored(herd.state_dir, "origin", d) for d in blobs)
     start = len(herd.log_lines())

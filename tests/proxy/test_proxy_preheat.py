@@ -30,9 +30,27 @@ from kraken.workers import InlineWorker
 
 BASE = "http://proxy.test"
 
+#: A layer push event of docker/distribution's example (docs/notifications.md), which holds two of them.
+LAYER_EVENT = """{
+         "id": "asdf-asdf-asdf-asdf-@ID@",
+         "timestamp": "2006-01-02T15:04:05Z",
+         "action": "push",
+         "target": {
+            "mediaType": "application/vnd.docker.container.image.rootfs.diff+x-gtar",
+            "length": @LENGTH@,
+            "digest": "sha256:c3b3692957d439ac1928219a83fac91e7bf96c153725526874673ae1f2023f8d5",
+            "repository": "library/test",
+            "url": "https://example.com/v2/library/test/blobs/sha256:c3b3692957d439ac1928219a83fac91e7bf96c153725526874673ae1f2023f8d5"
+         },
+         "request": {"id": "asdfasdf", "addr": "client.local", "host": "registrycluster.local", "method": "PUT",
+                     "useragent": "test/0.1"},
+         "actor": {"name": "test-actor"},
+         "source": {"addr": "hostname.local:port"}
+      }"""
+
 #: docker/distribution's example envelope (docs/notifications.md), as it sends it: a schema 1 manifest push
 #: and two layer pushes.
-DISTRIBUTION_EXAMPLE = b"""{
+DISTRIBUTION_EXAMPLE = """{
    "events": [
       {
          "id": "asdf-asdf-asdf-asdf-0",
@@ -59,40 +77,13 @@ DISTRIBUTION_EXAMPLE = b"""{
             "addr": "hostname.local:port"
          }
       },
-      {
-         "id": "asdf-asdf-asdf-asdf-1",
-         "timestamp": "2006-01-02T15:04:05Z",
-         "action": "push",
-         "target": {
-            "mediaType": "application/vnd.docker.container.image.rootfs.diff+x-gtar",
-            "length": 2,
-            "digest": "sha256:c3b3692957d439ac1928219a83fac91e7bf96c153725526874673ae1f2023f8d5",
-            "repository": "library/test",
-            "url": "https://example.com/v2/library/test/blobs/sha256:c3b3692957d439ac1928219a83fac91e7bf96c153725526874673ae1f2023f8d5"
-         },
-         "request": {"id": "asdfasdf", "addr": "client.local", "host": "registrycluster.local", "method": "PUT",
-                     "useragent": "test/0.1"},
-         "actor": {"name": "test-actor"},
-         "source": {"addr": "hostname.local:port"}
-      },
-      {
-         "id": "asdf-asdf-asdf-asdf-2",
-         "timestamp": "2006-01-02T15:04:05Z",
-         "action": "push",
-         "target": {
-            "mediaType": "application/vnd.docker.container.image.rootfs.diff+x-gtar",
-            "length": 3,
-            "digest": "sha256:c3b3692957d439ac1928219a83fac91e7bf96c153725526874673ae1f2023f8d5",
-            "repository": "library/test",
-            "url": "https://example.com/v2/library/test/blobs/sha256:c3b3692957d439ac1928219a83fac91e7bf96c153725526874673ae1f2023f8d5"
-         },
-         "request": {"id": "asdfasdf", "addr": "client.local", "host": "registrycluster.local", "method": "PUT",
-                     "useragent": "test/0.1"},
-         "actor": {"name": "test-actor"},
-         "source": {"addr": "hostname.local:port"}
-      }
+      LAYER_1,
+      LAYER_2
    ]
 }"""
+for _number in (1, 2):
+    _event = LAYER_EVENT.replace("@ID@", str(_number)).replace("@LENGTH@", str(_number + 1))
+    DISTRIBUTION_EXAMPLE = DISTRIBUTION_EXAMPLE.replace(f"LAYER_{_number}", _event)
 
 
 def harbor_envelope(repository: str, tag: str, digest: str = "") -> bytes:
@@ -205,7 +196,9 @@ class Proxy:
 
 
 def test_docker_distribution_example_queues_its_manifest_push_only() -> None:
-    targets, ignored = parse_envelope(DISTRIBUTION_EXAMPLE)
+    events = json.loads(DISTRIBUTION_EXAMPLE)["events"]
+    assert [(e["id"], e["target"]["length"]) for e in events] == [(f"asdf-asdf-asdf-asdf-{i}", i + 1) for i in range(3)]
+    targets, ignored = parse_envelope(DISTRIBUTION_EXAMPLE.encode())
     digest = Digest.parse("sha256:fea8895f450959fa676bcc1df0611ea93823a735a01205fd8622846041d0c7cf")
     assert (targets, ignored) == ([Target("library/test", digest)], 2)
 
