@@ -173,6 +173,35 @@ class AuthConfig:
 
 
 @attrs.frozen
+class PreheatConfig:
+    """The preheat routes (``kraken.proxy.preheat``): ``/registry/notifications`` and ``/registry/preheat``."""
+
+    # Blobs the origins are asked for at once, over every preheat in flight.
+    concurrency: int = attrs.field(default=8, validator=positive)
+    # A file holding a shared secret: "Authorization: Bearer <secret>" may then preheat (what Harbor's Kraken
+    # provider sends with an OAuth credential), and without it the routes need it or, with auth:, registry
+    # credentials with push access. Empty (the default): only auth: decides, as for pushes.
+    token_file: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if self.token_file:
+            self.token()
+
+    def token(self) -> bytes | None:
+        """The secret (the file's first line), or None when there is none."""
+        if not self.token_file:
+            return None
+        try:
+            with open(self.token_file, "rb") as f:
+                secret = f.readline().strip()
+        except OSError as e:
+            raise ValueError(f"token_file: cannot read {self.token_file}: {e.strerror}") from None
+        if len(secret) < 16:
+            raise ValueError(f"token_file: {self.token_file} must hold a secret of at least 16 characters")
+        return secret
+
+
+@attrs.frozen
 class ProxyConfig:
     listen_http: str = attrs.field(default="tcp:15000:interface=127.0.0.1", validator=check_listen)
     # Base URL of an origin, or a list of them: the origin cluster that takes blobs
@@ -188,5 +217,7 @@ class ProxyConfig:
     limits: LimitsConfig = attrs.field(factory=LimitsConfig)
     # Authentication of pushes and pulls (HTTP Basic or Docker bearer tokens); off by default.
     auth: AuthConfig = attrs.field(factory=AuthConfig)
+    # Preheat from registry notifications (Harbor, docker/distribution) and POST /registry/preheat.
+    preheat: PreheatConfig = attrs.field(factory=PreheatConfig)
     # TLS for this daemon's listeners and clients (kraken.net.tls; absent: plain).
     tls: TLSConfig = attrs.field(factory=TLSConfig)

@@ -5,8 +5,9 @@ and the authentication of its ``auth:`` section.
 Everything the proxy's listener serves is put together here, so this is
 where the proxy's next routes and policies go: authentication (Basic or
 Bearer, ``kraken.registry.auth``) is handed to the registry API here and
-wraps its one ``/v2`` route (``RegistryAPI._root``), and a notifications
-route will be served beside the registry API from here.
+wraps its one ``/v2`` route (``RegistryAPI._root``), and the preheat routes
+(``/registry/notifications``, ``/registry/preheat``: ``kraken.proxy.preheat``)
+are served beside the registry API (``beside``).
 ``kraken.proxy.tap`` builds the site and the listener around what this
 returns.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
 
 from kraken.proxy.config import AuthConfig, LimitsConfig, RegistryConfig
 from kraken.registry.auth import BasicCredentials, BearerCredentials, Credentials, RegistryAuth
@@ -61,6 +64,29 @@ def proxy_api(
             max_sessions_per_client=limits.max_upload_sessions_per_client,
         )
     return api
+
+
+class _Beside(Resource):
+    isLeaf = True
+
+    def __init__(self, api: IResource, preheat: IResource) -> None:
+        super().__init__()
+        self._api = api
+        self._preheat = preheat
+
+    def render(self, request: IRequest) -> bytes | int:
+        chosen = self._preheat if request.path.startswith(PREHEAT_PREFIX) else self._api
+        return chosen.render(request)
+
+
+#: The paths ``beside`` sends to the preheat routes.
+PREHEAT_PREFIX = b"/registry/"
+
+
+def beside(api: IResource, preheat: IResource) -> IResource:
+    """One resource serving ``preheat`` (``PreheatAPI.resource``) for paths under ``/registry/`` and ``api``
+    (``RegistryAPI.resource``) for every other path. Both are Klein (leaf) resources."""
+    return _Beside(api, preheat)
 
 
 def registry_auth(config: AuthConfig, *, clock: IReactorTime, worker: Worker) -> RegistryAuth | None:

@@ -17,8 +17,9 @@ from kraken.net.server import listen_http, make_site
 from kraken.net.tls import ReloadOnSIGHUP, TLSContexts, server_side
 from kraken.origin.client import ClusterClient, origin_urls
 from kraken.proxy.config import ProxyConfig
-from kraken.proxy.http import proxy_api, registry_auth
+from kraken.proxy.http import beside, proxy_api, registry_auth
 from kraken.proxy.limits import rate_limited
+from kraken.proxy.preheat import PreheatAPI, Preheater
 from kraken.proxy.source import ProxySource
 from kraken.registry.routing import route_template
 from kraken.store import UploadArea, UploadExpiry
@@ -56,6 +57,8 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
     )
     gate = registry_auth(cfg.auth, clock=reactor, worker=worker)
     api = proxy_api(source, uploads, clock=reactor, config=cfg.registry, limits=cfg.limits, auth=gate)
+    preheater = Preheater(origin, index, concurrency=cfg.preheat.concurrency)
+    preheat = PreheatAPI(preheater, auth=gate, token=cfg.preheat.token())
     # SIGHUP reloads the TLS pair and the htpasswd file or token keys.
     reload = ReloadOnSIGHUP(tls, reactor, also=[gate] if gate is not None else [])
     reload.setServiceParent(top)
@@ -66,7 +69,7 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
         new_registry(), {"build-index": index.health, "origin": origin.health}, clock=reactor, route=route_template
     )
     site = make_site(
-        observed(rate_limited(api.resource(), cfg.limits, clock=reactor), observation),
+        observed(rate_limited(beside(api.resource(), preheat.resource()), cfg.limits, clock=reactor), observation),
         reactor=reactor,
         spool=uploads.spool,
         body_refused=api.body_refused,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from servers import DockerRegistry, running_docker_registry
 
-from kraken.cli.image import write_layout
+from kraken.cli.image import Layout, write_layout
 
 from ._tools import check_dir_copy, skopeo
 
@@ -41,24 +41,39 @@ def upstream_backends(registry: DockerRegistry) -> list[dict[str, Any]]:
     ]
 
 
-def test_an_agent_pulls_an_image_only_the_upstream_registry_has(
-    herd_launcher: Any, docker_registry: DockerRegistry, tmp_path: Any
-) -> None:
-    layout = write_layout(
-        str(tmp_path / "layout"), layers=2, random_layer_size="1MiB", seed=f"pull-through-{uuid.uuid4()}"
-    )
-    repo = f"upstream/image-{uuid.uuid4().hex[:8]}"
+def push_upstream(registry: DockerRegistry, layout_path: str, repo: str) -> None:
+    """Copy the layout's ``v1`` to ``repo:v1`` on the upstream registry, digests intact."""
     skopeo(
         "copy",
         "--dest-tls-verify=false",
         "--preserve-digests",
-        f"oci:{layout.path}:v1",
-        f"docker://{docker_registry.address}/{repo}:v1",
+        f"oci:{layout_path}:v1",
+        f"docker://{registry.address}/{repo}:v1",
     )
 
-    backends = upstream_backends(docker_registry)
+
+def upstream_herd(herd_launcher: Any, registry: DockerRegistry, base: str, agents: int = 1) -> Any:
+    """A herd whose origin and build-index read ``upstream/...`` from ``registry`` on a miss."""
+    backends = upstream_backends(registry)
     extra = {"origin": {"backends": backends}, "build_index": {"backends": backends}}
-    herd = herd_launcher.start(str(tmp_path / "herd"), agents=1, extra=extra)
+    return herd_launcher.start(base, agents=agents, extra=extra)
+
+
+def upstream_image(
+    herd_launcher: Any, registry: DockerRegistry, tmp_path: Any, name: str, layers: int, layer_size: str
+) -> tuple[Layout, str, Any]:
+    """A new image ``upstream/<name>-<random>:v1`` only ``registry`` holds, and a herd reading it on a miss."""
+    path = str(tmp_path / "layout")
+    layout = write_layout(path, layers=layers, random_layer_size=layer_size, seed=f"{name}-{uuid.uuid4()}")
+    repo = f"upstream/{name}-{uuid.uuid4().hex[:8]}"
+    push_upstream(registry, layout.path, repo)
+    return layout, repo, upstream_herd(herd_launcher, registry, str(tmp_path / "herd"))
+
+
+def test_an_agent_pulls_an_image_only_the_upstream_registry_has(
+    herd_launcher: Any, docker_registry: DockerRegistry, tmp_path: Any
+) -> None:
+    layout, repo, herd = upstream_image(herd_launcher, docker_registry, tmp_path, "image", 2, "1MiB")
     pulled = str(tmp_path / "pulled")
     skopeo("copy", "--src-tls-verify=false", f"docker://{herd.agent_registry(0)}/{repo}:v1", f"dir:{pulled}")
 
