@@ -411,32 +411,21 @@ class WalkingDispatcher(Dispatcher):
     """The reference: the first version's ``next_requests``, which walks every missing piece at each call."""
 
     def next_requests(self, peer_id: str, now: float) -> list[int]:
-        field = self._peers[peer_id]
-        mine = self._by_peer[peer_id]
-        slots = self._limits[peer_id] - len(mine)
-        if slots <= 0 or not self._missing:
-            return []
+        field, mine = self._peers[peer_id], self._by_peer[peer_id]
         refused = {i for i, until in self._refused.get(peer_id, {}).items() if until > now}
-        rarity, rand, busy, by_piece = self._rarity, self._rng.random, self._verifying, self._by_piece
-        fresh = [
-            (rarity[i], rand(), i)
-            for i in self._missing
-            if i not in by_piece and i not in busy and field[i] and i not in refused
-        ]
-        chosen = [i for _, _, i in heapq.nsmallest(slots, fresh)]
-        for index in chosen:
-            self._add_request(peer_id, index, now)
-        slots -= len(chosen)
-        if slots > 0 and self.in_endgame():
-            duplicates = [
-                (len(by_piece[i]), rarity[i], rand(), i)
+        chosen: list[int] = []
+        for endgame in (False, True):  # fresh pieces first, then (in the endgame) duplicates
+            slots = self._limits[peer_id] - len(mine)
+            if slots <= 0 or not self._missing or (endgame and not self.in_endgame()):
+                break
+            keyed = [
+                ((len(self._by_piece[i]),) if endgame else ()) + (self._rarity[i], self._rng.random(), i)
                 for i in self._missing
-                if i in by_piece and i not in busy and field[i] and i not in mine and i not in refused
+                if field[i] and (i in self._by_piece) == endgame and not {i} & (self._verifying | mine.keys() | refused)
             ]
-            extra = [i for _, _, _, i in heapq.nsmallest(slots, duplicates)]
-            for index in extra:
-                self._add_request(peer_id, index, now)
-            chosen.extend(extra)
+            for key in heapq.nsmallest(slots, keyed):
+                self._add_request(peer_id, key[-1], now)
+                chosen.append(key[-1])
         return chosen
 
 
