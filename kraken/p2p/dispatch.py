@@ -29,8 +29,12 @@ Policy:
 - **Departures.** A peer that leaves takes its counts out of the rarity table and returns its outstanding
   requests to the pool.
 
-Cost: a request decision walks the pieces we still lack once (``O(missing)``) and never the peers; joins and
-departures cost ``O(pieces)`` for that peer.
+Cost: for each peer we keep the set of pieces it has and we lack, updated as it announces pieces and as pieces
+arrive, so a request decision touches only that peer's candidates (set operations in C, then one key per
+candidate that nobody is fetching), never the other pieces we lack nor the other peers; a piece received costs
+``O(peers)``; joins and departures cost ``O(pieces)`` for that peer. Candidates are considered in the order in
+which the first version walked its set of missing pieces, so that the injected random numbers go to the same
+pieces and a seeded run makes the same choices.
 """
 
 from __future__ import annotations
@@ -66,11 +70,16 @@ class Dispatcher:
         self._num_pieces = num_pieces
         self._have = Bitfield(num_pieces, have.ones())
         self._missing: set[int] = set(have.zeros())
+        # The order in which candidates get their random tie-breakers: the iteration order of ``_missing`` as
+        # built (it only shrinks, so the order holds); None when that is ascending, as when starting from nothing.
+        order = list(self._missing)
+        self._rank: dict[int, int] | None = None if order == sorted(order) else {i: n for n, i in enumerate(order)}
         self._pipeline_limit = pipeline_limit
         self._endgame_threshold = 0 if endgame_threshold is None else endgame_threshold
         self._request_timeout = request_timeout
         self._rng = rng
         self._peers: dict[str, Bitfield] = {}
+        self._wanted: dict[str, set[int]] = {}  # per peer: the pieces it has that we lack
         self._limits: dict[str, int] = {}  # current pipeline limit of each peer
         self._max_limits: dict[str, int] = {}
         self._rarity = [0] * num_pieces
@@ -95,15 +104,17 @@ class Dispatcher:
         limit = self._pipeline_limit if pipeline_limit is None else max(1, pipeline_limit)
         self._limits[peer_id] = self._max_limits[peer_id] = limit
         self._by_peer[peer_id] = {}
-        for i in field.ones():
+        ones = list(field.ones())
+        for i in ones:
             self._rarity[i] += 1
+        self._wanted[peer_id] = self._missing.intersection(ones)
 
     def peer_left(self, peer_id: str) -> None:
         """Forget the peer; its outstanding requests return to the pool. Unknown peers are ignored."""
         field = self._peers.pop(peer_id, None)
         if field is None:
             return
-        del self._limits[peer_id], self._max_limits[peer_id]
+        del self._limits[peer_id], self._max_limits[peer_id], self._wanted[peer_id]
         for i in field.ones():
             self._rarity[i] -= 1
         for index in self._by_peer.pop(peer_id):
@@ -115,6 +126,8 @@ class Dispatcher:
         if not field[index]:
             field.set(index)
             self._rarity[index] += 1
+            if index in self._missing:
+                self._wanted[peer_id].add(index)
 
     def peer_complete(self, peer_id: str) -> None:
         """The peer has every piece (``COMPLETE``)."""
@@ -122,12 +135,13 @@ class Dispatcher:
         for i in list(field.zeros()):
             field.set(i)
             self._rarity[i] += 1
+        self._wanted[peer_id] = set(self._missing)
 
     # -- requests ------------------------------------------------------------------------------------------------
 
     def next_requests(self, peer_id: str, now: float) -> list[int]:
         """The pieces to request of ``peer_id`` now (possibly none); they are recorded as outstanding at ``now``."""
-        field = self._peers[peer_id]
+        wanted = self._wanted[peer_id]
         mine = self._by_peer[peer_id]
         slots = self._limits[peer_id] - len(mine)
         if slots <= 0 or not self._missing:
@@ -136,22 +150,15 @@ class Dispatcher:
         rarity = self._rarity
         rand = self._rng.random
         busy = self._verifying
-        fresh = [
-            (rarity[i], rand(), i)
-            for i in self._missing
-            if i not in self._by_piece and i not in busy and field[i] and i not in refused
-        ]
+        by_piece = self._by_piece
+        fresh = [(rarity[i], rand(), i) for i in self._ordered(wanted.difference(by_piece, busy, refused))]
         chosen = [i for _, _, i in heapq.nsmallest(slots, fresh)]
         for index in chosen:
             self._add_request(peer_id, index, now)
         slots -= len(chosen)
         if slots > 0 and self.in_endgame():
-            by_piece = self._by_piece
-            duplicates = [
-                (len(by_piece[i]), rarity[i], rand(), i)
-                for i in self._missing
-                if i in by_piece and i not in busy and field[i] and i not in mine and i not in refused
-            ]
+            candidates = wanted.intersection(by_piece).difference(busy, mine, refused)
+            duplicates = [(len(by_piece[i]), rarity[i], rand(), i) for i in self._ordered(candidates)]
             extra = [i for _, _, _, i in heapq.nsmallest(slots, duplicates)]
             for index in extra:
                 self._add_request(peer_id, index, now)
@@ -177,6 +184,8 @@ class Dispatcher:
             return []
         self._have.set(index)
         self._missing.discard(index)
+        for wanted in self._wanted.values():
+            wanted.discard(index)
         if peer_id in self._limits:
             self._limits[peer_id] = min(self._max_limits[peer_id], self._limits[peer_id] + 1)
         field = self._peers.get(peer_id)
@@ -254,6 +263,10 @@ class Dispatcher:
         return frozenset(self._by_piece.get(index, {}))
 
     # -- internals -----------------------------------------------------------------------------------------------
+
+    def _ordered(self, pieces: set[int]) -> list[int]:
+        """``pieces`` in the order ``_missing`` iterates (see ``_rank``)."""
+        return sorted(pieces) if self._rank is None else sorted(pieces, key=self._rank.__getitem__)
 
     def _add_request(self, peer_id: str, index: int, now: float) -> None:
         self._by_peer[peer_id][index] = now

@@ -1,5 +1,6 @@
 """Dispatcher: the pure piece-selection policy (rarest first, pipelining, endgame, failures, timeouts)."""
 
+import heapq
 import random
 
 import pytest
@@ -401,3 +402,126 @@ def test_an_arrived_piece_frees_its_slot_and_is_not_asked_for_while_it_is_checke
     d.piece_received("b", pb)
     assert d.next_requests("b", 0.0) == [pa]
     assert d.next_requests("a", 0.0) == []
+
+
+# -- the candidate sets against a brute-force walk -----------------------------------------------------------------
+
+
+class WalkingDispatcher(Dispatcher):
+    """The reference: the first version's ``next_requests``, which walks every missing piece at each call."""
+
+    def next_requests(self, peer_id: str, now: float) -> list[int]:
+        field, mine = self._peers[peer_id], self._by_peer[peer_id]
+        refused = {i for i, until in self._refused.get(peer_id, {}).items() if until > now}
+        chosen: list[int] = []
+        for endgame in (False, True):  # fresh pieces first, then (in the endgame) duplicates
+            slots = self._limits[peer_id] - len(mine)
+            if slots <= 0 or not self._missing or (endgame and not self.in_endgame()):
+                break
+            keyed = [
+                ((len(self._by_piece[i]),) if endgame else ()) + (self._rarity[i], self._rng.random(), i)
+                for i in self._missing
+                if field[i] and (i in self._by_piece) == endgame and not {i} & (self._verifying | mine.keys() | refused)
+            ]
+            for key in heapq.nsmallest(slots, keyed):
+                self._add_request(peer_id, key[-1], now)
+                chosen.append(key[-1])
+        return chosen
+
+
+def check_choice(
+    d: Dispatcher, peer: str, field: Bitfield, now: float, got: list[int], before: dict[int, frozenset[str]]
+) -> None:
+    """Each piece chosen is one the peer has, we lack, it was not already asked for and has not refused (nor is it
+    being verified); fresh pieces come first, as many as the free slots allow, and are among the rarest of those
+    nobody was fetching."""
+    have, refused = d.have(), d._refused.get(peer, {})
+
+    def allowed(i: int) -> bool:
+        return field[i] and not have[i] and i not in d._verifying and refused.get(i, -1.0) <= now
+
+    available = [i for i in range(len(field)) if allowed(i) and not before[i]]
+    fresh = [i for i in got if not before[i]]
+    assert got[: len(fresh)] == fresh, "a duplicate came before a fresh piece"
+    assert all(allowed(i) and peer not in before[i] for i in got)
+    assert len(fresh) == min(len(available), d.pipeline_limit(peer) - len(d.outstanding(peer)) + len(got))
+    if fresh:
+        worst = max(d.rarity(i) for i in fresh)
+        assert all(d.rarity(i) >= worst for i in available if i not in fresh), "a rarer piece was passed over"
+    if len(fresh) < len(got):
+        assert d.in_endgame(), "a duplicate outside the endgame"
+
+
+ANSWERS = {"arrive": "piece_arrived", "deliver": "piece_received", "fail": "piece_failed"}
+EVENTS = ["request", "arrive", "deliver", "fail", "expire", "has", "done", "leave", "join"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    num_pieces=st.integers(1, 160),
+    held=st.integers(0, 160),
+    limit=st.integers(1, 5),
+    threshold=st.integers(0, 3),
+    seed=st.integers(0, 2**32),
+    steps=st.lists(st.tuples(st.sampled_from(EVENTS), st.integers(0, 7), st.integers(0, 10_000)), max_size=120),
+)
+def test_candidate_sets_choose_as_the_walk_does(
+    num_pieces: int, held: int, limit: int, threshold: int, seed: int, steps: list[tuple[str, int, int]]
+) -> None:
+    # Holding a prefix makes the set of missing pieces iterate out of ascending order once it wraps its table.
+    gen = random.Random(seed)
+    have = Bitfield(num_pieces, [i for i in range(num_pieces) if i < held or gen.random() < 0.1])
+    new, ref = pair = [
+        cls(
+            num_pieces,
+            have,
+            pipeline_limit=limit,
+            request_timeout=10.0,
+            endgame_threshold=threshold,
+            rng=random.Random(seed),
+        )
+        for cls in (Dispatcher, WalkingDispatcher)
+    ]
+    fields: dict[str, Bitfield] = {}
+    names = iter(f"p{n}" for n in range(1000))
+
+    def both(method: str, *args: object) -> None:
+        first, second = (getattr(d, method)(*args) for d in pair)
+        assert first == second, method
+
+    def join(field: Bitfield) -> None:
+        name = next(names)
+        fields[name] = field
+        both("peer_joined", name, field)
+
+    join(Bitfield.full(num_pieces))
+    for kind, who, value in steps:
+        peer = sorted(fields)[who % len(fields)]
+        mine = sorted(new.outstanding(peer))
+        index = mine[value % len(mine)] if mine else None
+        now = float(value % 3)
+        if kind == "request":
+            before = {i: new.requesters(i) for i in range(num_pieces)}
+            got = new.next_requests(peer, now)
+            assert got == ref.next_requests(peer, now)
+            check_choice(new, peer, fields[peer], now, got, before)
+        elif kind == "join":
+            field_gen = random.Random(value)
+            join(Bitfield(num_pieces, [i for i in range(num_pieces) if field_gen.random() < 0.4]))
+        elif kind == "has":
+            fields[peer].set(value % num_pieces)
+            both("peer_has", peer, value % num_pieces)
+        elif kind == "done":
+            fields[peer] = Bitfield.full(num_pieces)
+            both("peer_complete", peer)
+        elif kind == "leave" and len(fields) > 1:
+            del fields[peer]
+            both("peer_left", peer)
+        elif kind == "expire":
+            both("expired", 10.5 + now)
+        elif kind in ANSWERS and index is not None:
+            both(ANSWERS[kind], peer, index)
+        assert all(new.outstanding(p) == ref.outstanding(p) for p in fields)
+        assert new.have() == ref.have() and new.in_endgame() == ref.in_endgame()
+        lacking = set(new.have().zeros())
+        assert all(new._wanted[p] == lacking.intersection(f.ones()) for p, f in fields.items())
