@@ -4,23 +4,19 @@ Routes (``<ns>`` is a repository name and may contain slashes)::
 
     GET  /namespace/<ns>/blobs/<digest>   the blob, downloaded through P2P first (HEAD too; Range supported)
     GET  /health                          "OK\\n" while the process runs
-    GET  /readiness                       200 when the tracker and the build-index answer their health checks,
-                                          else 503 {"error": ..., "down": [...]}
     GET  /stats                           the scheduler's counters as JSON
 
-Every error is JSON ``{"error": "..."}``, produced by one ``handle_errors``.
+Every error is JSON ``{"error": "..."}``, produced by one ``handle_errors``. ``/readiness`` and ``/metrics``
+are served in front of this app, as on every daemon (``kraken.net.metrics``, wired in ``kraken.agent.tap``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
 from klein import Klein
-from twisted.internet import defer
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -33,9 +29,6 @@ from kraken.core import Digest, DigestError
 from kraken.net.server import HTTPError, json_error, json_response
 from kraken.registry.names import is_valid_name
 
-#: A readiness probe gives each dependency this long to answer its health check.
-READINESS_TIMEOUT = 5.0
-
 
 class StatsSource(Protocol):
     """What the API needs of the scheduler besides ``download``."""
@@ -47,9 +40,6 @@ class Scheduler(Downloader, StatsSource, Protocol):
     pass
 
 
-HealthCheck = Callable[[], Awaitable[bool]]
-
-
 class AgentHTTP:
     app = Klein()
     log = Logger()
@@ -58,10 +48,6 @@ class AgentHTTP:
         self,
         scheduler: Scheduler,
         *,
-        tracker_health: HealthCheck,
-        build_index_health: HealthCheck,
-        clock: IReactorTime,
-        readiness_timeout: float = READINESS_TIMEOUT,
         pins: Pins | None = None,
         cleanup: Callable[[], dict[str, int]] | None = None,
     ) -> None:
@@ -70,9 +56,6 @@ class AgentHTTP:
         self._scheduler = scheduler
         self._pins = pins if pins is not None else Pins()
         self._cleanup = cleanup
-        self._checks: dict[str, HealthCheck] = {"tracker": tracker_health, "build-index": build_index_health}
-        self._clock = clock
-        self._readiness_timeout = readiness_timeout
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -85,33 +68,6 @@ class AgentHTTP:
     def health(self, request: IRequest) -> bytes:
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return b"OK\n"
-
-    @app.route("/readiness", methods=["GET"])
-    async def readiness(self, request: IRequest) -> bytes:
-        names = list(self._checks)
-        results = await gatherResults([Deferred.fromCoroutine(self._check(name)) for name in names])
-        down = [name for name, ok in zip(names, results, strict=True) if not ok]
-        if down:
-            raise HTTPError(503, f"not ready: {', '.join(down)} unreachable", down=down)
-        return json_response(request, 200, {"ready": True})
-
-    async def _check(self, name: str) -> bool:
-        d = Deferred.fromCoroutine(_awaited(self._checks[name]))
-        d.addTimeout(self._readiness_timeout, self._clock)
-        try:
-            return bool(await d)
-        except CancelledError:
-            raise  # the probe went away
-        except defer.TimeoutError:
-            self.log.info(
-                "{dependency} did not answer its health check within {duration}s",
-                dependency=name,
-                duration=self._readiness_timeout,
-            )
-            return False
-        except Exception as e:
-            self.log.info("health check of {dependency} failed: {error}", dependency=name, error=str(e))
-            return False
 
     @app.route("/stats", methods=["GET"])
     def stats(self, request: IRequest) -> bytes:
@@ -140,7 +96,3 @@ class AgentHTTP:
         # Klein counts <path:...> as one segment: nothing must be left for File to traverse.
         request.postpath = []
         return self._pins.resource(digest, File(path, defaultType="application/octet-stream"))
-
-
-async def _awaited(check: HealthCheck) -> bool:
-    return await check()

@@ -93,7 +93,7 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
     ).setServiceParent(top)
 
     api = AgentHTTP(
-        scheduler, tracker_health=tracker.health, build_index_health=index.health, clock=reactor, pins=pins,
+        scheduler, pins=pins,
         cleanup=None if cleanup is None else lambda: dict(cleanup.counts),
     )  # fmt: skip
     _api_listener(config, api, reactor, tls, observation).setServiceParent(top)

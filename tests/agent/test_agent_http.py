@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import attrs
 import pytest
-import treq
-from agent_fakes import BASE, Client, FakeScheduler, layer
-from results import result_of
+from agent_fakes import Client, FakeScheduler, layer
 from twisted.internet import error, task
-from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 
 from kraken.agent.http import AgentHTTP
@@ -22,37 +17,11 @@ from kraken.net import HTTPStatusError
 NS = "library/alpine"
 
 
-class Checks:
-    """Health checks whose answers the test sets: True, False, an exception, or a Deferred."""
-
-    def __init__(self) -> None:
-        self.answers: dict[str, Any] = {"tracker": True, "build-index": True}
-        self.calls: list[str] = []
-
-    def check(self, name: str) -> Any:
-        async def run() -> bool:
-            self.calls.append(name)
-            answer = self.answers[name]
-            if isinstance(answer, Exception):
-                raise answer
-            if isinstance(answer, Deferred):
-                return bool(await answer)
-            return bool(answer)
-
-        return run
-
-
 class Api:
     def __init__(self, tmp_path: Path, clock: task.Clock) -> None:
         self.clock = clock
         self.scheduler = FakeScheduler(tmp_path / "cache")
-        self.checks = Checks()
-        self.http = AgentHTTP(
-            self.scheduler,
-            tracker_health=self.checks.check("tracker"),
-            build_index_health=self.checks.check("build-index"),
-            clock=clock,
-        )
+        self.http = AgentHTTP(self.scheduler)
         self.client = Client(self.http.resource(), clock)
 
 
@@ -150,47 +119,3 @@ def test_stats_are_the_scheduler_counters(api: Api) -> None:
     assert r.header("Content-Type") == "application/json"
     assert r.json() == attrs.asdict(api.scheduler.counters)
     assert r.json()["bytes_in"] == 10
-
-
-def test_ready_when_tracker_and_build_index_answer(api: Api) -> None:
-    r = api.client.get("/readiness")
-    assert r.code == 200
-    assert r.json() == {"ready": True}
-    assert sorted(api.checks.calls) == ["build-index", "tracker"]
-
-
-@pytest.mark.parametrize(
-    "answers,down",
-    [
-        ({"tracker": False}, ["tracker"]),
-        ({"build-index": False}, ["build-index"]),
-        ({"tracker": False, "build-index": False}, ["tracker", "build-index"]),
-        ({"tracker": RuntimeError("boom")}, ["tracker"]),
-    ],
-)
-def test_not_ready_names_what_is_down(api: Api, answers: dict[str, Any], down: list[str]) -> None:
-    api.checks.answers.update(answers)
-    r = api.client.get("/readiness")
-    assert r.code == 503
-    assert r.json()["down"] == down
-    for name in down:
-        assert name in r.json()["error"]
-
-
-def test_a_check_that_hangs_counts_as_down_after_the_timeout(api: Api) -> None:
-    hanging: Deferred[bool] = Deferred()
-    api.checks.answers["build-index"] = hanging
-    d = Deferred.fromCoroutine(_get(api, "/readiness"))
-    api.client.pump()
-    assert not d.called
-    api.clock.advance(5)
-    code, body = result_of(d, api.client.pump)
-    assert code == 503
-    assert json.loads(body)["down"] == ["build-index"]
-    assert hanging.called  # cancelled, not left dangling
-    assert [c for c in api.clock.getDelayedCalls() if c.active()] == []
-
-
-async def _get(api: Api, path: str) -> tuple[int, bytes]:
-    response = await api.client.stub.get(BASE + path)
-    return response.code, await treq.content(response)
