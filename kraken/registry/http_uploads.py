@@ -210,10 +210,8 @@ class UploadHandlers:
         blob already stored is checked here, by reading the upload."""
         uploads = self._sessions.area()
         size = self._sessions.size(uid)
-        if uploads.hashing:
-            await self._verify(uid, expected)
         created = await self._source.stat_blob(name, expected) is None
-        if not created and not uploads.hashing:
+        if uploads.hashing or not created:
             await self._verify(uid, expected)
         if created:
             try:
