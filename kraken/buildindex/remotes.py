@@ -59,7 +59,7 @@ from kraken.core import Digest
 from kraken.net import HTTPStatusError
 from kraken.net.retry import NETWORK_ERRORS
 from kraken.registry.errors import RegistryError
-from kraken.registry.manifests import parse_manifest
+from kraken.registry.manifests import ParsedManifest, manifest_closure, parse_manifest
 from kraken.registry.source import ManifestRecord
 from kraken.throttle import TokenBucket, Unlimited
 
@@ -155,15 +155,8 @@ async def read_closure(
     origin: ClusterClient, records: Records, repo: str, digest: Digest, *, max_manifest_size: int
 ) -> Closure:
     """The closure of ``digest`` in ``repo`` as this cluster's origin and tag store know it."""
-    closure = Closure()
-    todo: list[tuple[Digest, int]] = [(digest, 0)]
-    seen: set[Digest] = set()
-    while todo:
-        d, depth = todo.pop(0)
-        if d in seen:
-            continue
-        seen.add(d)
-        closure.manifests.append(d)
+
+    async def read(d: Digest, media_type: str | None) -> ParsedManifest:
         body = await origin.read_small(repo, d, max_manifest_size)
         if body is None:
             raise ReplicationError(f"manifest {d} of {repo} is missing on this cluster's origin")
@@ -173,11 +166,13 @@ async def read_closure(
             raise ReplicationError(f"manifest {d} of {repo} is invalid: {e.message}") from None
         if parsed.digest != d:
             raise ReplicationError(f"this cluster's origin answered {parsed.digest} for {d}")
-        closure.blobs.extend(b for b in parsed.required_blobs() if b not in closure.blobs)
-        children = [c.digest for c in parsed.manifests]
-        children += [r.digest for r in await records.referrers(repo, d)]
-        if depth < MAX_DEPTH:
-            todo.extend((c, depth + 1) for c in children)
+        return parsed
+
+    async def referrers(d: Digest) -> list[Digest]:
+        return [r.digest for r in await records.referrers(repo, d)]
+
+    closure = Closure()
+    closure.manifests, closure.blobs = await manifest_closure(read, digest, max_depth=MAX_DEPTH, more=referrers)
     return closure
 
 

@@ -40,7 +40,14 @@ from twisted.web.resource import IResource
 from kraken.core import Digest, DigestError
 from kraken.registry.auth import RegistryAuth
 from kraken.registry.errors import JSON_CONTENT_TYPE, ManifestInvalid, RegistryError, Unauthorized
-from kraken.registry.manifests import LEGACY_TYPES, MANIFEST_TYPES, bare_media_type, parse_manifest
+from kraken.registry.manifests import (
+    LEGACY_TYPES,
+    MANIFEST_TYPES,
+    ParsedManifest,
+    bare_media_type,
+    manifest_closure,
+    parse_manifest,
+)
 from kraken.registry.names import is_valid_name
 from kraken.registry.routing import Route
 
@@ -154,7 +161,7 @@ def parse_preheat(body: bytes) -> Target:
     return _target(doc, "preheat request")
 
 
-def _parse(body: bytes, hint: str | None) -> Any:
+def _parse(body: bytes, hint: str | None) -> ParsedManifest:
     """The manifest ``body``; an OCI document without ``mediaType`` is told apart by its structure."""
     try:
         return parse_manifest(body, None)
@@ -184,25 +191,14 @@ class Preheater:
 
     async def closure(self, repo: str, digest: Digest) -> tuple[list[Digest], list[Digest]]:
         """The manifests (``digest`` first, then the children of an index) and the blobs they reference."""
-        manifests: list[Digest] = []
-        blobs: list[Digest] = []
-        await self._walk(repo, digest, None, 0, manifests, blobs)
-        return manifests, blobs
 
-    async def _walk(
-        self, repo: str, digest: Digest, hint: str | None, depth: int, manifests: list[Digest], blobs: list[Digest]
-    ) -> None:
-        if digest in manifests:
-            return
-        manifests.append(digest)
-        body = await self._origins.read_small(repo, digest, MAX_MANIFEST)
-        if body is None:
-            raise LookupError(f"manifest {digest} is not on the origins nor in their backend")
-        parsed = _parse(body, hint)
-        blobs.extend(d for d in parsed.required_blobs() if d not in blobs)
-        if parsed.is_index and depth < MAX_DEPTH:
-            for child in parsed.manifests:
-                await self._walk(repo, child.digest, child.media_type, depth + 1, manifests, blobs)
+        async def read(d: Digest, media_type: str | None) -> ParsedManifest:
+            body = await self._origins.read_small(repo, d, MAX_MANIFEST)
+            if body is None:
+                raise LookupError(f"manifest {d} is not on the origins nor in their backend")
+            return _parse(body, media_type)
+
+        return await manifest_closure(read, digest, max_depth=MAX_DEPTH)
 
     async def warm(self, target: Target) -> int:
         """Preheat ``target``: the number of blobs the origins now hold."""

@@ -14,7 +14,7 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -139,6 +139,34 @@ def bare_media_type(value: str | bytes | None) -> str:
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     return value.split(";", 1)[0].strip().lower()
+
+
+async def manifest_closure(
+    read: Callable[[Digest, str | None], Awaitable[ParsedManifest]],
+    top: Digest,
+    *,
+    max_depth: int,
+    more: Callable[[Digest], Awaitable[Iterable[Digest]]] | None = None,
+) -> tuple[list[Digest], list[Digest]]:
+    """The manifests of ``top``'s image, breadth first from ``top`` (each once), and the blobs they require
+    (each once). ``read(digest, media_type)`` parses one manifest (``media_type``: what the index naming it
+    says, None for ``top``); ``more(digest)``: further manifests belonging to it (its referrers). Manifests
+    more than ``max_depth`` levels below ``top`` are left out."""
+    manifests: list[Digest] = []
+    blobs: dict[Digest, None] = {}
+    todo: list[tuple[Digest, str | None, int]] = [(top, None, 0)]
+    while todo:
+        digest, media_type, depth = todo.pop(0)
+        if digest in manifests:
+            continue
+        manifests.append(digest)
+        parsed = await read(digest, media_type)
+        blobs.update(dict.fromkeys(parsed.required_blobs()))
+        if depth < max_depth:
+            todo.extend((child.digest, child.media_type, depth + 1) for child in parsed.manifests)
+            if more is not None:
+                todo.extend((d, None, depth + 1) for d in await more(digest))
+    return manifests, list(blobs)
 
 
 def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
