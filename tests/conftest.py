@@ -37,7 +37,7 @@ import pytest
 import pytest_twisted
 import yaml
 from hypothesis import HealthCheck, settings
-from processes import LineWatch, OutputReader
+from processes import OutputReader
 
 # Property tests check behaviour, not speed: on a busy 2-core CI machine Hypothesis's own timing checks
 # (the per-example deadline, "too slow" data generation) would fail them for reasons outside the code.
@@ -169,7 +169,6 @@ class Herd:
     log_path: str
     process: subprocess.Popen[bytes]
     output: OutputReader = field(repr=False)
-    watch: LineWatch = field(repr=False)
     base_dir: str = ""
     extra: Mapping[str, Any] | None = None
 
@@ -214,7 +213,7 @@ class Herd:
         """Wait until ``done`` returns True for one of the herd's output lines from index ``start`` on
         (``done`` sees each line once, in order). False if the herd's output ended first, or after
         ``timeout`` seconds (a backstop)."""
-        return self.watch.wait(done, start, timeout)
+        return self.output.wait_for(done, start, timeout)
 
 
 def free_agent_base(agents: int, avoid: frozenset[int] | set[int] = frozenset()) -> int:
@@ -303,9 +302,8 @@ def start_herd(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    watch = LineWatch(process.stdout)
-    output = OutputReader(watch, log_path, HERD_READY)
-    herd = Herd("127.0.0.1", ports, state_dir, config_path, log_path, process, output, watch, base_dir, extra)
+    output = OutputReader(process.stdout, log_path, HERD_READY)
+    herd = Herd("127.0.0.1", ports, state_dir, config_path, log_path, process, output, base_dir, extra)
     output.settled.wait(HERD_START_TIMEOUT)
     if not output.ready.is_set():
         stop_herd(herd)

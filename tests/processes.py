@@ -1,5 +1,5 @@
 """Child processes of the tests (the herd, moto_server, docker-registry, redis-server): their output
-drained in a thread (``OutputReader``) and waited on line by line (``LineWatch``)."""
+drained in a thread (``OutputReader``), which also lets a test wait for a line."""
 
 from __future__ import annotations
 
@@ -85,47 +85,3 @@ class OutputReader:
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
-
-
-class LineWatch:
-    """A child's stdout as ``OutputReader`` reads it, offering every line to threads waiting for one.
-
-    ``OutputReader`` reads through ``readline``; each line is kept here too (same indexes as the reader's
-    ``snapshot``) and waiters are woken, so a test waits for a log line instead of polling for it.
-    """
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self._changed = threading.Condition()
-        self._lines: list[str] = []
-        self._ended = False
-
-    def readline(self) -> bytes:
-        raw: bytes = self._stream.readline()
-        with self._changed:
-            if raw:
-                self._lines.append(raw.decode("utf-8", errors="replace").rstrip("\n"))
-            else:
-                self._ended = True
-            self._changed.notify_all()
-        return raw
-
-    def count(self) -> int:
-        with self._changed:
-            return len(self._lines)
-
-    def wait(self, done: Callable[[str], bool], start: int, timeout: float) -> bool:
-        """Feed the lines from index ``start`` on, in order, to ``done`` (waiting for new ones) until it
-        returns True; False when the output ends or after ``timeout`` seconds (a backstop)."""
-        deadline = time.monotonic() + timeout
-        position = start
-        with self._changed:
-            while True:
-                while position < len(self._lines):
-                    if done(self._lines[position]):
-                        return True
-                    position += 1
-                remaining = deadline - time.monotonic()
-                if self._ended or remaining <= 0:
-                    return False
-                self._changed.wait(remaining)

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from processes import LineWatch, OutputReader
+from processes import OutputReader
 
 START_TIMEOUT = 60.0  # seconds; a backstop, the helpers wait for the line saying where the server listens
 STOP_TIMEOUT = 30.0
@@ -38,7 +38,7 @@ S3_REGION = "us-east-1"
 
 
 class ServerProcess:
-    """A child process whose output an ``OutputReader`` drains (``watch`` waits for lines); ``stop()`` ends it
+    """A child process whose output an ``OutputReader`` drains (and a test waits on); ``stop()`` ends it
     (twice is harmless)."""
 
     def __init__(self, name: str, argv: list[str], ready: re.Pattern[str], env: dict[str, str] | None = None) -> None:
@@ -47,8 +47,7 @@ class ServerProcess:
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
         )
         assert self.process.stdout is not None
-        self.watch = LineWatch(self.process.stdout)
-        self.output = OutputReader(self.watch, None, ready, name=f"{name}-output")
+        self.output = OutputReader(self.process.stdout, None, ready, name=f"{name}-output")
         self.output.settled.wait(START_TIMEOUT)
         if self.output.match is None:
             self.stop()

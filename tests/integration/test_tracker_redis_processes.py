@@ -62,7 +62,7 @@ class Tracker(ServerProcess):
             return {p["peer_id"] for p in json.load(answer)["peers"]}
 
     def wait_for(self, text: str, start: int = 0) -> None:
-        assert self.watch.wait(lambda line: text in line, start, WAIT), f"{self.name}: no {text!r} in its log"
+        assert self.output.wait_for(lambda line: text in line, start, WAIT), f"{self.name}: no {text!r} in its log"
 
     def count(self, text: str) -> int:
         return sum(text in line for line in self.output.snapshot())
@@ -118,7 +118,7 @@ def test_two_trackers_share_peers_and_ride_out_a_redis_restart(tmp_path: Any, st
     two.wait_for("redis unreachable")
     assert two.announce(4) == {pid(1), pid(2), pid(3)}  # a newcomer during the outage
 
-    marks = (one.watch.count(), two.watch.count())
+    marks = (one.output.count(), two.output.count())
     restarted = start_redis(redis.work_dir, redis.port)  # empty, on the same port
     stack.append(restarted)
     one.wait_for("redis back", marks[0])
@@ -151,7 +151,7 @@ def test_a_sentinel_failover_keeps_the_peers(tmp_path: Any, stack: list[Any]) ->
     assert one.announce(1) == set()
     assert one.announce(2, complete=True) == set()
     assert two.announce(3) == {pid(1), pid(2)}
-    marks = (one.watch.count(), two.watch.count())
+    marks = (one.output.count(), two.output.count())
     primary.process.kill()
     primary.stop()
     for _ in range(5):  # answered from memory while Sentinel fails over

@@ -167,7 +167,7 @@ def test_a_push_is_written_back_to_s3(herd_launcher: Any, s3: S3, tmp_path: Any)
     layout = small_image(tmp_path, "image")
     herd = herd_launcher.start(str(tmp_path / "herd"), agents=1, extra=s3_herd(s3))
 
-    start = herd.watch.count()
+    start = herd.output.count()
     push(layout, f"docker://{herd.registry}/writeback/s3:v1")
     wait_for_writebacks(herd, image_digests(layout), start)
 
@@ -182,7 +182,7 @@ def test_a_push_while_s3_is_down_is_written_back_when_it_returns(herd_launcher: 
     ref = f"docker://{herd.registry}/writeback/outage:v1"
 
     s3.stop()
-    start = herd.watch.count()
+    start = herd.output.count()
     push(layout, ref)  # skopeo exits 0 (or the helper fails the test)
     pull_and_check(ref, str(tmp_path / "pulled"), layout)
     wait_for_failures(herd, image_digests(layout), start)  # the origin tried, and S3 was not there
@@ -197,7 +197,7 @@ def test_pending_write_backs_survive_an_origin_restart(herd_launcher: Any, s3: S
     herd = herd_launcher.start(str(tmp_path / "herd"), agents=1, extra=s3_herd(s3, outage=True))
 
     s3.stop()
-    start = herd.watch.count()
+    start = herd.output.count()
     push(layout, f"docker://{herd.registry}/writeback/restart:v1")
     wait_for_failures(herd, image_digests(layout), start)
     assert herd_launcher.stop(herd) in (0, -15)
@@ -214,7 +214,7 @@ def test_an_origin_with_an_empty_disk_fetches_from_s3(herd_launcher: Any, s3: S3
     herd = herd_launcher.start(str(tmp_path / "herd"), agents=1, extra=s3_herd(s3))
     repo = "writeback/empty-disk"
 
-    start = herd.watch.count()
+    start = herd.output.count()
     push(layout, f"docker://{herd.registry}/{repo}:v1")
     wait_for_writebacks(herd, image_digests(layout), start)
     assert herd_launcher.stop(herd) in (0, -15)
