@@ -86,7 +86,7 @@ class StreamingSource(AgentSource):
         if await self.stat_blob(repo, digest) is None:
             return None
         started = await self._start(repo, digest)
-        if not isinstance(started, Download):
+        if started is None or isinstance(started, str):  # unknown, or in the cache: served as ever
             return None if started is None else await super().blob_resource(repo, digest)
         try:
             reader = await PartialReader.open(started, self._reads)
