@@ -1,7 +1,7 @@
 """Range GETs through agents that have not downloaded the blob: a multi-piece blob (1 MiB pieces) pushed to the
-proxy is asked of agents in parts, each answered 206 with ``Content-Range`` and exactly those bytes, streamed from
-the download in progress (docs/operations.md section 26); a whole GET on another agent is the blob; a range past the
-end is 416. Synchronous: the herd is another process."""
+proxy with python-dxf is asked of agents in parts, each answered 206 with ``Content-Range`` and exactly those
+bytes, streamed from the download in progress (docs/operations.md section 26); a whole GET on another agent is the
+blob; a range past the end is 416. Synchronous: the herd is another process."""
 
 from __future__ import annotations
 
@@ -12,19 +12,17 @@ import urllib.request
 import uuid
 from typing import Any
 
+from dxf import DXF
+
 SIZE = (5 << 20) + 12345  # six pieces of 1 MiB, the last one short
 
 
-def _push(herd: Any, repo: str, data: bytes) -> str:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    post = urllib.request.Request(
-        f"{herd.url}/v2/{repo}/blobs/uploads/?digest={digest}",
-        data=data,
-        method="POST",
-        headers={"Content-Type": "application/octet-stream"},
-    )
-    with urllib.request.urlopen(post, timeout=60) as response:
-        assert response.status == 201
+def _push(herd: Any, repo: str, data: bytes, tmp_path: Any) -> str:
+    """The blob pushed to the proxy with python-dxf; its digest."""
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    digest: str = DXF(herd.registry, repo, insecure=True).push_blob(str(path))
+    assert digest == "sha256:" + hashlib.sha256(data).hexdigest()
     return digest
 
 
@@ -37,10 +35,10 @@ def _get(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
-def test_range_gets_of_a_blob_the_agents_are_still_downloading(herd: Any) -> None:
+def test_range_gets_of_a_blob_the_agents_are_still_downloading(herd: Any, tmp_path: Any) -> None:
     repo = f"integration/ranges-{uuid.uuid4().hex[:8]}"
     data = os.urandom(SIZE)
-    digest = _push(herd, repo, data)
+    digest = _push(herd, repo, data, tmp_path)
 
     # Past the end: 416 with the size, in OCI error JSON (this starts agent 2's download).
     status, headers, body = _get(
