@@ -7,31 +7,20 @@ call). Synchronous: the herd is another process.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from pathlib import Path
 from typing import Any
 
 from oras.oci import Subject
 from oras.provider import Registry
 
-from kraken.cli.image import write_layout
-
-from ._tools import skopeo
+from ._tools import push_new_image
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 SBOM = "application/vnd.example.sbom+json"
 
 
 def test_an_artifact_with_a_subject_through_an_agent_with_oras(herd: Any, tmp_path: Path) -> None:
-    layout = write_layout(str(tmp_path / "layout"), layers=1, random_layer_size="64KiB", seed=f"oras-{uuid.uuid4()}")
-    repo = f"integration/oras-{uuid.uuid4().hex[:8]}"
-    skopeo(
-        "copy",
-        "--dest-tls-verify=false",
-        "--preserve-digests",
-        f"oci:{layout.path}:v1",
-        f"docker://{herd.registry}/{repo}:v1",
-    )
+    layout, repo = push_new_image(herd.registry, str(tmp_path / "layout"), "oras", layers=1, layer_size="64KiB")
     subject = layout.manifest.digest
     sbom = tmp_path / "sbom.json"
     sbom.write_bytes(b'{"packages": ["musl", "busybox"]}')

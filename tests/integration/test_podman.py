@@ -12,12 +12,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import uuid
 from typing import Any
 
-from kraken.cli.image import write_layout
-
-from ._tools import get_json, skopeo
+from ._tools import get_json, push_new_image
 
 PODMAN_TIMEOUT = 300
 
@@ -36,15 +33,7 @@ def podman(tmp_path: Any, *args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 def test_podman_pulls_through_an_agent_mirror(herd: Any, tmp_path: Any) -> None:
-    layout = write_layout(str(tmp_path / "layout"), layers=2, random_layer_size="3MiB", seed=f"podman-{uuid.uuid4()}")
-    repo = f"integration/podman-{uuid.uuid4().hex[:8]}"
-    skopeo(
-        "copy",
-        "--dest-tls-verify=false",
-        "--preserve-digests",
-        f"oci:{layout.path}:v1",
-        f"docker://{herd.registry}/{repo}:v1",
-    )
+    layout, repo = push_new_image(herd.registry, str(tmp_path / "layout"), "podman", layers=2, layer_size="3MiB")
     (tmp_path / "registries.conf").write_text(
         "[[registry]]\n"
         'location = "origin.invalid"\n'
