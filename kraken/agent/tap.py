@@ -19,6 +19,7 @@ from kraken.agent.config import AgentConfig
 from kraken.agent.http import AgentHTTP
 from kraken.agent.mirror import Namespaced
 from kraken.agent.source import AgentSource, LocalOrTracker, Mirror
+from kraken.agent.streams import StreamingSource
 from kraken.buildindex.client import BuildIndexes
 from kraken.cluster.services import ServiceAddress, ServiceHosts, describe
 from kraken.core import PieceLengthRule
@@ -151,7 +152,7 @@ def _source(
     """The registry's source, a containerd mirror that never strands a pull: blob sizes from the cache or the
     tracker (a HEAD downloads nothing), every question to the tracker or build-index bounded by
     ``answer_timeout``."""
-    return AgentSource(
+    return StreamingSource(
         scheduler,
         index,
         worker=worker,

@@ -29,7 +29,6 @@ from typing import Any
 import attrs
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -46,7 +45,7 @@ from kraken.p2p.leech import Leech, MetaInfoSource
 from kraken.p2p.seed import Seed
 from kraken.p2p.seeding import Seeding
 from kraken.p2p.session import IPeerSessionObserver, PeerSession
-from kraken.p2p.torrent import BlobNotFound, Conn, DownloadFailed, Stats, Torrent, Torrents
+from kraken.p2p.torrent import BlobNotFound, Conn, Download, DownloadFailed, Stats, Torrent, Torrents
 from kraken.singleflight import SingleFlight
 from kraken.store import CAStore
 from kraken.throttle import TokenBucket, Unlimited
@@ -189,6 +188,12 @@ class Scheduler(Service):
 
         Concurrent calls for one blob share one download. Raises ``BlobNotFound``, ``DownloadFailed``, or
         ``kraken.files.OutOfSpace`` when the disk is full (the partial blob is deleted)."""
+        started = await self.start(namespace, digest)
+        return started if isinstance(started, str) else await started.finished()
+
+    async def start(self, namespace: str, digest: Digest) -> str | Download:
+        """``download`` without the wait: the path of the blob in the cache if it is there, else the download in
+        progress (started, or joined), whose pieces a reader may stream as they are checked."""
         if not self.running:
             raise DownloadFailed("the scheduler is stopped")
         path = self._store.blob_path(digest)
@@ -207,9 +212,7 @@ class Scheduler(Service):
             return path
         if torrent.closed:  # dropped while it was being opened (its install failed, or the scheduler stopped)
             raise DownloadFailed(f"the download of {digest} was dropped")
-        waiter: Deferred[str] = Deferred(lambda d: torrent.waiters.remove(d) if d in torrent.waiters else None)
-        torrent.waiters.append(waiter)
-        return await waiter
+        return Download(torrent, path)
 
     # --- Service ------------------------------------------------------------------------------------------------
 
@@ -282,5 +285,6 @@ def _buckets(config: P2PConfig, clock: IReactorTime) -> tuple[TokenBucket | Unli
 
 
 __all__ = [
-    "Announcer", "BlobNotFound", "Connector", "DownloadFailed", "MetaInfoSource", "MissingBlob", "Scheduler", "Stats",
+    "Announcer", "BlobNotFound", "Connector", "Download", "DownloadFailed", "MetaInfoSource", "MissingBlob",
+    "Scheduler", "Stats",
 ]  # fmt: skip

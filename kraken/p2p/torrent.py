@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import attrs
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -110,6 +110,40 @@ class Torrent:
             return None
         conn = self.conns.get(session.remote.peer_id.hex())
         return conn if conn is not None and conn.session is session else None
+
+
+class Download:
+    """A download in progress as a reader sees it (``Scheduler.start``): its metainfo, the partial file, each piece
+    once it is checked and written, and its end (the whole blob checked and installed, or the download failed)."""
+
+    def __init__(self, torrent: Torrent, path: str) -> None:
+        assert torrent.partial is not None
+        self._torrent = torrent
+        self._path = path
+        self.info = torrent.info
+        self.data_path = torrent.partial.data_path  # gone once installed: open it before the end
+
+    @property
+    def cache_path(self) -> str:
+        """Where the blob is once installed."""
+        return self._path
+
+    def when_piece(self, index: int) -> Deferred[None]:
+        """Fires once piece ``index`` is checked and written; never if the download fails (see ``finished``)."""
+        partial = self._torrent.partial
+        return succeed(None) if partial is None else partial.when_piece(index)
+
+    def finished(self) -> Deferred[str]:
+        """The cache path once the whole blob's SHA-256 is checked and it is installed; fails with the download
+        (``DownloadFailed``, ``OutOfSpace``). Cancelling it stops waiting and leaves the download alone."""
+        torrent = self._torrent
+        if torrent.complete:
+            return succeed(self._path)
+        if torrent.closed:  # dropped: its install failed, it stalled, or the scheduler stopped
+            return fail(DownloadFailed(f"the download of {torrent.info.digest} was dropped"))
+        waiter: Deferred[str] = Deferred(lambda d: torrent.waiters.remove(d) if d in torrent.waiters else None)
+        torrent.waiters.append(waiter)
+        return waiter
 
 
 class Torrents:

@@ -3,7 +3,10 @@
 The source returns a resource that serves the bytes (a ``static.File`` on
 the agent, a relay of the origin's answer on the proxy) and handles
 ``Range`` itself; this handler only refuses what that resource would get
-wrong and adds ``Docker-Content-Digest``. A HEAD is answered from the
+wrong and adds ``Docker-Content-Digest``. A blob the agent is still
+downloading is a ``StreamingBlob`` (``kraken.registry.streaming``): its
+bytes go out as their pieces are checked, and this handler picks its range
+(416 with ``Content-Range: bytes */<size>`` when no byte of it exists). A HEAD is answered from the
 source's ``stat_blob`` alone (size, digest, type): no byte is read, which on
 the agent means the blob is not downloaded (containerd HEADs every blob
 before it GETs it). Blob deletion is not supported.
@@ -20,6 +23,7 @@ from kraken.registry.errors import BlobUnknown, RangeInvalid
 from kraken.registry.messages import backwards_range, text
 from kraken.registry.names import parse_digest
 from kraken.registry.source import IRegistrySource
+from kraken.registry.streaming import StreamingBlob, byte_range
 
 
 class BlobHandlers:
@@ -45,6 +49,8 @@ class BlobHandlers:
                 status=416,
                 headers={"Content-Range": f"bytes */{size if size is not None else '*'}"},
             )
+        if isinstance(resource, StreamingBlob):
+            resource.select(byte_range(raw_range, resource.length))
         request.setHeader(b"docker-content-digest", str(digest).encode())
         # Klein renders the returned resource after walking request.postpath;
         # it must render as itself, not look up children.

@@ -28,7 +28,7 @@ import shutil
 import uuid
 from collections.abc import Awaitable, Callable
 
-from twisted.internet.defer import DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.logger import Logger
 
 from kraken.core import Bitfield, Digest, MetaInfo, MetaInfoError
@@ -73,10 +73,26 @@ class PartialBlob:
         self._status_lock = DeferredLock()
         self._status_wanted = 0  # status versions: one per piece set
         self._status_saved = 0  # the newest version on disk
+        self._readers: dict[int, list[Deferred[None]]] = {}  # who waits for which piece (when_piece)
 
     @property
     def digest(self) -> Digest:
         return self.metainfo.digest
+
+    @property
+    def data_path(self) -> str:
+        """The partial file: piece ``i``'s bytes are final there once ``when_piece(i)`` has fired."""
+        return os.path.join(self._dir, "data")
+
+    def when_piece(self, index: int) -> Deferred[None]:
+        """Fires once piece ``index`` is checked and written (at once if it is). Never fails; a reader that stops
+        waiting (the download failed) cancels it."""
+        if self.have[index]:
+            return succeed(None)
+        waiting = self._readers.setdefault(index, [])
+        d: Deferred[None] = Deferred(lambda d: waiting.remove(d) if d in waiting else None)
+        waiting.append(d)
+        return d
 
     def complete(self) -> bool:
         return self.have.complete()
@@ -98,6 +114,8 @@ class PartialBlob:
         if self.have[index]:  # written twice concurrently: harmless, same bytes
             return False
         self.have.set(index)
+        for reader in self._readers.pop(index, []):
+            reader.callback(None)
         await self._save_status()
         return True
 

@@ -294,3 +294,15 @@ class Target:
         """The ``/stats`` counters of the daemon at ``url`` (an origin or an agent API)."""
         found: dict[str, Any] = get_json(f"{url}/stats", self.context)
         return found
+
+
+def push_new_image(registry: str, path: str, name: str, *, layers: int, layer_size: str) -> tuple[Any, str]:
+    """A new image (an OCI layout at ``path``) pushed with skopeo to the plain registry at ``registry`` as
+    ``integration/<name>-<random>:v1``: (its ``kraken.cli.image.Layout``, the repository)."""
+    from kraken.cli.image import write_layout
+
+    layout = write_layout(path, layers=layers, random_layer_size=layer_size, seed=f"{name}-{os.urandom(8).hex()}")
+    repo = f"integration/{name}-{os.urandom(4).hex()}"
+    target = f"docker://{registry}/{repo}:v1"
+    skopeo("copy", "--dest-tls-verify=false", "--preserve-digests", f"oci:{layout.path}:v1", target)
+    return layout, repo

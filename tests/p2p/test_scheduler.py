@@ -4,12 +4,13 @@ test_torrent (and the pure policies: test_dials, test_slots, test_dispatch, test
 
 from __future__ import annotations
 
-from swarm import blob, done, outcome, read, resolved
+from swarm import NAMESPACE, PIECE, blob, done, outcome, read, resolved
 from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
-from kraken.p2p.scheduler import BlobNotFound
+from kraken.p2p.scheduler import BlobNotFound, Download
+from kraken.store.downloads import pread
 
 SCHEDULER = "kraken.p2p.scheduler.Scheduler"
 
@@ -83,3 +84,25 @@ def test_every_part_logs_under_the_schedulers_name(swarm):
     assert formats["downloading {digest} ({bytes} bytes, {pieces} pieces, {have} on disk)"] == SCHEDULER
     assert formats["downloaded {digest}"] == SCHEDULER
     assert formats["sent every piece of {digest} once"] == SCHEDULER
+
+
+def test_start_hands_out_the_download_in_progress_piece_by_piece(swarm):
+    data, info = blob(6)
+    swarm.origin("origin", (data, info))
+    agent = swarm.agent("agent")
+    started = Deferred.fromCoroutine(agent.scheduler.start(NAMESPACE, info.digest))
+    swarm.flush()
+    download = resolved(started)
+    assert isinstance(download, Download) and download.info == info
+    pieces = [download.when_piece(i) for i in range(info.num_pieces)]
+    finished = download.finished()
+    arrived = []
+    for i, d in enumerate(pieces):  # each fires once its bytes are checked and written in the partial file
+        d.addCallback(lambda _, i=i: arrived.append((i, pread(download.data_path, info.piece_offset(i), PIECE))))
+    swarm.run(lambda: done(finished))
+    assert sorted(arrived) == [(i, data[i * PIECE : (i + 1) * PIECE]) for i in range(info.num_pieces)]
+    path = resolved(finished)
+    assert read(path) == data and path == download.cache_path
+    # Installed: start gives the cached path, and a late reader of the old download is answered at once.
+    assert resolved(Deferred.fromCoroutine(agent.scheduler.start(NAMESPACE, info.digest))) == download.cache_path
+    assert done(download.when_piece(0)) and resolved(download.finished()) == download.cache_path

@@ -143,3 +143,25 @@ def test_status_writes_are_coalesced_and_never_claim_an_unwritten_piece(tmp_path
     assert not io.jobs
     with open(tmp_path / "downloads" / INFO.digest.hex / "pieces", "rb") as f:
         assert list(Bitfield.from_bytes(INFO.num_pieces, f.read()).ones()) == [0, 1, 2, 3, 4]
+
+
+def test_when_piece_fires_once_the_piece_is_written(tmp_path):
+    partial = run(store(tmp_path).downloads.open(INFO))
+    run(partial.write_piece(0, piece(0)))
+    assert run(_awaited(partial.when_piece(0))) is None  # already there
+    waiting, cancelled = partial.when_piece(5), partial.when_piece(5)
+    seen = []
+    waiting.addCallback(lambda _: seen.append(run(partial.read_piece(5))))
+    cancelled.cancel()
+    cancelled.addErrback(lambda f: None)
+    with pytest.raises(PieceCorrupt):
+        run(partial.write_piece(5, b"x" * PIECE))
+    assert seen == [] and not waiting.called  # a corrupt copy wakes nobody
+    run(partial.write_piece(5, piece(5)))
+    assert seen == [piece(5)]
+    with open(partial.data_path, "rb") as f:
+        assert f.read()[5 * PIECE : 6 * PIECE] == piece(5)
+
+
+async def _awaited(d):
+    return await d
