@@ -39,6 +39,8 @@ import sys
 import tempfile
 import time
 
+import yaml
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -70,14 +72,13 @@ ASKED_BY_CONTAINERD = re.compile(r'"(?:GET|HEAD) /v2/\S+ HTTP/[0-9.]+" [0-9]{3} 
 
 
 def start_registry(work: str) -> tuple[int, Daemon]:
+    """docker-registry on a free loopback port, storing under ``work/registry``; its access log kept by line."""
     port = free_port()
+    config = {"version": 0.1, "log": {"level": "info"}, "http": {"addr": f"127.0.0.1:{port}"}}
+    config["storage"] = {"filesystem": {"rootdirectory": f"{work}/registry"}}
     path = os.path.join(work, "registry.yaml")
     with open(path, "w") as f:
-        f.write(
-            "version: 0.1\nlog: {level: info}\n"
-            f"storage: {{filesystem: {{rootdirectory: {work}/registry}}}}\n"
-            f"http: {{addr: 127.0.0.1:{port}}}\n"
-        )
+        yaml.safe_dump(config, f)
     registry = Daemon("docker-registry", ["docker-registry", "serve", path], f"{work}/registry.log", "listening on")
     registry.wait_for("listening on", READY_TIMEOUT)
     return port, registry

@@ -20,14 +20,14 @@ blobs and manifests fetched by digest are never stale.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import attrs
 from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from kraken.backends.base import DEFAULT_LIST_LIMIT, BlobInfo, BlobNotFound, IBackend, ListPage
-from kraken.backends.http import read_only
+from kraken.backends.base import BlobInfo, BlobNotFound, IBackend, ListPage
 from kraken.backends.registry import NS_FIELD, RegistryBackend, RegistryConfig
 from kraken.core import Digest
 from kraken.singleflight import SingleFlight
@@ -115,12 +115,10 @@ class UpstreamRegistry:
         await backend.download(repo, name, path)
 
     async def upload(self, namespace: str, name: str, path: str) -> None:
-        raise read_only("registry", "upload")
+        await self._backend("").upload(namespace, name, path)  # read-only: it raises, asking nobody
 
-    async def list(
-        self, prefix: str = "", *, continuation: str | None = None, limit: int = DEFAULT_LIST_LIMIT
-    ) -> ListPage:
-        raise read_only("registry", "list")
+    async def list(self, prefix: str = "", **options: Any) -> ListPage:
+        return await self._backend("").list(prefix, **options)  # read-only: it raises, asking nobody
 
     async def resolve_tag(self, repo: str, tag: str) -> Digest:
         """The digest ``repo:tag`` points at upstream, remembered ``tag_ttl`` seconds; ``BlobNotFound``

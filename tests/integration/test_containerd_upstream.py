@@ -92,25 +92,17 @@ async def test_an_upstream_image_goes_through_the_origin_once_then_peer_to_peer(
     image = f"{docker_registry.address}/{repo}:v1"
     start = docker_registry.output.count()
 
-    first = write_hosts(
-        str(tmp_path / "first"),
-        docker_registry.address,
-        [MirrorHost(f"http://{herd.agent_registry(0)}")],
-        server=docker_registry.url,
-    )
-    await test_containerd._pulled(containerd, first, image, layout)
+    def through(k: int) -> str:  # a hosts.toml naming agent k, then docker-registry as server
+        agent = MirrorHost(f"http://{herd.agent_registry(k)}")
+        return write_hosts(str(tmp_path / f"agent-{k}"), docker_registry.address, [agent], server=docker_registry.url)
+
+    await test_containerd._pulled(containerd, through(0), image, layout)
     # Each of the image's three blobs went upstream -> origin once; wait for docker-registry's log lines.
     assert docker_registry.output.wait_for(lambda _: _blob_gets(docker_registry, repo, layout) >= 3, start)
 
     (await containerd.ctr("images", "rm", "--sync", image)).check()
     assert not {layout.manifest.digest, *(layer.digest for layer in layout.layers)} & await containerd.content_digests()
-    second = write_hosts(
-        str(tmp_path / "second"),
-        docker_registry.address,
-        [MirrorHost(f"http://{herd.agent_registry(1)}")],
-        server=docker_registry.url,
-    )
-    await test_containerd._pulled(containerd, second, image, layout)
+    await test_containerd._pulled(containerd, through(1), image, layout)
 
     seen = served(docker_registry, start)
     assert not [key for key in seen if key[2] == "containerd"], seen  # containerd never fell back to the server
