@@ -21,6 +21,9 @@ Defaults and why:
   that containerd tries its next host instead of waiting on a mirror that
   stalls (Spegel bounds its manifest answers at about 3 s too). Downloads of
   layers, once their size is known, are not bounded by it.
+- ``upstream_namespaces`` empty: every ``?ns=`` is served by repository name
+  alone, as before; a registry host it matches is mirrored through the
+  cluster (``kraken.agent.upstreams``).
 - ``cleanup`` (``kraken.store.config.CleanupConfig``, the origin's keys) is
   off unless ``enabled: true`` (as before it existed; the shipped agent.yaml
   shows it on): a blob nobody read for 6 h (1 h once the disk is 80 % full)
@@ -35,6 +38,7 @@ import ipaddress
 
 import attrs
 
+from kraken.agent.upstreams import check_patterns
 from kraken.cluster.services import ServiceAddress, check_service
 from kraken.config import Duration, Size, positive
 from kraken.net import HTTPClientConfig
@@ -62,6 +66,13 @@ class ThreadsConfig:
     io: int = attrs.field(default=4, validator=positive)  # disk: piece writes and reads, stats
 
 
+def _check_upstreams(instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+    try:
+        check_patterns(value)
+    except ValueError as e:
+        raise ValueError(f"{attribute.name}: {e}") from None
+
+
 @attrs.frozen
 class AgentConfig:
     # The read-only Docker registry that this host's container runtime pulls from (loopback only, see below).
@@ -79,6 +90,11 @@ class AgentConfig:
     # The registry answers 503 (containerd tries its next host) when the tracker or the build-index has not
     # answered within this (a tag, a blob's size, a manifest's bytes).
     answer_timeout: Duration = attrs.field(default=Duration(3.0), validator=positive)
+    # Registry hosts (containerd's ?ns=; shell patterns: docker.io, *.example.com, 127.0.0.1:*) whose images
+    # the cluster mirrors: a request for <repo> with such an ns is served from the repository <host>/<repo>,
+    # which the origins and build-index read from the upstream (a registry backend with ns_prefix: true).
+    # Empty: every ns is served by repository name alone.
+    upstream_namespaces: tuple[str, ...] = attrs.field(default=(), validator=_check_upstreams)
     threads: ThreadsConfig = attrs.field(factory=ThreadsConfig)
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
     # TLS for this daemon's listeners and clients (kraken.net.tls; absent: plain).

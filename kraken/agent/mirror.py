@@ -6,7 +6,9 @@ mirror whose host differs from the image's registry; the OCI spec says a proxy S
 optional port) is echoed; a malformed one, or several, is 400 NAME_INVALID in OCI error JSON before any handler
 runs. The agent serves what was pushed through the Kraken proxy under the repository name alone, whatever
 registry ``ns`` names, so a ``_default`` hosts.toml that sends every registry through the agent works: what
-the agent cannot serve is a fast 404 and containerd goes on to the registry itself.
+the agent cannot serve is a fast 404 and containerd goes on to the registry itself. An ``ns`` that matches
+the agent's ``upstream_namespaces`` is different: the request is served from the repository
+``<host>/<repo>`` the cluster reads from that upstream registry (``kraken.agent.upstreams``).
 
 Each answer of 404 or 5xx to a request that carried ``ns`` is logged at info level ("the client tries its next
 host"), so an operator sees the mirror's misses; a client that closes the connection early (containerd 2.x
@@ -25,6 +27,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from kraken.agent.upstreams import UpstreamNamespaces
 from kraken.registry.errors import JSON_CONTENT_TYPE, NameInvalid
 from kraken.registry.http import API_VERSION
 from kraken.registry.messages import text
@@ -66,9 +69,10 @@ class Namespaced(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, inner: IResource) -> None:
+    def __init__(self, inner: IResource, upstreams: UpstreamNamespaces | None = None) -> None:
         super().__init__()
         self._inner = inner
+        self._upstreams = upstreams
 
     def render(self, request: Request) -> Any:
         values = request.args.get(b"ns") if request.args else None
@@ -78,6 +82,8 @@ class Namespaced(Resource):
         if len(values) > 1 or not valid_namespace(ns):
             return _bad_namespace(request, values)
         request.setHeader(b"oci-namespace", ns.encode())
+        if self._upstreams:
+            self._upstreams.rewrite(request, ns)
         request.notifyFinish().addCallbacks(
             self._finished, self._closed_early, callbackArgs=(request, ns), errbackArgs=(request, ns)
         )

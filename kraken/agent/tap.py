@@ -20,6 +20,7 @@ from kraken.agent.http import AgentHTTP
 from kraken.agent.mirror import Namespaced
 from kraken.agent.source import AgentSource, LocalOrTracker, Mirror
 from kraken.agent.streams import StreamingSource
+from kraken.agent.upstreams import UpstreamNamespaces
 from kraken.buildindex.client import BuildIndexes
 from kraken.cluster.services import ServiceAddress, ServiceHosts, describe
 from kraken.core import PieceLengthRule
@@ -198,7 +199,11 @@ def _registry_listener(
     )
     listener = listen_http(
         config.listen_registry,
-        make_site(counted(Namespaced(registry.resource()), observation), reactor=reactor, not_utf8=registry.not_utf8()),
+        make_site(
+            counted(Namespaced(registry.resource(), UpstreamNamespaces(config.upstream_namespaces)), observation),
+            reactor=reactor,
+            not_utf8=registry.not_utf8(),
+        ),
         reactor=reactor,
         component="agent registry",
         tls=tls,

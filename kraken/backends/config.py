@@ -45,9 +45,10 @@ from kraken.backends.fs import FSBackend
 from kraken.backends.hdfs import HDFSBackend, HDFSConfig
 from kraken.backends.http import HTTPBackend, HTTPBackendConfig
 from kraken.backends.names import PATHERS, make_pather
-from kraken.backends.registry import RegistryBackend, RegistryConfig
+from kraken.backends.registry import RegistryConfig
 from kraken.backends.router import Router
 from kraken.backends.s3 import S3Backend, S3Config
+from kraken.backends.upstream import build_registry
 from kraken.config import positive
 from kraken.throttle import TokenBucket
 from kraken.workers import Worker
@@ -136,7 +137,7 @@ def _build_http(settings: HTTPBackendConfig, worker: Worker, clock: IReactorTime
 
 
 def _build_registry(settings: RegistryConfig, worker: Worker, clock: IReactorTime, http: HTTPClient | None) -> IBackend:
-    return RegistryBackend.create(settings, http=_need_http("registry", http), clock=clock, worker=worker)
+    return build_registry(settings, http=_need_http("registry", http), clock=clock, worker=worker)
 
 
 Builder = Callable[[Any, Worker, IReactorTime, "HTTPClient | None"], IBackend]

@@ -42,6 +42,7 @@ from typing import TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import attrs
+import yaml
 from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -59,6 +60,7 @@ from kraken.backends.base import (
 from kraken.backends.http import content_length, read_only
 from kraken.backends.names import blob_hex
 from kraken.backends.remote import RemoteBackend, stream_to_file
+from kraken.config import Duration
 from kraken.core import Digest, DigestError
 from kraken.net.client import HTTPClientConfig, HTTPStatusError
 from kraken.net.service import ERROR_BODY, name_path
@@ -102,8 +104,11 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 def _address_url(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if not value:
         raise ValueError("address must name the registry (host:port or a URL)")
-    if "://" in value and urlsplit(value).scheme not in ("http", "https"):
+    if "://" in value and urlsplit(value.replace(NS_FIELD, "ns")).scheme not in ("http", "https"):
         raise ValueError(f"address must be host:port or an http:// or https:// URL, not {value!r}")
+
+
+NS_FIELD = "{ns}"  # in ``address`` with ``ns_prefix``: the registry host the repository name starts with
 
 
 @attrs.frozen
@@ -116,22 +121,60 @@ class RegistryConfig:
     # Basic credentials, sent on a Basic challenge or to the token realm of a Bearer one.
     username: str = ""
     password: str = attrs.field(default="", repr=False)
+    # A YAML file {username: ..., password: ...} read at start, instead of username and password here.
+    credentials_file: str = ""
+    # The repository names start with the registry host containerd named in ``?ns=`` (the agent's
+    # ``upstream_namespaces``: docker.io/library/alpine); that component is left out of the requests to
+    # this registry, and stands for ``{ns}`` in ``address`` (https://{ns} serves any host a pattern allows).
+    ns_prefix: bool = False
+    # How long a tag read from this registry is remembered (0: asked at every lookup).
+    tag_ttl: Duration = Duration(0.0)
     http_client: HTTPClientConfig = HTTPClientConfig()
+    _file_credentials: tuple[str, str] | None = attrs.field(init=False, default=None, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         if self.password and not self.username:
             raise ValueError("a password needs a username")
+        if self.credentials_file:
+            if self.username:
+                raise ValueError("set either username and password or credentials_file, not both")
+            object.__setattr__(self, "_file_credentials", read_credentials(self.credentials_file))
+        if NS_FIELD in self.address and not self.ns_prefix:
+            raise ValueError(f"address {self.address!r} uses {NS_FIELD}, which needs ns_prefix: true")
 
     def base_url(self) -> str:
         if "://" in self.address:
             return self.address.rstrip("/")
         return f"{'https' if self.tls else 'http'}://{self.address.rstrip('/')}"
 
+    def credentials(self) -> tuple[str, str] | None:
+        """(username, password), from the config or ``credentials_file``; None without any."""
+        if self._file_credentials is not None:
+            return self._file_credentials
+        return (self.username, self.password) if self.username else None
+
     def basic(self) -> str | None:
-        if not self.username:
+        credentials = self.credentials()
+        if credentials is None:
             return None
-        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode("ascii")
+        token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode("ascii")
         return f"Basic {token}"
+
+
+def read_credentials(path: str) -> tuple[str, str]:
+    """(username, password) from a YAML file ``{username: ..., password: ...}``; ValueError naming the file
+    when it cannot be read or holds anything else."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"credentials_file {path!r} cannot be read: {e}") from None
+    if not isinstance(doc, dict) or set(doc) != {"username", "password"}:
+        raise ValueError(f"credentials_file {path!r} must hold exactly the keys username and password")
+    username, password = doc["username"], doc["password"]
+    if not isinstance(username, str) or not username or not isinstance(password, str):
+        raise ValueError(f"credentials_file {path!r}: username must be non-empty text, password text")
+    return username, password
 
 
 @attrs.define
