@@ -45,6 +45,8 @@ def split_host_port(text: object) -> tuple[str, int]:
     brackets; ``ValueError`` naming what is wrong otherwise."""
     if not isinstance(text, str):
         raise ValueError(f"an address must be 'host:port' text, not {type(text).__name__}")
+    if text.startswith("[") and text.endswith("]"):
+        raise ValueError(f"must be 'host:port', not {text!r}: an IPv6 address needs its port after the brackets")
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
