@@ -84,19 +84,11 @@ def herd_config(
     host: str | None = None,
 ) -> HerdConfig:
     """Fill in the herd's defaults around ``loaded`` and build every section (``secure``: see the module;
-    ``secure_hosts``: names and addresses its certificates carry besides loopback; ``host``: overrides the
-    file's ``host``)."""
+    ``secure_hosts``: what its certificates name besides loopback; ``host``: overrides the file's)."""
     data = _known_keys(loaded)
     state = _state_dir(loaded, state_dir)
     ip = _host(loaded, host)
-    count = _count(loaded, "agents", DEFAULT_AGENTS, 0) if agents is None else agents
-    base_port = _count(loaded, "agent_base_port", DEFAULT_AGENT_BASE_PORT, 1)
-    if base_port + 1000 * max(count - 1, 0) + 2 > 65535:
-        raise config.ConfigError(
-            f"{count} agents from port {base_port} do not fit below 65536",
-            file=loaded.source(("agent_base_port",)),
-            key=("agent_base_port",),
-        )
+    count, base_port = _agents(loaded, agents)
     origin_listen = _listen(data, "origin", listen_description(ip, 15002))
     tracker_listen = _listen(data, "tracker", listen_description(ip, 15003))
     index_listen = _listen(data, "build_index", listen_description(ip, 15004))
@@ -137,6 +129,19 @@ def herd_config(
         ),
         secure=sec,
     )
+
+
+def _agents(loaded: config.Loaded, override: int | None) -> tuple[int, int]:
+    """(how many agents, the first agent's base port): ``--agents``, else ``agents``; ``agent_base_port``."""
+    count = _count(loaded, "agents", DEFAULT_AGENTS, 0) if override is None else override
+    base_port = _count(loaded, "agent_base_port", DEFAULT_AGENT_BASE_PORT, 1)
+    if base_port + 1000 * max(count - 1, 0) + 2 > 65535:
+        raise config.ConfigError(
+            f"{count} agents from port {base_port} do not fit below 65536",
+            file=loaded.source(("agent_base_port",)),
+            key=("agent_base_port",),
+        )
+    return count, base_port
 
 
 def _known_keys(loaded: config.Loaded) -> dict[str, Any]:

@@ -85,11 +85,8 @@ def test_push_and_three_agent_pull_over_ipv6(herd_launcher: Any, tmp_path: Any) 
         finish(pull, f"pull from agent {k}")
 
     manifest = layout.read_blob(layout.manifest.digest)
-    expected = {layout.config.digest, *(layer.digest for layer in layout.layers)}
-    for k in range(AGENTS):
-        pulled_manifest, blobs = check_dir_copy(str(tmp_path / f"agent-{k}"))
-        assert pulled_manifest == manifest
-        assert blobs == expected
+    image = (manifest, {layout.config.digest, *(layer.digest for layer in layout.layers)})
+    assert [check_dir_copy(str(tmp_path / f"agent-{k}")) for k in range(AGENTS)] == [image] * AGENTS
 
     # The pieces came over P2P, from the origin and between the agents ...
     stats = [get_json(f"{herd.agent_api(k)}/stats") for k in range(AGENTS)]
