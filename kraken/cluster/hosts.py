@@ -28,6 +28,8 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from kraken.core.address import canonical_host, join_host_port, split_host_port
+
 if TYPE_CHECKING:
     from kraken.cluster.config import ClusterConfig
 
@@ -41,24 +43,16 @@ DEFAULT_RESOLVE_TIMEOUT = 5.0
 
 
 def split_member(text: str) -> tuple[str, int]:
-    """``"10.0.0.5:15002"``, ``"origin-1:15002"`` or ``"[::1]:15002"`` -> (host, port)."""
-    if not isinstance(text, str):
-        raise ValueError(f"a member must be 'host:port' text, not {type(text).__name__}")
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"an IPv6 address needs brackets: '[addr]:port', not {text!r}")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"must be 'host:port', not {text!r}")
-    if any(c.isspace() or c in "/[]" for c in host):
-        raise ValueError(f"not a host name or address in {text!r}")
-    return host, int(port)
+    """``"10.0.0.5:15002"``, ``"origin-1:15002"`` or ``"[::1]:15002"`` -> (host, port).
+
+    An IPv6 address without brackets, or with a zone id, is refused (``kraken.core.address``)."""
+    return split_host_port(text)
 
 
 def join_member(host: str, port: int) -> str:
-    """(host, port) -> ``"host:port"``, with brackets around an IPv6 address."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """(host, port) -> ``"host:port"``, with brackets around an IPv6 address (in its canonical form: a DNS
+    answer's ``0:0::1`` joins as ``[::1]``)."""
+    return join_host_port(canonical_host(host), port)
 
 
 @implementer(IResolutionReceiver)

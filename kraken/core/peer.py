@@ -2,16 +2,18 @@
 
 A peer id is 20 or 32 bytes written as 40 or 64 lowercase hex characters;
 an ip is an IPv4 or IPv6 literal (normalised, so ``::FFFF:1.2.3.4`` and
-``::ffff:1.2.3.4`` are one peer address); a port is 1-65535.
+``::ffff:1.2.3.4`` are one peer address; no IPv6 zone id, which would name an
+interface of the host that announced it); a port is 1-65535.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Any
 
 import attrs
+
+from kraken.core.address import check_ip, join_host_port
 
 _PEER_ID = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
 
@@ -33,9 +35,9 @@ def _normalise_ip(value: str) -> str:
     if not isinstance(value, str):
         raise PeerError(f"ip must be text, not {type(value).__name__}")
     try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise PeerError(f"not an IP address: {value!r}") from None
+        return check_ip(value)
+    except ValueError as e:
+        raise PeerError(str(e)) from None
 
 
 def _check_port(instance: object, attribute: object, value: int) -> None:
@@ -57,6 +59,11 @@ class PeerInfo:
     port: int = attrs.field(validator=_check_port)
     complete: bool = attrs.field(default=False, validator=_check_bool)
     origin: bool = attrs.field(default=False, validator=_check_bool)
+
+    @property
+    def address(self) -> str:
+        """Where to dial it, as text: ``10.0.0.7:16001`` or ``[2001:db8::7]:16001``."""
+        return join_host_port(self.ip, self.port)
 
     def to_json(self) -> dict[str, Any]:
         return {

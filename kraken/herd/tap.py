@@ -7,10 +7,15 @@ the agents: ``agents`` (how many, default 3; ``--agents N`` overrides it),
 shares. Every key has a default: listeners on the ports of DESIGN.md, all
 state under ``state_dir``, and each component pointed at the others.
 
-Agent k (k = 0, 1, ...) listens on 127.0.0.1: registry ``base+1000k``, P2P
-``base+1+1000k`` (advertised as ``127.0.0.1:<port>``), agent API
+Agent k (k = 0, 1, ...) listens on ``host``: registry ``base+1000k``, P2P
+``base+1+1000k`` (advertised as ``host:<port>``), agent API
 ``base+2+1000k``; its state is ``state_dir/agent-k``. Those keys differ per
 agent, so ``agent`` may not set them.
+
+``host`` (``--host`` overrides it; default 127.0.0.1) is the one address every
+default listener binds and every default URL and advertised address names:
+``host: "::1"`` runs the whole herd on IPv6 loopback (listeners
+``tcp:PORT:interface=\\:\\:1``, URLs ``http://[::1]:PORT``).
 
 ``--secure`` turns on TLS, mutual TLS between the daemons and Basic auth on the
 proxy, with a development CA and a generated user under ``state_dir/secure``
@@ -19,6 +24,7 @@ proxy, with a development CA and a generated user under ``state_dir/secure``
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Any
 
@@ -32,8 +38,9 @@ from kraken.agent.config import AgentConfig
 from kraken.agent.tap import agent_service
 from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.tap import build_index_service
+from kraken.core.address import check_ip, join_host_port
 from kraken.herd.secure import SecureHerd, add_secure_defaults, ensure_secure, https, parse_hosts
-from kraken.net.endpoints import endpoint_url, host_port
+from kraken.net.endpoints import endpoint_url, host_port, listen_description
 from kraken.origin.config import OriginConfig
 from kraken.origin.tap import origin_service
 from kraken.proxy.config import ProxyConfig
@@ -42,7 +49,8 @@ from kraken.tracker.config import TrackerConfig
 from kraken.tracker.tap import tracker_service
 
 SECTIONS = ("origin", "tracker", "build_index", "proxy", "agent")
-KEYS = ("state_dir", "agents", "agent_base_port", *SECTIONS)
+KEYS = ("state_dir", "host", "agents", "agent_base_port", *SECTIONS)
+DEFAULT_HOST = "127.0.0.1"
 DEFAULT_STATE_DIR = "/var/lib/kraken/herd"
 DEFAULT_AGENTS = 3
 DEFAULT_AGENT_BASE_PORT = 16000
@@ -73,22 +81,17 @@ def herd_config(
     agents: int | None = None,
     secure: bool = False,
     secure_hosts: tuple[str, ...] = (),
+    host: str | None = None,
 ) -> HerdConfig:
     """Fill in the herd's defaults around ``loaded`` and build every section (``secure``: see the module;
-    ``secure_hosts``: names and addresses its certificates carry besides loopback)."""
+    ``secure_hosts``: what its certificates name besides loopback; ``host``: overrides the file's)."""
     data = _known_keys(loaded)
     state = _state_dir(loaded, state_dir)
-    count = _count(loaded, "agents", DEFAULT_AGENTS, 0) if agents is None else agents
-    base_port = _count(loaded, "agent_base_port", DEFAULT_AGENT_BASE_PORT, 1)
-    if base_port + 1000 * max(count - 1, 0) + 2 > 65535:
-        raise config.ConfigError(
-            f"{count} agents from port {base_port} do not fit below 65536",
-            file=loaded.source(("agent_base_port",)),
-            key=("agent_base_port",),
-        )
-    origin_listen = _listen(data, "origin", "tcp:15002:interface=127.0.0.1")
-    tracker_listen = _listen(data, "tracker", "tcp:15003:interface=127.0.0.1")
-    index_listen = _listen(data, "build_index", "tcp:15004:interface=127.0.0.1")
+    ip = _host(loaded, host)
+    count, base_port = _agents(loaded, agents)
+    origin_listen = _listen(data, "origin", listen_description(ip, 15002))
+    tracker_listen = _listen(data, "tracker", listen_description(ip, 15003))
+    index_listen = _listen(data, "build_index", listen_description(ip, 15004))
     try:
         origin_url, tracker_url, index_url = map(endpoint_url, (origin_listen, tracker_listen, index_listen))
     except ValueError as e:
@@ -105,7 +108,7 @@ def herd_config(
             "database": os.path.join(state, "build-index", "tags.db"),
         },
         "proxy": {
-            "listen_http": "tcp:15000:interface=127.0.0.1",
+            "listen_http": listen_description(ip, 15000),
             "origin": origin_url,
             "build_index": index_url,
             "uploads": {"root": os.path.join(state, "proxy", "uploads")},
@@ -117,13 +120,28 @@ def herd_config(
     merged = loaded.over(defaults, "<herd defaults>")
     return HerdConfig(
         state_dir=state,
-        origin=_origin_config(loaded, state, origin_listen, sec),
+        origin=_origin_config(loaded, state, ip, origin_listen, sec),
         tracker=config.build(TrackerConfig, merged, ("tracker",)),
         build_index=config.build(BuildIndexConfig, merged, ("build_index",)),
         proxy=config.build(ProxyConfig, merged, ("proxy",)),
-        agents=tuple(_agent_config(loaded, k, state, base_port, tracker_url, index_url, sec) for k in range(count)),
+        agents=tuple(
+            _agent_config(loaded, k, state, ip, base_port, (tracker_url, index_url), sec) for k in range(count)
+        ),
         secure=sec,
     )
+
+
+def _agents(loaded: config.Loaded, override: int | None) -> tuple[int, int]:
+    """(how many agents, the first agent's base port): ``--agents``, else ``agents``; ``agent_base_port``."""
+    count = _count(loaded, "agents", DEFAULT_AGENTS, 0) if override is None else override
+    base_port = _count(loaded, "agent_base_port", DEFAULT_AGENT_BASE_PORT, 1)
+    if base_port + 1000 * max(count - 1, 0) + 2 > 65535:
+        raise config.ConfigError(
+            f"{count} agents from port {base_port} do not fit below 65536",
+            file=loaded.source(("agent_base_port",)),
+            key=("agent_base_port",),
+        )
+    return count, base_port
 
 
 def _known_keys(loaded: config.Loaded) -> dict[str, Any]:
@@ -153,6 +171,23 @@ def _state_dir(loaded: config.Loaded, override: str | None) -> str:
     return os.path.abspath(state)
 
 
+def _host(loaded: config.Loaded, override: str | None) -> str:
+    """``--host``, else ``host``, else 127.0.0.1: one IP address (not a wildcard: peers dial it)."""
+    value = override if override is not None else loaded.data.get("host", DEFAULT_HOST)
+    where: dict[str, Any] = {"file": "--host"}
+    if override is None:
+        where = {"file": loaded.source(("host",)), "key": ("host",)}
+    try:
+        ip = check_ip(value)
+    except ValueError as e:
+        raise config.ConfigError(str(e), **where) from None
+    if ipaddress.ip_address(ip).is_unspecified:
+        raise config.ConfigError(
+            f"{ip} listens everywhere, but the herd also advertises its host to peers: give one address", **where
+        )
+    return ip
+
+
 def _listen(data: dict[str, Any], section: str, default: str, key: str = "listen_http") -> str:
     """The endpoint ``section.key`` (dotted) of the herd's YAML, or ``default``."""
     value: Any = data.get(section, {})
@@ -161,12 +196,14 @@ def _listen(data: dict[str, Any], section: str, default: str, key: str = "listen
     return value if isinstance(value, str) else default
 
 
-def _origin_config(loaded: config.Loaded, state: str, listen_http: str, sec: SecureHerd | None) -> OriginConfig:
+def _origin_config(
+    loaded: config.Loaded, state: str, ip: str, listen_http: str, sec: SecureHerd | None
+) -> OriginConfig:
     origin_defaults: dict[str, Any] = {"listen_http": listen_http, "store": {"root": os.path.join(state, "origin")}}
-    # The origin seeds over P2P on 127.0.0.1:15001, advertised as such (the tracker learns it from the origin).
-    p2p_listen = _listen(loaded.data, "origin", "tcp:15001:interface=127.0.0.1", "p2p.listen")
+    # The origin seeds over P2P on host:15001, advertised as such (the tracker learns it from the origin).
+    p2p_listen = _listen(loaded.data, "origin", listen_description(ip, 15001), "p2p.listen")
     origin_defaults["p2p"] = {"listen": p2p_listen}
-    advertise = host_port(p2p_listen, "127.0.0.1")
+    advertise = host_port(p2p_listen, ip)
     if advertise is not None:
         origin_defaults["p2p"]["advertise"] = advertise
     if sec is not None:
@@ -184,8 +221,15 @@ def _count(loaded: config.Loaded, key: str, default: int, minimum: int) -> int:
 
 
 def _agent_config(
-    loaded: config.Loaded, k: int, state: str, base_port: int, tracker_url: str, index_url: str, sec: SecureHerd | None
+    loaded: config.Loaded,
+    k: int,
+    state: str,
+    ip: str,
+    base_port: int,
+    urls: tuple[str, str],
+    sec: SecureHerd | None,
 ) -> AgentConfig:
+    tracker_url, index_url = urls
     shared = loaded.section("agent")
     for dotted in PER_AGENT_KEYS:
         key = tuple(dotted.split("."))
@@ -202,12 +246,12 @@ def _agent_config(
     registry, p2p, api = agent_ports(base_port, k)
     defaults: dict[str, Any] = {
         "agent": {
-            "listen_registry": f"tcp:{registry}:interface=127.0.0.1",
-            "listen_api": f"tcp:{api}:interface=127.0.0.1",
+            "listen_registry": listen_description(ip, registry),
+            "listen_api": listen_description(ip, api),
             "tracker": tracker_url,
             "build_index": index_url,
             "store": {"root": os.path.join(state, f"agent-{k}")},
-            "p2p": {"listen": f"tcp:{p2p}:interface=127.0.0.1", "advertise": f"127.0.0.1:{p2p}"},
+            "p2p": {"listen": listen_description(ip, p2p), "advertise": join_host_port(ip, p2p)},
         }
     }
     if sec is not None:
@@ -222,6 +266,8 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "YAML config file (supports extends:); every key has a default"],
         ["state-dir", "d", None, "Directory for all state (overrides state_dir)"],
+        ["host", None, None, "The address every listener binds and advertises (overrides host; default "
+         f"{DEFAULT_HOST}; ::1 runs the herd on IPv6)"],
         ["agents", "a", None, f"Number of agents (overrides agents; default {DEFAULT_AGENTS})"],
         ["secure-hosts", None, None, "With --secure: host names and IP addresses, comma-separated, that the "
          "certificates name besides loopback (a herd reached over the LAN)"],
@@ -239,7 +285,7 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         try:
             loaded = config.load(self["config"]) if self["config"] else config.from_mapping({}, "<command line>")
-            self["parsed"] = herd_config(loaded, self["state-dir"], agents, bool(self["secure"]), hosts)
+            self["parsed"] = herd_config(loaded, self["state-dir"], agents, bool(self["secure"]), hosts, self["host"])
         except config.ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -255,7 +301,7 @@ class Herd(MultiService):
         super().startService()
         if self.config.secure is not None:
             self._log_secure(self.config.secure)
-        agents = [host_port(a.listen_registry, "127.0.0.1") or a.listen_registry for a in self.config.agents]
+        agents = [host_port(a.listen_registry, DEFAULT_HOST) or a.listen_registry for a in self.config.agents]
         self.log.info(
             "kraken-herd ready: push to the registry on {registry}, pull from the agents' registries on {agents}; "
             "tracker at {tracker}, origin at {origin}, build-index at {build_index}, state in {state_dir}",

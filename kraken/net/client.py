@@ -6,18 +6,23 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import attrs
 import treq
+from hyperlink import DecodedURL, EncodedURL
 from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.client import URI, Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
+from zope.interface import implementer
 
 from kraken.config import Duration, Size
+from kraken.core.address import is_ipv6
 from kraken.net.tls import TLSContexts
 
 
@@ -81,7 +86,58 @@ def make_http_client(
     policy = tls.policy() if isinstance(tls, TLSContexts) else tls
     extra: dict[str, Any] = {} if policy is None else {"contextFactory": policy}
     agent = Agent(reactor, connectTimeout=config.connect_timeout, pool=pool, **extra)
-    return HTTPClient(agent), HTTPClientService(pool)
+    return IPv6LiteralClient(_IPv6LiteralAgent(agent)), HTTPClientService(pool)
+
+
+# treq cannot request a URL whose host is an IPv6 literal (``http://[::1]:15002/``): it passes every URL
+# through hyperlink's ``to_uri``, which IDNA-encodes the host and fails on its colons (python-hyper/hyperlink
+# issues 68 and 188). So an IPv6 host crosses treq under a stand-in name, and the agent below treq puts the
+# address back before Twisted's ``Agent``, which handles IPv6 literals (the Host header in brackets, an IPv6
+# connection), sees the URL.
+_STAND_IN = ".ipv6-literal.invalid"
+
+
+class IPv6LiteralClient(HTTPClient):
+    """A treq ``HTTPClient`` that also reaches ``http://[v6addr]:port/`` URLs (with ``_IPv6LiteralAgent``)."""
+
+    def request(self, method: str, url: Any, **kwargs: Any) -> Any:
+        return super().request(method, _stand_in(url), **kwargs)
+
+
+def _stand_in(url: Any) -> Any:
+    """``http://[::1]:15002/x`` -> ``http://ipv6-0000-...-0001.ipv6-literal.invalid:15002/x``; other URLs as given.
+    (hyperlink refuses a zone id, ``[fe80::1%25eth0]``, as an invalid IPv6 host.)"""
+    if isinstance(url, bytes):
+        url = url.decode("ascii")
+    parsed = url.encoded_url if isinstance(url, DecodedURL) else url
+    if isinstance(parsed, str):
+        if "[" not in parsed:
+            return url  # no IPv6 literal: the usual case, untouched
+        parsed = EncodedURL.from_text(parsed)
+    if not isinstance(parsed, EncodedURL) or not is_ipv6(parsed.host):
+        return url
+    name = "ipv6-" + ipaddress.IPv6Address(parsed.host).exploded.replace(":", "-") + _STAND_IN
+    return parsed.replace(host=name)
+
+
+@implementer(IAgent)
+class _IPv6LiteralAgent:
+    """Puts the IPv6 address of a stand-in name (``_stand_in``) back in the URL, then asks ``agent``."""
+
+    def __init__(self, agent: IAgent) -> None:
+        self._agent = agent
+
+    def request(
+        self, method: bytes, uri: bytes, headers: Headers | None = None, bodyProducer: IBodyProducer | None = None
+    ) -> Deferred[IResponse]:
+        if _STAND_IN.encode() in uri:
+            parsed = URI.fromBytes(uri)
+            if parsed.host.endswith(_STAND_IN.encode()):
+                groups = parsed.host[len(b"ipv6-") : -len(_STAND_IN)].replace(b"-", b":")
+                host = str(ipaddress.IPv6Address(groups.decode("ascii"))).encode("ascii")
+                parsed.host, parsed.netloc = host, b"[%b]:%d" % (host, parsed.port)
+                uri = parsed.toBytes()
+        return self._agent.request(method, uri, headers, bodyProducer)
 
 
 async def limited_content(response: Any, clock: IReactorTime, max_bytes: int, timeout: float) -> bytes:

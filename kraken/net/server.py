@@ -27,6 +27,7 @@ from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 from zope.interface import implementer
 
+from kraken.core.address import join_host_port
 from kraken.net.tls import TLSServerFactory
 
 log = Logger()
@@ -381,10 +382,10 @@ def listen(
 
 
 def port_address(port: IListeningPort) -> str:
-    """``host:port`` of a TCP port, or the address's text for other kinds."""
+    """``host:port`` of a TCP port (``[::1]:15002`` on IPv6), or the address's text for other kinds."""
     host = port.getHost()
     if hasattr(host, "port"):
-        return f"{getattr(host, 'host', '')}:{host.port}"
+        return join_host_port(getattr(host, "host", ""), host.port)
     return str(host)
 
 

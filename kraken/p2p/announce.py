@@ -175,7 +175,7 @@ class Announcing:
             self._counts["peers_unreachable"] += 1
             log.info(
                 "peer {peer} at {peer_addr} unreachable for {digest}: {error}; not dialled for {seconds:g} s",
-                peer=peer.peer_id[:12], peer_addr=f"{peer.ip}:{peer.port}", digest=str(torrent.info.digest),
+                peer=peer.peer_id[:12], peer_addr=peer.address, digest=str(torrent.info.digest),
                 error=str(e) or type(e).__name__, seconds=wait,
             )  # fmt: skip
         elif outcome is Outcome.FAULT:

@@ -51,6 +51,7 @@ import socket
 import attrs
 
 from kraken.config import Duration, Size, positive
+from kraken.core.address import split_host_port
 from kraken.net.endpoints import check_listen, host_port
 
 MIB = 1 << 20
@@ -134,11 +135,11 @@ class P2PConfig:
         """(ip, port) that peers dial. May resolve this host's name (at startup only)."""
         if self.advertise is not None:
             return split_address(self.advertise)
-        derived = host_port(self.listen, "")
+        derived = host_port(self.listen, "0.0.0.0")
         if derived is None:
             raise ValueError(f"cannot derive an address to advertise from p2p listen {self.listen!r}; set advertise")
         host, port = split_address(derived)
-        if not host:
+        if host == "0.0.0.0":  # a wildcard listener: this host's address
             host = socket.gethostbyname(socket.gethostname())
         return host, port
 
@@ -163,10 +164,9 @@ class OriginP2PConfig(P2PConfig):
 
 
 def split_address(address: str) -> tuple[str, int]:
-    """``10.0.0.5:15001`` or ``[::1]:15001`` -> (ip, port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"address must be ip:port, not {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
+    """``10.0.0.5:15001`` or ``[::1]:15001`` -> (ip, port); an IPv6 address without brackets, or with a zone
+    id, is refused."""
+    try:
+        return split_host_port(address)
+    except ValueError as e:
+        raise ValueError(f"address must be ip:port ([ip]:port for IPv6): {e}") from None

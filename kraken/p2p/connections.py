@@ -211,6 +211,10 @@ class Connections:
             return
         conn = Conn(peer_id, protocol, session, origin, torrent)
         torrent.conns[peer_id] = conn
+        log.debug(
+            "connected to peer {peer} at {peer_ip} for {digest}",
+            peer=peer_id[:12], peer_ip=address, digest=str(torrent.info.digest),
+        )  # fmt: skip
         self.slots.opened(conn, torrent, address, self._clock.seconds())
         session.when_closed().addCallback(self._closed, torrent, conn)
         self._traffic.joined(torrent, conn)

@@ -164,7 +164,7 @@ class Scheduler(Service):
             name="p2p",
             tls=None if self._tls is None else self._tls.p2p_server(),
             peer_id=self.peer_id,
-            advertise=f"{self._me.ip}:{self._me.port}",
+            advertise=self._me.address,
         )
 
     def stats(self) -> Stats:

@@ -13,6 +13,7 @@ import os
 import attrs
 
 from kraken.config import Duration, positive
+from kraken.core.address import split_host_port
 
 
 def _check_address(instance: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
@@ -22,11 +23,10 @@ def _check_address(instance: object, attribute: attrs.Attribute[str | None], val
 
 def host_port(address: str) -> tuple[str, int]:
     """``"redis-1:6379"`` -> ``("redis-1", 6379)``; ``"[::1]:6379"`` -> ``("::1", 6379)``."""
-    host, sep, port = address.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{address!r} is not host:port")
-    return host, int(port)
+    try:
+        return split_host_port(address)
+    except ValueError as e:
+        raise ValueError(f"{address!r} is not host:port: {e}") from None
 
 
 def _check_readable(instance: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:

@@ -75,6 +75,19 @@ def test_values_are_read(tmp_path: Path) -> None:
         ("p2p: {conn_tti: soon}\n", ": p2p.conn_tti: not a duration"),
         ("p2p: {bandwidth: {egress_bits_per_sec: lots}}\n", ": p2p.bandwidth.egress_bits_per_sec: must be an integer"),
         ("p2p: {advertise: nowhere}\n", ": p2p: address must be ip:port"),
+        (
+            "p2p: {advertise: '::1:16001'}\n",
+            ": p2p: address must be ip:port ([ip]:port for IPv6): an IPv6",
+        ),
+        (
+            "p2p: {advertise: '[fe80::1%eth0]:16001'}\n",
+            ": p2p: address must be ip:port ([ip]:port for IPv6): IPv6 zone",
+        ),
+        ("listen_registry: 'tcp:16000:interface=::1'\n", ": listen_registry: not a usable endpoint description"),
+        (
+            "listen_registry: 'tcp:16000:interface=\\:\\:'\n",
+            ": listen_registry 'tcp:16000:interface=\\\\:\\\\:' is not a loopback",
+        ),
         ("max_manifest_size: huge\n", ": max_manifest_size: not a size"),
         ("answer_timeout: soon\n", ": answer_timeout: not a duration"),
         ("answer_timeout: 0\n", ": answer_timeout must be positive"),
@@ -84,6 +97,16 @@ def test_bad_values_are_usage_errors_naming_file_and_key(tmp_path: Path, text: s
     with pytest.raises(usage.UsageError) as e:
         parse(tmp_path, text)
     assert str(e.value).startswith(str(tmp_path / "agent.yaml") + where), str(e.value)
+
+
+def test_ipv6_loopback_listeners_and_advertise(tmp_path: Path) -> None:
+    cfg = parse(
+        tmp_path,
+        "listen_registry: 'tcp:16000:interface=\\:\\:1'\nlisten_api: 'tcp6:16002:interface=\\:\\:1'\n"
+        "p2p: {listen: 'tcp:16001:interface=\\:\\:1'}\n",
+    )
+    assert cfg.p2p.advertised() == ("::1", 16001)  # derived from the listener
+    assert parse(tmp_path, "p2p: {advertise: '[2001:db8::7]:16001'}\n").p2p.advertised() == ("2001:db8::7", 16001)
 
 
 def config(tmp_path: Path) -> AgentConfig:

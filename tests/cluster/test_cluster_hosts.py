@@ -72,11 +72,19 @@ def test_split_member(text: str, parsed: tuple[str, int]) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "host", "host:", ":15002", "host:0", "host:65536", "host:x", "::1:15002", "a b:1", "[::1]"]
-)
+    "text",
+    ["", "host", "host:", ":15002", "host:0", "host:65536", "host:x", "::1:15002", "a b:1", "[::1]",
+     "[fe80::1%eth0]:15002", "[origin-1]:15002"],
+)  # fmt: skip
 def test_split_member_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         split_member(text)
+
+
+def test_join_member_writes_ipv6_one_way() -> None:
+    """A DNS answer's address joins in its canonical form, so one member is never two strings."""
+    assert join_member("0:0:0:0:0:0:0:1", 15002) == "[::1]:15002"
+    assert join_member("2001:DB8::5", 1) == "[2001:db8::5]:1"
 
 
 # -- static lists --

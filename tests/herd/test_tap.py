@@ -108,6 +108,9 @@ def test_components_follow_moved_listeners(tmp_path):
         ("agent: {listen_registry: 'tcp:5000'}\n", ": agent.listen_registry: set per agent by the herd"),
         ("agent: {p2p: {advertise: '10.0.0.1:1'}}\n", ": agent.p2p.advertise: set per agent by the herd"),
         ("agent: {store: {root: /x}}\n", ": agent.store.root: set per agent by the herd"),
+        ("host: localhost\n", ": host: not an IP address: 'localhost'"),
+        ("host: '::'\n", ": host: :: listens everywhere"),
+        ("host: 'fe80::1%eth0'\n", ": host: IPv6 zone ids ('%eth0') are not supported"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path, text, where):
@@ -150,3 +153,49 @@ def test_service_listens_on_every_port_and_stops_cleanly(tmp_path):
         herd.stopService().addBoth(stopped.append)
     assert stopped and not herd.running
     assert [c for c in reactor.getDelayedCalls() if c.active()] == []
+
+
+def test_host_ipv6_moves_every_listener_url_and_advertised_address(tmp_path):
+    path = tmp_path / "herd.yaml"
+    path.write_text("host: '::1'\nagents: 2\n")
+    cfg = options("--config", str(path), "--state-dir", str(tmp_path))["parsed"]
+    assert cfg.proxy.listen_http == r"tcp:15000:interface=\:\:1"
+    assert cfg.origin.listen_http == r"tcp:15002:interface=\:\:1"
+    assert cfg.origin.p2p.listen == r"tcp:15001:interface=\:\:1"
+    assert cfg.origin.p2p.advertised() == ("::1", 15001)
+    assert cfg.origin.advertised() == "[::1]:15002"
+    assert cfg.tracker.listen_http == r"tcp:15003:interface=\:\:1"
+    assert cfg.build_index.listen_http == r"tcp:15004:interface=\:\:1"
+    assert cfg.proxy.origin == cfg.build_index.origin == cfg.tracker.origin == "http://[::1]:15002"
+    assert cfg.proxy.build_index == "http://[::1]:15004"
+    for k, agent in enumerate(cfg.agents):
+        base = 16000 + 1000 * k
+        assert agent.listen_registry == rf"tcp:{base}:interface=\:\:1"  # loopback: the agent's check passes
+        assert agent.listen_api == rf"tcp:{base + 2}:interface=\:\:1"
+        assert agent.p2p.listen == rf"tcp:{base + 1}:interface=\:\:1"
+        assert agent.p2p.advertised() == ("::1", base + 1)
+        assert (agent.tracker, agent.build_index) == ("http://[::1]:15003", "http://[::1]:15004")
+    # --host overrides the file; the default stays 127.0.0.1.
+    cfg = options("--config", str(path), "--state-dir", str(tmp_path), "--host", "127.0.0.1")["parsed"]
+    assert cfg == options("--state-dir", str(tmp_path), "--agents", "2")["parsed"]
+
+
+def test_bad_host_option_is_a_usage_error(tmp_path):
+    with pytest.raises(usage.UsageError, match=r"^--host: not an IP address: 'origin-1'"):
+        options("--host", "origin-1", "--state-dir", str(tmp_path))
+
+
+def test_ipv6_herd_listens_on_ipv6_and_logs_bracketed_registries(tmp_path):
+    reactor = MemoryReactorClock()
+    herd = herd_service(options("--state-dir", str(tmp_path), "--agents", "1", "--host", "::1")["parsed"], reactor)
+    stopped = []
+    try:
+        with capturedLogs() as events:
+            herd.privilegedStartService()
+            herd.startService()
+        assert {interface for _, _, _, interface in reactor.tcpServers} == {"::1"}
+        [ready] = [e for e in events if "kraken-herd ready" in e["log_format"]]
+        assert ready["agent_registries"] == ["[::1]:16000"]
+    finally:
+        herd.stopService().addBoth(stopped.append)
+    assert stopped and not herd.running

@@ -3,7 +3,7 @@
 import attrs
 import pytest
 
-from kraken.net.endpoints import check_listen, endpoint_url, host_port
+from kraken.net.endpoints import check_listen, endpoint_url, host_port, listen_description
 
 
 @pytest.mark.parametrize(
@@ -12,6 +12,9 @@ from kraken.net.endpoints import check_listen, endpoint_url, host_port
         ("tcp:15002:interface=10.0.0.5", "10.0.0.5:15002"),
         ("tcp:port=15002:interface=10.0.0.5", "10.0.0.5:15002"),
         (r"tcp6:15002:interface=\:\:1", "[::1]:15002"),
+        (r"tcp:15002:interface=\:\:1", "[::1]:15002"),
+        (r"tcp:15002:interface=0\:0\:\:1", "[::1]:15002"),
+        (r"tcp:15002:interface=\:\:", "wild:15002"),
         ("ssl:443:privateKey=k.pem:interface=h.example", "h.example:443"),
         ("tcp:15002", "wild:15002"),
         ("tcp:15002:interface=0.0.0.0", "wild:15002"),
@@ -46,3 +49,19 @@ def test_check_listen_accepts(good):
 def test_check_listen_refuses(bad):
     with pytest.raises(ValueError, match="listen_http"):
         Listens(bad)
+
+
+def test_ipv6_listeners():
+    assert listen_description("::1", 15002) == r"tcp:15002:interface=\:\:1"
+    assert listen_description("127.0.0.1", 15002) == "tcp:15002:interface=127.0.0.1"
+    assert endpoint_url(listen_description("::1", 15002)) == "http://[::1]:15002"
+    assert host_port(listen_description("2001:db8::5", 1), "x") == "[2001:db8::5]:1"
+
+
+def test_check_listen_ipv6():
+    Listens(r"tcp:15002:interface=\:\:1")
+    Listens(r"tcp6:15002:interface=\:\:1")
+    with pytest.raises(ValueError, match=r"escape the colons of an IPv6 interface: interface=\\:\\:1"):
+        Listens("tcp:15002:interface=::1")
+    with pytest.raises(ValueError, match="IPv6 zone ids are not supported"):
+        Listens(r"tcp:15002:interface=fe80\:\:1%eth0")

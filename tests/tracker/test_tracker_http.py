@@ -6,10 +6,11 @@ import json
 from typing import Any
 
 import pytest
-from tracker_fakes import NAMESPACE, App, announce_doc, blob, peer, result_of
+from tracker_fakes import NAMESPACE, App, announce_doc, blob, peer, pid, result_of
 from twisted.internet.defer import Deferred
 
 from kraken.core import MetaInfo
+from kraken.core.peer import PeerInfo
 from kraken.net import HTTPStatusError
 from kraken.tracker.http import MAX_ANNOUNCE_BODY
 
@@ -147,6 +148,8 @@ GOOD = announce_doc(peer(1))
         ({"info_hash": None}, "info_hash"),
         ({"origin": True}, "unknown keys origin"),
         ({"ip": None}, "ip must be text"),
+        ({"ip": "[::1]"}, "not an IP address"),
+        ({"ip": "fe80::1%eth0"}, "IPv6 zone ids ('%eth0') are not supported"),
     ],
 )
 def test_announce_validation(app: App, change: dict[str, Any], message: str) -> None:
@@ -154,6 +157,15 @@ def test_announce_validation(app: App, change: dict[str, Any], message: str) -> 
     assert code == 400
     assert message in doc["error"]
     assert len(app.store) == 0
+
+
+def test_ipv6_peers_are_announced_and_handed_out(app: App) -> None:
+    first = PeerInfo(pid(1), "2001:db8::1", 16001)
+    app.announce(announce_doc(first))
+    code, doc = app.announce(announce_doc(PeerInfo(pid(2), "2001:DB8:0::2", 16001)))
+    assert code == 200
+    assert first.to_json() in doc["peers"]
+    assert first.to_json()["ip"] == "2001:db8::1"
 
 
 def test_announce_missing_keys_and_bad_bodies(app: App) -> None:
