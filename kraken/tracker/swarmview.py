@@ -7,7 +7,7 @@ tracker's TLS and mutual TLS too)::
     GET /swarms.json             {"swarms": [...], "count": n, "shown": m}
     GET /swarms/<key>            one swarm (HTML; the page polls /swarms/<key>.json every second)
     GET /swarms/<key>.json       one swarm's document, or 404 {"error": ...}
-    GET /swarms.js               the script both pages run
+    GET /swarms.js, /swarms.css  the script and the style sheet of both pages
 
 ``<key>`` is the blob's digest (``sha256:<hex>``), known once one of its peers reported progress, or its
 info hash (64 hex characters), which every announce names. Everything comes from this tracker's memory (with
@@ -20,7 +20,7 @@ seconds (a complete agent stops announcing, and its last rates would otherwise b
 Everything is built at read time, on the reactor thread: an announce pays nothing for this page. The pages
 are static files shipped with the package (``kraken/tracker/static``), plain HTML and JavaScript with no
 build step; the script puts every value into the page as text (``textContent``), never as markup, and the
-answers carry a Content-Security-Policy that allows only this tracker's own script.
+answers carry a Content-Security-Policy that allows only this tracker's own script and style sheet.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ MAX_PEERS = 200
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z|sha512:[0-9a-f]{128}\Z")
 _INFO_HASH = re.compile(r"[0-9a-f]{64}\Z")
 _FILES = {"swarms.html": b"text/html; charset=utf-8", "swarm.html": b"text/html; charset=utf-8",
-          "swarms.js": b"text/javascript; charset=utf-8"}  # fmt: skip
-CSP = b"default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self'"
+          "swarms.js": b"text/javascript; charset=utf-8", "swarms.css": b"text/css; charset=utf-8"}  # fmt: skip
+CSP = b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'"
+_TOP = (b"swarms", b"swarms.json", b"swarms.js", b"swarms.css")
 
 
 def _static(name: str) -> bytes:
@@ -136,7 +137,7 @@ def find(store: MemoryPeerStore, key: str) -> tuple[str, Swarm] | None:
 
 def swarm_route(path: bytes) -> str | None:
     """The metrics route label of a path served here (bounded: never the key itself)."""
-    if path in (b"/swarms", b"/swarms/", b"/swarms.json", b"/swarms.js"):
+    if path in (b"/swarms", b"/swarms/", b"/swarms.json", b"/swarms.js", b"/swarms.css"):
         return path.decode("ascii").rstrip("/")
     if path.startswith(b"/swarms/"):
         return "/swarms/<key>.json" if path.endswith(b".json") else "/swarms/<key>"
@@ -144,7 +145,7 @@ def swarm_route(path: bytes) -> str | None:
 
 
 class SwarmResource(Resource):
-    """``/swarms``, ``/swarms.json``, ``/swarms.js``, ``/swarms/<key>`` and ``/swarms/<key>.json``."""
+    """``/swarms``, ``/swarms.json``, ``/swarms.js``, ``/swarms.css``, ``/swarms/<key>`` and ``/swarms/<key>.json``."""
 
     isLeaf = True
 
@@ -165,8 +166,8 @@ class SwarmResource(Resource):
         now = self._clock.seconds()
         if path in (["swarms"], ["swarms", ""]):
             return self._file(request, "swarms.html")
-        if path == ["swarms.js"]:
-            return self._file(request, "swarms.js")
+        if path in (["swarms.js"], ["swarms.css"]):
+            return self._file(request, path[0])
         if path == ["swarms.json"]:
             return json_response(request, 200, index_doc(self._store, now))
         if len(path) != 2:
@@ -200,7 +201,7 @@ class WithSwarms(Resource):
 
     def render(self, request: IRequest) -> Any:
         first = request.postpath[0] if request.postpath else b""
-        if first in (b"swarms", b"swarms.json", b"swarms.js"):
+        if first in _TOP:
             return self._swarms.render(request)
         return self._rest.render(request)
 

@@ -152,6 +152,8 @@ def test_the_pages_are_static_html_with_a_strict_policy(page: Page) -> None:
     csp = response.headers.getRawHeaders(b"Content-Security-Policy")[0]
     assert b"script-src 'self'" in csp and b"default-src 'none'" in csp
     assert b"innerHTML" not in page.request("GET", "/swarms.js")[1]
+    response = page.run(page.stub.get(BASE + "/swarms.css"))
+    assert response.headers.getRawHeaders(b"Content-Type") == [b"text/css; charset=utf-8"]
 
 
 @pytest.mark.parametrize(
