@@ -21,7 +21,7 @@ the next announce and gone with the entry.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from kraken.core.peer import is_peer_id
 
@@ -76,16 +76,37 @@ def check_progress(value: object) -> dict[str, Any]:
     if type(sources) is not list or len(sources) > MAX_SOURCES:
         raise ProgressError(f"progress.sources must be a list of at most {MAX_SOURCES} sources")
     for i, item in enumerate(sources):
-        where = f"progress.sources[{i}]"
-        source = _keys(item, SOURCE_KEYS, where)
-        if not is_peer_id(source["peer_id"]):
-            raise ProgressError(f"{where}.peer_id must be 40 or 64 lowercase hex characters")
-        if type(source["origin"]) is not bool:
-            raise ProgressError(f"{where}.origin must be true or false")
-        if type(source["bytes"]) is not int or not 0 <= source["bytes"] <= MAX_COUNT:
-            raise ProgressError(f"{where}.bytes must be an integer from 0 to {MAX_COUNT}")
-        _rate(source, "rate", where)
+        if not _fine(item):
+            _source_error(i, item)
     return doc
+
+
+def _fine(item: Any) -> bool:
+    """Whether ``item`` is a valid source: the fast path, one expression (``_source_error`` says what is off)."""
+    return (
+        type(item) is dict
+        and item.keys() == SOURCE_KEYS
+        and is_peer_id(item["peer_id"])
+        and type(item["origin"]) is bool
+        and type(item["bytes"]) is int
+        and 0 <= item["bytes"] <= MAX_COUNT
+        and type(item["rate"]) in (int, float)
+        and 0 <= item["rate"] <= MAX_RATE
+    )
+
+
+def _source_error(i: int, item: object) -> NoReturn:
+    """Raise the ``ProgressError`` that says what is off in source ``i``."""
+    where = f"progress.sources[{i}]"
+    source = _keys(item, SOURCE_KEYS, where)
+    if not is_peer_id(source["peer_id"]):
+        raise ProgressError(f"{where}.peer_id must be 40 or 64 lowercase hex characters")
+    if type(source["origin"]) is not bool:
+        raise ProgressError(f"{where}.origin must be true or false")
+    if type(source["bytes"]) is not int or not 0 <= source["bytes"] <= MAX_COUNT:
+        raise ProgressError(f"{where}.bytes must be an integer from 0 to {MAX_COUNT}")
+    _rate(source, "rate", where)
+    raise ProgressError(f"{where} is not a valid source")
 
 
 class Progress(NamedTuple):
