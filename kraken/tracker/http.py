@@ -99,12 +99,16 @@ class Announce(NamedTuple):
     info_hash: str
     #: Peer ids the agent failed to reach since its last announce (distinct, in the order given).
     unreachable: tuple[str, ...] = ()
-    #: The checked ``progress`` object, if the announce had one (``kraken.tracker.progress``).
-    progress: dict[str, Any] | None = None
 
 
 def parse_announce(body: bytes) -> Announce:
-    """An announce body, parsed; ``HTTPError(400)`` if anything is off."""
+    """An announce body, parsed; ``HTTPError(400)`` if anything is off (its ``progress`` too)."""
+    return parse_announce_and_progress(body)[0]
+
+
+def parse_announce_and_progress(body: bytes) -> tuple[Announce, dict[str, Any] | None]:
+    """An announce body, parsed, and its checked ``progress`` (None without one); ``HTTPError(400)`` if
+    anything is off."""
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -129,7 +133,7 @@ def parse_announce(body: bytes) -> Announce:
     except PeerError as e:
         raise HTTPError(400, str(e)) from None
     if "unreachable" not in doc and "progress" not in doc:
-        return Announce(peer, namespace, digest, info_hash)
+        return Announce(peer, namespace, digest, info_hash), None
     unreachable = _parse_unreachable(doc["unreachable"]) if "unreachable" in doc else ()
     progress = None
     if "progress" in doc:
@@ -137,7 +141,7 @@ def parse_announce(body: bytes) -> Announce:
             progress = check_progress(doc["progress"])
         except ProgressError as e:
             raise HTTPError(400, str(e)) from None
-    return Announce(peer, namespace, digest, info_hash, unreachable, progress)
+    return Announce(peer, namespace, digest, info_hash, unreachable), progress
 
 
 #: The peers of recent announces, by their fields as announced: an agent announces the same fields every
@@ -303,9 +307,8 @@ class AnnounceResource(Resource):
     def render_POST(self, request: IRequest) -> bytes | int:
         tracker = self._tracker
         try:
-            peer, _namespace, digest, info_hash, unreachable, progress = parse_announce(
-                read_body(request, MAX_ANNOUNCE_BODY)
-            )
+            announce, progress = parse_announce_and_progress(read_body(request, MAX_ANNOUNCE_BODY))
+            peer, _namespace, digest, info_hash, unreachable = announce
             source = source_key(getattr(request.getClientAddress(), "host", None))
             answer = Deferred.fromCoroutine(tracker.announce(peer, digest, info_hash, source, unreachable, progress))
         except Exception:
