@@ -51,34 +51,44 @@ def _tls_flags(p: Any) -> None:
     p.add_argument("--timeout", type=float, default=status.TIMEOUT, help="seconds per request (default 5)")
 
 
+def _one_daemon(sub: Any, name: str, summary: str, description: str, daemon: str, example: str) -> Any:
+    """A subcommand that asks one daemon: its parser, with ``--<daemon> URL`` (required) and the TLS flags."""
+    p = sub.add_parser(name, help=summary, description=description)
+    p.add_argument(f"--{daemon}", required=True, metavar="URL", help=f"the {daemon}'s address, like {example}")
+    _tls_flags(p)
+    return p
+
+
 def _swarm_parser(sub: Any) -> None:
-    p = sub.add_parser(
+    p = _one_daemon(
+        sub,
         "swarm",
-        help="one swarm as the tracker sees it, live: every peer's progress, rates and sources",
-        description="Show a swarm from the tracker's /swarms/KEY.json, redrawn every --interval seconds. "
+        "one swarm as the tracker sees it, live: every peer's progress, rates and sources",
+        "Show a swarm from the tracker's /swarms/KEY.json, redrawn every --interval seconds. "
         "Exit status: 0 shown (or interrupted), 1 the tracker cannot be asked or knows no such swarm, 2 usage.",
+        "tracker",
+        "http://tracker:15003",
     )
     p.add_argument("key", metavar="DIGEST", help="the blob's digest (sha256:...) or its info hash")
-    p.add_argument("--tracker", required=True, metavar="URL", help="the tracker's address, like http://tracker:15003")
     p.add_argument("--once", action="store_true", help="draw it once and exit")
     p.add_argument("--json", action="store_true", help="print the tracker's JSON document once and exit")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between redraws (default 1)")
     p.add_argument("--updates", type=int, default=None, help="stop after this many redraws (default: never)")
-    _tls_flags(p)
 
 
 def _preheat_parser(sub: Any) -> None:
-    p = sub.add_parser(
+    p = _one_daemon(
+        sub,
         "preheat",
-        help="ask the proxy to have the origins fetch an image now (POST /registry/preheat)",
-        description="Ask the proxy to preheat an image: the origins fetch every blob of it from their backends. "
+        "ask the proxy to have the origins fetch an image now (POST /registry/preheat)",
+        "Ask the proxy to preheat an image: the origins fetch every blob of it from their backends. "
         "Exit status: 0 queued, 1 refused or the proxy cannot be asked, 2 a usage error.",
+        "proxy",
+        "http://proxy:15000",
     )
     p.add_argument("reference", metavar="REPO:TAG|REPO@DIGEST", help="the image")
-    p.add_argument("--proxy", required=True, metavar="URL", help="the proxy's address, like http://proxy:15000")
     p.add_argument("--token-file", help="a file holding the proxy's preheat.token_file secret (first line)")
     p.add_argument("--json", action="store_true", help="print the proxy's answer as JSON")
-    _tls_flags(p)
 
 
 def _tls_of(args: argparse.Namespace) -> dict[str, str]:
