@@ -1,6 +1,6 @@
 """Tracker CPU per announce, in one process: less sensitive to a busy machine than bench/tracker_load.py.
 
-    python bench/tracker_cpu.py [--tls off|on|both] [--reps 25] [--announces 2000]
+    python bench/tracker_cpu.py [--tls off|on|both] [--reps 25] [--announces 2000] [--progress]
 
 The tracker's real Site (``make_site`` over ``TrackerHTTP`` and a ``MemoryPeerStore``; plain, or behind Twisted's
 TLS layer with mutual TLS from a trustme CA) is fed the announces of bench/tracker_load.py (10,000 peers over 100
@@ -8,7 +8,9 @@ blobs, one origin seeding each) by an in-memory client on one keep-alive connect
 timed (thread CPU time around its ``dataReceived`` and the reactor's due calls, such as the TLS layer's flush of
 an answer), so the figure leaves out the sockets and the poll loop, and the client's work. Each of ``--reps``
 rounds times ``--announces`` announces; the best and the median round are given as CPU-seconds per 10,000
-announces. To compare two trees, run this alternately with ``PYTHONPATH`` on each, a few times.
+announces. To compare two trees, run this alternately with ``PYTHONPATH`` on each, a few times. ``--progress``
+adds to every announce a ``progress`` object with ten sources (what agents send with ``p2p.announce_progress``
+for the live swarm page), to compare with a run without it.
 """
 
 from __future__ import annotations
@@ -50,15 +52,24 @@ class _Transport(StringTransport):
         pass
 
 
-def requests() -> list[bytes]:
+def progress(k: int) -> dict[str, object]:
+    """A typical ``progress`` of an agent halfway through a 1 GiB blob, with ten sources."""
+    sources = [{"peer_id": f"{k + s:040x}", "origin": s == 0, "bytes": 50 << 20, "rate": 12.5e6} for s in range(10)]
+    return {"have": 128, "pieces": 256, "bytes_in": 500 << 20, "bytes_out": 300 << 20, "rate_in": 125e6,
+            "rate_out": 75e6, "sources": sources}  # fmt: skip
+
+
+def requests(with_progress: bool = False) -> list[bytes]:
     out = []
     for k in range(PEERS):
         digest, info_hash = f"sha256:{k % BLOBS:064x}", f"{k % BLOBS:064x}"
-        body = json.dumps(
-            {"peer_id": f"{k:040x}", "ip": f"10.0.{k >> 8 & 255}.{k & 255}", "port": 16001,
-             "namespace": "bench/tracker", "digest": digest, "info_hash": info_hash, "complete": False},
-            separators=(",", ":"),
-        ).encode()  # fmt: skip
+        doc: dict[str, object] = {
+            "peer_id": f"{k:040x}", "ip": f"10.0.{k >> 8 & 255}.{k & 255}", "port": 16001,
+            "namespace": "bench/tracker", "digest": digest, "info_hash": info_hash, "complete": False,
+        }  # fmt: skip
+        if with_progress:
+            doc["progress"] = progress(k)
+        body = json.dumps(doc, separators=(",", ":")).encode()
         head = b"POST /announce HTTP/1.1\r\nHost: tracker\r\nContent-Type: application/json\r\n"
         out.append(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
     return out
@@ -135,10 +146,10 @@ def connect(tls: bool) -> tuple[Callable[[bytes], None], Callable[[], bytes]]:
     return feed, take
 
 
-def measure(tls: bool, reps: int, announces: int) -> list[float]:
+def measure(tls: bool, reps: int, announces: int, with_progress: bool = False) -> list[float]:
     """CPU-seconds per 10,000 announces of each round (after every peer has announced once)."""
     feed, take = connect(tls)
-    wire = requests()
+    wire = requests(with_progress)
     clock = time.thread_time
     spent = 0.0
 
@@ -173,11 +184,13 @@ def main() -> int:
     parser.add_argument("--tls", choices=("off", "on", "both"), default="both")
     parser.add_argument("--reps", type=int, default=25)
     parser.add_argument("--announces", type=int, default=2000)
+    parser.add_argument("--progress", action="store_true", help="announces carry a progress object")
     args = parser.parse_args()
     for tls in {"off": (False,), "on": (True,), "both": (False, True)}[args.tls]:
-        rounds = measure(tls, args.reps, args.announces)
+        rounds = measure(tls, args.reps, args.announces, args.progress)
+        name = ("mutual TLS" if tls else "plain") + (" with progress" if args.progress else "")
         print(
-            f"{'mutual TLS' if tls else 'plain'}: {min(rounds):.3f} CPU-s per 10,000 announces (best of {len(rounds)} "
+            f"{name}: {min(rounds):.3f} CPU-s per 10,000 announces (best of {len(rounds)} "
             f"rounds of {args.announces}; median {statistics.median(rounds):.3f})"
         )
     return 0

@@ -2,7 +2,9 @@
 
 - ``kraken status``: every daemon of a cluster, alive, ready, its ring and queues (``kraken.cli.status``);
 - ``kraken image DIR``: an OCI image layout to push (``kraken.cli.image``, also ``python -m kraken.cli.image``);
-- ``kraken certs DIR [NAME...]``: a development CA and certificates (``kraken.cli.certs``).
+- ``kraken certs DIR [NAME...]``: a development CA and certificates (``kraken.cli.certs``);
+- ``kraken swarm KEY --tracker URL``: one swarm, live in the terminal (``kraken.cli.swarm``);
+- ``kraken preheat REPO:TAG|REPO@DIGEST --proxy URL``: the origins fetch an image now (``kraken.cli.preheat``).
 
 Exit status: 0 success (``status``: every daemon healthy), 1 something unhealthy or failed, 2 a usage or
 configuration error (argparse's own code), with a one-line message on stderr, never a traceback.
@@ -16,7 +18,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from kraken.cli import certs, image, status
+from kraken.cli import certs, image, preheat, status, swarm
+from kraken.cli.calls import run_with_client
 
 PROG = "kraken"
 #: certificate names ``kraken certs`` makes when given none: one per kind of daemon.
@@ -41,10 +44,85 @@ def _status_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _tls_flags(p: Any) -> None:
+    p.add_argument("--ca", help="CA certificate (PEM) trusted for an https:// daemon (default: the system's)")
+    p.add_argument("--cert", help="client certificate (PEM), for a daemon asking for one (mutual TLS)")
+    p.add_argument("--key", dest="tls_key", metavar="KEY", help="the client certificate's key (PEM)")
+    p.add_argument("--timeout", type=float, default=status.TIMEOUT, help="seconds per request (default 5)")
+
+
+def _one_daemon(sub: Any, name: str, summary: str, description: str, daemon: str, example: str) -> Any:
+    """A subcommand that asks one daemon: its parser, with ``--<daemon> URL`` (required) and the TLS flags."""
+    p = sub.add_parser(name, help=summary, description=description)
+    p.add_argument(f"--{daemon}", required=True, metavar="URL", help=f"the {daemon}'s address, like {example}")
+    _tls_flags(p)
+    return p
+
+
+def _swarm_parser(sub: Any) -> None:
+    p = _one_daemon(
+        sub,
+        "swarm",
+        "one swarm as the tracker sees it, live: every peer's progress, rates and sources",
+        "Show a swarm from the tracker's /swarms/KEY.json, redrawn every --interval seconds. "
+        "Exit status: 0 shown (or interrupted), 1 the tracker cannot be asked or knows no such swarm, 2 usage.",
+        "tracker",
+        "http://tracker:15003",
+    )
+    p.add_argument("key", metavar="DIGEST", help="the blob's digest (sha256:...) or its info hash")
+    p.add_argument("--once", action="store_true", help="draw it once and exit")
+    p.add_argument("--json", action="store_true", help="print the tracker's JSON document once and exit")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between redraws (default 1)")
+    p.add_argument("--updates", type=int, default=None, help="stop after this many redraws (default: never)")
+
+
+def _preheat_parser(sub: Any) -> None:
+    p = _one_daemon(
+        sub,
+        "preheat",
+        "ask the proxy to have the origins fetch an image now (POST /registry/preheat)",
+        "Ask the proxy to preheat an image: the origins fetch every blob of it from their backends. "
+        "Exit status: 0 queued, 1 refused or the proxy cannot be asked, 2 a usage error.",
+        "proxy",
+        "http://proxy:15000",
+    )
+    p.add_argument("reference", metavar="REPO:TAG|REPO@DIGEST", help="the image")
+    p.add_argument("--token-file", help="a file holding the proxy's preheat.token_file secret (first line)")
+    p.add_argument("--json", action="store_true", help="print the proxy's answer as JSON")
+
+
+def _tls_of(args: argparse.Namespace) -> dict[str, str]:
+    found = {"ca": args.ca, "cert": args.cert, "key": args.tls_key}
+    return {k: v for k, v in found.items() if v}
+
+
+def run_swarm(args: argparse.Namespace) -> int:
+    try:
+        swarm.check_key(args.key)
+        if args.interval <= 0 or (args.updates is not None and args.updates < 0):
+            raise ValueError("--interval must be positive and --updates not negative")
+    except ValueError as e:
+        print(f"{swarm.PROG}: error: {e}", file=sys.stderr)
+        return 2
+    return run_with_client(lambda reactor, client: swarm.show(reactor, client, args), _tls_of(args), swarm.PROG)
+
+
+def run_preheat(args: argparse.Namespace) -> int:
+    try:
+        args.fields = preheat.parse_reference(args.reference)
+        args.token = preheat.read_token(args.token_file) if args.token_file else None
+    except ValueError as e:
+        print(f"{preheat.PROG}: error: {e}", file=sys.stderr)
+        return 2
+    return run_with_client(lambda reactor, client: preheat.preheat(reactor, client, args), _tls_of(args), preheat.PROG)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Operate a Kraken cluster.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _status_parser(sub)
+    _swarm_parser(sub)
+    _preheat_parser(sub)
     sub.add_parser("image", help="write an OCI image layout (see kraken image --help)", add_help=False)
     p = sub.add_parser("certs", help="make (or reuse) a development CA and certificates")
     p.add_argument("dir", help="directory of the CA (created if missing)")
@@ -85,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "certs":
         return run_certs(args)
+    if args.command == "swarm":
+        return run_swarm(args)
+    if args.command == "preheat":
+        return run_preheat(args)
     try:
         targets, tls = status_inputs(args)
     except ValueError as e:

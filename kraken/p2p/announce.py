@@ -13,7 +13,7 @@ tracker learns which origins hold a blob from the origins themselves.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
@@ -42,10 +42,19 @@ log = Logger(namespace=LOG_NAMESPACE)
 
 class Announcer(TypingProtocol):
     """``(me, namespace, digest, info_hash, unreachable=[peer ids]) -> (peers, interval)`` (the tracker client's
-    ``announce``); ``unreachable`` names the peers this one could not reach since its last announce."""
+    ``announce``); ``unreachable`` names the peers this one could not reach since its last announce. With
+    ``p2p.announce_progress`` it is also given ``progress=`` (``kraken.p2p.traffic.Traffic.report``)."""
 
     def __call__(
-        self, me: PeerInfo, namespace: str, digest: Digest, info_hash: str, /, *, unreachable: Sequence[str] = ()
+        self,
+        me: PeerInfo,
+        namespace: str,
+        digest: Digest,
+        info_hash: str,
+        /,
+        *,
+        unreachable: Sequence[str] = (),
+        progress: Mapping[str, Any] | None = None,
     ) -> Awaitable[tuple[list[PeerInfo], float]]: ...
 
 
@@ -110,9 +119,13 @@ class Announcing:
         interval: float = self._config.announce_interval
         # Best effort: a report lost with a failed announce is not sent again.
         unreachable = torrent.dials.take_reports()
+        extra: dict[str, Any] = {}
+        if self._config.announce_progress:
+            have, pieces = torrent.bitfield.count(), torrent.info.num_pieces
+            extra["progress"] = torrent.traffic.report(self._clock.seconds(), have, pieces)
         try:
             peers, interval = await self._announcer(
-                me, torrent.namespace, torrent.info.digest, torrent.info.info_hash, unreachable=unreachable
+                me, torrent.namespace, torrent.info.digest, torrent.info.info_hash, unreachable=unreachable, **extra
             )
         except CancelledError:
             raise

@@ -36,6 +36,8 @@ Defaults and why (Kraken's values unless said otherwise):
   (the announce failed, or the interval is not in (0, ``max_announce_interval`` 60 s]). A download with fewer
   connections than it may have, handed out more peers than it reached, announces again within
   ``underconnected_announce`` 1 s (or the tracker's interval, if shorter) to find peers with room.
+- ``announce_progress`` off: when on, each announce carries the torrent's ``progress`` (``kraken.p2p.traffic``)
+  for the tracker's live swarm page; off by default because a tracker older than that page refuses it.
 - ``piece_memory`` 8 MiB: bytes of received pieces held while they are checked and written. Below it, a request
   slot goes to the next piece as soon as a payload has arrived; above it, only once the piece is written.
 - bandwidth, in bits per second each way, is on by default for agents (Kraken's 200 MiB/s out, 300 MiB/s in)
@@ -103,6 +105,9 @@ class P2PConfig:
     announce_interval: Duration = attrs.field(default=Duration(5.0), validator=positive)
     max_announce_interval: Duration = attrs.field(default=Duration(60.0), validator=positive)
     underconnected_announce: Duration = attrs.field(default=Duration(1.0), validator=positive)
+    # Announces carry a ``progress`` object (pieces, bytes and rates in and out, the peers pieces came from) for
+    # the tracker's live swarm page. Off by default: a tracker older than the swarm page refuses the key (400).
+    announce_progress: bool = False
     piece_memory: Size = attrs.field(default=Size(8 * MIB), validator=positive)
     # How often connection and torrent TTIs are checked.
     preemption_interval: Duration = attrs.field(default=Duration(5.0), validator=positive)

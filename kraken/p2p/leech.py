@@ -267,6 +267,7 @@ class Leech:
             (f"bytes_in_from_{source}", size),
         ):
             self._counts[key] += amount
+        torrent.traffic.received(conn.peer_id, size, conn.origin)
         for other in torrent.conns.values():
             if other is not conn:
                 other.session.send_have(index)

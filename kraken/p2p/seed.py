@@ -133,6 +133,7 @@ class Seed:
         self._slots.progress(conn, torrent.last_active)
         self._counts["pieces_out"] += 1
         self._counts["bytes_out"] += size
+        torrent.traffic.sent(size)
 
     async def _any_writable(self) -> None:
         waits = [a.conn.protocol.when_writable() for a in self._policy.waiting()]

@@ -30,6 +30,7 @@ from kraken.p2p.dispatch import Dispatcher
 from kraken.p2p.protocol import PeerProtocol
 from kraken.p2p.seeding import Ledger
 from kraken.p2p.session import PeerSession
+from kraken.p2p.traffic import Traffic
 from kraken.store import CAStore, PartialBlob
 
 #: Every part of the P2P service logs under the scheduler's name, as operators and the adversarial suite see it.
@@ -99,6 +100,7 @@ class Torrent:
     installing: bool = False
     installed: list[Deferred[None]] = attrs.field(factory=list)  # readers waiting for the install to end
     closed: bool = False
+    traffic: Traffic = attrs.field(factory=Traffic)  # bytes in (by source) and out, for announces
 
     @property
     def complete(self) -> bool:

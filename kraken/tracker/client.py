@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import attrs
 from treq.client import HTTPClient
@@ -57,11 +57,13 @@ class TrackerClient(ServiceClient):
         /,
         *,
         unreachable: Sequence[str] = (),
+        progress: Mapping[str, Any] | None = None,
     ) -> tuple[list[PeerInfo], float]:
         """Announce ``peer`` for the blob; returns (peers to connect to, seconds until the next announce).
 
         ``unreachable``: peer ids (hex) this peer failed to reach for the blob since its last announce; sent as
-        the body's ``unreachable`` list (the first ``MAX_UNREACHABLE``), and only when there are any."""
+        the body's ``unreachable`` list (the first ``MAX_UNREACHABLE``), and only when there are any.
+        ``progress``: the body's ``progress`` object (``kraken.tracker.progress``), sent when given."""
         url = f"{self._base}/announce"
         doc: dict[str, object] = {
             "peer_id": peer.peer_id, "ip": peer.ip, "port": peer.port, "namespace": namespace,
@@ -69,6 +71,8 @@ class TrackerClient(ServiceClient):
         }  # fmt: skip
         if unreachable:
             doc["unreachable"] = list(unreachable[:MAX_UNREACHABLE])
+        if progress is not None:
+            doc["progress"] = progress
         body = json.dumps(doc, separators=(",", ":")).encode("utf-8")
         _, answer = await self._retrying(
             f"announce {info_hash}",
@@ -126,12 +130,15 @@ class Trackers(MemberClients[TrackerClient]):
         /,
         *,
         unreachable: Sequence[str] = (),
+        progress: Mapping[str, Any] | None = None,
     ) -> tuple[list[PeerInfo], float]:
         """``TrackerClient.announce`` on the first tracker for the blob that answers."""
         return await self.hosts.call(
             f"announce {info_hash}",
             digest.hex.encode("ascii"),
-            lambda base: self.client(base).announce(peer, namespace, digest, info_hash, unreachable=unreachable),
+            lambda base: self.client(base).announce(
+                peer, namespace, digest, info_hash, unreachable=unreachable, progress=progress
+            ),
             digest=str(digest),
         )
 

@@ -6,7 +6,7 @@ Routes (``<ns>`` is a repository name and may contain slashes)::
     POST /announce                                JSON announce -> {"peers": [...], "interval": seconds}
     GET  /namespace/<ns>/blobs/<digest>/metainfo  -> MetaInfo JSON (from the origin, cached) / 404
 
-An announce body has exactly these keys, plus optionally ``"unreachable"``::
+An announce body has exactly these keys, plus optionally ``"unreachable"`` and ``"progress"``::
 
     {"peer_id": "<40 or 64 hex>", "ip": "10.0.0.7", "port": 16001, "namespace": "library/alpine",
      "digest": "sha256:<hex>", "info_hash": "<64 hex>", "complete": false,
@@ -14,7 +14,9 @@ An announce body has exactly these keys, plus optionally ``"unreachable"``::
 
 ``unreachable`` (at most ``MAX_UNREACHABLE`` peer ids) names the peers of
 this blob the agent failed to reach since its last announce; they may be
-hidden from answers for a while (``kraken.tracker.unreachable``).
+hidden from answers for a while (``kraken.tracker.unreachable``). ``progress``
+(``kraken.tracker.progress``) is what the peer has and has moved, kept with
+its entry for the live swarm page (``kraken.tracker.swarmview``).
 
 The announcing peer is recorded (or refreshed) under the address the
 request came from (its client address, not the ``ip`` in the body); an
@@ -63,11 +65,12 @@ from kraken.tracker.handout import AnswerEncoder, handout
 from kraken.tracker.metainfo import MetaInfoCache, MetaInfoSource
 from kraken.tracker.origins import OriginPeers
 from kraken.tracker.peers import IPeerStore
+from kraken.tracker.progress import Progress, ProgressError, check_progress
 
 #: An announce is a few hundred bytes; 50 unreachable peer ids of 64 hex characters add about 3.4 KB.
 MAX_ANNOUNCE_BODY = 8192
 ANNOUNCE_KEYS = frozenset({"peer_id", "ip", "port", "namespace", "digest", "info_hash", "complete"})
-OPTIONAL_ANNOUNCE_KEYS = frozenset({"unreachable"})
+OPTIONAL_ANNOUNCE_KEYS = frozenset({"unreachable", "progress"})
 _ALLOWED_KEYS = ANNOUNCE_KEYS | OPTIONAL_ANNOUNCE_KEYS
 #: At most this many peers reported unreachable in one announce.
 MAX_UNREACHABLE = 50
@@ -99,7 +102,13 @@ class Announce(NamedTuple):
 
 
 def parse_announce(body: bytes) -> Announce:
-    """An announce body, parsed; ``HTTPError(400)`` if anything is off."""
+    """An announce body, parsed; ``HTTPError(400)`` if anything is off (its ``progress`` too)."""
+    return parse_announce_and_progress(body)[0]
+
+
+def parse_announce_and_progress(body: bytes) -> tuple[Announce, dict[str, Any] | None]:
+    """An announce body, parsed, and its checked ``progress`` (None without one); ``HTTPError(400)`` if
+    anything is off."""
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -123,9 +132,16 @@ def parse_announce(body: bytes) -> Announce:
         peer = _peer(doc["peer_id"], doc["ip"], doc["port"], doc["complete"])
     except PeerError as e:
         raise HTTPError(400, str(e)) from None
-    if "unreachable" not in doc:
-        return Announce(peer, namespace, digest, info_hash)
-    return Announce(peer, namespace, digest, info_hash, _parse_unreachable(doc["unreachable"]))
+    if "unreachable" not in doc and "progress" not in doc:
+        return Announce(peer, namespace, digest, info_hash), None
+    unreachable = _parse_unreachable(doc["unreachable"]) if "unreachable" in doc else ()
+    progress = None
+    if "progress" in doc:
+        try:
+            progress = check_progress(doc["progress"])
+        except ProgressError as e:
+            raise HTTPError(400, str(e)) from None
+    return Announce(peer, namespace, digest, info_hash, unreachable), progress
 
 
 #: The peers of recent announces, by their fields as announced: an agent announces the same fields every
@@ -215,12 +231,21 @@ class TrackerHTTP:
         return self.announce_resource
 
     async def announce(
-        self, peer: PeerInfo, digest: Digest, info_hash: str, source: str, unreachable: Sequence[str] = ()
+        self,
+        peer: PeerInfo,
+        digest: Digest,
+        info_hash: str,
+        source: str,
+        unreachable: Sequence[str] = (),
+        progress: dict[str, Any] | None = None,
     ) -> bytes:
         """Record ``peer``'s announce of ``digest`` from the address ``source``
-        (and its reports of ``unreachable`` peers); the answer's JSON."""
+        (its reports of ``unreachable`` peers, and its checked ``progress``); the answer's JSON."""
         now = self._clock.seconds()
-        await self._store.update(info_hash, peer, now, source)
+        if progress is None:
+            await self._store.update(info_hash, peer, now, source)
+        else:
+            await self._store.update(info_hash, peer, now, source, progress=Progress(str(digest), progress))
         if unreachable:
             await self._store.report_unreachable(info_hash, [p for p in unreachable if p != peer.peer_id], source, now)
         # No log event per announce: at thousands a second even a filtered debug event costs a tenth of the CPU.
@@ -282,9 +307,10 @@ class AnnounceResource(Resource):
     def render_POST(self, request: IRequest) -> bytes | int:
         tracker = self._tracker
         try:
-            peer, _namespace, digest, info_hash, unreachable = parse_announce(read_body(request, MAX_ANNOUNCE_BODY))
+            announce, progress = parse_announce_and_progress(read_body(request, MAX_ANNOUNCE_BODY))
+            peer, _namespace, digest, info_hash, unreachable = announce
             source = source_key(getattr(request.getClientAddress(), "host", None))
-            answer = Deferred.fromCoroutine(tracker.announce(peer, digest, info_hash, source, unreachable))
+            answer = Deferred.fromCoroutine(tracker.announce(peer, digest, info_hash, source, unreachable, progress))
         except Exception:
             return tracker.error(request, Failure())
         result: list[bytes | Failure] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 
 from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
@@ -18,6 +18,7 @@ from zope.interface import Interface, implementer
 
 from kraken.core.peer import PeerInfo
 from kraken.tracker.fair import fair_sample
+from kraken.tracker.progress import Progress
 from kraken.tracker.swarm import Group, Swarm
 from kraken.tracker.unreachable import UnreachablePolicy
 
@@ -26,8 +27,12 @@ class IPeerStore(Interface):
     """Peers of each blob, by info hash. ``now`` is the caller's clock; ``source``
     the address an announce came from (``kraken.tracker.fair.source_key``)."""
 
-    def update(info_hash: str, peer: PeerInfo, now: float, source: str) -> Awaitable[None]:
-        """Record (or refresh) ``peer``, announced from ``source``, as a peer of ``info_hash``."""
+    def update(
+        info_hash: str, peer: PeerInfo, now: float, source: str, progress: Progress | None = None
+    ) -> Awaitable[None]:
+        """Record (or refresh) ``peer``, announced from ``source``, as a peer of ``info_hash``. The tracker
+        passes ``progress`` (a ``kraken.tracker.progress.Progress``) only when the announce had one; the
+        stores keep it with the entry, in memory (with Redis: in the local copy)."""
 
     def peers(info_hash: str, limit: int, now: float) -> Awaitable[list[PeerInfo]]:
         """At most ``limit`` live peers of ``info_hash`` that may be handed out, chosen
@@ -88,8 +93,10 @@ class MemoryPeerStore(TimerService):
 
     # -- IPeerStore --
 
-    async def update(self, info_hash: str, peer: PeerInfo, now: float, source: str) -> None:
-        self.record(info_hash, peer, now, source)
+    async def update(
+        self, info_hash: str, peer: PeerInfo, now: float, source: str, progress: Progress | None = None
+    ) -> None:
+        self.record(info_hash, peer, now, source, progress)
 
     async def peers(self, info_hash: str, limit: int, now: float) -> list[PeerInfo]:
         return self.live(info_hash, limit, now)
@@ -99,7 +106,8 @@ class MemoryPeerStore(TimerService):
 
     # -- synchronous core --
 
-    def record(self, info_hash: str, peer: PeerInfo, now: float, source: str) -> None:
+    def record(self, info_hash: str, peer: PeerInfo, now: float, source: str, progress: Progress | None = None) -> None:
+        """Record (or refresh) ``peer`` of ``info_hash`` as announced from ``source``, with its ``progress``."""
         swarm = self._blobs.get(info_hash)
         if swarm is None:
             swarm = self._blobs[info_hash] = Swarm()
@@ -112,11 +120,15 @@ class MemoryPeerStore(TimerService):
         entry = entries.get(peer.peer_id)
         if entry is None:
             entry = swarm.add(peer, now, source)
+            if progress is not None:
+                entry.progress, swarm.digest = progress.doc, progress.digest
             self._bound(info_hash, swarm, entry.group)
             while len(entries) > self._max_peers:
                 swarm.drop_oldest()
             return
         entry.seen = now
+        if progress is not None:
+            entry.progress, swarm.digest = progress.doc, progress.digest
         entries.move_to_end(peer.peer_id)
         if entry.group.key != source:  # announced from another address
             swarm.move(entry, source)
@@ -183,6 +195,20 @@ class MemoryPeerStore(TimerService):
     def __len__(self) -> int:
         """How many (blob, peer) entries are held, stale ones included."""
         return sum(len(swarm.entries) for swarm in self._blobs.values())
+
+    @property
+    def ttl(self) -> float:
+        """Seconds an entry lives without an announce."""
+        return self._ttl
+
+    def recent(self) -> Iterator[tuple[str, Swarm]]:
+        """(info hash, swarm) of every blob held, the most recently announced first (the live swarm page).
+        Read it at once, on the reactor thread: announces change what it iterates."""
+        return reversed(self._blobs.items())
+
+    def swarm(self, info_hash: str) -> Swarm | None:
+        """The swarm of ``info_hash``, if held (stale entries included: the reader skips them)."""
+        return self._blobs.get(info_hash)
 
     def blob_count(self) -> int:
         """How many blobs have entries held (``/stats``)."""

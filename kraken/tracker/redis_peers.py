@@ -51,6 +51,7 @@ from zope.interface import implementer
 from kraken.core.peer import PeerInfo
 from kraken.tracker.config import TrackerConfig
 from kraken.tracker.peers import IPeerStore, MemoryPeerStore
+from kraken.tracker.progress import Progress
 from kraken.tracker.store_config import RedisConfig, host_port
 from kraken.tracker.unreachable import UnreachablePolicy
 
@@ -186,8 +187,10 @@ class RedisPeerStore(MultiService):
 
     # -- IPeerStore --
 
-    async def update(self, info_hash: str, peer: PeerInfo, now: float, source: str) -> None:
-        self.local.record(info_hash, peer, now, source)
+    async def update(
+        self, info_hash: str, peer: PeerInfo, now: float, source: str, progress: Progress | None = None
+    ) -> None:
+        self.local.record(info_hash, peer, now, source, progress)  # progress stays with this tracker
         if self._down_since is None:
             # A downloading peer's write is not awaited: the answer does not depend on it, and a failure marks
             # Redis down. A complete peer (a seeder, which announces rarely) is awaited, so that once its

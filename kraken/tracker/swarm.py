@@ -9,6 +9,7 @@ the longest", and no step that looks at every peer.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 from kraken.core.peer import PeerInfo
 from kraken.tracker.unreachable import Reports
@@ -17,10 +18,11 @@ from kraken.tracker.unreachable import Reports
 class Entry:
     """One peer of one blob: the latest announce, when it came, the group of
     its announcing address, its slot in that group's list of seeders or
-    leechers (-1 while hidden), and the reports of it being unreachable
-    (None while there are none)."""
+    leechers (-1 while hidden), the reports of it being unreachable
+    (None while there are none), and its latest ``progress`` (None until it
+    reports one: ``kraken.tracker.progress``)."""
 
-    __slots__ = ("group", "peer", "reports", "seen", "slot")
+    __slots__ = ("group", "peer", "progress", "reports", "seen", "slot")
 
     def __init__(self, peer: PeerInfo, seen: float, group: Group) -> None:
         self.peer = peer
@@ -28,6 +30,7 @@ class Entry:
         self.group = group
         self.slot = -1
         self.reports: Reports | None = None
+        self.progress: dict[str, Any] | None = None
 
 
 class Group:
@@ -69,9 +72,11 @@ class Swarm:
     seen (for expiry and eviction); by announcing address (``groups``), with
     the groups that have a peer to hand out (``shown``) and those that have a
     seeder to hand out (``seeding``) as plain lists to sample from; and the
-    hidden peers, in the order they come back in."""
+    hidden peers, in the order they come back in. ``digest`` is the blob's,
+    once a peer has reported its progress (announces without one name only
+    the info hash to the store)."""
 
-    __slots__ = ("entries", "groups", "hidden", "seeding", "shown")
+    __slots__ = ("digest", "entries", "groups", "hidden", "seeding", "shown")
 
     def __init__(self) -> None:
         self.entries: OrderedDict[str, Entry] = OrderedDict()
@@ -79,6 +84,7 @@ class Swarm:
         self.shown: list[Group] = []
         self.seeding: list[Group] = []
         self.hidden: OrderedDict[str, Entry] = OrderedDict()
+        self.digest: str | None = None
 
     def add(self, peer: PeerInfo, now: float, key: str) -> Entry:
         """A new entry for ``peer``, announced from ``key``, handed out from now on."""

@@ -24,6 +24,7 @@ from kraken.tracker.http import TrackerHTTP
 from kraken.tracker.origins import OriginPeers
 from kraken.tracker.redis_peers import peer_store
 from kraken.tracker.stats import register_tracker, with_stats
+from kraken.tracker.swarmview import swarm_route, with_swarms
 
 log = Logger(namespace="kraken.tracker")
 
@@ -77,10 +78,12 @@ def tracker_service(config: TrackerConfig, reactor: Any) -> MultiService:
     registry = new_registry()
     register_tracker(registry, store, app)
     # Ready when an origin answers. A Redis outage leaves it ready: it serves from its local copy (degraded).
-    observation = Observation(registry, {"origin": origin.health}, clock=reactor, exact=frozenset({"/announce"}))
-    site = make_site(
-        observed(with_stats(app.resource(), store), observation), reactor=reactor, access_log=config.access_log
+    observation = Observation(
+        registry, {"origin": origin.health}, clock=reactor, exact=frozenset({"/announce"}), route=swarm_route
     )
+    # The live swarm page counts a report as current for two announce intervals (kraken.tracker.swarmview).
+    swarms = with_swarms(app.resource(), store, clock=reactor, fresh=2 * config.announce_interval + 1)
+    site = make_site(observed(with_stats(swarms, store), observation), reactor=reactor, access_log=config.access_log)
     listen_http(
         config.listen_http,
         site,

@@ -98,17 +98,28 @@ class FakeTracker:
         self.announces: list[PeerInfo] = []
         self.reports: list[list[str]] = []  # the unreachable peers of each announce
         self.metainfo_calls = 0
+        self.progress: dict[str, list[dict[str, Any]]] = {}  # peer id -> the progress of each announce
 
     async def metainfo(self, namespace: str, digest: Digest) -> MetaInfo | None:
         self.metainfo_calls += 1
         return self.metainfos.get(digest)
 
     async def announce(
-        self, me: PeerInfo, namespace: str, digest: Digest, info_hash: str, /, *, unreachable: Sequence[str] = ()
+        self,
+        me: PeerInfo,
+        namespace: str,
+        digest: Digest,
+        info_hash: str,
+        /,
+        *,
+        unreachable: Sequence[str] = (),
+        progress: Any = None,
     ) -> tuple[list[PeerInfo], float]:
         assert info_hash == self.metainfos[digest].info_hash
         self.announces.append(me)
         self.reports.append(list(unreachable))
+        if progress is not None:
+            self.progress.setdefault(me.peer_id, []).append(progress)
         known = self.peers.setdefault(digest, {})
         known[me.peer_id] = me
         others = [p for p in known.values() if p.peer_id != me.peer_id]
