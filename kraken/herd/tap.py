@@ -251,7 +251,12 @@ def _agent_config(
             "tracker": tracker_url,
             "build_index": index_url,
             "store": {"root": os.path.join(state, f"agent-{k}")},
-            "p2p": {"listen": listen_description(ip, p2p), "advertise": join_host_port(ip, p2p)},
+            # The herd's tracker is this very version, so its agents report their progress (the swarm page).
+            "p2p": {
+                "listen": listen_description(ip, p2p),
+                "advertise": join_host_port(ip, p2p),
+                "announce_progress": True,
+            },
         }
     }
     if sec is not None:
