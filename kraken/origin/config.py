@@ -109,6 +109,9 @@ class OriginConfig:
     # Durable storage behind this origin, tried in order (first matching namespace wins);
     # none: blobs live only here. See kraken.backends.config.
     backends: tuple[BackendConfig, ...] = ()
+    # A question about a blob being fetched from its backend waits this long for the fetch to end before the
+    # answer is 202 "ask again" (so the first client hears of the blob when it lands, not at its next poll).
+    fetch_hold: Duration = attrs.field(default=Duration(2.0), validator=attrs.validators.ge(Duration(0.0)))
     writeback: WriteBackConfig = attrs.field(factory=WriteBackConfig)
     # Eviction of idle blobs; off by default without backends (the only copy). See CleanupConfig.
     cleanup: CleanupConfig = attrs.field(factory=CleanupConfig)

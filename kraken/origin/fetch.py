@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -149,9 +149,12 @@ class BlobFetcher(Service):
         clock: IReactorTime,
         error_ttl: float = 15.0,
         retry_ttl: float = 5.0,
+        hold: float = 0.0,
     ) -> None:
         """``worker`` does the fetcher's own disk work (checking the
-        downloaded size); the store uses its own workers for the rest."""
+        downloaded size); the store uses its own workers for the rest.
+        ``hold``: how long ``ensure`` waits for a running fetch to end before
+        it answers False (0: not at all)."""
         self.setName("fetcher")
         self._store = store
         self._router = router
@@ -159,6 +162,7 @@ class BlobFetcher(Service):
         self._clock = clock
         self._error_ttl = error_ttl
         self._retry_ttl = retry_ttl
+        self._hold = hold
         self._flights: dict[Digest, _Flight] = {}
         # (namespace, digest) -> (expires at, the error to raise again)
         self._answers: dict[tuple[str, Digest], tuple[float, _MakeError]] = {}
@@ -195,12 +199,15 @@ class BlobFetcher(Service):
     async def ensure(self, namespace: str, digest: Digest) -> bool:
         """True if the store holds the blob; False while it is being fetched
         (the first call starts the fetch). Raises ``BlobNotFound`` when no
-        backend has it, ``BackendUnavailable`` when its backend failed lately."""
+        backend has it, ``BackendUnavailable`` when its backend failed lately.
+        While a fetch runs, waits up to ``hold`` seconds for it to end and
+        answers as it ended."""
         if await self._store.stat(digest) is not None:
             return True
         self._raise_cached(namespace, digest)
-        if digest in self._flights:
-            return False
+        running = self._flights.get(digest)
+        if running is not None:
+            return await self._held_within(namespace, digest, running)
         try:
             backend = self._router.backend_for(namespace)
         except NoBackend:
@@ -211,6 +218,21 @@ class BlobFetcher(Service):
             lambda f: self.log.failure("fetch of {digest} failed", f, digest=str(digest), namespace=namespace)
         )
         await flight.when_statted()
+        return await self._held_within(namespace, digest, flight)
+
+    async def _held_within(self, namespace: str, digest: Digest, flight: _Flight) -> bool:
+        """Whether ``flight`` has put the blob in the store, waiting up to ``hold`` seconds for it to end; raises
+        the remembered error of a fetch that failed meanwhile."""
+        if flight.ok or self._hold <= 0:
+            return flight.ok
+        ended = flight.when_done()
+        ended.addTimeout(self._hold, self._clock)
+        try:
+            await ended
+        except TimeoutError:
+            return False
+        if not flight.ok:
+            self._raise_cached(namespace, digest)
         return flight.ok
 
     # -- the fetch --

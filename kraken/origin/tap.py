@@ -212,7 +212,9 @@ def _fetcher(
     if config.cluster is not None:
         replicas = ReplicaBackend(ring, worker=worker, clock=reactor, timeout=config.http_client.timeout)
         sources = Repair(replicas, router)
-    return None if sources is None else BlobFetcher(store, sources, worker=worker, clock=reactor)
+    if sources is None:
+        return None
+    return BlobFetcher(store, sources, worker=worker, clock=reactor, hold=config.fetch_hold)
 
 
 def _repair(

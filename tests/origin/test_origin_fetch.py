@@ -163,3 +163,41 @@ def test_the_p2p_hook_says_whether_a_peer_should_come_back(
     assert result_of(fetcher.fetching_for_peer(NS, DIGEST)) is False  # here now: the scheduler serves it
     assert result_of(fetcher.fetching_for_peer(NS, Digest.from_bytes(b"nowhere"))) is False  # unknown
     assert result_of(fetcher.fetching_for_peer("scratch/tmp", Digest.from_bytes(b"x"))) is False  # no backend
+
+
+def holding(origin: Origin, backend: FakeBackend, hold: float) -> BlobFetcher:
+    return BlobFetcher(
+        origin.store, Router([("library/.*", backend)]), worker=origin.worker, clock=origin.clock, hold=hold
+    )
+
+
+def test_with_a_hold_a_question_is_answered_when_the_fetch_lands(origin: Origin, backend: FakeBackend) -> None:
+    fetcher = holding(origin, backend, hold=2.0)
+    backend.gate = Deferred()
+    asked = Deferred.fromCoroutine(fetcher.ensure(NS, DIGEST))
+    again = Deferred.fromCoroutine(fetcher.ensure(NS, DIGEST))  # a second client, while the first fetch runs
+    origin.clock.advance(1.9)
+    assert not asked.called and not again.called
+    backend.gate.callback(None)
+    assert (result_of(asked), result_of(again)) == (True, True)  # the blob landed within the hold: no 202
+    assert backend.downloads == 1 and origin.clock.getDelayedCalls() == []
+
+
+def test_with_a_hold_a_long_fetch_is_still_pending_after_it(origin: Origin, backend: FakeBackend) -> None:
+    fetcher = holding(origin, backend, hold=2.0)
+    backend.gate = Deferred()
+    asked = Deferred.fromCoroutine(fetcher.ensure(NS, DIGEST))
+    origin.clock.advance(2.0)
+    assert result_of(asked) is False  # 202: ask again
+    assert fetcher.fetching(DIGEST) and origin.clock.getDelayedCalls() == []
+    backend.gate.callback(None)
+    assert ensure(fetcher)
+
+
+def test_with_a_hold_a_fetch_failing_meanwhile_raises_its_error(origin: Origin, backend: FakeBackend) -> None:
+    fetcher = holding(origin, backend, hold=2.0)
+    backend.gate = Deferred()
+    asked = Deferred.fromCoroutine(fetcher.ensure(NS, DIGEST))
+    backend.gate.errback(BackendUnavailable("the backend went away"))
+    with pytest.raises(BackendUnavailable):
+        result_of(asked)
