@@ -234,7 +234,7 @@ class UploadHandlers:
     async def _verify(self, uid: str, expected: Digest) -> None:
         """DIGEST_INVALID, the upload deleted with its session, unless upload ``uid`` hashes to ``expected``."""
         try:
-            actual = await self._sessions.area().digest(uid)
+            actual = await self._sessions.area().digest(uid, expected.algorithm)
         except UploadUnknown:
             self._sessions.forget(uid)
             raise BlobUploadUnknown(detail={"uuid": uid}) from None

@@ -47,7 +47,7 @@ def check_tag(tag: str) -> str:
 
 
 def parse_digest(text: str) -> Digest:
-    """A strict ``sha256:<64 lowercase hex>`` digest, or ``DigestInvalid``."""
+    """A strict ``sha256:<64 lowercase hex>`` or ``sha512:<128 lowercase hex>`` digest, or ``DigestInvalid``."""
     try:
         return Digest.parse(text)
     except DigestError as e:
