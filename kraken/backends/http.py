@@ -1,7 +1,7 @@
 """A read-only backend that fetches blobs from plain HTTP URLs (Kraken's ``http`` backend).
 
-``download_url`` is a template with ``{digest}`` (``sha256:<hex>``) and/or
-``{hex}`` (the 64 hex characters) placeholders, for example
+``download_url`` is a template with ``{digest}`` (``<algorithm>:<hex>``) and/or
+``{hex}`` (the hex alone) placeholders, for example
 ``https://blobs.example.com/sha256/{hex}``.
 
 - ``stat``: ``HEAD`` the URL; the size is its ``Content-Length`` (404 ->
