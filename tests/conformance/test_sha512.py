@@ -21,7 +21,6 @@ from ._registry import (
     OCI_INDEX,
     OCI_MANIFEST,
     Registry,
-    Response,
     StreamingBody,
     assert_error,
     digest_of,
@@ -66,66 +65,62 @@ async def test_get_missing(registry: Registry, repo: str) -> None:
     assert_error(await registry.request("HEAD", f"/v2/{repo}/blobs/{missing}"), 404, "BLOB_UNKNOWN")
 
 
+async def finish(registry: Registry, repo: str, location: str, data: bytes, tail: int | None = None) -> None:
+    """PUT ``?digest=sha512:...`` to end the upload at ``location`` (with ``data[tail:]`` as its last chunk, or
+    the whole of ``data`` when ``tail`` is 0), then check the blob is there under its sha512."""
+    headers: dict[str, str] = {}
+    if tail is not None:
+        headers = {**OCTETS, "Content-Range": f"{tail}-{len(data) - 1}"} if tail else OCTETS
+    body = None if tail is None else data[tail:]
+    put = await registry.request("PUT", with_query(location, digest=sha512_of(data)), body=body, headers=headers)
+    assert put.status == 201 and put.header("Docker-Content-Digest") == sha512_of(data), str(put)
+    assert put.location().endswith(f"/v2/{repo}/blobs/{sha512_of(data)}"), put.location()
+    await assert_blob(registry, repo, data)
+
+
+async def patch(registry: Registry, location: str, data: bytes, first: int, end: int) -> str:
+    """PATCH ``data[first:end]`` with its Content-Range; the next location."""
+    resp = await registry.request(
+        "PATCH", location, body=data[first:end], headers={**OCTETS, "Content-Range": f"{first}-{end - 1}"}
+    )
+    assert resp.status == 202 and resp.header("Range") == f"0-{end - 1}", str(resp)
+    return resp.location()
+
+
 @pytest_twisted.ensureDeferred
 async def test_post_only(registry: Registry, repo: str) -> None:
     data = random_bytes(512)
-    resp = await registry.request(
-        "POST", with_query(uploads(registry, repo), digest=sha512_of(data)), body=data, headers=OCTETS
-    )
+    url = with_query(uploads(registry, repo), digest=sha512_of(data))
+    resp = await registry.request("POST", url, body=data, headers=OCTETS)
     assert resp.status in (201, 202), str(resp)
     if resp.status == 202:
-        resp = await registry.request(
-            "PUT", with_query(resp.location(), digest=sha512_of(data)), body=data, headers=OCTETS
-        )
-        assert resp.status == 201, str(resp)
-    assert resp.header("Docker-Content-Digest") == sha512_of(data)
-    await assert_blob(registry, repo, data)
+        await finish(registry, repo, resp.location(), data, 0)
+    else:
+        assert resp.header("Docker-Content-Digest") == sha512_of(data)
+        await assert_blob(registry, repo, data)
 
 
 @pytest_twisted.ensureDeferred
 async def test_post_put(registry: Registry, repo: str) -> None:
     data = random_bytes(100_000)
-    location = await registry.start_upload(repo)
-    put = await registry.request("PUT", with_query(location, digest=sha512_of(data)), body=data, headers=OCTETS)
-    assert put.status == 201, str(put)
-    assert put.header("Docker-Content-Digest") == sha512_of(data)
-    assert put.location().endswith(f"/v2/{repo}/blobs/{sha512_of(data)}"), put.location()
-    await assert_blob(registry, repo, data)
+    await finish(registry, repo, await registry.start_upload(repo), data, 0)
 
 
-async def patch_chunks(registry: Registry, location: str, chunks: list[bytes]) -> tuple[str, int]:
-    offset = 0
-    for chunk in chunks:
-        end = offset + len(chunk) - 1
-        resp = await registry.request(
-            "PATCH", location, body=chunk, headers={**OCTETS, "Content-Range": f"{offset}-{end}"}
-        )
-        assert resp.status == 202 and resp.header("Range") == f"0-{end}", str(resp)
-        location, offset = resp.location(), end + 1
-    return location, offset
-
-
-@pytest.mark.parametrize("cuts", [[], [70_000, 150_000]], ids=["chunked-single", "chunked-multi"])
+@pytest.mark.parametrize(
+    "cuts, tail",
+    [([], None), ([70_000, 150_000], None), ([70_000, 150_000], 150_000)],
+    ids=["chunked-single", "chunked-multi", "chunked-multi-and-put-chunk"],
+)
 @pytest_twisted.ensureDeferred
-async def test_chunked(registry: Registry, repo: str, cuts: list[int]) -> None:
+async def test_chunked(registry: Registry, repo: str, cuts: list[int], tail: int | None) -> None:
     data = random_bytes(200_000)
     bounds = [0, *cuts, len(data)]
-    chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
-    location, _ = await patch_chunks(registry, await registry.start_upload(repo), chunks)
-    put = await registry.request("PUT", with_query(location, digest=sha512_of(data)))
-    assert put.status == 201 and put.header("Docker-Content-Digest") == sha512_of(data), str(put)
-    await assert_blob(registry, repo, data)
-
-
-@pytest_twisted.ensureDeferred
-async def test_chunked_multi_and_put_chunk(registry: Registry, repo: str) -> None:
-    data = random_bytes(30_000)
-    chunks = [data[:10_000], data[10_000:20_000]]
-    location, offset = await patch_chunks(registry, await registry.start_upload(repo), chunks)
-    last = {**OCTETS, "Content-Range": f"{offset}-{len(data) - 1}"}
-    put = await registry.request("PUT", with_query(location, digest=sha512_of(data)), body=data[offset:], headers=last)
-    assert put.status == 201, str(put)
-    await assert_blob(registry, repo, data)
+    if tail is not None:
+        bounds.pop()
+    location = await registry.start_upload(repo)
+    for first, end in itertools.pairwise(bounds):
+        location = await patch(registry, location, data, first, end)
+    await finish(registry, repo, location, data, tail)
 
 
 @pytest_twisted.ensureDeferred
@@ -134,53 +129,33 @@ async def test_stream(registry: Registry, repo: str) -> None:
     location = await registry.start_upload(repo)
     resp = await registry.request("PATCH", location, body=StreamingBody([data[:5000], data[5000:]]), headers=OCTETS)
     assert resp.status == 202 and resp.header("Range") == f"0-{len(data) - 1}", str(resp)
-    put = await registry.request("PUT", with_query(resp.location(), digest=sha512_of(data)))
-    assert put.status == 201, str(put)
-    await assert_blob(registry, repo, data)
+    await finish(registry, repo, resp.location(), data)
 
 
 @pytest_twisted.ensureDeferred
 async def test_chunked_out_of_order_is_416(registry: Registry, repo: str) -> None:
     data = random_bytes(300)
-    location, _ = await patch_chunks(registry, await registry.start_upload(repo), [data[:100]])
+    location = await patch(registry, await registry.start_upload(repo), data, 0, 100)
     gap = await registry.request("PATCH", location, body=data[200:], headers={**OCTETS, "Content-Range": "200-299"})
     assert gap.status == 416, str(gap)
-    location, _ = await patch_chunks_from(registry, location, data, 100)
-    put = await registry.request("PUT", with_query(location, digest=sha512_of(data)))
-    assert put.status == 201, str(put)
-    await assert_blob(registry, repo, data)
+    await finish(registry, repo, await patch(registry, location, data, 100, 300), data)
 
 
-async def patch_chunks_from(registry: Registry, location: str, data: bytes, offset: int) -> tuple[str, int]:
-    end = len(data) - 1
-    resp = await registry.request(
-        "PATCH", location, body=data[offset:], headers={**OCTETS, "Content-Range": f"{offset}-{end}"}
-    )
-    assert resp.status == 202 and resp.header("Range") == f"0-{end}", str(resp)
-    return resp.location(), end + 1
-
-
+@pytest.mark.parametrize("source", ["from", "anonymous"])
 @pytest_twisted.ensureDeferred
-async def test_mount(registry: Registry, repo: str, other_repo: str) -> None:
+async def test_mount(registry: Registry, repo: str, other_repo: str, source: str) -> None:
+    """With ``from`` the blob is mounted (201); without it (anonymous) the registry may mount it or open a
+    session (202): either way the blob ends up in ``repo``."""
     data = random_bytes(5000)
     digest = await registry.push_blob(other_repo, data, SHA512)
-    resp = await registry.request("POST", with_query(uploads(registry, repo), mount=digest, **{"from": other_repo}))
-    assert resp.status == 201 and resp.header("Docker-Content-Digest") == digest, str(resp)
-    assert resp.location().endswith(f"/v2/{repo}/blobs/{digest}"), resp.location()
-    await assert_blob(registry, repo, data)
-
-
-@pytest_twisted.ensureDeferred
-async def test_mount_anonymous(registry: Registry, repo: str, other_repo: str) -> None:
-    """A mount without ``from``: the registry may mount (201) or open a session (202); either way the blob
-    ends up pushed."""
-    data = random_bytes(4000)
-    digest = await registry.push_blob(other_repo, data, SHA512)
-    resp = await registry.request("POST", with_query(uploads(registry, repo), mount=digest))
-    assert resp.status in (201, 202), str(resp)
+    query = {"mount": digest, "from": other_repo} if source == "from" else {"mount": digest}
+    resp = await registry.request("POST", with_query(uploads(registry, repo), **query))
+    assert resp.status in ((201,) if source == "from" else (201, 202)), str(resp)
     if resp.status == 202:
-        put = await registry.request("PUT", with_query(resp.location(), digest=digest), body=data, headers=OCTETS)
-        assert put.status == 201, str(put)
+        await finish(registry, repo, resp.location(), data, 0)
+        return
+    assert resp.header("Docker-Content-Digest") == digest, str(resp)
+    assert resp.location().endswith(f"/v2/{repo}/blobs/{digest}"), resp.location()
     await assert_blob(registry, repo, data)
 
 
@@ -188,19 +163,16 @@ async def test_mount_anonymous(registry: Registry, repo: str, other_repo: str) -
 async def test_mount_missing_opens_a_session(registry: Registry, repo: str, other_repo: str) -> None:
     await registry.push_blob(other_repo, random_bytes(10), SHA512)
     data = random_bytes(3000)
-    resp = await registry.request(
-        "POST", with_query(uploads(registry, repo), mount=sha512_of(data), **{"from": other_repo})
-    )
+    query = {"mount": sha512_of(data), "from": other_repo}
+    resp = await registry.request("POST", with_query(uploads(registry, repo), **query))
     assert resp.status == 202, str(resp)
-    put = await registry.request("PUT", with_query(resp.location(), digest=sha512_of(data)), body=data, headers=OCTETS)
-    assert put.status == 201, str(put)
-    await assert_blob(registry, repo, data)
+    await finish(registry, repo, resp.location(), data, 0)
 
 
 @pytest_twisted.ensureDeferred
 async def test_post_cancel(registry: Registry, repo: str) -> None:
     data = random_bytes(1000)
-    location, _ = await patch_chunks(registry, await registry.start_upload(repo), [data])
+    location = await patch(registry, await registry.start_upload(repo), data, 0, len(data))
     assert (await registry.request("DELETE", location)).status == 204
     assert_error(
         await registry.request("PUT", with_query(location, digest=sha512_of(data))), 404, "BLOB_UPLOAD_UNKNOWN"
@@ -211,10 +183,7 @@ async def test_post_cancel(registry: Registry, repo: str) -> None:
 @pytest.mark.parametrize("data", [b"", EMPTY_JSON], ids=["empty", "empty-json"])
 @pytest_twisted.ensureDeferred
 async def test_empty_and_empty_json(registry: Registry, repo: str, data: bytes) -> None:
-    location = await registry.start_upload(repo)
-    put = await registry.request("PUT", with_query(location, digest=sha512_of(data)), body=data, headers=OCTETS)
-    assert put.status == 201 and put.header("Docker-Content-Digest") == sha512_of(data), str(put)
-    await assert_blob(registry, repo, data)
+    await finish(registry, repo, await registry.start_upload(repo), data, 0)
 
 
 @pytest_twisted.ensureDeferred
@@ -375,7 +344,9 @@ def agent(http: Any, herd: Any, reactor: Any) -> Registry:
     return Registry(http, f"http://{herd.agent_registry(0)}", reactor)
 
 
-def pulled(resp: Response, body: bytes) -> None:
+async def pull(agent: Registry, path: str, body: bytes) -> None:
+    """GET ``/v2/<path>`` from the agent: exactly ``body``, named by its sha512."""
+    resp = await agent.request("GET", f"/v2/{path}", headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"})
     assert resp.status == 200 and resp.body == body, str(resp)
     assert resp.header("Docker-Content-Digest") == sha512_of(body)
 
@@ -383,17 +354,13 @@ def pulled(resp: Response, body: bytes) -> None:
 @pytest_twisted.ensureDeferred
 async def test_pull_through_an_agent(registry: Registry, agent: Registry, repo: str) -> None:
     images, index = await push_sha512_index(registry, repo)
-    await registry.request(
-        "PUT",
-        registry.url(f"/v2/{repo}/manifests/{sha512_of(index)}?tag=v1"),
-        body=index,
-        headers={"Content-Type": OCI_INDEX},
-    )
-    by_tag = await agent.get_manifest(repo, "v1")
-    pulled(by_tag, index)
-    pulled(await agent.get_manifest(repo, sha512_of(index)), index)
+    tagged = registry.url(f"/v2/{repo}/manifests/{sha512_of(index)}?tag=v1")
+    resp = await registry.request("PUT", tagged, body=index, headers={"Content-Type": OCI_INDEX})
+    assert resp.status == 201, str(resp)
+    for reference in ("v1", sha512_of(index)):
+        await pull(agent, f"{repo}/manifests/{reference}", index)
     for image in images:
-        pulled(await agent.get_manifest(repo, image.digest), image.manifest)
+        await pull(agent, f"{repo}/manifests/{image.digest}", image.manifest)
         for blob in image.blobs:
-            pulled(await agent.request("GET", f"/v2/{repo}/blobs/{sha512_of(blob)}"), blob)
+            await pull(agent, f"{repo}/blobs/{sha512_of(blob)}", blob)
     assert_error(await agent.request("GET", f"/v2/{repo}/blobs/{unknown_digest(SHA512)}"), 404, "BLOB_UNKNOWN")

@@ -5,11 +5,9 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
+from test_store_cas import result
 
 from kraken.core import Digest, MetaInfo, PieceLengthRule
 from kraken.origin.repair import list_blobs
@@ -20,15 +18,6 @@ DATA = b"0123456789" * 5
 SHA512 = Digest.from_bytes(DATA, "sha512")
 SHA256 = Digest.from_bytes(DATA)
 RULE = PieceLengthRule(((0, 16),))
-
-
-def result(d: Any) -> Any:
-    out: list[Any] = []
-    Deferred.fromCoroutine(d).addBoth(out.append)
-    assert out, "did not finish synchronously"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
 
 
 @pytest.fixture
