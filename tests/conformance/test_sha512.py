@@ -124,6 +124,17 @@ async def test_chunked(registry: Registry, repo: str, cuts: list[int], tail: int
 
 
 @pytest_twisted.ensureDeferred
+async def test_post_with_digest_algorithm(registry: Registry, repo: str) -> None:
+    """``?digest-algorithm=sha512`` on the POST (end-4c, which the spec asks of pushes other than sha256)."""
+    data = random_bytes(20_000)
+    resp = await registry.request("POST", with_query(uploads(registry, repo), **{"digest-algorithm": SHA512}))
+    assert resp.status == 202, str(resp)
+    await finish(registry, repo, await patch(registry, resp.location(), data, 0, len(data)), data)
+    refused = await registry.request("POST", with_query(uploads(registry, repo), **{"digest-algorithm": "md5"}))
+    assert_error(refused, 400, "DIGEST_INVALID")
+
+
+@pytest_twisted.ensureDeferred
 async def test_stream(registry: Registry, repo: str) -> None:
     data = random_bytes(70_000)
     location = await registry.start_upload(repo)
