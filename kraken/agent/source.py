@@ -205,7 +205,7 @@ class AgentSource:
         if body is None:
             return None
         try:
-            parsed = parse_manifest(body, None)
+            parsed = parse_manifest(body, None, digest.algorithm)
         except ManifestInvalid as e:
             self.log.info(
                 "blob {digest} in {namespace} is not a manifest: {error}",

@@ -1,7 +1,7 @@
 """A read-only backend that fetches blobs from plain HTTP URLs (Kraken's ``http`` backend).
 
-``download_url`` is a template with ``{digest}`` (``sha256:<hex>``) and/or
-``{hex}`` (the 64 hex characters) placeholders, for example
+``download_url`` is a template with ``{digest}`` (``<algorithm>:<hex>``) and/or
+``{hex}`` (the hex alone) placeholders, for example
 ``https://blobs.example.com/sha256/{hex}``.
 
 - ``stat``: ``HEAD`` the URL; the size is its ``Content-Length`` (404 ->
@@ -36,7 +36,7 @@ from kraken.backends.base import (
     IBackend,
     ListPage,
 )
-from kraken.backends.names import blob_hex
+from kraken.backends.names import blob_digest, blob_hex
 from kraken.backends.remote import RemoteBackend, stream_to_file
 from kraken.net.client import HTTPClientConfig, HTTPStatusError
 from kraken.workers import Worker
@@ -76,14 +76,14 @@ def _check_template(instance: object, attribute: attrs.Attribute[str], value: st
 class HTTPBackendConfig:
     """YAML: ``backends: [{namespace: ..., http: {download_url: "https://host/blobs/{digest}"}}]``."""
 
-    # {digest} is replaced by sha256:<hex>, {hex} by the hex alone.
+    # {digest} is replaced by <algorithm>:<hex>, {hex} by the hex alone.
     download_url: str = attrs.field(validator=_check_template)
     http_client: HTTPClientConfig = HTTPClientConfig()
 
     def url(self, name: str) -> str:
-        """The URL of the blob ``name`` (``sha256:<hex>`` or ``<hex>``). Raises ``InvalidName``."""
+        """The URL of the blob ``name`` (``<algorithm>:<hex>`` or ``<hex>``). Raises ``InvalidName``."""
         hex_ = blob_hex(name)
-        return self.download_url.replace("{digest}", f"sha256:{hex_}").replace("{hex}", hex_)
+        return self.download_url.replace("{digest}", str(blob_digest(name))).replace("{hex}", hex_)
 
 
 def _origin(url: str) -> str:

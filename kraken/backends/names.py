@@ -43,6 +43,7 @@ import attrs
 
 from kraken.backends.base import InvalidName
 from kraken.core import Digest, DigestError
+from kraken.core.digest import HEX_LENGTHS
 
 _DOCKER_V2 = "docker/registry/v2"
 _HEX_PREFIX = re.compile(r"[0-9a-f]*\Z")
@@ -130,20 +131,27 @@ class IdentityPather:
         return f"{base}/{prefix}" if base else prefix
 
 
-def blob_hex(name: str) -> str:
-    """The hex of a blob name, ``sha256:<hex>`` or ``<hex>``. Raises ``InvalidName``."""
-    text = name.removeprefix(f"{Digest.algorithm}:")
+def blob_digest(name: str) -> Digest:
+    """The digest a blob name holds: ``<algorithm>:<hex>``, or the hex alone (64 characters: sha256, 128:
+    sha512). Raises ``InvalidName``."""
     try:
-        return Digest(text).hex
+        return Digest.parse(name) if ":" in name else Digest(name)
     except DigestError:
-        raise InvalidName(f"a blob name must be sha256:<64 lowercase hex> or the hex alone, not {name!r}") from None
+        raise InvalidName(
+            f"a blob name must be sha256:<64 hex>, sha512:<128 hex> or the lowercase hex alone, not {name!r}"
+        ) from None
+
+
+def blob_hex(name: str) -> str:
+    """The hex of a blob name (see ``blob_digest``). Raises ``InvalidName``."""
+    return blob_digest(name).hex
 
 
 @attrs.frozen
 class ShardedDockerBlobPather:
-    """``root/docker/registry/v2/blobs/sha256/<hex[:2]>/<hex>/data``. Names are
-    ``sha256:<hex>`` or ``<hex>``; stored paths map back to the bare hex, so a
-    listing yields hex names and takes a hex prefix."""
+    """``root/docker/registry/v2/blobs/<algorithm>/<hex[:2]>/<hex>/data``. Names are
+    ``<algorithm>:<hex>`` or ``<hex>``; stored paths map back to the bare hex (whose length tells sha256 from
+    sha512), so a listing yields hex names and takes a hex prefix (of sha256 blobs)."""
 
     kind: ClassVar[str] = "sharded_docker_blob"
     root: str = ""
@@ -152,16 +160,16 @@ class ShardedDockerBlobPather:
         return _join(self.root, f"{_DOCKER_V2}/blobs")
 
     def path(self, name: str) -> str:
-        hex_ = blob_hex(name)
-        return f"{self.base()}/sha256/{hex_[:2]}/{hex_}/data"
+        digest = blob_digest(name)
+        return f"{self.base()}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}/data"
 
     def name(self, path: str) -> str:
         rest = _strip_base(self.base(), path)
         parts = None if rest is None else rest.split("/")
-        if parts is None or len(parts) != 4 or parts[0] != "sha256" or parts[3] != "data":
+        if parts is None or len(parts) != 4 or parts[0] not in HEX_LENGTHS or parts[3] != "data":
             raise InvalidName(f"{path!r} is not a sharded docker blob path under {self.base()!r}")
         shard, hex_ = parts[1], parts[2]
-        if not _HEX_PREFIX.match(hex_) or len(hex_) != 64 or shard != hex_[:2]:
+        if not _HEX_PREFIX.match(hex_) or len(hex_) != HEX_LENGTHS[parts[0]] or shard != hex_[:2]:
             raise InvalidName(f"{path!r} is not a sharded docker blob path under {self.base()!r}")
         return hex_
 

@@ -58,7 +58,7 @@ from kraken.backends.base import (
     ListPage,
 )
 from kraken.backends.http import content_length, read_only
-from kraken.backends.names import blob_hex
+from kraken.backends.names import blob_digest
 from kraken.backends.remote import RemoteBackend, stream_to_file
 from kraken.config import Duration
 from kraken.core import Digest, DigestError
@@ -300,7 +300,7 @@ class RegistryBackend(RemoteBackend):
     # -- IBackend --
 
     async def stat(self, namespace: str, name: str) -> BlobInfo:
-        digest = f"sha256:{blob_hex(name)}"
+        digest = str(blob_digest(name))
         scope = pull_scope(namespace)
 
         async def attempt() -> BlobInfo:
@@ -318,7 +318,7 @@ class RegistryBackend(RemoteBackend):
         return await self._op(f"stat {digest} in {namespace}", attempt)
 
     async def download(self, namespace: str, name: str, path: str) -> None:
-        digest = f"sha256:{blob_hex(name)}"
+        digest = str(blob_digest(name))
         scope = pull_scope(namespace)
 
         async def attempt() -> int:

@@ -169,7 +169,7 @@ class _ReferenceCheck:
             self.missing.add(ref.digest)
             return
         try:
-            parsed = parse_manifest(body, ref.media_type)
+            parsed = parse_manifest(body, ref.media_type, ref.digest.algorithm)
         except RegistryError as e:
             raise Rejected(f"manifest {ref.digest} is invalid: {e.message}") from None
         if parsed.digest != ref.digest:
@@ -393,7 +393,7 @@ class TagIndex:
         if body is None:
             return None
         try:
-            parsed = parse_manifest(body, None)
+            parsed = parse_manifest(body, None, digest.algorithm)
         except RegistryError as e:
             self.log.info(
                 "blob {digest} of {namespace} is not a manifest: {error}", digest=str(digest), namespace=repo,

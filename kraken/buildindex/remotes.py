@@ -161,7 +161,7 @@ async def read_closure(
         if body is None:
             raise ReplicationError(f"manifest {d} of {repo} is missing on this cluster's origin")
         try:
-            parsed = parse_manifest(body, None)
+            parsed = parse_manifest(body, None, d.algorithm)
         except RegistryError as e:
             raise ReplicationError(f"manifest {d} of {repo} is invalid: {e.message}") from None
         if parsed.digest != d:

@@ -1,57 +1,78 @@
-"""Content digests. Only SHA-256 is accepted, and parsing is strict."""
+"""Content digests: SHA-256 (the default) or SHA-512, and parsing is strict."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 import attrs
 
-_HEX = re.compile(r"[0-9a-f]{64}\Z")
+# Each algorithm we accept, and the length of its lowercase hex.
+HEX_LENGTHS = {"sha256": 64, "sha512": 128}
+_BY_LENGTH = {n: a for a, n in HEX_LENGTHS.items()}
+_HEX = re.compile(r"[0-9a-f]+\Z")
 
 
 class DigestError(ValueError):
-    """A string is not a valid ``sha256:<64 lowercase hex>`` digest."""
+    """A string is not a valid ``sha256:<64 hex>`` or ``sha512:<128 hex>`` digest."""
+
+
+def _default_algorithm(self: Digest) -> str:
+    return _BY_LENGTH.get(len(self.hex) if isinstance(self.hex, str) else 0, "sha256")
 
 
 @attrs.frozen(order=True)
 class Digest:
-    """A ``sha256:<hex>`` content address.
+    """A ``<algorithm>:<hex>`` content address.
 
-    ``hex`` is always 64 lowercase hexadecimal characters; anything else is
-    refused at construction, so a ``Digest`` in hand is always valid.
+    ``hex`` is always lowercase hexadecimal of the algorithm's length (64 for
+    sha256, 128 for sha512); anything else is refused at construction, so a
+    ``Digest`` in hand is always valid. ``Digest(hex)`` alone takes the
+    algorithm from the hex's length, so a bare hex names one blob only.
     """
 
     hex: str = attrs.field()
+    algorithm: str = attrs.field(default=attrs.Factory(_default_algorithm, takes_self=True))
 
-    @hex.validator
+    @algorithm.validator
     def _check(self, attribute: object, value: str) -> None:
-        if not isinstance(value, str) or not _HEX.match(value):
-            raise DigestError(f"not a sha256 hex string: {value!r}")
-
-    algorithm = "sha256"
+        expected = HEX_LENGTHS.get(value)
+        if expected is None:
+            raise DigestError(f"unsupported digest algorithm {value!r} (only sha256 and sha512)")
+        if not isinstance(self.hex, str) or len(self.hex) != expected or not _HEX.match(self.hex):
+            raise DigestError(f"not a {value} hex string: {self.hex!r}")
 
     @classmethod
     def parse(cls, text: str) -> Digest:
-        """Parse ``sha256:<hex>``; any other algorithm or form is an error."""
+        """Parse ``sha256:<hex>`` or ``sha512:<hex>``; any other algorithm or form is an error."""
         if not isinstance(text, str):
             raise DigestError(f"digest must be text, not {type(text).__name__}")
         algorithm, sep, hexpart = text.partition(":")
         if not sep:
             raise DigestError(f"digest has no algorithm: {text!r}")
-        if algorithm != "sha256":
-            raise DigestError(f"unsupported digest algorithm {algorithm!r} (only sha256)")
-        return cls(hexpart)
+        return cls(hexpart, algorithm)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Digest:
+    def from_bytes(cls, data: bytes, algorithm: str = "sha256") -> Digest:
         """The digest of ``data`` (small inputs only: big blobs hash in a worker)."""
-        return cls(hashlib.sha256(data).hexdigest())
+        return cls(hashlib.new(algorithm, data).hexdigest(), algorithm)
 
-    def __str__(self) -> str:
-        return f"sha256:{self.hex}"
+    def hasher(self) -> Any:
+        """A fresh ``hashlib`` object of this digest's algorithm."""
+        return hashlib.new(self.algorithm)
 
     @property
-    def shard(self) -> tuple[str, str]:
-        """The two directory levels a content-addressed layout files this under."""
-        return self.hex[:2], self.hex[2:4]
+    def raw(self) -> bytes:
+        """The digest's bytes (32 for sha256, 64 for sha512)."""
+        return bytes.fromhex(self.hex)
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hex}"
+
+    @property
+    def shard(self) -> tuple[str, ...]:
+        """The directory levels a content-addressed layout files this under: two levels of the hex for
+        sha256 (as always), and a ``sha512`` directory above them for sha512, so the two never mix."""
+        levels = (self.hex[:2], self.hex[2:4])
+        return levels if self.algorithm == "sha256" else (self.algorithm, *levels)

@@ -20,6 +20,10 @@ from kraken.core.digest import Digest, DigestError
 
 _CANONICAL_MAGIC = b"KRAKEN-METAINFO-1\n"
 _CANONICAL_HEAD = struct.Struct(">32sQQ")
+# A sha512 blob's head carries its 64-byte digest after a marker of the algorithm; a sha256 blob's head is
+# unchanged, so its info hash is the one it always had.
+_CANONICAL_SHA512 = b"sha512\n"
+_CANONICAL_HEAD_SHA512 = struct.Struct(">64sQQ")
 FORMAT_VERSION = 1
 
 
@@ -68,17 +72,18 @@ class PieceLengthRule:
 
 
 class PieceHasher:
-    """Incremental SHA-256 of a whole blob and of each of its pieces.
+    """Incremental digest of a whole blob (SHA-256, or the ``algorithm`` given) and SHA-256 of each of its pieces.
 
     Feed the blob in order with ``update``; chunks need not align with pieces.
     Pure computation: callers run it in a worker thread for big blobs.
     """
 
-    def __init__(self, piece_length: int) -> None:
+    def __init__(self, piece_length: int, algorithm: str = "sha256") -> None:
         if piece_length <= 0:
             raise ValueError("piece length must be positive")
         self._piece_length = piece_length
-        self._whole = hashlib.sha256()
+        self._algorithm = algorithm
+        self._whole = hashlib.new(algorithm)
         self._piece = hashlib.sha256()
         self._in_piece = 0
         self._sums: list[bytes] = []
@@ -99,7 +104,8 @@ class PieceHasher:
                 self._in_piece = 0
 
     def sha256(self) -> Any:
-        """A copy of the running SHA-256 of the whole, fed so far (a ``hashlib`` object, to go on with)."""
+        """A copy of the running digest of the whole (SHA-256 unless another ``algorithm`` was given), fed so
+        far (a ``hashlib`` object, to go on with)."""
         return self._whole.copy()
 
     def finish(self) -> MetaInfo:
@@ -107,7 +113,7 @@ class PieceHasher:
         if self._in_piece or not sums:
             sums.append(self._piece.digest())
         return MetaInfo(
-            digest=Digest(self._whole.hexdigest()),
+            digest=Digest(self._whole.hexdigest(), self._algorithm),
             length=self._length,
             piece_length=self._piece_length,
             piece_sums=tuple(sums),
@@ -139,8 +145,8 @@ class MetaInfo:
             raise MetaInfoError("every piece sum must be 32 bytes")
 
     @classmethod
-    def from_bytes(cls, data: bytes, piece_length: int) -> MetaInfo:
-        hasher = PieceHasher(piece_length)
+    def from_bytes(cls, data: bytes, piece_length: int, algorithm: str = "sha256") -> MetaInfo:
+        hasher = PieceHasher(piece_length, algorithm)
         hasher.update(data)
         return hasher.finish()
 
@@ -164,7 +170,10 @@ class MetaInfo:
 
     def canonical(self) -> bytes:
         """The exact bytes the info hash covers."""
-        head = _CANONICAL_HEAD.pack(bytes.fromhex(self.digest.hex), self.length, self.piece_length)
+        if self.digest.algorithm == "sha256":
+            head = _CANONICAL_HEAD.pack(self.digest.raw, self.length, self.piece_length)
+        else:
+            head = _CANONICAL_SHA512 + _CANONICAL_HEAD_SHA512.pack(self.digest.raw, self.length, self.piece_length)
         return _CANONICAL_MAGIC + head + b"".join(self.piece_sums)
 
     @property

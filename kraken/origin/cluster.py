@@ -227,7 +227,7 @@ class OriginRing(MultiService):
 
 
 def _hex_digest(name: str) -> Digest:
-    return Digest.parse(f"sha256:{name}")
+    return Digest(name)  # the bare hex; its length tells sha256 from sha512
 
 
 @implementer(IBackend)

@@ -1,7 +1,7 @@
 """The origin's blob server (Kraken's ``origin/blobserver``), as a Klein app.
 
 Routes (``<ns>`` is a repository name and may contain slashes, checked with
-the registry's grammar; digests are ``sha256:<64 hex>``; anything else is
+the registry's grammar; digests are ``sha256:<64 hex>`` or ``sha512:<128 hex>``; anything else is
 400)::
 
     GET   /health
@@ -98,7 +98,7 @@ _UPLOAD_PATH = re.compile(rb"/namespace/.+/blobs/[^/]+/uploads/([^/?]+)\Z")
 #: The answer to a request that met a full store (``kraken.proxy`` relays it as OCI JSON).
 NO_SPACE_STATUS = 507
 NO_SPACE_MESSAGE = "no space left on device: this origin's store is full; try again once space is freed"
-# {"digests": [...]}: 74 bytes a digest, with room for spaces.
+# {"digests": [...]}: 74 bytes a digest, with room for spaces (sha512 digests, twice as long, go in half batches).
 _MAX_STAT_BODY = MAX_STAT_BATCH * 80 + 1024
 
 

@@ -50,6 +50,7 @@ the counters are ``stats()`` (the ``repair`` section of the origin's
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
@@ -123,9 +124,12 @@ def plan(
 
 
 def list_blobs(root: str) -> list[Digest]:
-    """The digests of the blobs committed under the store ``root`` (``cache/ab/cd/<hex>/data``). Blocking."""
+    """The digests of the blobs committed under the store ``root`` (``cache/ab/cd/<hex>/data``, and
+    ``cache/sha512/ab/cd/<hex>/data``). Blocking."""
     found = []
-    for path in glob.iglob(os.path.join(root, "cache", "*", "*", "*", "data")):
+    sha256 = glob.iglob(os.path.join(root, "cache", "*", "*", "*", "data"))
+    sha512 = glob.iglob(os.path.join(root, "cache", "sha512", "*", "*", "*", "data"))
+    for path in itertools.chain(sha256, sha512):
         try:
             found.append(Digest(os.path.basename(os.path.dirname(path))))
         except DigestError:

@@ -127,10 +127,11 @@ class _Identity:
     info_hash: bytes
     namespace: str
     digest: bytes
+    version: int = attrs.field(default=attrs.Factory(lambda self: wire.version_for(self.digest), takes_self=True))
 
     def problem(self, msg: Handshake, num_pieces: int, expected_peer_id: bytes | None) -> str | None:
         """What is wrong with the peer's handshake ``msg`` (None: nothing)."""
-        if msg.version != wire.WIRE_VERSION:
+        if msg.version != self.version:
             return f"version {msg.version}"
         if msg.info_hash != self.info_hash:
             return "info hash differs"
@@ -184,7 +185,7 @@ class PeerSession:
         self._initiator = initiator
         self._handshake_timeout = handshake_timeout
         self._idle_timeout = idle_timeout
-        self._me = _Identity(peer_id, bytes.fromhex(metainfo.info_hash), namespace, bytes.fromhex(metainfo.digest.hex))
+        self._me = _Identity(peer_id, bytes.fromhex(metainfo.info_hash), namespace, metainfo.digest.raw)
         self._expected_peer_id = expected_peer_id
 
         self.state = State.AWAITING_HANDSHAKE
@@ -265,7 +266,7 @@ class PeerSession:
         """The decoder failed: tell the peer why and close."""
         if isinstance(error, UnsupportedVersion):
             code = ErrorCode.UNSUPPORTED_VERSION
-            message = f"this peer speaks version {wire.WIRE_VERSION}"
+            message = f"this peer speaks versions {wire.WIRE_VERSION} and {wire.SHA512_WIRE_VERSION}"
         else:
             code, message = ErrorCode.PROTOCOL, str(error)
         self._violation(str(error), Error(code, None, message[: wire.MAX_ERROR_MESSAGE // 4]))
@@ -349,7 +350,7 @@ class PeerSession:
             return
         problem = self._me.problem(msg, self._metainfo.num_pieces, self._expected_peer_id)
         if problem is not None:
-            code = ErrorCode.UNSUPPORTED_VERSION if msg.version != wire.WIRE_VERSION else ErrorCode.UNKNOWN_BLOB
+            code = ErrorCode.UNSUPPORTED_VERSION if msg.version != self._me.version else ErrorCode.UNKNOWN_BLOB
             self._violation(f"bad handshake: {problem}", Error(code, None, problem[: wire.MAX_ERROR_MESSAGE // 4]))
             return
         if not self._initiator:
@@ -412,7 +413,7 @@ class PeerSession:
     def _send_handshake(self) -> None:
         bitfield = Bitfield.from_bytes(len(self._bitfield), self._bitfield.to_bytes())
         me = self._me
-        self._connection.send(Handshake(me.peer_id, me.info_hash, me.namespace, me.digest, bitfield))
+        self._connection.send(Handshake(me.peer_id, me.info_hash, me.namespace, me.digest, bitfield, me.version))
 
     def _violation(self, reason: str, error: Error | None = None) -> None:
         if error is None:

@@ -17,6 +17,10 @@ import attrs
 from kraken.core.bitfield import Bitfield
 
 WIRE_VERSION = 1
+# Version 2 is version 1 with a 64-byte digest field: the handshake of a sha512 blob. A sha256 blob's
+# connection stays version 1, byte for byte, so peers that speak only version 1 serve sha256 as before.
+SHA512_WIRE_VERSION = 2
+DIGEST_LENGTHS = {WIRE_VERSION: 32, SHA512_WIRE_VERSION: 64}
 
 MAX_PIECES = 1 << 20
 MAX_NAMESPACE = 256
@@ -32,7 +36,7 @@ _PIECE = struct.Struct(">II")
 _ERROR = struct.Struct(">HIH")
 
 # The largest handshake: version, id length, 32-byte id, info hash, namespace length, namespace, digest,
-# piece count, and the bitfield of MAX_PIECES pieces.
+# piece count, and the bitfield of MAX_PIECES pieces (of version 1: version 2 has the same cap).
 MAX_HEADER = 2 + 1 + 32 + 32 + 2 + MAX_NAMESPACE + 32 + 4 + (MAX_PIECES + 7) // 8
 _MIN_HANDSHAKE = 2 + 1 + 20 + 32 + 2 + 0 + 32 + 4 + 1
 
@@ -78,14 +82,20 @@ def _check_sha256(instance: object, attribute: attrs.Attribute[bytes], value: by
         raise ValueError(f"{attribute.name} must be 32 bytes, got {len(value)}")
 
 
+def version_for(digest: bytes) -> int:
+    """The wire version of a blob's handshake: 1 for a 32-byte (sha256) digest, 2 for a 64-byte (sha512) one."""
+    return SHA512_WIRE_VERSION if len(digest) == DIGEST_LENGTHS[SHA512_WIRE_VERSION] else WIRE_VERSION
+
+
 @attrs.frozen
 class Handshake:
-    """The first message each way. ``info_hash`` and ``digest`` are raw SHA-256 (32 bytes), not hex."""
+    """The first message each way. ``info_hash`` and ``digest`` are raw bytes, not hex: the info hash a SHA-256
+    (32 bytes), the digest the blob's SHA-256 (32 bytes, version 1) or SHA-512 (64 bytes, version 2)."""
 
     peer_id: bytes = attrs.field()
     info_hash: bytes = attrs.field(validator=_check_sha256)
     namespace: str = attrs.field()
-    digest: bytes = attrs.field(validator=_check_sha256)
+    digest: bytes = attrs.field()
     bitfield: Bitfield = attrs.field()
     version: int = attrs.field(default=WIRE_VERSION)
 
@@ -108,6 +118,9 @@ class Handshake:
     def _check_version(self, attribute: object, value: int) -> None:
         if not 0 <= value <= 0xFFFF:
             raise ValueError(f"version {value} is not a u16")
+        # The decoder holds each version to its digest length; here only a version 1 digest must be 32 bytes.
+        if len(self.digest) not in DIGEST_LENGTHS.values() or (value == WIRE_VERSION and len(self.digest) != 32):
+            raise ValueError(f"digest must be 32 bytes (64 for sha512, version 2), got {len(self.digest)}")
 
 
 @attrs.frozen
@@ -396,9 +409,10 @@ def _parse_error(header: bytes) -> Error:
 
 def _parse_handshake(header: bytes) -> Handshake:
     (version,) = _U16.unpack_from(header)
-    if version != WIRE_VERSION:
+    digest_length = DIGEST_LENGTHS.get(version)
+    if digest_length is None:
         raise UnsupportedVersion(version)
-    if len(header) < _MIN_HANDSHAKE:
+    if len(header) < _MIN_HANDSHAKE - 32 + digest_length:
         raise FramingError(f"HANDSHAKE header of {len(header)} bytes is too short")
     id_length = header[2]
     if id_length not in PEER_ID_LENGTHS:
@@ -413,8 +427,8 @@ def _parse_handshake(header: bytes) -> Handshake:
         raise FramingError(f"namespace of {ns_length} bytes exceeds {MAX_NAMESPACE}")
     namespace = header[pos : pos + ns_length]
     pos += ns_length
-    digest = header[pos : pos + 32]
-    pos += 32
+    digest = header[pos : pos + digest_length]
+    pos += digest_length
     (pieces,) = _U32.unpack_from(header, pos)
     pos += 4
     if not 1 <= pieces <= MAX_PIECES:

@@ -37,7 +37,8 @@ class ManifestHandlers:
         ref = parse_reference(reference)
         tags = [ref] if isinstance(ref, str) else [check_tag(t.decode("utf-8", "replace")) for t in _tag_args(request)]
         body = self._read_body(request)
-        parsed = parse_manifest(body, text(request.getHeader(b"content-type")))
+        algorithm = ref.algorithm if isinstance(ref, Digest) else "sha256"  # by tag: sha256, as clients expect
+        parsed = parse_manifest(body, text(request.getHeader(b"content-type")), algorithm)
         if isinstance(ref, Digest) and ref != parsed.digest:
             raise DigestInvalid(
                 "the manifest's digest does not match the reference",

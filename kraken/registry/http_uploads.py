@@ -44,7 +44,7 @@ from kraken.registry.messages import (
     registry_logger,
     text,
 )
-from kraken.registry.names import is_valid_name, parse_digest
+from kraken.registry.names import check_digest_algorithm, is_valid_name, parse_digest
 from kraken.registry.sessions import UploadSession, UploadSessions
 from kraken.registry.source import IRegistrySource
 from kraken.store.uploads import RangeMismatch, UploadTruncated, UploadUnknown
@@ -61,6 +61,7 @@ class UploadHandlers:
 
     async def start(self, request: IRequest, name: str, _: str = "") -> bytes:
         self._sessions.area()  # UNSUPPORTED on a read-only registry, whatever the query asks
+        check_digest_algorithm(arg(request, b"digest-algorithm"))
         mount = arg(request, b"mount")
         if mount is not None:
             mounted = await self._try_mount(name, mount, arg(request, b"from"))
@@ -234,7 +235,7 @@ class UploadHandlers:
     async def _verify(self, uid: str, expected: Digest) -> None:
         """DIGEST_INVALID, the upload deleted with its session, unless upload ``uid`` hashes to ``expected``."""
         try:
-            actual = await self._sessions.area().digest(uid)
+            actual = await self._sessions.area().digest(uid, expected.algorithm)
         except UploadUnknown:
             self._sessions.forget(uid)
             raise BlobUploadUnknown(detail={"uuid": uid}) from None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -169,7 +168,7 @@ async def manifest_closure(
     return manifests, list(blobs)
 
 
-def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
+def parse_manifest(body: bytes, content_type: str | None, algorithm: str = "sha256") -> ParsedManifest:
     """Validate a pushed manifest and describe it.
 
     The media type is the ``mediaType`` field when present; else the pushed
@@ -178,7 +177,8 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     (``manifests`` → OCI index, ``config`` → OCI image manifest). Docker
     schema2 documents must carry ``mediaType``, as their spec requires.
     A generic Content-Type (``application/json``, ``text/plain``,
-    ``application/octet-stream``) counts as absent.
+    ``application/octet-stream``) counts as absent. Its digest is of
+    ``algorithm``: SHA-256 unless the manifest is named by another digest.
 
     Raises ``ManifestInvalid`` (MANIFEST_INVALID, 400) with a message naming
     the problem.
@@ -204,7 +204,7 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
             artifact_type = blobs[0].media_type
     return ParsedManifest(
         media_type=media_type,
-        digest=Digest(hashlib.sha256(body).hexdigest()),
+        digest=Digest.from_bytes(body, algorithm),
         size=len(body),
         blobs=blobs,
         manifests=manifests,
@@ -401,5 +401,5 @@ def _check_data(data: object, digest: Digest, size: int, where: str) -> None:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise _invalid(f"{where}.data is not valid base64") from None
-    if len(raw) != size or hashlib.sha256(raw).hexdigest() != digest.hex:
+    if len(raw) != size or Digest.from_bytes(raw, digest.algorithm) != digest:
         raise _invalid(f"{where}.data does not match its digest and size")

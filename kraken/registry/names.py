@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from kraken.core import Digest, DigestError
+from kraken.core.digest import HEX_LENGTHS
 from kraken.registry.errors import DigestInvalid, NameInvalid, PaginationNumberInvalid, TagInvalid
 
 MAX_NAME_LENGTH = 255
@@ -47,11 +48,20 @@ def check_tag(tag: str) -> str:
 
 
 def parse_digest(text: str) -> Digest:
-    """A strict ``sha256:<64 lowercase hex>`` digest, or ``DigestInvalid``."""
+    """A strict ``sha256:<64 lowercase hex>`` or ``sha512:<128 lowercase hex>`` digest, or ``DigestInvalid``."""
     try:
         return Digest.parse(text)
     except DigestError as e:
         raise DigestInvalid(f"invalid digest: {e}", detail={"digest": text}) from None
+
+
+def check_digest_algorithm(algorithm: str | None) -> None:
+    """``?digest-algorithm=`` of an upload's POST (end-4c): absent, or one we verify; else ``DigestInvalid``.
+    (Nothing else depends on it: the final ``?digest=`` says which algorithm checks the upload.)"""
+    if algorithm is not None and algorithm not in HEX_LENGTHS:
+        raise DigestInvalid(
+            f"unsupported digest algorithm {algorithm!r} (sha256 or sha512)", detail={"digest-algorithm": algorithm}
+        )
 
 
 def parse_reference(reference: str) -> Digest | str:

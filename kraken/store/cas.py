@@ -88,8 +88,7 @@ class CAStore:
         )
 
     def _dir(self, digest: Digest) -> str:
-        a, b = digest.shard
-        return os.path.join(self._cache, a, b, digest.hex)
+        return os.path.join(self._cache, *digest.shard, digest.hex)
 
     def blob_path(self, digest: Digest) -> str:
         """Where the blob's data lives once committed (it may not exist)."""
@@ -143,11 +142,11 @@ class CAStore:
 
         On a mismatch the upload is deleted and ``DigestMismatch`` raised;
         nothing becomes visible. Any other failure (a full disk while the
-        metainfo is written) deletes the upload too and is raised as it is. The SHA-256 comes from the upload's running
-        hash, so committing reads the data once, for the piece sums, split
-        between two worker jobs (hashlib releases the GIL: two cores).
+        metainfo is written) deletes the upload too and is raised as it is. A SHA-256 comes from the upload's
+        running hash (a SHA-512 costs one more read, in the worker), so committing reads the data once, for the
+        piece sums, split between two worker jobs (hashlib releases the GIL: two cores).
         """
-        actual = await self.uploads.digest(uid)
+        actual = await self.uploads.digest(uid, expected.algorithm)
         if actual != expected:
             await self.uploads.delete(uid)
             raise DigestMismatch(expected, actual)

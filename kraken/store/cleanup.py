@@ -95,8 +95,7 @@ async def evict_idle(
 
 
 def _blob_dir(cache: str, digest: Digest) -> str:
-    a, b = digest.shard
-    return os.path.join(cache, a, b, digest.hex)
+    return os.path.join(cache, *digest.shard, digest.hex)
 
 
 def last_access(blob_dir: str) -> float | None:
@@ -114,6 +113,12 @@ def last_access(blob_dir: str) -> float | None:
 
 
 def _idle_blobs(cache: str, cutoff: float) -> list[Digest]:
+    """The blobs last read before ``cutoff``: sha256 ones at ``cache/ab/cd/<hex>``, sha512 ones at
+    ``cache/sha512/ab/cd/<hex>`` (walked as a cache of its own; seen from ``cache`` it holds nothing)."""
+    return _idle_under(cache, cutoff) + _idle_under(os.path.join(cache, "sha512"), cutoff)
+
+
+def _idle_under(cache: str, cutoff: float) -> list[Digest]:
     idle = []
     for a in _subdirs(cache):
         for b in _subdirs(a):

@@ -46,11 +46,13 @@ class PieceCorrupt(ValueError):
 
 
 class BlobCorrupt(ValueError):
-    """A blob whose every piece matched its metainfo but whose whole SHA-256 is not the digest asked for: the
+    """A blob whose every piece matched its metainfo but whose whole digest is not the digest asked for: the
     metainfo was forged (or made for other bytes). Nothing was installed and the partial blob is deleted."""
 
     def __init__(self, digest: Digest, actual: str) -> None:
-        super().__init__(f"the downloaded blob is sha256:{actual}, not {digest}: its metainfo is forged; not installed")
+        super().__init__(
+            f"the downloaded blob is {digest.algorithm}:{actual}, not {digest}: its metainfo is forged; not installed"
+        )
         self.digest = digest
         self.actual = actual
 
@@ -185,12 +187,13 @@ class DownloadArea:
         return partial
 
     async def finish(self, partial: PartialBlob) -> None:
-        """Check the whole blob's SHA-256 (one pass in the hash worker), then move it into the cache and forget it
-        here. ``BlobCorrupt`` if it is not the digest asked for: the partial blob is deleted, nothing installed."""
+        """Check the whole blob's digest with its algorithm (one pass in the hash worker), then move it into the
+        cache and forget it here. ``BlobCorrupt`` if it is not the digest asked for: the partial blob is
+        deleted, nothing installed."""
         if not partial.complete():
             raise ValueError(f"{partial.digest} is missing {partial.metainfo.num_pieces - partial.have.count()} pieces")
         data = os.path.join(self._root, partial.digest.hex, "data")
-        actual = await self._hash_worker.run(sha256_file, data)
+        actual = await self._hash_worker.run(sha256_file, data, partial.digest.algorithm)
         if actual != partial.digest.hex:
             await self.discard(partial.digest)
             raise BlobCorrupt(partial.digest, actual)
@@ -226,9 +229,9 @@ def _prepare(directory: str, info: MetaInfo) -> bytes | None:
     return None
 
 
-def sha256_file(path: str) -> str:
-    """The hex SHA-256 of the file at ``path``, read in large chunks into one reused buffer."""
-    h = hashlib.sha256()
+def sha256_file(path: str, algorithm: str = "sha256") -> str:
+    """The hex SHA-256 (or ``algorithm``) of the file at ``path``, read in large chunks into one reused buffer."""
+    h = hashlib.new(algorithm)
     buf = bytearray(1 << 20)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:

@@ -3,6 +3,8 @@
 An upload is a file named by a random id. Chunks are appended at the current
 end (a chunk for any other offset is refused), and a running SHA-256 follows
 the appends, so finishing an upload needs no second read of the data. The
+digest's algorithm is only known when the upload finishes: SHA-256, the
+common case, costs nothing more; a SHA-512 upload is read once more then. The
 area never makes anything visible: callers move a finished file elsewhere
 (``CAStore.commit``) or hand it on (the proxy), then delete the upload.
 
@@ -186,14 +188,14 @@ class UploadArea:
         finally:
             up.lock.release()
 
-    async def digest(self, uid: str) -> Digest:
-        """SHA-256 of the upload: from the running hash, or read again."""
+    async def digest(self, uid: str, algorithm: str = "sha256") -> Digest:
+        """The upload's digest: a SHA-256 from the running hash, anything else (or a lost hash) read again."""
         up = self._get(uid)
         await up.lock.acquire()
         try:
-            if up.hasher is not None and up.hashed == up.size:
+            if algorithm == "sha256" and up.hasher is not None and up.hashed == up.size:
                 return Digest(up.hasher.copy().hexdigest())
-            return Digest(await self._worker.run(_hash_file, self.path(uid)))
+            return Digest(await self._worker.run(hash_file, self.path(uid), algorithm), algorithm)
         finally:
             up.lock.release()
 
@@ -256,8 +258,9 @@ def _append(path: str, at: int, source: IO[bytes], length: int | None, hasher: A
     return written
 
 
-def _hash_file(path: str) -> str:
-    h = hashlib.sha256()
+def hash_file(path: str, algorithm: str = "sha256") -> str:
+    """The hex digest of the file at ``path`` (blocking: run it in a worker)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(COPY_CHUNK):
             h.update(chunk)

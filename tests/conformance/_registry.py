@@ -48,8 +48,8 @@ EMPTY_JSON = b"{}"
 REQUEST_TIMEOUT = 120.0  # seconds: a backstop, not a wait
 
 
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+def digest_of(data: bytes, algorithm: str = "sha256") -> str:
+    return f"{algorithm}:" + hashlib.new(algorithm, data).hexdigest()
 
 
 EMPTY_DIGEST = digest_of(b"")
@@ -59,9 +59,9 @@ def random_bytes(size: int) -> bytes:
     return os.urandom(size)
 
 
-def unknown_digest() -> str:
+def unknown_digest(algorithm: str = "sha256") -> str:
     """The digest of random bytes nobody pushed."""
-    return digest_of(os.urandom(32))
+    return digest_of(os.urandom(32), algorithm)
 
 
 @attrs.frozen
@@ -180,9 +180,9 @@ class Registry:
         assert resp.status == 202, str(resp)
         return resp.location()
 
-    async def push_blob(self, repo: str, data: bytes) -> str:
+    async def push_blob(self, repo: str, data: bytes, algorithm: str = "sha256") -> str:
         """POST then PUT ``?digest=`` with the whole blob; returns the digest."""
-        digest = digest_of(data)
+        digest = digest_of(data, algorithm)
         location = await self.start_upload(repo)
         resp = await self.request(
             "PUT",
@@ -205,10 +205,12 @@ class Registry:
             "PUT", f"/v2/{repo}/manifests/{reference}", body=body, headers={"Content-Type": media_type}
         )
 
-    async def push_manifest(self, repo: str, reference: str, body: bytes, media_type: str) -> str:
+    async def push_manifest(
+        self, repo: str, reference: str, body: bytes, media_type: str, algorithm: str = "sha256"
+    ) -> str:
         resp = await self.put_manifest(repo, reference, body, media_type)
         assert resp.status == 201, str(resp)
-        return digest_of(body)
+        return digest_of(body, algorithm)
 
     async def get_manifest(self, repo: str, reference: str, accept: Sequence[str] = ALL_MANIFEST_TYPES) -> Response:
         return await self.request("GET", f"/v2/{repo}/manifests/{reference}", headers={"Accept": ", ".join(accept)})
@@ -222,12 +224,14 @@ class Registry:
         media_type: str = OCI_MANIFEST,
         extra: Mapping[str, Any] | None = None,
         pretty: bool = True,
+        algorithm: str = "sha256",
     ) -> Image:
-        """Push the blobs of a small random image and its manifest (by tag, or by digest if ``tag`` is None)."""
-        image = make_image(layers=layers, media_type=media_type, extra=extra, pretty=pretty)
+        """Push the blobs of a small random image and its manifest (by tag, or by digest if ``tag`` is None),
+        every digest of ``algorithm``."""
+        image = make_image(layers=layers, media_type=media_type, extra=extra, pretty=pretty, algorithm=algorithm)
         for blob in image.blobs:
-            await self.push_blob(repo, blob)
-        await self.push_manifest(repo, tag or image.digest, image.manifest, media_type)
+            await self.push_blob(repo, blob, algorithm)
+        await self.push_manifest(repo, tag or image.digest, image.manifest, media_type, algorithm)
         return image
 
 
@@ -288,10 +292,11 @@ class Image:
     media_type: str
     config: bytes
     layers: tuple[bytes, ...]
+    algorithm: str = "sha256"
 
     @property
     def digest(self) -> str:
-        return digest_of(self.manifest)
+        return digest_of(self.manifest, self.algorithm)
 
     @property
     def blobs(self) -> tuple[bytes, ...]:
@@ -308,14 +313,16 @@ def make_image(
     extra: Mapping[str, Any] | None = None,
     pretty: bool = True,
     architecture: str = "amd64",
+    algorithm: str = "sha256",
 ) -> Image:
-    """A small image with random layer content (so its blobs are new to the registry)."""
+    """A small image with random layer content (so its blobs are new to the registry), every digest in it (and
+    its own) of ``algorithm``."""
     docker = media_type == DOCKER_MANIFEST
     layer_blobs = []
     for i in range(layers):
         tar = small_tar({f"file{i}.bin": os.urandom(64 + i)})
         layer_blobs.append(gzip.compress(tar, mtime=0) if docker else tar)
-    diff_ids = [digest_of(gzip.decompress(b) if docker else b) for b in layer_blobs]
+    diff_ids = [digest_of(gzip.decompress(b) if docker else b, algorithm) for b in layer_blobs]
     config = json.dumps(
         {"architecture": architecture, "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}},
         separators=(",", ":"),
@@ -326,13 +333,13 @@ def make_image(
         "mediaType": media_type,
         "config": {
             "mediaType": DOCKER_CONFIG if docker else OCI_CONFIG,
-            "digest": digest_of(config),
+            "digest": digest_of(config, algorithm),
             "size": len(config),
         },
-        "layers": [{"mediaType": layer_type, "digest": digest_of(b), "size": len(b)} for b in layer_blobs],
+        "layers": [{"mediaType": layer_type, "digest": digest_of(b, algorithm), "size": len(b)} for b in layer_blobs],
     }
     doc.update(extra or {})
-    return Image(dumps(doc, pretty), media_type, config, tuple(layer_blobs))
+    return Image(dumps(doc, pretty), media_type, config, tuple(layer_blobs), algorithm)
 
 
 def make_index(images: Sequence[Image], media_type: str = OCI_INDEX, pretty: bool = True) -> bytes:
