@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import subprocess
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 from processes import OutputReader
+from servers import ServerProcess
 
 from ._tools import free_ports
 
@@ -32,21 +33,12 @@ def origin(twistd: Any, tmp_path: Path, *logger: str) -> Iterator[tuple[int, Out
         "p2p": {"listen": f"tcp:{p2p_port}:interface=127.0.0.1"},
     }
     (tmp_path / "origin.yaml").write_text(yaml.safe_dump(config))
-    process = subprocess.Popen(
-        twistd.command(*logger, "kraken-origin", "--config", str(tmp_path / "origin.yaml")),
-        cwd=twistd.cwd, env=twistd.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    output = OutputReader(process.stdout, str(tmp_path / "origin.log"), "origin listening on")
+    argv = twistd.command(*logger, "kraken-origin", "--config", str(tmp_path / "origin.yaml"))
+    server = ServerProcess("origin", argv, re.compile("origin listening on"), env=twistd.env)
     try:
-        output.settled.wait(TIMEOUT)
-        assert output.ready.is_set(), "\n".join(output.snapshot())
-        yield http_port, output
+        yield http_port, server.output
     finally:
-        process.terminate()
-        process.wait(TIMEOUT)
-        output.join(TIMEOUT)
-        assert process.stdout is not None
-        process.stdout.close()
+        server.stop()
 
 
 def request(port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> str:
