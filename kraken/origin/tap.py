@@ -77,12 +77,11 @@ def origin_service(
     router = None if not config.backends else build_router(config.backends, io_worker, reactor, http=client)
     writeback = None if router is None else _writeback(config, reactor, router, ring, io_worker, store)
     fetcher = _fetcher(config, reactor, router, ring, io_worker, store)
-    for service in (writeback, fetcher, UploadExpiry(store.uploads.expire, clock=reactor, ttl=config.upload_ttl)):
+    cleanup = _cleanup(config, reactor, io_worker, writeback) if config.cleanup_enabled() else None
+    expiry = UploadExpiry(store.uploads.expire, clock=reactor, ttl=config.upload_ttl)
+    for service in (writeback, fetcher, expiry, cleanup):
         if service is not None:
             service.setServiceParent(top)
-    cleanup = _cleanup(config, reactor, io_worker, writeback) if config.cleanup_enabled() else None
-    if cleanup is not None:
-        cleanup.setServiceParent(top)
     repair = _repair(config, reactor, ring, io_worker, store, writeback)
     if repair is not None:
         repair.setServiceParent(top)
@@ -105,9 +104,8 @@ def origin_service(
     node.seeds_as(scheduler.me, scheduler.stats)
 
     app = OriginHTTP(node)
-    resource = observed(
-        app.resource(), _observation(config, reactor, node, scheduler, ring, io_worker, cleanup, writeback)
-    )
+    observation = _observation(config, reactor, node, scheduler, ring, io_worker, cleanup, writeback)
+    resource = observed(app.resource(), observation)
     site = make_site(resource, reactor=reactor, spool=store.uploads.spool, body_refused=app.body_refused)
     fields = {"advertise": config.advertised(), "root": config.store.root}
     listen_http(
