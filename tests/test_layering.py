@@ -66,7 +66,7 @@ KRAKEN = pathlib.Path(__file__).resolve().parent.parent / "kraken"
 FLOORS = {
     "core": 0,
     "config": 1,
-    **dict.fromkeys(["files", "workers", "sqlite", "taskqueue", "throttle", "singleflight"], 2),
+    **dict.fromkeys(["files", "workers", "sqlite", "taskqueue", "throttle", "singleflight", "logs"], 2),
     **dict.fromkeys(["net", "store"], 3),
     "cluster": 4,
     **dict.fromkeys(["backends", "registry", "p2p"], 5),

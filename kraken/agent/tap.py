@@ -25,10 +25,10 @@ from kraken.buildindex.client import BuildIndexes
 from kraken.cluster.services import ServiceAddress, ServiceHosts, describe
 from kraken.core import PieceLengthRule
 from kraken.net import make_http_client
-from kraken.net.metrics import DiskCollector, Observation, counted, new_registry, observed
+from kraken.net.metrics import DiskCollector, Observation, cleanup_collector, counted, new_registry, observed
 from kraken.net.server import listen_http, make_site
 from kraken.net.tls import TLSContexts, server_side, wire
-from kraken.p2p.metrics import scheduler_collector
+from kraken.p2p.metrics import download_collector, scheduler_collector
 from kraken.p2p.scheduler import Scheduler
 from kraken.registry.http import RegistryAPI
 from kraken.registry.routing import route_template
@@ -85,7 +85,7 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
     if cleanup is not None:
         cleanup.setServiceParent(top)
 
-    observation = _observation(scheduler, tracker, index, reactor, config.store.root)
+    observation = _observation(scheduler, tracker, index, reactor, config.store.root, cleanup)
     _registry_listener(
         config,
         _source(config, scheduler, index, io_worker, store, tracker, reactor, pins),
@@ -130,11 +130,16 @@ def _api_listener(
     return listener
 
 
-def _observation(scheduler: Scheduler, tracker: Trackers, index: BuildIndexes, reactor: Any, root: str) -> Observation:
-    """``/metrics`` (the scheduler's series, both listeners' requests, the store's disk) and ``/readiness``
-    (tracker and build-index answer)."""
+def _observation(
+    scheduler: Scheduler, tracker: Trackers, index: BuildIndexes, reactor: Any, root: str, cleanup: CacheCleanup | None
+) -> Observation:
+    """``/metrics`` (the scheduler's series, both listeners' requests, the store's disk and cleanup) and
+    ``/readiness`` (tracker and build-index answer)."""
     registry = new_registry()
     registry.register(scheduler_collector(scheduler.stats))
+    registry.register(download_collector(scheduler.download_durations))
+    if cleanup is not None:
+        registry.register(cleanup_collector(lambda: cleanup.counts))
     registry.register(DiskCollector(root))
     checks = {"tracker": tracker.health, "build-index": index.health}
     return Observation(registry, checks, clock=reactor, route=route_template)

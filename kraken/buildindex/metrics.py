@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from kraken.buildindex.duplicate import Duplicator
 from kraken.buildindex.remotes import Backlog, ReplicationStats, Replicator
 from kraken.buildindex.writeback import TagWriteBack
-from kraken.net.metrics import StatsCollector, table
+from kraken.net.metrics import QueueCollector, StatsCollector, table
 
 WRITEBACK = table("""
 counter kraken_buildindex_writeback_uploaded_tags  uploaded  Tags written to a storage backend.
@@ -78,13 +78,17 @@ def register_build_index(
 ) -> list[Callable[[], Any]]:
     """The build-index's series on ``registry`` (those of the loops it runs); the refreshers to run before a
     scrape."""
+    refresh: list[Callable[[], Any]] = []
     if writeback is not None:
         registry.register(StatsCollector(lambda: writeback.stats, WRITEBACK))
+        queue = QueueCollector("kraken_buildindex_writeback", "Tag write-back", lambda: writeback.backlog())
+        registry.register(queue)
+        refresh.append(queue.refresh)
     if duplicator is not None:
         registry.register(StatsCollector(lambda: duplicator.stats, DUPLICATES))
     if replicator is None:
-        return []
+        return refresh
     registry.register(StatsCollector(lambda: replicator.stats, REPLICATION))
     backlog = BacklogCollector(replicator)
     registry.register(backlog)
-    return [backlog.refresh]
+    return [*refresh, backlog.refresh]

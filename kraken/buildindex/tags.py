@@ -337,6 +337,11 @@ class TagStore(Service):
             (task.attempts + 1, next_attempt, error[:_MAX_ERROR], task.repo, task.tag, task.seq),
         )
 
+    async def writeback_backlog(self) -> tuple[int, float | None]:
+        """How many tag write-backs wait, and when the oldest was queued (None when none)."""
+        [(count, oldest)] = await self._pool.runQuery("SELECT COUNT(*), MIN(created) FROM tag_writeback")
+        return int(count), None if oldest is None else float(oldest)
+
     async def pending_writebacks(self) -> list[tuple[str, str, bool, int, float, str | None]]:
         """Every queued write-back: (repo, tag, overwrite, attempts, next_attempt, last_error), by repo and tag."""
         rows = await self._pool.runQuery(

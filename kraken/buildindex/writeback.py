@@ -77,6 +77,11 @@ class TagWriteBack(TaskQueue[WriteBackTask, tuple[str, str]]):
     async def _due(self, now: float, limit: int) -> tuple[list[WriteBackTask], float | None]:
         return await self._tags.due_writebacks(now, limit)
 
+    async def backlog(self) -> tuple[int, float]:
+        """Tasks waiting, and the age of the oldest in seconds (0 when none): for ``/metrics``."""
+        count, oldest = await self._tags.writeback_backlog()
+        return count, 0.0 if oldest is None else max(0.0, self._clock.seconds() - oldest)
+
     def _key(self, task: WriteBackTask) -> tuple[str, str]:
         return (task.repo, task.tag)
 

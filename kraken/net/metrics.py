@@ -15,7 +15,8 @@ Each daemon wraps its HTTP resource once, in its ``tap.py``::
 - Every other request goes on to the daemon's resource unchanged, and is counted once it ends in
   ``kraken_http_requests_total{route, method, code}``: ``route`` is the Klein route template that
   matched (``unmatched`` if none), ``method`` one of the HTTP methods (``other`` for the rest),
-  ``code`` the status class (``2xx`` ...), so every label has a bounded set of values.
+  ``code`` the status class (``2xx`` ...), so every label has a bounded set of values; and its duration in
+  the histogram ``kraken_http_request_duration_seconds{route}``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed
 
+from kraken.net.histogram import SECONDS, HistogramCollector, Histograms
 from kraken.net.server import json_response
 
 log = Logger()
@@ -69,10 +71,17 @@ class Observation:
     #: The route template of a raw request path, tried before Klein's (the registry's own router).
     route: Callable[[bytes], str | None] | None = None
     requests: RequestCounts = attrs.field(init=False)
+    durations: Histograms = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.requests = RequestCounts()
         self.registry.register(self.requests)
+        self.durations = Histograms(SECONDS)
+        doc = "Seconds from a request's arrival to the end of its answer, by route template."
+        durations = self.durations
+        self.registry.register(
+            HistogramCollector("kraken_http_request_duration_seconds", doc, lambda: durations.by_labels, ("route",))
+        )
 
 
 class RequestCounts(Collector):
@@ -246,6 +255,8 @@ class Observed(Resource):
             self._mine[(b"metrics",)] = MetricsResource(observation)
             self._mine[(b"readiness",)] = ReadinessResource(observation.checks, observation.clock, observation.timeout)
         self._requests = observation.requests
+        self._durations = observation.durations
+        self._clock = observation.clock
         self._exact = observation.exact
         self._route = observation.route
 
@@ -253,20 +264,22 @@ class Observed(Resource):
         mine = self._mine.get(tuple(request.postpath))
         if mine is not None:
             return mine.render(request)
+        start = self._clock.seconds()
         result = getChildForRequest(self._rest, request).render(request)
         if result is not NOT_DONE_YET or getattr(request, "finished", False):
-            self._count(request)  # answered already (the tracker's announces): no Deferred to wait on
+            self._count(request, start)  # answered already (the tracker's announces): no Deferred to wait on
         else:
-            request.notifyFinish().addBoth(lambda _: self._count(request))  # type: ignore[attr-defined]  # as above
+            request.notifyFinish().addBoth(lambda _: self._count(request, start))  # type: ignore[attr-defined]  # as above
         return result
 
     def _route_of(self, request: IRequest) -> str:
         found = None if self._route is None else self._route(request.path)
         return found if found is not None else route_of(request, self._exact)
 
-    def _count(self, request: IRequest) -> None:
-        method = request.method
-        self._requests.add(self._route_of(request), method if method in METHODS else b"other", request.code)  # type: ignore[attr-defined]  # Request has it
+    def _count(self, request: IRequest, start: float) -> None:
+        method, route = request.method, self._route_of(request)
+        self._requests.add(route, method if method in METHODS else b"other", request.code)  # type: ignore[attr-defined]  # Request has it
+        self._durations.observe((route,), self._clock.seconds() - start)
 
 
 def observed(rest: IResource, observation: Observation) -> IResource:
@@ -382,3 +395,49 @@ class DiskCollector(Collector):
     def _families(self, size: int, free: int) -> Iterator[Metric]:
         yield GaugeMetricFamily("kraken_store_filesystem_size_bytes", "Size of the store's file system.", size)
         yield GaugeMetricFamily("kraken_store_filesystem_free_bytes", "Bytes free on the store's file system.", free)
+
+
+#: A store's cache cleanup (``kraken.store.cleanup.CacheCleanup.counts``, origin and agent alike).
+CLEANUP = table("""
+counter kraken_store_cleanup_sweeps              sweeps              Cache cleanup sweeps finished.
+counter kraken_store_cleanup_sweep_failures      sweep_failures      Cache cleanup sweeps that failed.
+counter kraken_store_cleanup_aggressive_sweeps   aggressive_sweeps   Sweeps with the aggressive TTI (disk full).
+counter kraken_store_cleanup_evicted_blobs       blobs_evicted       Idle blobs evicted from the cache.
+counter kraken_store_cleanup_kept_blobs          blobs_kept          Idle blobs kept because in use (per sweep).
+counter kraken_store_cleanup_collected_partials  partials_collected  Partial downloads of an earlier run deleted.
+""")  # fmt: skip
+
+
+def cleanup_collector(counts: Callable[[], Mapping[str, int]]) -> StatsCollector:
+    """The cache cleanup's series, read from ``counts()`` (its ``counts``) at each scrape."""
+    return StatsCollector(counts, CLEANUP)
+
+
+class QueueCollector(Collector):
+    """A durable queue's depth (``<prefix>_pending``, unless ``depth`` is false: the daemon counts it already)
+    and the age of its oldest task (``<prefix>_lag_seconds``, 0 when empty), as ``read()`` (an I/O: SQLite)
+    gives them; ``refresh`` is an ``Observation`` refresher. Until the first read, no series."""
+
+    def __init__(
+        self, prefix: str, what: str, read: Callable[[], Awaitable[tuple[int, float]]], *, depth: bool = True
+    ) -> None:
+        self._prefix = prefix
+        self._what = what
+        self._read = read
+        self._depth = depth
+        self.last: tuple[int, float] | None = None
+
+    async def refresh(self) -> None:
+        self.last = await self._read()
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(0, 0.0)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(()) if self.last is None else self._families(*self.last)
+
+    def _families(self, count: int, lag: float) -> Iterator[Metric]:
+        if self._depth:
+            yield GaugeMetricFamily(f"{self._prefix}_pending", f"{self._what} tasks waiting now (queue depth).", count)
+        doc = f"Age of the oldest waiting {self._what} task, seconds (0 when none)."
+        yield GaugeMetricFamily(f"{self._prefix}_lag_seconds", doc, lag)

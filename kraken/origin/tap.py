@@ -23,7 +23,7 @@ from kraken.backends.config import build_router
 from kraken.cluster.hosts import system_resolver
 from kraken.core import Digest
 from kraken.net import make_http_client
-from kraken.net.metrics import DiskCollector, Observation, new_registry, observed
+from kraken.net.metrics import DiskCollector, Observation, QueueCollector, cleanup_collector, new_registry, observed
 from kraken.net.server import listen_http, make_site
 from kraken.net.tls import TLSContexts, server_side, wire
 from kraken.origin.client import OriginClient
@@ -35,7 +35,7 @@ from kraken.origin.metrics import found_itself, register_origin, store_writable
 from kraken.origin.node import OriginNode
 from kraken.origin.repair import RingRepair, RingView
 from kraken.origin.writeback import WriteBackQueue, open_pool
-from kraken.p2p.metrics import scheduler_collector
+from kraken.p2p.metrics import download_collector, scheduler_collector
 from kraken.p2p.scheduler import Scheduler
 from kraken.store import CacheCleanup, CAStore, UploadExpiry
 from kraken.workers import ThreadPoolService, ThreadWorker
@@ -77,11 +77,11 @@ def origin_service(
     router = None if not config.backends else build_router(config.backends, io_worker, reactor, http=client)
     writeback = None if router is None else _writeback(config, reactor, router, ring, io_worker, store)
     fetcher = _fetcher(config, reactor, router, ring, io_worker, store)
-    for service in (writeback, fetcher, UploadExpiry(store.uploads.expire, clock=reactor, ttl=config.upload_ttl)):
+    cleanup = _cleanup(config, reactor, io_worker, writeback) if config.cleanup_enabled() else None
+    expiry = UploadExpiry(store.uploads.expire, clock=reactor, ttl=config.upload_ttl)
+    for service in (writeback, fetcher, expiry, cleanup):
         if service is not None:
             service.setServiceParent(top)
-    if config.cleanup_enabled():
-        _cleanup(config, reactor, io_worker, writeback).setServiceParent(top)
     repair = _repair(config, reactor, ring, io_worker, store, writeback)
     if repair is not None:
         repair.setServiceParent(top)
@@ -104,7 +104,8 @@ def origin_service(
     node.seeds_as(scheduler.me, scheduler.stats)
 
     app = OriginHTTP(node)
-    resource = observed(app.resource(), _observation(config, reactor, node, scheduler, ring, io_worker))
+    observation = _observation(config, reactor, node, scheduler, ring, io_worker, cleanup, writeback)
+    resource = observed(app.resource(), observation)
     site = make_site(resource, reactor=reactor, spool=store.uploads.spool, body_refused=app.body_refused)
     fields = {"advertise": config.advertised(), "root": config.store.root}
     listen_http(
@@ -115,15 +116,30 @@ def origin_service(
 
 
 def _observation(
-    config: OriginConfig, reactor: Any, node: OriginNode, scheduler: Scheduler, ring: OriginRing, worker: ThreadWorker
+    config: OriginConfig,
+    reactor: Any,
+    node: OriginNode,
+    scheduler: Scheduler,
+    ring: OriginRing,
+    worker: ThreadWorker,
+    cleanup: CacheCleanup | None,
+    writeback: WriteBackQueue | None,
 ) -> Observation:
-    """``/metrics`` (the P2P side's series and the node's) and ``/readiness`` (store writable, ring found itself)."""
+    """``/metrics`` (the P2P side's series, the node's, the cache cleanup's) and ``/readiness`` (store writable,
+    ring found itself)."""
     registry = new_registry()
     registry.register(scheduler_collector(scheduler.stats))
+    registry.register(download_collector(scheduler.download_durations))
+    if cleanup is not None:
+        registry.register(cleanup_collector(lambda: cleanup.counts))
     register_origin(registry, node.stats)
     registry.register(DiskCollector(config.store.root))
     checks = {"store": store_writable(config.store.root, worker), "ring": found_itself(ring.me, ring.hosts.members)}
-    return Observation(registry, checks, clock=reactor)
+    if writeback is None:
+        return Observation(registry, checks, clock=reactor)
+    queue = QueueCollector("kraken_origin_writeback", "Write-back", writeback.backlog, depth=False)
+    registry.register(queue)
+    return Observation(registry, checks, clock=reactor, refresh=[queue.refresh])
 
 
 def _clients(

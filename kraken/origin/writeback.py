@@ -195,6 +195,11 @@ class WriteBackQueue(TaskQueue[_Task, tuple[str, Digest]]):
         self._remember(namespace, digest)
         self.kick()
 
+    async def backlog(self) -> tuple[int, float]:
+        """Tasks waiting, and the age of the oldest in seconds (0 when none), from the table: for ``/metrics``."""
+        [(count, oldest)] = await self._pool.runQuery("SELECT COUNT(*), MIN(created) FROM writeback")
+        return int(count), 0.0 if oldest is None else max(0.0, self._clock.seconds() - float(oldest))
+
     def pending(self, digest: Digest) -> bool:
         """Whether ``digest`` waits for write-back (to any namespace's
         backend): such a blob must not be evicted."""

@@ -30,7 +30,7 @@ from kraken.p2p.config import P2PConfig
 from kraken.p2p.dispatch import Dispatcher
 from kraken.p2p.session import PeerDisconnected, PeerSession, PieceRequestFailed, SessionNotOpen
 from kraken.p2p.slots import Slots
-from kraken.p2p.torrent import LOG_NAMESPACE, BlobNotFound, Conn, DownloadFailed, Torrent, Torrents
+from kraken.p2p.torrent import LOG_NAMESPACE, BlobNotFound, Conn, DownloadFailed, Torrent, Torrents, size_class
 from kraken.p2p.wire import Chunk, ErrorCode
 from kraken.store import BlobCorrupt, CAStore, PieceCorrupt
 from kraken.throttle import TokenBucket, Unlimited
@@ -310,6 +310,9 @@ class Leech:
         torrent.dispatcher = None
         torrent.last_active = self._clock.seconds()
         self._counts["downloads_completed"] += 1
+        self._torrents.download_durations.observe(
+            (size_class(torrent.info.length),), torrent.last_active - torrent.started
+        )
         log.info("downloaded {digest}", digest=str(torrent.info.digest))
         for conn in list(torrent.conns.values()):
             for request in list(conn.requests.values()):

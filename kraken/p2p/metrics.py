@@ -1,12 +1,14 @@
 """The P2P scheduler's counters (``kraken.p2p.torrent.Stats``) as Prometheus series, read at scrape time.
 
-Agents and origins both register ``scheduler_collector(scheduler.stats)`` on their registry.
+Agents and origins both register ``scheduler_collector(scheduler.stats)`` and
+``download_collector(scheduler.download_durations)`` on their registry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from kraken.net.histogram import Histogram, HistogramCollector
 from kraken.net.metrics import Series, StatsCollector, table
 from kraken.p2p.torrent import Stats
 
@@ -50,3 +52,10 @@ gauge   kraken_p2p_connections          connections          Peer connections op
 def scheduler_collector(stats: Callable[[], Stats]) -> StatsCollector:
     """The scheduler's series, read from ``stats()`` (``Scheduler.stats``) at each scrape."""
     return StatsCollector(stats, SERIES)
+
+
+def download_collector(durations: Callable[[], dict[tuple[str, ...], Histogram]]) -> HistogramCollector:
+    """``kraken_p2p_download_duration_seconds{size_class}``: blob downloads, from opening the torrent to the
+    blob in the cache; ``size_class`` is the blob's size bound (``1MiB`` ... ``1GiB``, ``more``)."""
+    doc = "Blob downloads, seconds from start to the blob in the cache, by size class."
+    return HistogramCollector("kraken_p2p_download_duration_seconds", doc, durations, ("size_class",))

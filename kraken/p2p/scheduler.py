@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from kraken.core import Digest
 from kraken.core.peer import PeerInfo
+from kraken.net.histogram import Histogram
 from kraken.net.server import listen
 from kraken.net.tls import TLSContexts
 from kraken.p2p.announce import Announcer, Announcing, Connector, connect_tcp
@@ -169,6 +170,10 @@ class Scheduler(Service):
 
     def stats(self) -> Stats:
         return self._torrents.stats()
+
+    def download_durations(self) -> dict[tuple[str, ...], Histogram]:
+        """The downloads' durations, by size class (``Torrents.download_durations``)."""
+        return self._torrents.download_durations.by_labels
 
     def holds(self, digest: Digest) -> bool:
         """Whether ``digest`` has a torrent here: being downloaded, or seeded (until ``seeder_tti`` after its last

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from kraken.core import Bitfield, Digest, MetaInfo
 from kraken.files import OutOfSpace
+from kraken.net.histogram import SECONDS, Histograms
 from kraken.p2p.config import P2PConfig
 from kraken.p2p.dials import Dials
 from kraken.p2p.dispatch import Dispatcher
@@ -44,6 +45,18 @@ class BlobNotFound(Exception):
 
 class DownloadFailed(Exception):
     """The download stalled past the leecher TTI, or the scheduler stopped."""
+
+
+#: The size classes of ``download_durations``: a blob's class is the first whose bound it does not exceed.
+SIZE_CLASSES = ((1 << 20, "1MiB"), (16 << 20, "16MiB"), (256 << 20, "256MiB"), (1 << 30, "1GiB"))
+
+
+def size_class(length: int) -> str:
+    """The ``size_class`` label of a blob of ``length`` bytes: its class's bound, or ``more`` above 1 GiB."""
+    for bound, name in SIZE_CLASSES:
+        if length <= bound:
+            return name
+    return "more"
 
 
 @attrs.frozen
@@ -101,6 +114,7 @@ class Torrent:
     installed: list[Deferred[None]] = attrs.field(factory=list)  # readers waiting for the install to end
     closed: bool = False
     traffic: Traffic = attrs.field(factory=Traffic)  # bytes in (by source) and out, for announces
+    started: float = 0.0  # when this run opened it (a download's duration counts from here)
 
     @property
     def complete(self) -> bool:
@@ -157,6 +171,8 @@ class Torrents:
         self._store = store
         self._by_digest: dict[Digest, Torrent] = {}
         self.counts: dict[str, int] = dict.fromkeys(attrs.fields_dict(Stats), 0)
+        #: Seconds from opening a download to its blob in the cache, by the blob's size class (``size_class``).
+        self.download_durations = Histograms(SECONDS)
 
     def get(self, digest: Digest) -> Torrent | None:
         return self._by_digest.get(digest)
@@ -183,7 +199,9 @@ class Torrents:
         ledger = Ledger(info.num_pieces, window=c.request_timeout(info.piece_length))
         bitfield = partial.have if partial is not None else Bitfield.full(info.num_pieces)
         now = self._clock.seconds()
-        torrent = Torrent(namespace, info, bitfield, partial, dispatcher, now, dials, ledger, partial is None)
+        torrent = Torrent(
+            namespace, info, bitfield, partial, dispatcher, now, dials, ledger, partial is None, started=now
+        )
         self._by_digest[info.digest] = torrent
         return torrent
 

@@ -58,6 +58,7 @@ from werkzeug.exceptions import MethodNotAllowed
 
 from kraken.core import Digest, DigestError
 from kraken.core.peer import PeerError, PeerInfo, is_peer_id
+from kraken.net.histogram import Histogram
 from kraken.net.server import HTTPError, json_error, read_body
 from kraken.registry.names import is_valid_name
 from kraken.tracker.fair import source_key
@@ -74,6 +75,8 @@ OPTIONAL_ANNOUNCE_KEYS = frozenset({"unreachable", "progress"})
 _ALLOWED_KEYS = ANNOUNCE_KEYS | OPTIONAL_ANNOUNCE_KEYS
 #: At most this many peers reported unreachable in one announce.
 MAX_UNREACHABLE = 50
+#: Bucket bounds of the handout sizes (peers per answer; ``kraken_tracker_handout_size``).
+HANDOUT_SIZES = (0, 1, 2, 5, 10, 20, 50, 100, 200)
 _INFO_HASH = re.compile(r"[0-9a-f]{64}\Z")
 
 
@@ -207,6 +210,7 @@ class TrackerHTTP:
         #: Announces answered with peers (not those of complete peers), and the peers they were given (metrics).
         self.handouts = 0
         self.handed_out_peers = 0
+        self.handout_sizes = Histogram(HANDOUT_SIZES)
 
     def resource(self) -> IResource:
         """The whole API: ``POST /announce`` on its fast path, the rest through Klein."""
@@ -257,6 +261,7 @@ class TrackerHTTP:
         peers = handout(known, origins, peer.peer_id, self._max_peers, self._rng)
         self.handouts += 1
         self.handed_out_peers += len(peers)
+        self.handout_sizes.observe(len(peers))
         return self._encoder.encode(peers)
 
     @app.route("/namespace/<path:ns>/blobs/<d>/metainfo", methods=["GET"])

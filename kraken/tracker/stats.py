@@ -23,8 +23,10 @@ from prometheus_client import CollectorRegistry
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
+from kraken.net.histogram import HistogramCollector
 from kraken.net.metrics import StatsCollector, table
 from kraken.net.server import json_response
+from kraken.tracker.http import TrackerHTTP
 from kraken.tracker.peers import MemoryPeerStore
 from kraken.tracker.redis_peers import RedisPeerStore
 
@@ -92,7 +94,13 @@ counter kraken_tracker_handout_peers  handed_out_peers  Peers handed out (sum of
 """)
 
 
-def register_tracker(registry: CollectorRegistry, store: MemoryPeerStore | RedisPeerStore, app: object) -> None:
-    """The tracker's series on ``registry``: ``store``'s state and ``app``'s (``TrackerHTTP``) handout counters."""
+def register_tracker(registry: CollectorRegistry, store: MemoryPeerStore | RedisPeerStore, app: TrackerHTTP) -> None:
+    """The tracker's series on ``registry``: ``store``'s state and ``app``'s (``TrackerHTTP``) handout counters
+    and sizes."""
     registry.register(StatsCollector(lambda: peer_store_stats(store), PEER_STORE))
     registry.register(StatsCollector(lambda: app, HANDOUTS))
+    sizes = HistogramCollector(
+        "kraken_tracker_handout_size", "Peers handed out per announce answered with a list.",
+        lambda: {(): app.handout_sizes},
+    )  # fmt: skip
+    registry.register(sizes)

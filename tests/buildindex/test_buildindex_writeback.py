@@ -224,3 +224,13 @@ def test_version_1_database_is_upgraded_in_place(db: str, reactor: InlineReactor
         store.stopService()
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (3,)
+
+
+def test_the_backlog_gives_the_depth_and_the_oldest_tasks_age(node: Node, memory: MemoryBackend) -> None:
+    assert result_of(node.loop.backlog()) == (0, 0.0)
+    memory.failures = 10
+    node.loop.startService()
+    result_of(node.tags.put_tag("r", "v1", D1, pending=Pending()))
+    node.reactor.advance(30.0)
+    result_of(node.tags.put_tag("r", "v2", D2, pending=Pending()))
+    assert result_of(node.loop.backlog()) == (2, 30.0)

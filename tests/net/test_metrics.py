@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 import treq
 from klein import Klein
-from metrics_samples import Samples, requests, scrape
+from metrics_samples import Samples, requests, scrape, value
 from prometheus_client import REGISTRY
 from results import result_of
 from treq.testing import StubTreq
@@ -19,12 +19,15 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from kraken.net.metrics import (
     DiskCollector,
     Observation,
+    QueueCollector,
     Series,
     StatsCollector,
+    cleanup_collector,
     counted,
     counter,
     gauge,
@@ -229,3 +232,55 @@ def test_the_disk_collector_reads_the_file_system(tmp_path: Path) -> None:
     gone = Daemon()
     gone.registry.register(DiskCollector(str(tmp_path / "gone")))  # unknown: no series, logged
     assert ("kraken_store_filesystem_size_bytes", ()) not in gone.samples()
+
+
+class Slow(Resource):
+    """Answers on the test's clock: a request ends when ``answer`` is called."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[IRequest] = []
+
+    def render(self, request: IRequest) -> object:
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+    def answer(self) -> None:
+        for request in self.waiting:
+            request.write(b"done")
+            request.finish()
+
+
+def test_request_durations_are_a_histogram_by_route() -> None:
+    clock, slow = Clock(), Slow()
+    observation = Observation(new_registry(), {}, clock=clock, exact=frozenset({"/slow"}))
+    stub = StubTreq(observed(slow, observation))
+    d = stub.get(BASE + "/slow")
+    stub.flush()
+    clock.advance(3.0)
+    slow.answer()
+    stub.flush()
+    assert result_of(d, stub.flush).code == 200
+    samples = scrape(stub, BASE)
+    assert value(samples, "kraken_http_request_duration_seconds_count", route="/slow") == 1.0
+    assert value(samples, "kraken_http_request_duration_seconds_sum", route="/slow") == 3.0
+    assert value(samples, "kraken_http_request_duration_seconds_bucket", route="/slow", le="2.5") == 0.0
+    assert value(samples, "kraken_http_request_duration_seconds_bucket", route="/slow", le="5.0") == 1.0
+
+
+def test_the_cleanup_and_a_queue_backlog_are_series() -> None:
+    counts = {"sweeps": 3, "sweep_failures": 1, "aggressive_sweeps": 2, "blobs_evicted": 7, "blobs_kept": 4,
+              "partials_collected": 5}  # fmt: skip
+    registry = new_registry()
+    registry.register(cleanup_collector(lambda: counts))
+    queue = QueueCollector("kraken_test_queue", "Test", lambda: succeed((4, 90.0)))
+    registry.register(queue)
+    daemon_stub = StubTreq(observed(Resource(), Observation(registry, {}, clock=Clock(), refresh=[queue.refresh])))
+    samples = scrape(daemon_stub, BASE)
+    assert value(samples, "kraken_store_cleanup_evicted_blobs_total") == 7.0
+    assert value(samples, "kraken_store_cleanup_collected_partials_total") == 5.0
+    assert value(samples, "kraken_store_cleanup_sweep_failures_total") == 1.0
+    assert value(samples, "kraken_test_queue_pending") == 4.0
+    assert value(samples, "kraken_test_queue_lag_seconds") == 90.0

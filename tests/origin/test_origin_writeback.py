@@ -312,3 +312,15 @@ async def test_real_pool_writes_back_to_the_filesystem_backend(tmp_path: Path) -
     data = tmp_path / "registry/docker/registry/v2/blobs/sha256" / digest.hex[:2] / digest.hex / "data"
     assert data.read_bytes() == b"through real threads"
     assert not queue.pending(digest)
+
+
+def test_the_backlog_gives_the_depth_and_the_oldest_tasks_age(
+    queue: WriteBackQueue, backend: FakeBackend, blobs: Blobs, reactor: InlineReactor
+) -> None:
+    assert result_of(queue.backlog()) == (0, 0.0)
+    backend.fail_uploads = 10
+    result_of(queue.add(NS, blobs.add(b"first")))
+    reactor.advance(20.0)
+    result_of(queue.add(NS, blobs.add(b"second")))
+    reactor.advance(5.0)
+    assert result_of(queue.backlog()) == (2, 25.0)

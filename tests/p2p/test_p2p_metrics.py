@@ -5,10 +5,11 @@ from __future__ import annotations
 import attrs
 from metrics_samples import parse, value
 from prometheus_client import generate_latest
+from swarm import blob, done
 
 from kraken.net.metrics import new_registry
-from kraken.p2p.metrics import scheduler_collector
-from kraken.p2p.torrent import Stats
+from kraken.p2p.metrics import download_collector, scheduler_collector
+from kraken.p2p.torrent import Stats, size_class
 
 
 def test_the_scheduler_series_follow_its_stats() -> None:
@@ -36,3 +37,23 @@ def test_the_scheduler_series_follow_its_stats() -> None:
     assert {name: value(samples, name) for name in expected} == expected
     now[0] = attrs.evolve(stats, corrupt_pieces=5)  # each scrape reads the scheduler's stats afresh
     assert value(parse(generate_latest(registry)), "kraken_p2p_corrupt_pieces_total") == 5.0
+
+
+def test_download_durations_are_a_histogram_by_size_class(swarm) -> None:
+    _, info = blob(8)
+    swarm.origin("origin", blob(8))
+    agent = swarm.agent("agent")
+    registry = new_registry()
+    registry.register(download_collector(agent.scheduler.download_durations))
+    start = swarm.clock.seconds()
+    d = agent.download(info.digest)
+    swarm.run(lambda: done(d))
+    took = swarm.clock.seconds() - start
+    samples = parse(generate_latest(registry))
+    assert value(samples, "kraken_p2p_download_duration_seconds_count", size_class="1MiB") == 1.0
+    assert 0 < value(samples, "kraken_p2p_download_duration_seconds_sum", size_class="1MiB") <= took
+
+
+def test_size_classes_are_bounded() -> None:
+    sizes = (0, 1 << 20, (1 << 20) + 1, 16 << 20, 300 << 20, 1 << 30, 5 << 30)
+    assert [size_class(n) for n in sizes] == ["1MiB", "1MiB", "16MiB", "16MiB", "1GiB", "1GiB", "more"]

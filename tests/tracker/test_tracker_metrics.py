@@ -35,6 +35,11 @@ def test_announces_handouts_and_the_peer_store_are_series() -> None:
     assert requests(samples, "/announce", "POST", "4xx") == 1.0
     assert value(samples, "kraken_tracker_handouts_total") == 3.0
     assert value(samples, "kraken_tracker_handout_peers_total") == 0.0 + 1.0 + 2.0  # the ones before each
+    assert value(samples, "kraken_tracker_handout_size_count") == 3.0  # the same handouts, as a histogram
+    assert value(samples, "kraken_tracker_handout_size_sum") == 3.0
+    assert value(samples, "kraken_tracker_handout_size_bucket", le="0.0") == 1.0
+    assert value(samples, "kraken_tracker_handout_size_bucket", le="2.0") == 3.0
+    assert value(samples, "kraken_http_request_duration_seconds_count", route="/announce") == 5.0
     assert value(samples, "kraken_tracker_peers") == 4.0
     assert value(samples, "kraken_tracker_blobs") == 1.0
     assert value(samples, "kraken_tracker_peer_store_reachable") == 1.0
