@@ -1,7 +1,7 @@
 """containerd pulls of an upstream image: directly, through a cold agent, through a second agent; and what
 an agent's 404 costs before containerd falls back.
 
-    python bench/containerd_pull.py [--size 256MiB] [--runs 1] [--work DIR] [--out FILE]
+    python bench/containerd_pull.py [--size 256MiB] [--runs 1] [--upstream-rate 1Gbit] [--work DIR] [--out FILE]
 
 One image with one uncompressed layer of ``--size`` seeded random bytes is pushed (skopeo,
 ``--preserve-digests``, untimed) to Debian's docker-registry, the upstream. A private containerd (its own
@@ -19,6 +19,12 @@ Timed, in this order, the clock around ``ctr``:
 - fallback: another image of the same size, named ``localhost:<port>/...`` (an ``ns`` no agent mirrors,
   and blobs the cluster never saw): through agent 0 (a 404 for the tag and for each blob, then
   docker-registry), beside a direct pull of it.
+
+With ``--upstream-rate``, docker-registry runs in a network namespace of its own whose link is capped at that rate
+both ways (tbf, ``bench/netns.py``), as a registry across a WAN would be; the cluster and containerd stay on this
+host's loopback, where the agents' peer-to-peer traffic is not capped. Without it, docker-registry is on loopback
+too: the direct pull then has the fastest source there is, and a second host cannot beat it (it adds the agent's
+hops to the same uncapped bytes). The fallback image is then named by a second address of that namespace.
 
 A pull through an agent during which containerd asked docker-registry itself (its access log shows
 containerd's user agent) fell back: it is marked in the table. Goals: the first host within 1.2x of the
@@ -46,6 +52,8 @@ sys.path.insert(0, ROOT)
 
 from _daemons import emit, free_port  # noqa: E402
 from _fleet import Daemon, Fleet  # noqa: E402
+from _swarm import parse_rate  # noqa: E402
+from netns import Testbed  # noqa: E402
 
 from kraken.backends.upstream import host_component  # noqa: E402
 from kraken.cli.image import write_layout  # noqa: E402
@@ -71,15 +79,26 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 ASKED_BY_CONTAINERD = re.compile(r'"(?:GET|HEAD) /v2/\S+ HTTP/[0-9.]+" [0-9]{3} \S+ "[^"]*" "containerd')
 
 
-def start_registry(work: str) -> tuple[int, Daemon]:
-    """docker-registry on a free loopback port, storing under ``work/registry``; its access log kept by line."""
+#: The fallback image's registry name in ``--upstream-rate`` mode: a second address of docker-registry's namespace.
+SECOND_ADDRESS = "10.99.0.100"
+
+
+def start_registry(work: str, testbed: Testbed | None) -> tuple[int, Daemon]:
+    """docker-registry on a free port, storing under ``work/registry``; its access log kept by line. On loopback,
+    or in the testbed's host 1 (every address of it) when given."""
     port = free_port()
-    config = {"version": 0.1, "log": {"level": "info"}, "http": {"addr": f"127.0.0.1:{port}"}}
+    bind = "127.0.0.1" if testbed is None else "0.0.0.0"
+    config = {"version": 0.1, "log": {"level": "info"}, "http": {"addr": f"{bind}:{port}"}}
     config["storage"] = {"filesystem": {"rootdirectory": f"{work}/registry"}}
     path = os.path.join(work, "registry.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(config, f)
-    registry = Daemon("docker-registry", ["docker-registry", "serve", path], f"{work}/registry.log", "listening on")
+    argv = ["docker-registry", "serve", path]
+    if testbed is not None:
+        host = testbed.host(1)
+        subprocess.run(["ip", "-n", host.namespace, "addr", "add", f"{SECOND_ADDRESS}/24", "dev", "eth0"], check=True)
+        argv = host.exec(argv)
+    registry = Daemon("docker-registry", argv, f"{work}/registry.log", "listening on")
     registry.wait_for("listening on", READY_TIMEOUT)
     return port, registry
 
@@ -99,7 +118,9 @@ class Ctr:
         self.daemon.wait_for("successfully booted", READY_TIMEOUT)
 
     def run(self, *args: str) -> str:
-        done = subprocess.run(["ctr", "--address", self.socket, *args], check=True, capture_output=True, text=True)
+        done = subprocess.run(["ctr", "--address", self.socket, *args], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"ctr {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()}")
         return done.stdout
 
     def pull(self, hosts: str, image: str) -> float:
@@ -121,22 +142,24 @@ def hosts(directory: str, registry: str, server: str, mirror: str | None = None)
     """``directory/<registry>/hosts.toml``: ``mirror`` (an agent) first when given, then ``server``."""
     os.makedirs(os.path.join(directory, registry), exist_ok=True)
     text = f'server = "{server}"\n'
-    if mirror:
-        text += f'[host."http://{mirror}"]\n  capabilities = ["pull", "resolve"]\n'
+    # containerd 1.6 refuses a hosts.toml without a host table ("invalid `host` tree") and falls back to its
+    # defaults, which are plain HTTP only for loopback: the server is named as a host too when no mirror is.
+    host = f"http://{mirror}" if mirror else server
+    text += f'[host."{host}"]\n  capabilities = ["pull", "resolve"]\n'
     with open(os.path.join(directory, registry, "hosts.toml"), "w") as f:
         f.write(text)
     return directory
 
 
-def fleet(work: str, port: int, answer_timeout: str) -> Fleet:
-    component = host_component(f"127.0.0.1:{port}")
+def fleet(work: str, upstream: str, answer_timeout: str) -> Fleet:
+    component = host_component(upstream)
     assert component is not None
-    registry = {"address": f"http://127.0.0.1:{port}", "ns_prefix": True, "tag_ttl": "1m"}
+    registry = {"address": f"http://{upstream}", "ns_prefix": True, "tag_ttl": "1m"}
     backends = [{"namespace": re.escape(component) + "/.+", "registry": registry}]
     overrides = {
         "origin": {"backends": backends},
         "build-index": {"backends": backends},
-        "agent": {"upstream_namespaces": ["127.0.0.1:*"], "answer_timeout": answer_timeout},
+        "agent": {"upstream_namespaces": [upstream.rsplit(":", 1)[0] + ":*"], "answer_timeout": answer_timeout},
     }
     return Fleet(work, origins=1, replicas=1, agents=2, overrides=overrides)
 
@@ -146,12 +169,12 @@ def fell_back(registry: Daemon, start: int) -> bool:
     return any(ASKED_BY_CONTAINERD.search(line) for line in registry.since(start))
 
 
-def run_once(work: str, ctr: Ctr, registry: Daemon, port: int, answer_timeout: str) -> dict[str, float]:
-    upstream, other = f"127.0.0.1:{port}", f"localhost:{port}"
+def run_once(work: str, ctr: Ctr, registry: Daemon, upstream: str, other: str, answer_timeout: str) -> dict[str, float]:
+    """One run: ``upstream`` (host:port) is docker-registry, ``other`` another name of it that no agent mirrors."""
     server = f"http://{upstream}"
     r: dict[str, float] = {}
     r["direct"] = ctr.pull(hosts(f"{work}/direct", upstream, server), f"{upstream}/{REPO}:v1")
-    cluster = fleet(f"{work}/fleet", port, answer_timeout)
+    cluster = fleet(f"{work}/fleet", upstream, answer_timeout)
     try:
         for k, key in ((0, "first"), (1, "second")):
             mark = registry.mark()
@@ -178,8 +201,15 @@ def report(args: argparse.Namespace, runs: list[dict[str, float]]) -> str:
         f"### containerd pulls of an upstream image through the agents ({time.strftime('%Y-%m-%d')}, "
         f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()})",
         "",
-        f"`python bench/containerd_pull.py --size {args.size} --runs {args.runs}` — one uncompressed layer, "
-        f"median of {args.runs} run(s), a fresh cluster each run; {', '.join(fell)}.",
+        f"`python bench/containerd_pull.py --size {args.size} --runs {args.runs}"
+        + (f" --upstream-rate {args.upstream_rate}" if args.upstream_rate else "")
+        + "` — one uncompressed layer, "
+        + (
+            f"docker-registry behind a {args.upstream_rate} link (tbf, both ways), "
+            if args.upstream_rate
+            else "docker-registry on loopback, "
+        )
+        + f"median of {args.runs} run(s), a fresh cluster each run; {', '.join(fell)}.",
         "",
         "| layer | direct | agent, first host | first / direct (goal ≤ 1.2x) | agent, second host "
         "| second / direct (goal < 1x) |",
@@ -202,24 +232,36 @@ def main() -> int:
     p.add_argument("--answer-timeout", default="3s", help="the agents' answer_timeout (default: the product's)")
     p.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
     p.add_argument("--out", default=None, help="append the Markdown block to this file")
+    p.add_argument(
+        "--upstream-rate", default=None, help="put docker-registry behind a link capped at this rate (1Gbit)"
+    )
     args = p.parse_args()
+    if args.upstream_rate is None:
+        return measure(args, None)
+    with Testbed(1, parse_rate(args.upstream_rate), prefix="kbctr").up() as testbed:
+        return measure(args, testbed)
+
+
+def measure(args: argparse.Namespace, testbed: Testbed | None) -> int:
     work = args.work or tempfile.mkdtemp(prefix="kraken-bench-")
     layouts = {REPO: os.path.join(work, "layout"), FALLBACK: os.path.join(work, "layout-fallback")}
     for repo, layout in layouts.items():
         write_layout(layout, tag="v1", layers=1, random_layer_size=parse_size(args.size), seed=f"{repo}-{args.size}")
-    port, registry = start_registry(work)
+    port, registry = start_registry(work, testbed)
+    address = "127.0.0.1" if testbed is None else testbed.host(1).ip
+    upstream, other = f"{address}:{port}", (f"localhost:{port}" if testbed is None else f"{SECOND_ADDRESS}:{port}")
     ctr = Ctr(os.path.join(work, "containerd"))
     runs = []
     try:
         for repo, layout in layouts.items():
             subprocess.run(
                 ["skopeo", "copy", "-q", "--dest-tls-verify=false", "--preserve-digests", f"oci:{layout}:v1",
-                 f"docker://127.0.0.1:{port}/{repo}:v1"],
+                 f"docker://{upstream}/{repo}:v1"],
                 check=True,
             )  # fmt: skip
         for i in range(args.runs):
             shutil.rmtree(os.path.join(work, "fleet"), ignore_errors=True)
-            r = run_once(os.path.join(work, "run"), ctr, registry, port, args.answer_timeout)
+            r = run_once(os.path.join(work, "run"), ctr, registry, upstream, other, args.answer_timeout)
             runs.append(r)
             print(f"run {i + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
     finally:

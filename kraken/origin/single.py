@@ -40,6 +40,9 @@ POLL_FIRST = 1.0
 POLL_FACTOR = 1.3
 POLL_MAX = 5.0
 POLL_TIMEOUT = 15 * 60.0
+# An origin holds a question about a blob it is fetching (its ``fetch_hold``, 2 s by default) and answers as the
+# fetch ends: a 202 that took this long has paced the client already, which asks again at once.
+POLL_HELD = 1.0
 _POLL = RetryPolicy(backoff=POLL_FIRST, factor=POLL_FACTOR, max_backoff=POLL_MAX)  # bounded by time, not tries
 
 
@@ -125,15 +128,21 @@ class OriginClient(ServiceClient):
         """``attempt`` (retried as ``_retrying`` does) until it returns
         something other than ``PENDING`` (the origin answered 202: it is
         fetching the blob from its backend). Waits grow from ``POLL_FIRST``
-        by ``POLL_FACTOR`` up to ``POLL_MAX`` on the injected clock; after
-        ``poll_timeout`` seconds raises ``StillFetching``."""
+        by ``POLL_FACTOR`` up to ``POLL_MAX`` on the injected clock, except
+        after a 202 that took ``POLL_HELD`` seconds or more (the origin held
+        the question: it is asked again at once); after ``poll_timeout``
+        seconds raises ``StillFetching``."""
         deadline = self._clock.seconds() + self._poll_timeout
         polls = 0
         while True:
+            asked = self._clock.seconds()
             result = await self._retrying(what, attempt)
             if not isinstance(result, _Pending):
                 return result
-            delay, polls = _POLL.delay(polls), polls + 1
+            if self._clock.seconds() - asked >= POLL_HELD:
+                delay = 0.0
+            else:
+                delay, polls = _POLL.delay(polls), polls + 1
             if self._clock.seconds() + delay > deadline:
                 raise StillFetching(method, url, 202, f"still fetching after {self._poll_timeout:.0f}s".encode())
             log.debug("{what}: the origin is fetching the blob; asking again in {delay:.2f}s", what=what, delay=delay)

@@ -195,3 +195,19 @@ def test_the_client_gives_up_after_its_poll_timeout(origin: Origin) -> None:
         origin.run(work, step=0.5)
     assert origin.clock.seconds() <= 10.0
     assert 4 <= len(scripted.seen) <= 8  # 1, 1.3, 1.69, 2.2, 2.86: about 6 asks in 10 s
+
+
+@pytest.mark.parametrize(("hold", "heard"), [(0.0, 7.25), (2.0, 6.0)])
+def test_with_a_hold_the_client_hears_of_the_blob_as_it_lands(
+    origin: Origin, registry: Path, hold: float, heard: float
+) -> None:
+    """The backend's stat and download take 3 s each, so the blob lands at 6 s. Without a hold the client hears
+    of it at its next poll (asked at 3 s after the stat, then 1, 1.3 and 1.69 s later, on a clock stepping by
+    0.125 s: at 7.25 s); with
+    a hold each question waits for the fetch (until 5 s, then, asked again at once, until it lands)."""
+    fs = FSBackend(str(registry), ShardedDockerBlobPather(), worker=ClockWorker(origin.clock, 3.0))
+    f = BlobFetcher(origin.store, Router([("library/.*", fs)]), worker=origin.worker, clock=origin.clock, hold=hold)
+    origin.serve(PEER, "origin.test:15002", fetcher=f)
+    info = origin.run(client_for(origin).metainfo(NS, DIGEST), step=0.125)
+    assert info is not None and info.digest == DIGEST
+    assert origin.clock.seconds() == pytest.approx(heard, abs=0.2)
