@@ -260,7 +260,7 @@ def measure(args: argparse.Namespace, testbed: Testbed | None) -> int:
                 check=True,
             )  # fmt: skip
         for i in range(args.runs):
-            shutil.rmtree(os.path.join(work, "fleet"), ignore_errors=True)
+            shutil.rmtree(os.path.join(work, "run"), ignore_errors=True)  # every run starts cold
             r = run_once(os.path.join(work, "run"), ctr, registry, upstream, other, args.answer_timeout)
             runs.append(r)
             print(f"run {i + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)

@@ -259,15 +259,25 @@ class Observed(Resource):
         self._clock = observation.clock
         self._exact = observation.exact
         self._route = observation.route
+        # The exact paths as requests carry them: their label in one lookup (every announce is one).
+        self._exact_paths = {p.encode("latin-1"): p for p in observation.exact}
 
     def render(self, request: IRequest) -> Any:
         mine = self._mine.get(tuple(request.postpath))
         if mine is not None:
             return mine.render(request)
+        exact = self._exact_paths.get(request.path)
+        if exact is not None:  # the tracker's announces, thousands a second: counted, not timed
+            result = getChildForRequest(self._rest, request).render(request)
+            if result is not NOT_DONE_YET or getattr(request, "finished", False):
+                self._add(request, exact)
+            else:
+                request.notifyFinish().addBoth(lambda _: self._add(request, exact))  # type: ignore[attr-defined]  # Request has it
+            return result
         start = self._clock.seconds()
         result = getChildForRequest(self._rest, request).render(request)
         if result is not NOT_DONE_YET or getattr(request, "finished", False):
-            self._count(request, start)  # answered already (the tracker's announces): no Deferred to wait on
+            self._count(request, start)  # answered already: no Deferred to wait on
         else:
             request.notifyFinish().addBoth(lambda _: self._count(request, start))  # type: ignore[attr-defined]  # as above
         return result
@@ -276,9 +286,13 @@ class Observed(Resource):
         found = None if self._route is None else self._route(request.path)
         return found if found is not None else route_of(request, self._exact)
 
-    def _count(self, request: IRequest, start: float) -> None:
-        method, route = request.method, self._route_of(request)
+    def _add(self, request: IRequest, route: str) -> None:
+        method = request.method
         self._requests.add(route, method if method in METHODS else b"other", request.code)  # type: ignore[attr-defined]  # Request has it
+
+    def _count(self, request: IRequest, start: float) -> None:
+        route = self._route_of(request)
+        self._add(request, route)
         self._durations.observe((route,), self._clock.seconds() - start)
 
 

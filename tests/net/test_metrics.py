@@ -255,7 +255,8 @@ class Slow(Resource):
 
 def test_request_durations_are_a_histogram_by_route() -> None:
     clock, slow = Clock(), Slow()
-    observation = Observation(new_registry(), {}, clock=clock, exact=frozenset({"/slow"}))
+    route = lambda path: "/slow" if path == b"/slow" else None  # noqa: E731
+    observation = Observation(new_registry(), {}, clock=clock, route=route)
     stub = StubTreq(observed(slow, observation))
     d = stub.get(BASE + "/slow")
     stub.flush()
@@ -268,6 +269,20 @@ def test_request_durations_are_a_histogram_by_route() -> None:
     assert value(samples, "kraken_http_request_duration_seconds_sum", route="/slow") == 3.0
     assert value(samples, "kraken_http_request_duration_seconds_bucket", route="/slow", le="2.5") == 0.0
     assert value(samples, "kraken_http_request_duration_seconds_bucket", route="/slow", le="5.0") == 1.0
+
+
+def test_exact_paths_are_counted_not_timed() -> None:
+    """The tracker's announces (its ``exact`` path), thousands a second, answered in microseconds."""
+    clock, slow = Clock(), Slow()
+    stub = StubTreq(observed(slow, Observation(new_registry(), {}, clock=clock, exact=frozenset({"/slow"}))))
+    d = stub.get(BASE + "/slow")
+    stub.flush()
+    slow.answer()
+    stub.flush()
+    assert result_of(d, stub.flush).code == 200
+    samples = scrape(stub, BASE)
+    assert requests(samples, "/slow", "GET", "2xx") == 1.0
+    assert not [name for name, _ in samples if name.startswith("kraken_http_request_duration")], samples
 
 
 def test_the_cleanup_and_a_queue_backlog_are_series() -> None:
