@@ -22,6 +22,7 @@ from kraken.agent.source import AgentSource, LocalOrTracker, Mirror
 from kraken.agent.streams import StreamingSource
 from kraken.agent.upstreams import UpstreamNamespaces
 from kraken.buildindex.client import BuildIndexes
+from kraken.cluster.metrics import ServicesCollector
 from kraken.cluster.services import ServiceAddress, ServiceHosts, describe
 from kraken.core import PieceLengthRule
 from kraken.net import make_http_client
@@ -141,6 +142,7 @@ def _observation(
     if cleanup is not None:
         registry.register(cleanup_collector(lambda: cleanup.counts))
     registry.register(DiskCollector(root))
+    registry.register(ServicesCollector([tracker.hosts, index.hosts]))
     checks = {"tracker": tracker.health, "build-index": index.health}
     return Observation(registry, checks, clock=reactor, route=route_template)
 

@@ -10,6 +10,7 @@ from twisted.logger import Logger
 
 from kraken import config
 from kraken.buildindex.client import BuildIndexes
+from kraken.cluster.metrics import ServicesCollector
 from kraken.cluster.services import ServiceHosts, describe
 from kraken.net import make_http_client
 from kraken.net.metrics import Observation, new_registry, observed
@@ -65,8 +66,10 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
 
     UploadExpiry(api.expire_uploads, clock=reactor, ttl=cfg.uploads.ttl).setServiceParent(top)
 
+    registry = new_registry()
+    registry.register(ServicesCollector([index_hosts]))
     observation = Observation(
-        new_registry(), {"build-index": index.health, "origin": origin.health}, clock=reactor, route=route_template
+        registry, {"build-index": index.health, "origin": origin.health}, clock=reactor, route=route_template
     )
     site = make_site(
         observed(rate_limited(beside(api.resource(), preheat.resource()), cfg.limits, clock=reactor), observation),
