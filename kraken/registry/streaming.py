@@ -35,7 +35,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from kraken.registry.errors import JSON_CONTENT_TYPE, RangeInvalid, Unknown
+from kraken.files import errno_name, is_out_of_space
+from kraken.registry.errors import JSON_CONTENT_TYPE, InsufficientStorage, RangeInvalid, RegistryError, Unknown
 from kraken.registry.messages import registry_logger
 
 #: Bytes read from the partial file and written to the client at a time.
@@ -124,7 +125,11 @@ class _Stopped(Exception):
 
 
 class _Failed(Exception):
-    """The download failed, or the whole blob is not the digest asked for."""
+    """The download failed, or the whole blob is not the digest asked for; ``cause`` what it failed with."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 _PENDING = object()
@@ -188,7 +193,7 @@ class BlobProducer:
         if self._stopped:
             raise _Stopped()
         if isinstance(self._outcome, Failure):
-            raise _Failed(self._outcome.getErrorMessage() or repr(self._outcome.value))
+            raise _Failed(self._outcome.getErrorMessage() or repr(self._outcome.value), self._outcome.value)
 
     async def _wait(self, d: Deferred[Any], what: str) -> None:
         self._waiting, self._waiting_for = d, what
@@ -233,7 +238,7 @@ class BlobProducer:
                 digest=self._blob.digest,
             )
         except _Failed as e:
-            self._abort(str(e))
+            self._abort(str(e), e.cause)
         except Exception as e:  # a read failed (the disk): the response cannot go on
             self.log.failure("reading {digest} for a client failed", digest=self._blob.digest)
             self._abort(f"reading the partial blob failed: {e}")
@@ -242,15 +247,17 @@ class BlobProducer:
             if self._verified is not None and not self._verified.called:
                 self._verified.cancel()  # stop waiting for the download's end; the download goes on
 
-    def _abort(self, reason: str) -> None:
+    def _abort(self, reason: str, cause: BaseException | None = None) -> None:
         if self._stopped:
             return
         request = self._request
         request.unregisterProducer()
         if not request.startedWriting:
-            error = Unknown(
+            error: RegistryError = Unknown(
                 f"the agent could not download this blob: {reason}", detail={"digest": self._blob.digest}, status=502
             )
+            if cause is not None and is_out_of_space(cause):  # this host's disk is full: 507, as anywhere (errors.py)
+                error = InsufficientStorage(detail={"reason": errno_name(cause), "digest": self._blob.digest})
             request.setResponseCode(error.status)
             request.responseHeaders.removeHeader(b"content-range")
             request.setHeader(b"content-type", JSON_CONTENT_TYPE)

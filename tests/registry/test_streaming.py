@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from kraken.core import Digest
+from kraken.files import OutOfSpace
 from kraken.registry.errors import RangeInvalid
 from kraken.registry.streaming import StreamingBlob, byte_range
 
@@ -194,6 +196,16 @@ def test_a_download_failing_before_any_byte_is_a_502_in_oci_json(registry: Regis
     assert (status, headers["content-type"]) == (502, "application/json")
     assert b'"code":"UNKNOWN"' in body and b"no piece arrived" in body
     assert len(body) == int(headers["content-length"])
+    wire.close()
+
+
+def test_a_download_stopped_by_a_full_disk_before_any_byte_is_a_507(registry: Registry, download: FakeDownload) -> None:
+    wire = Wire(registry)
+    download.finish(OutOfSpace("the partial download", OSError(errno.ENOSPC, "No space left on device")))
+    wire.settle()
+    status, headers, body = wire.response()
+    assert (status, headers["content-type"]) == (507, "application/json")
+    assert b'"code":"UNKNOWN"' in body and b"no space left on device" in body and b"ENOSPC" in body
     wire.close()
 
 
