@@ -39,8 +39,15 @@ def json(out: IO[str] | None = None) -> ILogObserver:
 
 
 def event_line(event: LogEvent) -> str:
-    """``event`` as one line of JSON (with its newline)."""
-    return _json.dumps(event_document(event), default=str, ensure_ascii=False, separators=(", ", ": ")) + "\n"
+    """``event`` as one line of JSON (with its newline); an event whose fields JSON cannot hold (a dict with
+    keys that are not text, say) keeps its fixed keys and its fields' ``repr`` rather than being lost."""
+    doc = event_document(event)
+    try:
+        return _json.dumps(doc, default=str, ensure_ascii=False, separators=(", ", ": ")) + "\n"
+    except (TypeError, ValueError):
+        fixed = {key: doc[key] for key in FIXED}
+        fixed["unserialisable"] = repr({k: v for k, v in doc.items() if k not in FIXED})
+        return _json.dumps(fixed, default=str, ensure_ascii=True, separators=(", ", ": ")) + "\n"
 
 
 def event_document(event: LogEvent) -> dict[str, Any]:

@@ -98,12 +98,17 @@ class _Flight:
             _fire(d, error)
 
     def when_done(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
+        """Fires once the fetch ended; cancelling it (a held question that timed out) forgets it."""
+        d: Deferred[None] = Deferred(lambda cancelled: self._forget(cancelled))
         if self._finished:
             d.callback(None)
         else:
             self._done_waiters.append(d)
         return d
+
+    def _forget(self, d: Deferred[None]) -> None:
+        if d in self._done_waiters:
+            self._done_waiters.remove(d)
 
     def done(self) -> None:
         self._finished = True

@@ -40,17 +40,22 @@ class BlobHandlers:
         if resource is None:
             raise BlobUnknown(detail={"digest": str(digest)})
         raw_range = request.getHeader(b"range")
-        if raw_range is not None and backwards_range(raw_range):
-            # static.File ignores such a range and sends everything; the OCI
-            # conformance suite (ranges "500-0") expects 416.
-            size = await self._source.stat_blob(name, digest)
-            raise RangeInvalid(
-                f"unsatisfiable Range {text(raw_range)!r}",
-                status=416,
-                headers={"Content-Range": f"bytes */{size if size is not None else '*'}"},
-            )
-        if isinstance(resource, StreamingBlob):
-            resource.select(byte_range(raw_range, resource.length))
+        try:
+            if raw_range is not None and backwards_range(raw_range):
+                # static.File ignores such a range and sends everything; the OCI
+                # conformance suite (ranges "500-0") expects 416.
+                size = await self._source.stat_blob(name, digest)
+                raise RangeInvalid(
+                    f"unsatisfiable Range {text(raw_range)!r}",
+                    status=416,
+                    headers={"Content-Range": f"bytes */{size if size is not None else '*'}"},
+                )
+            if isinstance(resource, StreamingBlob):
+                resource.select(byte_range(raw_range, resource.length))
+        except BaseException:
+            if isinstance(resource, StreamingBlob):
+                resource.blob.close()  # it holds the partial file open; only a response closes it otherwise
+            raise
         request.setHeader(b"docker-content-digest", str(digest).encode())
         # Klein renders the returned resource after walking request.postpath;
         # it must render as itself, not look up children.

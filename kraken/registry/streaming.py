@@ -19,7 +19,7 @@ The rules (docs/operations.md section 26):
   as whole once it has that many bytes, so the last one is held back until the blob is proven to be the digest
   asked for. If that check fails, or the download fails, after the headers went out, the connection is aborted:
   the client sees a short body, an error for every HTTP client, never a complete response of the wrong bytes.
-  Before the headers went out, the answer is 502 UNKNOWN in OCI error JSON;
+  Before the headers went out, the answer is 502 UNKNOWN in OCI error JSON (507 when this host's disk is full);
 - a client that closes the connection early stops the reads; it is logged at debug level only.
 """
 

@@ -58,7 +58,7 @@ def peer_row(entry: Entry, now: float) -> dict[str, Any]:
     """One peer of a swarm's document."""
     peer, doc = entry.peer, entry.progress
     row: dict[str, Any] = {
-        "peer_id": peer.peer_id, "address": f"{peer.ip}:{peer.port}", "kind": "origin" if peer.origin else "agent",
+        "peer_id": peer.peer_id, "address": peer.address, "kind": "origin" if peer.origin else "agent",
         "complete": peer.complete, "age": round(now - entry.seen, 1), "progress": None,
     }  # fmt: skip
     if doc is not None:

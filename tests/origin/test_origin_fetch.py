@@ -189,6 +189,7 @@ def test_with_a_hold_a_long_fetch_is_still_pending_after_it(origin: Origin, back
     asked = Deferred.fromCoroutine(fetcher.ensure(NS, DIGEST))
     origin.clock.advance(2.0)
     assert result_of(asked) is False  # 202: ask again
+    assert fetcher._flights[DIGEST]._done_waiters == []  # the held question's wait is forgotten with it
     assert fetcher.fetching(DIGEST) and origin.clock.getDelayedCalls() == []
     backend.gate.callback(None)
     assert ensure(fetcher)

@@ -168,9 +168,16 @@ def test_a_range_is_206_as_soon_as_its_first_piece_is_checked(
     wire.close()
 
 
-def test_an_unsatisfiable_range_is_416_with_the_size(registry: Registry) -> None:
+def test_an_unsatisfiable_range_is_416_with_the_size(registry: Registry, download: FakeDownload) -> None:
     r = registry.get(f"/v2/a/blobs/{DIGEST}", headers={"Range": f"bytes={len(DATA)}-"})
     assert (r.code, r.error_code, r.header("Content-Range")) == (416, "RANGE_INVALID", f"bytes */{len(DATA)}")
+    assert download.closed == 1  # the partial file opened for the answer is closed with the refusal
+
+
+def test_a_backwards_range_is_416_and_closes_the_blob(registry: Registry, download: FakeDownload) -> None:
+    r = registry.get(f"/v2/a/blobs/{DIGEST}", headers={"Range": "bytes=500-0"})
+    assert (r.code, r.error_code) == (416, "RANGE_INVALID")
+    assert download.closed == 1
 
 
 def test_a_failed_whole_blob_check_aborts_the_connection(registry: Registry, download: FakeDownload) -> None:
