@@ -8,11 +8,11 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import treq
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from kraken.cli.status import _why, http_client
+from kraken.net.client import limited_content
 
 #: The most of an answer read.
 MAX_ANSWER = 16 << 20
@@ -36,8 +36,7 @@ async def call(
 
     async def go() -> tuple[int, bytes]:
         response = await client.request(method, url, data=data, headers=dict(headers or {}))
-        body = await treq.content(response)
-        return response.code, body[:MAX_ANSWER]
+        return response.code, await limited_content(response, clock, MAX_ANSWER, timeout)
 
     d = Deferred.fromCoroutine(go())
     d.addTimeout(timeout, clock)
