@@ -49,7 +49,8 @@ class Bitfield:
             raise IndexError(f"piece {i} outside 0..{self._length - 1}")
 
     def __getitem__(self, i: int) -> bool:
-        self._check(i)
+        if not 0 <= i < self._length:  # _check, inlined: the dispatcher asks millions of times per blob
+            raise IndexError(f"piece {i} outside 0..{self._length - 1}")
         return bool(self._bits[i >> 3] & (0x80 >> (i & 7)))
 
     def set(self, i: int) -> None:
