@@ -22,6 +22,7 @@ status or install could not be written, so no partial file stays behind.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -223,10 +224,24 @@ def _prepare(directory: str, info: MetaInfo) -> bytes | None:
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory)
     with open(os.path.join(directory, "data"), "wb") as f:
-        f.truncate(info.length)
+        _reserve(f.fileno(), info.length)
     _write_atomically(os.path.join(directory, "metainfo"), info.to_json())
     _write_atomically(os.path.join(directory, "pieces"), Bitfield(info.num_pieces).to_bytes())
     return None
+
+
+def _reserve(fd: int, length: int) -> None:
+    """Give the new data file its ``length`` on disk now, so that a blob this disk cannot hold fails here with
+    ENOSPC (a clean 507 before any byte is served, ``kraken.files``) rather than halfway through the download;
+    a sparse file where the filesystem cannot reserve space."""
+    if length > 0:
+        try:
+            os.posix_fallocate(fd, 0, length)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+    os.ftruncate(fd, length)
 
 
 def sha256_file(path: str, algorithm: str = "sha256") -> str:

@@ -1,5 +1,6 @@
 """DownloadArea: piece-by-piece downloads, verified, resumable, installed atomically."""
 
+import errno
 import os
 
 import pytest
@@ -165,3 +166,32 @@ def test_when_piece_fires_once_the_piece_is_written(tmp_path):
 
 async def _awaited(d):
     return await d
+
+
+def test_a_new_download_reserves_its_length_and_a_full_disk_refuses_it_at_once(tmp_path, monkeypatch):
+    s = store(tmp_path)
+    run(s.downloads.open(INFO))
+    data = tmp_path / "downloads" / INFO.digest.hex / "data"
+    assert os.path.getsize(data) == len(DATA) and os.stat(data).st_blocks * 512 >= len(DATA)  # allocated, not sparse
+
+    other = MetaInfo.from_bytes(DATA[::-1], PIECE)
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("kraken.store.downloads.os.posix_fallocate", full)
+    with pytest.raises(OSError) as caught:
+        run(s.downloads.open(other))
+    assert caught.value.errno == errno.ENOSPC
+    assert sorted(os.listdir(tmp_path / "downloads")) == [INFO.digest.hex]  # nothing left of the refused one
+
+
+def test_where_space_cannot_be_reserved_the_data_file_is_sparse(tmp_path, monkeypatch):
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr("kraken.store.downloads.os.posix_fallocate", unsupported)
+    s = store(tmp_path)
+    partial = run(s.downloads.open(INFO))
+    assert os.path.getsize(tmp_path / "downloads" / INFO.digest.hex / "data") == len(DATA)
+    assert run(partial.write_piece(0, piece(0))) is True
