@@ -21,6 +21,8 @@ Each daemon wraps its HTTP resource once, in its ``tap.py``::
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 import shutil
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -111,8 +113,29 @@ class RequestCounts(Collector):
 
 
 def new_registry() -> CollectorRegistry:
-    """A daemon's own registry (``auto_describe``: a collector's names are checked when it is registered)."""
-    return CollectorRegistry(auto_describe=True)
+    """A daemon's own registry (``auto_describe``: a collector's names are checked when it is registered), with
+    ``kraken_build_info`` in it."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(BuildInfo())
+    return registry
+
+
+class BuildInfo(Collector):
+    """``kraken_build_info{version, python} 1``: which release a daemon runs (``kraken status`` shows it)."""
+
+    def __init__(self) -> None:
+        try:
+            version = importlib.metadata.version("kraken-py")
+        except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+            version = "unknown"
+        self._labels = [version, platform.python_version()]
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "kraken_build_info", "The release this daemon runs (always 1).", labels=["version", "python"]
+        )
+        family.add_metric(self._labels, 1.0)
+        yield family
 
 
 class MetricsResource(Resource):

@@ -299,3 +299,12 @@ def test_the_cleanup_and_a_queue_backlog_are_series() -> None:
     assert value(samples, "kraken_store_cleanup_sweep_failures_total") == 1.0
     assert value(samples, "kraken_test_queue_pending") == 4.0
     assert value(samples, "kraken_test_queue_lag_seconds") == 90.0
+
+
+def test_every_daemon_registry_says_which_release_it_runs() -> None:
+    import importlib.metadata
+    import platform
+
+    registry = new_registry()
+    labels = {"version": importlib.metadata.version("kraken-py"), "python": platform.python_version()}
+    assert registry.get_sample_value("kraken_build_info", labels) == 1.0
