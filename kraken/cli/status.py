@@ -12,7 +12,8 @@ The daemons come from flags (``--origin URL``... once per daemon) or a cluster f
 For each daemon: alive (``/health`` answers 200), ready (``/readiness`` answers 200; else the dependencies it
 names as down), the version (``kraken_build_info{version}`` when the daemon serves it), and from ``/metrics``
 (parsed with prometheus_client's parser): the ring's members and unhealthy members on an origin, and the
-queue depths: the origin's write-back (``kraken_origin_writeback_pending``) and the build-index's replication
+queue depths: the write-back of the origin's blobs and of the build-index's tags (``kraken_origin_writeback_pending``,
+``kraken_buildindex_writeback_pending``) and the build-index's replication
 (``kraken_buildindex_replication_pending``, summed over remotes). Exit status: 0 every daemon alive and ready,
 1 any not, 2 a usage or configuration error.
 """
@@ -37,10 +38,11 @@ TLS_KEYS = ("ca", "cert", "key")
 TIMEOUT = 5.0
 #: The most of ``/metrics`` read from one daemon.
 MAX_METRICS_BYTES = 8 << 20
-QUEUES = {
-    "writeback": "kraken_origin_writeback_pending",
-    "replication": "kraken_buildindex_replication_pending",
-}
+QUEUES = (
+    ("writeback", "kraken_origin_writeback_pending"),
+    ("writeback", "kraken_buildindex_writeback_pending"),  # tags written back to the build-index's backends
+    ("replication", "kraken_buildindex_replication_pending"),
+)
 
 
 class ClusterFileError(ValueError):
@@ -126,7 +128,7 @@ def read_metrics(status: DaemonStatus, body: str) -> None:
         status.ring_members = int(found["kraken_origin_ring_members"][0][1])
     if "kraken_origin_ring_unhealthy_members" in found:
         status.ring_unhealthy = int(found["kraken_origin_ring_unhealthy_members"][0][1])
-    for queue, name in QUEUES.items():
+    for queue, name in QUEUES:
         if name in found:
             status.queues[queue] = int(sum(value for _, value in found[name]))
 

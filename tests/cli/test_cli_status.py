@@ -37,6 +37,9 @@ INDEX_METRICS = """\
 # TYPE kraken_buildindex_replication_pending gauge
 kraken_buildindex_replication_pending{remote="east"} 2.0
 kraken_buildindex_replication_pending{remote="west"} 5.0
+# HELP kraken_buildindex_writeback_pending Tags waiting to be written back.
+# TYPE kraken_buildindex_writeback_pending gauge
+kraken_buildindex_writeback_pending 4.0
 """
 NOT_READY = b'{"ready": false, "error": "not ready: origin unreachable", "down": ["origin"]}'
 
@@ -85,7 +88,7 @@ def test_a_healthy_cluster_with_its_ring_and_queues():
     assert (origin.alive, origin.ready, origin.error) == (True, True, None)
     assert (origin.ring_members, origin.ring_unhealthy, origin.version) == (3, 1, "0.1.0")
     assert origin.queues == {"writeback": 7}
-    assert index.queues == {"replication": 7}
+    assert index.queues == {"replication": 7, "writeback": 4}
     assert (tracker.ring_members, tracker.queues, tracker.version) == (None, {}, None)
     assert status.exit_code([origin, index, tracker]) == 0
 
