@@ -11,8 +11,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from kraken.cli.status import _why, http_client
-from kraken.net.client import limited_content
+from kraken.cli.status import _why, fetch, http_client
 
 #: The most of an answer read.
 MAX_ANSWER = 16 << 20
@@ -33,15 +32,8 @@ async def call(
     headers: Mapping[bytes, list[bytes]] | None = None,
 ) -> tuple[int, bytes]:
     """(status, body) of one request, given up after ``timeout`` seconds; ``CallFailed`` saying why it failed."""
-
-    async def go() -> tuple[int, bytes]:
-        response = await client.request(method, url, data=data, headers=dict(headers or {}))
-        return response.code, await limited_content(response, clock, MAX_ANSWER, timeout)
-
-    d = Deferred.fromCoroutine(go())
-    d.addTimeout(timeout, clock)
     try:
-        return await d
+        return await fetch(client, method, url, clock, timeout, MAX_ANSWER, data=data, headers=headers)
     except Exception as e:
         raise CallFailed(_why(e, timeout)) from None
 

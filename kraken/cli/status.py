@@ -26,11 +26,12 @@ from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 import attrs
-import treq
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
+
+from kraken.net.client import limited_content
 
 KINDS = ("origin", "tracker", "build_index", "proxy", "agent")
 TLS_KEYS = ("ca", "cert", "key")
@@ -133,15 +134,31 @@ def read_metrics(status: DaemonStatus, body: str) -> None:
             status.queues[queue] = int(sum(value for _, value in found[name]))
 
 
-async def _get(client: Any, url: str, clock: IReactorTime, timeout: float) -> tuple[int, bytes]:
+async def fetch(
+    client: Any,
+    method: str,
+    url: str,
+    clock: IReactorTime,
+    timeout: float,
+    limit: int,
+    *,
+    data: bytes | None = None,
+    headers: Mapping[bytes, list[bytes]] | None = None,
+) -> tuple[int, bytes]:
+    """(status, body) of one request given up after ``timeout`` seconds, its body refused past ``limit`` bytes
+    as it arrives (``kraken.net.client.limited_content``)."""
+
     async def go() -> tuple[int, bytes]:
-        response = await client.get(url)
-        body = await treq.content(response)
-        return response.code, body[:MAX_METRICS_BYTES]
+        response = await client.request(method, url, data=data, headers=dict(headers or {}))
+        return response.code, await limited_content(response, clock, limit, timeout)
 
     d = Deferred.fromCoroutine(go())
     d.addTimeout(timeout, clock)
     return await d
+
+
+async def _get(client: Any, url: str, clock: IReactorTime, timeout: float) -> tuple[int, bytes]:
+    return await fetch(client, "GET", url, clock, timeout, MAX_METRICS_BYTES)
 
 
 def _why(error: BaseException, timeout: float) -> str:
