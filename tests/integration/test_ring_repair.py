@@ -1,8 +1,9 @@
 """Ring repair with real origins: three ``twistd kraken-origin`` processes, replicas 2.
 
-Blobs are uploaded to the first member of their placement, which copies each to the second. One member is then
-SIGKILLed and, once the others have marked it unhealthy, replaced by an empty member at the same address (a new
-disk: a fresh store root). Nobody asks for a blob: the survivors' repair (``repair.grace: 0s``, so the return
+Blobs are uploaded to both members of their placement: the first copies each to the second, which then answers
+409 (the second upload only makes sure: a health check that failed while the cluster started may skip a copy).
+One member is then SIGKILLed and, once the others have marked it unhealthy, replaced by an empty member at the
+same address (a new disk: a fresh store root). Nobody asks for a blob: the survivors' repair (``repair.grace: 0s``, so the return
 of the member is enough) must copy to the newcomer every blob it should hold, and each blob must then be, on
 disk, on both members of its placement. Every wait is for a log line of a daemon, through the reactor, bounded.
 """
@@ -146,10 +147,14 @@ def on_disk(root: str, digest: Digest) -> bool:
 
 
 async def upload(http: Any, member: str, data: bytes) -> Digest:
-    """A client's upload to ``member`` (which copies it to the other replica before its 201)."""
+    """A client's upload to ``member``, which copies it to the other replica before its 201 (unless it holds
+    that replica unhealthy then, as it may while the cluster starts). ``member`` may hold it already: a 409."""
     digest = Digest.from_bytes(data)
     base = f"http://{member}/namespace/{NS}/blobs/{digest}/uploads"
     started = await http.post(base)
+    if started.code == 409:
+        await started.content()
+        return digest
     assert started.code == 200, await started.text()
     url = f"{base}/{started.headers.getRawHeaders('location')[0]}"
     await started.content()
@@ -173,14 +178,20 @@ async def test_an_empty_replacement_is_filled_by_the_survivors(
         digests = []
         for n in range(30):
             data = f"{uuid.uuid4()} blob {n} ".encode() * 2000
-            digests.append(await upload(http, ring.placement(Digest.from_bytes(data))[0], data))
+            # To both members of its placement: the second upload is a 409 unless the first origin's copy was skipped.
+            for member in ring.placement(Digest.from_bytes(data)):
+                digest = await upload(http, member, data)
+            digests.append(digest)
         for digest in digests:
             assert all(on_disk(cluster.roots[cluster.members.index(m)], digest) for m in ring.placement(digest))
 
         # The member that should hold the most blobs goes, and its disk with it.
         lost = max(range(3), key=lambda i: sum(cluster.members[i] in ring.placement(d) for d in digests))
         survivors = [origins[i] for i in range(3) if i != lost]
-        marks = [o.when(reactor, f"cluster member {cluster.members[lost]} is unhealthy") for o in survivors]
+        # From now on: each survivor marked every member unhealthy once already, while the others started.
+        marks = [
+            o.when(reactor, f"cluster member {cluster.members[lost]} is unhealthy", len(o.lines)) for o in survivors
+        ]
         await origins[lost].stop("KILL")
         for mark in marks:
             await mark
@@ -191,7 +202,8 @@ async def test_an_empty_replacement_is_filled_by_the_survivors(
         # Each survivor sees it back and walks its store; no client asks for anything.
         sent = 0
         for origin, start in zip(survivors, from_now, strict=True):
-            done = await origin.when(reactor, "repair: walk done", start)
+            back = await origin.when(reactor, f"repair: walking the store ({cluster.members[lost]} is back", start)
+            done = await origin.when(reactor, "repair: walk done", origin.lines.index(back, start))
             found = re.search(r"(\d+) copies sent .* (\d+) failed", done)
             assert found is not None and found.group(2) == "0", done
             sent += int(found.group(1))
