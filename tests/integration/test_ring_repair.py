@@ -3,9 +3,10 @@
 Blobs are uploaded to both members of their placement: the first copies each to the second, which then answers
 409 (the second upload only makes sure: a health check that failed while the cluster started may skip a copy).
 One member is then SIGKILLed and, once the others have marked it unhealthy, replaced by an empty member at the
-same address (a new disk: a fresh store root). Nobody asks for a blob: the survivors' repair (``repair.grace: 0s``, so the return
-of the member is enough) must copy to the newcomer every blob it should hold, and each blob must then be, on
-disk, on both members of its placement. Every wait is for a log line of a daemon, through the reactor, bounded.
+same address (a new disk: a fresh store root). Nobody asks for a blob: the survivors' repair (``repair.grace:
+0s``, so the return of the member is enough) must copy to the newcomer every blob it should hold, and each
+blob must then be, on disk, on both members of its placement. Every wait is for a log line of a daemon,
+through the reactor, bounded.
 """
 
 from __future__ import annotations
