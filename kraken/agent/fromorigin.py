@@ -34,6 +34,7 @@ from typing import Protocol
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.web.client import ResponseFailed
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from kraken.backends.remote import BodySink, Discard
@@ -98,9 +99,8 @@ class OriginStreams:
             if await self._store.stat(digest) is not None:
                 return None
             growing = await self._open(namespace, digest)
-        if growing is None or not growing.live:
-            return None
-        return StreamingBlob(GrowingReader(str(digest), growing, self._worker))
+        reader = None if growing is None else await GrowingReader.open(str(digest), growing, self._worker)
+        return None if reader is None else StreamingBlob(reader)
 
     async def _open(self, namespace: str, digest: Digest) -> GrowingFile | None:
         try:
@@ -165,7 +165,7 @@ class OriginStreams:
             self.log.warn(
                 "streaming {digest} from its origin failed: {error}; nothing installed",
                 digest=str(digest),
-                error=str(e) or type(e).__name__,
+                error=_describe(e),
                 namespace=namespace,
             )
             growing.end(e)
@@ -173,6 +173,15 @@ class OriginStreams:
             del self._running[digest]
             if not installed:
                 await self._worker.run(remove_quietly, path)
+
+
+def _describe(e: BaseException) -> str:
+    """A failure in words: a response that broke off names what ended it (the origin aborts a blob it could
+    not prove), not a list of Failures."""
+    if isinstance(e, ResponseFailed):
+        reasons = ", ".join(sorted({r.type.__name__ for r in e.reasons})) or "unknown"
+        return f"the origin's answer broke off ({reasons})"
+    return str(e) or type(e).__name__
 
 
 def _create_reserved(path: str, length: int) -> tuple[int, int]:

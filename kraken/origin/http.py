@@ -390,14 +390,16 @@ class OriginHTTP:
         """A ``Kraken-Stream`` GET: the fetch in progress, as it arrives; 204 when there is none to read."""
         assert self._reads is not None
         growing = await self._node.growing(ns, digest)
-        if growing is None:
+        reader = None if growing is None else await GrowingReader.open(str(digest), growing, self._reads)
+        if growing is None or reader is None:
             return _empty(request, 204)
         try:
             wanted = byte_range(request.getHeader(b"range"), growing.length)
         except RangeInvalid as e:
+            reader.close()
             request.setHeader(b"content-range", b"bytes */%d" % growing.length)
             raise HTTPError(416, e.message) from None
-        resource = StreamingBlob(GrowingReader(str(digest), growing, self._reads))
+        resource = StreamingBlob(reader)
         resource.select(wanted)
         self.log.info("streaming {digest} to a client while it is fetched", digest=str(digest), namespace=ns)
         request.postpath = []

@@ -118,8 +118,17 @@ class DescriptorReads:
 
 
 class GrowingReader(DescriptorReads):
-    """A ``GrowingFile`` as ``StreamingBlob`` reads it (``IncomingBlob``). Made while the file is ``live``
-    (``ValueError`` otherwise); ``close`` it once (the producer does)."""
+    """A ``GrowingFile`` as ``StreamingBlob`` reads it (``IncomingBlob``). ``open`` it; ``close`` it once (the
+    producer does)."""
+
+    @classmethod
+    async def open(cls, digest: str, growing: GrowingFile, worker: Worker) -> GrowingReader | None:
+        """A reader once the writer has the file open; None if the file ended first (failed, or whole already)."""
+        try:
+            await growing.opened()
+        except Exception:
+            return None
+        return cls(digest, growing, worker) if growing.live else None
 
     def __init__(self, digest: str, growing: GrowingFile, worker: Worker) -> None:
         super().__init__(digest, growing.open_reader(), worker)

@@ -6,8 +6,9 @@ readers (``kraken.registry.streaming.GrowingReader``) serve the bytes already on
 
 - ``length``: the size the file will have (the backend's ``stat``, an origin's ``Content-Length``);
 - ``advance(n)``: the writer has the first ``n`` bytes on disk; ``when_written(n)`` fires once it has;
-- ``attach(fd)``: a descriptor of the file that readers duplicate (``open_reader``), so that renames and deletions
-  of the file (the commit, the cleanup of a failure) never pull it from under them. A second ``attach`` (the
+- ``attach(fd)``: a descriptor of the file that readers duplicate (``open_reader``, once ``opened()`` fired), so
+  that renames and deletions of the file (the commit, the cleanup of a failure) never pull it from under them.
+  A second ``attach`` (the
   writer started again from byte 0: a retried download) ends the file for its readers, who may have read bytes
   of the first attempt: they get an error, the writer goes on without them;
 - ``end(error)``: the file is whole and proven to be what it was named for (None: the writer committed it), or
@@ -36,13 +37,14 @@ class GrowingFile:
         self._fd: int | None = None
         self._waiters: list[tuple[int, Deferred[None]]] = []
         self._ends: list[Deferred[None]] = []
+        self._opens: list[Deferred[None]] = []
         self._error: BaseException | None = None
         self._done = False
 
     @property
     def live(self) -> bool:
-        """Whether a reader may still join: not ended, and its bytes are on a descriptor."""
-        return not self._done and self._fd is not None
+        """Whether a reader may still join (once ``opened``): not ended."""
+        return not self._done
 
     @property
     def succeeded(self) -> bool:
@@ -58,6 +60,19 @@ class GrowingFile:
             self.end(Restarted("the download started again from its first byte"))
             return
         self._fd = fd
+        opens, self._opens = self._opens, []
+        for d in opens:
+            d.callback(None)
+
+    def opened(self) -> Deferred[None]:
+        """Fires once readers may ``open_reader`` (the writer attached the file); fails if it ended first."""
+        if self._done:
+            return fail(Failure(self._error or ValueError("the file ended before a reader came")))
+        if self._fd is not None:
+            return succeed(None)
+        d: Deferred[None] = Deferred(lambda d: self._opens.remove(d) if d in self._opens else None)
+        self._opens.append(d)
+        return d
 
     def advance(self, written: int) -> None:
         """The first ``written`` bytes are on disk."""
@@ -98,6 +113,9 @@ class GrowingFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        opens, self._opens = self._opens, []
+        for d in opens:
+            d.errback(Failure(error or ValueError("the file ended before it was opened")))
         ends, self._ends = self._ends, []
         for d in ends:
             if error is None:
