@@ -107,9 +107,9 @@ class GrowingFile:
         """The file is proven (None) or failed (``error``); its descriptor is closed (readers hold their own)."""
         if self._done:
             return
-        self._done, self._error = True, error
         if error is None:
             self.advance(self.length)
+        self._done, self._error = True, error
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
