@@ -17,6 +17,7 @@ from twisted.web.http import PotentialDataLoss
 
 from kraken.backends import Router
 from kraken.core import Digest
+from kraken.origin.cluster import _FirstOf
 from kraken.origin.fetch import BlobFetcher
 from kraken.origin.http import OriginHTTP
 from kraken.store.growing import GrowingFile
@@ -162,3 +163,26 @@ def test_a_stream_get_of_a_wrong_blob_never_completes(
     origin.run(answer.addCallback(lambda _: None))
     assert failures and failures[0].check(ResponseFailed, PotentialDataLoss), failures  # aborted: never complete
     assert result_of(origin.store.stat(DIGEST)) is None
+
+
+def test_in_a_cluster_the_backend_after_the_other_origins_tells_its_progress(
+    origin: Origin, backend: GrowingBackend
+) -> None:
+    others = FakeBackend()  # the other origins: they lack the blob
+    f = BlobFetcher(origin.store, Router([("library/.*", _FirstOf([others, backend]))]), worker=origin.worker,
+                    clock=origin.clock)  # fmt: skip
+    file = result_of(f.growing(NS, DIGEST))
+    assert file is not None and file.written == HALF
+    backend.rest.callback(None)
+    assert file.succeeded and result_of(origin.store.stat(DIGEST)) == len(DATA)
+
+
+def test_a_blob_another_origin_copies_is_not_streamed(origin: Origin, backend: GrowingBackend) -> None:
+    others = FakeBackend()  # the other origins hold it: their copy does not tell its progress
+    others.blobs[DIGEST.hex] = DATA
+    others.gate = Deferred()
+    f = BlobFetcher(origin.store, Router([("library/.*", _FirstOf([others, backend]))]), worker=origin.worker,
+                    clock=origin.clock)  # fmt: skip
+    assert result_of(f.growing(NS, DIGEST)) is None and f.fetching(DIGEST)
+    others.gate.callback(None)
+    assert result_of(origin.store.stat(DIGEST)) == len(DATA)
