@@ -29,11 +29,13 @@ import hashlib
 import os
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol as WireProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
@@ -115,7 +117,7 @@ class OriginStreams:
             return None
         running = self._running.get(digest)  # opened meanwhile by another request
         if running is not None:
-            response.deliverBody(Discard())
+            response.deliverBody(_Drop())  # a second copy of the same stream: not read
             return running
         growing = self._running[digest] = GrowingFile(int(response.length))
         Deferred.fromCoroutine(self._write(namespace, digest, response, growing)).addErrback(
@@ -173,6 +175,17 @@ class OriginStreams:
             del self._running[digest]
             if not installed:
                 await self._worker.run(remove_quietly, path)
+
+
+class _Drop(WireProtocol):
+    """Drops a response body unread (its connection is closed)."""
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(transport)
+        transport.stopProducing()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        pass
 
 
 def _describe(e: BaseException) -> str:

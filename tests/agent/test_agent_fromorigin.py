@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from results import result_of
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -180,3 +181,24 @@ def test_stream_from_origins_is_off_by_default_and_a_bad_url_is_a_config_error(t
     path.write_text('stream_from_origins: ["http://origin-1:15002", "http://origin-2:15002"]\n')
     built = kconfig.build(AgentConfig, kconfig.load(str(path)))
     assert tuple(built.stream_from_origins) == ("http://origin-1:15002", "http://origin-2:15002")
+
+
+def test_two_requests_that_open_at_once_share_one_stream(store: CAStore, tmp_path: Path) -> None:
+    first, second = Response(200, len(DATA)), Response(200, len(DATA))
+    answers: list[Deferred[Any]] = [Deferred(), Deferred()]
+
+    class Slow(Origins):
+        async def get(self, namespace: str, digest: Digest, *, method: str = "GET", headers: Any = None) -> Any:
+            return await answers.pop(0)
+
+    s = streams(store, tmp_path, Slow())
+    pending = list(answers)
+    a, b = Deferred.fromCoroutine(s.resource(NS, DIGEST)), Deferred.fromCoroutine(s.resource(NS, DIGEST))
+    pending[0].callback(first)
+    pending[1].callback(second)
+    assert second.body.transport.stopped  # the second copy is dropped unread
+    first.send(DATA)
+    first.end()
+    assert result_of(store.stat(DIGEST)) == len(DATA)
+    for d in (a, b):
+        result_of(d).blob.close()
