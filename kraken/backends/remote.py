@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -259,7 +260,8 @@ async def stream_to_file(
     """Write ``response``'s body to ``path`` atomically: to a temporary file (named ``prefix...``) beside it,
     renamed over ``path`` once the whole body (``Content-Length`` bytes, when given) is on disk. On failure the
     temporary file is removed and ``path`` is left as it was. Returns the byte count. ``growing`` gets a
-    descriptor of the temporary file and is told each byte on disk (it is not ended here: the caller proves it)."""
+    descriptor of the temporary file, is told each byte on disk, and gets the body's SHA-256 (hashed as it is
+    written) once whole (it is not ended here: the caller proves it)."""
     try:
         fd, temp = await worker.run(open_temp, path, prefix)
         if growing is not None:
@@ -269,11 +271,12 @@ async def stream_to_file(
         raise
     try:
         expected = None if response.length is UNKNOWN_LENGTH else int(response.length)
-        sink = BodySink(
-            fd, 0, expected, worker, clock, timeout, on_written=None if growing is None else growing.advance
-        )
+        on_written, hasher = (None, None) if growing is None else (growing.advance, hashlib.sha256())
+        sink = BodySink(fd, 0, expected, worker, clock, timeout, on_written=on_written, hasher=hasher)
         response.deliverBody(sink)
         size = await sink.done
+        if growing is not None:
+            growing.sha256 = hasher  # this attempt's, whole: a commit needs no second read for the SHA-256
         await worker.run(os.replace, temp, path)
     except BaseException:
         await worker.run(remove_quietly, temp)

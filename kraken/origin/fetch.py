@@ -345,9 +345,10 @@ class BlobFetcher(Service):
             got = await self._worker.run(os.path.getsize, path)
             if got != size:
                 raise _Corrupt(f"{got} bytes downloaded, the backend said {size}")
-            # The upload's running hash covers no bytes (the file was replaced
-            # whole): drop it, so the commit hashes the downloaded file.
-            self._store.uploads.forget(uid)
+            # The file was replaced whole: the upload's running hash covers none of it. A download that hashed as
+            # it wrote (``growing.sha256``) gives the commit its SHA-256; otherwise the commit reads the file.
+            sha256 = None if growing is None or digest.algorithm != "sha256" else growing.sha256
+            self._store.uploads.replaced(uid, got, sha256)
             result = await self._store.commit(uid, digest)  # deletes the upload on a mismatch
             committed = True
             if not result.created:

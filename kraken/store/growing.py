@@ -21,6 +21,7 @@ Reactor thread only; nothing here does I/O but closing and duplicating descripto
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
@@ -40,6 +41,8 @@ class GrowingFile:
         self._opens: list[Deferred[None]] = []
         self._error: BaseException | None = None
         self._done = False
+        #: The SHA-256 (a ``hashlib`` object) of the bytes written, when the writer hashed them as it wrote.
+        self.sha256: Any = None
 
     @property
     def live(self) -> bool:

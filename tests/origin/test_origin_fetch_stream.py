@@ -3,6 +3,7 @@ the ``Kraken-Stream`` GET of ``OriginHTTP``, on the harness's store and Clock.""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -35,6 +36,7 @@ class GrowingBackend(FakeBackend):
         super().__init__()
         self.blobs.update(blobs)
         self.rest: Deferred[None] = Deferred()
+        self.hashes = False  # hash as it writes (as stream_to_file does)
 
     async def download_growing(self, namespace: str, name: str, path: str, growing: GrowingFile | None) -> None:
         data = self.blobs[name]
@@ -49,6 +51,7 @@ class GrowingBackend(FakeBackend):
             os.pwrite(fd, data[HALF:], HALF)
             if growing is not None:
                 growing.advance(len(data))
+                growing.sha256 = hashlib.sha256(data) if self.hashes else None
         finally:
             os.close(fd)
 
@@ -186,3 +189,21 @@ def test_a_blob_another_origin_copies_is_not_streamed(origin: Origin, backend: G
     assert result_of(f.growing(NS, DIGEST)) is None and f.fetching(DIGEST)
     others.gate.callback(None)
     assert result_of(origin.store.stat(DIGEST)) == len(DATA)
+
+
+@pytest.mark.parametrize("right", [True, False], ids=["the right blob", "a wrong blob"])
+def test_the_commit_takes_the_sha256_hashed_as_written_and_refuses_a_wrong_one(
+    origin: Origin, fetcher: BlobFetcher, backend: GrowingBackend, monkeypatch: pytest.MonkeyPatch, right: bool
+) -> None:
+    def no_second_read(*args: Any) -> str:
+        raise AssertionError("the commit read the file again for its SHA-256")
+
+    monkeypatch.setattr("kraken.store.uploads.hash_file", no_second_read)
+    backend.hashes = True
+    if not right:
+        backend.blobs[DIGEST.hex] = DATA[::-1]
+    file = growing(fetcher)
+    assert file is not None
+    backend.rest.callback(None)
+    assert file.succeeded is right
+    assert result_of(origin.store.stat(DIGEST)) == (len(DATA) if right else None)
