@@ -128,7 +128,8 @@ class Fleet:
     ``overrides`` maps a daemon's name (``origin-0``, ``tracker``, ``tracker-1``, ``build-index``, ``proxy``,
     ``agent-0``, or ``origin`` / ``tracker`` / ``agent`` for all of them) to config keys merged over the defaults.
     ``agent_rate``: every agent's P2P ingress limit in bits per second (None: none), which makes a pull last
-    long enough to act during it.
+    long enough to act during it. ``stream_from_origins``: the agents stream a blob an origin is still fetching
+    from that origin (their ``stream_from_origins`` key, given every origin).
 
     ``secure=True``: TLS on every link with a trustme CA (files in ``<work>/certs``): mutual TLS between the
     daemons, on P2P and on the agent API (``require_client_cert``), TLS without client certificates on the
@@ -149,6 +150,7 @@ class Fleet:
         overrides: dict[str, dict[str, Any]] | None = None,
         tmpfs: dict[str, str] | None = None,
         secure: bool = False,
+        stream_from_origins: bool = False,
     ) -> None:
         self.work = work
         os.makedirs(work, exist_ok=True)
@@ -209,7 +211,7 @@ class Fleet:
                 "store": {"root": self.root(f"agent-{k}")},
                 "p2p": {"listen": f"tcp:{p2p}:interface=127.0.0.1", "advertise": f"127.0.0.1:{p2p}",
                         "bandwidth": bandwidth},
-                "http_client": fast,
+                "http_client": fast, **({"stream_from_origins": self.origin_urls} if stream_from_origins else {}),
             })  # fmt: skip
         try:
             for name in self.configs:

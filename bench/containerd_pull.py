@@ -25,6 +25,8 @@ both ways (tbf, ``bench/netns.py``), as a registry across a WAN would be; the cl
 host's loopback, where the agents' peer-to-peer traffic is not capped. Without it, docker-registry is on loopback
 too: the direct pull then has the fastest source there is, and a second host cannot beat it (it adds the agent's
 hops to the same uncapped bytes). The fallback image is then named by a second address of that namespace.
+With ``--stream``, the agents have ``stream_from_origins``: the first host's layer is streamed from the origin
+while the origin still fetches it (upstream -> origin -> agent 0 -> containerd in one pipeline).
 
 A pull through an agent during which containerd asked docker-registry itself (its access log shows
 containerd's user agent) fell back: it is marked in the table. Goals: the first host within 1.2x of the
@@ -151,7 +153,7 @@ def hosts(directory: str, registry: str, server: str, mirror: str | None = None)
     return directory
 
 
-def fleet(work: str, upstream: str, answer_timeout: str) -> Fleet:
+def fleet(work: str, upstream: str, answer_timeout: str, stream: bool) -> Fleet:
     component = host_component(upstream)
     assert component is not None
     registry = {"address": f"http://{upstream}", "ns_prefix": True, "tag_ttl": "1m"}
@@ -161,7 +163,7 @@ def fleet(work: str, upstream: str, answer_timeout: str) -> Fleet:
         "build-index": {"backends": backends},
         "agent": {"upstream_namespaces": [upstream.rsplit(":", 1)[0] + ":*"], "answer_timeout": answer_timeout},
     }
-    return Fleet(work, origins=1, replicas=1, agents=2, overrides=overrides)
+    return Fleet(work, origins=1, replicas=1, agents=2, overrides=overrides, stream_from_origins=stream)
 
 
 def fell_back(registry: Daemon, start: int) -> bool:
@@ -169,12 +171,14 @@ def fell_back(registry: Daemon, start: int) -> bool:
     return any(ASKED_BY_CONTAINERD.search(line) for line in registry.since(start))
 
 
-def run_once(work: str, ctr: Ctr, registry: Daemon, upstream: str, other: str, answer_timeout: str) -> dict[str, float]:
+def run_once(
+    work: str, ctr: Ctr, registry: Daemon, upstream: str, other: str, answer_timeout: str, stream: bool
+) -> dict[str, float]:
     """One run: ``upstream`` (host:port) is docker-registry, ``other`` another name of it that no agent mirrors."""
     server = f"http://{upstream}"
     r: dict[str, float] = {}
     r["direct"] = ctr.pull(hosts(f"{work}/direct", upstream, server), f"{upstream}/{REPO}:v1")
-    cluster = fleet(f"{work}/fleet", upstream, answer_timeout)
+    cluster = fleet(f"{work}/fleet", upstream, answer_timeout, stream)
     try:
         for k, key in ((0, "first"), (1, "second")):
             mark = registry.mark()
@@ -203,6 +207,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, float]]) -> str:
         "",
         f"`python bench/containerd_pull.py --size {args.size} --runs {args.runs}"
         + (f" --upstream-rate {args.upstream_rate}" if args.upstream_rate else "")
+        + (" --stream" if args.stream else "")
         + "` — one uncompressed layer, "
         + (
             f"docker-registry behind a {args.upstream_rate} link (tbf, both ways), "
@@ -230,6 +235,9 @@ def main() -> int:
     p.add_argument("--size", default="256MiB")
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--answer-timeout", default="3s", help="the agents' answer_timeout (default: the product's)")
+    p.add_argument(
+        "--stream", action="store_true", help="agents stream a blob the origin is fetching (stream_from_origins)"
+    )
     p.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
     p.add_argument("--out", default=None, help="append the Markdown block to this file")
     p.add_argument(
@@ -261,7 +269,7 @@ def measure(args: argparse.Namespace, testbed: Testbed | None) -> int:
             )  # fmt: skip
         for i in range(args.runs):
             shutil.rmtree(os.path.join(work, "run"), ignore_errors=True)  # every run starts cold
-            r = run_once(os.path.join(work, "run"), ctr, registry, upstream, other, args.answer_timeout)
+            r = run_once(os.path.join(work, "run"), ctr, registry, upstream, other, args.answer_timeout, args.stream)
             runs.append(r)
             print(f"run {i + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
     finally:

@@ -30,11 +30,15 @@ Defaults and why:
   leaves the cache, checked every 30 min; blobs being downloaded, seeded or
   served stay. Partial downloads a crashed agent left are collected at start
   unless resumable and written within the TTI.
+- ``stream_from_origins`` empty: blobs come through the tracker and peers only, as before. With the origins'
+  HTTP base URLs (one is enough: it knows the ring), a blob an origin is still fetching from its backend (the
+  first host of an upstream image) is streamed from that origin while it arrives (``kraken.agent.fromorigin``).
 """
 
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import attrs
 
@@ -44,6 +48,7 @@ from kraken.config import Duration, Size, positive
 from kraken.net import HTTPClientConfig
 from kraken.net.endpoints import check_listen, host_port
 from kraken.net.tls import TLSConfig, check_p2p_tls
+from kraken.origin.client import check_origins
 from kraken.p2p.config import P2PConfig
 from kraken.store.config import CleanupConfig
 
@@ -64,6 +69,11 @@ class ThreadsConfig:
 
     cpu: int = attrs.field(default=2, validator=positive)  # piece hashing
     io: int = attrs.field(default=4, validator=positive)  # disk: piece writes and reads, stats
+
+
+def _check_stream_origins(instance: object, attribute: attrs.Attribute[Any], value: str | tuple[str, ...]) -> None:
+    if value:  # empty: off
+        check_origins(instance, attribute, value)
 
 
 def _check_upstreams(instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
@@ -95,6 +105,12 @@ class AgentConfig:
     # which the origins and build-index read from the upstream (a registry backend with ns_prefix: true).
     # Empty: every ns is served by repository name alone.
     upstream_namespaces: tuple[str, ...] = attrs.field(default=(), validator=_check_upstreams)
+    # The origins' HTTP base URLs (a list, or one: it knows the ring). A blob an origin is still fetching from its
+    # backend (the first host of an upstream image) is then streamed from that origin as it arrives, and
+    # containerd's bytes start before the fetch ends. Empty: through the tracker and peers only.
+    stream_from_origins: str | tuple[str, ...] = attrs.field(
+        default=attrs.Factory(tuple), validator=_check_stream_origins
+    )
     threads: ThreadsConfig = attrs.field(factory=ThreadsConfig)
     http_client: HTTPClientConfig = attrs.field(factory=HTTPClientConfig)
     # TLS for this daemon's listeners and clients (kraken.net.tls; absent: plain).

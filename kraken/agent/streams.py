@@ -5,7 +5,8 @@ its pieces are checked, not once the whole blob is in the cache (docs/operations
 ``Scheduler.start`` rather than waiting for it with ``download``. A blob already in the cache is served as before (a
 ``static.File``, pinned); a download in progress becomes a ``kraken.registry.streaming.StreamingBlob`` over a
 ``PartialReader``, which reads the partial file through a descriptor opened before anything is sent, so the
-install's rename (or the cleanup of a failed download) does not pull the file from under a reader.
+install's rename (or the cleanup of a failed download) does not pull the file from under a reader. With
+``from_origins`` (``kraken.agent.fromorigin``), a blob an origin is still fetching is streamed from that origin.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 
+from kraken.agent.fromorigin import OriginStreams
 from kraken.agent.source import AgentSource
 from kraken.core import Digest
 from kraken.net import HTTPStatusError
 from kraken.net.retry import NETWORK_ERRORS
 from kraken.p2p.scheduler import BlobNotFound, Download, DownloadFailed
 from kraken.registry.errors import Unknown
-from kraken.registry.streaming import StreamingBlob
+from kraken.registry.streaming import DescriptorReads, StreamingBlob
 from kraken.workers import Worker
 
 
@@ -35,15 +37,13 @@ class Starter(Protocol):
     async def start(self, namespace: str, digest: Digest) -> str | Download: ...
 
 
-class PartialReader:
+class PartialReader(DescriptorReads):
     """A download in progress as ``StreamingBlob`` reads it (``IncomingBlob``): reads through one descriptor, in
     ``worker``. ``open`` it; ``close`` it once (the producer does, after its last read)."""
 
     def __init__(self, download: Download, fd: int, worker: Worker) -> None:
+        super().__init__(str(download.info.digest), fd, worker)
         self._download = download
-        self._fd = fd
-        self._worker = worker
-        self.digest = str(download.info.digest)
         self.length = download.info.length
         self.piece_length = download.info.piece_length
 
@@ -60,15 +60,6 @@ class PartialReader:
         d: Deferred[Any] = self._download.finished()
         return d
 
-    async def read(self, offset: int, size: int) -> bytes:
-        data: bytes = await self._worker.run(os.pread, self._fd, size, offset)
-        if len(data) != size:
-            raise OSError(f"short read of {self.digest}: {len(data)} of {size} bytes at {offset}")
-        return data
-
-    def close(self) -> None:
-        os.close(self._fd)
-
 
 class StreamingSource(AgentSource):
     """``AgentSource`` whose blob GETs stream downloads in progress. Takes ``AgentSource``'s arguments; its
@@ -76,12 +67,19 @@ class StreamingSource(AgentSource):
 
     log = Logger()
 
-    def __init__(self, scheduler: Starter, *args: Any, worker: Worker, **kwargs: Any) -> None:
+    def __init__(
+        self, scheduler: Starter, *args: Any, worker: Worker, from_origins: OriginStreams | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(scheduler, *args, worker=worker, **kwargs)
         self._starter = scheduler
         self._reads = worker
+        self._from_origins = from_origins
 
     async def blob_resource(self, repo: str, digest: Digest) -> IResource | None:
+        if self._from_origins is not None:  # a blob its origin is still fetching: streamed from there
+            streamed = await self._from_origins.resource(repo, digest)
+            if streamed is not None:
+                return streamed
         # The size first: with the mirror's sizes, a blob no origin has is a fast None, a silent tracker a 503.
         if await self.stat_blob(repo, digest) is None:
             return None

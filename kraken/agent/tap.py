@@ -6,8 +6,10 @@ inside ``makeService`` when no reactor is given.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
@@ -16,6 +18,7 @@ from twisted.logger import Logger
 from kraken import config as kconfig
 from kraken.agent.cleanup import Pins, agent_cleanup
 from kraken.agent.config import AgentConfig
+from kraken.agent.fromorigin import OriginStreams
 from kraken.agent.http import AgentHTTP
 from kraken.agent.mirror import Namespaced
 from kraken.agent.source import AgentSource, LocalOrTracker, Mirror
@@ -29,6 +32,7 @@ from kraken.net import make_http_client
 from kraken.net.metrics import DiskCollector, Observation, cleanup_collector, counted, new_registry, observed
 from kraken.net.server import listen_http, make_site
 from kraken.net.tls import TLSContexts, server_side, wire
+from kraken.origin.client import ClusterClient, origin_urls
 from kraken.p2p.metrics import download_collector, scheduler_collector
 from kraken.p2p.scheduler import Scheduler
 from kraken.registry.http import RegistryAPI
@@ -89,7 +93,7 @@ def agent_service(config: AgentConfig, reactor: Any) -> MultiService:
     observation = _observation(scheduler, tracker, index, reactor, config.store.root, cleanup)
     _registry_listener(
         config,
-        _source(config, scheduler, index, io_worker, store, tracker, reactor, pins),
+        _source(config, scheduler, index, io_worker, store, tracker, reactor, pins, http),
         reactor,
         None if tls is None else tls.public_server(),  # the host's runtime: TLS, no client certificate
         observation,
@@ -156,6 +160,7 @@ def _source(
     tracker: Trackers,
     reactor: Any,
     pins: Pins,
+    http: HTTPClient,
 ) -> AgentSource:
     """The registry's source, a containerd mirror that never strands a pull: blob sizes from the cache or the
     tracker (a HEAD downloads nothing), every question to the tracker or build-index bounded by
@@ -167,6 +172,23 @@ def _source(
         max_manifest_size=config.max_manifest_size,
         mirror=Mirror(LocalOrTracker(store.stat, tracker.metainfo), reactor, config.answer_timeout),
         pins=pins,
+        from_origins=_from_origins(config, http, store, tracker, worker, reactor),
+    )
+
+
+def _from_origins(
+    config: AgentConfig, http: HTTPClient, store: CAStore, tracker: Trackers, worker: ThreadWorker, reactor: Any
+) -> OriginStreams | None:
+    """Blobs streamed from origins still fetching them (``stream_from_origins``; empty: None)."""
+    if not config.stream_from_origins:
+        return None
+    origins = ClusterClient(
+        http=http, origins=origin_urls(config.stream_from_origins), clock=reactor, config=config.http_client,
+        worker=worker,
+    )  # fmt: skip
+    tmp = os.path.join(config.store.root, "tmp")  # emptied by the store at start
+    return OriginStreams(
+        origins, store, tmp, metainfo=tracker.metainfo, worker=worker, clock=reactor, timeout=config.http_client.timeout
     )
 
 

@@ -64,6 +64,7 @@ from kraken.config import Duration
 from kraken.core import Digest, DigestError
 from kraken.net.client import HTTPClientConfig, HTTPStatusError
 from kraken.net.service import ERROR_BODY, name_path
+from kraken.store.growing import GrowingFile
 from kraken.workers import Worker
 
 T = TypeVar("T")
@@ -318,6 +319,10 @@ class RegistryBackend(RemoteBackend):
         return await self._op(f"stat {digest} in {namespace}", attempt)
 
     async def download(self, namespace: str, name: str, path: str) -> None:
+        await self.download_growing(namespace, name, path, None)
+
+    async def download_growing(self, namespace: str, name: str, path: str, growing: GrowingFile | None) -> None:
+        """``download``, telling ``growing`` (if given) each byte on disk (``remote.stream_to_file``)."""
         digest = str(blob_digest(name))
         scope = pull_scope(namespace)
 
@@ -338,6 +343,7 @@ class RegistryBackend(RemoteBackend):
                     clock=self._clock,
                     timeout=self._config.timeout,
                     prefix=".kraken-registry-",
+                    growing=growing,
                 )
             raise BlobNotFound(namespace, name)
 

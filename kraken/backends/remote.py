@@ -4,11 +4,13 @@
   (``translate``: network errors, 429 and 5xx are ``BackendUnavailable``).
 - ``BodySink``: one response body written from an offset of a file by the worker, with back-pressure (offset 0
   for a whole blob, a part's offset for a ranged download); ``stream_to_file`` writes a whole body to a temporary
-  file beside the target and renames it into place.
+  file beside the target and renames it into place. Given a ``GrowingFile`` (``kraken.store.growing``), it tells it
+  each byte that is on disk, so that an origin serves a blob while it still arrives from its backend.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -29,6 +31,7 @@ from kraken.files import remove_quietly
 from kraken.net.client import HTTPStatusError
 from kraken.net.retry import NETWORK_ERRORS
 from kraken.net.service import ServiceClient
+from kraken.store.growing import GrowingFile
 from kraken.workers import Worker
 
 T = TypeVar("T")
@@ -81,12 +84,26 @@ class BodySink(Protocol):
     the worker, one batch at a time, pausing the connection while more than ``HIGH_WATER`` bytes wait for the disk.
     ``done`` fires with the byte count once the body is on disk and ``fd`` is closed; it fails on a body whose
     length is not ``expected`` (when known), a write error, or ``timeout`` seconds without progress. Cancelling
-    ``done`` drops the connection; the sink still closes ``fd`` once its last write has returned."""
+    ``done`` drops the connection; the sink still closes ``fd`` once its last write has returned. ``on_written`` is
+    told, after each batch, how many bytes of the body are on disk; ``hasher`` (a ``hashlib`` object) is fed the
+    body in order, in the worker, as it is written."""
 
     def __init__(
-        self, fd: int, offset: int, expected: int | None, worker: Worker, clock: IReactorTime, timeout: float
+        self,
+        fd: int,
+        offset: int,
+        expected: int | None,
+        worker: Worker,
+        clock: IReactorTime,
+        timeout: float,
+        *,
+        on_written: Callable[[int], None] | None = None,
+        hasher: Any = None,
     ) -> None:
         self._fd = fd
+        self._start = offset
+        self._on_written = on_written
+        self._hasher = hasher
         self._position = offset
         self._expected = expected
         self._worker = worker
@@ -156,7 +173,9 @@ class BodySink(Protocol):
             self._busy = True
             position = self._position
             self._position += sum(len(b) for b in batch)
-            self._worker.run(_pwrite_all, self._fd, batch, position).addCallbacks(self._written, self._failed)
+            self._worker.run(_pwrite_all, self._fd, batch, position, self._hasher).addCallbacks(
+                self._written, self._failed
+            )
             return
         if not self._ended:
             return  # more to come
@@ -181,6 +200,8 @@ class BodySink(Protocol):
     def _written(self, _: object) -> None:
         self._busy = False
         self._progress()
+        if self._on_written is not None and self._error is None:
+            self._on_written(self._position - self._start)
         if self._paused and self._pending_bytes < LOW_WATER and not self._ended:
             self._paused = False
             self._producer.resumeProducing()
@@ -201,8 +222,10 @@ class Discard(Protocol):
         pass
 
 
-def _pwrite_all(fd: int, batch: list[bytes], position: int) -> None:
+def _pwrite_all(fd: int, batch: list[bytes], position: int, hasher: Any = None) -> None:
     data = memoryview(batch[0] if len(batch) == 1 else b"".join(batch))
+    if hasher is not None:
+        hasher.update(data)
     while data:
         written = os.pwrite(fd, data, position)
         data = data[written:]
@@ -225,21 +248,35 @@ def create_temp(path: str, prefix: str) -> str:
 
 
 async def stream_to_file(
-    response: IResponse, path: str, *, worker: Worker, clock: IReactorTime, timeout: float, prefix: str
+    response: IResponse,
+    path: str,
+    *,
+    worker: Worker,
+    clock: IReactorTime,
+    timeout: float,
+    prefix: str,
+    growing: GrowingFile | None = None,
 ) -> int:
     """Write ``response``'s body to ``path`` atomically: to a temporary file (named ``prefix...``) beside it,
     renamed over ``path`` once the whole body (``Content-Length`` bytes, when given) is on disk. On failure the
-    temporary file is removed and ``path`` is left as it was. Returns the byte count."""
+    temporary file is removed and ``path`` is left as it was. Returns the byte count. ``growing`` gets a
+    descriptor of the temporary file, is told each byte on disk, and gets the body's SHA-256 (hashed as it is
+    written) once whole (it is not ended here: the caller proves it)."""
     try:
         fd, temp = await worker.run(open_temp, path, prefix)
+        if growing is not None:
+            growing.attach(await worker.run(os.dup, fd))
     except BaseException:
         response.deliverBody(Discard())
         raise
     try:
         expected = None if response.length is UNKNOWN_LENGTH else int(response.length)
-        sink = BodySink(fd, 0, expected, worker, clock, timeout)
+        on_written, hasher = (None, None) if growing is None else (growing.advance, hashlib.sha256())
+        sink = BodySink(fd, 0, expected, worker, clock, timeout, on_written=on_written, hasher=hasher)
         response.deliverBody(sink)
         size = await sink.done
+        if growing is not None:
+            growing.sha256 = hasher  # this attempt's, whole: a commit needs no second read for the SHA-256
         await worker.run(os.replace, temp, path)
     except BaseException:
         await worker.run(remove_quietly, temp)

@@ -15,6 +15,9 @@ The origins and build-index route that name with their ``backends:`` list like a
 tokens), and tags remembered ``tag_ttl`` seconds on the clock (a tag moved upstream is seen within it; a
 tag the upstream lacks is not remembered, so a new one is seen at once). Digests are content addresses:
 blobs and manifests fetched by digest are never stale.
+
+Both have ``download_growing``: the download tells a ``kraken.store.growing.GrowingFile`` each byte it has on
+disk, which is how an origin serves a blob it is still fetching (``kraken.origin.fetch``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from kraken.backends.base import BlobInfo, BlobNotFound, IBackend, ListPage
 from kraken.backends.registry import NS_FIELD, RegistryBackend, RegistryConfig
 from kraken.core import Digest
 from kraken.singleflight import SingleFlight
+from kraken.store.growing import GrowingFile
 from kraken.workers import Worker
 
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$")
@@ -111,8 +115,12 @@ class UpstreamRegistry:
         return await backend.stat(repo, name)
 
     async def download(self, namespace: str, name: str, path: str) -> None:
+        await self.download_growing(namespace, name, path, None)
+
+    async def download_growing(self, namespace: str, name: str, path: str, growing: GrowingFile | None) -> None:
+        """``download``, telling ``growing`` each byte on disk: an origin serves the blob while it arrives."""
         backend, repo = self._target(namespace)
-        await backend.download(repo, name, path)
+        await backend.download_growing(repo, name, path, growing)
 
     async def upload(self, namespace: str, name: str, path: str) -> None:
         await self._backend("").upload(namespace, name, path)  # read-only: it raises, asking nobody

@@ -56,6 +56,7 @@ from kraken.cluster.hosts import HostList, Resolver
 from kraken.cluster.ring import Ring
 from kraken.core import Digest
 from kraken.origin.client import LOCAL_HEADER, OriginClient
+from kraken.store.growing import GrowingFile
 from kraken.workers import Worker
 
 #: How long a DNS-listed origin may wait for a resolution that names it before it gives up.
@@ -322,11 +323,26 @@ class _FirstOf:
             raise unavailable
         raise BlobNotFound(namespace, name)
 
-    async def download(self, namespace: str, name: str, path: str) -> None:
+    async def _choose(self, namespace: str, name: str) -> IBackend:
         source = self._chosen.pop(name, None)
         if source is None:
             await self.stat(namespace, name)
             source = self._chosen.pop(name)
+        return source
+
+    async def download(self, namespace: str, name: str, path: str) -> None:
+        await (await self._choose(namespace, name)).download(namespace, name, path)
+
+    async def download_growing(self, namespace: str, name: str, path: str, growing: GrowingFile | None) -> None:
+        """``download``, telling ``growing`` each byte on disk if the source can (a ``registry`` backend); for one
+        that cannot (another origin), ``growing`` ends at once for its readers, who take the usual path."""
+        source = await self._choose(namespace, name)
+        progressive = getattr(source, "download_growing", None)
+        if progressive is not None:
+            await progressive(namespace, name, path, growing)
+            return
+        if growing is not None:
+            growing.end(BackendError("this source does not tell its progress"))
         await source.download(namespace, name, path)
 
     async def upload(self, namespace: str, name: str, path: str) -> None:

@@ -32,6 +32,14 @@ clients polling the 202 learn it, and do not start a new download each.
 
 A fetched blob is not written back: it came from its backend. The fetcher is
 a Service only so that stopping the daemon cancels the fetches in flight.
+
+Serving a fetch while it runs (``growing``): a backend with ``download_growing``
+(the ``registry`` backends) tells the fetch's ``kraken.store.growing.GrowingFile``
+each byte it has on disk, so that an agent streams the blob from this origin
+while it arrives (``kraken.origin.http``, the ``Kraken-Stream`` GET). The file
+ends only once the commit checked the digest, so the last byte of such an answer
+waits for the proof; a fetch that fails, for whatever reason, ends it with its
+error and every reader's connection is aborted.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from kraken.backends import BackendUnavailable, BlobNotFound, IBackend, NoBacken
 from kraken.core import Digest
 from kraken.files import OutOfSpace, is_out_of_space
 from kraken.store import CAStore, DigestMismatch
+from kraken.store.growing import GrowingFile
 from kraken.workers import Worker
 
 __all__ = ["BackendUnavailable", "BlobFetcher", "BlobNotFound"]
@@ -79,6 +88,7 @@ class _Flight:
         self._finished = False
         self._done_waiters: list[Deferred[None]] = []
         self.work: Deferred[None] | None = None
+        self.growing: GrowingFile | None = None  # while the backend's download may be read as it arrives
 
     def when_statted(self) -> Deferred[None]:
         """Fires once the backend answered ``stat``: with None if it has the blob, else with its error."""
@@ -213,6 +223,25 @@ class BlobFetcher(Service):
         running = self._flights.get(digest)
         if running is not None:
             return await self._held_within(namespace, digest, running)
+        flight = await self._start(namespace, digest)
+        return await self._held_within(namespace, digest, flight)
+
+    async def growing(self, namespace: str, digest: Digest) -> GrowingFile | None:
+        """The file of the running fetch of ``digest`` (started now if none runs and the store lacks the blob), to
+        be read while it arrives; None when there is none to read (the blob is in the store, or its backend cannot
+        tell the fetch's progress, or the file failed for its readers). Raises as ``ensure`` does; never waits
+        for the fetch's end."""
+        if await self._store.stat(digest) is not None:
+            return None
+        self._raise_cached(namespace, digest)
+        flight = self._flights.get(digest)
+        if flight is None:
+            flight = await self._start(namespace, digest)
+        growing = flight.growing
+        return growing if growing is not None and growing.live else None
+
+    async def _start(self, namespace: str, digest: Digest) -> _Flight:
+        """A new fetch of ``digest``, once its backend answered ``stat`` (raising its error if it failed)."""
         try:
             backend = self._router.backend_for(namespace)
         except NoBackend:
@@ -223,7 +252,7 @@ class BlobFetcher(Service):
             lambda f: self.log.failure("fetch of {digest} failed", f, digest=str(digest), namespace=namespace)
         )
         await flight.when_statted()
-        return await self._held_within(namespace, digest, flight)
+        return flight
 
     async def _held_within(self, namespace: str, digest: Digest, flight: _Flight) -> bool:
         """Whether ``flight`` has put the blob in the store, waiting up to ``hold`` seconds for it to end; raises
@@ -247,6 +276,8 @@ class BlobFetcher(Service):
         error: Exception | None = None
         try:
             info = await backend.stat(namespace, digest.hex)
+            if getattr(backend, "download_growing", None) is not None:
+                flight.growing = GrowingFile(info.size)
             flight.statted(None)
             self.log.info(
                 "fetching {digest} ({bytes} bytes) from its backend",
@@ -254,10 +285,12 @@ class BlobFetcher(Service):
                 bytes=info.size,
                 namespace=namespace,
             )
-            await self._download(backend, namespace, digest, info.size)
+            await self._download(backend, namespace, digest, info.size, flight.growing)
             flight.ok = True
+            if flight.growing is not None:
+                flight.growing.end(None)
             self.log.info(
-                "fetched {digest} from its backend in {duration:.3f}s",
+                "fetched {digest} from its backend in {duration:.3f}s (committed)",
                 digest=str(digest),
                 duration=self._clock.seconds() - started,
                 namespace=namespace,
@@ -293,21 +326,29 @@ class BlobFetcher(Service):
                 error = self._remember(namespace, digest, _unavailable(message), self._retry_ttl)
         finally:
             del self._flights[digest]
+            if flight.growing is not None:
+                flight.growing.end(error or BackendUnavailable(f"fetch of {digest} failed"))  # no-op once committed
             flight.statted(error)  # a no-op once the backend's stat answered
             flight.done()
 
-    async def _download(self, backend: IBackend, namespace: str, digest: Digest, size: int) -> None:
+    async def _download(
+        self, backend: IBackend, namespace: str, digest: Digest, size: int, growing: GrowingFile | None
+    ) -> None:
         uid = await self._store.uploads.create()
         committed = False
         try:
             path = self._store.uploads.path(uid)
-            await backend.download(namespace, digest.hex, path)
+            if growing is None:
+                await backend.download(namespace, digest.hex, path)
+            else:
+                await backend.download_growing(namespace, digest.hex, path, growing)  # type: ignore[attr-defined]
             got = await self._worker.run(os.path.getsize, path)
             if got != size:
                 raise _Corrupt(f"{got} bytes downloaded, the backend said {size}")
-            # The upload's running hash covers no bytes (the file was replaced
-            # whole): drop it, so the commit hashes the downloaded file.
-            self._store.uploads.forget(uid)
+            # The file was replaced whole: the upload's running hash covers none of it. A download that hashed as
+            # it wrote (``growing.sha256``) gives the commit its SHA-256; otherwise the commit reads the file.
+            sha256 = None if growing is None or digest.algorithm != "sha256" else growing.sha256
+            self._store.uploads.replaced(uid, got, sha256)
             result = await self._store.commit(uid, digest)  # deletes the upload on a mismatch
             committed = True
             if not result.created:

@@ -65,6 +65,14 @@ when the backend failed lately. ``/blobs/<digest>/peers`` names no
 namespace, so it cannot start a fetch: it answers 202 while one runs and
 as before otherwise. Without a fetcher a missing blob is 404 (``peers``:
 an empty list).
+
+A GET of a blob with ``Kraken-Stream: 1`` (an agent's, ``kraken.agent.fromorigin``)
+asks for the blob while this origin fetches it: if a fetch runs (or starts now)
+whose backend tells its progress, the answer is 200 with the blob's length,
+streamed as it arrives (``kraken.registry.streaming``: ``Range`` too), its last
+byte held until the commit proved the digest; a fetch that fails aborts the
+connection. Otherwise (the blob is held: get it peer to peer; or a fetch whose
+progress is unknown) **204** with no body, at once; 404, 503 and 507 as ever.
 """
 
 from __future__ import annotations
@@ -88,10 +96,20 @@ from kraken.core import Digest, DigestError
 from kraken.core.peer import PeerInfo
 from kraken.files import is_out_of_space
 from kraken.net.server import HTTPError, Refusal
-from kraken.origin.client import LOCAL_HEADER, LOCATIONS_HEADER, MAX_STAT_BATCH, REPAIR_HEADER, REPLICA_HEADER
+from kraken.origin.client import (
+    LOCAL_HEADER,
+    LOCATIONS_HEADER,
+    MAX_STAT_BATCH,
+    REPAIR_HEADER,
+    REPLICA_HEADER,
+    STREAM_HEADER,
+)
 from kraken.origin.node import AlreadyStored, NotHeld, OriginNode
+from kraken.registry.errors import RangeInvalid
 from kraken.registry.names import is_valid_name
+from kraken.registry.streaming import GrowingReader, StreamingBlob, byte_range
 from kraken.store import DigestMismatch, RangeMismatch, UploadTruncated, UploadUnknown
+from kraken.workers import Worker
 
 _CONTENT_RANGE = re.compile(r"\s*(\d+)-(\d+)\s*\Z")
 _UPLOAD_PATH = re.compile(rb"/namespace/.+/blobs/[^/]+/uploads/([^/?]+)\Z")
@@ -219,8 +237,11 @@ class OriginHTTP:
     app = Klein()
     log = Logger()
 
-    def __init__(self, node: OriginNode) -> None:
+    def __init__(self, node: OriginNode, *, reads: Worker | None = None) -> None:
+        """``reads``: the worker that reads a blob being fetched for a ``Kraken-Stream`` GET (None: such a GET is
+        answered as any other)."""
         self._node = node
+        self._reads = reads
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -353,15 +374,36 @@ class OriginHTTP:
         return _empty(request, 201)
 
     @app.route("/namespace/<path:ns>/blobs/<d>", methods=["GET", "HEAD"])
-    async def get_blob(self, request: Request, ns: str, d: str) -> File | bytes:
+    async def get_blob(self, request: Request, ns: str, d: str) -> IResource | bytes:
         check_namespace(ns)
         digest = parse_digest(d)
+        if request.method == b"GET" and request.getHeader(STREAM_HEADER) is not None and self._reads is not None:
+            return await self._stream(request, ns, digest)
         path = await self._node.blob(ns, digest, local=_local(request), head=request.method == b"HEAD")
         if path is None:
             return _pending(request)
         # Klein counts <path:...> as one segment: nothing must be left for File to traverse.
         request.postpath = []
         return File(path, defaultType="application/octet-stream")
+
+    async def _stream(self, request: Request, ns: str, digest: Digest) -> IResource | bytes:
+        """A ``Kraken-Stream`` GET: the fetch in progress, as it arrives; 204 when there is none to read."""
+        assert self._reads is not None
+        growing = await self._node.growing(ns, digest)
+        reader = None if growing is None else await GrowingReader.open(str(digest), growing, self._reads)
+        if growing is None or reader is None:
+            return _empty(request, 204)
+        try:
+            wanted = byte_range(request.getHeader(b"range"), growing.length)
+        except RangeInvalid as e:
+            reader.close()
+            request.setHeader(b"content-range", b"bytes */%d" % growing.length)
+            raise HTTPError(416, e.message) from None
+        resource = StreamingBlob(reader)
+        resource.select(wanted)
+        self.log.info("streaming {digest} to a client while it is fetched", digest=str(digest), namespace=ns)
+        request.postpath = []
+        return resource
 
     @app.route("/namespace/<path:ns>/blobs/<d>/metainfo", methods=["GET"])
     async def get_metainfo(self, request: Request, ns: str, d: str) -> bytes:

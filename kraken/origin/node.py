@@ -46,6 +46,7 @@ from kraken.origin.fetch import BlobFetcher
 from kraken.p2p.scheduler import Stats
 from kraken.store import CAStore, DigestMismatch, UploadUnknown
 from kraken.store.cas import CommitResult
+from kraken.store.growing import GrowingFile
 
 
 class AlreadyStored(Exception):
@@ -208,6 +209,10 @@ class OriginNode:
         if not head:
             await self.store.touch(digest)
         return self.store.blob_path(digest)
+
+    async def growing(self, namespace: str, digest: Digest) -> GrowingFile | None:
+        """The file of a running fetch of the blob, to serve while it arrives (``BlobFetcher.growing``)."""
+        return None if self._fetcher is None else await self._fetcher.growing(namespace, digest)
 
     async def metainfo(self, namespace: str, digest: Digest, *, local: bool = False) -> MetaInfo | None:
         """The blob's metainfo; None while the blob is being fetched (see ``held``)."""

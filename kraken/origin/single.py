@@ -60,6 +60,9 @@ LOCAL_HEADER = b"Kraken-Local"
 #: On an origin's repair copy (``kraken.origin.repair``): the sender waits for no write-back of the blob (it is
 #: written back already, or has no backend), so neither does the receiver.
 REPAIR_HEADER = b"Kraken-Repair"
+#: Asks an origin for a blob it is fetching, streamed as it arrives (200), or 204 at once when there is none to
+#: stream (the blob is held: get it peer to peer). ``kraken.origin.http``; ``OriginClient.stream``.
+STREAM_HEADER = b"Kraken-Stream"
 #: The answer of ``GET /blobs/<digest>/locations``: the blob's origins, "host:port" comma-separated, best first.
 LOCATIONS_HEADER = b"Origin-Locations"
 

@@ -4,6 +4,9 @@ from a download in progress, as its pieces are checked, without waiting for the 
 What it reads is an ``IncomingBlob`` (the agent's partial download): its length and piece length, a Deferred per
 piece that fires once the piece is checked against its SHA-256 and written, a read of checked bytes (in a worker:
 never on the reactor), and ``verified``: the whole blob's SHA-256 checked (the agent installs nothing else).
+``GrowingReader`` is the other kind: a file written front to back (``kraken.store.growing.GrowingFile``: an
+origin's fetch from its backend, an agent's stream from such an origin), whose "pieces" are ``CHUNK``-sized spans
+ready once written, and whose ``verified`` is the writer's proof of the whole digest (its commit).
 
 The rules (docs/operations.md section 26):
 
@@ -25,6 +28,7 @@ The rules (docs/operations.md section 26):
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Protocol
 
@@ -38,6 +42,8 @@ from zope.interface import implementer
 from kraken.files import errno_name, is_out_of_space
 from kraken.registry.errors import JSON_CONTENT_TYPE, InsufficientStorage, RangeInvalid, RegistryError, Unknown
 from kraken.registry.messages import registry_logger
+from kraken.store.growing import GrowingFile
+from kraken.workers import Worker
 
 #: Bytes read from the partial file and written to the client at a time.
 CHUNK = 1 << 20
@@ -90,6 +96,52 @@ class IncomingBlob(Protocol):
 
     def close(self) -> None:
         """No more reads."""
+
+
+class DescriptorReads:
+    """The reads of an ``IncomingBlob`` through one descriptor of its own (``fd``), in ``worker``: opened before
+    anything is sent, so that a rename or deletion of the file never pulls it from under the reader."""
+
+    def __init__(self, digest: str, fd: int, worker: Worker) -> None:
+        self.digest = digest
+        self._fd = fd
+        self._worker = worker
+
+    async def read(self, offset: int, size: int) -> bytes:
+        data: bytes = await self._worker.run(os.pread, self._fd, size, offset)
+        if len(data) != size:
+            raise OSError(f"short read of {self.digest}: {len(data)} of {size} bytes at {offset}")
+        return data
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class GrowingReader(DescriptorReads):
+    """A ``GrowingFile`` as ``StreamingBlob`` reads it (``IncomingBlob``). ``open`` it; ``close`` it once (the
+    producer does)."""
+
+    @classmethod
+    async def open(cls, digest: str, growing: GrowingFile, worker: Worker) -> GrowingReader | None:
+        """A reader once the writer has the file open; None if the file ended first (failed, or whole already)."""
+        try:
+            await growing.opened()
+        except Exception:
+            return None
+        return cls(digest, growing, worker) if growing.live else None
+
+    def __init__(self, digest: str, growing: GrowingFile, worker: Worker) -> None:
+        super().__init__(digest, growing.open_reader(), worker)
+        self._growing = growing
+        self.length = growing.length
+        self.piece_length = CHUNK
+
+    def when_piece(self, index: int) -> Deferred[None]:
+        return self._growing.when_written(min((index + 1) * CHUNK, self.length))
+
+    def verified(self) -> Deferred[object]:
+        d: Deferred[Any] = self._growing.ended()
+        return d
 
 
 class StreamingBlob(Resource):

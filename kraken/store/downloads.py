@@ -224,13 +224,13 @@ def _prepare(directory: str, info: MetaInfo) -> bytes | None:
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory)
     with open(os.path.join(directory, "data"), "wb") as f:
-        _reserve(f.fileno(), info.length)
+        reserve(f.fileno(), info.length)
     _write_atomically(os.path.join(directory, "metainfo"), info.to_json())
     _write_atomically(os.path.join(directory, "pieces"), Bitfield(info.num_pieces).to_bytes())
     return None
 
 
-def _reserve(fd: int, length: int) -> None:
+def reserve(fd: int, length: int) -> None:
     """Give the new data file its ``length`` on disk now, so that a blob this disk cannot hold fails here with
     ENOSPC (a clean 507 before any byte is served, ``kraken.files``) rather than halfway through the download;
     a sparse file where the filesystem cannot reserve space."""

@@ -139,6 +139,11 @@ class UploadArea:
     def size(self, uid: str) -> int:
         return self._get(uid).size
 
+    def replaced(self, uid: str, size: int, sha256: Any = None) -> None:
+        """Upload ``uid``'s file was replaced whole (a download from a backend): ``size`` bytes, whose running
+        SHA-256 is ``sha256`` when the writer hashed them as it wrote (None: read again for the digest)."""
+        self._live[uid] = _Upload(size, sha256)
+
     async def append(self, uid: str, source: IO[bytes], offset: int | None = None, length: int | None = None) -> int:
         """Copy ``source`` (from its current position) to the end of the upload.
 

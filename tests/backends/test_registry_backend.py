@@ -33,6 +33,7 @@ from kraken.backends import BackendError, BlobNotFound, IBackend, RegistryBacken
 from kraken.backends.registry import ACCEPT, parse_challenge
 from kraken.core import Digest
 from kraken.net.client import HTTPClientConfig
+from kraken.store.growing import GrowingFile
 from kraken.workers import ThreadWorker
 
 REPO = "library/kraken-test"
@@ -131,6 +132,25 @@ async def test_stat_and_download_a_blob(reactor: Any, http: Any, docker_registry
     await backend.download(REPO, docker_registry.blob_hex, str(tmp_path / "blob"))
     assert (tmp_path / "blob").read_bytes() == docker_registry.blob
     assert os.listdir(tmp_path) == ["blob"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_growing_download_tells_each_byte_and_its_sha256(
+    reactor: Any, http: Any, docker_registry: Pushed, tmp_path: Any
+) -> None:
+    backend = _backend(reactor, http, docker_registry.url)
+    growing = GrowingFile(len(docker_registry.blob))
+    opened = growing.opened()
+    await backend.download_growing(REPO, docker_registry.blob_hex, str(tmp_path / "blob"), growing)
+    assert opened.called and growing.written == len(docker_registry.blob) and growing.live  # the caller ends it
+    assert growing.sha256.hexdigest() == hashlib.sha256(docker_registry.blob).hexdigest()
+    fd = growing.open_reader()  # the temporary file, renamed since: the same bytes
+    try:
+        assert os.pread(fd, len(docker_registry.blob), 0) == docker_registry.blob
+    finally:
+        os.close(fd)
+    growing.end(None)
+    assert (tmp_path / "blob").read_bytes() == docker_registry.blob
 
 
 @pytest_twisted.ensureDeferred
