@@ -11,16 +11,17 @@ host's cache nor streaming here already first asks the blob's origin (``ClusterC
   store's ``tmp/``, which a restart empties), its length reserved first (``posix_fallocate``: a full disk is a
   clean 507 before any byte is served), hashing it as it is written, and serves containerd from what is on disk
   (``kraken.registry.streaming.GrowingReader``: ``Range`` too). Once the body is whole, its digest is checked and
-  the blob installed into the cache with the origin's metainfo (from the tracker), so that this host seeds it
-  peer to peer like any other; only then does containerd get the last byte. A wrong digest, a short body, an
-  origin that goes away: nothing is installed, the file is deleted, containerd's connection is aborted (it falls
-  back to its next host);
+  the blob installed into the cache with the origin's metainfo (from the tracker); only then does containerd get
+  the last byte. (This host does not announce it to the tracker: the others get it from the origin's swarm.) A
+  wrong digest, a short body, an origin that goes away: nothing is installed, the file is deleted, containerd's
+  connection is aborted (it falls back to its next host);
 - anything else (204: the origin holds the blob, get it peer to peer; 404; an origin that fails or cannot be
   reached): the usual path, through the tracker and peers.
 
-Other agents asking meanwhile take the same path while the origin's fetch runs: the upstream's bytes still cross
-the upstream link once (into the origin), and the origin's file is read once per agent from its page cache; once
-the origin has committed the blob it answers 204 and the rest of the hosts get it peer to peer.
+Other agents asking meanwhile take the same path while the origin's fetch runs, up to the origin's
+``fetch_streams`` (1 by default) at once: the upstream's bytes still cross the upstream link once (into the
+origin), and the origin's file is read once per stream from its page cache. The others hear 204 and get the blob
+peer to peer once the origin has committed it, as every host did before.
 """
 
 from __future__ import annotations

@@ -112,6 +112,10 @@ class OriginConfig:
     # A question about a blob being fetched from its backend waits this long for the fetch to end before the
     # answer is 202 "ask again" (so the first client hears of the blob when it lands, not at its next poll).
     fetch_hold: Duration = attrs.field(default=Duration(2.0), validator=attrs.validators.ge(Duration(0.0)))
+    # Agents streaming one blob from this origin while it fetches it (their ``stream_from_origins``), at most; the
+    # others hear 204 and wait for the blob peer to peer, so a thousand hosts pulling a new image at once do not
+    # make a thousand copies of it on this origin's link. 0: no agent streams.
+    fetch_streams: int = attrs.field(default=1, validator=attrs.validators.ge(0))
     writeback: WriteBackConfig = attrs.field(factory=WriteBackConfig)
     # Eviction of idle blobs; off by default without backends (the only copy). See CleanupConfig.
     cleanup: CleanupConfig = attrs.field(factory=CleanupConfig)

@@ -80,6 +80,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from typing import Any
 
 from klein import Klein
@@ -237,11 +238,13 @@ class OriginHTTP:
     app = Klein()
     log = Logger()
 
-    def __init__(self, node: OriginNode, *, reads: Worker | None = None) -> None:
+    def __init__(self, node: OriginNode, *, reads: Worker | None = None, streams: int = 1) -> None:
         """``reads``: the worker that reads a blob being fetched for a ``Kraken-Stream`` GET (None: such a GET is
-        answered as any other)."""
+        answered as any other); ``streams``: such GETs of one blob answered at once, at most (one more: 204)."""
         self._node = node
         self._reads = reads
+        self._streams_per_blob = streams
+        self._streaming: Counter[Digest] = Counter()
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -389,9 +392,13 @@ class OriginHTTP:
     async def _stream(self, request: Request, ns: str, digest: Digest) -> IResource | bytes:
         """A ``Kraken-Stream`` GET: the fetch in progress, as it arrives; 204 when there is none to read."""
         assert self._reads is not None
+        if self._streaming[digest] >= self._streams_per_blob:
+            return _empty(request, 204)  # enough copies on our link already: this one waits for P2P
         growing = await self._node.growing(ns, digest)
         reader = None if growing is None else await GrowingReader.open(str(digest), growing, self._reads)
-        if growing is None or reader is None:
+        if growing is None or reader is None or self._streaming[digest] >= self._streams_per_blob:
+            if reader is not None:
+                reader.close()  # others began while this one waited for the file
             return _empty(request, 204)
         try:
             wanted = byte_range(request.getHeader(b"range"), growing.length)
@@ -401,9 +408,16 @@ class OriginHTTP:
             raise HTTPError(416, e.message) from None
         resource = StreamingBlob(reader)
         resource.select(wanted)
+        self._streaming[digest] += 1
+        request.notifyFinish().addBoth(lambda _: self._stream_ended(digest))
         self.log.info("streaming {digest} to a client while it is fetched", digest=str(digest), namespace=ns)
         request.postpath = []
         return resource
+
+    def _stream_ended(self, digest: Digest) -> None:
+        self._streaming[digest] -= 1
+        if self._streaming[digest] <= 0:
+            del self._streaming[digest]
 
     @app.route("/namespace/<path:ns>/blobs/<d>/metainfo", methods=["GET"])
     async def get_metainfo(self, request: Request, ns: str, d: str) -> bytes:

@@ -103,7 +103,7 @@ def origin_service(
     scheduler.setServiceParent(top)
     node.seeds_as(scheduler.me, scheduler.stats)
 
-    app = OriginHTTP(node, reads=io_worker)
+    app = OriginHTTP(node, reads=io_worker, streams=config.fetch_streams)
     observation = _observation(config, reactor, node, scheduler, ring, io_worker, cleanup, writeback)
     resource = observed(app.resource(), observation)
     site = make_site(resource, reactor=reactor, spool=store.uploads.spool, body_refused=app.body_refused)

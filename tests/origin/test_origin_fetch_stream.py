@@ -147,6 +147,32 @@ def test_a_stream_get_of_a_held_blob_is_204_at_once(
     assert origin.run(_stream(origin)) == (204, b"")
 
 
+def test_one_agent_streams_a_blob_being_fetched_and_the_next_hears_204_until_that_stream_ends(
+    origin: Origin, fetcher: BlobFetcher, backend: GrowingBackend
+) -> None:
+    first = _stream(origin)
+    for stub in origin._stubs:
+        stub.flush()
+    assert not first.called
+    assert origin.run(_stream(origin)) == (204, b"")  # fetch_streams 1: the second waits for peer to peer
+    backend.rest.callback(None)
+    assert origin.run(first) == (200, DATA)
+    assert origin.http._streaming == {}  # the count went with the stream
+
+
+def test_with_fetch_streams_two_a_second_agent_streams_too(
+    origin: Origin, fetcher: BlobFetcher, backend: GrowingBackend
+) -> None:
+    origin.http = OriginHTTP(origin.node, reads=origin.worker, streams=2)
+    origin.stub = origin.stub_for(origin.http.resource())
+    first, second = _stream(origin), _stream(origin)
+    for stub in origin._stubs:
+        stub.flush()
+    assert origin.run(_stream(origin)) == (204, b"")  # a third
+    backend.rest.callback(None)
+    assert origin.run(first) == (200, DATA) and origin.run(second) == (200, DATA)
+
+
 def test_a_stream_get_with_a_range_gets_those_bytes(
     origin: Origin, fetcher: BlobFetcher, backend: GrowingBackend
 ) -> None:
