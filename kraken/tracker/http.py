@@ -285,6 +285,16 @@ class TrackerHTTP:
         return info.to_json()
 
 
+def begin_announce(tracker: TrackerHTTP, body: bytes, host: str | None) -> Deferred[bytes]:
+    """The answer to the announce ``body`` from the client address ``host`` (``TrackerHTTP.announce``; it
+    has fired already when nothing it awaited waited). A body that does not parse raises ``HTTPError``
+    (400) before anything is recorded."""
+    announce, progress = parse_announce_and_progress(body)
+    peer, _namespace, digest, info_hash, unreachable = announce
+    source = source_key(host)
+    return Deferred.fromCoroutine(tracker.announce(peer, digest, info_hash, source, unreachable, progress))
+
+
 class AnnounceResource(Resource):
     """``POST /announce`` as a plain twisted.web resource.
 
@@ -312,10 +322,8 @@ class AnnounceResource(Resource):
     def render_POST(self, request: IRequest) -> bytes | int:
         tracker = self._tracker
         try:
-            announce, progress = parse_announce_and_progress(read_body(request, MAX_ANNOUNCE_BODY))
-            peer, _namespace, digest, info_hash, unreachable = announce
-            source = source_key(getattr(request.getClientAddress(), "host", None))
-            answer = Deferred.fromCoroutine(tracker.announce(peer, digest, info_hash, source, unreachable, progress))
+            body = read_body(request, MAX_ANNOUNCE_BODY)
+            answer = begin_announce(tracker, body, getattr(request.getClientAddress(), "host", None))
         except Exception:
             return tracker.error(request, Failure())
         result: list[bytes | Failure] = []
