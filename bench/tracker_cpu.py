@@ -50,6 +50,7 @@ from kraken.net.metrics import Observation, new_registry, observed
 from kraken.net.server import make_site
 from kraken.tracker.http import TrackerHTTP
 from kraken.tracker.lean import lean_announces
+from kraken.tracker.origins import OriginPeers
 from kraken.tracker.peers import MemoryPeerStore
 from kraken.tracker.stats import register_tracker, with_stats
 
@@ -57,8 +58,10 @@ PEERS, BLOBS = 10_000, 100
 ORIGIN = [PeerInfo("f" * 40, "10.9.9.9", 15000, complete=True, origin=True)]
 
 
-class _Origins:
-    async def get(self, digest: object) -> list[PeerInfo]:
+class _Origin:
+    """The origin's answer to ``OriginPeers`` (which the tracker asks through its cache, as in the daemon)."""
+
+    async def peers(self, digest: object) -> list[PeerInfo]:
         return ORIGIN
 
 
@@ -105,7 +108,7 @@ def tracker_site(metrics: bool, lean: bool = True) -> Site:
     store = MemoryPeerStore(3600.0, reactor)
     app = TrackerHTTP(
         store, None, clock=reactor, announce_interval=3.0, max_peers=50,  # type: ignore[arg-type]
-        origin_peers=_Origins(),  # type: ignore[arg-type]
+        origin_peers=OriginPeers(_Origin(), clock=reactor),  # type: ignore[arg-type]
     )  # fmt: skip
     if not metrics:
         app.handout_sizes = _NoHistogram()  # type: ignore[assignment]

@@ -36,7 +36,8 @@ from twisted.web.server import Site, version
 
 from kraken.net.metrics import RequestCounts
 from kraken.net.server import PlainHTTPChannel, json_error
-from kraken.tracker.http import MAX_ANNOUNCE_BODY, TrackerHTTP, begin_announce
+from kraken.tracker.fair import source_key
+from kraken.tracker.http import MAX_ANNOUNCE_BODY, TrackerHTTP, parse_announce_and_progress
 
 #: The most bytes of request line and headers the lean parser reads (twisted.web's ``totalHeadersSize``).
 MAX_HEAD = 16384
@@ -131,7 +132,7 @@ class LeanChannel(PlainHTTPChannel):
     _paused = False
     _gone = False
     _saved_timeout: Any = None
-    _host: str | None = None
+    _source_key: str | None = None
 
     def dataReceived(self, data: bytes) -> None:
         if self._twisted and not self._idle():
@@ -166,25 +167,33 @@ class LeanChannel(PlainHTTPChannel):
                 self._held = data
                 return
             try:
-                answer = begin_announce(lean.tracker, data[end + 4 : total], self._client_host())
+                announce, progress = parse_announce_and_progress(data[end + 4 : total])
             except Exception:  # a bad body: twisted.web answers it (and its 4xx) as ever
                 self._to_twisted(data)
                 return
             self._first = False
-            result: list[bytes | Failure] = []
-            answer.addBoth(result.append)
             data = data[total:]
-            if not result:
-                self._wait(answer, result, data)
-                return
-            self.transport.write(lean.response(result[0]))  # type: ignore[union-attr]
+            answer: bytes | Failure | Deferred[bytes]
+            try:
+                answer = lean.tracker.answer(announce, progress, self._source())
+            except Exception:
+                answer = Failure()
+            if isinstance(answer, Deferred):
+                result: list[bytes | Failure] = []
+                answer.addBoth(result.append)
+                if not result:
+                    self._wait(answer, result, data)
+                    return
+                answer = result[0]
+            self.transport.write(lean.response(answer))  # type: ignore[union-attr]
         self._held = b""
 
-    def _client_host(self) -> str | None:
-        host = self._host
-        if host is None:
-            host = self._host = getattr(self.transport.getPeer(), "host", None)  # type: ignore[union-attr]
-        return host
+    def _source(self) -> str:
+        """The announcing address's group (``kraken.tracker.fair.source_key``), found once per connection."""
+        source = self._source_key
+        if source is None:
+            source = self._source_key = source_key(getattr(self.transport.getPeer(), "host", None))  # type: ignore[union-attr]
+        return source
 
     def _to_twisted(self, data: bytes) -> None:
         """Hand ``data`` (from the first byte of a request on) to twisted.web, which keeps the connection

@@ -173,16 +173,19 @@ def test_a_waiting_store_holds_what_follows_until_the_answer_is_written() -> Non
     conn.close()
 
 
+def assert_500(conn: Conn, out: bytes) -> None:
+    assert out.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and out.endswith(b'{"error":"internal error"}\n')
+    assert b"Content-Type: application/json\r\nContent-Length: 27\r\n" in out
+    assert conn.observation.requests.counts == {("/announce", b"POST", 5): 1}
+
+
 def test_a_late_failure_is_a_logged_500() -> None:
     store = HeldStore()
     conn = Conn(True, store)
     conn.send(post(GOOD))
     with capturedLogs() as events:
         store.pending[0].errback(RuntimeError("store down"))
-    out = conn.send(b"")
-    assert out.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and out.endswith(b'{"error":"internal error"}\n')
-    assert b"Content-Type: application/json\r\nContent-Length: 27\r\n" in out
-    assert conn.observation.requests.counts == {("/announce", b"POST", 5): 1}
+    assert_500(conn, conn.send(b""))
     [failure] = [e["log_failure"] for e in events if "log_failure" in e]
     assert failure.check(RuntimeError)
     conn.close()
@@ -241,3 +244,30 @@ def test_the_tracker_uses_the_lean_path_unless_its_access_log_is_on(access_log: 
         assert (factory.protocol is LeanChannel) is lean
     finally:
         top.stopService()
+
+
+def test_an_error_of_the_memory_store_is_a_logged_500_on_both_paths() -> None:
+    for lean in (True, False):
+        conn = Conn(lean)
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("store broken")
+
+        conn.app.store.record = broken  # type: ignore[method-assign]
+        with capturedLogs() as events:
+            out = conn.send(post(GOOD))
+        assert_500(conn, out)
+        [failure] = [e["log_failure"] for e in events if "log_failure" in e]
+        assert failure.check(RuntimeError)
+        conn.close()
+
+
+def test_an_origin_lookup_that_waits_is_answered_when_it_is_in() -> None:
+    conn = Conn(True)
+    conn.app.origin.peers_hold = True
+    assert conn.send(post(GOOD)) == b""
+    conn.app.origin.release()
+    assert json.loads(conn.send(b"").split(b"\r\n\r\n")[1]) == {"peers": [ORIGIN.to_json()], "interval": 3.0}
+    assert b"200 OK" in conn.send(post(announce_doc(peer(2)))), "cached now: answered at once"
+    assert conn.answered == 2
+    conn.close()
