@@ -52,9 +52,29 @@ _NOT_OURS = (b"\r\ntransfer-encoding:", b"\r\nexpect:", b"\r\nupgrade:")
 _SERVER = b"Server: " + version + b"\r\n"
 
 
+#: Heads (of at most ``MEMO_HEAD_BYTES``) seen lately and their ``body_length``: a client sends the same head
+#: with every announce. At most ``HEAD_MEMO_SIZE``; when full, the memo starts afresh.
+_HEADS: dict[bytes, int | None] = {}
+HEAD_MEMO_SIZE = 4096
+MEMO_HEAD_BYTES = 1024
+
+
 def body_length(head: bytes) -> int | None:
     """The body length of ``head`` (a request's head without its blank line) if the lean path may answer
     it, else None."""
+    try:
+        return _HEADS[head]
+    except KeyError:
+        pass
+    length = _body_length(head)
+    if len(head) <= MEMO_HEAD_BYTES:
+        if len(_HEADS) >= HEAD_MEMO_SIZE:
+            _HEADS.clear()
+        _HEADS[head] = length
+    return length
+
+
+def _body_length(head: bytes) -> int | None:
     if len(head) > MAX_HEAD or _HEAD.fullmatch(head) is None:
         return None
     lower = head.lower()

@@ -271,3 +271,12 @@ def test_an_origin_lookup_that_waits_is_answered_when_it_is_in() -> None:
     assert b"200 OK" in conn.send(post(announce_doc(peer(2)))), "cached now: answered at once"
     assert conn.answered == 2
     conn.close()
+
+
+def test_a_head_is_judged_the_same_the_second_time() -> None:
+    heads = [
+        b"POST /announce HTTP/1.1\r\nContent-Length: 12",
+        b"POST /announce HTTP/1.1\r\nExpect: x\r\nContent-Length: 1",
+    ]
+    for _ in range(2):
+        assert [body_length(h) for h in heads] == [12, None]
