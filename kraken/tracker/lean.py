@@ -233,6 +233,7 @@ class LeanChannel(PlainHTTPChannel):
             and self._transferDecoder is None
             and bool(self.persistent)
             and not self._draining
+            and not getattr(self.transport, "disconnecting", False)
         )
 
     def _wait(self, answer: Deferred[Any], result: list[bytes | Failure], rest: bytes) -> None:

@@ -280,3 +280,11 @@ def test_a_head_is_judged_the_same_the_second_time() -> None:
     ]
     for _ in range(2):
         assert [body_length(h) for h in heads] == [12, None]
+
+
+@pytest.mark.parametrize("closing", [post(GOOD, version=b"HTTP/1.0"), post(GOOD, b"Connection: close\r\n")])
+def test_nothing_is_answered_after_twisted_web_closed_the_connection(closing: bytes) -> None:
+    conn = Conn(True)
+    assert b"200 OK" in conn.send(closing) and conn.transport.disconnecting
+    assert conn.send(post(GOOD)) == b"" and conn.answered == 0
+    conn.close()
