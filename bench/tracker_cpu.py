@@ -1,7 +1,7 @@
 """Tracker CPU per announce, in one process: less sensitive to a busy machine than bench/tracker_load.py.
 
     python bench/tracker_cpu.py [--tls off|on|both] [--metrics on|off|both] [--reps 25] [--announces 2000]
-        [--progress]
+        [--progress] [--lean on|off|both]
 
 The tracker's real Site (``make_site`` over ``TrackerHTTP`` and a ``MemoryPeerStore``; plain, or behind Twisted's
 TLS layer with mutual TLS from a trustme CA) is fed the announces of bench/tracker_load.py (10,000 peers over 100
@@ -11,7 +11,9 @@ an answer), so the figure leaves out the sockets and the poll loop, and the clie
 rounds times ``--announces`` announces; the best and the median round are given as CPU-seconds per 10,000
 announces. To compare two trees, run this alternately with ``PYTHONPATH`` on each, a few times. ``--progress``
 adds to every announce a ``progress`` object with ten sources (what agents send with ``p2p.announce_progress``
-for the live swarm page), to compare with a run without it.
+for the live swarm page), to compare with a run without it. ``--lean`` (default ``on``) is the lean announce
+path (``kraken.tracker.lean``, which the tracker uses unless its access log is on); ``off`` is twisted.web alone,
+``both`` the two side by side, alternating rounds, with the lean path's cost as a fraction of twisted.web's.
 
 ``--metrics`` (default ``on``) is the cost of the metrics (docs/operations.md section 17): ``on`` is the Site
 wrapped as ``kraken.tracker.tap`` wraps it (``/metrics``, each request counted and timed, the handout
@@ -47,6 +49,8 @@ from kraken.core.peer import PeerInfo
 from kraken.net.metrics import Observation, new_registry, observed
 from kraken.net.server import make_site
 from kraken.tracker.http import TrackerHTTP
+from kraken.tracker.lean import lean_announces
+from kraken.tracker.origins import OriginPeers
 from kraken.tracker.peers import MemoryPeerStore
 from kraken.tracker.stats import register_tracker, with_stats
 
@@ -54,8 +58,10 @@ PEERS, BLOBS = 10_000, 100
 ORIGIN = [PeerInfo("f" * 40, "10.9.9.9", 15000, complete=True, origin=True)]
 
 
-class _Origins:
-    async def get(self, digest: object) -> list[PeerInfo]:
+class _Origin:
+    """The origin's answer to ``OriginPeers`` (which the tracker asks through its cache, as in the daemon)."""
+
+    async def peers(self, digest: object) -> list[PeerInfo]:
         return ORIGIN
 
 
@@ -96,25 +102,28 @@ class _NoHistogram:
         pass
 
 
-def tracker_site(metrics: bool) -> Site:
-    """A fresh tracker's Site: with its metrics as ``kraken.tracker.tap`` wires them, or without."""
+def tracker_site(metrics: bool, lean: bool = True) -> Site:
+    """A fresh tracker's Site: with its metrics as ``kraken.tracker.tap`` wires them, or without; ``lean``: with
+    the lean path for announces (``kraken.tracker.lean``), as the tap wires it without the access log."""
     store = MemoryPeerStore(3600.0, reactor)
     app = TrackerHTTP(
         store, None, clock=reactor, announce_interval=3.0, max_peers=50,  # type: ignore[arg-type]
-        origin_peers=_Origins(),  # type: ignore[arg-type]
+        origin_peers=OriginPeers(_Origin(), clock=reactor),  # type: ignore[arg-type]
     )  # fmt: skip
     if not metrics:
         app.handout_sizes = _NoHistogram()  # type: ignore[assignment]
-        return make_site(with_stats(app.resource(), store), reactor=reactor, access_log=False)  # /stats: not metrics
+        site = make_site(with_stats(app.resource(), store), reactor=reactor, access_log=False)  # /stats: not metrics
+        return lean_announces(site, app, None) if lean else site
     registry = new_registry()
     register_tracker(registry, store, app)
     observation = Observation(registry, {}, clock=reactor, exact=frozenset({"/announce"}))
-    return make_site(observed(with_stats(app.resource(), store), observation), reactor=reactor, access_log=False)
+    site = make_site(observed(with_stats(app.resource(), store), observation), reactor=reactor, access_log=False)
+    return lean_announces(site, app, observation.requests) if lean else site
 
 
-def connect(tls: bool, metrics: bool = True) -> tuple[Callable[[bytes], None], Callable[[], bytes]]:
+def connect(tls: bool, metrics: bool = True, lean: bool = True) -> tuple[Callable[[bytes], None], Callable[[], bytes]]:
     """A server connection of a fresh tracker: (feed it client bytes, take the plaintext it answered)."""
-    site = tracker_site(metrics)
+    site = tracker_site(metrics, lean)
     addr = IPv4Address("TCP", "127.0.0.1", 40000)
     transport = _Transport(peerAddress=addr)
     if not tls:
@@ -179,8 +188,8 @@ class Session:
     """One connection of a fresh tracker, every peer announced once (``prefill``); ``round(n)`` times ``n``
     more announces: CPU-seconds per 10,000."""
 
-    def __init__(self, tls: bool, metrics: bool, with_progress: bool = False) -> None:
-        self._feed, self._take = connect(tls, metrics)
+    def __init__(self, tls: bool, metrics: bool, with_progress: bool = False, lean: bool = True) -> None:
+        self._feed, self._take = connect(tls, metrics, lean)
         self._wire = requests(with_progress)
         self._next = 0
         self._spent = 0.0
@@ -208,34 +217,54 @@ class Session:
         return self._spent / n * 10_000
 
 
+Setting = tuple[bool, bool]  # (metrics, lean)
+
+
 def measure(
-    tls: bool, reps: int, announces: int, metrics: tuple[bool, ...], with_progress: bool = False
-) -> dict[bool, list[float]]:
-    """CPU-seconds per 10,000 announces of each round, per metrics setting; with two settings, their rounds
-    alternate (so a busy machine weighs on both alike)."""
-    sessions = {m: Session(tls, m, with_progress) for m in metrics}
-    rounds: dict[bool, list[float]] = {m: [] for m in metrics}
+    tls: bool, reps: int, announces: int, settings: list[Setting], with_progress: bool = False
+) -> dict[Setting, list[float]]:
+    """CPU-seconds per 10,000 announces of each round, per (metrics, lean) setting; with several settings, their
+    rounds alternate (so a busy machine weighs on all alike)."""
+    sessions = {s: Session(tls, s[0], with_progress, s[1]) for s in settings}
+    rounds: dict[Setting, list[float]] = {s: [] for s in settings}
     for _ in range(reps):
-        for m, session in sessions.items():
-            rounds[m].append(session.round(announces))
+        for s, session in sessions.items():
+            rounds[s].append(session.round(announces))
     return rounds
+
+
+def _compare(by_setting: dict[Setting, list[float]], tls: bool, lean: tuple[bool, ...]) -> None:
+    name = "mutual TLS" if tls else "plain"
+    medians = {s: statistics.median(r) for s, r in by_setting.items()}
+    for s in by_setting:
+        metrics, is_lean = s
+        if metrics and (False, is_lean) in medians:
+            on, off = medians[s], medians[(False, is_lean)]
+            print(f"{name}: metrics cost {100 * (on - off) / off:+.1f} % (medians)")
+        if is_lean and len(lean) == 2:
+            new, old = medians[s], medians[(metrics, False)]
+            best = min(by_setting[s]) / min(by_setting[(metrics, False)])
+            print(f"{name}: the lean path costs {new / old:.2f}x of twisted.web's (medians; best rounds {best:.2f}x)")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tls", choices=("off", "on", "both"), default="both")
     parser.add_argument("--metrics", choices=("off", "on", "both"), default="on")
+    parser.add_argument("--lean", choices=("off", "on", "both"), default="on")
     parser.add_argument("--reps", type=int, default=25)
     parser.add_argument("--announces", type=int, default=2000)
     parser.add_argument("--progress", action="store_true", help="announces carry a progress object")
     args = parser.parse_args()
-    metrics = {"off": (False,), "on": (True,), "both": (True, False)}[args.metrics]
+    choice = {"off": (False,), "on": (True,), "both": (True, False)}
+    settings = [(m, lean) for m in choice[args.metrics] for lean in choice[args.lean]]
     for tls in {"off": (False,), "on": (True,), "both": (False, True)}[args.tls]:
-        by_setting = measure(tls, args.reps, args.announces, metrics, args.progress)
-        for m, rounds in by_setting.items():
+        by_setting = measure(tls, args.reps, args.announces, settings, args.progress)
+        for (m, lean), rounds in by_setting.items():
             what = (
                 ("mutual TLS" if tls else "plain")
                 + ("" if args.metrics == "on" else f", metrics {'on' if m else 'off'}")
+                + ("" if args.lean == "on" else f", lean path {'on' if lean else 'off'}")
                 + (" with progress" if args.progress else "")
             )
             print(
@@ -243,9 +272,7 @@ def main() -> int:
                 f"{args.announces}; median {statistics.median(rounds):.3f}; {10_000 / statistics.median(rounds):,.0f} "
                 "announces/s on one core)"
             )
-        if len(by_setting) == 2:
-            on, off = (statistics.median(by_setting[m]) for m in (True, False))
-            print(f"{'mutual TLS' if tls else 'plain'}: metrics cost {100 * (on - off) / off:+.1f} % (medians)")
+        _compare(by_setting, tls, choice[args.lean])
     return 0
 
 

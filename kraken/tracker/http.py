@@ -65,7 +65,7 @@ from kraken.tracker.fair import source_key
 from kraken.tracker.handout import AnswerEncoder, handout
 from kraken.tracker.metainfo import MetaInfoCache, MetaInfoSource
 from kraken.tracker.origins import OriginPeers
-from kraken.tracker.peers import IPeerStore
+from kraken.tracker.peers import IPeerStore, MemoryPeerStore
 from kraken.tracker.progress import Progress, ProgressError, check_progress
 
 #: An announce is a few hundred bytes; 50 unreachable peer ids of 64 hex characters add about 3.4 KB.
@@ -109,9 +109,29 @@ def parse_announce(body: bytes) -> Announce:
     return parse_announce_and_progress(body)[0]
 
 
+#: Announce bodies parsed lately (of at most ``MEMO_BODY_BYTES``, without ``progress`` or ``unreachable``): an
+#: agent sends the same body every few seconds while it downloads, and parsing it was a tenth of an announce's CPU.
+#: At most ``BODY_MEMO_SIZE``; when full, the memo starts afresh.
+_BODIES: dict[bytes, Announce] = {}
+BODY_MEMO_SIZE = 20_000
+MEMO_BODY_BYTES = 1024
+
+
 def parse_announce_and_progress(body: bytes) -> tuple[Announce, dict[str, Any] | None]:
     """An announce body, parsed, and its checked ``progress`` (None without one); ``HTTPError(400)`` if
     anything is off."""
+    known = _BODIES.get(body)
+    if known is not None:
+        return known, None
+    announce, progress = _parse_announce(body)
+    if progress is None and not announce.unreachable and len(body) <= MEMO_BODY_BYTES:
+        if len(_BODIES) >= BODY_MEMO_SIZE:
+            _BODIES.clear()
+        _BODIES[body] = announce
+    return announce, progress
+
+
+def _parse_announce(body: bytes) -> tuple[Announce, dict[str, Any] | None]:
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -198,6 +218,8 @@ class TrackerHTTP:
         rng: random.Random | None = None,
     ) -> None:
         self._store = store
+        # The in-memory store answers at once: announces to it skip the coroutine (``answer``).
+        self._memory = store if type(store) is MemoryPeerStore else None
         self._clock = clock
         self._max_peers = max_peers
         # The origins seeding each blob; None hands out agents only.
@@ -258,6 +280,34 @@ class TrackerHTTP:
         # One more than needed: the requester itself may be among them.
         known = await self._store.peers(info_hash, self._max_peers + 1, now)
         origins = [] if self.origin_peers is None else await self.origin_peers.get(digest)
+        return self._handout(peer, known, origins)
+
+    def answer(self, announce: Announce, progress: dict[str, Any] | None, source: str) -> bytes | Deferred[bytes]:
+        """``announce`` (parsed) from the address ``source``: the answer's JSON, at once when nothing had to
+        wait (the in-memory store, and this blob's origins known), else a Deferred of it. With the in-memory
+        store this is what ``announce`` does, without a coroutine: an error of the store raises here."""
+        peer, _namespace, digest, info_hash, unreachable = announce
+        store = self._memory
+        if store is None:
+            return Deferred.fromCoroutine(self.announce(peer, digest, info_hash, source, unreachable, progress))
+        now = self._clock.seconds()
+        store.record(info_hash, peer, now, source, None if progress is None else Progress(str(digest), progress))
+        if unreachable:
+            store.report(info_hash, [p for p in unreachable if p != peer.peer_id], source, now)
+        if peer.complete:
+            return self._no_peers
+        known = store.live(info_hash, self._max_peers + 1, now)
+        if self.origin_peers is None:
+            return self._handout(peer, known, [])
+        origins: Deferred[list[PeerInfo]] = self.origin_peers.get(digest)
+        got: list[list[PeerInfo]] = []
+        origins.addCallback(got.append)
+        if got:
+            return self._handout(peer, known, got[0])
+        return origins.addCallback(lambda _: self._handout(peer, known, got[0]))
+
+    def _handout(self, peer: PeerInfo, known: list[PeerInfo], origins: list[PeerInfo]) -> bytes:
+        """The answer's JSON for ``peer``: ``known`` (the store's choice) after ``origins``; counted."""
         peers = handout(known, origins, peer.peer_id, self._max_peers, self._rng)
         self.handouts += 1
         self.handed_out_peers += len(peers)
@@ -283,6 +333,13 @@ class TrackerHTTP:
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", b"application/json")
         return info.to_json()
+
+
+def begin_announce(tracker: TrackerHTTP, body: bytes, host: str | None) -> bytes | Deferred[bytes]:
+    """The answer to the announce ``body`` from the client address ``host`` (``TrackerHTTP.answer``). A body
+    that does not parse raises ``HTTPError`` (400) before anything is recorded."""
+    announce, progress = parse_announce_and_progress(body)
+    return tracker.answer(announce, progress, source_key(host))
 
 
 class AnnounceResource(Resource):
@@ -312,12 +369,12 @@ class AnnounceResource(Resource):
     def render_POST(self, request: IRequest) -> bytes | int:
         tracker = self._tracker
         try:
-            announce, progress = parse_announce_and_progress(read_body(request, MAX_ANNOUNCE_BODY))
-            peer, _namespace, digest, info_hash, unreachable = announce
-            source = source_key(getattr(request.getClientAddress(), "host", None))
-            answer = Deferred.fromCoroutine(tracker.announce(peer, digest, info_hash, source, unreachable, progress))
+            body = read_body(request, MAX_ANNOUNCE_BODY)
+            answer = begin_announce(tracker, body, getattr(request.getClientAddress(), "host", None))
         except Exception:
             return tracker.error(request, Failure())
+        if isinstance(answer, bytes):
+            return self._body(request, answer)
         result: list[bytes | Failure] = []
         answer.addBoth(result.append)
         if result:  # answered already: the usual case with the in-memory store

@@ -21,6 +21,7 @@ from kraken.net.tls import server_side, wire
 from kraken.origin.client import ClusterClient, origin_urls
 from kraken.tracker.config import TrackerConfig
 from kraken.tracker.http import TrackerHTTP
+from kraken.tracker.lean import lean_announces
 from kraken.tracker.origins import OriginPeers
 from kraken.tracker.redis_peers import peer_store
 from kraken.tracker.stats import register_tracker, with_stats
@@ -84,6 +85,8 @@ def tracker_service(config: TrackerConfig, reactor: Any) -> MultiService:
     # The live swarm page counts a report as current for two announce intervals (kraken.tracker.swarmview).
     swarms = with_swarms(app.resource(), store, clock=reactor, fresh=2 * config.announce_interval + 1)
     site = make_site(observed(with_stats(swarms, store), observation), reactor=reactor, access_log=config.access_log)
+    if not config.access_log:  # the access log needs twisted.web's requests (kraken.tracker.lean)
+        lean_announces(site, app, observation.requests)
     listen_http(
         config.listen_http,
         site,

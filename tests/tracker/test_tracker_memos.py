@@ -59,3 +59,21 @@ def test_the_identity_memo_is_bounded_and_answers_stay_right() -> None:
     for _ in range(3):
         assert json.loads(encoder.encode(peers))["peers"] == [p.to_json() for p in peers]
     assert len(encoder._by_id) <= 2
+
+
+def test_a_body_sent_again_is_not_parsed_again_and_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http, "BODY_MEMO_SIZE", 3)
+    monkeypatch.setattr(http, "_BODIES", {})
+    first = parse_announce(body())
+    assert parse_announce(body()) is first
+    for n in range(10):
+        assert parse_announce(json.dumps(announce_doc(peer(n))).encode()).peer == peer(n)
+        assert len(http._BODIES) <= 3
+
+
+def test_bodies_with_reports_progress_or_padding_are_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http, "_BODIES", {})
+    progress = {"have": 1, "pieces": 2, "bytes_in": 3, "bytes_out": 0, "rate_in": 1.0, "rate_out": 0.0, "sources": []}
+    for doc in (body(unreachable=["b" * 40]), body(progress=progress), body() + b" " * 1024):
+        assert http.parse_announce_and_progress(doc)[0].peer == peer(1)
+    assert http._BODIES == {}
