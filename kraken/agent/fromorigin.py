@@ -12,9 +12,9 @@ host's cache nor streaming here already first asks the blob's origin (``ClusterC
   clean 507 before any byte is served), hashing it as it is written, and serves containerd from what is on disk
   (``kraken.registry.streaming.GrowingReader``: ``Range`` too). Once the body is whole, its digest is checked and
   the blob installed into the cache with the origin's metainfo (from the tracker); only then does containerd get
-  the last byte. (This host does not announce it to the tracker: the others get it from the origin's swarm.) A
-  wrong digest, a short body, an origin that goes away: nothing is installed, the file is deleted, containerd's
-  connection is aborted (it falls back to its next host);
+  the last byte, and the scheduler seeds it (``installed``), as it does a finished download. A wrong digest, a
+  short body, an origin that goes away: nothing is installed, the file is deleted, containerd's connection is
+  aborted (it falls back to its next host);
 - anything else (204: the origin holds the blob, get it peer to peer; 404; an origin that fails or cannot be
   reached): the usual path, through the tracker and peers.
 
@@ -83,9 +83,11 @@ class OriginStreams:
         worker: Worker,
         clock: IReactorTime,
         timeout: float,
+        installed: Callable[[str, MetaInfo], None] = lambda namespace, info: None,
     ) -> None:
         """``tmp``: where the files being written live (emptied at start); ``timeout``: seconds without a byte
-        from the origin before the stream is given up."""
+        from the origin before the stream is given up; ``installed(namespace, info)``: told of each blob installed
+        (the scheduler's ``seed``, so that this host serves it to its peers)."""
         self._origins = origins
         self._store = store
         self._tmp = tmp
@@ -93,6 +95,7 @@ class OriginStreams:
         self._worker = worker
         self._clock = clock
         self._timeout = timeout
+        self._installed = installed
         self._running: dict[Digest, GrowingFile] = {}
 
     async def resource(self, namespace: str, digest: Digest) -> StreamingBlob | None:
@@ -162,6 +165,7 @@ class OriginStreams:
                 raise ValueError(f"no metainfo of {growing.length} bytes for {digest} from the tracker")
             await self._store.install(path, info)
             installed = True
+            self._installed(namespace, info)
             growing.end(None)
             self.log.info("streamed {digest} from its origin; installed", digest=str(digest), namespace=namespace)
         except BaseException as e:

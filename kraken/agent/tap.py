@@ -172,12 +172,18 @@ def _source(
         max_manifest_size=config.max_manifest_size,
         mirror=Mirror(LocalOrTracker(store.stat, tracker.metainfo), reactor, config.answer_timeout),
         pins=pins,
-        from_origins=_from_origins(config, http, store, tracker, worker, reactor),
+        from_origins=_from_origins(config, http, store, tracker, worker, reactor, scheduler),
     )
 
 
 def _from_origins(
-    config: AgentConfig, http: HTTPClient, store: CAStore, tracker: Trackers, worker: ThreadWorker, reactor: Any
+    config: AgentConfig,
+    http: HTTPClient,
+    store: CAStore,
+    tracker: Trackers,
+    worker: ThreadWorker,
+    reactor: Any,
+    scheduler: Scheduler,
 ) -> OriginStreams | None:
     """Blobs streamed from origins still fetching them (``stream_from_origins``; empty: None)."""
     if not config.stream_from_origins:
@@ -188,8 +194,9 @@ def _from_origins(
     )  # fmt: skip
     tmp = os.path.join(config.store.root, "tmp")  # emptied by the store at start
     return OriginStreams(
-        origins, store, tmp, metainfo=tracker.metainfo, worker=worker, clock=reactor, timeout=config.http_client.timeout
-    )
+        origins, store, tmp, metainfo=tracker.metainfo, worker=worker, clock=reactor,
+        timeout=config.http_client.timeout, installed=scheduler.seed,
+    )  # fmt: skip
 
 
 def _cleanup(

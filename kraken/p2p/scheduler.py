@@ -34,7 +34,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
-from kraken.core import Digest
+from kraken.core import Digest, MetaInfo
 from kraken.core.peer import PeerInfo
 from kraken.net.histogram import Histogram
 from kraken.net.server import listen
@@ -187,6 +187,13 @@ class Scheduler(Service):
         torrent = self._torrents.get(digest)
         if torrent is not None and torrent.complete and not torrent.installing:
             self._torrents.drop(torrent, None)
+
+    def seed(self, namespace: str, info: MetaInfo) -> None:
+        """Seed a blob put in the cache by other means (an agent's stream from its origin) as a finished download is
+        seeded: a complete torrent, announced once, kept while peers use it (until ``seeder_tti``)."""
+        if not self.running or self._torrents.get(info.digest) is not None:
+            return
+        self._announcing.soon(self._torrents.add(namespace, info, None, None), 0.0)
 
     async def download(self, namespace: str, digest: Digest) -> str:
         """The path of the blob in the cache, downloading it first unless already there.

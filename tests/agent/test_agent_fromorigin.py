@@ -87,12 +87,24 @@ def store(tmp_path: Path) -> CAStore:
     )
 
 
-def streams(store: CAStore, tmp_path: Path, origins: Origins, info: MetaInfo | None = INFO) -> OriginStreams:
+def streams(
+    store: CAStore,
+    tmp_path: Path,
+    origins: Origins,
+    info: MetaInfo | None = INFO,
+    seeded: list[tuple[str, MetaInfo]] | None = None,
+) -> OriginStreams:
+    """``seeded``: where the blobs the streams installed are told (the scheduler's ``seed`` in the agent)."""
+
     async def metainfo(namespace: str, digest: Digest) -> MetaInfo | None:
         return info
 
     tmp = str(tmp_path / "agent" / "tmp")
-    return OriginStreams(origins, store, tmp, metainfo=metainfo, worker=InlineWorker(), clock=Clock(), timeout=30.0)
+    told = seeded if seeded is not None else []
+    return OriginStreams(
+        origins, store, tmp, metainfo=metainfo, worker=InlineWorker(), clock=Clock(), timeout=30.0,
+        installed=lambda namespace, info: told.append((namespace, info)),
+    )  # fmt: skip
 
 
 def read_all(resource: StreamingBlob, upto: int) -> bytes:
@@ -104,7 +116,8 @@ def test_a_blob_the_origin_is_fetching_is_served_as_it_arrives_and_installed_onc
 ) -> None:
     response = Response(200, len(DATA))
     origins = Origins(response)
-    s = streams(store, tmp_path, origins)
+    seeded: list[tuple[str, MetaInfo]] = []
+    s = streams(store, tmp_path, origins, seeded=seeded)
     resource = result_of(s.resource(NS, DIGEST))
     assert isinstance(resource, StreamingBlob) and resource.length == len(DATA)
     assert origins.asked == [(NS, DIGEST, {STREAM_HEADER: [b"1"]})]
@@ -112,12 +125,14 @@ def test_a_blob_the_origin_is_fetching_is_served_as_it_arrives_and_installed_onc
     response.send(DATA[:1500])
     assert read_all(resource, 1500) == DATA[:1500]
     assert not verified.called and result_of(store.stat(DIGEST)) is None  # nothing in the cache before the proof
+    assert seeded == []
     joined = result_of(s.resource(NS, DIGEST))  # a second request joins the same stream
     assert isinstance(joined, StreamingBlob) and len(origins.asked) == 1
     response.send(DATA[1500:])
     response.end()
     assert verified.called and result_of(store.stat(DIGEST)) == len(DATA)
     assert result_of(store.metainfo(DIGEST)) == INFO
+    assert seeded == [(NS, INFO)]  # this host seeds it now
     assert os.listdir(tmp_path / "agent" / "tmp") == []
     resource.blob.close()
     joined.blob.close()
@@ -126,14 +141,15 @@ def test_a_blob_the_origin_is_fetching_is_served_as_it_arrives_and_installed_onc
 
 def test_a_wrong_digest_installs_nothing_and_fails_the_readers(store: CAStore, tmp_path: Path) -> None:
     response = Response(200, len(DATA))
-    resource = result_of(streams(store, tmp_path, Origins(response)).resource(NS, DIGEST))
+    seeded: list[tuple[str, MetaInfo]] = []
+    resource = result_of(streams(store, tmp_path, Origins(response), seeded=seeded).resource(NS, DIGEST))
     verified = resource.blob.verified()
     failures: list[Failure] = []
     verified.addErrback(failures.append)
     response.send(DATA[::-1])
     response.end()
     assert failures and "not sha256:" in failures[0].getErrorMessage()
-    assert result_of(store.stat(DIGEST)) is None
+    assert result_of(store.stat(DIGEST)) is None and seeded == []
     assert os.listdir(tmp_path / "agent" / "tmp") == []
     resource.blob.close()
 

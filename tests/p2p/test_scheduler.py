@@ -4,7 +4,7 @@ test_torrent (and the pure policies: test_dials, test_slots, test_dispatch, test
 
 from __future__ import annotations
 
-from swarm import NAMESPACE, PIECE, blob, done, outcome, read, resolved
+from swarm import NAMESPACE, PIECE, blob, done, outcome, read, resolved, seed_store
 from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
@@ -50,6 +50,26 @@ def test_concurrent_requests_share_one_download(swarm):
     again = agent.download(info.digest)
     assert read(resolved(again)) == data
     assert origin.scheduler.stats().pieces_out == info.num_pieces
+
+
+def test_a_blob_put_in_the_cache_by_other_means_is_seeded_once_told(swarm):
+    """An agent that installed a blob itself (its stream from an origin) seeds it after ``seed``, as a finished
+    download is seeded: it announces complete, and another agent downloads every piece from it, none from the
+    origin the tracker knows of (which has nothing to give: it is not even listening)."""
+    data, info = blob(12)
+    first = swarm.agent("first")
+    seed_store(first.store, data, info)
+    swarm.publish(info)
+    first.scheduler.seed(NAMESPACE, info)
+    first.scheduler.seed(NAMESPACE, info)  # a second call changes nothing
+    swarm.run(lambda: any(p.complete for p in swarm.tracker.announces))
+    assert [p.peer_id for p in swarm.tracker.announces] == [first.scheduler.peer_id]
+    second = swarm.agent("second")
+    got = second.download(info.digest)
+    swarm.run(lambda: done(got))
+    assert read(resolved(got)) == data
+    assert second.scheduler.stats().pieces_in_from_agents == info.num_pieces
+    assert first.scheduler.stats().pieces_out == info.num_pieces
 
 
 def test_unknown_blob(swarm):
