@@ -39,7 +39,6 @@ from typing import Any
 __all__ = ["Event", "Flow", "Loop", "Net"]
 
 
-
 class Event:
     """A call scheduled on the loop; ``cancel`` makes it a no-op."""
 
@@ -67,8 +66,9 @@ def _live(entry: tuple[float, int, Any]) -> bool:
 class Loop:
     """The virtual clock and its events, run in time order (ties in the order they were scheduled).
 
-    Heap entries are ``(time, sequence number, what)``: ``what`` is a list of events and ``(fn, args)`` messages (a
-    batch: consecutive numbers from the entry's, all at ``time``) or a ``Flow`` (its end, or an earlier place it must be moved on from)."""
+    Heap entries are ``(time, sequence number, what)``: ``what`` is a list of events and ``(fn, args)`` messages
+    (a batch: consecutive numbers from the entry's, all at ``time``) or a ``Flow`` (its end, or an earlier place it
+    must be moved on from)."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -190,8 +190,8 @@ class Flow:
     sender (the receiver has it ``latency`` later)."""
 
     __slots__ = (
-        "done", "down", "dst", "due", "due_seq", "entry_seq", "entry_time", "net", "rate", "remaining", "size", "src", "up",
-        "updated",
+        "done", "down", "dst", "due", "due_seq", "entry_seq", "entry_time", "net", "rate", "remaining", "size", "src",
+        "up", "updated",
     )  # fmt: skip
 
     def __init__(self, net: Net, src: int, dst: int, size: int, done: Callable[[], None], now: float) -> None:

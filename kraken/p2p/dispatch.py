@@ -154,7 +154,7 @@ class Dispatcher:
         by_piece = self._by_piece
         ordered = self._ordered(wanted.difference(by_piece, busy, refused))
         # (rarity, a random tie-breaker, piece) for each candidate in turn, built in C: one draw per candidate
-        fresh = zip(map(rarity.__getitem__, ordered), starmap(rand, repeat((), len(ordered))), ordered)
+        fresh = zip(map(rarity.__getitem__, ordered), starmap(rand, repeat((), len(ordered))), ordered, strict=True)
         chosen = [i for _, _, i in heapq.nsmallest(slots, fresh)]
         for index in chosen:
             self._add_request(peer_id, index, now)

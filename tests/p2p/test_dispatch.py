@@ -534,6 +534,6 @@ def test_each_candidate_draws_one_random_number_in_turn() -> None:
     d = Dispatcher(40, Bitfield(40), pipeline_limit=2, request_timeout=30.0, rng=rng)
     d.peer_joined("a", Bitfield(40, range(0, 40, 2)))
     draws = [mirror.random() for _ in range(20)]
-    expected = [i for _, _, i in sorted(zip([1] * 20, draws, range(0, 40, 2)))[:2]]
+    expected = [i for _, _, i in sorted(zip([1] * 20, draws, range(0, 40, 2), strict=True))[:2]]
     assert d.next_requests("a", 0.0) == expected
     assert rng.random() == mirror.random()  # exactly twenty numbers were drawn
