@@ -6,6 +6,7 @@ connections, and the project's policy objects each of them holds (``Dispatcher``
 from __future__ import annotations
 
 import hashlib
+import operator
 import random
 from collections.abc import Callable
 
@@ -22,7 +23,7 @@ from kraken.p2p.pending import PendingRequests
 from kraken.p2p.seeding import Ask, Ledger, Seeding
 from kraken.p2p.slots import Slots
 
-__all__ = ["Blob", "Conn", "Host", "Torrent", "alive", "holders", "writable"]
+__all__ = ["Blob", "Conn", "Host", "Torrent", "alive", "copy", "holders", "ones", "writable"]
 
 
 class Blob:
@@ -67,6 +68,7 @@ class Conn:
         "sending",
         "torrent",
         "withdraw",
+        "writable",
     )
 
     def __init__(
@@ -78,6 +80,7 @@ class Conn:
         self.other: Conn = self
         self.open = False
         self.sending: Flow | None = None  # the piece in the write buffer
+        self.writable = True  # sending is None
         self.requests: dict[int, Deferred[int]] = {}  # the pieces asked of the peer
         self.payloads: dict[int, bytes | None] = {}  # a payload being handed over (with real bytes)
         self.pending = PendingRequests(clock=clock, timeout=torrent.timeout, cancel=self._cancel)  # type: ignore[arg-type]
@@ -99,6 +102,7 @@ class Torrent:
         self.complete = complete
         self.done_at: float | None = 0.0 if complete else None
         self.conns: dict[str, Conn] = {}
+        self.holders = [0] * n  # per piece: how many of ``conns`` have it (as this side knows)
         self.ledger = Ledger(n, window=self.timeout)
         self.dials = Dials(
             max_conns=c.max_conns_per_torrent, max_pending=c.max_pending_dials, hold=c.dial_hold,
@@ -137,13 +141,22 @@ class Host:
         return None if not times or None in times else max(t for t in times if t is not None)
 
 
-def alive(conn: Conn) -> bool:
-    return conn.open
-
-
-def writable(conn: Conn) -> bool:
-    return conn.sending is None
+alive: Callable[[Conn], bool] = operator.attrgetter("open")  # as functions, but called from C
+writable: Callable[[Conn], bool] = operator.attrgetter("writable")
 
 
 def holders(ask: Ask[Conn]) -> int:
-    return sum(c.remote[ask.index] for c in ask.conn.torrent.conns.values())
+    """How many of the torrent's connected peers have the piece."""
+    return ask.conn.torrent.holders[ask.index]
+
+
+_BITS = [tuple(i for i in range(8) if byte & (0x80 >> i)) for byte in range(256)]
+
+
+def ones(field: Bitfield) -> list[int]:
+    """``field.ones()``, a byte at a time."""
+    return [8 * n + i for n, byte in enumerate(field.to_bytes()) if byte for i in _BITS[byte]]
+
+
+def copy(field: Bitfield) -> Bitfield:
+    return Bitfield.from_bytes(len(field), field.to_bytes())

@@ -23,7 +23,7 @@ import random
 from collections.abc import Iterable
 from typing import Any
 
-from _sim_hosts import Blob, Conn, Host, Torrent, alive, holders, writable
+from _sim_hosts import Blob, Conn, Host, Torrent, alive, copy, holders, ones, writable
 from _sim_net import Loop, Net
 from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
@@ -103,7 +103,7 @@ class World:
         index = self.net.add_host(up, down)
         host = Host(index, config, origin, random.Random(self.rng.random()))
         self.hosts.append(host)
-        self.loop.later(config.preemption_interval * (1 + self.rng.random()), self._preempt, host)
+        self.loop.post(config.preemption_interval * (1 + self.rng.random()), self._preempt, host)
         return host
 
     def pull(self, host: Host, blobs: Iterable[Blob], at: float = 0.0, jitter: float = 0.0) -> None:
@@ -114,7 +114,7 @@ class World:
         for blob in blobs:
             torrent = host.torrents[blob.name] = Torrent(host, blob, complete=False)
             torrent.done_at = None
-            self.loop.later(at + jitter * self.rng.random(), self._announce, torrent)
+            self.loop.post(at + jitter * self.rng.random(), self._announce, torrent)
 
     def run(self, until: float = float("inf")) -> None:
         """Run until every pull is complete (or ``until``)."""
@@ -152,7 +152,7 @@ class World:
             others = sum(1 for p in peers if p.peer_id != torrent.host.peer_id)
             if linked < c.max_conns_per_torrent and others > linked:
                 interval = min(interval, c.underconnected_announce)
-            self.loop.later(interval, self._announce, torrent)
+            self.loop.post(interval, self._announce, torrent)
 
     # -- dialling and admission -----------------------------------------------------------------------------------
 
@@ -169,7 +169,7 @@ class World:
             room -= 1
             remote = self.hosts[int(pid, 16) - 1]
             delay = 3 * self.net.latency + self.handshake_delay * self.rng.random()  # SYN, SYN-ACK, handshake
-            self.loop.later(delay, self._handshake, torrent, remote)
+            self.loop.post(delay, self._handshake, torrent, remote)
 
     def _handshake(self, dialler: Torrent, remote: Host) -> None:
         """The remote's ``connections._decide`` for a handshake from ``dialler``."""
@@ -194,8 +194,8 @@ class World:
             self.counts["dials_refused"] += 1
             self.net.send(self._refused, dialler, remote.peer_id, refusal)
             return
-        mine = Conn(self.loop, self._withdraw, torrent, dialler.host, Bitfield(len(dialler.have), dialler.have.ones()))
-        theirs = Conn(self.loop, self._withdraw, dialler, remote, Bitfield(len(torrent.have), torrent.have.ones()))
+        mine = Conn(self.loop, self._withdraw, torrent, dialler.host, copy(dialler.have))
+        theirs = Conn(self.loop, self._withdraw, dialler, remote, copy(torrent.have))
         mine.other, theirs.other = theirs, mine
         self._opened(mine)
         self.net.send(self._opened, theirs)
@@ -214,6 +214,9 @@ class World:
             return
         conn.open = True
         torrent.conns[pid] = conn
+        counts = torrent.holders
+        for i in ones(conn.remote):
+            counts[i] += 1
         torrent.host.slots.opened(conn, torrent, conn.peer.ip, self.loop.now)
         torrent.dials.connected(pid)
         if torrent.complete and conn.remote.complete():
@@ -237,11 +240,15 @@ class World:
         registered = torrent.conns.get(pid) is conn
         if registered:
             del torrent.conns[pid]
+            counts = torrent.holders
+            for i in ones(conn.remote):
+                counts[i] -= 1
         host.slots.closed(conn)
         host.seeding.drop(conn)
         if conn.sending is not None:
             self.net.cancel(conn.sending)
             conn.sending = None
+            conn.writable = True
         conn.pending.fail_all(lambda: PeerDisconnected("closed"))
         if registered and torrent.dispatcher is not None:
             torrent.dispatcher.peer_left(pid)
@@ -264,7 +271,7 @@ class World:
                 self.counts["evicted"] += 1
                 self._close(conn)
             torrent.dials.expire(now)
-        self.loop.later(host.config.preemption_interval, self._preempt, host)
+        self.loop.post(host.config.preemption_interval, self._preempt, host)
 
     # -- leeching ------------------------------------------------------------------------------------------------
 
@@ -351,7 +358,9 @@ class World:
     def _has(self, conn: Conn, index: int) -> None:
         if not conn.open:
             return
-        conn.remote.set(index)
+        if not conn.remote[index]:
+            conn.remote.set(index)
+            conn.torrent.holders[index] += 1
         dispatcher = conn.torrent.dispatcher
         if dispatcher is not None:
             dispatcher.peer_has(conn.peer.peer_id, index)
@@ -376,8 +385,11 @@ class World:
     def _peer_complete(self, conn: Conn) -> None:
         if not conn.open:
             return
-        conn.remote = Bitfield.full(len(conn.remote))
         torrent = conn.torrent
+        counts = torrent.holders
+        for i in conn.remote.zeros():
+            counts[i] += 1
+        conn.remote = Bitfield.full(len(conn.remote))
         if torrent.complete:
             self._close(conn)
         elif torrent.dispatcher is not None:
@@ -414,12 +426,14 @@ class World:
             token, _ = torrent.ledger.sent(index, conn.peer.peer_id)
             size = torrent.blob.piece_size(index)
             conn.sending = self.net.start(host.index, conn.peer.index, size, _Sent(self, conn, index, token))
+            conn.writable = False
             host.slots.progress(conn, now)
             self.net.send(self._first_byte, conn.other, index)
 
     def _sent(self, conn: Conn, index: int, token: int) -> None:
         torrent, host = conn.torrent, conn.torrent.host
         conn.sending = None
+        conn.writable = True
         torrent.ledger.left(index, token, self.loop.now)
         if host.origin:
             self._origin_bytes += torrent.blob.piece_size(index)

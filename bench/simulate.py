@@ -26,7 +26,8 @@ over the host's cap. The start of each pull is spread over ``--jitter`` seconds 
 answer a handshake after whatever else their core is doing, and the connection graph the swarm forms depends on
 it (see bench/README.md).
 
-Outputs: a Markdown table (median, p99, p99.9 and slowest host over the ideal, origin egress in copies), with
+Outputs: a line per run on stderr (its figures, events, wall and CPU seconds, microseconds an event, the peak RSS
+so far), a Markdown table (median, p99, p99.9 and slowest host over the ideal, origin egress in copies), with
 ``--plots DIR`` two PNGs per scenario (completion CDF, origin egress over time) and with ``--json FILE`` every
 host's completion time and the egress series.
 """
@@ -37,6 +38,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -92,6 +94,7 @@ class Result:
     counts: dict[str, int]
     events: int
     wall: float
+    cpu: float = 0.0  # CPU seconds of this process for the run (the figure to compare on a shared machine)
 
     def ratio(self, q: float) -> float:
         """The ``q`` quantile (nearest rank) of completion time over the ideal."""
@@ -116,13 +119,14 @@ class Result:
             "ideal_seconds": self.setup.ideal,
             "events": self.events,
             "wall_seconds": self.wall,
+            "cpu_seconds": self.cpu,
             "counts": self.counts,
         }
 
 
 def simulate(setup: Setup) -> Result:
     """Run ``setup`` to the end (every agent complete, or ``until`` simulated seconds)."""
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     world = World(
         latency=setup.latency, handshake_delay=setup.handshake_delay, seed=setup.seed, agent=setup.agent_config
     )
@@ -134,7 +138,8 @@ def simulate(setup: Setup) -> Result:
         world.pull(agent, blobs, jitter=setup.jitter)
     world.run(until=setup.until)
     times = [(agent.done_at() or math.inf) - agent.started for agent in agents]
-    return Result(setup, times, world.egress, dict(world.counts), world.loop.events, time.perf_counter() - started)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return Result(setup, times, world.egress, dict(world.counts), world.loop.events, wall, cpu)
 
 
 # -- scenarios ----------------------------------------------------------------------------------------------------
@@ -299,6 +304,10 @@ def setups(args: argparse.Namespace) -> list[Setup]:
     return [make(int(n), **kw) for n in args.agents.split(",")] if args.agents else [make(**kw)]
 
 
+def _peak_rss() -> str:
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB"  # Linux: KiB
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--scenario", choices=("testbed", "validate", "kraken", "10k"), default="testbed")
@@ -321,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{setup.name}: median {result.ratio(0.5):.2f}x, p99 {result.ratio(0.99):.2f}x, p99.9"
             f" {result.ratio(0.999):.2f}x, slowest {result.ratio(1.0):.2f}x of {setup.ideal:.1f} s, origin egress"
-            f" {result.egress_copies():.2f} copies; {result.events:,} events in {result.wall:.1f} s",
+            f" {result.egress_copies():.2f} copies; {result.events:,} events in {result.wall:.1f} s ({result.cpu:.1f}"
+            f" CPU-s, {result.cpu / max(1, result.events) * 1e6:.1f} us an event; peak RSS so far {_peak_rss()})",
             file=sys.stderr,
             flush=True,
         )

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from itertools import repeat, starmap
 
 from kraken.core import Bitfield
 
@@ -151,7 +152,9 @@ class Dispatcher:
         rand = self._rng.random
         busy = self._verifying
         by_piece = self._by_piece
-        fresh = [(rarity[i], rand(), i) for i in self._ordered(wanted.difference(by_piece, busy, refused))]
+        ordered = self._ordered(wanted.difference(by_piece, busy, refused))
+        # (rarity, a random tie-breaker, piece) for each candidate in turn, built in C: one draw per candidate
+        fresh = zip(map(rarity.__getitem__, ordered), starmap(rand, repeat((), len(ordered))), ordered, strict=True)
         chosen = [i for _, _, i in heapq.nsmallest(slots, fresh)]
         for index in chosen:
             self._add_request(peer_id, index, now)

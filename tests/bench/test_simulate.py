@@ -3,8 +3,10 @@ it runs are the project's own."""
 
 from __future__ import annotations
 
+import collections
 import math
 import os
+import random
 
 import attrs
 import pytest
@@ -79,6 +81,95 @@ def test_the_network_refuses_nonsense() -> None:
         Net(Loop(), latency=-1.0)
     with pytest.raises(ValueError):
         Net(Loop(), latency=0.0).add_host(up=0.0, down=1.0)
+
+
+def test_events_run_in_the_order_they_were_scheduled_whether_batched_or_not() -> None:
+    loop = Loop()
+    seen: list[str] = []
+
+    def first() -> None:
+        seen.append("first")
+        loop.post(0.0, seen.append, "scheduled while the batch ran")  # after the whole batch, not inside it
+
+    loop.post(1.0, first)
+    loop.post(1.0, seen.append, "second")  # same instant, consecutive: one heap entry
+    cancelled = loop.later(1.0, seen.append, "cancelled")
+    loop.later(1.0, seen.append, "third")
+    loop.post(0.5, seen.append, "earlier")  # ends the batch; the next one at 1.0 is a new entry
+    loop.post(1.0, seen.append, "fourth")
+    cancelled.cancel()
+    loop.run()
+    assert seen == ["earlier", "first", "second", "third", "fourth", "scheduled while the batch ran"]
+    assert loop.events == 6
+
+
+def test_a_run_stopped_inside_a_batch_resumes_where_it_stopped() -> None:
+    loop = Loop()
+    seen: list[int] = []
+    for i in range(4):
+        loop.post(1.0, seen.append, i)
+    loop.run(done=lambda: len(seen) == 2)
+    assert seen == [0, 1]
+    loop.run()
+    assert seen == [0, 1, 2, 3]
+
+
+def test_cancelled_events_are_swept_off_the_heap() -> None:
+    loop = Loop()
+    seen: list[int] = []
+    for i in range(200_000):
+        event = loop.later(float(i), seen.append, i)
+        if i % 1000:
+            event.cancel()  # a timer stopped: it stays on the heap until the next sweep
+    assert len(loop._heap) < 1 << 16
+    loop.run()
+    assert seen == list(range(0, 200_000, 1000)) and loop.events == 200
+
+
+def test_flows_with_the_same_end_finish_in_the_order_their_ends_were_set() -> None:
+    net = Net(Loop(), latency=0.0)
+    hosts = [net.add_host(up=100.0, down=100.0) for _ in range(6)]
+    done: list[str] = []
+    net.start(hosts[0], hosts[1], 300, lambda: done.append("a"))  # ends at 4.0, after its rate fell and rose
+    net.start(hosts[2], hosts[3], 200, lambda: done.append("b"))  # ends at 2.0, set before the message's
+    net.loop.post(2.0, done.append, "message")
+    net.loop.later(1.0, lambda: net.start(hosts[0], hosts[4], 100, lambda: done.append("c")))  # a at 50 B/s until 3.0
+    net.loop.later(1.5, lambda: net.start(hosts[5], hosts[2], 250, lambda: done.append("d")))  # 4.0, set before a's
+    net.loop.run()
+    assert done == ["b", "message", "c", "d", "a"] and net.loop.now == 4.0
+
+
+def test_random_flows_finish_when_a_step_by_step_recomputation_says() -> None:
+    rng = random.Random(11)
+    caps = [(rng.choice([50.0, 100.0, 200.0]), rng.choice([50.0, 100.0, 200.0])) for _ in range(6)]
+    flows = []
+    for _ in range(40):
+        src, dst = rng.sample(range(6), 2)
+        flows.append((src, dst, rng.randint(10, 400), rng.uniform(0.0, 20.0)))
+    net = Net(Loop(), latency=0.0)
+    for up, down in caps:
+        net.add_host(up=up, down=down)
+    assert finish_times(net, flows) == pytest.approx(stepped(caps, flows))
+
+
+def stepped(caps: list[tuple[float, float]], flows: list[tuple[int, int, int, float]]) -> list[float]:
+    """The reference: every rate recomputed from scratch between one start or end and the next."""
+    now, left, done = 0.0, [float(size) for _, _, size, _ in flows], [math.nan] * len(flows)
+    while any(math.isnan(t) for t in done):
+        running = [i for i, f in enumerate(flows) if f[3] <= now + 1e-12 and math.isnan(done[i])]
+        ups = collections.Counter(flows[i][0] for i in running)
+        downs = collections.Counter(flows[i][1] for i in running)
+        rate = {
+            i: min(caps[flows[i][0]][0] / ups[flows[i][0]], caps[flows[i][1]][1] / downs[flows[i][1]]) for i in running
+        }
+        starts = [f[3] for f in flows if f[3] > now + 1e-12]
+        step = min([left[i] / rate[i] for i in running] + [s - now for s in starts])
+        for i in running:
+            left[i] -= rate[i] * step
+            if left[i] <= 1e-9:
+                done[i] = now + step
+        now += step
+    return done
 
 
 def tiny_world(seed: int = 7, config: P2PConfig | None = None) -> tuple[World, list, Blob]:

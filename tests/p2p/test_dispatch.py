@@ -525,3 +525,15 @@ def test_candidate_sets_choose_as_the_walk_does(
         assert new.have() == ref.have() and new.in_endgame() == ref.in_endgame()
         lacking = set(new.have().zeros())
         assert all(new._wanted[p] == lacking.intersection(f.ones()) for p, f in fields.items())
+
+
+def test_each_candidate_draws_one_random_number_in_turn() -> None:
+    # The tie-breakers are drawn in C (zip/map/starmap): still one draw per candidate, in the candidates' order,
+    # so a seeded run makes the same choices as the list of tuples it replaced.
+    rng, mirror = random.Random(5), random.Random(5)
+    d = Dispatcher(40, Bitfield(40), pipeline_limit=2, request_timeout=30.0, rng=rng)
+    d.peer_joined("a", Bitfield(40, range(0, 40, 2)))
+    draws = [mirror.random() for _ in range(20)]
+    expected = [i for _, _, i in sorted(zip([1] * 20, draws, range(0, 40, 2), strict=True))[:2]]
+    assert d.next_requests("a", 0.0) == expected
+    assert rng.random() == mirror.random()  # exactly twenty numbers were drawn
