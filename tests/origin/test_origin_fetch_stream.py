@@ -128,12 +128,17 @@ def _stream(origin: Origin, headers: dict[bytes, list[bytes]] | None = None) -> 
     return Deferred.fromCoroutine(go())
 
 
+def flush(origin: Origin) -> None:
+    """Deliver what the stubbed clients and the origin have written so far (nothing waits on the clock)."""
+    for stub in origin._stubs:
+        stub.flush()
+
+
 def test_a_stream_get_answers_the_fetch_as_it_arrives_and_the_whole_blob_once_proven(
     origin: Origin, fetcher: BlobFetcher, backend: GrowingBackend
 ) -> None:
     answer = _stream(origin)
-    for stub in origin._stubs:
-        stub.flush()
+    flush(origin)
     assert not answer.called  # the last byte waits for the commit
     backend.rest.callback(None)
     assert origin.run(answer) == (200, DATA)
@@ -151,8 +156,7 @@ def test_one_agent_streams_a_blob_being_fetched_and_the_next_hears_204_until_tha
     origin: Origin, fetcher: BlobFetcher, backend: GrowingBackend
 ) -> None:
     first = _stream(origin)
-    for stub in origin._stubs:
-        stub.flush()
+    flush(origin)
     assert not first.called
     assert origin.run(_stream(origin)) == (204, b"")  # fetch_streams 1: the second waits for peer to peer
     backend.rest.callback(None)
@@ -166,8 +170,7 @@ def test_with_fetch_streams_two_a_second_agent_streams_too(
     origin.http = OriginHTTP(origin.node, reads=origin.worker, streams=2)
     origin.stub = origin.stub_for(origin.http.resource())
     first, second = _stream(origin), _stream(origin)
-    for stub in origin._stubs:
-        stub.flush()
+    flush(origin)
     assert origin.run(_stream(origin)) == (204, b"")  # a third
     backend.rest.callback(None)
     assert origin.run(first) == (200, DATA) and origin.run(second) == (200, DATA)
