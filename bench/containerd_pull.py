@@ -1,7 +1,8 @@
 """containerd pulls of an upstream image: directly, through a cold agent, through a second agent; and what
 an agent's 404 costs before containerd falls back.
 
-    python bench/containerd_pull.py [--size 256MiB] [--runs 1] [--upstream-rate 1Gbit] [--work DIR] [--out FILE]
+    python bench/containerd_pull.py [--size 256MiB] [--runs 1] [--upstream-rate 1Gbit] [--stream] [--work DIR]
+                                    [--out FILE]
 
 One image with one uncompressed layer of ``--size`` seeded random bytes is pushed (skopeo,
 ``--preserve-digests``, untimed) to Debian's docker-registry, the upstream. A private containerd (its own
@@ -16,6 +17,8 @@ Timed, in this order, the clock around ``ctr``:
 - agent, first host: hosts.toml naming agent 0, then docker-registry as ``server``; the agent's cache, the
   origin's and the build-index's are cold: the layer goes upstream -> origin -> agent 0;
 - agent, second host: the same through agent 1 (the layer from the origin and agent 0, peer to peer);
+- warm: agent 1 again, the layer now in its cache: containerd's own share of a pull (writing the layer into its
+  content store, checking it, unpacking it), with no P2P and no upstream;
 - fallback: another image of the same size, named ``localhost:<port>/...`` (an ``ns`` no agent mirrors,
   and blobs the cluster never saw): through agent 0 (a 404 for the tag and for each blob, then
   docker-registry), beside a direct pull of it.
@@ -185,6 +188,8 @@ def run_once(
             directory = hosts(f"{work}/agent-{k}", upstream, server, cluster.registry(k))
             r[key] = ctr.pull(directory, f"{upstream}/{REPO}:v1")
             r[f"{key}_fell_back"] = float(fell_back(registry, mark))
+        # containerd alone: the layer already in the second agent's cache (no P2P, no upstream), containerd cold.
+        r["warm"] = ctr.pull(hosts(f"{work}/agent-1", upstream, server, cluster.registry(1)), f"{upstream}/{REPO}:v1")
         image = f"{other}/{FALLBACK}:v1"
         r["fallback_direct"] = ctr.pull(hosts(f"{work}/direct", other, f"http://{other}"), image)
         r["fallback"] = ctr.pull(hosts(f"{work}/fallback", other, f"http://{other}", cluster.registry(0)), image)
@@ -221,6 +226,9 @@ def report(args: argparse.Namespace, runs: list[dict[str, float]]) -> str:
         "|---|---|---|---|---|---|",
         f"| {args.size} | {direct:.2f} s | {first:.2f} s | {first / direct:.2f}x | {second:.2f} s "
         f"| {second / direct:.2f}x |",
+        "",
+        f"containerd's own share: a pull through an agent that holds the layer already takes {med('warm'):.2f} s "
+        f"({med('warm') / direct:.2f}x of direct).",
         "",
         "| layer | direct | through the agent's 404 | fallback cost (goal < 1 s) |",
         "|---|---|---|---|",
