@@ -156,7 +156,7 @@ def hosts(directory: str, registry: str, server: str, mirror: str | None = None)
     return directory
 
 
-def fleet(work: str, upstream: str, answer_timeout: str, stream: bool) -> Fleet:
+def fleet(work: str, upstream: str, answer_timeout: str, stream: bool, window: int = 0) -> Fleet:
     component = host_component(upstream)
     assert component is not None
     registry = {"address": f"http://{upstream}", "ns_prefix": True, "tag_ttl": "1m"}
@@ -164,7 +164,11 @@ def fleet(work: str, upstream: str, answer_timeout: str, stream: bool) -> Fleet:
     overrides = {
         "origin": {"backends": backends},
         "build-index": {"backends": backends},
-        "agent": {"upstream_namespaces": [upstream.rsplit(":", 1)[0] + ":*"], "answer_timeout": answer_timeout},
+        "agent": {
+            "upstream_namespaces": [upstream.rsplit(":", 1)[0] + ":*"],
+            "answer_timeout": answer_timeout,
+            **({"p2p": {"stream_window": window}} if window else {}),
+        },
     }
     return Fleet(work, origins=1, replicas=1, agents=2, overrides=overrides, stream_from_origins=stream)
 
@@ -175,13 +179,13 @@ def fell_back(registry: Daemon, start: int) -> bool:
 
 
 def run_once(
-    work: str, ctr: Ctr, registry: Daemon, upstream: str, other: str, answer_timeout: str, stream: bool
+    work: str, ctr: Ctr, registry: Daemon, upstream: str, other: str, answer_timeout: str, stream: bool, window: int
 ) -> dict[str, float]:
     """One run: ``upstream`` (host:port) is docker-registry, ``other`` another name of it that no agent mirrors."""
     server = f"http://{upstream}"
     r: dict[str, float] = {}
     r["direct"] = ctr.pull(hosts(f"{work}/direct", upstream, server), f"{upstream}/{REPO}:v1")
-    cluster = fleet(f"{work}/fleet", upstream, answer_timeout, stream)
+    cluster = fleet(f"{work}/fleet", upstream, answer_timeout, stream, window)
     try:
         for k, key in ((0, "first"), (1, "second")):
             mark = registry.mark()
@@ -213,6 +217,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, float]]) -> str:
         f"`python bench/containerd_pull.py --size {args.size} --runs {args.runs}"
         + (f" --upstream-rate {args.upstream_rate}" if args.upstream_rate else "")
         + (" --stream" if args.stream else "")
+        + (f" --stream-window {args.stream_window}" if args.stream_window else "")
         + "` — one uncompressed layer, "
         + (
             f"docker-registry behind a {args.upstream_rate} link (tbf, both ways), "
@@ -246,6 +251,9 @@ def main() -> int:
     p.add_argument(
         "--stream", action="store_true", help="agents stream a blob the origin is fetching (stream_from_origins)"
     )
+    p.add_argument(
+        "--stream-window", type=int, default=0, help="the agents' p2p.stream_window (pieces; 0: off, the default)"
+    )
     p.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
     p.add_argument("--out", default=None, help="append the Markdown block to this file")
     p.add_argument(
@@ -277,7 +285,10 @@ def measure(args: argparse.Namespace, testbed: Testbed | None) -> int:
             )  # fmt: skip
         for i in range(args.runs):
             shutil.rmtree(os.path.join(work, "run"), ignore_errors=True)  # every run starts cold
-            r = run_once(os.path.join(work, "run"), ctr, registry, upstream, other, args.answer_timeout, args.stream)
+            r = run_once(
+                os.path.join(work, "run"), ctr, registry, upstream, other, args.answer_timeout, args.stream,
+                args.stream_window,
+            )  # fmt: skip
             runs.append(r)
             print(f"run {i + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
     finally:

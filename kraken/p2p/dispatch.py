@@ -61,6 +61,7 @@ class Dispatcher:
         request_timeout: float,
         endgame_threshold: int | None = None,  # None: 0
         rng: random.Random,
+        stream_window: int = 0,
     ) -> None:
         if len(have) != num_pieces:
             raise ValueError(f"bitfield of {len(have)} bits for a torrent of {num_pieces} pieces")
@@ -79,6 +80,8 @@ class Dispatcher:
         self._endgame_threshold = 0 if endgame_threshold is None else endgame_threshold
         self._request_timeout = request_timeout
         self._rng = rng
+        self._stream_window = stream_window
+        self._reading: int | None = None  # the piece an in-order reader waits for (``reading``)
         self._peers: dict[str, Bitfield] = {}
         self._wanted: dict[str, set[int]] = {}  # per peer: the pieces it has that we lack
         self._limits: dict[str, int] = {}  # current pipeline limit of each peer
@@ -140,6 +143,22 @@ class Dispatcher:
 
     # -- requests ------------------------------------------------------------------------------------------------
 
+    def reading(self, index: int) -> None:
+        """A client reads the blob in order and waits for piece ``index``: with a ``stream_window``, that piece and
+        the ones after it (``stream_window`` in all) are asked for first, lowest first."""
+        if self._stream_window:
+            self._reading = index
+
+    def _urgent(self, candidates: set[int], slots: int) -> list[int]:
+        """Of ``candidates``, up to ``slots`` in the in-order reader's window, lowest first (taken out of them)."""
+        at = self._reading
+        if at is None or slots <= 0:
+            return []
+        window = range(at, min(at + self._stream_window, self._num_pieces))
+        urgent = [i for i in window if i in candidates][:slots]
+        candidates.difference_update(urgent)
+        return urgent
+
     def next_requests(self, peer_id: str, now: float) -> list[int]:
         """The pieces to request of ``peer_id`` now (possibly none); they are recorded as outstanding at ``now``."""
         wanted = self._wanted[peer_id]
@@ -152,10 +171,12 @@ class Dispatcher:
         rand = self._rng.random
         busy = self._verifying
         by_piece = self._by_piece
-        ordered = self._ordered(wanted.difference(by_piece, busy, refused))
+        candidates = wanted.difference(by_piece, busy, refused)
+        urgent = self._urgent(candidates, slots) if self._reading is not None else []
+        ordered = self._ordered(candidates)
         # (rarity, a random tie-breaker, piece) for each candidate in turn, built in C: one draw per candidate
         fresh = zip(map(rarity.__getitem__, ordered), starmap(rand, repeat((), len(ordered))), ordered, strict=True)
-        chosen = [i for _, _, i in heapq.nsmallest(slots, fresh)]
+        chosen = urgent + [i for _, _, i in heapq.nsmallest(slots - len(urgent), fresh)]
         for index in chosen:
             self._add_request(peer_id, index, now)
         slots -= len(chosen)

@@ -89,6 +89,7 @@ class Leech:
             pipeline_limit=self._config.pipeline_limit,
             request_timeout=self._config.request_timeout(info.piece_length),
             rng=self._rng,
+            stream_window=self._config.stream_window,
         )
         torrent = self._torrents.add(namespace, info, partial, dispatcher)
         log.info(

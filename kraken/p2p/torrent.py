@@ -146,8 +146,12 @@ class Download:
 
     def when_piece(self, index: int) -> Deferred[None]:
         """Fires once piece ``index`` is checked and written; never if the download fails (see ``finished``)."""
-        partial = self._torrent.partial
-        return succeed(None) if partial is None else partial.when_piece(index)
+        partial, dispatcher = self._torrent.partial, self._torrent.dispatcher
+        if partial is None:
+            return succeed(None)
+        if dispatcher is not None:
+            dispatcher.reading(index)  # a reader in order: its window first, with ``stream_window`` set
+        return partial.when_piece(index)
 
     def finished(self) -> Deferred[str]:
         """The cache path once the whole blob's SHA-256 is checked and it is installed; fails with the download

@@ -537,3 +537,29 @@ def test_each_candidate_draws_one_random_number_in_turn() -> None:
     expected = [i for _, _, i in sorted(zip([1] * 20, draws, range(0, 40, 2), strict=True))[:2]]
     assert d.next_requests("a", 0.0) == expected
     assert rng.random() == mirror.random()  # exactly twenty numbers were drawn
+
+
+def test_an_in_order_reader_gets_its_window_first_lowest_first_and_the_rest_rarest_first() -> None:
+    d = Dispatcher(32, Bitfield(32, [6]), pipeline_limit=6, request_timeout=10.0, rng=random.Random(0), stream_window=4)
+    d.peer_joined("seeder", Bitfield.full(32))
+    d.peer_joined("other", Bitfield(32, [20]))  # piece 20 is the most common of the rest
+    d.reading(5)  # waits for piece 5: 5, 7, 8 are the window's (6 is here already)
+    chosen = d.next_requests("seeder", 0.0)
+    assert chosen[:3] == [5, 7, 8]
+    assert len(chosen) == 6 and 20 not in chosen  # the other three rarest first, as ever
+    assert d.next_requests("seeder", 0.0) == []  # its pipeline is full
+    d.reading(30)  # the window ends with the blob: 30, 31 first
+    d.peer_joined("late", Bitfield.full(32))
+    assert d.next_requests("late", 0.0)[:2] == [30, 31]
+
+
+def test_without_a_stream_window_a_reader_changes_nothing() -> None:
+    def run(read: bool) -> list[int]:
+        d = make(64, limit=8, seed=3)
+        d.peer_joined("a", Bitfield.full(64))
+        if read:
+            d.reading(0)
+        return d.next_requests("a", 0.0)
+
+    assert run(True) == run(False)
+    assert run(False) != list(range(8))  # rarest first with random ties: not in order

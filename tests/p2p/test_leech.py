@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 
-from swarm import PIECE, RawPeer, Swarm, blob, done, outcome, read, resolved, seed_store
+from swarm import NAMESPACE, PIECE, RawPeer, Swarm, blob, done, outcome, read, resolved, seed_store
+from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
@@ -183,3 +184,34 @@ def test_a_forged_metainfo_is_never_installed(swarm):
     assert not os.path.exists(agent.store.blob_path(info.digest))
     assert os.listdir(swarm.root / "agent" / "downloads") == []
     assert agent.scheduler.stats().pieces_in == info.num_pieces  # every piece matched the forgery
+
+
+def test_a_reader_waiting_for_a_piece_makes_the_window_from_there_the_first_requests(swarm):
+    """With ``stream_window`` (4), an agent whose reader waits for piece 8 asks first for 8-11, in order."""
+    data, info = blob(24)
+
+    def ignore(peer: RawPeer, index: int) -> None:
+        pass
+
+    swarm.publish(info)
+    seeder = swarm.raw_peers("seeder", info, data, ignore, origin=True)
+    agent = swarm.agent("agent", stream_window=4)
+    started = resolved(Deferred.fromCoroutine(agent.scheduler.start(NAMESPACE, info.digest)))
+    started.when_piece(8)  # a client reads from byte 8 x PIECE on
+    swarm.run(lambda: bool(seeder and seeder[0].requests))
+    assert seeder[0].requests[:4] == [8, 9, 10, 11]
+
+
+def test_without_a_stream_window_a_waiting_reader_changes_no_request(swarm):
+    data, info = blob(24)
+
+    def ignore(peer: RawPeer, index: int) -> None:
+        pass
+
+    swarm.publish(info)
+    seeder = swarm.raw_peers("seeder", info, data, ignore, origin=True)
+    agent = swarm.agent("agent")
+    started = resolved(Deferred.fromCoroutine(agent.scheduler.start(NAMESPACE, info.digest)))
+    started.when_piece(8)
+    swarm.run(lambda: bool(seeder and seeder[0].requests))
+    assert seeder[0].requests[:4] != [8, 9, 10, 11]
