@@ -235,6 +235,7 @@ class Agent:
     daemon: Daemon
     api: int
     place: Place = Place()
+    registry: int = 0
 
 
 class Cluster:
@@ -243,7 +244,8 @@ class Cluster:
     ``rate``: every daemon's P2P bandwidth limit each way, in bits per second (None: no limits); ``piece``: the
     origin's piece length for every blob (None: its default piece lengths). ``tls``: every daemon gets its
     ``tls`` block (mutual TLS on every HTTP listener) and P2P runs over TLS (``p2p: {tls: true}``); loopback only
-    (the certificate's SANs are the loopback addresses)."""
+    (the certificate's SANs are the loopback addresses). ``agent_p2p``: more keys of every agent's ``p2p`` block
+    (``stream_window: 8``)."""
 
     def __init__(
         self,
@@ -253,6 +255,7 @@ class Cluster:
         piece: int | None,
         places: list[Place] | None = None,
         tls: BenchTLS | None = None,
+        agent_p2p: str = "",
     ) -> None:
         self.work = work
         self.tls = tls
@@ -306,11 +309,14 @@ class Cluster:
                 f"tracker: '{scheme}://{t.ip}:{self.tracker_http}'\n"
                 f"build_index: 'http://127.0.0.1:{free_port()}'\n"  # unused: blobs by digest only
                 f"store: {{root: {work}/agent-{k}}}\n"
-                f"p2p: {{listen: '{a.listen(p2p)}', advertise: '{a.ip}:{p2p}', {bandwidth}{p2p_tls}}}\n" + secure,
+                f"p2p: {{listen: '{a.listen(p2p)}', advertise: '{a.ip}:{p2p}', {bandwidth}{p2p_tls}"
+                + (f", {agent_p2p}" if agent_p2p else "")
+                + "}\n"
+                + secure,
             )
             daemon = Daemon(f"agent-{k}", [*a.prefix, *twistd("kraken-agent", config)], f"{work}/agent-{k}.log",
                             "agent P2P listening", wait=False)  # fmt: skip
-            self.agents.append(Agent(daemon, api, a))
+            self.agents.append(Agent(daemon, api, a, registry))
             self.daemons.append(daemon)
         try:
             for daemon in self.daemons:

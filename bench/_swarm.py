@@ -122,8 +122,23 @@ class Cluster(_daemons.Cluster):
         return stats(self.origin_http, self.origin.ip, self.context)
 
 
-def pull_all(cluster: Cluster, agents: list[Agent], digest: str) -> list[float]:
-    """HEAD the blob on every agent at the same moment; each one's seconds until it answered."""
+#: How a host asks its agent for the blob: ``head`` (a HEAD on the agent's API, answered once the blob is whole)
+#: or ``stream`` (a client reading the blob from the agent's registry on the host itself as it arrives, as
+#: containerd does: with ``p2p.stream_window`` the pieces it waits for are asked for first).
+READERS = ("head", "stream")
+
+
+def read_through_registry(cluster: Cluster, agent: Agent, digest: str) -> None:
+    """GET the blob from the agent's registry port on the agent's own host (no capped link crossed), body
+    discarded; raises if the GET fails."""
+    url = f"{agent.place.local_url(agent.registry, cluster.scheme)}/v2/{NAMESPACE}/blobs/{digest}"
+    tls = cluster.tls.curl() if cluster.tls else []
+    subprocess.run([*agent.place.prefix, "curl", "-sSf", "-o", "/dev/null", *tls, url], check=True)
+
+
+def pull_all(cluster: Cluster, agents: list[Agent], digest: str, reader: str = "head") -> list[float]:
+    """Ask every agent for the blob at the same moment (``reader``: see ``READERS``); each one's seconds until
+    it answered (``head``) or the last byte was read (``stream``)."""
     barrier = threading.Barrier(len(agents) + 1)
     times: list[float] = [0.0] * len(agents)
     errors: list[BaseException] = []
@@ -132,8 +147,11 @@ def pull_all(cluster: Cluster, agents: list[Agent], digest: str) -> list[float]:
         barrier.wait()
         start = time.monotonic()
         try:
-            request(agent.api, "HEAD", f"/namespace/{NAMESPACE}/blobs/{digest}", host=agent.place.ip,
-                    context=cluster.context)  # fmt: skip
+            if reader == "stream":
+                read_through_registry(cluster, agent, digest)
+            else:
+                request(agent.api, "HEAD", f"/namespace/{NAMESPACE}/blobs/{digest}", host=agent.place.ip,
+                        context=cluster.context)  # fmt: skip
         except BaseException as e:  # reported after the join
             errors.append(e)
         times[i] = time.monotonic() - start
@@ -176,14 +194,17 @@ def stage_blob(cluster: Cluster, size: int, work: str, name: str) -> str:
     return digest
 
 
-def measure_pull(cluster: Cluster, n: int, digest: str, size: int) -> tuple[list[float], float, float]:
-    """The blob asked of the first ``n`` agents at once: (each agent's seconds, origin P2P egress in copies of
-    the blob, CPU seconds of all daemons). Two agents' copies are checked against the digest."""
+def measure_pull(
+    cluster: Cluster, n: int, digest: str, size: int, reader: str = "head"
+) -> tuple[list[float], float, float]:
+    """The blob asked of the first ``n`` agents at once (``reader``: see ``READERS``): (each agent's seconds,
+    origin P2P egress in copies of the blob, CPU seconds of all daemons). Two agents' copies are checked against
+    the digest."""
     agents = cluster.agents[:n]
     origin_before = cluster.origin_stats()["bytes_out"]
     counters_before = [stats(a.api, a.place.ip, cluster.context) for a in agents]
     cpu_before = cluster.cpu()
-    times = pull_all(cluster, agents, digest)
+    times = pull_all(cluster, agents, digest, reader)
     cpu = cluster.cpu() - cpu_before
     copies = (cluster.origin_stats()["bytes_out"] - origin_before) / size
     for agent in (agents[0], agents[-1]):

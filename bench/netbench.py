@@ -1,8 +1,9 @@
 """Side-by-side swarm benchmark: our P2P against BitTorrent and a central registry, same hosts, same caps.
 
     python bench/netbench.py [--mode netns|loopback] [--agents 10,25,50] [--size 256MiB] [--rate 20Mbit]
-                             [--systems ours,aria2,registry] [--registry-agents 10] [--registry-size 32MiB]
-                             [--piece 1MiB] [--own-limits [FRACTION]] [--plots DIR] [--json FILE] [--out FILE]
+                             [--systems ours,ours-window,aria2,registry] [--registry-agents 10] [--registry-size 32MiB]
+                             [--piece 1MiB] [--reader head|stream] [--stream-window 8] [--own-limits [FRACTION]]
+                             [--plots DIR] [--json FILE] [--out FILE]
                              [--work DIR] [--prefix kb] [--sysctl KEY=VALUE ...]
     python bench/netbench.py --cleanup [--prefix kb]
 
@@ -18,7 +19,11 @@ limits, aria2c's ``--max-overall-*-limit``, curl's ``--limit-rate`` and, for the
 namespace mode's.
 
 For each N: ours (one origin, one tracker, max(N) agents started once; a fresh blob of ``--size`` random bytes
-written to the origin, then a HEAD on the first N agents' API at the same moment), then aria2c (one torrent of
+written to the origin, then a HEAD on the first N agents' API at the same moment; with ``--reader stream``, a
+curl on each of the first N hosts reads the blob from its agent's registry port instead, as containerd does,
+timed to its last byte), then, if ``--systems`` names it, ``ours-window`` (the same with streaming readers and
+every agent's ``p2p.stream_window`` at ``--stream-window``: the pieces a reader waits for are asked for first),
+then aria2c (one torrent of
 one blob of that size, a fresh tracker and seeder per N, N leechers started together), then the registry (the
 N of ``--registry-agents`` only, with a blob of ``--registry-size``: its time grows as N x size / rate). Reported
 per system and N: the median and slowest host's completion time over the ideal size/rate, the egress of host 1
@@ -50,7 +55,7 @@ from report import Report, Run, Skipped, markdown, plot  # noqa: E402
 
 from kraken.config import parse_size  # noqa: E402
 
-SYSTEMS = ("ours", "aria2", "registry")
+SYSTEMS = ("ours", "ours-window", "aria2", "registry")
 
 
 def parse_counts(text: str) -> list[int]:
@@ -78,10 +83,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--agents", type=parse_counts, default=parse_counts("10,25,50"), help="host counts N")
     p.add_argument("--size", default="256MiB", help="blob size (ours and aria2c)")
     p.add_argument("--rate", type=swarm.parse_rate, default=swarm.parse_rate("20Mbit"), help="cap, each way")
-    p.add_argument("--systems", type=parse_systems, default=list(SYSTEMS))
+    p.add_argument("--systems", type=parse_systems, default=["ours", "aria2", "registry"])
     p.add_argument("--registry-agents", type=parse_counts, default=None, help="N for the registry (default: all)")
     p.add_argument("--registry-size", default=None, help="blob size for the registry (default: --size)")
     p.add_argument("--piece", default="1MiB", help="our origin's piece length (aria2c's torrent uses 1 MiB)")
+    p.add_argument("--reader", choices=swarm.READERS, default="head", help="how each host asks `ours` for the blob")
+    p.add_argument("--stream-window", type=int, default=8, help="p2p.stream_window of the `ours-window` system")
     p.add_argument(
         "--own-limits",
         type=float,
@@ -165,22 +172,31 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run_ours(args: argparse.Namespace, where: Hosts, work: str, size: int, report: Report) -> None:
+def run_ours(args: argparse.Namespace, where: Hosts, work: str, size: int, report: Report, system: str) -> None:
+    """``ours`` (hosts ask as ``--reader`` says) or ``ours-window`` (streaming readers, and every agent with
+    ``p2p.stream_window`` of ``--stream-window``)."""
     counts = args.agents
     rate = args.rate if args.mode == "loopback" else None
     if args.mode == "netns" and args.own_limits:
         rate = int(args.rate * args.own_limits)
+    window = system == "ours-window"
+    reader = "stream" if window else args.reader
     cluster = swarm.Cluster(
-        os.path.join(work, "ours"), max(counts), rate, parse_size(args.piece), where.places[: max(counts) + 2]
+        os.path.join(work, system),
+        max(counts),
+        rate,
+        parse_size(args.piece),
+        where.places[: max(counts) + 2],
+        agent_p2p=f"stream_window: {args.stream_window}" if window else "",
     )
     try:
         for n in counts:
-            digest = swarm.stage_blob(cluster, size, work, f"ours-{n}")
+            digest = swarm.stage_blob(cluster, size, work, f"{system}-{n}")
             with Measure(where) as m:
-                times, copies, cpu = swarm.measure_pull(cluster, n, digest, size)
+                times, copies, cpu = swarm.measure_pull(cluster, n, digest, size, reader)
             egress = m.sent / size if where.egress else copies
-            report.runs.append(Run("ours", n, size, args.rate, times, egress, cpu, m.busy, m.wall))
-            log(f"ours N={n}: slowest {max(times):.1f} s, egress {egress:.2f} copies, busy {m.busy:.0%}")
+            report.runs.append(Run(system, n, size, args.rate, times, egress, cpu, m.busy, m.wall))
+            log(f"{system} N={n}: slowest {max(times):.1f} s, egress {egress:.2f} copies, busy {m.busy:.0%}")
     finally:
         cluster.stop()
 
@@ -272,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(work, 0o755)
     try:
         with hosts(args, max(args.agents) + 2) as where:
-            if "ours" in args.systems:
-                run_ours(args, where, work, size, report)
+            for system in ("ours", "ours-window"):
+                if system in args.systems:
+                    run_ours(args, where, work, size, report, system)
             if "aria2" in args.systems:
                 blob = os.path.join(work, "seed", "blob")
                 os.makedirs(os.path.dirname(blob), exist_ok=True)

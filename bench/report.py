@@ -8,8 +8,13 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
-SYSTEMS = ("ours", "aria2", "registry")
-LABELS = {"ours": "Kraken (ours)", "aria2": "BitTorrent (aria2c)", "registry": "central registry"}
+SYSTEMS = ("ours", "ours-window", "aria2", "registry")
+LABELS = {
+    "ours": "Kraken (ours)",
+    "ours-window": "Kraken, p2p.stream_window",
+    "aria2": "BitTorrent (aria2c)",
+    "registry": "central registry",
+}
 
 
 @dataclass

@@ -65,6 +65,22 @@ def test_table_rows_are_ordered_and_every_row_has_every_column():
     assert "eth0 bytes sent" in lines[0]
 
 
+def test_the_stream_window_variant_has_its_own_rows_after_ours():
+    r = sample()
+    r.runs.append(run("ours-window", 3, [1.0, 1.3, 1.4], egress_copies=1.5, cpu_seconds=3.5, busy=0.5))
+    labels = [line.split("|")[1].strip() for line in table(r)[2:]]
+    assert labels[:3] == ["Kraken (ours)", "Kraken (ours)", "Kraken, p2p.stream_window"]
+    assert largest_runs(r.runs)["ours-window"].n == 3
+
+
+def test_netbench_takes_the_window_variant_and_the_streaming_reader():
+    import netbench
+
+    args = netbench.parser().parse_args(["--systems", "ours-window,ours", "--reader", "stream", "--stream-window", "4"])
+    assert (args.systems, args.reader, args.stream_window) == (["ours", "ours-window"], "stream", 4)
+    assert netbench.parser().parse_args([]).systems == ["ours", "aria2", "registry"]
+
+
 def test_markdown_names_the_command_the_mode_and_the_plots():
     text = markdown(sample(), ["a.png"])
     assert "`python bench/netbench.py --agents 2,3`" in text
