@@ -122,7 +122,7 @@ async def test_both_ends_write_whole_chunks_and_read_big(reactor, tmp_path, ca):
     server, client = Collect(), Send([b"x"], close=False)
     factory = await connect(reactor, server, client, contexts(tmp_path, ca))
     ends = [client.transport, *factory.protocols]
-    assert [type(end).__mro__[1] for end in ends] == [BulkTLS, BulkTLS]
+    assert all(isinstance(end, BulkTLS) for end in ends)
     assert all(end._whole for end in ends)  # our contexts (server and client) take whole writes
     assert all(end.transport.bufferSize == READ_SIZE for end in ends)
     client.transport.loseConnection()
