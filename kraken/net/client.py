@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from kraken.config import Duration, Size
 from kraken.core.address import is_ipv6
-from kraken.net.tls import TLSContexts
+from kraken.net.tls import AgentEndpoints, TLSContexts
 
 
 @attrs.frozen
@@ -84,8 +84,10 @@ def make_http_client(
     pool.maxPersistentPerHost = config.max_connections_per_host
     pool.retryAutomatically = False
     policy = tls.policy() if isinstance(tls, TLSContexts) else tls
-    extra: dict[str, Any] = {} if policy is None else {"contextFactory": policy}
-    agent = Agent(reactor, connectTimeout=config.connect_timeout, pool=pool, **extra)
+    if policy is None:
+        agent = Agent(reactor, connectTimeout=config.connect_timeout, pool=pool)
+    else:  # the same endpoints as Agent's, with our TLS layer (kraken.net.tlsfast) for https://
+        agent = Agent.usingEndpointFactory(reactor, AgentEndpoints(reactor, policy, config.connect_timeout), pool=pool)
     return IPv6LiteralClient(_IPv6LiteralAgent(agent)), HTTPClientService(pool)
 
 

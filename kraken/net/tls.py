@@ -30,6 +30,7 @@ from OpenSSL import SSL, crypto
 from twisted.application.service import Service
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
@@ -38,8 +39,12 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
+from twisted.web.client import URI
+from twisted.web.error import SchemeNotSupported
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
+from zope.interface import directlyProvides, implementer, providedBy
+
+from kraken.net.tlsfast import BulkTLS, whole_writes
 
 log = Logger(namespace="kraken.net.tls")
 
@@ -188,12 +193,14 @@ def _server_options(material: Material, trust: list[x509.Certificate] | None, re
     if trust is not None:
         extra = {"verify": True, "caCerts": [crypto.X509.from_cryptography(c) for c in trust]}
         extra["requireCertificate"] = require
-    return ssl.CertificateOptions(
+    options = ssl.CertificateOptions(
         privateKey=crypto.load_privatekey(crypto.FILETYPE_PEM, material.key_pem),
         certificate=crypto.X509.from_cryptography(material.chain[0]),
         extraCertChain=[crypto.X509.from_cryptography(c) for c in material.chain[1:]],
         **extra,
     )
+    whole_writes(options.getContext())  # the one context every server connection is made from
+    return options
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -206,6 +213,21 @@ class _ServerCreator:
 
     def serverConnectionForTLS(self, protocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         return SSL.Connection(self._options().getContext(), None)
+
+
+class _WholeWritesTrust:
+    """``trust``, which also lets the client context it is added to take whole writes (``whole_writes``):
+    Twisted's ``CertificateOptions`` calls the trust root's ``_addCACertsToContext`` (a method of Twisted's
+    interface, private by name) on a new context, before its first connection: the one hook into a client
+    context that ``optionsForClientTLS`` gives."""
+
+    def __init__(self, trust: Any) -> None:
+        self._trust = trust
+        directlyProvides(self, providedBy(trust))  # IOpenSSLTrustRoot, which Twisted does not export
+
+    def _addCACertsToContext(self, context: SSL.Context) -> None:
+        self._trust._addCACertsToContext(context)
+        whole_writes(context)
 
 
 @implementer(IPolicyForHTTPS)
@@ -237,7 +259,7 @@ class TLSContexts:
         self._public = _server_options(material, None, False) if serves else None
         peers = material.client_ca or material.ca
         self._p2p = _server_options(material, peers, True) if serves and peers is not None else None
-        self._trust = (
+        self._trust: Any = _WholeWritesTrust(
             ssl.trustRootFromCertificates([ssl.Certificate(crypto.X509.from_cryptography(c)) for c in material.ca])
             if material.ca is not None
             else ssl.platformTrust()
@@ -296,9 +318,9 @@ class TLSContexts:
         return _Policy(self)
 
 
-class _KrakenTLS(TLSMemoryBIOProtocol):
-    """Twisted's TLS layer, closing as TCP does, and logging (once) a server connection whose TLS handshake
-    failed (no client certificate, another CA, ...)."""
+class _KrakenTLS(BulkTLS):
+    """Twisted's TLS layer (``BulkTLS``: fewer Python calls per record), closing as TCP does, and logging
+    (once) a server connection whose TLS handshake failed (no client certificate, another CA, ...)."""
 
     def loseConnection(self) -> None:
         """Send close_notify and close the TCP connection once it is written, like a plain TCP transport:
@@ -370,6 +392,25 @@ class TLSClientEndpoint:
         wrapper = _TLSClientFactory(self._creator, True, factory)
         connected: Deferred[Any] = self._inner.connect(wrapper)
         return connected.addCallback(lambda protocol: protocol.wrappedProtocol)
+
+
+@implementer(IAgentEndpointFactory)
+class AgentEndpoints:
+    """For ``Agent.usingEndpointFactory``: what Twisted's ``Agent`` connects to (``HostnameEndpoint``, with
+    ``policy``'s TLS for ``https://``), with the TLS layer above for ``https://``."""
+
+    def __init__(self, reactor: Any, policy: IPolicyForHTTPS, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._policy = policy
+        self._timeout = connect_timeout
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        endpoint = HostnameEndpoint(self._reactor, uri.host.decode("ascii"), uri.port, timeout=self._timeout)
+        if uri.scheme == b"http":
+            return endpoint
+        if uri.scheme == b"https":
+            return TLSClientEndpoint(self._policy.creatorForNetloc(uri.host, uri.port), endpoint)
+        raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
 
 
 class Reloadable(Protocol):
