@@ -1,8 +1,8 @@
 """containerd pulls of an upstream image: directly, through a cold agent, through a second agent; and what
 an agent's 404 costs before containerd falls back.
 
-    python bench/containerd_pull.py [--size 256MiB] [--runs 1] [--upstream-rate 1Gbit] [--stream] [--work DIR]
-                                    [--out FILE]
+    python bench/containerd_pull.py [--size 256MiB] [--runs 1] [--upstream-rate 1Gbit] [--stream]
+                                    [--stream-window PIECES] [--work DIR] [--out FILE]
 
 One image with one uncompressed layer of ``--size`` seeded random bytes is pushed (skopeo,
 ``--preserve-digests``, untimed) to Debian's docker-registry, the upstream. A private containerd (its own
@@ -156,7 +156,7 @@ def hosts(directory: str, registry: str, server: str, mirror: str | None = None)
     return directory
 
 
-def fleet(work: str, upstream: str, answer_timeout: str, stream: bool, window: int = 0) -> Fleet:
+def fleet(work: str, upstream: str, answer_timeout: str, stream: bool, window: int | None = None) -> Fleet:
     component = host_component(upstream)
     assert component is not None
     registry = {"address": f"http://{upstream}", "ns_prefix": True, "tag_ttl": "1m"}
@@ -167,7 +167,7 @@ def fleet(work: str, upstream: str, answer_timeout: str, stream: bool, window: i
         "agent": {
             "upstream_namespaces": [upstream.rsplit(":", 1)[0] + ":*"],
             "answer_timeout": answer_timeout,
-            **({"p2p": {"stream_window": window}} if window else {}),
+            **({"p2p": {"stream_window": window}} if window is not None else {}),
         },
     }
     return Fleet(work, origins=1, replicas=1, agents=2, overrides=overrides, stream_from_origins=stream)
@@ -179,7 +179,14 @@ def fell_back(registry: Daemon, start: int) -> bool:
 
 
 def run_once(
-    work: str, ctr: Ctr, registry: Daemon, upstream: str, other: str, answer_timeout: str, stream: bool, window: int
+    work: str,
+    ctr: Ctr,
+    registry: Daemon,
+    upstream: str,
+    other: str,
+    answer_timeout: str,
+    stream: bool,
+    window: int | None,
 ) -> dict[str, float]:
     """One run: ``upstream`` (host:port) is docker-registry, ``other`` another name of it that no agent mirrors."""
     server = f"http://{upstream}"
@@ -217,7 +224,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, float]]) -> str:
         f"`python bench/containerd_pull.py --size {args.size} --runs {args.runs}"
         + (f" --upstream-rate {args.upstream_rate}" if args.upstream_rate else "")
         + (" --stream" if args.stream else "")
-        + (f" --stream-window {args.stream_window}" if args.stream_window else "")
+        + (f" --stream-window {args.stream_window}" if args.stream_window is not None else "")
         + "` — one uncompressed layer, "
         + (
             f"docker-registry behind a {args.upstream_rate} link (tbf, both ways), "
@@ -252,7 +259,10 @@ def main() -> int:
         "--stream", action="store_true", help="agents stream a blob the origin is fetching (stream_from_origins)"
     )
     p.add_argument(
-        "--stream-window", type=int, default=0, help="the agents' p2p.stream_window (pieces; 0: off, the default)"
+        "--stream-window",
+        type=int,
+        default=None,
+        help="the agents' p2p.stream_window (pieces; default: the agents' own, 8; 0: off)",
     )
     p.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
     p.add_argument("--out", default=None, help="append the Markdown block to this file")

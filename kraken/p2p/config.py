@@ -88,9 +88,8 @@ class P2PConfig:
     origin_pipeline_limit: int = attrs.field(default=5, validator=positive)
     # While a client reads a download in order (an agent streaming a blob to containerd), the pieces it waits for
     # and the next ones, this many in all, are asked for first, lowest first; the rest rarest first, as ever.
-    # 0 (the default): rarest first only. In a swarm of hosts that all stream, every host then wants the same
-    # first pieces at once: measure before turning it on there.
-    stream_window: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    # 0: rarest first only. A download nobody reads in order (a HEAD, the agent API) is not changed.
+    stream_window: int = attrs.field(default=8, validator=attrs.validators.ge(0))
     request_timeout_min: Duration = attrs.field(default=Duration(4.0), validator=positive)
     request_timeout_per_mib: Duration = attrs.field(default=Duration(4.0), validator=positive)
     handshake_timeout: Duration = attrs.field(default=Duration(5.0), validator=positive)

@@ -204,4 +204,9 @@ def test_a_reader_waiting_for_a_piece_makes_the_window_from_there_the_first_requ
 
 
 def test_without_a_stream_window_a_waiting_reader_changes_no_request(swarm):
-    assert first_requests_of_a_reader_at_piece_8(swarm) != [8, 9, 10, 11]  # rarest first, random ties
+    assert first_requests_of_a_reader_at_piece_8(swarm, stream_window=0) != [8, 9, 10, 11]  # rarest first
+
+
+def test_by_default_a_waiting_reader_gets_its_window_first(swarm):
+    """The default window (8 pieces): the first four requests are the reader's next pieces, in order."""
+    assert first_requests_of_a_reader_at_piece_8(swarm) == [8, 9, 10, 11]
