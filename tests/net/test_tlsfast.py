@@ -58,13 +58,29 @@ class Collect(Protocol):
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
+        self.size = 0
         self.first: Deferred[None] = Deferred()
         self.lost: Deferred[Any] = Deferred()
+        self._waits: list[tuple[int, Deferred[None]]] = []
 
     def dataReceived(self, data: bytes) -> None:
         self.chunks.append(data)
+        self.size += len(data)
         if not self.first.called:
             self.first.callback(None)
+        done = [d for n, d in self._waits if self.size >= n]
+        self._waits = [(n, d) for n, d in self._waits if self.size < n]
+        for d in done:
+            d.callback(None)
+
+    def received(self, size: int) -> Deferred[None]:
+        """Fires once ``size`` bytes in all have arrived."""
+        d: Deferred[None] = Deferred()
+        if self.size >= size:
+            d.callback(None)
+        else:
+            self._waits.append((size, d))
+        return d
 
     def connectionLost(self, reason: Any) -> None:
         self.lost.callback([reason])
@@ -118,13 +134,19 @@ async def test_written_bytes_arrive_in_order_before_a_clean_close(reactor, tmp_p
 
 
 @pytest_twisted.ensureDeferred
-async def test_both_ends_write_whole_chunks_and_read_big(reactor, tmp_path, ca):
+async def test_both_ends_write_whole_chunks_and_read_big_only_for_bulk(reactor, tmp_path, ca):
     server, client = Collect(), Send([b"x"], close=False)
     factory = await connect(reactor, server, client, contexts(tmp_path, ca))
     ends = [client.transport, *factory.protocols]
     assert all(isinstance(end, BulkTLS) for end in ends)
     assert all(end._whole for end in ends)  # our contexts (server and client) take whole writes
-    assert all(end.transport.bufferSize == READ_SIZE for end in ends)
+    # Small messages: Twisted's 64 KB reads.
+    assert all(end.transport.bufferSize < READ_SIZE for end in ends)
+    # A bulk transfer fills a read: the receiving end reads bigger from then on.
+    client.transport.write(payload(4 * MIB))
+    await server.received(4 * MIB + 1)
+    [receiver] = factory.protocols
+    assert receiver.transport.bufferSize == READ_SIZE
     client.transport.loseConnection()
     await server.lost
 
