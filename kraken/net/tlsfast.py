@@ -13,8 +13,8 @@ states and semantics and changes only how many times that Python runs:
   protocol joined, up to 64 KB a call (as a TCP read gives several segments at once).
 - once a transport read comes back full (a bulk transfer), the transport reads up to ``READ_SIZE`` bytes at a
   time (Twisted's TCP default is 64 KB; it is also how much the transport buffers before it pauses a producer).
-  Connections of small messages (announces) keep 64 KB reads: a 256 KB buffer for each of their reads costs the
-  tracker about 9 % of its announces with mutual TLS.
+  Connections of small messages (announces) keep 64 KB reads: a 256 KB buffer for each of their reads is
+  wasted work (bench/RESULTS.md, "Fewer Python calls per TLS record").
 
 It overrides three of Twisted's private methods and reads its private flags (``_tlsConnection``,
 ``_lostTLSConnection``, ``_aborted``, ``_shutdownTLS``, ``_tlsShutdownFinished``, ``_bufferedWrite``), as
