@@ -144,6 +144,8 @@ def test_sigterm_inside_up_exits_through_the_teardown_and_restores_the_handler()
 
 CHILD = """
 import signal, sys
+# Ctrl-C as at a terminal, even when the suite runs in the background (a shell's & starts it with SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {bench!r})
 import netns
 bed = netns.Testbed(2, 20_000_000, prefix={prefix!r}, subnet="10.98.7")
