@@ -195,7 +195,7 @@ class AgentSource:
     async def stat_blobs(self, repo: str, digests: list[Digest]) -> dict[Digest, int | None]:
         raise Unsupported("the Kraken agent is read-only: push to the Kraken proxy")
 
-    async def commit_blob(self, repo: str, digest: Digest, path: str, size: int) -> None:
+    async def commit_blob(self, repo: str, digest: Digest, path: str, size: int, upload: str = "") -> None:
         raise Unsupported("the Kraken agent is read-only: push to the Kraken proxy")
 
     # -- manifests and tags --

@@ -127,7 +127,7 @@ class Spool(Protocol):
     def done_receiving(self) -> Deferred[None]: ...
 
 
-SpoolFactory = Callable[..., Spool]  # (pause=, resume=, error=) -> Spool
+SpoolFactory = Callable[..., Spool]  # (pause=, resume=, error=, line=(method, path)) -> Spool
 
 
 class Refusal(NamedTuple):
@@ -189,7 +189,11 @@ class SpoolingRequest(Request):
             return
         # ITransport does not declare IPushProducer, but the stream transports twisted.web runs on provide it.
         transport = cast(IPushProducer, self.channel.transport)
-        spool = factory(pause=transport.pauseProducing, resume=transport.resumeProducing, error=self._spool_failed)
+        # The request line is the channel's (private) business until the whole body is in.
+        line = (getattr(self.channel, "_command", b""), getattr(self.channel, "_path", b""))
+        spool = factory(
+            pause=transport.pauseProducing, resume=transport.resumeProducing, error=self._spool_failed, line=line
+        )
         self.content = spool
         self.notifyFinish().addBoth(lambda _: spool.close())
 

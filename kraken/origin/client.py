@@ -37,6 +37,7 @@ from kraken.origin.single import (
     StatAnswer,
     StillFetching,
 )
+from kraken.origin.staged import UPLOAD_SIZE_HEADER
 from kraken.singleflight import SingleFlight
 from kraken.workers import Worker
 
@@ -47,6 +48,7 @@ __all__ = [
     "REPAIR_HEADER",
     "REPLICA_HEADER",
     "STREAM_HEADER",
+    "UPLOAD_SIZE_HEADER",
     "ClusterClient",
     "DigestRefused",
     "OriginClient",

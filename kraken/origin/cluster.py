@@ -184,6 +184,10 @@ class OriginRing(MultiService):
         owners = self.ring.owners(digest)[: 2 * self._replicas]
         return [m for m in owners if m != self._me and self.health.healthy(m)]
 
+    def mine(self, digest: Digest) -> bool:
+        """Whether this origin is one of the members that hold ``digest``."""
+        return self._me is not None and self.ring.owns(self._me, digest)
+
     def others(self, digest: Digest) -> list[str]:
         """The healthy members of the blob's placement other than this origin, in ring order."""
         return [m for m in self.ring.placement(digest) if m != self._me and self.health.healthy(m)]

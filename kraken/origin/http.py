@@ -104,8 +104,9 @@ from kraken.origin.client import (
     REPAIR_HEADER,
     REPLICA_HEADER,
     STREAM_HEADER,
+    UPLOAD_SIZE_HEADER,
 )
-from kraken.origin.node import AlreadyStored, NotHeld, OriginNode
+from kraken.origin.node import AlreadyStored, NotHeld, NotMine, OriginNode
 from kraken.registry.errors import RangeInvalid
 from kraken.registry.names import is_valid_name
 from kraken.registry.streaming import GrowingReader, StreamingBlob, byte_range
@@ -113,7 +114,8 @@ from kraken.store import DigestMismatch, RangeMismatch, UploadTruncated, UploadU
 from kraken.workers import Worker
 
 _CONTENT_RANGE = re.compile(r"\s*(\d+)-(\d+)\s*\Z")
-_UPLOAD_PATH = re.compile(rb"/namespace/.+/blobs/[^/]+/uploads/([^/?]+)\Z")
+_UPLOAD_PATH = re.compile(rb"/namespace/.+/(?:blobs/[^/]+/uploads|staged-uploads)/([^/?]+)\Z")
+_OPEN_RANGE = re.compile(r"\s*(\d{1,18})-\s*\Z")
 #: The answer to a request that met a full store (``kraken.proxy`` relays it as OCI JSON).
 NO_SPACE_STATUS = 507
 NO_SPACE_MESSAGE = "no space left on device: this origin's store is full; try again once space is freed"
@@ -150,6 +152,16 @@ def parse_content_range(header: bytes | None) -> tuple[int, int]:
     if end < start:
         raise HTTPError(400, f"Content-Range end {end} is before its start {start}")
     return start, end
+
+
+def parse_offset(header: bytes | None) -> int:
+    """Where a staged upload's chunk starts: ``Content-Range: <start>-`` (its length is the body's)."""
+    if header is None:
+        raise HTTPError(400, "missing Content-Range header (<start>-)")
+    m = _OPEN_RANGE.match(header.decode("latin-1"))
+    if not m:
+        raise HTTPError(400, f"malformed Content-Range {header.decode('latin-1')!r} (want <start>-)")
+    return int(m.group(1))
 
 
 def _replica(request: Request) -> int:
@@ -268,6 +280,8 @@ class OriginHTTP:
             return 409, str(e)
         if isinstance(e, NotHeld):
             return 404, str(e)
+        if isinstance(e, NotMine):
+            return 421, str(e)
         if isinstance(e, HTTPException):  # routing: 404 no such route, 405 wrong method
             allowed = getattr(e, "valid_methods", None)
             if allowed:
@@ -374,6 +388,34 @@ class OriginHTTP:
         check_namespace(ns)
         digest = parse_digest(d)
         await self._node.commit(ns, digest, uid, _replica(request), repair=_repair(request))
+        return _empty(request, 201)
+
+    @app.route("/namespace/<path:ns>/staged-uploads", methods=["POST"])
+    async def start_staged_upload(self, request: Request, ns: str) -> bytes:
+        check_namespace(ns)
+        uid = await self._node.start_staged(ns)
+        request.setHeader(b"location", uid.encode("ascii"))
+        return _empty(request)
+
+    @app.route("/namespace/<path:ns>/staged-uploads/<uid>", methods=["PATCH"])
+    async def patch_staged_upload(self, request: Request, ns: str, uid: str) -> bytes:
+        check_namespace(ns)
+        start = parse_offset(request.getHeader(b"content-range"))
+        assert request.content is not None
+        size = await self._node.append(ns, None, uid, request.content, offset=start, length=None)
+        request.setHeader(UPLOAD_SIZE_HEADER, b"%d" % size)
+        return _empty(request, 204)
+
+    @app.route("/namespace/<path:ns>/staged-uploads/<uid>", methods=["DELETE"])
+    async def drop_staged_upload(self, request: Request, ns: str, uid: str) -> bytes:
+        check_namespace(ns)
+        await self._node.drop_upload(uid)
+        return _empty(request, 204)
+
+    @app.route("/namespace/<path:ns>/blobs/<d>/staged-uploads/<uid>", methods=["PUT"])
+    async def commit_staged_upload(self, request: Request, ns: str, d: str, uid: str) -> bytes:
+        check_namespace(ns)
+        await self._node.commit_staged(ns, parse_digest(d), uid)
         return _empty(request, 201)
 
     @app.route("/namespace/<path:ns>/blobs/<d>", methods=["GET", "HEAD"])

@@ -56,6 +56,11 @@ class AlreadyStored(Exception):
         super().__init__(f"blob {digest} already exists")
 
 
+class NotMine(Exception):
+    """An upload started before its digest was known is not this origin's to store (421): the blob's placement
+    is elsewhere in the ring."""
+
+
 class NotHeld(Exception):
     """The store lacks it and nothing will fetch it (404)."""
 
@@ -65,6 +70,10 @@ class Placement(Protocol):
 
     def locations(self, digest: Digest) -> list[str]:
         """The healthy members ("host:port") of the blob's placement, best first."""
+        ...
+
+    def mine(self, digest: Digest) -> bool:
+        """Whether this origin is one of the members that hold ``digest``."""
         ...
 
     async def replicate(self, namespace: str, digest: Digest, size: int) -> None:
@@ -269,15 +278,34 @@ class OriginNode:
         self.log.debug("upload {uid} of {digest} started", uid=uid, digest=str(digest), namespace=namespace)
         return uid
 
+    async def start_staged(self, namespace: str) -> str:
+        """A new upload whose digest is not known yet (a proxy streaming a client's upload as it arrives): its
+        id. Its bytes are hashed as they arrive, like any upload's; ``commit_staged`` names the digest."""
+        uid = await self.store.uploads.create()
+        self.log.debug("upload {uid} started before its digest is known", uid=uid, namespace=namespace)
+        return uid
+
     async def append(
-        self, namespace: str, digest: Digest, uid: str, content: IO[bytes], *, offset: int, length: int
+        self, namespace: str, digest: Digest | None, uid: str, content: IO[bytes], *, offset: int, length: int | None
     ) -> int:
-        """Write ``length`` bytes of ``content`` at ``offset`` of the upload; its size now."""
+        """Write ``length`` bytes of ``content`` (None: all it holds) at ``offset`` of the upload; its size now."""
         size = await self.store.uploads.append(uid, content, offset=offset, length=length)
         self.log.debug(
-            "upload {uid} now holds {bytes} bytes", uid=uid, bytes=size, digest=str(digest), namespace=namespace
+            "upload {uid} now holds {bytes} bytes",
+            uid=uid,
+            bytes=size,
+            digest=str(digest or ""),
+            namespace=namespace,
         )
         return size
+
+    async def commit_staged(self, namespace: str, digest: Digest, uid: str) -> CommitResult:
+        """``commit`` an upload started by ``start_staged``, if this origin is one of the blob's placement
+        (``NotMine`` otherwise, the upload deleted: the proxy uploads the blob to its placement instead)."""
+        if self._placement is not None and not self._placement.mine(digest):
+            await self.drop_upload(uid)
+            raise NotMine(f"this origin is not in the placement of {digest}: upload it to its locations")
+        return await self.commit(namespace, digest, uid)
 
     async def commit(
         self, namespace: str, digest: Digest, uid: str, replica: int = 0, *, repair: bool = False

@@ -24,8 +24,9 @@ from kraken.core import Digest, MetaInfo
 from kraken.core.peer import PeerError, PeerInfo
 from kraken.net import HTTPStatusError, RetryPolicy
 from kraken.net.body import ThreadedFileProducer
-from kraken.net.service import ServiceClient, name_path
+from kraken.net.service import name_path
 from kraken.origin.batch import MAX_STAT_BATCH
+from kraken.origin.staged import DigestRefused, StagedUploads
 from kraken.workers import Worker
 
 T = TypeVar("T")
@@ -83,13 +84,8 @@ class StillFetching(HTTPStatusError):
     """The origin still answered 202 when the polling's time was up."""
 
 
-class DigestRefused(HTTPStatusError):
-    """The origin refused to commit an upload (400 to its ``PUT``): the bytes are not the blob they were
-    named for. The origin deleted the upload; nothing was stored."""
-
-
 @attrs.frozen
-class OriginClient(ServiceClient):
+class OriginClient(StagedUploads):
     """Talks to one origin. ``base`` is like ``http://127.0.0.1:15002``.
 
     Unexpected statuses raise ``HTTPStatusError``; idempotent calls and uploads

@@ -24,6 +24,11 @@ class UploadsConfig:
     root: str = "/var/lib/kraken/proxy/uploads"
     # An upload untouched this long (no chunk appended) is deleted with its file and session: the idle TTL.
     ttl: Duration = attrs.field(default=Duration(3600.0), validator=positive)
+    # Stream each upload to an origin while it arrives, so that the PUT need not send it again
+    # (kraken.proxy.stage); false: the whole file goes to the blob's origin at the PUT.
+    stream_to_origin: bool = True
+    # Seconds a client may be held back waiting for that origin before the stream is given up.
+    stream_stall: Duration = attrs.field(default=Duration(10.0), validator=positive)
 
 
 def _check_batch(instance: object, attribute: attrs.Attribute[int], value: int) -> None:

@@ -30,6 +30,7 @@ from kraken.core import Digest
 from kraken.files import remove_quietly
 from kraken.net import HTTPStatusError
 from kraken.origin.client import ClusterClient, DigestRefused
+from kraken.proxy.stage import Stager
 from kraken.registry.errors import DigestInvalid, InsufficientStorage, ManifestBlobUnknown, ManifestInvalid, Unknown
 from kraken.registry.source import IRegistrySource, ManifestRecord, Page
 from kraken.store.spool import SPOOL_PREFIX
@@ -57,8 +58,10 @@ class ProxySource:
         worker: Worker,
         scratch: str,
         check_concurrency: int = 8,
+        stager: Stager | None = None,
     ) -> None:
         self._origin = origin
+        self._stager = stager
         self._concurrency = check_concurrency
         self._index = build_index
         self._worker = worker
@@ -96,9 +99,14 @@ class ProxySource:
     async def read_blob(self, repo: str, digest: Digest, limit: int) -> bytes | None:
         return await _space_relayed(self._origin.read_small(repo, digest, limit), digest)
 
-    async def commit_blob(self, repo: str, digest: Digest, path: str, size: int) -> None:
-        """Upload the blob to its origin, which checks its digest before storing it: DIGEST_INVALID when the
-        bytes are not ``digest`` (the origin keeps nothing), so the proxy need not hash uploads itself."""
+    async def commit_blob(self, repo: str, digest: Digest, path: str, size: int, upload: str = "") -> None:
+        """Store the blob on its origin, which checks its digest before storing it: DIGEST_INVALID when the
+        bytes are not ``digest`` (the origin keeps nothing), so the proxy need not hash uploads itself. An
+        upload streamed to an origin as it arrived is stored there (``kraken.proxy.stage``); otherwise, or if
+        that fails, the file at ``path`` is uploaded to the blob's origin."""
+        if self._stager is not None and upload and await self._stager.commit(upload, repo, digest, size):
+            self.log.info("blob {digest} ({bytes} bytes) stored as it was streamed", digest=str(digest), bytes=size)
+            return
         try:
             await _space_relayed(self._origin.upload(repo, digest, path, size), digest)
         except DigestRefused as e:

@@ -22,6 +22,7 @@ from kraken.proxy.http import beside, proxy_api, registry_auth
 from kraken.proxy.limits import rate_limited
 from kraken.proxy.preheat import PreheatAPI, Preheater
 from kraken.proxy.source import ProxySource
+from kraken.proxy.stage import Stager
 from kraken.registry.routing import route_template
 from kraken.store import UploadArea, UploadExpiry
 from kraken.workers import ThreadPoolService, ThreadWorker
@@ -53,8 +54,17 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
     index_hosts = ServiceHosts.from_config(cfg.build_index, reactor=reactor, http=cfg.http_client, kind="build-index")
     index_hosts.attach(top)
     index = BuildIndexes(index_hosts, http=http, clock=reactor, config=cfg.http_client)
+    stager = None
+    if cfg.uploads.stream_to_origin:
+        stager = Stager(origin, uploads, clock=reactor, stall=float(cfg.uploads.stream_stall))
+        uploads.tee = stager.tee
     source = ProxySource(
-        origin, index, worker=worker, scratch=cfg.uploads.root, check_concurrency=cfg.registry.check_concurrency
+        origin,
+        index,
+        worker=worker,
+        scratch=cfg.uploads.root,
+        check_concurrency=cfg.registry.check_concurrency,
+        stager=stager,
     )
     gate = registry_auth(cfg.auth, clock=reactor, worker=worker)
     api = proxy_api(source, uploads, clock=reactor, config=cfg.registry, limits=cfg.limits, auth=gate)

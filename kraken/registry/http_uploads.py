@@ -216,7 +216,7 @@ class UploadHandlers:
             await self._verify(uid, expected)
         if created:
             try:
-                await self._source.commit_blob(name, expected, uploads.path(uid), size)
+                await self._source.commit_blob(name, expected, uploads.path(uid), size, upload=uid)
             except (InsufficientStorage, DigestInvalid):
                 # Where the blob goes is full (the client must push it again later, all of it), or the bytes
                 # are not the blob: the upload is useless.

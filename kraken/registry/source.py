@@ -97,9 +97,10 @@ class IRegistrySource(Interface):
         ``Range`` (206/416), or None if it is not stored. The API layer adds
         ``Docker-Content-Digest`` before rendering it."""
 
-    async def commit_blob(repo: str, digest: Digest, path: str, size: int) -> None:
+    async def commit_blob(repo: str, digest: Digest, path: str, size: int, upload: str = "") -> None:
         """Take the verified file at ``path`` (``size`` bytes, content
-        ``digest``) and store it. The caller deletes ``path`` afterwards."""
+        ``digest``; the bytes of upload ``upload``) and store it. The caller
+        deletes ``path`` afterwards."""
 
     async def read_blob(repo: str, digest: Digest, limit: int) -> bytes | None:
         """A small blob's bytes (a manifest), at most ``limit`` bytes, or None."""

@@ -23,6 +23,12 @@ all arrived: nothing else would resume a connection the spool had paused.
 With a ``limit``, a body that passes it is refused the same way, as soon as
 the byte past the limit arrives: ``BodyTooLarge``, nothing kept.
 
+A ``BodyTee`` (``tee``) sees every chunk as it arrives, then the end of the
+body (or its abort: the body was dropped, or the client went away before it
+all arrived): the proxy streams an upload to an origin so. It may pause the
+connection too (``hold``/``release``): the connection is paused while the
+disk's backlog or any tee holds it.
+
 Only the reactor thread calls the public methods; the worker touches the
 file and the hasher one batch at a time, never concurrently.
 """
@@ -33,7 +39,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
 from twisted.logger import Logger
@@ -55,6 +61,18 @@ class BodyTooLarge(ValueError):
         super().__init__(f"request body over the limit of {limit} bytes ({received} bytes received)")
         self.limit = limit
         self.received = received
+
+
+class BodyTee(Protocol):
+    """What sees a spooled body's chunks as they arrive (``BodySpool.tee``)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def end(self) -> None:
+        """Every byte of the body has arrived."""
+
+    def abort(self, why: str) -> None:
+        """The body will not be whole: dropped, refused or cut short."""
 
 
 class BodySpool:
@@ -90,8 +108,9 @@ class BodySpool:
         self._pending_bytes = 0
         self._received = 0
         self._busy = False
-        self._paused = False
+        self._held: set[str] = set()  # why the connection is paused: "disk", a tee's name
         self._done_receiving = False
+        self._tee: BodyTee | None = None
         self._error: Failure | None = None
         self._waiters: list[Deferred[None]] = []
         self.adopted = False
@@ -107,9 +126,10 @@ class BodySpool:
         self._pending.append(data)
         self._pending_bytes += len(data)
         self._received += len(data)
-        if self._pending_bytes > HIGH_WATER and not self._paused and not self._done_receiving:
-            self._paused = True
-            self._pause()
+        if self._pending_bytes > HIGH_WATER:
+            self.hold("disk")
+        if self._tee is not None:
+            self._tee.write(data)
         self._kick()
 
     def tell(self) -> int:
@@ -127,6 +147,7 @@ class BodySpool:
 
     def close(self) -> None:
         """Close and delete the file (unless ``adopt`` moved it away). Idempotent."""
+        self._end_tee("the request ended before its body had all arrived")
         self._file.close()
         if not self.adopted:
             try:
@@ -140,6 +161,39 @@ class BodySpool:
     def size(self) -> int:
         return self._received
 
+    def tee(self, tee: BodyTee) -> None:
+        """Show ``tee`` every chunk from now on (set it before the first), then the body's end or abort."""
+        self._tee = tee
+
+    def hold(self, why: str) -> None:
+        """Pause the connection for ``why`` (until ``release(why)``), unless the body has all arrived."""
+        if self._done_receiving or self._error is not None:
+            return
+        if not self._held:
+            self._pause()
+        self._held.add(why)
+
+    def release(self, why: str) -> None:
+        """``why`` no longer holds the connection: resume it if nothing else does."""
+        if why not in self._held:
+            return
+        self._held.discard(why)
+        if not self._held and not self._done_receiving:
+            self._resume()
+
+    def _end_tee(self, why: str | None) -> None:
+        """Tell the tee the body is whole (``why`` None) or will not be; once."""
+        tee, self._tee = self._tee, None
+        if tee is None:
+            return
+        try:
+            if why is None:
+                tee.end()
+            else:
+                tee.abort(why)
+        except Exception:
+            self.log.failure("a request body's tee failed")
+
     def running_hash(self) -> Any:
         """The SHA-256 of the body so far (a ``hashlib`` object; None without ``hashing``)."""
         return self.pieces.sha256() if self.pieces is not None else self.hasher
@@ -148,8 +202,8 @@ class BodySpool:
         """The body is complete: never pause the connection again (twisted.web
         owns it from now on). Fires once every byte is on disk."""
         self._done_receiving = True
-        if self._paused:
-            self._paused = False  # twisted.web resumes the transport after the response
+        self._held.clear()  # twisted.web resumes the transport after the response
+        self._end_tee(None if self._error is None else "the body was dropped")
         return self.when_flushed()
 
     def when_flushed(self) -> Deferred[None]:
@@ -197,9 +251,8 @@ class BodySpool:
         if self._error is not None:
             self._close_and_tell()  # refused while this batch was being written
             return
-        if self._paused and self._pending_bytes < LOW_WATER and not self._done_receiving:
-            self._paused = False
-            self._resume()
+        if self._pending_bytes < LOW_WATER:
+            self.release("disk")
         self._kick()
 
     def _failed(self, failure: Failure) -> None:
@@ -213,6 +266,7 @@ class BodySpool:
         """Drop the body for good: the file deleted (once no batch is being written), ``error`` called."""
         self._error = failure
         self._pending, self._pending_bytes = [], 0
+        self._end_tee(f"the body was dropped: {failure.getErrorMessage()}")
         if isinstance(failure.value, BodyTooLarge):
             self.log.info("request body refused: {error}", error=str(failure.value), path=self.path)
         elif is_out_of_space(failure.value):

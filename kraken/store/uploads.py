@@ -88,6 +88,8 @@ class UploadArea:
         reads the file. With a ``hash_worker`` and a ``piece_length``, a spooled body is hashed there, its
         piece sums too (``piece_sums``)."""
         self.hashing = hashing
+        #: ``tee(method, path, spool)``, called for each new spool: may give it a ``BodyTee`` (``BodySpool.tee``).
+        self.tee: Callable[[bytes, bytes, BodySpool], object] | None = None
         self._max_body = max_body
         self._new_spool = functools.partial(
             BodySpool, root, worker, limit=max_body, hashing=hashing, hash_worker=hash_worker, piece_length=piece_length
@@ -107,10 +109,16 @@ class UploadArea:
         pause: Callable[[], None],
         resume: Callable[[], None],
         error: Callable[[Failure], object] | None = None,
+        line: tuple[bytes, bytes] = (b"", b""),
     ) -> BodySpool:
         """A sink for a request body, on the upload area's filesystem, so
-        ``append`` can take it by renaming (``make_site(spool=...)``)."""
-        return self._new_spool(pause=pause, resume=resume, error=error)
+        ``append`` can take it by renaming (``make_site(spool=...)``).
+        ``line``: the request's method and path, which ``tee`` (when set) is
+        shown with the new spool, to give it a ``BodyTee`` or not."""
+        spool = self._new_spool(pause=pause, resume=resume, error=error)
+        if self.tee is not None:
+            self.tee(line[0], line[1], spool)
+        return spool
 
     def path(self, uid: str) -> str:
         if not _UID.match(uid):

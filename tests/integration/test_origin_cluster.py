@@ -210,7 +210,7 @@ def test_every_blob_survives_the_loss_of_an_origin(daemons: Daemons, tmp_path: A
     proxy_access = PLAIN if sec is None else Access(sec.ca.trust_dir, f"{sec.user}:{sec.password}")
     agent_access = PLAIN if sec is None else Access(sec.ca.trust_dir)
 
-    layout = write_layout(str(tmp_path / "layout"), layers=4, random_layer_size="256KiB", seed=uuid.uuid4().hex)
+    layout = write_layout(str(tmp_path / "layout"), layers=4, random_layer_size="2MiB", seed=uuid.uuid4().hex)
     repo = f"cluster/app-{uuid.uuid4().hex[:8]}"
     skopeo(
         "copy",

@@ -169,3 +169,26 @@ def test_docker_schema2_push_and_pull(registry_ref: Any, tmp_path: Any) -> None:
     assert pulled_manifest == raw
     assert blobs == {doc["config"]["digest"], *(layer["digest"] for layer in doc["layers"])}
     assert skopeo_inspect(registry_ref(repo, "v2s2"))["Digest"] == sha256_bytes(raw)
+
+
+def test_a_large_layer_reaches_the_origin_while_it_is_pushed(herd: Any, tmp_path: Any) -> None:
+    """The proxy streams each large body to an origin as it arrives (``kraken.proxy.stage``): at the PUT the
+    origin stores what it already has, and the proxy sends nothing again."""
+    layout = write_layout(str(tmp_path / "layout"), layers=2, random_layer_size="3MiB", seed=uuid.uuid4().hex)
+    big = [layer.digest for layer in layout.layers if layer.size >= 3 << 20]
+    assert big
+    target = Target("plain", herd)
+    repo = unique("streamed")
+    start = herd.output.count()
+    skopeo(
+        "copy", *target.proxy.flags("dest"), "--preserve-digests", f"oci:{layout.path}:v1", target.ref(repo, "v1")
+    )  # fmt: skip
+    lines = herd.log_lines(start)
+    for digest in big:
+        assert any(f"blob {digest}" in line and "stored as it was streamed" in line for line in lines), digest
+        assert not any(f"blob {digest}" in line and "handed to the origin" in line for line in lines), digest
+    assert not any("Traceback" in line for line in lines)
+
+    skopeo("copy", *target.proxy.flags("src"), target.ref(repo, "v1"), f"dir:{tmp_path / 'dir'}")
+    for digest in big:
+        assert sha256_bytes((tmp_path / "dir" / digest.split(":")[1]).read_bytes()) == digest

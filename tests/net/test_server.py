@@ -84,7 +84,7 @@ def spooling_site(tmp_path):
 
     made = []
 
-    def factory(**flow):
+    def factory(line=None, **flow):
         s = BodySpool(str(tmp_path), InlineWorker(), **flow)
         made.append(s)
         return s
@@ -175,7 +175,7 @@ def full_disk_site(tmp_path, *, room, worker=None, transport=None):
 
     made, refusals = [], []
 
-    def factory(**flow):
+    def factory(line=None, **flow):
         s = BodySpool(str(tmp_path), worker or InlineWorker(), **flow)
         s._file = FillingFile(s._file, Room(room))
         made.append(s)

@@ -77,7 +77,7 @@ def test_the_references_are_capped(tmp_path: Path) -> None:
 class CheckingSource(MemorySource):
     """Like the proxy's origin: the commit checks the digest and refuses a mismatch, storing nothing."""
 
-    async def commit_blob(self, repo: str, digest: Digest, path: str, size: int) -> None:
+    async def commit_blob(self, repo: str, digest: Digest, path: str, size: int, upload: str = "") -> None:
         if digest_of_file(path) != digest:
             raise DigestInvalid("the uploaded content does not match the digest")
         await super().commit_blob(repo, digest, path, size)

@@ -77,7 +77,7 @@ class MemorySource:
             return None
         return static.File(os.path.join(self.blob_dir, digest.hex), defaultType="application/octet-stream")
 
-    async def commit_blob(self, repo: str, digest: Digest, path: str, size: int) -> None:
+    async def commit_blob(self, repo: str, digest: Digest, path: str, size: int, upload: str = "") -> None:
         self.calls.append(("commit_blob", (repo, digest, path, size)))
         data = _read(path)
         # The API layer promises a verified file; hold it to that.

@@ -74,7 +74,7 @@ class FullOrigin:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def commit_blob(self, repo: str, digest: Digest, path: str, size: int) -> None:
+    async def commit_blob(self, repo: str, digest: Digest, path: str, size: int, upload: str = "") -> None:
         raise InsufficientStorage("no space left on device: the origin cluster cannot store this blob now")
 
 
