@@ -14,6 +14,13 @@ the registry's grammar; digests are ``sha256:<64 hex>`` or ``sha512:<128 hex>``;
     POST  /namespace/<ns>/blobs/<digest>/uploads         -> 200, Location: <uid>; 409 if stored
     PATCH /namespace/<ns>/blobs/<digest>/uploads/<uid>   Content-Range: <start>-<end> (end exclusive)
     PUT   /namespace/<ns>/blobs/<digest>/uploads/<uid>   -> 201; 400 on a digest mismatch
+    POST  /namespace/<ns>/staged-uploads                 -> 200, Location: <uid> (digest not known yet)
+    PATCH /namespace/<ns>/staged-uploads/<uid>           Content-Range: <start>- (the body's length)
+                                                         -> 204, Kraken-Upload-Size: <bytes>
+    DELETE /namespace/<ns>/staged-uploads/<uid>          -> 204
+    PUT   /namespace/<ns>/blobs/<digest>/staged-uploads/<uid>
+                                                         -> 201; 400 on a digest mismatch; 421 (upload
+                                                            deleted) if this origin is not in the placement
     GET   /namespace/<ns>/blobs/<digest>                 (and HEAD; Range supported)
     GET   /namespace/<ns>/blobs/<digest>/metainfo        -> MetaInfo JSON
 
@@ -32,6 +39,11 @@ This module only translates: what happens to a blob (commit, write-back,
 replication, fetch on miss) is ``kraken.origin.node.OriginNode``'s business.
 Every commit, and every "already exists" answer, makes sure the blob is
 queued for write-back and answers only once it is.
+
+A *staged* upload is one whose digest is not known when it starts: the proxy streams a client's upload to
+one origin as it arrives (``kraken.proxy.stage``) and names the digest at the end. Its bytes are hashed as they
+come, like any upload's; the commit stores it (and copies it to the other replicas) only if this origin is in
+the blob's placement, and answers 421 otherwise, so that the proxy uploads the blob to its locations instead.
 
 ``peers`` lists this origin's own P2P address (``complete`` and ``origin``
 true) when it has one and holds the blob, and nothing otherwise: the

@@ -94,8 +94,12 @@ class Origin:
 class FixedPlacement:
     """An ``OriginNode``'s placement outside a ring: ``locations`` as given, no replicas to copy to."""
 
-    def __init__(self, locations: Callable[[Digest], list[str]]) -> None:
+    def __init__(self, locations: Callable[[Digest], list[str]], mine: Callable[[Digest], bool] | None = None) -> None:
         self.locations = locations
+        self._mine = mine
+
+    def mine(self, digest: Digest) -> bool:
+        return True if self._mine is None else self._mine(digest)
 
     async def replicate(self, namespace: str, digest: Digest, size: int) -> None:
         pass

@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from origin_harness import ADVERTISE, PEER, PIECE, Origin
+from origin_harness import ADVERTISE, PEER, PIECE, FixedPlacement, Origin
 from twisted.logger import capturedLogs
 
 from kraken.core import Digest, MetaInfo
@@ -314,3 +314,82 @@ def test_unexpected_error_is_500_without_traceback(origin: Origin, monkeypatch: 
     assert len(failures) == 1
     assert failures[0]["method"] == "GET"
     assert failures[0]["log_failure"].check(RuntimeError)
+
+
+# -- staged uploads: the digest named at the commit (kraken.proxy.stage) --
+
+
+def staged_start(origin: Origin, ns: str = NS) -> str:
+    code, headers, body = origin.request("POST", f"/namespace/{ns}/staged-uploads")
+    assert code == 200, body
+    (uid,) = headers.getRawHeaders(b"location")
+    return uid.decode()
+
+
+def staged_patch(origin: Origin, uid: str, data: bytes, start: int = 0, ns: str = NS):
+    return origin.request(
+        "PATCH",
+        f"/namespace/{ns}/staged-uploads/{uid}",
+        data=data,
+        headers={b"Content-Range": [f"{start}-".encode()]},
+    )
+
+
+def staged_commit(origin: Origin, uid: str, digest: Digest = DIGEST, ns: str = NS):
+    return origin.request("PUT", f"{blob_url(digest, ns)}/staged-uploads/{uid}")
+
+
+def test_a_staged_upload_is_stored_under_the_digest_named_at_its_commit(origin: Origin) -> None:
+    uid = staged_start(origin)
+    code, headers, _ = staged_patch(origin, uid, DATA[:10])
+    assert code == 204 and headers.getRawHeaders(b"kraken-upload-size") == [b"10"]
+    code, headers, _ = staged_patch(origin, uid, DATA[10:], start=10)
+    assert code == 204 and headers.getRawHeaders(b"kraken-upload-size") == [str(len(DATA)).encode()]
+    assert staged_commit(origin, uid)[0] == 201
+    assert origin.request("GET", blob_url())[2] == DATA
+    assert MetaInfo.from_json(origin.request("GET", blob_url() + "/metainfo")[2]).length == len(DATA)
+
+
+def test_a_staged_chunk_out_of_place_is_416(origin: Origin) -> None:
+    uid = staged_start(origin)
+    assert staged_patch(origin, uid, DATA, start=5)[0] == 416
+    assert staged_patch(origin, uid, DATA)[0] == 204
+
+
+@pytest.mark.parametrize("header", [None, b"abc", b"0-10", b"-5"])
+def test_a_staged_chunk_without_an_open_range_is_400(origin: Origin, header: bytes | None) -> None:
+    uid = staged_start(origin)
+    headers = {} if header is None else {b"Content-Range": [header]}
+    assert origin.request("PATCH", f"/namespace/{NS}/staged-uploads/{uid}", data=DATA, headers=headers)[0] == 400
+
+
+def test_a_staged_upload_of_other_bytes_is_refused_and_stores_nothing(origin: Origin) -> None:
+    uid = staged_start(origin)
+    staged_patch(origin, uid, b"not the blob")
+    code, _, body = staged_commit(origin, uid)
+    assert code == 400 and str(DIGEST).encode() in body
+    assert origin.request("GET", blob_url())[0] == 404
+    assert not os.listdir(os.path.join(origin.root, "uploads"))
+
+
+def test_a_staged_upload_outside_this_origins_placement_is_421_and_deleted(origin: Origin) -> None:
+    origin.serve(placement=FixedPlacement(lambda d: ["elsewhere:15002"], mine=lambda d: False))
+    uid = staged_start(origin)
+    staged_patch(origin, uid, DATA)
+    code, _, body = staged_commit(origin, uid)
+    assert code == 421 and b"not in the placement" in body
+    assert origin.request("GET", blob_url())[0] == 404
+    assert not os.listdir(os.path.join(origin.root, "uploads"))
+
+
+def test_a_staged_upload_can_be_deleted(origin: Origin) -> None:
+    uid = staged_start(origin)
+    staged_patch(origin, uid, DATA)
+    assert origin.request("DELETE", f"/namespace/{NS}/staged-uploads/{uid}")[0] == 204
+    assert origin.request("DELETE", f"/namespace/{NS}/staged-uploads/{uid}")[0] == 204
+    assert staged_patch(origin, uid, DATA)[0] == 404
+    assert not os.listdir(os.path.join(origin.root, "uploads"))
+
+
+def test_a_staged_upload_in_a_bad_namespace_is_400(origin: Origin) -> None:
+    assert origin.request("POST", "/namespace/Bad_Name/staged-uploads")[0] == 400
