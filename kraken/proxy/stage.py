@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -123,6 +126,35 @@ class Stager:
                 self._uploads.size(uid)
             except UploadUnknown:
                 self._stages.pop(uid).discard()
+
+
+class StagerCollector(Collector):
+    """``kraken_proxy_upload_streams_total{outcome}`` (``stored``: the origin stored the stream at the PUT;
+    ``resent``: the PUT sent the proxy's copy instead) and ``kraken_proxy_upload_streams_open``."""
+
+    def __init__(self, stager: Stager) -> None:
+        self._stager = stager
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        done, open_now = self._families()
+        done.add_metric(["stored"], self._stager.streamed)
+        done.add_metric(["resent"], self._stager.fallbacks)
+        open_now.add_metric([], len(self._stager))
+        yield from (done, open_now)
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, GaugeMetricFamily]:
+        return (
+            CounterMetricFamily(
+                "kraken_proxy_upload_streams",
+                "Uploads streamed to an origin as they arrived, by what their PUT did: stored, or resent the copy.",
+                labels=("outcome",),
+            ),
+            GaugeMetricFamily("kraken_proxy_upload_streams_open", "Uploads streaming to an origin now."),
+        )
 
 
 class Stage:

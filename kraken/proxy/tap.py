@@ -22,7 +22,7 @@ from kraken.proxy.http import beside, proxy_api, registry_auth
 from kraken.proxy.limits import rate_limited
 from kraken.proxy.preheat import PreheatAPI, Preheater
 from kraken.proxy.source import ProxySource
-from kraken.proxy.stage import Stager
+from kraken.proxy.stage import Stager, StagerCollector
 from kraken.registry.routing import route_template
 from kraken.store import UploadArea, UploadExpiry
 from kraken.workers import ThreadPoolService, ThreadWorker
@@ -78,6 +78,8 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
 
     registry = new_registry()
     registry.register(ServicesCollector([index_hosts]))
+    if stager is not None:
+        registry.register(StagerCollector(stager))
     observation = Observation(
         registry, {"build-index": index.health, "origin": origin.health}, clock=reactor, route=route_template
     )

@@ -16,6 +16,8 @@ import os
 import uuid
 from typing import Any
 
+import requests
+
 from kraken.cli.image import MEDIA_TYPE_LAYER, Layout, write_layout
 
 from ._tools import (
@@ -188,6 +190,10 @@ def test_a_large_layer_reaches_the_origin_while_it_is_pushed(herd: Any, tmp_path
         assert any(f"blob {digest}" in line and "stored as it was streamed" in line for line in lines), digest
         assert not any(f"blob {digest}" in line and "handed to the origin" in line for line in lines), digest
     assert not any("Traceback" in line for line in lines)
+    metrics = requests.get(f"http://{herd.registry}/metrics", timeout=30).text
+    series = 'kraken_proxy_upload_streams_total{outcome="stored"}'
+    [stored] = [line for line in metrics.splitlines() if line.startswith(series)]
+    assert float(stored.split()[-1]) >= len(big)
 
     skopeo("copy", *target.proxy.flags("src"), target.ref(repo, "v1"), f"dir:{tmp_path / 'dir'}")
     for digest in big:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import attrs
 from daemon_scrape import get, readiness, running, site_stub
-from metrics_samples import requests, scrape
+from metrics_samples import requests, scrape, value
 from twisted.internet.testing import MemoryReactorClock
 
 from kraken.proxy.config import ProxyConfig, UploadsConfig
@@ -37,3 +37,17 @@ def test_the_proxy_is_not_ready_without_build_index_and_origin(tmp_path: Path) -
     with running(proxy_service(config(tmp_path), reactor)):
         code, doc = readiness(site_stub(reactor, 25000), reactor)
     assert (code, doc["down"]) == (503, ["build-index", "origin"])
+
+
+def test_upload_streams_are_counted_by_outcome_unless_streaming_is_off(tmp_path: Path) -> None:
+    reactor = MemoryReactorClock()
+    with running(proxy_service(config(tmp_path), reactor)):
+        samples = scrape(site_stub(reactor, 25000))
+    assert value(samples, "kraken_proxy_upload_streams_total", outcome="stored") == 0.0
+    assert value(samples, "kraken_proxy_upload_streams_total", outcome="resent") == 0.0
+    assert value(samples, "kraken_proxy_upload_streams_open") == 0.0
+    off = attrs.evolve(config(tmp_path), uploads=UploadsConfig(root=str(tmp_path / "up"), stream_to_origin=False))
+    reactor = MemoryReactorClock()
+    with running(proxy_service(off, reactor)):
+        samples = scrape(site_stub(reactor, 25000))
+    assert value(samples, "kraken_proxy_upload_streams_open") is None
