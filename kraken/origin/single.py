@@ -326,13 +326,7 @@ class OriginClient(StagedUploads):
             await self._drain(response)
             log.debug("origin already holds {digest}", digest=str(digest), namespace=namespace)
             return
-        if response.code != 200:
-            raise await self._unexpected("POST", url, response)
-        await self._drain(response)
-        locations = response.headers.getRawHeaders(b"location")
-        if not locations:
-            raise HTTPStatusError("POST", url, response.code, b"no Location header")
-        url = self._uploads_url(namespace, digest, locations[0].decode("ascii").strip())
+        url = self._uploads_url(namespace, digest, await self._upload_id(url, response))
 
         producer = await body()
         size = int(producer.length)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import IBodyProducer, IResponse
 
 from kraken.core import Digest
 from kraken.net import HTTPStatusError
@@ -31,7 +31,10 @@ class StagedUploads(ServiceClient):
     async def start_staged(self, namespace: str) -> str:
         """A new upload on this origin whose digest is named at ``commit_staged``: its id."""
         url = self._staged_url(namespace)
-        response = await self._request("POST", url)
+        return await self._upload_id(url, await self._request("POST", url))
+
+    async def _upload_id(self, url: str, response: IResponse) -> str:
+        """The id of the upload that a ``POST`` to ``url`` started (its ``Location``), the response drained."""
         if response.code != 200:
             raise await self._unexpected("POST", url, response)
         await self._drain(response)

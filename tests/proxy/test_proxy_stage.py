@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from results import result_of as result
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.task import Clock
@@ -19,18 +20,6 @@ from kraken.store import UploadArea
 from kraken.workers import InlineWorker
 
 NS = "team/app"
-
-
-def result(d: Any) -> Any:
-    """What ``d`` (a Deferred or a coroutine) gave, synchronously."""
-    if not isinstance(d, Deferred):
-        d = Deferred.fromCoroutine(d)
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    if hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0]
 
 
 @implementer(IConsumer)
@@ -219,13 +208,19 @@ def test_a_failed_patch_leaves_the_client_alone_and_the_put_uploads_the_file(tmp
     assert not s.commit(uid, b"x" * 3000)
 
 
-def test_a_stalled_origin_holds_the_client_for_at_most_the_stall_time(tmp_path: Any) -> None:
+def held_client(tmp_path: Any) -> tuple[Setup, str, Any]:
+    """An upload whose first body has sent more than ``HIGH_WATER`` bytes to an origin that takes nothing."""
     s = Setup(tmp_path)
     s.origin.held = True
     uid = s.start()
     spool = s.body(uid)
     spool.write(b"x" * (HIGH_WATER + 1))
     assert s.flow.paused  # the origin takes nothing: the client waits for it
+    return s, uid, spool
+
+
+def test_a_stalled_origin_holds_the_client_for_at_most_the_stall_time(tmp_path: Any) -> None:
+    s, uid, spool = held_client(tmp_path)
     s.clock.advance(9.9)
     assert s.flow.paused
     s.clock.advance(0.2)
@@ -237,13 +232,7 @@ def test_a_stalled_origin_holds_the_client_for_at_most_the_stall_time(tmp_path: 
 
 
 def test_an_origin_that_catches_up_lets_the_client_go_on(tmp_path: Any) -> None:
-    s = Setup(tmp_path)
-    s.origin.held = True
-    uid = s.start()
-    spool = s.body(uid)
-    spool.write(b"x" * (HIGH_WATER + 1))
-    assert s.flow.paused
-    s.origin.consumers[0].producer = None
+    s, uid, spool = held_client(tmp_path)
     chunk = spool._tee
     chunk.resumeProducing()
     assert not s.flow.paused and len(s.origin.staged["stage-0"]) == HIGH_WATER + 1
