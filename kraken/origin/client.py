@@ -197,6 +197,15 @@ class ClusterClient:
         """Remember the blob's locations (base URLs, best first), learnt some other way, as ``locations`` does."""
         self._locations.put(digest, bases)
 
+    async def any_member(self) -> str:
+        """The base URL of a healthy member of the ring, at random (the best location of a random key, asked
+        as ``locations`` asks, not cached): a member's own address, even when ``origins`` names a load
+        balancer."""
+        bases = await self._lookup(Digest(f"{self._rng.getrandbits(256):064x}"))
+        if not bases:
+            raise OSError("the origin cluster named no healthy member")
+        return bases[0]
+
     async def _lookup(self, digest: Digest) -> tuple[str, ...]:
         def failed(seed: str, error: Exception, last: bool) -> None:
             log.debug(

@@ -2,26 +2,29 @@
 
 Without it a push crosses two hops one after the other: the client's body into the proxy's upload area, then,
 at the PUT that names the digest, the whole file from the proxy to the blob's origin. Which origin stores a blob
-is decided by its digest, known only at that PUT; so the proxy opens a *staged upload* on one origin
-(``POST /namespace/<ns>/staged-uploads``), streams every large body of the upload to it as it arrives (the bodies
-the site spools: ``kraken.net.server.SPOOL_MIN`` and up, or of unknown length), beside writing it to its own
-upload area, and at the PUT asks that origin to store it under the digest
-(``PUT /namespace/<ns>/blobs/<digest>/staged-uploads/<uid>``). The origin has hashed the bytes as they came,
+is decided by its digest, known only at that PUT; so the proxy opens a *staged upload* on one origin (a ring
+member at random: ``ClusterClient.any_member``; ``POST /namespace/<ns>/staged-uploads``), streams every large
+body of the upload to it as it arrives (the bodies the site spools: ``kraken.net.server.SPOOL_MIN`` and up, or
+of unknown length), beside writing it to its own upload area, and at the PUT asks that origin to store it under
+the digest (``PUT /namespace/<ns>/blobs/<digest>/staged-uploads/<uid>``). The origin has hashed the bytes as they came,
 checks the digest, and copies the blob to the other replicas, as for any upload; the two hops overlap.
 
 The proxy's own file stays the reference: the PUT uploads it as before (``ProxySource.commit_blob``) whenever
 the stage cannot be used, which is when
 
 - the stage broke: its origin could not be reached or refused a chunk (507: full), answered with another size
-  than was sent, or held the client back (``HIGH_WATER`` bytes waiting for it) for ``stall`` seconds;
+  than was sent, held the client back (``HIGH_WATER`` bytes waiting for it) for ``stall`` seconds, or had not
+  taken the whole body ``stall`` seconds after the PUT came;
 - the sizes disagree: a body reached the stage that the registry did not append (a refused or repeated chunk),
   or the upload has a chunk that did not go through the stage (a small one);
 - the staging origin is not in the blob's placement (421): in a ring with more members than replicas, that is
   true of most blobs (``replicas / members`` of them go through the stage);
 - the origin refused the digest: the file is uploaded to decide (a stale chunk may have reached the stage).
 
-A stage the PUT does not use is deleted on its origin (best effort); what is left of one (the proxy stopped)
-goes with the origin's ``upload_ttl``. Reactor thread only.
+A stage the PUT does not use is deleted on its origin (best effort) once the proxy's upload is gone
+(``UploadArea.on_gone``: stored, cancelled, expired); what is left of one (the proxy stopped) goes with the
+origin's ``upload_ttl``. A PUT whose client goes away while the stage is still sending stops there, uploading
+nothing. Reactor thread only.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from kraken.core import Digest
 from kraken.origin.client import ClusterClient, DigestRefused, OriginClient
 from kraken.registry.names import is_valid_name
 from kraken.store.spool import BodySpool
-from kraken.store.uploads import UploadArea, UploadUnknown
+from kraken.store.uploads import UploadArea
 
 #: Bytes waiting for the origin above which the client is paused, and below which it is let go again.
 HIGH_WATER = 8 << 20
@@ -53,11 +56,13 @@ STALL = 10.0
 
 _UPLOAD = re.compile(rb"/v2/(.+)/blobs/uploads/([^/]+)\Z")
 _HOLD = "origin"
+CANCELLED = "cancelled"
 log = Logger()
 
 
 class Stager:
-    """The stages of the uploads in progress, by upload id. ``tee`` is ``UploadArea.tee``."""
+    """The stages of the uploads in progress, by upload id. ``tee`` is ``UploadArea.tee``, ``drop`` its
+    ``on_gone``."""
 
     def __init__(
         self, origin: ClusterClient, uploads: UploadArea, *, clock: IReactorTime, stall: float = STALL
@@ -83,20 +88,14 @@ class Stager:
         if m is None:
             return
         name, uid = m.group(1).decode("latin-1"), m.group(2).decode("latin-1")
-        try:
-            size = self._uploads.size(uid)
-        except UploadUnknown:
+        size = self._uploads.live_size(uid)
+        if size is None or not is_valid_name(name):
             return
-        if not is_valid_name(name):
-            return
-        self._prune()
         stage = self._stages.get(uid)
         if stage is None:
             if size != 0:
                 return  # begun with a chunk the site did not spool: the PUT uploads the file
-            base = self._origin.seeds_to_ask()[0]
-            stage = Stage(self._origin.client(base), name, base, clock=self._clock, stall=self._stall)
-            self._stages[uid] = stage
+            stage = self._stages[uid] = Stage(self._origin, name, clock=self._clock, stall=self._stall)
         elif stage.broken:
             return
         elif stage.busy or stage.teed != size or stage.namespace != name:
@@ -111,6 +110,7 @@ class Stager:
             return False
         if stage.namespace != namespace:
             stage.discard()
+            self.fallbacks += 1
             return False
         done = await stage.commit(digest, size)
         if done:
@@ -119,13 +119,11 @@ class Stager:
             self.fallbacks += 1
         return done
 
-    def _prune(self) -> None:
-        """Forget the stages of uploads that are gone (cancelled, expired), deleting them on their origin."""
-        for uid in list(self._stages):
-            try:
-                self._uploads.size(uid)
-            except UploadUnknown:
-                self._stages.pop(uid).discard()
+    def drop(self, uid: str) -> None:
+        """Upload ``uid`` is gone (completed, cancelled, expired): delete its stage, if it still has one."""
+        stage = self._stages.pop(uid, None)
+        if stage is not None:
+            stage.discard()
 
 
 class StagerCollector(Collector):
@@ -160,12 +158,12 @@ class StagerCollector(Collector):
 class Stage:
     """One upload's staged copy on one origin: its chunks are sent there one after the other."""
 
-    def __init__(
-        self, client: OriginClient, namespace: str, base: str, *, clock: IReactorTime, stall: float = STALL
-    ) -> None:
+    def __init__(self, cluster: ClusterClient, namespace: str, *, clock: IReactorTime, stall: float = STALL) -> None:
         self.namespace = namespace
-        self.base = base
-        self._client = client
+        #: The origin (a member of the ring, picked at random once the first body arrives).
+        self.base = ""
+        self._cluster = cluster
+        self._client: OriginClient | None = None
         self._clock = clock
         self._stall = stall
         #: Bytes of every body given to the stage so far.
@@ -195,13 +193,17 @@ class Stage:
             chunk.kill()
             return
         try:
+            if self._client is None:
+                self._request = Deferred.fromCoroutine(self._cluster.any_member())
+                self.base = await self._request
+                self._client = self._cluster.client(self.base)
             if self._uid is None:
                 self._request = Deferred.fromCoroutine(self._client.start_staged(self.namespace))
                 self._uid = await self._request
             self._request = Deferred.fromCoroutine(self._client.append_staged(self.namespace, self._uid, offset, chunk))
             size = await self._request
         except CancelledError:
-            self.give_up("cancelled")
+            self.give_up(CANCELLED)
             return
         except Exception as e:
             self.give_up(f"{self.base}: {e}")
@@ -232,7 +234,9 @@ class Stage:
             finally:
                 if late.active():
                     late.cancel()
-        if self.broken is not None or self._uid is None or self.teed != size:
+            if self.broken == CANCELLED:
+                raise CancelledError()  # the PUT's client went away while the stage was still sending
+        if self.broken is not None or self._uid is None or self._client is None or self.teed != size:
             if self.broken is None:
                 log.info(
                     "the upload of {digest} holds {bytes} bytes, its stage {staged}: uploading the file",
@@ -247,13 +251,14 @@ class Stage:
         except CancelledError:
             self.discard()
             raise
-        except DigestRefused as e:
+        except DigestRefused as e:  # (a mismatch deleted it; any other 400 may not have)
             log.info(
                 "{origin} refused the stage as {digest} ({error}): uploading the file",
                 origin=self.base,
                 digest=str(digest),
                 error=str(e),
             )
+            self.discard()
             return False
         except Exception as e:
             log.warn(
@@ -274,7 +279,7 @@ class Stage:
         """Delete the stage on its origin, best effort (the origin's upload TTL does it otherwise)."""
         self.give_up("discarded")
         uid, self._uid = self._uid, None
-        if uid is None:
+        if uid is None or self._client is None:
             return
         d = Deferred.fromCoroutine(self._client.drop_staged(self.namespace, uid))
         d.addErrback(

@@ -57,7 +57,7 @@ def proxy_service(cfg: ProxyConfig, reactor: Any) -> MultiService:
     stager = None
     if cfg.uploads.stream_to_origin:
         stager = Stager(origin, uploads, clock=reactor, stall=float(cfg.uploads.stream_stall))
-        uploads.tee = stager.tee
+        uploads.tee, uploads.on_gone = stager.tee, stager.drop
     source = ProxySource(
         origin,
         index,

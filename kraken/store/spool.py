@@ -129,7 +129,11 @@ class BodySpool:
         if self._pending_bytes > HIGH_WATER:
             self.hold("disk")
         if self._tee is not None:
-            self._tee.write(data)
+            try:
+                self._tee.write(data)
+            except Exception:
+                self.log.failure("a request body's tee failed")
+                self._end_tee("the tee failed")
         self._kick()
 
     def tell(self) -> int:
@@ -178,8 +182,8 @@ class BodySpool:
         if why not in self._held:
             return
         self._held.discard(why)
-        if not self._held and not self._done_receiving:
-            self._resume()
+        if not self._held and not self._done_receiving and self._error is None:
+            self._resume()  # (a dropped body's connection stays paused until the refusal is sent)
 
     def _end_tee(self, why: str | None) -> None:
         """Tell the tee the body is whole (``why`` None) or will not be; once."""

@@ -90,6 +90,8 @@ class UploadArea:
         self.hashing = hashing
         #: ``tee(method, path, spool)``, called for each new spool: may give it a ``BodyTee`` (``BodySpool.tee``).
         self.tee: Callable[[bytes, bytes, BodySpool], object] | None = None
+        #: ``on_gone(uid)``, called when an upload is deleted or moved away.
+        self.on_gone: Callable[[str], object] | None = None
         self._max_body = max_body
         self._new_spool = functools.partial(
             BodySpool, root, worker, limit=max_body, hashing=hashing, hash_worker=hash_worker, piece_length=piece_length
@@ -117,7 +119,10 @@ class UploadArea:
         shown with the new spool, to give it a ``BodyTee`` or not."""
         spool = self._new_spool(pause=pause, resume=resume, error=error)
         if self.tee is not None:
-            self.tee(line[0], line[1], spool)
+            try:
+                self.tee(line[0], line[1], spool)
+            except Exception:  # the body is still the spool's: only its copy elsewhere is lost
+                self.log.failure("teeing a request body failed")
         return spool
 
     def path(self, uid: str) -> str:
@@ -224,11 +229,25 @@ class UploadArea:
     async def delete(self, uid: str) -> None:
         path = self.path(uid)
         self._live.pop(uid, None)
+        self._gone(uid)
         await self._worker.run(remove_quietly, path)
 
     def forget(self, uid: str) -> None:
         """Drop the bookkeeping of an upload whose file was moved away."""
         self._live.pop(uid, None)
+        self._gone(uid)
+
+    def live_size(self, uid: str) -> int | None:
+        """The size of upload ``uid`` if this process is keeping it (never looks at the disk), else None."""
+        up = self._live.get(uid)
+        return None if up is None else up.size
+
+    def _gone(self, uid: str) -> None:
+        if self.on_gone is not None:
+            try:
+                self.on_gone(uid)
+            except Exception:
+                self.log.failure("the hook of a deleted upload failed", uid=uid)
 
     async def expire(self, now: float, max_age: float) -> list[str]:
         """Delete uploads untouched for ``max_age`` seconds; return their ids."""

@@ -139,3 +139,13 @@ def test_peers_of_every_location_and_the_last_error_if_all_fail() -> None:
     assert outcome(c.peers(DIGEST)).value.code == 503
     outcome(c.locations(DIGEST))
     assert c.members["http://seed"].asked == 2  # forgotten after all failed
+
+
+def test_any_member_is_a_ring_member_asked_anew_each_time() -> None:
+    c = cluster(Clock())
+    seed = c.members["http://seed"]
+    assert outcome(c.any_member()) == "http://o1:1"  # what the seed says, not the seed itself (a load balancer)
+    outcome(c.any_member())
+    assert seed.asked == 2, "random keys are not remembered"
+    seed.ring = []
+    assert outcome(c.any_member()).check(OSError)

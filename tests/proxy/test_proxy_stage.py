@@ -7,8 +7,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from results import outcome_of
 from results import result_of as result
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.task import Clock
 from zope.interface import implementer
@@ -53,10 +54,11 @@ class FakeOrigin:
         self.patches: list[tuple[str, int]] = []
         self.consumers: list[Consumer] = []
 
-    def seeds_to_ask(self) -> list[str]:
-        return ["http://origin-1"]
+    async def any_member(self) -> str:
+        return "http://member-2:15002"
 
     def client(self, base: str) -> FakeOrigin:
+        assert base == "http://member-2:15002"
         return self
 
     async def start_staged(self, namespace: str) -> str:
@@ -106,7 +108,7 @@ class Setup:
         self.origin = FakeOrigin()
         self.uploads = UploadArea(str(tmp_path), InlineWorker(), hashing=False)
         self.stager = Stager(self.origin, self.uploads, clock=self.clock, stall=10.0)  # type: ignore[arg-type]
-        self.uploads.tee = self.stager.tee
+        self.uploads.tee, self.uploads.on_gone = self.stager.tee, self.stager.drop
         self.flow = Flow()
 
     def start(self) -> str:
@@ -245,10 +247,8 @@ def test_a_cancelled_upload_loses_its_stage_on_the_origin(tmp_path: Any) -> None
     s = Setup(tmp_path)
     uid = s.start()
     s.send(uid, b"x" * 3000)
-    result(s.uploads.delete(uid))  # cancelled (or expired)
-    other = s.start()
-    s.send(other, b"y" * 3000)  # the next staged body prunes the stages of uploads that are gone
-    assert s.origin.dropped == ["stage-0"] and len(s.stager) == 1
+    result(s.uploads.delete(uid))  # cancelled (or expired), or completed without the stage (already stored)
+    assert s.origin.dropped == ["stage-0"] and len(s.stager) == 0
 
 
 def test_a_client_gone_mid_body_gives_the_stage_up(tmp_path: Any) -> None:
@@ -274,3 +274,45 @@ def test_only_chunks_of_uploads_are_teed(tmp_path: Any) -> None:
         assert spool._tee is None, (method, path)
         spool.close()
     assert s.origin.patches == []
+
+
+def test_the_stage_is_on_a_member_of_the_ring_not_on_what_the_proxy_was_given(tmp_path: Any) -> None:
+    s = Setup(tmp_path)  # (a load balancer in front of the origins would spread one upload over several)
+    uid = s.start()
+    s.send(uid, b"x" * 3000)
+    assert s.stager._stages[uid].base == "http://member-2:15002"
+
+
+def test_a_put_whose_client_went_away_while_the_stage_was_sending_uploads_nothing(tmp_path: Any) -> None:
+    s = Setup(tmp_path)
+    s.origin.held = True
+    uid = s.start()
+    s.send(uid, b"x" * 3000)  # the origin has not taken it yet
+    digest = Digest.from_bytes(b"x" * 3000)
+    putting = Deferred.fromCoroutine(s.stager.commit(uid, NS, digest, 3000))
+    assert not putting.called
+    putting.cancel()
+    failure = outcome_of(putting)
+    assert failure.check(CancelledError) and s.stager.fallbacks == 0
+
+
+def test_a_failing_tee_leaves_the_body_to_the_spool(tmp_path: Any) -> None:
+    s = Setup(tmp_path)
+    uid = s.start()
+    spool = s.body(uid)
+
+    class Broken:
+        def write(self, data: bytes) -> None:
+            raise RuntimeError("tee bug")
+
+        def end(self) -> None:
+            pass
+
+        def abort(self, why: str) -> None:
+            pass
+
+    spool.tee(Broken())
+    spool.write(b"x" * 3000)
+    spool.write(b"y" * 10)
+    result(spool.done_receiving())
+    assert result(s.uploads.append(uid, spool)) == 3010

@@ -225,3 +225,54 @@ def test_a_body_at_the_limit_is_taken(tmp_path):
     s.write(b"0123456789")
     assert result(s.done_receiving()) is None and errors == []
     s.close()
+
+
+def test_the_connection_resumes_only_once_nothing_holds_it(tmp_path):
+    worker = ManualWorker()
+    s, flow = spool(tmp_path, worker)
+    s.hold("origin")  # a tee waiting for where it sends the body
+    s.write(b"x" * (HIGH_WATER + 1))  # and the disk's backlog
+    assert flow.events == ["pause"]
+    while worker.jobs:
+        worker.step()
+    assert flow.events == ["pause"], "the tee still holds it"
+    s.release("origin")
+    assert flow.events == ["pause", "resume"]
+    s.release("origin")
+    assert flow.events == ["pause", "resume"], "once"
+
+
+def test_a_dropped_body_keeps_its_connection_paused_whoever_lets_go(tmp_path):
+    s, flow = spool(tmp_path, FailingWorker())
+    s.hold("origin")
+    s.write(b"x")  # the write fails: the body is dropped, the refusal goes out while the connection is paused
+    s.release("origin")
+    assert flow.events == ["pause"]
+
+
+def test_the_tee_sees_every_chunk_then_the_end(tmp_path):
+    s, _ = spool(tmp_path)
+    seen = []
+
+    class Tee:
+        def write(self, data):
+            seen.append(data)
+
+        def end(self):
+            seen.append("end")
+
+        def abort(self, why):
+            seen.append(("abort", why))
+
+    s.tee(Tee())
+    s.write(b"a")
+    s.write(b"b")
+    result(s.done_receiving())
+    s.close()
+    assert seen == [b"a", b"b", "end"]
+
+    cut, _ = spool(tmp_path)
+    cut.tee(Tee())
+    cut.write(b"c")
+    cut.close()  # the client went away mid-body
+    assert seen[-2:] == [b"c", ("abort", "the request ended before its body had all arrived")]

@@ -161,3 +161,32 @@ def test_expire_spares_an_upload_being_appended(area: UploadArea) -> None:
         assert os.path.exists(area.path(uid))
     finally:
         up.lock.release()
+
+
+def test_live_size_never_takes_an_upload_from_the_disk(area: UploadArea, root: str) -> None:
+    uid = result(area.create())
+    result(area.append(uid, io.BytesIO(b"abc")))
+    assert area.live_size(uid) == 3
+    stranger = "f" * 32
+    Path(root, stranger).write_bytes(b"left by an earlier run")
+    assert area.live_size(stranger) is None
+    assert area.live_size(stranger) is None, "and it is still not adopted"
+
+
+def test_on_gone_hears_of_every_upload_deleted_or_moved_away(area: UploadArea) -> None:
+    gone: list[str] = []
+    area.on_gone = gone.append
+    first, second = result(area.create()), result(area.create())
+    result(area.delete(first))
+    area.forget(second)
+    assert gone == [first, second]
+
+
+def test_a_failing_on_gone_hook_does_not_stop_a_delete(area: UploadArea) -> None:
+    def broken(uid: str) -> None:
+        raise RuntimeError("hook bug")
+
+    area.on_gone = broken
+    uid = result(area.create())
+    result(area.delete(uid))
+    assert not os.path.exists(area.path(uid))
