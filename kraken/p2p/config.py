@@ -81,6 +81,9 @@ class P2PConfig:
     # 40 or 64 hex characters; default: SHA-1 of the advertised ip:port, stable across restarts.
     peer_id: str | None = None
     max_conns_per_torrent: int = attrs.field(default=10, validator=positive)
+    # A torrent whose slots are all taken still admits this many more connections from peers far behind it
+    # (kraken.p2p.slots): a host that came late to a busy swarm is not left with no one to download from.
+    catch_up_conns: int = attrs.field(default=2, validator=attrs.validators.ge(0))
     # P2P connections over mutual TLS with the daemon's ``tls`` certificate (needs tls.cert, tls.key, tls.ca);
     # peers are verified against tls.client_ca (or tls.ca) and their advertised IP. Pieces are checked anyway.
     tls: bool = False

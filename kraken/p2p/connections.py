@@ -29,7 +29,7 @@ from kraken.p2p.config import P2PConfig
 from kraken.p2p.dials import Outcome
 from kraken.p2p.protocol import PeerProtocol, SessionFactory
 from kraken.p2p.session import Closed, IPeerConnection, IPeerSessionObserver, PeerSession
-from kraken.p2p.slots import Slots
+from kraken.p2p.slots import Slots, far_behind
 from kraken.p2p.torrent import LOG_NAMESPACE, Conn, Torrent, Torrents
 from kraken.p2p.wire import MAX_ERROR_MESSAGE, Error, ErrorCode, Handshake
 
@@ -82,7 +82,7 @@ class Connections:
         self.slots: Slots[Conn] = Slots(
             max_conns=c.max_conns_per_torrent, per_address=c.max_conns_per_address,
             per_address_total=c.max_conns_per_address_total, grace=c.slot_grace, idle_after=c.slot_idle,
-            exempt=c.address_limit_exempt,
+            exempt=c.address_limit_exempt, catch_up=c.catch_up_conns,
         )  # fmt: skip
 
     def factory(self) -> Factory:
@@ -114,7 +114,8 @@ class Connections:
         if torrent.dials.pending(remote) and remote > self._peer_id:
             return Error(ErrorCode.BUSY, None, "already dialling")
         pending, busy = torrent.dials.holding(now), self._traffic.busy(torrent)
-        admission = self.slots.admit(torrent, address, now, pending=pending, busy=busy)
+        behind = far_behind(torrent.bitfield.count(), handshake.bitfield.count(), len(torrent.bitfield))
+        admission = self.slots.admit(torrent, address, now, pending=pending, busy=busy, behind=behind)
         if not admission.admit:
             if admission.limited:
                 self._log_refused(torrent, remote, address, admission.reason)
@@ -127,7 +128,8 @@ class Connections:
             s = make(connection)
             protocol = cast(PeerProtocol, connection)
             s.when_handshaken().addCallbacks(
-                lambda _: self.opened(torrent, protocol, s, origin=False, address=address), lambda _: None
+                lambda _: self.opened(torrent, protocol, s, origin=False, address=address, admitted=True),
+                lambda _: None,
             )
             return s
 
@@ -195,8 +197,10 @@ class Connections:
         *,
         origin: bool,
         address: str | None = None,
+        admitted: bool = False,
     ) -> None:
-        """A handshake completed: keep the connection, unless it is one too many."""
+        """A handshake completed: keep the connection, unless it is one too many (``admitted``: an inbound one,
+        which ``Slots.admit`` has counted already, catch-up slots included)."""
         assert session.remote is not None
         peer_id = session.remote.peer_id.hex()
         torrent.dials.connected(peer_id)
@@ -206,8 +210,10 @@ class Connections:
         if torrent.complete and session.remote_bitfield.complete():
             session.close("both sides are complete")
             return
-        if len(torrent.conns) >= self._config.max_conns_per_torrent:
-            session.close("at capacity")  # a dial that completed after its slot hold, once the torrent filled
+        limit = self._config.max_conns_per_torrent + (self._config.catch_up_conns if admitted else 0)
+        if len(torrent.conns) >= limit:
+            # A dial that completed after its slot hold, once the torrent filled; or handshakes admitted together.
+            session.close("at capacity")
             return
         conn = Conn(peer_id, protocol, session, origin, torrent)
         torrent.conns[peer_id] = conn

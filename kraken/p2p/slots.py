@@ -22,6 +22,11 @@ Policy:
   (never useful, oldest first, then the one useful longest ago) is evicted for it. ``grace`` gives an honest
   newcomer time to ask for its first piece before the next newcomer may take its slot; ``idle_after`` keeps a
   peer that was useful a moment ago.
+- **Peers far behind.** When every slot is taken and no holder is useless, a handshake from a peer the caller
+  says is far ``behind`` (it has much less of the blob than this side) is still admitted, up to ``catch_up``
+  connections over ``max_conns``. In a busy swarm every slot fills within seconds; a host whose dials were lost
+  behind saturated links then hears "at capacity" from everyone it reaches, and would wait for the swarm to
+  finish before it could start (bench/RESULTS.md, "A swarm after a swarm").
 - **Idle holders.** ``idle`` names the useless holders (no progress for ``idle_after``, not busy) to evict: all
   of them on a torrent this side has whole (a seeder gains nothing from them), and on a torrent it is still
   downloading only while its slots are all taken (so that it can dial or admit other peers).
@@ -35,10 +40,16 @@ from typing import Generic, TypeVar
 
 import attrs
 
-__all__ = ["Admission", "Slots"]
+__all__ = ["Admission", "Slots", "far_behind"]
 
 K = TypeVar("K", bound=Hashable)
 A = TypeVar("A", bound=Hashable)
+
+
+def far_behind(have: int, theirs: int, pieces: int) -> bool:
+    """Whether a peer holding ``theirs`` of ``pieces`` pieces is far behind a side holding ``have``: that side has
+    at least a quarter of the blob, and the peer less than half as much. (At a swarm's start nobody is.)"""
+    return have * 4 >= pieces and theirs * 2 < have
 
 
 @attrs.frozen
@@ -74,12 +85,14 @@ class Slots(Generic[K]):
         grace: float,
         idle_after: float,
         exempt: Collection[str],
+        catch_up: int = 0,
     ) -> None:
-        if min(max_conns, per_address, per_address_total) < 1:
-            raise ValueError("connection limits must be at least 1")
+        if min(max_conns, per_address, per_address_total) < 1 or catch_up < 0:
+            raise ValueError("connection limits must be at least 1 (catch_up at least 0)")
         if grace < 0 or idle_after <= 0:
             raise ValueError("grace must not be negative and idle_after must be positive")
         self._max_conns = max_conns
+        self._catch_up = catch_up
         self._per_address = per_address
         self._per_address_total = per_address_total
         self._grace = grace
@@ -127,9 +140,17 @@ class Slots(Generic[K]):
     # -- decisions -----------------------------------------------------------------------------------------------
 
     def admit(
-        self, torrent: Hashable, address: str | None, now: float, *, pending: int = 0, busy: Collection[K] = ()
+        self,
+        torrent: Hashable,
+        address: str | None,
+        now: float,
+        *,
+        pending: int = 0,
+        busy: Collection[K] = (),
+        behind: bool = False,
     ) -> Admission[K]:
-        """Whether to admit a handshake for ``torrent`` from ``address``, with ``pending`` slots held by dials."""
+        """Whether to admit a handshake for ``torrent`` from ``address``, with ``pending`` slots held by dials;
+        ``behind``: the peer is far behind this side (``far_behind``)."""
         if address is not None and address not in self._exempt:
             if self._by_torrent_address.get((torrent, address), 0) >= self._per_address:
                 why = f"{self._per_address} connections from {address} for this blob already"
@@ -140,7 +161,10 @@ class Slots(Generic[K]):
         used = len(self._by_torrent.get(torrent, ())) + pending
         if used < self._max_conns:
             return Admission(True)
-        if used == self._max_conns:
+        limit = self._max_conns + (self._catch_up if behind else 0)
+        if used < limit:
+            return Admission(True, "a peer far behind")
+        if used == limit:  # evicting one makes room (with pending dials counted, more may not)
             useless = self._useless(torrent, now, busy, self._grace)
             if useless:
                 return Admission(True, "a newcomer needs the slot", useless[0])

@@ -21,7 +21,7 @@ def test_namespace_reaches_the_tracker(swarm):
 def test_a_busy_peer_is_tried_again_after_a_short_backoff_not_the_blacklist(swarm):
     data, info = blob(4)
     swarm.publish(info)
-    seeder = swarm.agent("seeder", max_conns_per_torrent=1)
+    seeder = swarm.agent("seeder", max_conns_per_torrent=1, catch_up_conns=0)
     seed_store(seeder.store, data, info)
     swarm.tracker.peers[info.digest] = {
         seeder.scheduler.peer_id: PeerInfo(seeder.scheduler.peer_id, "127.0.0.1", seeder.port, complete=True)
@@ -34,6 +34,21 @@ def test_a_busy_peer_is_tried_again_after_a_short_backoff_not_the_blacklist(swar
     swarm.run(lambda: done(d2))
     assert read(resolved(d2)) == data
     assert BUSY_BACKOFF <= swarm.clock.seconds() < swarm.config.get("blacklist", 30.0)
+
+
+def test_a_full_seeder_still_admits_peers_far_behind_it(swarm):
+    data, info = blob(4)
+    swarm.publish(info)
+    seeder = swarm.agent("seeder", max_conns_per_torrent=1, catch_up_conns=1)
+    seed_store(seeder.store, data, info)
+    swarm.tracker.peers[info.digest] = {
+        seeder.scheduler.peer_id: PeerInfo(seeder.scheduler.peer_id, "127.0.0.1", seeder.port, complete=True)
+    }
+    first, second = swarm.agent("first", max_conns_per_torrent=1), swarm.agent("second")
+    d1, d2 = first.download(info.digest), second.download(info.digest)
+    swarm.run(lambda: done(d1) and done(d2), step=0.01)
+    assert read(resolved(d2)) == data
+    assert swarm.clock.seconds() < BUSY_BACKOFF  # nobody was told BUSY
 
 
 def test_a_peer_that_does_not_answer_in_time_is_tried_again_after_a_short_backoff_not_the_blacklist(swarm):

@@ -131,17 +131,20 @@ def test_a_newcomer_is_admitted_when_slot_holders_take_every_slot(swarm):
         swarm.dial_in(origin, holder)
     swarm.run(lambda: swarm.clock.seconds() >= 1.0)
     assert all(h.answered for h in holders) and origin.scheduler.stats().connections == 10
-    # A handshake now, within the holders' grace (5 s), is refused as at capacity...
-    early = RawClient(info, "early", swarm.clock)
-    swarm.dial_in(origin, early)
-    swarm.flush()
-    assert [(e.code, e.message) for e in early.errors()] == [(wire.ErrorCode.BUSY, "at capacity")]
+    # A handshake now, within the holders' grace (5 s), from a peer far behind, takes one of the two catch-up
+    # slots, and a third is refused as at capacity (slot holders get no more than those two)...
+    early = [RawClient(info, f"early{i}", swarm.clock) for i in range(3)]
+    for client in early:
+        swarm.dial_in(origin, client)
+        swarm.flush()
+    assert [c.answered for c in early] == [True, True, False]
+    assert [(e.code, e.message) for e in early[2].errors()] == [(wire.ErrorCode.BUSY, "at capacity")]
     # ...and an agent that comes once they are past it evicts the oldest holder and downloads at once.
     swarm.run(lambda: swarm.clock.seconds() >= 6.0)
     d = swarm.agent("agent").download(info.digest)
     took = swarm.run(lambda: done(d))
     assert read(resolved(d)) == data and took < 1.0
-    lost = [h for h in holders if h.lost]
+    lost = [h for h in [*holders, *early[:2]] if h.lost]
     assert lost == [holders[0]]
     assert [(e.code, e.message) for e in lost[0].errors()] == [(wire.ErrorCode.BUSY, "a newcomer needs the slot")]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kraken.p2p.slots import Slots
+from kraken.p2p.slots import Admission, Slots, far_behind
 
 T = "torrent"
 
@@ -110,3 +110,40 @@ def test_a_connection_is_opened_once():
 def test_bad_parameters(overrides):
     with pytest.raises(ValueError):
         slots(**overrides)
+
+
+def test_peers_far_behind_get_the_catch_up_slots_past_capacity_and_no_more():
+    s = slots(catch_up=2)
+    for i, conn in enumerate("abc"):
+        s.opened(conn, T, None, float(i))
+        s.progress(conn, 3.0)
+    assert not s.admit(T, None, 4.0).admit
+    assert s.admit(T, None, 4.0, behind=True) == Admission(True, "a peer far behind")
+    s.opened("d", T, None, 4.0)
+    assert s.admit(T, None, 4.0, behind=True).admit
+    s.opened("e", T, None, 4.0)
+    assert s.admit(T, None, 4.0, behind=True).reason == "at capacity"
+
+
+def test_catch_up_is_off_at_zero():
+    s = slots(catch_up=0)
+    for i, conn in enumerate("abc"):
+        s.opened(conn, T, None, float(i))
+        s.progress(conn, 3.0)
+    assert not s.admit(T, None, 4.0, behind=True).admit
+
+
+@pytest.mark.parametrize(
+    ("have", "theirs", "pieces", "behind"),
+    [
+        (0, 0, 64, False),  # a swarm's start: nobody is behind
+        (15, 0, 64, False),  # this side has less than a quarter
+        (16, 0, 64, True),
+        (16, 7, 64, True),
+        (16, 8, 64, False),  # half as much is not far behind
+        (64, 31, 64, True),  # a seeder and a peer under half way
+        (64, 32, 64, False),
+    ],
+)
+def test_far_behind(have: int, theirs: int, pieces: int, behind: bool) -> None:
+    assert far_behind(have, theirs, pieces) is behind
