@@ -131,7 +131,7 @@ class Host:
         self.slots: Slots[Conn] = Slots(
             max_conns=c.max_conns_per_torrent, per_address=c.max_conns_per_address,
             per_address_total=c.max_conns_per_address_total, grace=c.slot_grace, idle_after=c.slot_idle,
-            exempt=c.address_limit_exempt,
+            exempt=c.address_limit_exempt, catch_up=c.catch_up_conns,
         )  # fmt: skip
         self.torrents: dict[str, Torrent] = {}
         self.started = 0.0

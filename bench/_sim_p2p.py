@@ -33,6 +33,7 @@ from kraken.core.peer import PeerInfo
 from kraken.p2p.config import OriginP2PConfig, P2PConfig
 from kraken.p2p.dials import Outcome
 from kraken.p2p.session import PeerDisconnected, PieceRequestFailed
+from kraken.p2p.slots import far_behind
 from kraken.p2p.wire import ErrorCode
 from kraken.tracker.config import TrackerConfig
 from kraken.tracker.handout import handout
@@ -183,8 +184,14 @@ class World:
         elif torrent.dials.pending(me) and me > remote.peer_id:
             refusal = Outcome.BUSY
         else:
+            behind = far_behind(torrent.have.count(), dialler.have.count(), len(torrent.have))
             admission = remote.slots.admit(
-                torrent, dialler.host.ip, now, pending=torrent.dials.holding(now), busy=self._busy(torrent)
+                torrent,
+                dialler.host.ip,
+                now,
+                pending=torrent.dials.holding(now),
+                busy=self._busy(torrent),
+                behind=behind,
             )
             if not admission.admit:
                 refusal = Outcome.BUSY
