@@ -161,10 +161,10 @@ class Slots(Generic[K]):
         used = len(self._by_torrent.get(torrent, ())) + pending
         if used < self._max_conns:
             return Admission(True)
-        limit = self._max_conns + (self._catch_up if behind else 0)
-        if used < limit:
+        if behind and used < self._max_conns + self._catch_up:
             return Admission(True, "a peer far behind")
-        if used == limit:  # evicting one makes room (with pending dials counted, more may not)
+        # Evicting one makes room, catch-up connections or not (with pending dials counted, more may not).
+        if used <= self._max_conns + self._catch_up:
             useless = self._useless(torrent, now, busy, self._grace)
             if useless:
                 return Admission(True, "a newcomer needs the slot", useless[0])

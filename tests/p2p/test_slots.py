@@ -147,3 +147,14 @@ def test_catch_up_is_off_at_zero():
 )
 def test_far_behind(have: int, theirs: int, pieces: int, behind: bool) -> None:
     assert far_behind(have, theirs, pieces) is behind
+
+
+def test_a_useless_holder_makes_way_for_anyone_while_catch_up_connections_are_open():
+    s = slots(catch_up=1)
+    for i, conn in enumerate("abc"):
+        s.opened(conn, T, None, float(i))
+    s.opened("late", T, None, 3.0)  # a peer far behind, past capacity
+    for conn in "bc":
+        s.progress(conn, 10.0)
+    s.progress("late", 10.0)
+    assert s.admit(T, None, 10.0).evict == "a"  # never useful, past its grace
