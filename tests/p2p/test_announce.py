@@ -18,17 +18,22 @@ def test_namespace_reaches_the_tracker(swarm):
     assert NAMESPACE != "other/repo"
 
 
-def test_a_busy_peer_is_tried_again_after_a_short_backoff_not_the_blacklist(swarm):
+def one_slot_seeder_and_two_agents(swarm, catch_up: int):
+    """A seeder with one slot (and ``catch_up`` more) that the tracker names, and two agents downloading from it:
+    the first has room for none but the seeder. Returns the blob and both downloads."""
     data, info = blob(4)
     swarm.publish(info)
-    seeder = swarm.agent("seeder", max_conns_per_torrent=1, catch_up_conns=0)
+    seeder = swarm.agent("seeder", max_conns_per_torrent=1, catch_up_conns=catch_up)
     seed_store(seeder.store, data, info)
     swarm.tracker.peers[info.digest] = {
         seeder.scheduler.peer_id: PeerInfo(seeder.scheduler.peer_id, "127.0.0.1", seeder.port, complete=True)
     }
-    # The first agent takes the seeder's only slot, and has room for none but the seeder itself.
     first, second = swarm.agent("first", max_conns_per_torrent=1), swarm.agent("second")
-    d1, d2 = first.download(info.digest), second.download(info.digest)
+    return data, first.download(info.digest), second.download(info.digest)
+
+
+def test_a_busy_peer_is_tried_again_after_a_short_backoff_not_the_blacklist(swarm):
+    data, d1, d2 = one_slot_seeder_and_two_agents(swarm, catch_up=0)
     swarm.run(lambda: done(d1), step=0.01)
     assert not done(d2)  # the seeder had room for one; the second was told BUSY
     swarm.run(lambda: done(d2))
@@ -37,15 +42,7 @@ def test_a_busy_peer_is_tried_again_after_a_short_backoff_not_the_blacklist(swar
 
 
 def test_a_full_seeder_still_admits_peers_far_behind_it(swarm):
-    data, info = blob(4)
-    swarm.publish(info)
-    seeder = swarm.agent("seeder", max_conns_per_torrent=1, catch_up_conns=1)
-    seed_store(seeder.store, data, info)
-    swarm.tracker.peers[info.digest] = {
-        seeder.scheduler.peer_id: PeerInfo(seeder.scheduler.peer_id, "127.0.0.1", seeder.port, complete=True)
-    }
-    first, second = swarm.agent("first", max_conns_per_torrent=1), swarm.agent("second")
-    d1, d2 = first.download(info.digest), second.download(info.digest)
+    data, d1, d2 = one_slot_seeder_and_two_agents(swarm, catch_up=1)
     swarm.run(lambda: done(d1) and done(d2), step=0.01)
     assert read(resolved(d2)) == data
     assert swarm.clock.seconds() < BUSY_BACKOFF  # nobody was told BUSY
