@@ -110,6 +110,7 @@ class BodySpool:
         self._busy = False
         self._held: set[str] = set()  # why the connection is paused: "disk", a tee's name
         self._done_receiving = False
+        self._closed = False
         self._tee: BodyTee | None = None
         self._error: Failure | None = None
         self._waiters: list[Deferred[None]] = []
@@ -118,7 +119,7 @@ class BodySpool:
     # -- twisted.web's side: chunks in, then tell/seek/read of the whole --
 
     def write(self, data: bytes) -> None:
-        if self._error is not None:
+        if self._error is not None or self._closed:
             return
         if self._limit is not None and self._received + len(data) > self._limit:
             self._stop(Failure(BodyTooLarge(self._limit, self._received + len(data))))
@@ -150,14 +151,24 @@ class BodySpool:
         return self._file.read(n)
 
     def close(self) -> None:
-        """Close and delete the file (unless ``adopt`` moved it away). Idempotent."""
+        """Close and delete the file (unless ``adopt`` moved it away), at once or, while a batch is being
+        written, once it is (the request may end, its client gone, at any moment). Idempotent."""
         self._end_tee("the request ended before its body had all arrived")
+        self._closed = True
+        self._pending, self._pending_bytes = [], 0
+        if not self._busy:
+            self._close_file()
+
+    def _close_file(self) -> None:
         self._file.close()
         if not self.adopted:
             try:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(Failure(OSError("the request body was closed before it was all written")))
 
     # -- ours --
 
@@ -252,6 +263,9 @@ class BodySpool:
 
     def _written(self, _: object) -> None:
         self._busy = False
+        if self._closed:
+            self._close_file()  # closed while this batch was being written
+            return
         if self._error is not None:
             self._close_and_tell()  # refused while this batch was being written
             return
@@ -261,6 +275,9 @@ class BodySpool:
 
     def _failed(self, failure: Failure) -> None:
         self._busy = False
+        if self._closed:
+            self._close_file()
+            return
         if self._error is not None:
             self._close_and_tell()  # refused already; this batch failed after
             return

@@ -276,3 +276,23 @@ def test_the_tee_sees_every_chunk_then_the_end(tmp_path):
     cut.write(b"c")
     cut.close()  # the client went away mid-body
     assert seen[-2:] == [b"c", ("abort", "the request ended before its body had all arrived")]
+
+
+def test_a_close_while_a_batch_is_written_waits_for_it_and_logs_nothing(tmp_path):
+    """The client went away mid-body (a proxy stopped streaming to an origin): the request ends at once, while
+    the worker still writes a batch; the file is closed and deleted once that batch is done, not under it."""
+    from twisted.logger import capturedLogs
+
+    worker = ManualWorker()
+    s, _ = spool(tmp_path, worker)
+    s.write(b"x" * 1000)
+    flushed = s.when_flushed()
+    with capturedLogs() as events:
+        s.close()
+        s.write(b"y")  # late data of the closed request: dropped
+        assert os.path.exists(s.path), "not under the batch being written"
+        while worker.jobs:
+            worker.step()
+    assert not os.path.exists(s.path)
+    assert [e for e in events if e.get("log_level") is not None and e["log_level"].name in ("error", "critical")] == []
+    assert result(flushed).check(OSError)
