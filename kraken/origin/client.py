@@ -31,13 +31,12 @@ from kraken.origin.single import (
     REPAIR_HEADER,
     REPLICA_HEADER,
     STREAM_HEADER,
-    DigestRefused,
     OriginClient,
     RawHeaders,
     StatAnswer,
     StillFetching,
 )
-from kraken.origin.staged import UPLOAD_SIZE_HEADER
+from kraken.origin.staged import UPLOAD_SIZE_HEADER, DigestRefused
 from kraken.singleflight import SingleFlight
 from kraken.workers import Worker
 

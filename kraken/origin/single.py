@@ -26,7 +26,7 @@ from kraken.net import HTTPStatusError, RetryPolicy
 from kraken.net.body import ThreadedFileProducer
 from kraken.net.service import name_path
 from kraken.origin.batch import MAX_STAT_BATCH
-from kraken.origin.staged import DigestRefused, StagedUploads
+from kraken.origin.staged import StagedUploads
 from kraken.workers import Worker
 
 T = TypeVar("T")
@@ -114,14 +114,6 @@ class OriginClient(StagedUploads):
             raise await self._unexpected(method, url, response)
         await self._drain(response)
         return None if response.code == 404 else PENDING
-
-    async def _held(self, method: str, url: str, response: IResponse) -> bool:
-        """An upload step's answer, drained: True on 409 (the origin holds the
-        blob already), False on 2xx; anything else raises ``HTTPStatusError``."""
-        if response.code != 409 and not 200 <= response.code < 300:
-            raise await self._unexpected(method, url, response)
-        await self._drain(response)
-        return response.code == 409
 
     async def _polling(self, what: str, method: str, url: str, attempt: Callable[[], Awaitable[T | _Pending]]) -> T:
         """``attempt`` (retried as ``_retrying`` does) until it returns
@@ -339,9 +331,6 @@ class OriginClient(StagedUploads):
         if await self._held("PATCH", url, response):
             return
         response = await self._request("PUT", url, headers=extra, timeout=slow)
-        if response.code == 400:
-            refused = await self._unexpected("PUT", url, response)
-            raise DigestRefused("PUT", url, 400, refused.body)
-        if await self._held("PUT", url, response):
+        if await self._committed(url, response):
             return
         log.info("uploaded {digest} ({bytes} bytes)", digest=str(digest), bytes=size, namespace=namespace)

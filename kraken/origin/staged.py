@@ -22,7 +22,8 @@ class DigestRefused(HTTPStatusError):
 
 
 class StagedUploads(ServiceClient):
-    """The staged-upload calls of one origin's client (``_base``)."""
+    """The staged-upload calls of one origin's client (``_base``), and the answers of upload steps that every
+    upload shares (``_upload_id``, ``_committed``, ``_held``)."""
 
     def _staged_url(self, namespace: str, uid: str | None = None) -> str:
         url = f"{self._base}/namespace/{name_path(namespace)}/staged-uploads"
@@ -67,13 +68,23 @@ class StagedUploads(ServiceClient):
         if response.code == 421:
             await self._drain(response)
             return False
+        await self._committed(url, response)
+        return True
+
+    async def _committed(self, url: str, response: IResponse) -> bool:
+        """The answer to an upload's commit (``PUT``), drained: ``DigestRefused`` on 400, else as ``_held``."""
         if response.code == 400:
             refused = await self._unexpected("PUT", url, response)
             raise DigestRefused("PUT", url, 400, refused.body)
-        if response.code != 409 and not 200 <= response.code < 300:  # 409: the origin held the blob already
-            raise await self._unexpected("PUT", url, response)
+        return await self._held("PUT", url, response)
+
+    async def _held(self, method: str, url: str, response: IResponse) -> bool:
+        """An upload step's answer, drained: True on 409 (the origin holds the
+        blob already), False on 2xx; anything else raises ``HTTPStatusError``."""
+        if response.code != 409 and not 200 <= response.code < 300:
+            raise await self._unexpected(method, url, response)
         await self._drain(response)
-        return True
+        return response.code == 409
 
     async def drop_staged(self, namespace: str, uid: str) -> None:
         """Delete staged upload ``uid`` (it is of no use any more)."""
