@@ -52,7 +52,6 @@ class FakeOrigin:
         self.held = False
         self.fail_patch: Exception | None = None
         self.patches: list[tuple[str, int]] = []
-        self.consumers: list[Consumer] = []
 
     async def any_member(self) -> str:
         return "http://member-2:15002"
@@ -72,7 +71,6 @@ class FakeOrigin:
             raise self.fail_patch
         assert offset == len(self.staged[uid])
         consumer = Consumer(self.staged[uid])
-        self.consumers.append(consumer)
         if self.held:
             body.pauseProducing()
         await body.startProducing(consumer)
