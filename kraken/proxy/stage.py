@@ -43,7 +43,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from kraken.core import Digest
-from kraken.origin.client import ClusterClient, DigestRefused, OriginClient
+from kraken.origin.client import ClusterClient, OriginClient
 from kraken.registry.names import is_valid_name
 from kraken.store.spool import BodySpool
 from kraken.store.uploads import UploadArea
@@ -251,16 +251,7 @@ class Stage:
         except CancelledError:
             self.discard()
             raise
-        except DigestRefused as e:  # (a mismatch deleted it; any other 400 may not have)
-            log.info(
-                "{origin} refused the stage as {digest} ({error}): uploading the file",
-                origin=self.base,
-                digest=str(digest),
-                error=str(e),
-            )
-            self.discard()
-            return False
-        except Exception as e:
+        except Exception as e:  # the origin failed, or refused the digest (the file gives the verdict)
             log.warn(
                 "storing the stage of {digest} on {origin} failed ({error}): uploading the file",
                 digest=str(digest),
