@@ -74,6 +74,16 @@ def test_a_flood_of_fake_complete_peers_does_not_starve_a_blob(fleet: Callable[.
     assert sum(t.accepted for t in tarpits) <= 2 * 3 * FAKES // 2
 
 
+def logged(daemon: Any, mark: int, count: int, what: str = "evicting peer") -> list[str]:
+    """The lines holding ``what`` that ``daemon`` logged since ``mark``, once there are at least ``count``."""
+    while True:
+        lines = daemon.since(mark)
+        found = [line for line in lines if what in line]
+        if len(found) >= count:
+            return found
+        daemon.wait_for(re.escape(what), WAIT, start=mark + len(lines))
+
+
 def test_slot_holders_are_evicted_and_a_pull_gets_in(fleet: Callable[..., Fleet], tmp_path: Any) -> None:
     # Shorter bounds than the defaults (5 s grace, 30 s idle), so the test takes seconds, not minutes.
     f = fleet(agents=1, overrides={"origin": {"p2p": {"slot_grace": "1s", "slot_idle": "4s",
@@ -86,12 +96,13 @@ def test_slot_holders_are_evicted_and_a_pull_gets_in(fleet: Callable[..., Fleet]
     marks = {m: f[f"origin-{f.members.index(m)}"].mark() for m in placement}
 
     assert pull(f.registry(0), name, digest) == (digest, BLOB)
-    # Every holder is evicted: the newcomer's way in, then idleness; each is told BUSY before the close.
+    # Every holder is evicted (to let the newcomer in, unless a catch-up slot did, then for idleness); each is
+    # told BUSY before the close, and each eviction is logged (a holder may see its close before the log line
+    # reaches us: wait for the lines).
     for h in holders:
         assert h.closed.wait(WAIT), "a slot holder was never evicted"
     assert all(isinstance(h.last, wire.Error) and h.last.code is wire.ErrorCode.BUSY for h in holders)
-    evictions = [line for m, mark in marks.items() for line in f[f"origin-{f.members.index(m)}"].since(mark)
-                 if "evicting peer" in line]  # fmt: skip
+    evictions = [line for m, mark in marks.items() for line in logged(f[f"origin-{f.members.index(m)}"], mark, 10)]
     assert len(evictions) == len(holders)
 
     # From another address, a holder gets at most the per-address share of a blob's slots.
