@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import selectors
 import shutil
 import signal
@@ -24,17 +25,34 @@ READY_TIMEOUT = 60.0
 
 
 _taken: set[int] = set()
+_pick = random.Random()
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (32768 where /proc does not say)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port() -> int:
-    """A free loopback port not handed out before in this run (the OS may offer a just-released port again)."""
+    """A free loopback port not handed out before in this run, below the ephemeral range: a port the OS offers
+    for ``bind(0)`` is an ephemeral one, which an outgoing connection may take before the program it was picked
+    for binds it ("Address already in use")."""
+    high = _ephemeral_low()
     while True:
+        port = _pick.randrange(10000, high)
+        if port in _taken:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _taken:
-            _taken.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _taken.add(port)
+        return port
 
 
 def write_blob(path: str, size: int) -> str:
