@@ -1,12 +1,14 @@
 """The baselines of bench/netbench.py, on the same hosts (``swarm.Place``) as our system.
 
-- BitTorrent: opentracker where our tracker was, an aria2c seeder where our origin was (one torrent made by
-  mktorrent, 1 MiB pieces like our origin's), one aria2c leecher per host, all started together. Each leecher's
-  completion is written by aria2c's ``--on-bt-download-complete`` hook into a FIFO that the harness reads.
+- BitTorrent: opentracker where our tracker was, a seeder where our origin was (one torrent made by mktorrent,
+  1 MiB pieces like our origin's), one leecher per host, all started together; with aria2c, or with libtorrent
+  (bench/_lt_peer.py, run by Debian's /usr/bin/python3). Each leecher's completion is written into a FIFO that
+  the harness reads: by aria2c's ``--on-bt-download-complete`` hook, by _lt_peer.py itself.
 - A central registry: Debian's docker-registry where our origin was; every host fetches the blob with one
   plain-HTTP ``curl`` of ``/v2/<name>/blobs/<digest>``, all started together.
 
 On loopback (no namespaces) aria2c caps itself (``--max-overall-upload-limit``/``--max-overall-download-limit``),
+libtorrent too (its ``upload_rate_limit``/``download_rate_limit``),
 curl caps its download (``--limit-rate``), and the registry's upload goes through bench/_relay.py, capped.
 """
 
@@ -22,7 +24,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from _daemons import Daemon, cpu_seconds
@@ -148,6 +150,93 @@ class Torrent:
             f.write(opentracker_config(self.dir))
 
 
+LT_PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lt_peer.py")
+LT_PYTHON = "/usr/bin/python3"  # Debian's, where python3-libtorrent imports
+
+
+@dataclass(frozen=True)
+class Peer:
+    """How to run one BitTorrent client's seeder and leechers."""
+
+    name: str
+    ready: str  # in the seeder's output once the tracker answered its first announce
+    seeder: Callable[[Torrent, str, int, list[str]], list[str]]  # (torrent, ip, port, limits) -> argv
+    leecher: Callable[[Torrent, str, int, list[str], str, str, str], list[str]]  # (..., host, dir, hook) -> argv
+    limits: Callable[[int | None, int, bool], list[str]]  # (own cap, peers, loopback) -> options
+    uploaded: Callable[[str], int | None]  # the seeder's payload upload, from its log
+    hook: str | None  # a completion hook script (aria2c) or None (the client writes into the FIFO itself)
+
+
+def _aria2_limits(rate_bytes: int | None, peers: int, loopback: bool) -> list[str]:
+    limits = (
+        [f"--max-overall-upload-limit={rate_bytes}", f"--max-overall-download-limit={rate_bytes}"] if rate_bytes else []
+    )
+    return [*limits, f"--bt-max-peers={peers + 5}"]  # its default of 55 is below the largest swarms here
+
+
+def _aria2_seeder(torrent: Torrent, ip: str, port: int, limits: list[str]) -> list[str]:
+    return [
+        "aria2c",
+        *ARIA2_COMMON,
+        *limits,
+        f"--listen-port={port}",
+        "--console-log-level=warn",
+        "--log=-",
+        "--log-level=info",
+        "--bt-seed-unverified=true",
+        "--seed-ratio=0.0",
+        "-d",
+        os.path.dirname(torrent.blob),
+        torrent.path,
+    ]
+
+
+def _aria2_leecher(
+    torrent: Torrent, ip: str, port: int, limits: list[str], host: str, where: str, hook: str
+) -> list[str]:
+    return [
+        "env",
+        f"BT_HOST={host}",
+        "aria2c",
+        *ARIA2_COMMON,
+        *limits,
+        f"--listen-port={port}",
+        "--console-log-level=warn",
+        "--seed-ratio=0.0",
+        "--seed-time=600",
+        f"--on-bt-download-complete={hook}",
+        "-d",
+        where,
+        torrent.path,
+    ]
+
+
+def _lt_limits(rate_bytes: int | None, peers: int, loopback: bool) -> list[str]:
+    rate = [f"--rate={rate_bytes}"] if rate_bytes else []
+    return [f"--peers={peers}", *rate, *(["--loopback"] if loopback else [])]
+
+
+def _lt_seeder(torrent: Torrent, ip: str, port: int, limits: list[str]) -> list[str]:
+    save = os.path.dirname(torrent.blob)
+    return [LT_PYTHON, LT_PEER, "--seed", f"--torrent={torrent.path}", f"--save={save}", f"--listen={ip}:{port}",
+            *limits]  # fmt: skip
+
+
+def _lt_leecher(torrent: Torrent, ip: str, port: int, limits: list[str], host: str, where: str, fifo: str) -> list[str]:
+    return [LT_PYTHON, LT_PEER, f"--torrent={torrent.path}", f"--save={where}", f"--listen={ip}:{port}", *limits,
+            f"--host={host}", f"--done={fifo}"]  # fmt: skip
+
+
+def parse_lt_uploaded(log: str) -> int | None:
+    """The ``payload uploaded <bytes>`` line bench/_lt_peer.py prints as it stops, or None."""
+    found = re.findall(r"^payload uploaded (\d+)$", log, re.MULTILINE)
+    return int(found[-1]) if found else None
+
+
+ARIA2 = Peer("aria2c", "peers6 received", _aria2_seeder, _aria2_leecher, _aria2_limits, parse_uploaded, _HOOK)
+LIBTORRENT = Peer("libtorrent", "announced", _lt_seeder, _lt_leecher, _lt_limits, parse_lt_uploaded, None)
+
+
 def aria2_run(
     torrent: Torrent,
     seeder: Place,
@@ -158,26 +247,54 @@ def aria2_run(
     *,
     wait: float = WAIT_TIMEOUT,
 ) -> Outcome:
+    """``bt_run`` with aria2c; every aria2c may connect to every other (``--bt-max-peers``)."""
+    return bt_run(ARIA2, torrent, seeder, leechers, work, rate_bytes, ports, wait=wait)
+
+
+def libtorrent_run(
+    torrent: Torrent,
+    seeder: Place,
+    leechers: Sequence[Place],
+    work: str,
+    rate_bytes: int | None,
+    ports: Sequence[int] | None = None,
+    *,
+    wait: float = WAIT_TIMEOUT,
+) -> Outcome:
+    """``bt_run`` with libtorrent (bench/_lt_peer.py, where its configuration is explained)."""
+    return bt_run(LIBTORRENT, torrent, seeder, leechers, work, rate_bytes, ports, wait=wait)
+
+
+def bt_run(
+    peer: Peer,
+    torrent: Torrent,
+    seeder: Place,
+    leechers: Sequence[Place],
+    work: str,
+    rate_bytes: int | None,
+    ports: Sequence[int] | None = None,
+    *,
+    wait: float = WAIT_TIMEOUT,
+) -> Outcome:
     """One swarm: a fresh tracker and seeder, then every leecher at once; each leecher's seconds to complete.
-    ``rate_bytes``: aria2c's own caps (loopback mode), else none. ``ports``: the listen ports, seeder first
-    (loopback mode, where every aria2c shares one address), else 6881 everywhere. Every aria2c may connect to
-    every other (``--bt-max-peers``; its default of 55 is below the largest swarms here). Raises ``Unfinished``
-    if not every leecher has finished ``wait`` seconds after the start."""
-    run_dir = os.path.join(work, f"bt-{len(leechers)}")
+    ``rate_bytes``: the clients' own caps (loopback mode), else none. ``ports``: the listen ports, seeder first
+    (loopback mode, where every client shares one address), else 6881 everywhere. Raises ``Unfinished`` if not
+    every leecher has finished ``wait`` seconds after the start."""
+    run_dir = os.path.join(work, f"bt-{peer.name}-{len(leechers)}")
     os.makedirs(run_dir, exist_ok=True)
+    loopback = ports is not None
     ports = list(ports) if ports else [6881] * (len(leechers) + 1)
     fifo = os.path.join(run_dir, "done.fifo")
     if os.path.exists(fifo):
         os.unlink(fifo)
     os.mkfifo(fifo)
-    hook = os.path.join(run_dir, "hook.sh")
-    with open(hook, "w") as f:
-        f.write(_HOOK.format(fifo=fifo))
-    os.chmod(hook, os.stat(hook).st_mode | stat.S_IXUSR)
-    limits = (
-        [f"--max-overall-upload-limit={rate_bytes}", f"--max-overall-download-limit={rate_bytes}"] if rate_bytes else []
-    )
-    limits.append(f"--bt-max-peers={len(leechers) + 5}")
+    report_to = fifo
+    if peer.hook is not None:
+        report_to = os.path.join(run_dir, "hook.sh")
+        with open(report_to, "w") as f:
+            f.write(peer.hook.format(fifo=fifo))
+        os.chmod(report_to, os.stat(report_to).st_mode | stat.S_IXUSR)
+    limits = peer.limits(rate_bytes, len(leechers), loopback)
     t = torrent.tracker
     tracker_argv = ["opentracker", "-i", t.ip, "-p", str(torrent.port), "-P", str(torrent.port), "-f", torrent.config]
     daemons: list[Daemon] = []
@@ -197,46 +314,18 @@ def aria2_run(
                 wait=False,
             )
         )
-        seeder_argv = [
-            *seeder.prefix,
-            "aria2c",
-            *ARIA2_COMMON,
-            *limits,
-            f"--listen-port={ports[0]}",
-            "--console-log-level=warn",
-            "--log=-",
-            "--log-level=info",
-            "--bt-seed-unverified=true",
-            "--seed-ratio=0.0",
-            "-d",
-            os.path.dirname(torrent.blob),
-            torrent.path,
-        ]
-        # "peers6 received" is logged once the seeder's first announce was answered by the tracker.
-        seed = Daemon("aria2c seeder", seeder_argv, os.path.join(run_dir, "seeder.log"), "peers6 received")
-        daemons.append(seed)
+        seeder_argv = [*seeder.prefix, *peer.seeder(torrent, seeder.ip, ports[0], limits)]
+        seed = Daemon(f"{peer.name} seeder", seeder_argv, os.path.join(run_dir, "seeder.log"), peer.ready, wait=False)
+        daemons.append(seed)  # stopped below even if it never gets ready
+        seed.wait_ready()
         start = time.time()
         started = time.monotonic()
         for i, place in enumerate(leechers):
             host = f"leecher-{i}"
             log = open(os.path.join(run_dir, f"{host}.log"), "wb")
             logs.append(log)
-            argv = [
-                *place.prefix,
-                "env",
-                f"BT_HOST={host}",
-                "aria2c",
-                *ARIA2_COMMON,
-                *limits,
-                f"--listen-port={ports[i + 1]}",
-                "--console-log-level=warn",
-                "--seed-ratio=0.0",
-                "--seed-time=600",
-                f"--on-bt-download-complete={hook}",
-                "-d",
-                os.path.join(run_dir, host),
-                torrent.path,
-            ]
+            where = os.path.join(run_dir, host)
+            argv = [*place.prefix, *peer.leecher(torrent, place.ip, ports[i + 1], limits, host, where, report_to)]
             procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
         lines = read_lines(fifo_fd, len(leechers), started + wait, procs)
         done = parse_done(lines)
@@ -250,15 +339,16 @@ def aria2_run(
             p.wait()
         for log in logs:
             log.close()  # type: ignore[attr-defined]
-        for d in reversed(daemons):  # the seeder first: SIGINT makes aria2c announce its upload as it leaves
-            d.stop(signal.SIGINT if d.name.startswith("aria2c") else signal.SIGTERM)
+        # The seeder first: SIGINT makes aria2c announce its upload as it leaves, and _lt_peer.py print it.
+        for d in reversed(daemons):
+            d.stop(signal.SIGINT if d.name.endswith("seeder") else signal.SIGTERM)
         os.close(fifo_fd)
         # Every process of this swarm was a child of ours and has been waited for: their CPU time is all here.
         cpu = _children_cpu() - children_before
         for i in range(len(leechers)):
             shutil.rmtree(os.path.join(run_dir, f"leecher-{i}"), ignore_errors=True)
     with open(os.path.join(run_dir, "seeder.log"), errors="replace") as f:
-        uploaded = parse_uploaded(f.read())
+        uploaded = peer.uploaded(f.read())
     return Outcome(times, uploaded, cpu)
 
 

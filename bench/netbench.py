@@ -1,33 +1,35 @@
 """Side-by-side swarm benchmark: our P2P against BitTorrent and a central registry, same hosts, same caps.
 
     python bench/netbench.py [--mode netns|loopback] [--agents 10,25,50] [--size 256MiB] [--rate 20Mbit]
-                             [--systems ours,ours-window,aria2,registry] [--registry-agents 10] [--registry-size 32MiB]
-                             [--piece 1MiB] [--reader head|stream] [--stream-window 8] [--own-limits [FRACTION]]
-                             [--plots DIR] [--json FILE] [--out FILE]
+                             [--systems ours,ours-window,aria2,libtorrent,registry] [--registry-agents 10]
+                             [--registry-size 32MiB] [--piece 1MiB] [--reader head|stream] [--stream-window 8]
+                             [--own-limits [FRACTION]] [--plots DIR] [--json FILE] [--out FILE]
                              [--work DIR] [--prefix kb] [--sysctl KEY=VALUE ...]
     python bench/netbench.py --cleanup [--prefix kb]
 
 ``--mode netns`` (the default; root, iproute2): max(N) + 2 hosts, each its own network namespace on one bridge,
-capped at ``--rate`` each way with tbf (bench/netns.py). Host 1 holds our origin, later the aria2c seeder, later
-docker-registry; host 2 our tracker, later opentracker; hosts 3.. the agents, later the leechers and the curls.
-The namespaces are removed at the end, also on an error, Ctrl-C, SIGTERM or SIGHUP; ``--cleanup`` removes what
-a SIGKILLed run left.
+capped at ``--rate`` each way with tbf (bench/netns.py). Host 1 holds our origin, later the BitTorrent seeders,
+later docker-registry; host 2 our tracker, later opentracker; hosts 3.. the agents, later the leechers and the
+curls. The machine's ARP table limits are raised for the run (``neighbour_room``), so that every host may talk
+to every other as real hosts could. The namespaces are removed at the end, also on an error, Ctrl-C, SIGTERM
+or SIGHUP; ``--cleanup`` removes what a SIGKILLed run left.
 
-``--mode loopback``: the same three systems on 127.0.0.1, capped by their own limits: our daemons' P2P bandwidth
-limits, aria2c's ``--max-overall-*-limit``, curl's ``--limit-rate`` and, for the registry's upload, a capped relay
-(bench/_relay.py). For machines without namespaces; the caps are the programs' own, so its figures are not the
-namespace mode's.
+``--mode loopback``: the same systems on 127.0.0.1, capped by their own limits: our daemons' P2P bandwidth
+limits, aria2c's ``--max-overall-*-limit``, libtorrent's rate limits, curl's ``--limit-rate`` and, for the
+registry's upload, a capped relay (bench/_relay.py). For machines without namespaces; the caps are the
+programs' own, so its figures are not the namespace mode's.
 
 For each N: ours (one origin, one tracker, max(N) agents started once; a fresh blob of ``--size`` random bytes
 written to the origin, then a HEAD on the first N agents' API at the same moment; with ``--reader stream``, a
 curl on each of the first N hosts reads the blob from its agent's registry port instead, as containerd does,
 timed to its last byte), then, if ``--systems`` names it, ``ours-window`` (the same with streaming readers and
 every agent's ``p2p.stream_window`` at ``--stream-window``: the pieces a reader waits for are asked for first),
-then aria2c (one torrent of
-one blob of that size, a fresh tracker and seeder per N, N leechers started together), then the registry (the
-N of ``--registry-agents`` only, with a blob of ``--registry-size``: its time grows as N x size / rate). Reported
-per system and N: the median and slowest host's completion time over the ideal size/rate, the egress of host 1
-in blob copies, the CPU seconds of the system's own processes, and the whole machine's CPU use.
+then aria2c and libtorrent, each if ``--systems`` names it (one torrent of one blob of that size, a fresh
+tracker and seeder per N, N leechers started together; libtorrent's peers are bench/_lt_peer.py, run by
+Debian's /usr/bin/python3), then the registry (the N of ``--registry-agents`` only, with a blob of
+``--registry-size``: its time grows as N x size / rate). Reported per system and N: the median and slowest
+host's completion time over the ideal size/rate, the egress of host 1 in blob copies, the CPU seconds of the
+system's own processes, and the whole machine's CPU use.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ from report import Report, Run, Skipped, markdown, plot  # noqa: E402
 
 from kraken.config import parse_size  # noqa: E402
 
-SYSTEMS = ("ours", "ours-window", "aria2", "registry")
+SYSTEMS = ("ours", "ours-window", "aria2", "libtorrent", "registry")
+BITTORRENT = {"aria2": baselines.aria2_run, "libtorrent": baselines.libtorrent_run}
 
 
 def parse_counts(text: str) -> list[int]:
@@ -144,10 +147,47 @@ def hosts(args: argparse.Namespace, count: int) -> Iterator[Hosts]:
         yield Hosts([swarm.Place()] * count, None)
         return
     bed = netns.Testbed(count, args.rate, prefix=args.prefix, sysctls=tuple(args.sysctl))
-    with bed.up():
+    with neighbour_room(count), bed.up():
         places = [swarm.Place(h.ip, tuple(h.exec([]))) for h in (bed.host(i) for i in range(1, count + 1))]
         origin = bed.host(1)
         yield Hosts(places, lambda: netns.interface_bytes(origin))
+
+
+#: The kernel's IPv4 neighbour (ARP) table limits: one table for the whole machine, every namespace's entries in it.
+NEIGH = "/proc/sys/net/ipv4/neigh/default"
+
+
+def neighbour_limits(count: int, now: dict[str, int]) -> dict[str, int]:
+    """The ARP table limits (``gc_thresh2``, the soft one, and ``gc_thresh3``, the hard one) that leave room for
+    ``count`` hosts that each talk to every other, and the bridge to each; the ones ``now`` already above are
+    left alone."""
+    need = count * count
+    wanted = {"gc_thresh2": need, "gc_thresh3": 2 * need}
+    return {k: v for k, v in wanted.items() if v > now.get(k, 0)}
+
+
+@contextlib.contextmanager
+def neighbour_room(count: int, where: str = NEIGH) -> Iterator[None]:
+    """Room in the ARP table for ``count`` hosts that all talk to each other, the previous limits put back at
+    the end. Real hosts have a table each; here every namespace's entries share the machine's, 1,024 at most
+    by default (``gc_thresh3``): a BitTorrent swarm of 50, where each peer connects to every other, needs
+    about 2,600, and once the table is full a host cannot resolve a peer it has not talked to yet, so its SYNs
+    never leave ("neighbour: arp_cache: neighbor table overflow!" in the kernel log; aria2c's leechers that
+    started last stayed at 0 % with every connection in SYN-SENT)."""
+    now = {}
+    for key in ("gc_thresh2", "gc_thresh3"):
+        with open(os.path.join(where, key)) as f:
+            now[key] = int(f.read())
+    raised = neighbour_limits(count, now)
+    try:
+        for key, value in raised.items():
+            with open(os.path.join(where, key), "w") as f:
+                f.write(str(value))
+        yield
+    finally:
+        for key in raised:
+            with open(os.path.join(where, key), "w") as f:
+                f.write(str(now[key]))
 
 
 class Measure:
@@ -201,13 +241,16 @@ def run_ours(args: argparse.Namespace, where: Hosts, work: str, size: int, repor
         cluster.stop()
 
 
-#: An aria2c swarm not done after this many times the ideal time, and at least ARIA2_MIN_WAIT seconds (its
+#: A BitTorrent swarm not done after this many times the ideal time, and at least ARIA2_MIN_WAIT seconds (its
 #: start-up, announces included, takes seconds whatever the blob), is stopped: a stalled swarm never ends.
 ARIA2_WAIT = 5.0
 ARIA2_MIN_WAIT = 60.0
 
 
-def run_aria2(args: argparse.Namespace, where: Hosts, work: str, blob: str, size: int, report: Report) -> None:
+def run_bittorrent(
+    args: argparse.Namespace, where: Hosts, work: str, blob: str, size: int, report: Report, system: str
+) -> None:
+    """``aria2`` or ``libtorrent``: one torrent, a fresh tracker and seeder per N, N leechers at once."""
     own = args.mode == "loopback"
     port = swarm.free_port() if own else 6969
     torrent = baselines.Torrent(work, blob, where.tracker, port)
@@ -218,16 +261,21 @@ def run_aria2(args: argparse.Namespace, where: Hosts, work: str, blob: str, size
         wait = max(ARIA2_WAIT * size * 8 / args.rate, ARIA2_MIN_WAIT)
         try:
             with Measure(where) as m:
-                out = baselines.aria2_run(torrent, where.origin, where.pullers(n), work, rate_bytes, ports, wait=wait)
+                out = BITTORRENT[system](torrent, where.origin, where.pullers(n), work, rate_bytes, ports, wait=wait)
         except baselines.Unfinished as e:
             why = f"stopped: {e.count - e.finished} of {n} leechers had not finished after {wait:.0f} s"
-            report.skipped.append(Skipped("aria2", n, why, at_least=wait / (size * 8 / args.rate)))
-            log(f"aria2 N={n}: {why}")
+            report.skipped.append(Skipped(system, n, why, at_least=wait / (size * 8 / args.rate)))
+            log(f"{system} N={n}: {why}")
             continue
         sent = m.sent if where.egress else out.egress_bytes
         egress = None if sent is None else sent / size
-        report.runs.append(Run("aria2", n, size, args.rate, out.times, egress, out.cpu_seconds, m.busy, m.wall))
-        log(f"aria2 N={n}: slowest {max(out.times):.1f} s, busy {m.busy:.0%}")
+        report.runs.append(Run(system, n, size, args.rate, out.times, egress, out.cpu_seconds, m.busy, m.wall))
+        median = sorted(out.times)[len(out.times) // 2]
+        ideal = size * 8 / args.rate
+        log(
+            f"{system} N={n}: slowest {max(out.times):.1f} s ({max(out.times) / ideal:.2f}x), median {median:.1f} s "
+            f"({median / ideal:.2f}x), egress {'?' if egress is None else f'{egress:.2f}'} copies, busy {m.busy:.0%}"
+        )
 
 
 def run_registry(args: argparse.Namespace, where: Hosts, work: str, report: Report) -> None:
@@ -291,12 +339,14 @@ def main(argv: list[str] | None = None) -> int:
             for system in ("ours", "ours-window"):
                 if system in args.systems:
                     run_ours(args, where, work, size, report, system)
-            if "aria2" in args.systems:
+            bittorrent = [s for s in BITTORRENT if s in args.systems]
+            if bittorrent:
                 blob = os.path.join(work, "seed", "blob")
                 os.makedirs(os.path.dirname(blob), exist_ok=True)
                 swarm.write_blob(blob, size)
                 try:
-                    run_aria2(args, where, work, blob, size, report)
+                    for system in bittorrent:
+                        run_bittorrent(args, where, work, blob, size, report, system)
                 finally:
                     os.unlink(blob)
             if "registry" in args.systems:

@@ -8,11 +8,12 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
-SYSTEMS = ("ours", "ours-window", "aria2", "registry")
+SYSTEMS = ("ours", "ours-window", "aria2", "libtorrent", "registry")
 LABELS = {
     "ours": "Kraken (ours)",
     "ours-window": "Kraken, p2p.stream_window",
     "aria2": "BitTorrent (aria2c)",
+    "libtorrent": "BitTorrent (libtorrent)",
     "registry": "central registry",
 }
 
