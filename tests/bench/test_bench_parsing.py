@@ -123,3 +123,50 @@ def test_from_json_makes_the_table_and_plots_of_a_saved_run(tmp_path, capsys):
     assert "`python bench/netbench.py --agents 2`" in text and "| Kraken (ours) | 2 |" in text
     assert (tmp_path / "netbench-netns-cdf.png").exists() and (tmp_path / "netbench-netns-slowest.png").exists()
     assert text.strip() in capsys.readouterr().out
+
+
+def test_libtorrent_is_a_system():
+    args = netbench.parser().parse_args(["--systems", "libtorrent,aria2"])
+    assert args.systems == ["aria2", "libtorrent"]
+    assert set(netbench.BITTORRENT) == {"aria2", "libtorrent"}
+
+
+def test_parse_lt_uploaded_takes_the_last_count():
+    assert baselines.parse_lt_uploaded("announced: 1 peers\npayload uploaded 12\npayload uploaded 345\n") == 345
+    assert baselines.parse_lt_uploaded("announced: 1 peers\n") is None
+
+
+def test_libtorrent_peers_listen_on_their_hosts_address_with_the_swarms_room():
+    torrent = baselines.Torrent.__new__(baselines.Torrent)
+    torrent.path, torrent.blob = "/w/bt/blob.torrent", "/w/seed/blob"
+    lt = baselines.LIBTORRENT
+    own = lt.limits(None, 50, False)
+    assert own == ["--peers=50"]  # on namespaces the links are the only caps
+    seeder = lt.seeder(torrent, "10.99.0.1", 6881, own)
+    assert seeder[:3] == [baselines.LT_PYTHON, baselines.LT_PEER, "--seed"]
+    assert "--save=/w/seed" in seeder and "--listen=10.99.0.1:6881" in seeder
+    loop = lt.limits(1_000_000, 3, True)
+    assert loop == ["--peers=3", "--rate=1000000", "--loopback"]
+    leecher = lt.leecher(torrent, "127.0.0.1", 12345, loop, "leecher-0", "/w/bt-x/leecher-0", "/w/done.fifo")
+    assert "--seed" not in leecher and "--listen=127.0.0.1:12345" in leecher
+    assert leecher[-2:] == ["--host=leecher-0", "--done=/w/done.fifo"]
+    assert baselines.ARIA2.limits(None, 50, False) == ["--bt-max-peers=55"]
+
+
+def test_neighbour_limits_make_room_for_every_pair():
+    assert netbench.neighbour_limits(52, {"gc_thresh2": 512, "gc_thresh3": 1024}) == {
+        "gc_thresh2": 2704,
+        "gc_thresh3": 5408,
+    }
+    assert netbench.neighbour_limits(12, {"gc_thresh2": 512, "gc_thresh3": 1024}) == {}  # already room
+    assert netbench.neighbour_limits(30, {"gc_thresh2": 512, "gc_thresh3": 4096}) == {"gc_thresh2": 900}
+
+
+def test_neighbour_room_puts_the_limits_back(tmp_path):
+    (tmp_path / "gc_thresh2").write_text("512\n")
+    (tmp_path / "gc_thresh3").write_text("1024\n")
+    with netbench.neighbour_room(52, str(tmp_path)):
+        assert (tmp_path / "gc_thresh2").read_text() == "2704"
+        assert (tmp_path / "gc_thresh3").read_text() == "5408"
+    assert (tmp_path / "gc_thresh2").read_text() == "512"
+    assert (tmp_path / "gc_thresh3").read_text() == "1024"
