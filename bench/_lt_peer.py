@@ -17,7 +17,12 @@ aria2c's); TCP only (uTP's LEDBAT yields to other traffic by design, which a bul
 hosts does not want; aria2c and ours use TCP); room for a connection to every other peer (``--peers``, and
 no limit per torrent); no rate limits unless ``--rate`` (loopback mode, where the programs cap themselves:
 there every peer, loopback ones included, is in the global rate class, and several peers may share the one
-address). libtorrent's defaults for the rest (8 unchoke slots, its piece picker and request queue).
+address); the seeder in super-seeding mode (BEP 16, ``--super-seed``: it offers each peer one piece at a time,
+a piece no other peer has yet, so that its upload goes into pieces the swarm lacks; that is what the mode is
+for, one seeder and a swarm that starts empty, and on the testbed at 64 MiB it took the seeder's egress from
+2.1 to 1.2 copies at N = 10 and from 2.9 to 2.0 at N = 50, and the slowest host from 2.22x to 1.80x and from
+3.11x to 2.69x of the ideal, one run each). libtorrent's defaults for the rest (8 unchoke slots, its piece
+picker and request queue). aria2c has no super-seeding mode.
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ def add(ses: lt.session, args: argparse.Namespace) -> lt.torrent_handle:
     params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
     if args.seed:
         params.flags |= lt.torrent_flags.seed_mode  # the data is there: no hash check at start (aria2c's too)
+        if args.super_seed:
+            params.flags |= lt.torrent_flags.super_seeding
     return ses.add_torrent(params)
 
 
@@ -104,6 +111,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", required=True, help="IP:PORT")
     p.add_argument("--peers", type=int, required=True, help="leechers in the swarm")
     p.add_argument("--seed", action="store_true")
+    p.add_argument("--super-seed", action="store_true", help="a seeder that offers each piece to one peer at a time")
     p.add_argument("--rate", type=int, default=0, help="own cap each way, bytes/s (0: none)")
     p.add_argument("--loopback", action="store_true", help="all peers share 127.0.0.1")
     p.add_argument("--host", default="", help="a leecher's name in its completion line")

@@ -218,8 +218,8 @@ def _lt_limits(rate_bytes: int | None, peers: int, loopback: bool) -> list[str]:
 
 def _lt_seeder(torrent: Torrent, ip: str, port: int, limits: list[str]) -> list[str]:
     save = os.path.dirname(torrent.blob)
-    return [LT_PYTHON, LT_PEER, "--seed", f"--torrent={torrent.path}", f"--save={save}", f"--listen={ip}:{port}",
-            *limits]  # fmt: skip
+    return [LT_PYTHON, LT_PEER, "--seed", "--super-seed", f"--torrent={torrent.path}", f"--save={save}",
+            f"--listen={ip}:{port}", *limits]  # fmt: skip
 
 
 def _lt_leecher(torrent: Torrent, ip: str, port: int, limits: list[str], host: str, where: str, fifo: str) -> list[str]:

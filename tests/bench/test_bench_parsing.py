@@ -143,7 +143,7 @@ def test_libtorrent_peers_listen_on_their_hosts_address_with_the_swarms_room():
     own = lt.limits(None, 50, False)
     assert own == ["--peers=50"]  # on namespaces the links are the only caps
     seeder = lt.seeder(torrent, "10.99.0.1", 6881, own)
-    assert seeder[:3] == [baselines.LT_PYTHON, baselines.LT_PEER, "--seed"]
+    assert seeder[:4] == [baselines.LT_PYTHON, baselines.LT_PEER, "--seed", "--super-seed"]
     assert "--save=/w/seed" in seeder and "--listen=10.99.0.1:6881" in seeder
     loop = lt.limits(1_000_000, 3, True)
     assert loop == ["--peers=3", "--rate=1000000", "--loopback"]
