@@ -171,7 +171,8 @@ def _aria2_limits(rate_bytes: int | None, peers: int, loopback: bool) -> list[st
     limits = (
         [f"--max-overall-upload-limit={rate_bytes}", f"--max-overall-download-limit={rate_bytes}"] if rate_bytes else []
     )
-    return [*limits, f"--bt-max-peers={peers + 5}"]  # its default of 55 is below the largest swarms here
+    # Every aria2c may connect to every other: its default of 55 is below the largest swarms here.
+    return [*limits, f"--bt-max-peers={peers + 5}"]
 
 
 def _aria2_seeder(torrent: Torrent, ip: str, port: int, limits: list[str]) -> list[str]:
@@ -237,34 +238,6 @@ ARIA2 = Peer("aria2c", "peers6 received", _aria2_seeder, _aria2_leecher, _aria2_
 LIBTORRENT = Peer("libtorrent", "announced", _lt_seeder, _lt_leecher, _lt_limits, parse_lt_uploaded, None)
 
 
-def aria2_run(
-    torrent: Torrent,
-    seeder: Place,
-    leechers: Sequence[Place],
-    work: str,
-    rate_bytes: int | None,
-    ports: Sequence[int] | None = None,
-    *,
-    wait: float = WAIT_TIMEOUT,
-) -> Outcome:
-    """``bt_run`` with aria2c; every aria2c may connect to every other (``--bt-max-peers``)."""
-    return bt_run(ARIA2, torrent, seeder, leechers, work, rate_bytes, ports, wait=wait)
-
-
-def libtorrent_run(
-    torrent: Torrent,
-    seeder: Place,
-    leechers: Sequence[Place],
-    work: str,
-    rate_bytes: int | None,
-    ports: Sequence[int] | None = None,
-    *,
-    wait: float = WAIT_TIMEOUT,
-) -> Outcome:
-    """``bt_run`` with libtorrent (bench/_lt_peer.py, where its configuration is explained)."""
-    return bt_run(LIBTORRENT, torrent, seeder, leechers, work, rate_bytes, ports, wait=wait)
-
-
 def bt_run(
     peer: Peer,
     torrent: Torrent,
@@ -276,7 +249,8 @@ def bt_run(
     *,
     wait: float = WAIT_TIMEOUT,
 ) -> Outcome:
-    """One swarm: a fresh tracker and seeder, then every leecher at once; each leecher's seconds to complete.
+    """One swarm of ``peer`` (``ARIA2``, ``LIBTORRENT``): a fresh tracker and seeder, then every leecher at once;
+    each leecher's seconds to complete.
     ``rate_bytes``: the clients' own caps (loopback mode), else none. ``ports``: the listen ports, seeder first
     (loopback mode, where every client shares one address), else 6881 everywhere. Raises ``Unfinished`` if not
     every leecher has finished ``wait`` seconds after the start."""

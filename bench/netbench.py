@@ -58,7 +58,7 @@ from report import Report, Run, Skipped, markdown, plot  # noqa: E402
 from kraken.config import parse_size  # noqa: E402
 
 SYSTEMS = ("ours", "ours-window", "aria2", "libtorrent", "registry")
-BITTORRENT = {"aria2": baselines.aria2_run, "libtorrent": baselines.libtorrent_run}
+BITTORRENT = {"aria2": baselines.ARIA2, "libtorrent": baselines.LIBTORRENT}
 
 
 def parse_counts(text: str) -> list[int]:
@@ -261,7 +261,9 @@ def run_bittorrent(
         wait = max(ARIA2_WAIT * size * 8 / args.rate, ARIA2_MIN_WAIT)
         try:
             with Measure(where) as m:
-                out = BITTORRENT[system](torrent, where.origin, where.pullers(n), work, rate_bytes, ports, wait=wait)
+                out = baselines.bt_run(
+                    BITTORRENT[system], torrent, where.origin, where.pullers(n), work, rate_bytes, ports, wait=wait
+                )
         except baselines.Unfinished as e:
             why = f"stopped: {e.count - e.finished} of {n} leechers had not finished after {wait:.0f} s"
             report.skipped.append(Skipped(system, n, why, at_least=wait / (size * 8 / args.rate)))
