@@ -10,8 +10,8 @@
 ``--mode netns`` (the default; root, iproute2): max(N) + 2 hosts, each its own network namespace on one bridge,
 capped at ``--rate`` each way with tbf (bench/netns.py). Host 1 holds our origin, later the BitTorrent seeders,
 later docker-registry; host 2 our tracker, later opentracker; hosts 3.. the agents, later the leechers and the
-curls. The machine's ARP table limits are raised for the run (``neighbour_room``), so that every host may talk
-to every other as real hosts could. The namespaces are removed at the end, also on an error, Ctrl-C, SIGTERM
+curls. The machine's ARP table limits are raised for the run (``netns.neighbour_room``), so that every host may
+talk to every other as real hosts could. The namespaces are removed at the end, also on an error, Ctrl-C, SIGTERM
 or SIGHUP; ``--cleanup`` removes what a SIGKILLed run left.
 
 ``--mode loopback``: the same systems on 127.0.0.1, capped by their own limits: our daemons' P2P bandwidth
@@ -147,47 +147,10 @@ def hosts(args: argparse.Namespace, count: int) -> Iterator[Hosts]:
         yield Hosts([swarm.Place()] * count, None)
         return
     bed = netns.Testbed(count, args.rate, prefix=args.prefix, sysctls=tuple(args.sysctl))
-    with neighbour_room(count), bed.up():
+    with bed.up():
         places = [swarm.Place(h.ip, tuple(h.exec([]))) for h in (bed.host(i) for i in range(1, count + 1))]
         origin = bed.host(1)
         yield Hosts(places, lambda: netns.interface_bytes(origin))
-
-
-#: The kernel's IPv4 neighbour (ARP) table limits: one table for the whole machine, every namespace's entries in it.
-NEIGH = "/proc/sys/net/ipv4/neigh/default"
-
-
-def neighbour_limits(count: int, now: dict[str, int]) -> dict[str, int]:
-    """The ARP table limits (``gc_thresh2``, the soft one, and ``gc_thresh3``, the hard one) that leave room for
-    ``count`` hosts that each talk to every other, and the bridge to each; the ones ``now`` already above are
-    left alone."""
-    need = count * count
-    wanted = {"gc_thresh2": need, "gc_thresh3": 2 * need}
-    return {k: v for k, v in wanted.items() if v > now.get(k, 0)}
-
-
-@contextlib.contextmanager
-def neighbour_room(count: int, where: str = NEIGH) -> Iterator[None]:
-    """Room in the ARP table for ``count`` hosts that all talk to each other, the previous limits put back at
-    the end. Real hosts have a table each; here every namespace's entries share the machine's, 1,024 at most
-    by default (``gc_thresh3``): a BitTorrent swarm of 50, where each peer connects to every other, needs
-    about 2,600, and once the table is full a host cannot resolve a peer it has not talked to yet, so its SYNs
-    never leave ("neighbour: arp_cache: neighbor table overflow!" in the kernel log; aria2c's leechers that
-    started last stayed at 0 % with every connection in SYN-SENT)."""
-    now = {}
-    for key in ("gc_thresh2", "gc_thresh3"):
-        with open(os.path.join(where, key)) as f:
-            now[key] = int(f.read())
-    raised = neighbour_limits(count, now)
-    try:
-        for key, value in raised.items():
-            with open(os.path.join(where, key), "w") as f:
-                f.write(str(value))
-        yield
-    finally:
-        for key in raised:
-            with open(os.path.join(where, key), "w") as f:
-                f.write(str(now[key]))
 
 
 class Measure:

@@ -10,11 +10,16 @@ either). See ../shared/reference/testbed.md §12.
 an exception, on Ctrl-C, and on SIGTERM or SIGHUP (turned into ``SystemExit`` while the testbed is up).
 Namespaces left by a run that was killed with SIGKILL are removed by the next ``up()`` with the same prefix, or
 by ``python bench/netbench.py --cleanup``.
+
+All the namespaces share the machine's one ARP (neighbour) table, 1,024 entries at most by default, where real
+hosts have a table each: ``up()`` raises its limits for as long as the hosts are up (``neighbour_room``), so that
+every host may talk to every other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
@@ -49,6 +54,43 @@ def parse_netns_list(text: str) -> list[str]:
     return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
+#: The kernel's IPv4 neighbour (ARP) table limits: one table for the whole machine, every namespace's entries in it.
+NEIGH = "/proc/sys/net/ipv4/neigh/default"
+
+
+def neighbour_limits(count: int, now: dict[str, int]) -> dict[str, int]:
+    """The ARP table limits (``gc_thresh2``, the soft one, and ``gc_thresh3``, the hard one) that leave room for
+    ``count`` hosts that each talk to every other, and the bridge to each; the ones ``now`` already above are
+    left alone."""
+    need = count * count
+    wanted = {"gc_thresh2": need, "gc_thresh3": 2 * need}
+    return {k: v for k, v in wanted.items() if v > now.get(k, 0)}
+
+
+@contextlib.contextmanager
+def neighbour_room(count: int, where: str = NEIGH) -> Iterator[None]:
+    """Room in the ARP table for ``count`` hosts that all talk to each other, the previous limits put back at
+    the end. Real hosts have a table each; here every namespace's entries share the machine's, 1,024 at most
+    by default (``gc_thresh3``): a BitTorrent swarm of 50, where each peer connects to every other, needs
+    about 2,600, and once the table is full a host cannot resolve a peer it has not talked to yet, so its SYNs
+    never leave ("neighbour: arp_cache: neighbor table overflow!" in the kernel log; aria2c's leechers that
+    started last stayed at 0 % with every connection in SYN-SENT)."""
+    now = {}
+    for key in ("gc_thresh2", "gc_thresh3"):
+        with open(os.path.join(where, key)) as f:
+            now[key] = int(f.read())
+    raised = neighbour_limits(count, now)
+    try:
+        for key, value in raised.items():
+            with open(os.path.join(where, key), "w") as f:
+                f.write(str(value))
+        yield
+    finally:
+        for key in raised:
+            with open(os.path.join(where, key), "w") as f:
+                f.write(str(now[key]))
+
+
 @dataclass(frozen=True)
 class Host:
     index: int
@@ -69,6 +111,7 @@ class Testbed:
     sysctls: tuple[str, ...] = ()  # "key=value" set in every host (per-namespace keys such as net.ipv4.*)
     runner: Runner = run_command
     lister: Callable[[], str] = field(default=lambda: list_namespaces())
+    neighbours: str | None = NEIGH  # the ARP table settings raised for the run (``neighbour_room``); None: untouched
 
     def __post_init__(self) -> None:
         if not 1 <= self.hosts <= MAX_HOSTS:
@@ -138,11 +181,13 @@ class Testbed:
 
         for sig in (signal.SIGTERM, signal.SIGHUP):
             previous[sig] = signal.signal(sig, terminate)
+        room = neighbour_room(self.hosts, self.neighbours) if self.neighbours else contextlib.nullcontext()
         try:
             self.teardown()  # what a killed run left behind
-            for argv in self.setup_commands():
-                self.runner(argv, True)
-            yield self
+            with room:
+                for argv in self.setup_commands():
+                    self.runner(argv, True)
+                yield self
         finally:
             # A second Ctrl-C or SIGTERM during the teardown must not leave hosts behind.
             with _signals_ignored():

@@ -38,8 +38,10 @@ class FakeIp:
         return "".join(f"{n} (id: {i})\n" for i, n in enumerate(self.namespaces))
 
 
-def bed(fake: FakeIp, hosts: int = 2) -> netns.Testbed:
-    return netns.Testbed(hosts, 20_000_000, prefix="t", subnet="10.98.7", runner=fake.run, lister=fake.list)
+def bed(fake: FakeIp, hosts: int = 2, neighbours: str | None = None) -> netns.Testbed:
+    return netns.Testbed(
+        hosts, 20_000_000, prefix="t", subnet="10.98.7", runner=fake.run, lister=fake.list, neighbours=neighbours
+    )
 
 
 def test_setup_commands_cap_every_host_both_ways_with_tbf():
@@ -182,3 +184,26 @@ def test_real_namespaces_are_capped_and_removed_when_the_run_is_interrupted(sig)
     assert not [n for n in netns.parse_netns_list(netns.list_namespaces()) if n.startswith(prefix)]
     link = subprocess.run(["ip", "link", "show", f"{prefix}br"], capture_output=True, text=True)
     assert link.returncode != 0
+
+
+def test_neighbour_limits_make_room_for_every_pair():
+    assert netns.neighbour_limits(52, {"gc_thresh2": 512, "gc_thresh3": 1024}) == {
+        "gc_thresh2": 2704,
+        "gc_thresh3": 5408,
+    }
+    assert netns.neighbour_limits(12, {"gc_thresh2": 512, "gc_thresh3": 1024}) == {}  # already room
+    assert netns.neighbour_limits(30, {"gc_thresh2": 512, "gc_thresh3": 4096}) == {"gc_thresh2": 900}
+
+
+def test_neighbour_room_puts_the_limits_back(tmp_path):
+    (tmp_path / "gc_thresh2").write_text("512\n")
+    (tmp_path / "gc_thresh3").write_text("1024\n")
+    with netns.neighbour_room(52, str(tmp_path)):
+        assert (tmp_path / "gc_thresh2").read_text() == "2704"
+        assert (tmp_path / "gc_thresh3").read_text() == "5408"
+    assert (tmp_path / "gc_thresh2").read_text() == "512"
+    assert (tmp_path / "gc_thresh3").read_text() == "1024"
+    with bed(FakeIp(), hosts=52, neighbours=str(tmp_path)).up():  # the testbed makes room while it is up
+        assert (tmp_path / "gc_thresh3").read_text() == "5408"
+    assert (tmp_path / "gc_thresh2").read_text() == "512"
+    assert (tmp_path / "gc_thresh3").read_text() == "1024"

@@ -151,22 +151,3 @@ def test_libtorrent_peers_listen_on_their_hosts_address_with_the_swarms_room():
     assert "--seed" not in leecher and "--listen=127.0.0.1:12345" in leecher
     assert leecher[-2:] == ["--host=leecher-0", "--done=/w/done.fifo"]
     assert baselines.ARIA2.limits(None, 50, False) == ["--bt-max-peers=55"]
-
-
-def test_neighbour_limits_make_room_for_every_pair():
-    assert netbench.neighbour_limits(52, {"gc_thresh2": 512, "gc_thresh3": 1024}) == {
-        "gc_thresh2": 2704,
-        "gc_thresh3": 5408,
-    }
-    assert netbench.neighbour_limits(12, {"gc_thresh2": 512, "gc_thresh3": 1024}) == {}  # already room
-    assert netbench.neighbour_limits(30, {"gc_thresh2": 512, "gc_thresh3": 4096}) == {"gc_thresh2": 900}
-
-
-def test_neighbour_room_puts_the_limits_back(tmp_path):
-    (tmp_path / "gc_thresh2").write_text("512\n")
-    (tmp_path / "gc_thresh3").write_text("1024\n")
-    with netbench.neighbour_room(52, str(tmp_path)):
-        assert (tmp_path / "gc_thresh2").read_text() == "2704"
-        assert (tmp_path / "gc_thresh3").read_text() == "5408"
-    assert (tmp_path / "gc_thresh2").read_text() == "512"
-    assert (tmp_path / "gc_thresh3").read_text() == "1024"
