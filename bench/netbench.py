@@ -3,7 +3,7 @@
     python bench/netbench.py [--mode netns|loopback] [--agents 10,25,50] [--size 256MiB] [--rate 20Mbit]
                              [--systems ours,ours-window,aria2,libtorrent,registry] [--registry-agents 10]
                              [--registry-size 32MiB] [--piece 1MiB] [--reader head|stream] [--stream-window 8]
-                             [--own-limits [FRACTION]] [--plots DIR] [--json FILE] [--out FILE]
+                             [--piece-log] [--own-limits [FRACTION]] [--plots DIR] [--json FILE] [--out FILE]
                              [--work DIR] [--prefix kb] [--sysctl KEY=VALUE ...]
     python bench/netbench.py --cleanup [--prefix kb]
 
@@ -52,6 +52,7 @@ sys.path.insert(0, HERE)
 import _swarm as swarm  # noqa: E402
 import baselines  # noqa: E402
 import netns  # noqa: E402
+import pieces  # noqa: E402
 from _daemons import busy_between, emit, machine_cpu  # noqa: E402
 from report import Report, Run, Skipped, markdown, plot  # noqa: E402
 
@@ -92,6 +93,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--piece", default="1MiB", help="our origin's piece length (aria2c's torrent uses 1 MiB)")
     p.add_argument("--reader", choices=swarm.READERS, default="head", help="how each host asks `ours` for the blob")
     p.add_argument("--stream-window", type=int, default=8, help="p2p.stream_window of the `ours-window` system")
+    p.add_argument(
+        "--piece-log",
+        action="store_true",
+        help="every agent logs each piece it receives (p2p.piece_log); after each of our pulls, bench/pieces.py's "
+        "summary of where the time went",
+    )
     p.add_argument(
         "--own-limits",
         type=float,
@@ -184,13 +191,16 @@ def run_ours(args: argparse.Namespace, where: Hosts, work: str, size: int, repor
         rate = int(args.rate * args.own_limits)
     window = system == "ours-window"
     reader = "stream" if window else args.reader
+    agent_p2p = ([f"stream_window: {args.stream_window}"] if window else []) + (
+        ["piece_log: true"] if args.piece_log else []
+    )
     cluster = swarm.Cluster(
         os.path.join(work, system),
         max(counts),
         rate,
         parse_size(args.piece),
         where.places[: max(counts) + 2],
-        agent_p2p=f"stream_window: {args.stream_window}" if window else "",
+        agent_p2p=", ".join(agent_p2p),
     )
     try:
         for n in counts:
@@ -200,6 +210,12 @@ def run_ours(args: argparse.Namespace, where: Hosts, work: str, size: int, repor
             egress = m.sent / size if where.egress else copies
             report.runs.append(Run(system, n, size, args.rate, times, egress, cpu, m.busy, m.wall))
             log(f"{system} N={n}: slowest {max(times):.1f} s, egress {egress:.2f} copies, busy {m.busy:.0%}")
+            if args.piece_log:
+                lines = pieces.summary(
+                    pieces.read_work(os.path.join(work, system), digest), parse_size(args.piece), args.rate
+                )
+                report.notes += [f"Where the time went, {system} at N = {n} (`--piece-log`):", "", *lines, ""]
+                log("\n".join(lines))
     finally:
         cluster.stop()
 

@@ -73,6 +73,7 @@ class Report:
     date: str
     runs: list[Run] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # Markdown lines after the table (``--piece-log``'s summaries)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -124,6 +125,7 @@ def markdown(report: Report, plots: Sequence[str] = ()) -> str:
         f"`{report.command}`",
         "",
         *table(report),
+        *(["", *report.notes] if report.notes else []),
     ]
     for path in plots:
         out += ["", f"![{path}]({path})"]

@@ -93,6 +93,9 @@ class P2PConfig:
     # and the next ones, this many in all, are asked for first, lowest first; the rest rarest first, as ever.
     # 0: rarest first only. A download nobody reads in order (a HEAD, the agent API) is not changed.
     stream_window: int = attrs.field(default=8, validator=attrs.validators.ge(0))
+    # One log line per piece received: from which peer, when it was asked for, its first and last byte, when it
+    # was written (bench/netbench.py --piece-log reads them to show where a swarm's time goes). A line per piece.
+    piece_log: bool = False
     request_timeout_min: Duration = attrs.field(default=Duration(4.0), validator=positive)
     request_timeout_per_mib: Duration = attrs.field(default=Duration(4.0), validator=positive)
     handshake_timeout: Duration = attrs.field(default=Duration(5.0), validator=positive)

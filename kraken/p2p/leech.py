@@ -179,7 +179,8 @@ class Leech:
         come (the dispatcher has heard why)."""
         dispatcher = torrent.dispatcher
         assert dispatcher is not None
-        sink = _PieceSink(torrent.info.piece_size(index), self._ingress, conn.protocol.transport, self._buffers)
+        clock = self._clock.seconds
+        sink = _PieceSink(torrent.info.piece_size(index), self._ingress, conn.protocol.transport, self._buffers, clock)
         try:
             if torrent.conns.get(conn.peer_id) is not conn or index not in dispatcher.outstanding(conn.peer_id):
                 return None  # gone meanwhile
@@ -189,6 +190,7 @@ class Leech:
                 await request
             finally:
                 conn.requests.pop(index, None)
+            sink.times.append(clock())
             await sink.granted()
         except CancelledError:
             sink.release()
@@ -255,7 +257,19 @@ class Leech:
                 pending.cancel()
         if written:
             self._piece_arrived(torrent, conn, index, size)
+            if self._config.piece_log:
+                self._log_piece(torrent, conn, index, sink.times)
         return True
+
+    def _log_piece(self, torrent: Torrent, conn: Conn, index: int, times: list[float]) -> None:
+        """``p2p.piece_log``: when piece ``index`` was asked for, its first and last byte came, it was written."""
+        asked, first, last = times[0], times[1], times[-1]  # an empty piece has no first byte: its last stands in
+        log.info(
+            "piece {index} of {digest} from {peer}{role}: asked {asked:.3f} first byte {first:.3f} "
+            "last byte {last:.3f} written {written:.3f}",
+            index=index, digest=str(torrent.info.digest), peer=conn.peer_id, role=" (origin)" if conn.origin else "",
+            asked=asked, first=first, last=last, written=self._clock.seconds(),
+        )  # fmt: skip
 
     def _piece_arrived(self, torrent: Torrent, conn: Conn, index: int, size: int) -> None:
         torrent.last_active = self._clock.seconds()
@@ -337,17 +351,27 @@ class _PieceSink:
     the piece is not used (nor the next one asked for on that slot) before ``granted`` fires.
     """
 
-    def __init__(self, size: int, bucket: TokenBucket | Unlimited, transport: object, buffers: _Buffers) -> None:
+    def __init__(
+        self,
+        size: int,
+        bucket: TokenBucket | Unlimited,
+        transport: object,
+        buffers: _Buffers,
+        clock: Callable[[], float],
+    ) -> None:
         self._size = size
         self._bucket = bucket
         self._transport = transport
         self._buffers = buffers
+        self._clock = clock
         self._buf: bytearray | None = None
         self._pos = 0
         self._reservation: Deferred[None] | None = None
+        self.times = [clock()]  # asked for; then its first byte and its last byte came (for ``p2p.piece_log``)
 
     def write(self, chunk: Chunk) -> None:
         if self._buf is None:
+            self.times.append(self._clock())
             self._buf = self._buffers.take(self._size)
             self._reserve()
         end = self._pos + len(chunk)

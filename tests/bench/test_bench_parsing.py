@@ -151,3 +151,44 @@ def test_libtorrent_peers_listen_on_their_hosts_address_with_the_swarms_room():
     assert "--seed" not in leecher and "--listen=127.0.0.1:12345" in leecher
     assert leecher[-2:] == ["--host=leecher-0", "--done=/w/done.fifo"]
     assert baselines.ARIA2.limits(None, 50, False) == ["--bt-max-peers=55"]
+
+
+def test_the_piece_summary_reads_the_lines_an_agent_logs_with_piece_log(tmp_path):
+    """The agent's ``p2p.piece_log`` line, as its log file has it, parsed by bench/pieces.py and summed up."""
+    import hashlib
+    from types import SimpleNamespace
+
+    import pieces
+    from twisted.internet.task import Clock
+    from twisted.logger import capturedLogs, formatEvent
+
+    from kraken.p2p.leech import Leech
+
+    origin = hashlib.sha1(b"10.99.0.1:15001").hexdigest()
+    (tmp_path / "origin.yaml").write_text("p2p: {listen: 'tcp:15001', advertise: '10.99.0.1:15001'}\n")
+    (tmp_path / "agent-0.yaml").write_text("p2p: {listen: 'tcp:16001', advertise: '10.99.0.3:16001'}\n")
+    clock = Clock()
+    clock.advance(1765156710.25)
+    torrent = SimpleNamespace(info=SimpleNamespace(digest="sha256:" + "ab" * 32))
+    with capturedLogs() as events:
+        Leech._log_piece(SimpleNamespace(_clock=clock), torrent, SimpleNamespace(peer_id=origin, origin=True), 7,
+                         [1765156701.5, 1765156702.0, 1765156704.5])  # fmt: skip
+    (tmp_path / "agent-0.log").write_text(f"2026-12-08T01:18:23+0000 [kraken.p2p#info] {formatEvent(events[0])}\n")
+    [got] = pieces.read_work(str(tmp_path), "sha256:" + "ab" * 32)
+    assert got == pieces.Delivery("agent-0", 7, "origin", 1765156701.5, 1765156702.0, 1765156704.5, 1765156710.25)
+    assert pieces.read_work(str(tmp_path), "sha256:" + "cd" * 32) == []  # another blob's lines are not this one's
+
+
+def test_the_piece_summary_measures_waits_transfers_hops_and_idle_links():
+    import pieces
+
+    d = pieces.Delivery
+    deliveries = [d("agent-0", 0, "origin", 0, 1, 2, 2.1), d("agent-1", 0, "agent-0", 2.2, 2.5, 3, 3.1),
+                  d("agent-0", 1, "origin", 0, 1.5, 3, 3.1)]  # fmt: skip
+    assert pieces.hops(deliveries) == {("agent-0", 0): 1, ("agent-1", 0): 2, ("agent-0", 1): 1}
+    assert pieces.union_length([(1, 2), (1.5, 3), (4, 5)]) == 3
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in pieces.summary(deliveries, 1 << 20,
+            20_000_000) if line.startswith("| ") and "median" not in line}  # fmt: skip
+    assert rows["a sender's uploads at once, while it sends"][0] == "1.12"  # origin 1.25 (2.5 s in 2 s), agent-0 1
+    assert rows["a host's time with nothing arriving (s)"][2].startswith("1.10")  # agent-0: 3.1 s, 2 s arriving
+    assert pieces.summary([], 1 << 20, 20_000_000)[0].startswith("(no piece_log lines")

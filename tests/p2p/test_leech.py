@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from swarm import NAMESPACE, PIECE, RawPeer, Swarm, blob, done, outcome, read, resolved, seed_store
+from swarm import NAMESPACE, PIECE, RawPeer, Swarm, blob, done, outcome, peer_id, read, resolved, seed_store
 from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
@@ -210,3 +210,19 @@ def test_without_a_stream_window_a_waiting_reader_changes_no_request(swarm):
 def test_by_default_a_waiting_reader_gets_its_window_first(swarm):
     """The default window (8 pieces): the first four requests are the reader's next pieces, in order."""
     assert first_requests_of_a_reader_at_piece_8(swarm) == [8, 9, 10, 11]
+
+
+def test_with_piece_log_every_piece_received_is_logged_with_its_times(swarm):
+    data, info = blob(6)
+    swarm.origin("origin", (data, info))
+    logging_agent, quiet_agent = swarm.agent("logging", piece_log=True), swarm.agent("quiet")
+    with capturedLogs() as events:
+        d = logging_agent.download(info.digest)
+        swarm.run(lambda: done(d))
+        q = quiet_agent.download(info.digest)
+        swarm.run(lambda: done(q))
+    lines = [e for e in events if e["log_format"].startswith("piece {index}")]
+    assert sorted(e["index"] for e in lines) == list(range(info.num_pieces))  # one each, from the logging agent only
+    for e in lines:
+        assert e["digest"] == str(info.digest) and e["peer"] == peer_id("origin") and e["role"] == " (origin)"
+        assert e["asked"] <= e["first"] <= e["last"] <= e["written"]
