@@ -202,6 +202,7 @@ def run_ours(args: argparse.Namespace, where: Hosts, work: str, size: int, repor
         where.places[: max(counts) + 2],
         agent_p2p=", ".join(agent_p2p),
     )
+    pulled = []
     try:
         for n in counts:
             digest = swarm.stage_blob(cluster, size, work, f"{system}-{n}")
@@ -210,14 +211,13 @@ def run_ours(args: argparse.Namespace, where: Hosts, work: str, size: int, repor
             egress = m.sent / size if where.egress else copies
             report.runs.append(Run(system, n, size, args.rate, times, egress, cpu, m.busy, m.wall))
             log(f"{system} N={n}: slowest {max(times):.1f} s, egress {egress:.2f} copies, busy {m.busy:.0%}")
-            if args.piece_log:
-                lines = pieces.summary(
-                    pieces.read_work(os.path.join(work, system), digest), parse_size(args.piece), args.rate
-                )
-                report.notes += [f"Where the time went, {system} at N = {n} (`--piece-log`):", "", *lines, ""]
-                log("\n".join(lines))
+            pulled.append((n, digest))
     finally:
-        cluster.stop()
+        cluster.stop()  # the agents' logs are complete once they have stopped
+    for n, digest in pulled if args.piece_log else []:
+        lines = pieces.summary(pieces.read_work(os.path.join(work, system), digest), parse_size(args.piece), args.rate)
+        report.notes += [f"Where the time went, {system} at N = {n} (`--piece-log`):", "", *lines, ""]
+        log("\n".join(lines))
 
 
 #: A BitTorrent swarm not done after this many times the ideal time, and at least ARIA2_MIN_WAIT seconds (its

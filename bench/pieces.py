@@ -12,6 +12,8 @@ pulls. What it says, per piece delivered and per host:
 - *transfer*: first to last byte, against the piece's time at the cap (size / rate): a sender that sends to k
   connections at once gives each about 1/k of its link, so a piece takes k times as long to cross;
 - *sender's uploads at once*: while a host sends, how many pieces it sends at the same time, on average;
+- *uplink busy*: the share of the whole swarm's pull during which an agent was sending something: every agent
+  receives the blob once, so an uplink that idles is capacity the swarm does not use;
 - *hops*: how many transfers a piece made from the origin to the host (the origin's own pieces are 0);
 - *downlink busy*: the share of a host's pull during which some piece was arriving; the rest it waited with
   nothing in flight (no peer had a piece it lacked, or its requests waited at busy senders).
@@ -39,7 +41,7 @@ LINE = re.compile(
     r"piece (?P<index>\d+) of (?P<digest>\S+) from (?P<peer>[0-9a-f]+)(?: \(origin\))?: asked (?P<asked>[\d.]+) "
     r"first byte (?P<first>[\d.]+) last byte (?P<last>[\d.]+) written (?P<written>[\d.]+)"
 )
-ADVERTISE = re.compile(r"advertise: '?([0-9.]+:\d+)'?")
+ADVERTISE = re.compile(r"p2p: \{[^}]*advertise: '?([0-9.]+:\d+)'?")  # the P2P address, not the HTTP one
 
 
 @dataclass(frozen=True)
@@ -128,17 +130,17 @@ def summary(deliveries: Sequence[Delivery], piece: int, rate_bits: int) -> list[
         arriving = union_length((d.first, d.last) for d in ds)
         busy.append(arriving / span if span > 0 else 1.0)
         idle.append(span - arriving)
-    at_once = [
-        sum(d.last - d.first for d in ds) / sending
-        for ds in by_sender.values()
-        if (sending := union_length((d.first, d.last) for d in ds)) > 0
-    ]
+    start, end = min(d.asked for d in deliveries), max(d.written for d in deliveries)
+    sending = {s: union_length((d.first, d.last) for d in ds) for s, ds in by_sender.items()}
+    at_once = [sum(d.last - d.first for d in by_sender[s]) / t for s, t in sending.items() if t > 0]
+    uplink = [t / (end - start) for s, t in sending.items() if s != "origin"] if end > start else []
     rows = [
         ("wait: request to first byte (s)", [d.first - d.asked for d in deliveries]),
         (f"transfer: first to last byte (s; {at_cap:.2f} s at the cap)", [d.last - d.first for d in deliveries]),
         ("last byte to written (s)", [d.written - d.last for d in deliveries]),
         ("hops from the origin", [float(h) for h in hops(deliveries).values()]),
         ("a sender's uploads at once, while it sends", at_once),
+        ("an agent's uplink busy (share of the swarm's pull)", uplink),
         ("a host's downlink busy (share of its pull)", busy),
         ("a host's time with nothing arriving (s)", idle),
     ]

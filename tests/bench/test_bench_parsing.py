@@ -165,7 +165,8 @@ def test_the_piece_summary_reads_the_lines_an_agent_logs_with_piece_log(tmp_path
     from kraken.p2p.leech import Leech
 
     origin = hashlib.sha1(b"10.99.0.1:15001").hexdigest()
-    (tmp_path / "origin.yaml").write_text("p2p: {listen: 'tcp:15001', advertise: '10.99.0.1:15001'}\n")
+    http, p2p = "advertise: '10.99.0.1:15002'", "p2p: {listen: 'tcp:15001', advertise: '10.99.0.1:15001'}"
+    (tmp_path / "origin.yaml").write_text(f"{http}\n{p2p}\n")  # its HTTP address first: not its peer ID
     (tmp_path / "agent-0.yaml").write_text("p2p: {listen: 'tcp:16001', advertise: '10.99.0.3:16001'}\n")
     clock = Clock()
     clock.advance(1765156710.25)
