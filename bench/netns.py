@@ -13,7 +13,8 @@ by ``python bench/netbench.py --cleanup``.
 
 All the namespaces share the machine's one ARP (neighbour) table, 1,024 entries at most by default, where real
 hosts have a table each: ``up()`` raises its limits for as long as the hosts are up (``neighbour_room``), so that
-every host may talk to every other.
+every host may talk to every other. A run killed with SIGKILL leaves them raised (harmless: the kernel only keeps
+more entries before it collects them).
 """
 
 from __future__ import annotations
