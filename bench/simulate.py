@@ -52,13 +52,14 @@ from kraken.p2p.config import P2PConfig
 
 MIB = 1 << 20
 
-# netbench's namespace runs (bench/RESULTS.md, issue 15): (blob MiB, N) -> (median, slowest, origin copies).
+# netbench's namespace runs (bench/RESULTS.md, issue 15): (blob MiB, N) -> (median, slowest, origin copies). N = 50:
+# only runs since the testbed's ARP table has room for every pair of hosts (2026-12-08); N = 10 and 25 never lacked it.
 MEASURED: dict[tuple[int, int], tuple[str, str, str]] = {
-    (256, 10): ("1.31", "1.33", "1.26"),
+    (256, 10): ("1.30-1.31", "1.32-1.33", "1.26"),
     (256, 25): ("1.41-1.64", "1.48-1.72", "1.33"),
-    (256, 50): ("1.45-1.48", "1.50-1.53", "1.38"),
-    (64, 10): ("1.63", "1.77", ""),
-    (64, 50): ("2.07", "2.66", ""),
+    (256, 50): ("1.48", "1.52", "1.41"),
+    (64, 10): ("1.63-1.78", "1.75-1.87", "1.55-1.64"),
+    (64, 50): ("1.75-1.81", "1.90-2.04", "1.74-1.77"),
 }
 KRAKEN_PUBLISHED = {"p50": 10.0, "p99": 18.0, "p99.9": 22.0}
 
