@@ -179,7 +179,7 @@ class Leech:
         come (the dispatcher has heard why)."""
         dispatcher = torrent.dispatcher
         assert dispatcher is not None
-        clock = self._clock.seconds
+        clock = self._clock.seconds if self._config.piece_log else None  # the piece's times, for its log line
         sink = _PieceSink(torrent.info.piece_size(index), self._ingress, conn.protocol.transport, self._buffers, clock)
         try:
             if torrent.conns.get(conn.peer_id) is not conn or index not in dispatcher.outstanding(conn.peer_id):
@@ -190,7 +190,7 @@ class Leech:
                 await request
             finally:
                 conn.requests.pop(index, None)
-            sink.times.append(clock())
+            sink.stamp()  # its last byte
             await sink.granted()
         except CancelledError:
             sink.release()
@@ -357,7 +357,7 @@ class _PieceSink:
         bucket: TokenBucket | Unlimited,
         transport: object,
         buffers: _Buffers,
-        clock: Callable[[], float],
+        clock: Callable[[], float] | None,
     ) -> None:
         self._size = size
         self._bucket = bucket
@@ -367,16 +367,22 @@ class _PieceSink:
         self._buf: bytearray | None = None
         self._pos = 0
         self._reservation: Deferred[None] | None = None
-        self.times = [clock()]  # asked for; then its first byte and its last byte came (for ``p2p.piece_log``)
+        #: With a ``clock`` (``p2p.piece_log``): when the piece was asked for, then its first and last byte came.
+        self.times: list[float] = []
+        self.stamp()
 
     def write(self, chunk: Chunk) -> None:
         if self._buf is None:
-            self.times.append(self._clock())
+            self.stamp()
             self._buf = self._buffers.take(self._size)
             self._reserve()
         end = self._pos + len(chunk)
         self._buf[self._pos : end] = chunk
         self._pos = end
+
+    def stamp(self) -> None:
+        if self._clock is not None:
+            self.times.append(self._clock())
 
     def _reserve(self) -> Deferred[None]:
         if self._reservation is None:

@@ -24,9 +24,9 @@ Policy:
   peer that was useful a moment ago.
 - **Peers far behind.** When every slot is taken and no holder is useless, a handshake from a peer the caller
   says is far ``behind`` (it has much less of the blob than this side) is still admitted, up to ``catch_up``
-  connections over ``max_conns``. In a busy swarm every slot fills within seconds; a host whose dials were lost
-  behind saturated links then hears "at capacity" from everyone it reaches, and would wait for the swarm to
-  finish before it could start (bench/RESULTS.md, "Stragglers").
+  connections over ``max_conns``. In a busy swarm every slot fills within seconds; a host that starts late, or
+  whose first dials failed, then hears "at capacity" from everyone it reaches, and would wait for the swarm to
+  finish before it could start.
 - **Idle holders.** ``idle`` names the useless holders (no progress for ``idle_after``, not busy) to evict: all
   of them on a torrent this side has whole (a seeder gains nothing from them), and on a torrent it is still
   downloading only while its slots are all taken (so that it can dial or admit other peers).
