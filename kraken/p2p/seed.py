@@ -49,6 +49,7 @@ class Seed:
         self._running = running
         self._serving = False
         self._in_flight: Ask[Conn] | None = None
+        self._woken: Deferred[None] | None = None  # fired by a request that can go while the loop waits
 
     # --- what the peers say ---------------------------------------------------------------------------------
 
@@ -60,6 +61,9 @@ class Seed:
             session.send_unavailable(index, "piece not here yet")
             return
         self._policy.ask(torrent.ledger, conn, conn.peer_id, index)
+        if self._woken is not None and conn.protocol.writable:
+            woken, self._woken = self._woken, None
+            woken.callback(None)
         if not self._serving:
             self._serving = True
             Deferred.fromCoroutine(self._serve()).addErrback(lambda f: log.failure("serving pieces failed", f))
@@ -136,11 +140,15 @@ class Seed:
         torrent.traffic.sent(size)
 
     async def _any_writable(self) -> None:
-        waits = [a.conn.protocol.when_writable() for a in self._policy.waiting()]
+        """Wait until a connection with a request waiting can take more (or is gone: the policy drops its
+        requests), or a request comes from one that can."""
+        drained = defer.race([a.conn.protocol.when_writable() for a in self._policy.waiting()])
+        drained.addErrback(lambda f: f.trap(defer.FailureGroup))  # every one of them is gone
+        self._woken = Deferred()
         try:
-            await defer.race(waits)
-        except defer.FailureGroup:
-            pass  # every one of those connections is gone: the policy drops their requests
+            await defer.race([drained, self._woken])
+        finally:
+            self._woken = None
 
     async def _read_piece(self, torrent: Torrent, index: int) -> bytes:
         info = torrent.info

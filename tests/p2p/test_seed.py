@@ -6,6 +6,7 @@ from __future__ import annotations
 from swarm import PIECE, Swarm, blob, done, read, resolved, seed_store
 
 from kraken.core.peer import PeerInfo
+from kraken.p2p import wire
 from kraken.p2p.config import BandwidthConfig
 from kraken.p2p.seeding import Ask
 
@@ -136,3 +137,43 @@ def test_an_origin_sends_no_piece_twice_to_peers_still_connected_until_it_has_se
     for index in range(1, info.num_pieces):
         ledger.sent(index, first.peer_id)
     assert not seed._declines(Ask(ledger, second, second.peer_id, 0, 2))  # a whole copy is out: the window rules
+
+
+def pause_after_each_piece(monkeypatch, scheduler, flows: list) -> None:
+    """A piece written fills its connection's write buffer, as 1 MiB does a real transport's: the connection is
+    writable again only once the test resumes its flow (the buffer has drained)."""
+    connections = scheduler._connections
+    opened = connections.opened
+
+    def opened_then_filled_by_pieces(torrent, protocol, session, **kw):
+        opened(torrent, protocol, session, **kw)
+        flows.append(protocol._flow)
+        send = protocol.send
+
+        def send_then_full(msg, payload=b""):
+            send(msg, payload)
+            if isinstance(msg, wire.Piece):
+                protocol._flow.pauseProducing()
+
+        protocol.send = send_then_full
+
+    monkeypatch.setattr(connections, "opened", opened_then_filled_by_pieces)
+
+
+def test_a_request_from_a_connection_with_room_is_served_while_the_others_are_full(swarm, monkeypatch):
+    """The serving loop waits for a full connection to drain; a request arriving meanwhile on a connection with room
+    in its buffer wakes it (it once waited, behind a slow link, for seconds per piece)."""
+    data, info = blob(8)
+    origin = swarm.origin("origin", (data, info))
+    flows: list = []
+    pause_after_each_piece(monkeypatch, origin.scheduler, flows)
+    for name in ("first", "second"):
+        swarm.agent(name).download(info.digest)
+    policy, stats = origin.scheduler._seed._policy, origin.scheduler.stats
+    swarm.run(lambda: stats().pieces_out >= 1 and len({a.conn for a in policy.waiting()}) == 2)
+    swarm.flush()
+    # Each agent was sent one piece and waits for more; both connections are full.
+    assert stats().pieces_out == 2 and sum(f.paused for f in flows) == 2
+    next(f for f in flows if f.paused).resumeProducing()  # one drains: one more piece goes
+    swarm.flush()
+    assert stats().pieces_out == 3
