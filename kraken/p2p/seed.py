@@ -4,7 +4,9 @@ Owns the egress bucket and the serving loop. Every peer's requests go into the p
 takes the next piece the policy names, declines it when the policy says so (``PIECE_UNAVAILABLE``, counted in
 ``requests_declined``), else charges the egress bucket for it before reading it from disk (from the partial blob
 while downloading, from the cache once complete), sends it, and tells the torrent's ledger when it has left the
-connection's write buffer. One piece is in flight at a time; a piece cancelled meanwhile is not sent.
+connection's write buffer. One piece is in flight at a time; a piece cancelled meanwhile is not sent. While every
+connection with a request waiting has a full write buffer, the loop waits for one of them to drain, or for a request
+on a connection with room.
 """
 
 from __future__ import annotations
