@@ -4,8 +4,11 @@ Defaults and why (Kraken's values unless said otherwise):
 
 - ``max_conns_per_torrent`` 10: each peer keeps at most ten connections per blob, so the swarm is a
   pseudo-random regular graph of degree about ten, whatever its size.
-- ``pipeline_limit`` 3 requests outstanding per agent peer, ``origin_pipeline_limit`` 5 per origin: enough to
-  keep a link busy while the next answer is in flight, few enough to spread pieces across peers.
+- ``pipeline_limit`` 1 request outstanding per agent peer (Kraken's is 3), ``origin_pipeline_limit`` 5 per origin.
+  A seeder sends one piece per connection at a time anyway, so a deeper pipeline only queues requests at busy
+  seeders, where the pieces they name wait while idle peers that hold them are not asked. With 1, the namespace
+  testbed's slowest host was 3-6 % faster at 256 MiB and at 64 MiB with 10 hosts, and no slower at 64 MiB with
+  50; the simulator agrees, by more (bench/RESULTS.md, 2026-12-08).
 - ``request_timeout``: ``max(request_timeout_min, request_timeout_per_mib * piece MiB)`` = 16 s for 4 MiB pieces.
 - ``conn_tti`` 30 s: a connection on which the peer sends nothing for this long is closed.
 - ``seeder_tti`` 5 min: a finished blob nobody asked for is dropped from memory (it stays on disk and is served
@@ -87,7 +90,7 @@ class P2PConfig:
     # P2P connections over mutual TLS with the daemon's ``tls`` certificate (needs tls.cert, tls.key, tls.ca);
     # peers are verified against tls.client_ca (or tls.ca) and their advertised IP. Pieces are checked anyway.
     tls: bool = False
-    pipeline_limit: int = attrs.field(default=3, validator=positive)
+    pipeline_limit: int = attrs.field(default=1, validator=positive)
     origin_pipeline_limit: int = attrs.field(default=5, validator=positive)
     # While a client reads a download in order (an agent streaming a blob to containerd), the pieces it waits for
     # and the next ones, this many in all, are asked for first, lowest first; the rest rarest first, as ever.

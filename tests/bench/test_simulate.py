@@ -228,8 +228,8 @@ def test_the_same_seed_gives_the_same_result_and_another_seed_another() -> None:
 
 def test_the_policies_are_the_projects(monkeypatch: pytest.MonkeyPatch) -> None:
     base = simulate.simulate(small())
-    shallow = simulate.simulate(small(agent_config=attrs.evolve(P2PConfig(), pipeline_limit=1)))
-    assert shallow.events != base.events  # P2PConfig's pipeline depth reaches the dispatcher
+    shallow = simulate.simulate(small(agent_config=attrs.evolve(P2PConfig(), pipeline_limit=3)))
+    assert shallow.events != base.events  # P2PConfig's pipeline depth (1 by default) reaches the dispatcher
     origin = simulate.simulate(small(agent_config=attrs.evolve(P2PConfig(), origin_pipeline_limit=1)))
     assert origin.times != base.times  # and so does the depth towards origins
     calls: list[str] = []
