@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from kraken.p2p.seeding import Ask, Seeding
 from kraken.p2p.session import PeerSession
@@ -144,11 +145,13 @@ class Seed:
     async def _any_writable(self) -> None:
         """Wait until a connection with a request waiting can take more (or is gone: the policy drops its
         requests), or a request comes from one that can."""
-        drained = defer.race([a.conn.protocol.when_writable() for a in self._policy.waiting()])
-        drained.addErrback(lambda f: f.trap(defer.FailureGroup))  # every one of them is gone
-        self._woken = Deferred()
+        drained: Deferred[None] = defer.race([a.conn.protocol.when_writable() for a in self._policy.waiting()]).addBoth(
+            _gone_or_drained
+        )
+        woken: Deferred[None] = Deferred()
+        self._woken = woken
         try:
-            await defer.race([drained, self._woken])
+            await defer.race([drained, woken])
         finally:
             self._woken = None
 
@@ -168,6 +171,12 @@ class Seed:
 
     def _now(self) -> float:
         return self._clock.seconds()
+
+
+def _gone_or_drained(result: object) -> None:
+    """A race of ``when_writable``s settled: one drained, or (a ``FailureGroup``) every one of them is gone."""
+    if isinstance(result, Failure):
+        result.trap(defer.FailureGroup)
 
 
 def _alive(conn: Conn) -> bool:

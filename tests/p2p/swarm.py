@@ -31,6 +31,7 @@ NAMESPACE = "library/test"
 # The defaults the tests reason about: P2PConfig's, the one place they live.
 HANDSHAKE_TIMEOUT = attrs.fields(P2PConfig).handshake_timeout.default
 BUSY_BACKOFF = attrs.fields(P2PConfig).busy_backoff.default
+PIPELINE_LIMIT = attrs.fields(P2PConfig).pipeline_limit.default
 
 
 def blob(n_pieces: int, seed: int = 0, piece: int = PIECE) -> tuple[bytes, MetaInfo]:

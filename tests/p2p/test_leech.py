@@ -5,7 +5,20 @@ from __future__ import annotations
 
 import os
 
-from swarm import NAMESPACE, PIECE, RawPeer, Swarm, blob, done, outcome, peer_id, read, resolved, seed_store
+from swarm import (
+    NAMESPACE,
+    PIECE,
+    PIPELINE_LIMIT,
+    RawPeer,
+    Swarm,
+    blob,
+    done,
+    outcome,
+    peer_id,
+    read,
+    resolved,
+    seed_store,
+)
 from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
@@ -47,8 +60,8 @@ def test_a_corrupt_piece_is_detected_and_the_peer_blacklisted(swarm):
     announces = len(swarm.tracker.announces)
     swarm.run(lambda: swarm.clock.seconds() > 20.0)
     assert len(swarm.tracker.announces) > announces + 10
-    # The pipeline of three, and one more asked for when the bad piece had arrived and was being checked.
-    assert len(liars) == 1 and len(liars[0].requests) == 4
+    # The pipeline's requests, and one more asked for when the bad piece had arrived and was being checked.
+    assert len(liars) == 1 and len(liars[0].requests) == PIPELINE_LIMIT + 1
     assert not done(d)
     swarm.origin("origin", (data, info))
     swarm.run(lambda: done(d))
@@ -89,11 +102,12 @@ def test_requests_that_time_out_go_to_another_peer(swarm):
     agent = swarm.agent("agent")
     d = agent.download(info.digest)
     swarm.run(lambda: bool(silent and silent[0].requests))
-    assert sorted(silent[0].requests) == sorted(set(silent[0].requests)) and len(silent[0].requests) == 3
-    # After the request timeout (4 s) the first three pieces are given up and others asked for.
-    took = swarm.run(lambda: len(silent[0].requests) > 3)
+    first = list(silent[0].requests)
+    assert sorted(first) == sorted(set(first)) and len(first) == PIPELINE_LIMIT
+    # After the request timeout (4 s) the pieces of the first requests are given up and others asked for.
+    took = swarm.run(lambda: len(silent[0].requests) > PIPELINE_LIMIT)
     assert 4.0 <= took <= 4.5
-    assert set(silent[0].requests[3:]).isdisjoint(silent[0].requests[:3])
+    assert set(silent[0].requests[PIPELINE_LIMIT:]).isdisjoint(silent[0].requests[:PIPELINE_LIMIT])
     assert not done(d)
     origin = swarm.origin("origin", (data, info))
     swarm.run(lambda: done(d))
