@@ -7,7 +7,7 @@ Defaults and why (Kraken's values unless said otherwise):
 - ``pipeline_limit`` 1 request outstanding per agent peer (Kraken's is 3), ``origin_pipeline_limit`` 5 per origin.
   A seeder sends one piece per connection at a time anyway, so a deeper pipeline only queues requests at busy
   seeders, where the pieces they name wait while idle peers that hold them are not asked. With 1, the namespace
-  testbed's slowest host was 3-6 % faster at 256 MiB and at 64 MiB with 10 hosts, and no slower at 64 MiB with
+  testbed's slowest host was 4-6 % faster at 256 MiB and at 64 MiB with 10 hosts, and no slower at 64 MiB with
   50; the simulator agrees, by more (bench/RESULTS.md, 2026-12-08).
 - ``request_timeout``: ``max(request_timeout_min, request_timeout_per_mib * piece MiB)`` = 16 s for 4 MiB pieces.
 - ``conn_tti`` 30 s: a connection on which the peer sends nothing for this long is closed.
