@@ -22,7 +22,6 @@ pulls. What it says, per piece delivered and per host:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import statistics
@@ -36,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _swarm import parse_rate
 
 from kraken.config import parse_size
+from kraken.p2p.config import P2PConfig
 
 LINE = re.compile(
     r"piece (?P<index>\d+) of (?P<digest>\S+) from (?P<peer>[0-9a-f]+)(?: \(origin\))?: asked (?P<asked>[\d.]+) "
@@ -57,14 +57,14 @@ class Delivery:
 
 def host_names(work: str) -> dict[str, str]:
     """Peer ID -> daemon name (``origin``, ``agent-3``), from the advertised address in each daemon's YAML (the
-    default peer ID is the SHA-1 of that ``ip:port``)."""
+    default peer ID is derived from it, as ``P2PConfig.the_peer_id`` does)."""
     names = {}
     for name in os.listdir(work):
         if name.endswith(".yaml"):
             with open(os.path.join(work, name)) as f:
                 found = ADVERTISE.search(f.read())
             if found:
-                names[hashlib.sha1(found.group(1).encode()).hexdigest()] = name[: -len(".yaml")]
+                names[P2PConfig(advertise=found.group(1)).the_peer_id()] = name[: -len(".yaml")]
     return names
 
 
